@@ -1,0 +1,66 @@
+//! `mayfly`: runs the broker (`mayfly server`) and talks to it.
+#![forbid(unsafe_code)]
+
+mod client;
+mod policy;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Mayfly: runtime credentials for services, jobs and agents.
+#[derive(Parser)]
+#[command(name = "mayfly", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker.
+    Server(serve::ServerArgs),
+    /// One-time join tokens for bootstrapping workloads.
+    #[command(subcommand, name = "join-token")]
+    JoinToken(client::JoinTokenCommand),
+    /// Signing keys.
+    #[command(subcommand)]
+    Keys(client::KeysCommand),
+    /// Access tokens.
+    #[command(subcommand)]
+    Token(client::TokenCommand),
+    /// Cedar policies, offline: validate a directory, evaluate a request.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Server(args) => serve::run(args).await,
+            Command::JoinToken(cmd) => cmd.run().await,
+            Command::Keys(cmd) => cmd.run().await,
+            Command::Token(cmd) => cmd.run().await,
+            Command::Policy(cmd) => cmd.run(),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! Wire types shared by the Mayfly server, the `mayfly` CLI and SDKs.
+//!
+//! Everything here is plain data: request and response bodies, the RFC 9457
+//! problem document, and the token-type URNs that RFC 8693 clients send.
+#![forbid(unsafe_code)]
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// RFC 8693 grant type for token exchange.
+pub const GRANT_TYPE_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// RFC 8693 token type: a JWT (platform identity tokens arrive as this).
+pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+/// RFC 8693 token type: an OpenID Connect ID token.
+pub const TOKEN_TYPE_ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
+/// RFC 8693 token type: an OAuth access token (what Mayfly issues).
+pub const TOKEN_TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+/// Mayfly's own token type for one-time join tokens.
+pub const TOKEN_TYPE_JOIN_TOKEN: &str = "urn:mayfly:params:oauth:token-type:join-token";
+/// Media type of RFC 9457 problem documents.
+pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
+
+/// An RFC 9457 problem document.
+///
+/// Token-endpoint errors also carry the RFC 6749 §5.2 members `error` and
+/// `error_description`, so OAuth client libraries find what they look for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Problem {
+    /// A stable URN naming the kind of problem, e.g. `urn:mayfly:problem:invalid-subject-token`.
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    /// A short, human-readable summary of the kind of problem.
+    pub title: String,
+    /// The HTTP status code.
+    pub status: u16,
+    /// What went wrong with this request. Never contains secret material.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// OAuth error code (RFC 6749 §5.2 / RFC 8693 §2.2.2), on OAuth endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// OAuth error description; the same text as `detail`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_description: Option<String>,
+    /// For policy denials: the ids of the policies that decided.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<String>,
+}
+
+/// The RFC 8693 token-exchange request, as the form-encoded body of `POST /v1/token`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct TokenExchangeRequest {
+    /// Must be `urn:ietf:params:oauth:grant-type:token-exchange`.
+    pub grant_type: Option<String>,
+    /// The platform identity token (a JWT) or a one-time join token.
+    pub subject_token: Option<String>,
+    /// `urn:ietf:params:oauth:token-type:jwt`, `…:id_token` or `urn:mayfly:params:oauth:token-type:join-token`.
+    pub subject_token_type: Option<String>,
+    /// The logical name of the service the token is for.
+    pub audience: Option<String>,
+    /// The URI of the service the token is for (used when `audience` is absent).
+    pub resource: Option<String>,
+    /// Space-separated scopes requested.
+    pub scope: Option<String>,
+    /// Only `urn:ietf:params:oauth:token-type:access_token` (the default) is issued.
+    pub requested_token_type: Option<String>,
+    /// Mayfly extension: the lifetime wanted, in seconds; capped by policy and configuration.
+    pub requested_lifetime: Option<String>,
+}
+
+/// The RFC 8693 §2.2.1 token-exchange response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TokenExchangeResponse {
+    /// The issued RFC 9068 JWT access token.
+    pub access_token: String,
+    /// Always `urn:ietf:params:oauth:token-type:access_token`.
+    pub issued_token_type: String,
+    /// `Bearer`.
+    pub token_type: String,
+    /// Seconds until the token expires.
+    pub expires_in: u64,
+    /// The scopes granted, space-separated, when any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+}
+
+/// Body of `POST /v1/join-tokens` (admin).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct CreateJoinTokenRequest {
+    /// Lifetime in seconds (default 600, at most 86400).
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+    /// The SPIFFE ID path the redeemer gets, e.g. `node/build-01`;
+    /// default `join/<token id>`.
+    #[serde(default)]
+    pub spiffe_path: Option<String>,
+}
+
+/// A freshly created join token. The token itself is shown once and stored only as a hash.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreateJoinTokenResponse {
+    /// Non-secret identifier of the token, for audit and listing.
+    pub id: String,
+    /// The one-time token; exchange it with subject_token_type `urn:mayfly:params:oauth:token-type:join-token`.
+    pub token: String,
+    /// The SPIFFE ID its redeemer gets.
+    pub spiffe_id: String,
+    /// Unix time (seconds) after which it can no longer be redeemed.
+    pub expires_at: i64,
+}
+
+/// A public signing key as the admin API lists it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SigningKeyInfo {
+    /// The key id (`kid`).
+    pub kid: String,
+    /// JOSE algorithm: `EdDSA` or `ES256`.
+    pub alg: String,
+    /// Whether this key signs new tokens.
+    pub active: bool,
+    /// Unix time the key was created.
+    pub created_at: i64,
+    /// Unix time after which the key leaves the JWKS (set once it is retired).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published_until: Option<i64>,
+}
+
+/// Answer of `GET /healthz` and `GET /readyz`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `ok`, or what is not ready.
+    pub status: String,
+}

@@ -1,0 +1,183 @@
+//! Attestation: evidence in, workload identity out.
+//!
+//! Each kind of evidence has its own module: [`oidc`] verifies JWTs from
+//! platform issuers (Kubernetes, GitHub Actions, any OIDC issuer with a JWKS),
+//! [`join_token`] redeems one-time bootstrap tokens. [`Attestors`] is the
+//! registry built from configuration.
+
+pub mod join_token;
+pub mod oidc;
+mod template;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::ledger::LedgerError;
+use crate::spiffe::SpiffeId;
+
+pub use join_token::JoinTokens;
+pub use oidc::OidcAttestor;
+
+/// Longest subject token accepted, in bytes. Real platform tokens are 1–3 KiB.
+pub const MAX_SUBJECT_TOKEN_BYTES: usize = 16 * 1024;
+
+/// Who a workload was proven to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadIdentity {
+    /// Its SPIFFE ID.
+    pub spiffe_id: SpiffeId,
+    /// Which attestor proved it, e.g. `oidc:k8s-prod` or `join_token`.
+    pub attestor: String,
+    /// Attested attributes (selectors), e.g. `namespace`, `repository`.
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// Why evidence did not prove an identity. Messages name what was expected and never echo secrets.
+#[derive(Debug, thiserror::Error)]
+pub enum AttestError {
+    /// The token is not a well-formed JWT, or is too large.
+    #[error("subject token is malformed: {0}")]
+    Malformed(String),
+    /// `subject_token_type` names nothing Mayfly accepts.
+    #[error(
+        "subject_token_type {0:?} is not supported; use urn:ietf:params:oauth:token-type:jwt, …:id_token or urn:mayfly:params:oauth:token-type:join-token"
+    )]
+    UnsupportedTokenType(String),
+    /// No attestor is configured for the token's `iss`.
+    #[error("no attestor is configured for issuer {0:?}")]
+    UnknownIssuer(String),
+    /// The header's `alg` is not on the issuer's allow-list (or is `none`/HMAC).
+    #[error("algorithm {alg} is not allowed for issuer {issuer:?} (allowed: {allowed})")]
+    AlgorithmNotAllowed {
+        /// The token's alg.
+        alg: String,
+        /// The issuer.
+        issuer: String,
+        /// The allow-list.
+        allowed: String,
+    },
+    /// The `kid` is not in the issuer's JWKS, even after a refresh.
+    #[error("signing key {kid:?} is not in the JWKS of issuer {issuer:?}")]
+    UnknownKey {
+        /// The key id.
+        kid: String,
+        /// The issuer.
+        issuer: String,
+    },
+    /// The signature does not verify, or the key does not fit the algorithm.
+    #[error("signature does not verify with issuer {0:?}'s key")]
+    BadSignature(String),
+    /// `exp` is past.
+    #[error("subject token has expired")]
+    Expired,
+    /// `nbf` is in the future.
+    #[error("subject token is not valid yet (nbf is in the future)")]
+    NotYetValid,
+    /// `aud` does not name Mayfly.
+    #[error(
+        "subject token audience is not accepted by issuer {issuer:?} (expected one of: {expected})"
+    )]
+    WrongAudience {
+        /// The issuer.
+        issuer: String,
+        /// Accepted audiences.
+        expected: String,
+    },
+    /// A required claim is missing or has the wrong type.
+    #[error("subject token claim {0} is missing or invalid")]
+    BadClaim(String),
+    /// The issuer's keys could not be fetched.
+    #[error("JWKS of issuer {issuer:?} is unavailable: {reason}")]
+    JwksUnavailable {
+        /// The issuer.
+        issuer: String,
+        /// Why.
+        reason: String,
+    },
+    /// The claims do not map to a valid SPIFFE ID.
+    #[error("cannot map attested claims to a SPIFFE ID: {0}")]
+    Mapping(String),
+    /// The join token is unknown.
+    #[error("join token is not known")]
+    JoinTokenUnknown,
+    /// The join token was redeemed before.
+    #[error("join token has already been used")]
+    JoinTokenUsed,
+    /// The join token expired.
+    #[error("join token has expired")]
+    JoinTokenExpired,
+    /// Storage failed while attesting.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
+
+impl AttestError {
+    /// A short stable code for audit records and problem types.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AttestError::Malformed(_) => "malformed-subject-token",
+            AttestError::UnsupportedTokenType(_) => "unsupported-token-type",
+            AttestError::UnknownIssuer(_) => "unknown-issuer",
+            AttestError::AlgorithmNotAllowed { .. } => "algorithm-not-allowed",
+            AttestError::UnknownKey { .. } => "unknown-signing-key",
+            AttestError::BadSignature(_) => "bad-signature",
+            AttestError::Expired => "subject-token-expired",
+            AttestError::NotYetValid => "subject-token-not-yet-valid",
+            AttestError::WrongAudience { .. } => "wrong-audience",
+            AttestError::BadClaim(_) => "bad-claim",
+            AttestError::JwksUnavailable { .. } => "jwks-unavailable",
+            AttestError::Mapping(_) => "identity-mapping-failed",
+            AttestError::JoinTokenUnknown => "join-token-unknown",
+            AttestError::JoinTokenUsed => "join-token-used",
+            AttestError::JoinTokenExpired => "join-token-expired",
+            AttestError::Ledger(_) => "storage-unavailable",
+        }
+    }
+}
+
+/// The attestors configured on this server.
+#[derive(Debug)]
+pub struct Attestors {
+    oidc: Vec<Arc<OidcAttestor>>,
+    join_tokens: JoinTokens,
+}
+
+impl Attestors {
+    /// Builds the registry.
+    pub fn new(oidc: Vec<Arc<OidcAttestor>>, join_tokens: JoinTokens) -> Self {
+        Self { oidc, join_tokens }
+    }
+
+    /// The join-token attestor (it also creates tokens).
+    pub fn join_tokens(&self) -> &JoinTokens {
+        &self.join_tokens
+    }
+
+    /// Verifies evidence of the given RFC 8693 token type.
+    pub async fn attest(
+        &self,
+        token_type: &str,
+        token: &str,
+    ) -> Result<WorkloadIdentity, AttestError> {
+        if token.len() > MAX_SUBJECT_TOKEN_BYTES {
+            return Err(AttestError::Malformed(format!(
+                "longer than {MAX_SUBJECT_TOKEN_BYTES} bytes"
+            )));
+        }
+        match token_type {
+            mayfly_proto::TOKEN_TYPE_JWT | mayfly_proto::TOKEN_TYPE_ID_TOKEN => {
+                let iss = oidc::peek_issuer(token)?;
+                let attestor = self
+                    .oidc
+                    .iter()
+                    .find(|a| a.issuer() == iss)
+                    .ok_or_else(|| AttestError::UnknownIssuer(iss.chars().take(200).collect()))?;
+                attestor.attest(token).await
+            }
+            mayfly_proto::TOKEN_TYPE_JOIN_TOKEN => self.join_tokens.redeem(token).await,
+            other => Err(AttestError::UnsupportedTokenType(
+                other.chars().take(200).collect(),
+            )),
+        }
+    }
+}

@@ -1,0 +1,443 @@
+//! The server's TOML configuration. `examples/mayfly.toml` documents every field.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or has unknown fields.
+    #[error("config file {path} is not valid: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// A value is out of range or contradicts another.
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The trust domain every issued SPIFFE ID belongs to, e.g. `prod.example`.
+    pub trust_domain: String,
+    /// Where SQLite state and generated files live.
+    pub data_dir: PathBuf,
+    /// The issuer URL (`iss`) of Mayfly's tokens and the base of discovery documents.
+    /// Default: `http(s)://<listen addr>`.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Listener settings.
+    pub listen: ListenConfig,
+    /// Key-encryption key and signing algorithm.
+    #[serde(default)]
+    pub keys: KeysConfig,
+    /// Token lifetimes.
+    #[serde(default)]
+    pub tokens: TokensConfig,
+    /// Per-audience overrides of lifetimes and the scopes that may be asked for.
+    #[serde(default)]
+    pub audiences: Vec<AudienceConfig>,
+    /// Where Cedar policies come from.
+    pub policy: PolicyConfig,
+    /// The ledger's durability settings.
+    #[serde(default)]
+    pub ledger: LedgerConfig,
+    /// One-time join tokens.
+    #[serde(default)]
+    pub join_tokens: JoinTokensConfig,
+    /// Attestors.
+    #[serde(default)]
+    pub attest: AttestConfig,
+}
+
+/// Listener settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// Address to listen on, e.g. `127.0.0.1:8443`.
+    pub addr: SocketAddr,
+    /// PEM certificate chain for TLS.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle: when set, clients may present certificates signed by it.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: reject clients without a certificate.
+    #[serde(default)]
+    pub require_client_cert: bool,
+    /// Serve plain HTTP on a non-loopback address. Tokens then cross the network in clear text.
+    #[serde(default)]
+    pub dangerously_allow_plaintext: bool,
+}
+
+/// Signing-key settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    /// File holding the 32-byte key-encryption key (64 hex characters or raw bytes).
+    #[serde(default)]
+    pub kek_file: Option<PathBuf>,
+    /// Environment variable holding the key-encryption key as 64 hex characters.
+    #[serde(default)]
+    pub kek_env: Option<String>,
+    /// `EdDSA` (Ed25519, default) or `ES256`.
+    #[serde(default = "default_alg")]
+    pub algorithm: String,
+}
+
+fn default_alg() -> String {
+    "EdDSA".into()
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self {
+            kek_file: None,
+            kek_env: None,
+            algorithm: default_alg(),
+        }
+    }
+}
+
+/// Token lifetimes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokensConfig {
+    /// Lifetime when the request names none (default 5m).
+    #[serde(default = "five_minutes", with = "humantime_serde")]
+    pub default_ttl: Duration,
+    /// Upper bound on any token's lifetime (default 1h).
+    #[serde(default = "one_hour", with = "humantime_serde")]
+    pub max_ttl: Duration,
+}
+
+impl Default for TokensConfig {
+    fn default() -> Self {
+        Self {
+            default_ttl: five_minutes(),
+            max_ttl: one_hour(),
+        }
+    }
+}
+
+fn five_minutes() -> Duration {
+    Duration::from_secs(300)
+}
+fn one_hour() -> Duration {
+    Duration::from_secs(3600)
+}
+
+/// Per-audience settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AudienceConfig {
+    /// The audience name or resource URI, as clients send it.
+    pub name: String,
+    /// Lifetime when the request names none.
+    #[serde(default, with = "humantime_serde")]
+    pub default_ttl: Option<Duration>,
+    /// Upper bound for this audience (never above `tokens.max_ttl`).
+    #[serde(default, with = "humantime_serde")]
+    pub max_ttl: Option<Duration>,
+    /// When set, only these scopes may be requested for this audience.
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
+}
+
+/// Where Cedar policies come from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Directory of `*.cedar` files, validated against Mayfly's schema at load.
+    pub dir: PathBuf,
+    /// How often the directory is checked for changes (default 2s). SIGHUP reloads at once.
+    #[serde(default = "two_seconds", with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+fn two_seconds() -> Duration {
+    Duration::from_secs(2)
+}
+
+/// The ledger's durability settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerConfig {
+    /// SQLite `synchronous` mode: `full` (default: a record survives power loss before
+    /// the token is delivered) or `normal` (survives a process crash, not power loss).
+    #[serde(default = "default_sync")]
+    pub sync: String,
+    /// Most records written in one group commit (default 1024).
+    #[serde(default = "default_batch")]
+    pub batch_max: usize,
+}
+
+fn default_sync() -> String {
+    "full".into()
+}
+fn default_batch() -> usize {
+    1024
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self {
+            sync: default_sync(),
+            batch_max: default_batch(),
+        }
+    }
+}
+
+/// One-time join tokens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinTokensConfig {
+    /// Lifetime when none is asked for (default 10m).
+    #[serde(default = "ten_minutes", with = "humantime_serde")]
+    pub default_ttl: Duration,
+    /// Longest lifetime an admin may ask for (default 24h).
+    #[serde(default = "one_day", with = "humantime_serde")]
+    pub max_ttl: Duration,
+}
+
+fn ten_minutes() -> Duration {
+    Duration::from_secs(600)
+}
+fn one_day() -> Duration {
+    Duration::from_secs(86400)
+}
+
+impl Default for JoinTokensConfig {
+    fn default() -> Self {
+        Self {
+            default_ttl: ten_minutes(),
+            max_ttl: one_day(),
+        }
+    }
+}
+
+/// Attestors.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttestConfig {
+    /// OIDC/JWT issuers whose tokens Mayfly accepts as identity evidence.
+    #[serde(default)]
+    pub oidc: Vec<OidcIssuerConfig>,
+}
+
+/// Presets fill in claim mapping (and, for GitHub, the issuer and JWKS URL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OidcPreset {
+    /// Any issuer: every claim becomes an attribute.
+    Generic,
+    /// Kubernetes projected service-account tokens.
+    Kubernetes,
+    /// GitHub Actions OIDC tokens.
+    Github,
+}
+
+/// One OIDC/JWT issuer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcIssuerConfig {
+    /// A short name, used in audit records and the `attestor` attribute.
+    pub name: String,
+    /// Claim mapping preset (default `generic`).
+    #[serde(default = "default_preset")]
+    pub preset: OidcPreset,
+    /// The exact `iss` value. Optional for the `github` preset.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// JWKS URL; fetched, cached and refreshed on an unknown `kid`.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// JWKS file; read at start.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// `aud` values accepted (at least one).
+    pub audiences: Vec<String>,
+    /// Allowed algorithms (default RS256, ES256, EdDSA). `none` and HMAC are refused.
+    #[serde(default)]
+    pub algorithms: Option<Vec<String>>,
+    /// Template for the SPIFFE ID path, with `{attribute}` placeholders.
+    #[serde(default)]
+    pub spiffe_id_template: Option<String>,
+    /// Clock-skew allowance for `exp`/`nbf` (default 30s).
+    #[serde(default = "thirty_seconds", with = "humantime_serde")]
+    pub leeway: Duration,
+    /// How long a fetched JWKS is used before it is fetched again (default 10m).
+    #[serde(default = "ten_minutes", with = "humantime_serde")]
+    pub jwks_cache_ttl: Duration,
+    /// Least time between two fetches caused by unknown `kid`s (default 30s).
+    #[serde(default = "thirty_seconds", with = "humantime_serde")]
+    pub jwks_refresh_min_interval: Duration,
+}
+
+fn default_preset() -> OidcPreset {
+    OidcPreset::Generic
+}
+fn thirty_seconds() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl Config {
+    /// Reads and validates a TOML file; relative paths are resolved against the file's folder.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut cfg: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.resolve_paths(base);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.data_dir);
+        fix(&mut self.policy.dir);
+        for p in [
+            &mut self.listen.tls_cert,
+            &mut self.listen.tls_key,
+            &mut self.listen.client_ca,
+            &mut self.keys.kek_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            fix(p);
+        }
+        for o in &mut self.attest.oidc {
+            if let Some(p) = &mut o.jwks_file {
+                fix(p);
+            }
+        }
+    }
+
+    /// Checks values that serde cannot: ranges, combinations, names.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if let Err(e) = crate::spiffe::validate_trust_domain(&self.trust_domain) {
+            return bad(format!("trust_domain {:?}: {e}", self.trust_domain));
+        }
+        if self.tokens.default_ttl > self.tokens.max_ttl || self.tokens.max_ttl.is_zero() {
+            return bad(
+                "tokens.default_ttl must be at most tokens.max_ttl, and max_ttl above zero".into(),
+            );
+        }
+        if !matches!(self.keys.algorithm.as_str(), "EdDSA" | "ES256") {
+            return bad(format!(
+                "keys.algorithm {:?}: use EdDSA or ES256",
+                self.keys.algorithm
+            ));
+        }
+        if !matches!(self.ledger.sync.as_str(), "full" | "normal") {
+            return bad(format!(
+                "ledger.sync {:?}: use full or normal",
+                self.ledger.sync
+            ));
+        }
+        if self.ledger.batch_max == 0 {
+            return bad("ledger.batch_max must be at least 1".into());
+        }
+        if self.listen.tls_cert.is_some() != self.listen.tls_key.is_some() {
+            return bad("listen.tls_cert and listen.tls_key go together".into());
+        }
+        if self.listen.client_ca.is_some() && self.listen.tls_cert.is_none() {
+            return bad("listen.client_ca needs TLS (listen.tls_cert and listen.tls_key)".into());
+        }
+        if self.listen.tls_cert.is_none()
+            && !self.listen.addr.ip().is_loopback()
+            && !self.listen.dangerously_allow_plaintext
+        {
+            return bad(format!(
+                "listen.addr {} is not a loopback address and TLS is not configured: set listen.tls_cert and \
+                 listen.tls_key, or set listen.dangerously_allow_plaintext = true if something in front terminates TLS",
+                self.listen.addr
+            ));
+        }
+        for a in &self.audiences {
+            if let (Some(d), Some(m)) = (a.default_ttl, a.max_ttl)
+                && d > m
+            {
+                return bad(format!(
+                    "audience {:?}: default_ttl is above max_ttl",
+                    a.name
+                ));
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for o in &self.attest.oidc {
+            if !names.insert(&o.name) {
+                return bad(format!("attest.oidc name {:?} is used twice", o.name));
+            }
+            if o.audiences.is_empty() {
+                return bad(format!(
+                    "attest.oidc {:?}: list at least one accepted audience",
+                    o.name
+                ));
+            }
+            if o.jwks_url.is_some() && o.jwks_file.is_some() {
+                return bad(format!(
+                    "attest.oidc {:?}: set jwks_url or jwks_file, not both",
+                    o.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The issuer URL of Mayfly's tokens.
+    pub fn issuer_url(&self) -> String {
+        match &self.public_url {
+            Some(u) => u.trim_end_matches('/').to_owned(),
+            None => {
+                let scheme = if self.listen.tls_cert.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
+                format!("{scheme}://{}", self.listen.addr)
+            }
+        }
+    }
+
+    /// The longest lifetime any token can have: keys stay published at least this long after retirement.
+    pub fn longest_token_ttl(&self) -> Duration {
+        self.tokens.max_ttl
+    }
+
+    /// The SQLite database file.
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("mayfly.db")
+    }
+}

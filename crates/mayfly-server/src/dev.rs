@@ -1,0 +1,88 @@
+//! `mayfly server --dev`: a ready-to-use broker with no config file.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use crate::config::{
+    AttestConfig, Config, JoinTokensConfig, KeysConfig, LedgerConfig, ListenConfig, PolicyConfig,
+    TokensConfig,
+};
+use crate::keys::Kek;
+
+/// Trust domain of dev servers.
+pub const DEV_TRUST_DOMAIN: &str = "dev.mayfly.local";
+
+/// The policy a dev server starts with: any workload of the dev trust domain may
+/// exchange for any audience, for at most an hour.
+pub const DEV_POLICY: &str = r#"// Written by `mayfly server --dev`. Edit it: the server reloads on save.
+@id("dev-allow-exchange")
+permit (
+  principal,
+  action == Mayfly::Action::"exchange",
+  resource
+)
+when {
+  principal.trust_domain == "dev.mayfly.local" &&
+  context.ttl_seconds <= 3600
+};
+"#;
+
+/// Why the dev data directory could not be prepared.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot prepare dev data directory {dir}: {message}")]
+pub struct DevSetupError {
+    dir: String,
+    message: String,
+}
+
+/// Creates the dev data directory (KEK file 0600, policy directory) and returns the config.
+pub fn prepare(data_dir: &Path, listen: SocketAddr) -> Result<Config, DevSetupError> {
+    let err = |message: String| DevSetupError {
+        dir: data_dir.display().to_string(),
+        message,
+    };
+    if !listen.ip().is_loopback() {
+        return Err(err(format!(
+            "dev mode listens on loopback only; {listen} is not a loopback address"
+        )));
+    }
+    crate::fsutil::create_private_dir(data_dir).map_err(|e| err(e.to_string()))?;
+    let data_dir = std::fs::canonicalize(data_dir).map_err(|e| err(e.to_string()))?;
+    let kek_file = data_dir.join("kek");
+    if !kek_file.exists() {
+        Kek::generate_file(&kek_file).map_err(|e| err(e.to_string()))?;
+    }
+    let policy_dir = data_dir.join("policies");
+    std::fs::create_dir_all(&policy_dir).map_err(|e| err(e.to_string()))?;
+    let policy_file = policy_dir.join("dev.cedar");
+    if !policy_file.exists() {
+        std::fs::write(&policy_file, DEV_POLICY).map_err(|e| err(e.to_string()))?;
+    }
+    Ok(Config {
+        trust_domain: DEV_TRUST_DOMAIN.into(),
+        data_dir: data_dir.clone(),
+        public_url: None,
+        listen: ListenConfig {
+            addr: listen,
+            tls_cert: None,
+            tls_key: None,
+            client_ca: None,
+            require_client_cert: false,
+            dangerously_allow_plaintext: false,
+        },
+        keys: KeysConfig {
+            kek_file: Some(kek_file),
+            kek_env: None,
+            algorithm: "EdDSA".into(),
+        },
+        tokens: TokensConfig::default(),
+        audiences: Vec::new(),
+        policy: PolicyConfig {
+            dir: policy_dir,
+            reload_interval: std::time::Duration::from_secs(2),
+        },
+        ledger: LedgerConfig::default(),
+        join_tokens: JoinTokensConfig::default(),
+        attest: AttestConfig::default(),
+    })
+}

@@ -1,0 +1,21 @@
+//! Random identifiers and secrets.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use rand::RngCore;
+
+/// `n` random bytes (from the thread-local CSPRNG) as lowercase hex.
+pub fn random_hex(n: usize) -> String {
+    hex::encode(random_bytes(n))
+}
+
+/// `n` random bytes as unpadded base64url.
+pub fn random_b64(n: usize) -> String {
+    B64.encode(random_bytes(n))
+}
+
+fn random_bytes(n: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    rand::rng().fill_bytes(&mut buf);
+    buf
+}

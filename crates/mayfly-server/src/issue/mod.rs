@@ -1,0 +1,16 @@
+//! Issuance: minting credentials. One module per kind of credential.
+
+pub mod jwt;
+
+pub use jwt::{AccessTokenRequest, IssuedToken, JwtIssuer};
+
+/// Why a credential could not be minted.
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    /// Signing failed.
+    #[error("signing failed: {0}")]
+    Signing(#[from] crate::keys::KeyError),
+    /// Claims could not be serialised.
+    #[error("claims could not be encoded: {0}")]
+    Encoding(#[from] serde_json::Error),
+}

@@ -1,0 +1,213 @@
+//! One signing key: Ed25519 (`EdDSA`) or P-256 (`ES256`), held as a parsed
+//! aws-lc-rs key pair so the hot path never re-parses PKCS#8.
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair,
+};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use sha2::{Digest, Sha256};
+
+use super::KeyError;
+
+/// JOSE signing algorithms Mayfly signs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SigningAlg {
+    /// Ed25519.
+    EdDsa,
+    /// ECDSA P-256 with SHA-256.
+    Es256,
+}
+
+impl SigningAlg {
+    /// The JOSE `alg` name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SigningAlg::EdDsa => "EdDSA",
+            SigningAlg::Es256 => "ES256",
+        }
+    }
+
+    /// Parses a JOSE `alg` name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "EdDSA" => Some(SigningAlg::EdDsa),
+            "ES256" => Some(SigningAlg::Es256),
+            _ => None,
+        }
+    }
+}
+
+enum Signer {
+    Ed25519(Ed25519KeyPair),
+    Es256(EcdsaKeyPair),
+}
+
+/// A private signing key with its public JWK.
+pub struct SigningKey {
+    kid: String,
+    alg: SigningAlg,
+    signer: Signer,
+    public_jwk: serde_json::Value,
+    rng: SystemRandom,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SigningKey {
+    /// Generates a new key; returns it with its PKCS#8 encoding (to be sealed before storage).
+    pub fn generate(alg: SigningAlg) -> Result<(Self, Vec<u8>), KeyError> {
+        let rng = SystemRandom::new();
+        let pkcs8 = match alg {
+            SigningAlg::EdDsa => {
+                Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| KeyError::Crypto("keygen"))?
+            }
+            SigningAlg::Es256 => {
+                EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+                    .map_err(|_| KeyError::Crypto("keygen"))?
+            }
+        };
+        let pkcs8 = pkcs8.as_ref().to_vec();
+        let key = Self::from_pkcs8(alg, &pkcs8)?;
+        Ok((key, pkcs8))
+    }
+
+    /// Loads a key from PKCS#8; its `kid` is the RFC 7638 thumbprint of its public JWK.
+    pub fn from_pkcs8(alg: SigningAlg, pkcs8: &[u8]) -> Result<Self, KeyError> {
+        let corrupt = |reason: &str| KeyError::Corrupt {
+            kid: "?".into(),
+            reason: reason.into(),
+        };
+        let (signer, public_jwk) = match alg {
+            SigningAlg::EdDsa => {
+                let kp = Ed25519KeyPair::from_pkcs8(pkcs8)
+                    .map_err(|_| corrupt("not an Ed25519 PKCS#8 key"))?;
+                let x = B64.encode(kp.public_key().as_ref());
+                (
+                    Signer::Ed25519(kp),
+                    serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": x}),
+                )
+            }
+            SigningAlg::Es256 => {
+                let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8)
+                    .map_err(|_| corrupt("not a P-256 PKCS#8 key"))?;
+                let point = kp.public_key().as_ref();
+                if point.len() != 65 || point[0] != 4 {
+                    return Err(corrupt("unexpected P-256 public key encoding"));
+                }
+                let (x, y) = (B64.encode(&point[1..33]), B64.encode(&point[33..65]));
+                (
+                    Signer::Es256(kp),
+                    serde_json::json!({"kty": "EC", "crv": "P-256", "x": x, "y": y}),
+                )
+            }
+        };
+        let kid =
+            jwk_thumbprint(&public_jwk).ok_or_else(|| corrupt("cannot compute thumbprint"))?;
+        let mut public_jwk = public_jwk;
+        if let Some(obj) = public_jwk.as_object_mut() {
+            obj.insert("kid".into(), kid.clone().into());
+            obj.insert("alg".into(), alg.as_str().into());
+            obj.insert("use".into(), "sig".into());
+        }
+        Ok(Self {
+            kid,
+            alg,
+            signer,
+            public_jwk,
+            rng: SystemRandom::new(),
+        })
+    }
+
+    /// The key id (`kid`).
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The JOSE algorithm.
+    pub fn alg(&self) -> SigningAlg {
+        self.alg
+    }
+
+    /// The public key as a JWK with `kid`, `alg` and `use`.
+    pub fn public_jwk(&self) -> &serde_json::Value {
+        &self.public_jwk
+    }
+
+    /// Signs a JWS signing input; the result is the raw JWS signature.
+    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+        match &self.signer {
+            Signer::Ed25519(kp) => Ok(kp.sign(message).as_ref().to_vec()),
+            Signer::Es256(kp) => kp
+                .sign(&self.rng, message)
+                .map(|s| s.as_ref().to_vec())
+                .map_err(|_| KeyError::Crypto("sign")),
+        }
+    }
+}
+
+/// RFC 7638 JWK thumbprint (SHA-256, base64url) of a public OKP, EC or RSA JWK.
+pub fn jwk_thumbprint(jwk: &serde_json::Value) -> Option<String> {
+    let get = |k: &str| jwk.get(k).and_then(|v| v.as_str());
+    // Required members only, in lexicographic order, no whitespace (RFC 7638 §3.2).
+    let canonical = match get("kty")? {
+        "OKP" => format!(
+            r#"{{"crv":"{}","kty":"OKP","x":"{}"}}"#,
+            get("crv")?,
+            get("x")?
+        ),
+        "EC" => format!(
+            r#"{{"crv":"{}","kty":"EC","x":"{}","y":"{}"}}"#,
+            get("crv")?,
+            get("x")?,
+            get("y")?
+        ),
+        "RSA" => format!(r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#, get("e")?, get("n")?),
+        _ => return None,
+    };
+    // Member values are base64url or curve names; anything needing JSON escaping is not a valid JWK.
+    if canonical.contains('\\') {
+        return None;
+    }
+    Some(B64.encode(Sha256::digest(canonical.as_bytes())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc7638_example_thumbprint() {
+        // The example key of RFC 7638 §3.1.
+        let jwk = serde_json::json!({
+            "kty": "RSA",
+            "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw",
+            "e": "AQAB",
+            "alg": "RS256",
+            "kid": "2011-04-29"
+        });
+        assert_eq!(
+            jwk_thumbprint(&jwk).unwrap(),
+            "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+        );
+    }
+
+    #[test]
+    fn sign_with_both_algorithms() {
+        for alg in [SigningAlg::EdDsa, SigningAlg::Es256] {
+            let (key, pkcs8) = SigningKey::generate(alg).unwrap();
+            let again = SigningKey::from_pkcs8(alg, &pkcs8).unwrap();
+            assert_eq!(key.kid(), again.kid());
+            let sig = key.sign(b"payload").unwrap();
+            assert_eq!(sig.len(), 64);
+        }
+    }
+}

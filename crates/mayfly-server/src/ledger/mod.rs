@@ -1,0 +1,168 @@
+//! The ledger: everything Mayfly must remember — signing keys, join tokens,
+//! issued credentials and the hash-chained audit trail.
+//!
+//! Domain code talks to the [`Store`] trait only; [`sqlite::SqliteStore`] is the
+//! embedded default. Issuance records go through the [`Ledger`] writer, which
+//! batches concurrent writes into one transaction (group commit).
+
+pub mod audit;
+pub mod sqlite;
+mod writer;
+
+pub use audit::{AuditEvent, ChainedAuditEvent};
+pub use writer::Ledger;
+
+use async_trait::async_trait;
+
+/// Why storage failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// The database answered with an error or could not be reached.
+    #[error("storage error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Migrations could not be applied.
+    #[error("storage migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The ledger writer has stopped (the server is shutting down).
+    #[error("the ledger writer is not running")]
+    WriterGone,
+    /// A write was attempted that would break an invariant.
+    #[error("storage conflict: {0}")]
+    Conflict(String),
+}
+
+/// A signing key as stored: its private part sealed under the KEK.
+#[derive(Debug, Clone)]
+pub struct StoredSigningKey {
+    /// Key id (RFC 7638 thumbprint).
+    pub kid: String,
+    /// JOSE algorithm.
+    pub alg: String,
+    /// PKCS#8, sealed with AES-256-GCM under the KEK.
+    pub sealed_private_key: Vec<u8>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// When it stopped signing.
+    pub retired_at: Option<i64>,
+    /// When it leaves the JWKS.
+    pub published_until: Option<i64>,
+}
+
+/// A one-time join token as stored (hash only).
+#[derive(Debug, Clone)]
+pub struct JoinTokenRow {
+    /// Non-secret id.
+    pub id: String,
+    /// Hex SHA-256 of the token.
+    pub token_hash: String,
+    /// SPIFFE ID path its redeemer gets.
+    pub spiffe_path: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+/// The result of redeeming a join token.
+#[derive(Debug, Clone)]
+pub enum RedeemOutcome {
+    /// Redeemed now; it cannot be redeemed again.
+    Redeemed(JoinTokenRow),
+    /// No such token.
+    Unknown,
+    /// Redeemed before.
+    AlreadyUsed,
+    /// Past its expiry.
+    Expired,
+}
+
+/// One issued credential. Never holds the credential itself.
+#[derive(Debug, Clone)]
+pub struct CredentialRecord {
+    /// Token id (`jti`) or lease id.
+    pub jti: String,
+    /// `jwt` for access tokens.
+    pub kind: String,
+    /// SPIFFE ID of the holder.
+    pub subject: String,
+    /// Audience.
+    pub audience: String,
+    /// Space-separated scopes.
+    pub scope: String,
+    /// The task it was issued under, if any.
+    pub task_id: Option<String>,
+    /// OAuth client id.
+    pub client_id: String,
+    /// Unix seconds.
+    pub issued_at: i64,
+    /// Unix seconds.
+    pub expires_at: i64,
+    /// The signing key.
+    pub key_id: String,
+    /// Confirmation (`cnf`) as JSON, when bound.
+    pub binding: Option<String>,
+    /// Keyed HMAC of the credential.
+    pub fingerprint: String,
+}
+
+/// Storage for everything durable. Implementations must make `append` atomic.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Whether the database answers.
+    async fn ping(&self) -> Result<(), LedgerError>;
+    /// A value from the key/value meta table.
+    async fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, LedgerError>;
+    /// Sets a meta value unless it exists; returns whether it was written.
+    async fn meta_put_if_absent(&self, key: &str, value: &[u8]) -> Result<bool, LedgerError>;
+
+    /// All stored signing keys, oldest first.
+    async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>, LedgerError>;
+    /// Stores a new signing key.
+    async fn insert_signing_key(&self, key: &StoredSigningKey) -> Result<(), LedgerError>;
+    /// Atomically stores `new` and retires `old_kid`.
+    async fn rotate_signing_key(
+        &self,
+        new: &StoredSigningKey,
+        old_kid: &str,
+        retired_at: i64,
+        published_until: i64,
+    ) -> Result<(), LedgerError>;
+
+    /// Stores an admin token's hash.
+    async fn insert_admin_token(
+        &self,
+        token_hash: &str,
+        name: &str,
+        created_at: i64,
+    ) -> Result<(), LedgerError>;
+    /// Whether an admin token hash is known.
+    async fn admin_token_exists(&self, token_hash: &str) -> Result<bool, LedgerError>;
+    /// How many admin tokens exist.
+    async fn admin_token_count(&self) -> Result<i64, LedgerError>;
+
+    /// Stores a new join token.
+    async fn insert_join_token(&self, row: &JoinTokenRow) -> Result<(), LedgerError>;
+    /// Marks a join token used, exactly once.
+    async fn redeem_join_token(
+        &self,
+        token_hash: &str,
+        now: i64,
+    ) -> Result<RedeemOutcome, LedgerError>;
+
+    /// The last audit event's sequence number and hash.
+    async fn audit_head(&self) -> Result<Option<(i64, String)>, LedgerError>;
+    /// Writes credentials and chained audit events in one transaction.
+    async fn append(
+        &self,
+        credentials: &[CredentialRecord],
+        events: &[ChainedAuditEvent],
+    ) -> Result<(), LedgerError>;
+    /// Audit events with `seq > after`, in order, at most `limit`.
+    async fn audit_events_after(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<ChainedAuditEvent>, LedgerError>;
+    /// A credential record by `jti`.
+    async fn credential(&self, jti: &str) -> Result<Option<CredentialRecord>, LedgerError>;
+}

@@ -1,0 +1,111 @@
+//! Group commit: concurrent issuance records are gathered into one transaction,
+//! so a durable record costs one fsync per batch, not per request. The writer is
+//! the only appender of audit events, which keeps the hash chain linear.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::audit::GENESIS_HASH;
+use super::{AuditEvent, ChainedAuditEvent, CredentialRecord, LedgerError, Store};
+
+struct WriteRequest {
+    credentials: Vec<CredentialRecord>,
+    events: Vec<AuditEvent>,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// Handle to the ledger writer. Cheap to clone.
+#[derive(Clone)]
+pub struct Ledger {
+    tx: mpsc::Sender<WriteRequest>,
+    store: Arc<dyn Store>,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ledger")
+    }
+}
+
+impl Ledger {
+    /// Starts the writer task on top of `store`; at most `batch_max` requests share a transaction.
+    pub async fn start(store: Arc<dyn Store>, batch_max: usize) -> Result<Self, LedgerError> {
+        let head = store
+            .audit_head()
+            .await?
+            .unwrap_or((0, GENESIS_HASH.to_owned()));
+        let (tx, rx) = mpsc::channel(65_536);
+        tokio::spawn(run_writer(store.clone(), rx, head, batch_max.max(1)));
+        Ok(Self { tx, store })
+    }
+
+    /// The store beneath the writer, for reads.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Durably records credentials and audit events; returns once they are committed.
+    pub async fn record(
+        &self,
+        credentials: Vec<CredentialRecord>,
+        events: Vec<AuditEvent>,
+    ) -> Result<(), LedgerError> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(WriteRequest {
+                credentials,
+                events,
+                done,
+            })
+            .await
+            .map_err(|_| LedgerError::WriterGone)?;
+        match wait.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(msg)) => Err(LedgerError::Conflict(msg)),
+            Err(_) => Err(LedgerError::WriterGone),
+        }
+    }
+
+    /// Durably records one audit event.
+    pub async fn audit(&self, event: AuditEvent) -> Result<(), LedgerError> {
+        self.record(Vec::new(), vec![event]).await
+    }
+}
+
+async fn run_writer(
+    store: Arc<dyn Store>,
+    mut rx: mpsc::Receiver<WriteRequest>,
+    head: (i64, String),
+    batch_max: usize,
+) {
+    let (mut seq, mut hash) = head;
+    let mut batch: Vec<WriteRequest> = Vec::with_capacity(batch_max);
+    while rx.recv_many(&mut batch, batch_max).await > 0 {
+        let mut credentials = Vec::new();
+        let mut chained = Vec::new();
+        let (mut s, mut h) = (seq, hash.clone());
+        for req in &mut batch {
+            credentials.append(&mut req.credentials);
+            for ev in &req.events {
+                let c = ChainedAuditEvent::chain(ev, s, &h);
+                s = c.seq;
+                h.clone_from(&c.hash);
+                chained.push(c);
+            }
+        }
+        let result = store.append(&credentials, &chained).await;
+        match &result {
+            // The chain head moves only once the batch is committed.
+            Ok(()) => (seq, hash) = (s, h),
+            Err(e) => {
+                tracing::error!(error = %e, records = credentials.len(), "ledger batch failed")
+            }
+        }
+        for req in batch.drain(..) {
+            let _ = req
+                .done
+                .send(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+        }
+    }
+}

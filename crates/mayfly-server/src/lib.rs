@@ -1,0 +1,22 @@
+//! Mayfly: a runtime credential broker for non-human identities.
+//!
+//! The modules follow the flow of a request: [`attest`] turns evidence into a
+//! workload identity, [`authorize`] asks Cedar policy, [`issue`] mints the
+//! credential, [`ledger`] records it before [`deliver`] hands it out.
+//! [`broker`] wires the steps together; [`server`] starts everything.
+#![forbid(unsafe_code)]
+
+pub mod attest;
+pub mod authorize;
+pub mod broker;
+pub mod clock;
+pub mod config;
+pub mod deliver;
+pub mod dev;
+pub mod fsutil;
+pub mod ids;
+pub mod issue;
+pub mod keys;
+pub mod ledger;
+pub mod server;
+pub mod spiffe;

@@ -1,0 +1,326 @@
+//! Start-up: configuration → storage → keys → policies → attestors → listener.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::attest::{Attestors, JoinTokens, OidcAttestor, oidc::OidcConfigError};
+use crate::authorize::{PolicyEngine, PolicyError};
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::deliver::http::{AppInner, AppState, admin_token_hash, router};
+use crate::deliver::listener::{self, TlsSetupError};
+use crate::issue::JwtIssuer;
+use crate::keys::{Kek, KekSource, KeyError, KeyRing, KeyRingError, SigningAlg};
+use crate::ledger::sqlite::SqliteStore;
+use crate::ledger::{AuditEvent, Ledger, LedgerError, Store};
+
+/// Prefix that makes an admin token recognisable.
+pub const ADMIN_TOKEN_PREFIX: &str = "mfa_";
+/// File in the data directory holding the first admin token (mode 0600).
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+const KEK_CHECK_KEY: &str = "kek_check";
+
+/// Why the server did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// Key-encryption key or signing keys.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// Key ring.
+    #[error(transparent)]
+    KeyRing(#[from] KeyRingError),
+    /// Storage.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// Policies.
+    #[error("policies in {dir}: {source}")]
+    Policy {
+        /// The directory.
+        dir: String,
+        /// What is wrong.
+        source: PolicyError,
+    },
+    /// An OIDC issuer.
+    #[error(transparent)]
+    Oidc(#[from] OidcConfigError),
+    /// TLS.
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
+    /// File system or socket.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// A running server.
+pub struct RunningServer {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// Its base URL (`iss` of its tokens).
+    pub url: String,
+    /// The admin token created on this start, when the data directory had none.
+    pub new_admin_token: Option<String>,
+    /// The flow, for in-process use (tests, dev bootstrap).
+    pub broker: Arc<Broker>,
+    /// The signing keys.
+    pub keys: Arc<KeyRing>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// Stops accepting, drains connections, and waits for the server to finish.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+
+    /// Waits until the server stops (after SIGINT/SIGTERM when started by `run_until_signal`).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StartError {
+    let context = context.into();
+    move |source| StartError::Io { context, source }
+}
+
+/// The configured KEK source.
+pub fn kek_source(cfg: &Config) -> Result<KekSource, KeyError> {
+    match (&cfg.keys.kek_file, &cfg.keys.kek_env) {
+        (Some(p), _) => Ok(KekSource::File(p.clone())),
+        (None, Some(v)) => Ok(KekSource::Env(v.clone())),
+        (None, None) => Err(KeyError::MissingKek(
+            "set keys.kek_file or keys.kek_env in the config".into(),
+        )),
+    }
+}
+
+/// Opens storage and checks the KEK against it: the pieces offline tools share with the server.
+pub async fn open_state(cfg: &Config) -> Result<(Arc<dyn Store>, Arc<Kek>), StartError> {
+    crate::fsutil::create_private_dir(&cfg.data_dir).map_err(io_err(format!(
+        "cannot create data directory {}",
+        cfg.data_dir.display()
+    )))?;
+    let kek = Arc::new(Kek::load(&kek_source(cfg)?)?);
+    let store: Arc<dyn Store> =
+        Arc::new(SqliteStore::open(&cfg.database_path(), cfg.ledger.sync == "full").await?);
+    // A sealed check value detects a wrong KEK even before any signing key exists.
+    match store.meta_get(KEK_CHECK_KEY).await? {
+        Some(sealed) => {
+            kek.open(KEK_CHECK_KEY.as_bytes(), &sealed)?;
+        }
+        None => {
+            store
+                .meta_put_if_absent(
+                    KEK_CHECK_KEY,
+                    &kek.seal(KEK_CHECK_KEY.as_bytes(), b"mayfly")?,
+                )
+                .await?;
+        }
+    }
+    Ok((store, kek))
+}
+
+/// Starts the server. With `listener` it serves on that socket instead of binding `listen.addr`.
+pub async fn start(
+    cfg: Config,
+    listener: Option<TcpListener>,
+) -> Result<RunningServer, StartError> {
+    cfg.validate()?;
+    let (store, kek) = open_state(&cfg).await?;
+    let alg = SigningAlg::parse(&cfg.keys.algorithm).unwrap_or(SigningAlg::EdDsa);
+    let keys = Arc::new(KeyRing::load_or_create(store.as_ref(), &kek, alg).await?);
+    let new_admin_token = ensure_admin_token(&cfg, store.as_ref()).await?;
+    let ledger = Ledger::start(store.clone(), cfg.ledger.batch_max).await?;
+    let policies =
+        Arc::new(
+            PolicyEngine::load(&cfg.policy.dir).map_err(|source| StartError::Policy {
+                dir: cfg.policy.dir.display().to_string(),
+                source,
+            })?,
+        );
+    if policies.current().count == 0 {
+        tracing::warn!(dir = %cfg.policy.dir.display(), "no policies loaded: every request will be denied");
+    }
+    let oidc = cfg
+        .attest
+        .oidc
+        .iter()
+        .map(|o| OidcAttestor::from_config(o, &cfg.trust_domain).map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()?;
+    let join_tokens = JoinTokens::new(
+        store.clone(),
+        &cfg.trust_domain,
+        cfg.join_tokens.default_ttl,
+        cfg.join_tokens.max_ttl,
+    );
+
+    let tls = match (&cfg.listen.tls_cert, &cfg.listen.tls_key) {
+        (Some(c), Some(k)) => Some(listener::tls_config(
+            c,
+            k,
+            cfg.listen.client_ca.as_deref(),
+            cfg.listen.require_client_cert,
+        )?),
+        _ => None,
+    };
+    let tcp = match listener {
+        Some(l) => l,
+        None => TcpListener::bind(cfg.listen.addr)
+            .await
+            .map_err(io_err(format!("cannot listen on {}", cfg.listen.addr)))?,
+    };
+    let addr = tcp.local_addr().map_err(io_err("listener address"))?;
+    let url = match &cfg.public_url {
+        Some(u) => u.trim_end_matches('/').to_owned(),
+        None => format!("{}://{addr}", if tls.is_some() { "https" } else { "http" }),
+    };
+
+    let issuer = JwtIssuer::new(keys.clone(), url.clone());
+    let broker = Arc::new(Broker::new(
+        Attestors::new(oidc, join_tokens),
+        policies.clone(),
+        issuer,
+        ledger.clone(),
+        kek.clone(),
+        cfg.tokens.clone(),
+        &cfg.audiences,
+    ));
+    let state = AppState::new(AppInner {
+        broker: broker.clone(),
+        keys: keys.clone(),
+        kek,
+        store,
+        issuer_url: url.clone(),
+        signing_alg: alg,
+        // Retired keys stay published for the longest token lifetime plus clock-skew margin.
+        key_publish_secs: cfg.longest_token_ttl().as_secs() as i64 + 300,
+    });
+
+    ledger
+        .audit(AuditEvent::new(
+            "server.started",
+            None,
+            json!({"url": url, "trust_domain": cfg.trust_domain, "policies": policies.current().count,
+                   "oidc_issuers": cfg.attest.oidc.iter().map(|o| &o.name).collect::<Vec<_>>(),
+                   "signing_key": keys.active().kid()}),
+        ))
+        .await?;
+
+    let watcher = tokio::spawn(watch_policies(policies, ledger, cfg.policy.reload_interval));
+    let (tx, rx) = oneshot::channel::<()>();
+    let app = router(state);
+    let task = tokio::spawn(async move {
+        listener::serve(tcp, tls, app, async {
+            let _ = rx.await;
+        })
+        .await;
+        watcher.abort();
+    });
+    tracing::info!(%url, "mayfly is serving");
+    Ok(RunningServer {
+        addr,
+        url,
+        new_admin_token,
+        broker,
+        keys,
+        shutdown: Some(tx),
+        task,
+    })
+}
+
+/// Creates the first admin token when none exists, writing it to the data directory (0600).
+async fn ensure_admin_token(cfg: &Config, store: &dyn Store) -> Result<Option<String>, StartError> {
+    if store.admin_token_count().await? > 0 {
+        return Ok(None);
+    }
+    let token = format!("{ADMIN_TOKEN_PREFIX}{}", crate::ids::random_b64(32));
+    store
+        .insert_admin_token(
+            &admin_token_hash(&token),
+            "initial",
+            crate::clock::now_unix(),
+        )
+        .await?;
+    let path = cfg.data_dir.join(ADMIN_TOKEN_FILE);
+    crate::fsutil::write_private(&path, format!("{token}\n").as_bytes())
+        .map_err(io_err(format!("cannot write {}", path.display())))?;
+    Ok(Some(token))
+}
+
+/// Reloads policies on SIGHUP and when the directory's contents change.
+async fn watch_policies(engine: Arc<PolicyEngine>, ledger: Ledger, interval: Duration) {
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGHUP; policies reload on file change only");
+            None
+        }
+    };
+    let mut last_failed: Option<String> = None;
+    loop {
+        let forced = tokio::select! {
+            _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending().await } } => true,
+            _ = tokio::time::sleep(interval) => false,
+        };
+        if !forced {
+            // Cheap check first: only parse when the files changed.
+            match engine.fingerprint_on_disk() {
+                Ok(fp)
+                    if fp == engine.current().fingerprint || Some(&fp) == last_failed.as_ref() =>
+                {
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read policy directory");
+                    continue;
+                }
+            }
+        }
+        match engine.reload() {
+            Ok(Some(loaded)) => {
+                last_failed = None;
+                tracing::info!(policies = loaded.count, "policies reloaded");
+                let ev = AuditEvent::new(
+                    "policy.reloaded",
+                    None,
+                    json!({"policies": loaded.count, "fingerprint": loaded.fingerprint, "trigger": if forced {"SIGHUP"} else {"file change"}}),
+                );
+                if let Err(e) = ledger.audit(ev).await {
+                    tracing::error!(error = %e, "audit of policy reload failed");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                last_failed = engine.fingerprint_on_disk().ok();
+                tracing::error!(error = %e, "policy reload failed; the policies in force stay");
+                let ev = AuditEvent::new(
+                    "policy.reload_failed",
+                    None,
+                    json!({"error": e.to_string()}),
+                );
+                if let Err(e) = ledger.audit(ev).await {
+                    tracing::error!(error = %e, "audit of failed policy reload failed");
+                }
+            }
+        }
+    }
+}
