@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use clap::{Args, Subcommand};
 use mayfly_proto::{
-    CreateJoinTokenRequest, CreateJoinTokenResponse, GRANT_TYPE_TOKEN_EXCHANGE, Problem,
-    SigningKeyInfo, TOKEN_TYPE_JOIN_TOKEN, TOKEN_TYPE_JWT, TokenExchangeResponse,
+    CreateJoinTokenRequest, CreateJoinTokenResponse, GRANT_TYPE_TOKEN_EXCHANGE, Problem, SigningKeyInfo,
+    TOKEN_TYPE_JOIN_TOKEN, TOKEN_TYPE_JWT, TokenExchangeResponse,
 };
 use serde::de::DeserializeOwned;
 
@@ -58,9 +58,7 @@ impl Remote {
         let mut b = reqwest::Client::builder().timeout(Duration::from_secs(30));
         if let Some(ca) = &self.ca_cert {
             let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
-            b = b.add_root_certificate(
-                reqwest::Certificate::from_pem(&pem).context("parsing the CA certificate")?,
-            );
+            b = b.add_root_certificate(reqwest::Certificate::from_pem(&pem).context("parsing the CA certificate")?);
         }
         Ok(b.build()?)
     }
@@ -72,24 +70,15 @@ impl Remote {
 
 /// Sends a request and decodes a JSON answer, or turns a problem document into an error.
 async fn call<T: DeserializeOwned>(req: reqwest::RequestBuilder, url: &str) -> anyhow::Result<T> {
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| anyhow!("cannot reach {url}: {e}"))?;
+    let resp = req.send().await.map_err(|e| anyhow!("cannot reach {url}: {e}"))?;
     let status = resp.status();
     let body = resp.bytes().await.context("reading the response")?;
     if status.is_success() {
-        return serde_json::from_slice(&body)
-            .with_context(|| format!("unexpected answer from {url}"));
+        return serde_json::from_slice(&body).with_context(|| format!("unexpected answer from {url}"));
     }
     match serde_json::from_slice::<Problem>(&body) {
         Ok(p) => {
-            let mut msg = format!(
-                "{} ({}): {}",
-                p.title,
-                p.status,
-                p.detail.unwrap_or_default()
-            );
+            let mut msg = format!("{} ({}): {}", p.title, p.status, p.detail.unwrap_or_default());
             if !p.policies.is_empty() {
                 msg.push_str(&format!(" [policies: {}]", p.policies.join(", ")));
             }
@@ -126,23 +115,10 @@ pub enum JoinTokenCommand {
 impl JoinTokenCommand {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         match self {
-            JoinTokenCommand::Create {
-                remote,
-                ttl,
-                spiffe_path,
-                json,
-            } => {
+            JoinTokenCommand::Create { remote, ttl, spiffe_path, json } => {
                 let url = remote.remote.endpoint("/v1/join-tokens");
-                let body = CreateJoinTokenRequest {
-                    ttl_seconds: ttl.map(|d| d.as_secs()),
-                    spiffe_path,
-                };
-                let req = remote
-                    .remote
-                    .client()?
-                    .post(&url)
-                    .bearer_auth(remote.token()?)
-                    .json(&body);
+                let body = CreateJoinTokenRequest { ttl_seconds: ttl.map(|d| d.as_secs()), spiffe_path };
+                let req = remote.remote.client()?.post(&url).bearer_auth(remote.token()?).json(&body);
                 let created: CreateJoinTokenResponse = call(req, &url).await?;
                 if json {
                     print_json(&created)?;
@@ -184,29 +160,18 @@ impl KeysCommand {
         match self {
             KeysCommand::Rotate { remote } => {
                 let url = remote.remote.endpoint("/v1/keys/rotate");
-                let req = remote
-                    .remote
-                    .client()?
-                    .post(&url)
-                    .bearer_auth(remote.token()?);
+                let req = remote.remote.client()?.post(&url).bearer_auth(remote.token()?);
                 let info: SigningKeyInfo = call(req, &url).await?;
                 println!("new signing key {} ({})", info.kid, info.alg);
             }
             KeysCommand::List { remote, json } => {
                 let url = remote.remote.endpoint("/v1/keys");
-                let req = remote
-                    .remote
-                    .client()?
-                    .get(&url)
-                    .bearer_auth(remote.token()?);
+                let req = remote.remote.client()?.get(&url).bearer_auth(remote.token()?);
                 let keys: Vec<SigningKeyInfo> = call(req, &url).await?;
                 if json {
                     print_json(&keys)?;
                 } else {
-                    println!(
-                        "{:<44} {:<6} {:<7} {:<21} PUBLISHED UNTIL",
-                        "KID", "ALG", "ACTIVE", "CREATED"
-                    );
+                    println!("{:<44} {:<6} {:<7} {:<21} PUBLISHED UNTIL", "KID", "ALG", "ACTIVE", "CREATED");
                     for k in keys {
                         println!(
                             "{:<44} {:<6} {:<7} {:<21} {}",
@@ -214,9 +179,7 @@ impl KeysCommand {
                             k.alg,
                             if k.active { "yes" } else { "no" },
                             mayfly_server::clock::rfc3339(k.created_at),
-                            k.published_until
-                                .map(mayfly_server::clock::rfc3339)
-                                .unwrap_or_else(|| "-".into())
+                            k.published_until.map(mayfly_server::clock::rfc3339).unwrap_or_else(|| "-".into())
                         );
                     }
                 }
@@ -234,11 +197,7 @@ pub enum TokenCommand {
         #[command(flatten)]
         remote: Remote,
         /// File holding a platform JWT (e.g. /var/run/secrets/tokens/mayfly).
-        #[arg(
-            long,
-            conflicts_with = "join_token",
-            required_unless_present = "join_token"
-        )]
+        #[arg(long, conflicts_with = "join_token", required_unless_present = "join_token")]
         subject_token_file: Option<PathBuf>,
         /// A one-time join token.
         #[arg(long, env = "MAYFLY_JOIN_TOKEN", hide_env_values = true)]
@@ -260,21 +219,10 @@ pub enum TokenCommand {
 
 impl TokenCommand {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
-        let TokenCommand::Exchange {
-            remote,
-            subject_token_file,
-            join_token,
-            audience,
-            scope,
-            lifetime,
-            json,
-        } = self;
+        let TokenCommand::Exchange { remote, subject_token_file, join_token, audience, scope, lifetime, json } = self;
         let (subject_token, subject_token_type) = match (subject_token_file, join_token) {
             (Some(p), _) => (
-                std::fs::read_to_string(&p)
-                    .with_context(|| format!("reading {}", p.display()))?
-                    .trim()
-                    .to_owned(),
+                std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?.trim().to_owned(),
                 TOKEN_TYPE_JWT,
             ),
             (None, Some(t)) => (t, TOKEN_TYPE_JOIN_TOKEN),
@@ -293,8 +241,7 @@ impl TokenCommand {
             form.push(("requested_lifetime", l.as_secs().to_string()));
         }
         let url = remote.endpoint("/v1/token");
-        let resp: TokenExchangeResponse =
-            call(remote.client()?.post(&url).form(&form), &url).await?;
+        let resp: TokenExchangeResponse = call(remote.client()?.post(&url).form(&form), &url).await?;
         if json {
             print_json(&resp)?;
         } else {

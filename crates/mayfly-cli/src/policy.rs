@@ -54,47 +54,26 @@ pub enum PolicyCommand {
 }
 
 fn parse_attr(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .ok_or_else(|| "use NAME=VALUE".to_owned())
+    s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| "use NAME=VALUE".to_owned())
 }
 
 impl PolicyCommand {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         match self {
             PolicyCommand::Validate { dir } => {
-                let engine =
-                    PolicyEngine::load(&dir).map_err(|e| anyhow!("{}: {e}", dir.display()))?;
-                println!(
-                    "{}: {} policies, valid",
-                    dir.display(),
-                    engine.current().count
-                );
+                let engine = PolicyEngine::load(&dir).map_err(|e| anyhow!("{}: {e}", dir.display()))?;
+                println!("{}: {} policies, valid", dir.display(), engine.current().count);
                 Ok(ExitCode::SUCCESS)
             }
             PolicyCommand::Schema => {
                 print!("{}", mayfly_server::authorize::SCHEMA);
                 Ok(ExitCode::SUCCESS)
             }
-            PolicyCommand::Eval {
-                policies,
-                principal,
-                attrs,
-                attestor,
-                audience,
-                scope,
-                ttl,
-                source_ip,
-                json,
-            } => {
-                let engine = PolicyEngine::load(&policies)
-                    .map_err(|e| anyhow!("{}: {e}", policies.display()))?;
+            PolicyCommand::Eval { policies, principal, attrs, attestor, audience, scope, ttl, source_ip, json } => {
+                let engine = PolicyEngine::load(&policies).map_err(|e| anyhow!("{}: {e}", policies.display()))?;
                 let spiffe_id = SpiffeId::parse(&principal).context("--principal")?;
-                let identity = WorkloadIdentity {
-                    spiffe_id,
-                    attestor,
-                    attributes: attrs.into_iter().collect::<BTreeMap<_, _>>(),
-                };
+                let identity =
+                    WorkloadIdentity { spiffe_id, attestor, attributes: attrs.into_iter().collect::<BTreeMap<_, _>>() };
                 let scopes: Vec<String> = scope.split_whitespace().map(str::to_owned).collect();
                 let decision = engine.decide_exchange(&ExchangeRequest {
                     identity: &identity,
@@ -113,21 +92,13 @@ impl PolicyCommand {
                     });
                     println!("{v}");
                 } else {
-                    println!(
-                        "{}: {}",
-                        if decision.allowed { "ALLOW" } else { "DENY" },
-                        decision.reason()
-                    );
+                    println!("{}: {}", if decision.allowed { "ALLOW" } else { "DENY" }, decision.reason());
                     for e in &decision.errors {
                         println!("  evaluation error: {e}");
                     }
                 }
                 // Exit 0 for allow, 2 for deny: scripts can test policies.
-                Ok(if decision.allowed {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::from(2)
-                })
+                Ok(if decision.allowed { ExitCode::SUCCESS } else { ExitCode::from(2) })
             }
         }
     }

@@ -41,9 +41,7 @@ pub struct ServerArgs {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MAYFLY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -60,9 +58,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     let data_dir = cfg.data_dir.clone();
     let policy_dir = cfg.policy.dir.clone();
     let trust_domain = cfg.trust_domain.clone();
-    let running = server::start(cfg, None)
-        .await
-        .context("the server did not start")?;
+    let running = server::start(cfg, None).await.context("the server did not start")?;
     if args.dev {
         let admin = match &running.new_admin_token {
             Some(t) => t.clone(),
@@ -77,14 +73,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
             .create(None, Some("dev/workload"))
             .await
             .context("creating the dev join token")?;
-        print_dev_banner(
-            &running.url,
-            &trust_domain,
-            &data_dir,
-            &policy_dir,
-            &admin,
-            &join,
-        );
+        print_dev_banner(&running.url, &trust_domain, &data_dir, &policy_dir, &admin, &join);
     } else if let Some(t) = &running.new_admin_token {
         eprintln!(
             "Created the first admin token; it is in {} (mode 0600). Keep it safe.",

@@ -90,19 +90,8 @@ impl Broker {
         tokens: TokensConfig,
         audiences: &[AudienceConfig],
     ) -> Self {
-        let audiences = audiences
-            .iter()
-            .map(|a| (a.name.clone(), a.clone()))
-            .collect();
-        Self {
-            attestors,
-            policies,
-            issuer,
-            ledger,
-            kek,
-            tokens,
-            audiences,
-        }
+        let audiences = audiences.iter().map(|a| (a.name.clone(), a.clone())).collect();
+        Self { attestors, policies, issuer, ledger, kek, tokens, audiences }
     }
 
     /// The attestors (join tokens are created through them).
@@ -124,17 +113,12 @@ impl Broker {
     /// The token is recorded durably before this returns.
     pub async fn exchange(&self, p: ExchangeParams) -> Result<IssuedToken, BrokerError> {
         let scopes = parse_scopes(p.scope.as_deref())?;
-        let identity = match self
-            .attestors
-            .attest(&p.subject_token_type, &p.subject_token)
-            .await
-        {
+        let identity = match self.attestors.attest(&p.subject_token_type, &p.subject_token).await {
             Ok(id) => id,
             Err(e) => {
                 let detail = json!({"reason": e.code(), "message": e.to_string(), "source_ip": p.source_ip.to_string(),
                                     "subject_token_type": p.subject_token_type});
-                self.audit_best_effort(AuditEvent::new("attest.failed", None, detail))
-                    .await;
+                self.audit_best_effort(AuditEvent::new("attest.failed", None, detail)).await;
                 return Err(e.into());
             }
         };
@@ -159,12 +143,8 @@ impl Broker {
                 "attestor": identity.attestor, "policies": decision.policies, "reason": decision.reason(),
                 "source_ip": p.source_ip.to_string(),
             });
-            self.audit_best_effort(AuditEvent::new(
-                "policy.denied",
-                Some(identity.spiffe_id.to_string()),
-                detail,
-            ))
-            .await;
+            self.audit_best_effort(AuditEvent::new("policy.denied", Some(identity.spiffe_id.to_string()), detail))
+                .await;
             return Err(BrokerError::Denied(decision));
         }
 
@@ -177,8 +157,7 @@ impl Broker {
             ttl_seconds: ttl,
             now,
         })?;
-        self.record_issued(&identity, &p, &issued, &decision)
-            .await?;
+        self.record_issued(&identity, &p, &issued, &decision).await?;
         Ok(issued)
     }
 
@@ -210,12 +189,7 @@ impl Broker {
             binding: None,
             fingerprint,
         };
-        self.ledger
-            .record(
-                vec![record],
-                vec![AuditEvent::new("token.issued", Some(subject), detail)],
-            )
-            .await
+        self.ledger.record(vec![record], vec![AuditEvent::new("token.issued", Some(subject), detail)]).await
     }
 
     /// Records an audit event; a failure is logged, not returned, because the
@@ -227,35 +201,18 @@ impl Broker {
     }
 
     /// Lifetime = min(requested or default, audience maximum, global maximum).
-    fn lifetime(
-        &self,
-        audience: &str,
-        requested: Option<u64>,
-        scopes: &[String],
-    ) -> Result<i64, BrokerError> {
+    fn lifetime(&self, audience: &str, requested: Option<u64>, scopes: &[String]) -> Result<i64, BrokerError> {
         let aud = self.audiences.get(audience);
         if let Some(allowed) = aud.and_then(|a| a.scopes.as_ref())
             && let Some(bad) = scopes.iter().find(|s| !allowed.contains(s))
         {
-            return Err(BrokerError::InvalidScope(format!(
-                "scope {bad:?} is not offered for audience {audience:?}"
-            )));
+            return Err(BrokerError::InvalidScope(format!("scope {bad:?} is not offered for audience {audience:?}")));
         }
-        let max = aud
-            .and_then(|a| a.max_ttl)
-            .unwrap_or(self.tokens.max_ttl)
-            .min(self.tokens.max_ttl)
-            .as_secs();
-        let default = aud
-            .and_then(|a| a.default_ttl)
-            .unwrap_or(self.tokens.default_ttl)
-            .as_secs()
-            .min(max);
+        let max = aud.and_then(|a| a.max_ttl).unwrap_or(self.tokens.max_ttl).min(self.tokens.max_ttl).as_secs();
+        let default = aud.and_then(|a| a.default_ttl).unwrap_or(self.tokens.default_ttl).as_secs().min(max);
         let ttl = match requested {
             Some(0) => {
-                return Err(BrokerError::InvalidRequest(
-                    "requested_lifetime must be at least 1 second".into(),
-                ));
+                return Err(BrokerError::InvalidRequest("requested_lifetime must be at least 1 second".into()));
             }
             Some(r) => r.min(max),
             None => default,
@@ -270,28 +227,19 @@ fn parse_scopes(scope: Option<&str>) -> Result<Vec<String>, BrokerError> {
         return Ok(Vec::new());
     };
     if scope.len() > MAX_SCOPE_BYTES {
-        return Err(BrokerError::InvalidScope(format!(
-            "scope is longer than {MAX_SCOPE_BYTES} bytes"
-        )));
+        return Err(BrokerError::InvalidScope(format!("scope is longer than {MAX_SCOPE_BYTES} bytes")));
     }
     let mut out: Vec<String> = Vec::new();
     for s in scope.split(' ').filter(|s| !s.is_empty()) {
-        if !s
-            .bytes()
-            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
-        {
-            return Err(BrokerError::InvalidScope(
-                "scopes use printable ASCII without '\"' or '\\'".into(),
-            ));
+        if !s.bytes().all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b)) {
+            return Err(BrokerError::InvalidScope("scopes use printable ASCII without '\"' or '\\'".into()));
         }
         if !out.iter().any(|o| o == s) {
             out.push(s.to_owned());
         }
     }
     if out.len() > MAX_SCOPES {
-        return Err(BrokerError::InvalidScope(format!(
-            "at most {MAX_SCOPES} scopes"
-        )));
+        return Err(BrokerError::InvalidScope(format!("at most {MAX_SCOPES} scopes")));
     }
     Ok(out)
 }
@@ -302,10 +250,7 @@ mod tests {
 
     #[test]
     fn scopes_parse_and_dedupe() {
-        assert_eq!(
-            parse_scopes(Some("read  write read")).unwrap(),
-            vec!["read", "write"]
-        );
+        assert_eq!(parse_scopes(Some("read  write read")).unwrap(), vec!["read", "write"]);
         assert!(parse_scopes(Some("bad\"scope")).is_err());
         assert!(parse_scopes(None).unwrap().is_empty());
     }

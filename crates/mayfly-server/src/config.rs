@@ -110,11 +110,7 @@ fn default_alg() -> String {
 
 impl Default for KeysConfig {
     fn default() -> Self {
-        Self {
-            kek_file: None,
-            kek_env: None,
-            algorithm: default_alg(),
-        }
+        Self { kek_file: None, kek_env: None, algorithm: default_alg() }
     }
 }
 
@@ -132,10 +128,7 @@ pub struct TokensConfig {
 
 impl Default for TokensConfig {
     fn default() -> Self {
-        Self {
-            default_ttl: five_minutes(),
-            max_ttl: one_hour(),
-        }
+        Self { default_ttl: five_minutes(), max_ttl: one_hour() }
     }
 }
 
@@ -200,10 +193,7 @@ fn default_batch() -> usize {
 
 impl Default for LedgerConfig {
     fn default() -> Self {
-        Self {
-            sync: default_sync(),
-            batch_max: default_batch(),
-        }
+        Self { sync: default_sync(), batch_max: default_batch() }
     }
 }
 
@@ -228,10 +218,7 @@ fn one_day() -> Duration {
 
 impl Default for JoinTokensConfig {
     fn default() -> Self {
-        Self {
-            default_ttl: ten_minutes(),
-            max_ttl: one_day(),
-        }
+        Self { default_ttl: ten_minutes(), max_ttl: one_day() }
     }
 }
 
@@ -303,14 +290,10 @@ fn thirty_seconds() -> Duration {
 impl Config {
     /// Reads and validates a TOML file; relative paths are resolved against the file's folder.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let mut cfg: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let mut cfg: Config =
+            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
         let base = path.parent().unwrap_or(Path::new("."));
         cfg.resolve_paths(base);
         cfg.validate()?;
@@ -325,14 +308,10 @@ impl Config {
         };
         fix(&mut self.data_dir);
         fix(&mut self.policy.dir);
-        for p in [
-            &mut self.listen.tls_cert,
-            &mut self.listen.tls_key,
-            &mut self.listen.client_ca,
-            &mut self.keys.kek_file,
-        ]
-        .into_iter()
-        .flatten()
+        for p in
+            [&mut self.listen.tls_cert, &mut self.listen.tls_key, &mut self.listen.client_ca, &mut self.keys.kek_file]
+                .into_iter()
+                .flatten()
         {
             fix(p);
         }
@@ -350,21 +329,13 @@ impl Config {
             return bad(format!("trust_domain {:?}: {e}", self.trust_domain));
         }
         if self.tokens.default_ttl > self.tokens.max_ttl || self.tokens.max_ttl.is_zero() {
-            return bad(
-                "tokens.default_ttl must be at most tokens.max_ttl, and max_ttl above zero".into(),
-            );
+            return bad("tokens.default_ttl must be at most tokens.max_ttl, and max_ttl above zero".into());
         }
         if !matches!(self.keys.algorithm.as_str(), "EdDSA" | "ES256") {
-            return bad(format!(
-                "keys.algorithm {:?}: use EdDSA or ES256",
-                self.keys.algorithm
-            ));
+            return bad(format!("keys.algorithm {:?}: use EdDSA or ES256", self.keys.algorithm));
         }
         if !matches!(self.ledger.sync.as_str(), "full" | "normal") {
-            return bad(format!(
-                "ledger.sync {:?}: use full or normal",
-                self.ledger.sync
-            ));
+            return bad(format!("ledger.sync {:?}: use full or normal", self.ledger.sync));
         }
         if self.ledger.batch_max == 0 {
             return bad("ledger.batch_max must be at least 1".into());
@@ -389,10 +360,7 @@ impl Config {
             if let (Some(d), Some(m)) = (a.default_ttl, a.max_ttl)
                 && d > m
             {
-                return bad(format!(
-                    "audience {:?}: default_ttl is above max_ttl",
-                    a.name
-                ));
+                return bad(format!("audience {:?}: default_ttl is above max_ttl", a.name));
             }
         }
         let mut names = std::collections::HashSet::new();
@@ -401,16 +369,10 @@ impl Config {
                 return bad(format!("attest.oidc name {:?} is used twice", o.name));
             }
             if o.audiences.is_empty() {
-                return bad(format!(
-                    "attest.oidc {:?}: list at least one accepted audience",
-                    o.name
-                ));
+                return bad(format!("attest.oidc {:?}: list at least one accepted audience", o.name));
             }
             if o.jwks_url.is_some() && o.jwks_file.is_some() {
-                return bad(format!(
-                    "attest.oidc {:?}: set jwks_url or jwks_file, not both",
-                    o.name
-                ));
+                return bad(format!("attest.oidc {:?}: set jwks_url or jwks_file, not both", o.name));
             }
         }
         Ok(())
@@ -421,11 +383,7 @@ impl Config {
         match &self.public_url {
             Some(u) => u.trim_end_matches('/').to_owned(),
             None => {
-                let scheme = if self.listen.tls_cert.is_some() {
-                    "https"
-                } else {
-                    "http"
-                };
+                let scheme = if self.listen.tls_cert.is_some() { "https" } else { "http" };
                 format!("{scheme}://{}", self.listen.addr)
             }
         }

@@ -4,8 +4,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use crate::config::{
-    AttestConfig, Config, JoinTokensConfig, KeysConfig, LedgerConfig, ListenConfig, PolicyConfig,
-    TokensConfig,
+    AttestConfig, Config, JoinTokensConfig, KeysConfig, LedgerConfig, ListenConfig, PolicyConfig, TokensConfig,
 };
 use crate::keys::Kek;
 
@@ -37,14 +36,9 @@ pub struct DevSetupError {
 
 /// Creates the dev data directory (KEK file 0600, policy directory) and returns the config.
 pub fn prepare(data_dir: &Path, listen: SocketAddr) -> Result<Config, DevSetupError> {
-    let err = |message: String| DevSetupError {
-        dir: data_dir.display().to_string(),
-        message,
-    };
+    let err = |message: String| DevSetupError { dir: data_dir.display().to_string(), message };
     if !listen.ip().is_loopback() {
-        return Err(err(format!(
-            "dev mode listens on loopback only; {listen} is not a loopback address"
-        )));
+        return Err(err(format!("dev mode listens on loopback only; {listen} is not a loopback address")));
     }
     crate::fsutil::create_private_dir(data_dir).map_err(|e| err(e.to_string()))?;
     let data_dir = std::fs::canonicalize(data_dir).map_err(|e| err(e.to_string()))?;
@@ -70,17 +64,10 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> Result<Config, DevSetupEr
             require_client_cert: false,
             dangerously_allow_plaintext: false,
         },
-        keys: KeysConfig {
-            kek_file: Some(kek_file),
-            kek_env: None,
-            algorithm: "EdDSA".into(),
-        },
+        keys: KeysConfig { kek_file: Some(kek_file), kek_env: None, algorithm: "EdDSA".into() },
         tokens: TokensConfig::default(),
         audiences: Vec::new(),
-        policy: PolicyConfig {
-            dir: policy_dir,
-            reload_interval: std::time::Duration::from_secs(2),
-        },
+        policy: PolicyConfig { dir: policy_dir, reload_interval: std::time::Duration::from_secs(2) },
         ledger: LedgerConfig::default(),
         join_tokens: JoinTokensConfig::default(),
         attest: AttestConfig::default(),

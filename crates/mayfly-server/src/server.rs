@@ -106,56 +106,40 @@ pub fn kek_source(cfg: &Config) -> Result<KekSource, KeyError> {
     match (&cfg.keys.kek_file, &cfg.keys.kek_env) {
         (Some(p), _) => Ok(KekSource::File(p.clone())),
         (None, Some(v)) => Ok(KekSource::Env(v.clone())),
-        (None, None) => Err(KeyError::MissingKek(
-            "set keys.kek_file or keys.kek_env in the config".into(),
-        )),
+        (None, None) => Err(KeyError::MissingKek("set keys.kek_file or keys.kek_env in the config".into())),
     }
 }
 
 /// Opens storage and checks the KEK against it: the pieces offline tools share with the server.
 pub async fn open_state(cfg: &Config) -> Result<(Arc<dyn Store>, Arc<Kek>), StartError> {
-    crate::fsutil::create_private_dir(&cfg.data_dir).map_err(io_err(format!(
-        "cannot create data directory {}",
-        cfg.data_dir.display()
-    )))?;
+    crate::fsutil::create_private_dir(&cfg.data_dir)
+        .map_err(io_err(format!("cannot create data directory {}", cfg.data_dir.display())))?;
     let kek = Arc::new(Kek::load(&kek_source(cfg)?)?);
-    let store: Arc<dyn Store> =
-        Arc::new(SqliteStore::open(&cfg.database_path(), cfg.ledger.sync == "full").await?);
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&cfg.database_path(), cfg.ledger.sync == "full").await?);
     // A sealed check value detects a wrong KEK even before any signing key exists.
     match store.meta_get(KEK_CHECK_KEY).await? {
         Some(sealed) => {
             kek.open(KEK_CHECK_KEY.as_bytes(), &sealed)?;
         }
         None => {
-            store
-                .meta_put_if_absent(
-                    KEK_CHECK_KEY,
-                    &kek.seal(KEK_CHECK_KEY.as_bytes(), b"mayfly")?,
-                )
-                .await?;
+            store.meta_put_if_absent(KEK_CHECK_KEY, &kek.seal(KEK_CHECK_KEY.as_bytes(), b"mayfly")?).await?;
         }
     }
     Ok((store, kek))
 }
 
 /// Starts the server. With `listener` it serves on that socket instead of binding `listen.addr`.
-pub async fn start(
-    cfg: Config,
-    listener: Option<TcpListener>,
-) -> Result<RunningServer, StartError> {
+pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<RunningServer, StartError> {
     cfg.validate()?;
     let (store, kek) = open_state(&cfg).await?;
     let alg = SigningAlg::parse(&cfg.keys.algorithm).unwrap_or(SigningAlg::EdDsa);
     let keys = Arc::new(KeyRing::load_or_create(store.as_ref(), &kek, alg).await?);
     let new_admin_token = ensure_admin_token(&cfg, store.as_ref()).await?;
     let ledger = Ledger::start(store.clone(), cfg.ledger.batch_max).await?;
-    let policies =
-        Arc::new(
-            PolicyEngine::load(&cfg.policy.dir).map_err(|source| StartError::Policy {
-                dir: cfg.policy.dir.display().to_string(),
-                source,
-            })?,
-        );
+    let policies = Arc::new(
+        PolicyEngine::load(&cfg.policy.dir)
+            .map_err(|source| StartError::Policy { dir: cfg.policy.dir.display().to_string(), source })?,
+    );
     if policies.current().count == 0 {
         tracing::warn!(dir = %cfg.policy.dir.display(), "no policies loaded: every request will be denied");
     }
@@ -165,27 +149,20 @@ pub async fn start(
         .iter()
         .map(|o| OidcAttestor::from_config(o, &cfg.trust_domain).map(Arc::new))
         .collect::<Result<Vec<_>, _>>()?;
-    let join_tokens = JoinTokens::new(
-        store.clone(),
-        &cfg.trust_domain,
-        cfg.join_tokens.default_ttl,
-        cfg.join_tokens.max_ttl,
-    );
+    let join_tokens =
+        JoinTokens::new(store.clone(), &cfg.trust_domain, cfg.join_tokens.default_ttl, cfg.join_tokens.max_ttl);
 
     let tls = match (&cfg.listen.tls_cert, &cfg.listen.tls_key) {
-        (Some(c), Some(k)) => Some(listener::tls_config(
-            c,
-            k,
-            cfg.listen.client_ca.as_deref(),
-            cfg.listen.require_client_cert,
-        )?),
+        (Some(c), Some(k)) => {
+            Some(listener::tls_config(c, k, cfg.listen.client_ca.as_deref(), cfg.listen.require_client_cert)?)
+        }
         _ => None,
     };
     let tcp = match listener {
         Some(l) => l,
-        None => TcpListener::bind(cfg.listen.addr)
-            .await
-            .map_err(io_err(format!("cannot listen on {}", cfg.listen.addr)))?,
+        None => {
+            TcpListener::bind(cfg.listen.addr).await.map_err(io_err(format!("cannot listen on {}", cfg.listen.addr)))?
+        }
     };
     let addr = tcp.local_addr().map_err(io_err("listener address"))?;
     let url = match &cfg.public_url {
@@ -224,7 +201,15 @@ pub async fn start(
         ))
         .await?;
 
-    let watcher = tokio::spawn(watch_policies(policies, ledger, cfg.policy.reload_interval));
+    // Registered before start returns, so a SIGHUP that follows cannot hit the default (terminate) action.
+    let hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGHUP; policies reload on file change only");
+            None
+        }
+    };
+    let watcher = tokio::spawn(watch_policies(policies, ledger, cfg.policy.reload_interval, hup));
     let (tx, rx) = oneshot::channel::<()>();
     let app = router(state);
     let task = tokio::spawn(async move {
@@ -235,15 +220,7 @@ pub async fn start(
         watcher.abort();
     });
     tracing::info!(%url, "mayfly is serving");
-    Ok(RunningServer {
-        addr,
-        url,
-        new_admin_token,
-        broker,
-        keys,
-        shutdown: Some(tx),
-        task,
-    })
+    Ok(RunningServer { addr, url, new_admin_token, broker, keys, shutdown: Some(tx), task })
 }
 
 /// Creates the first admin token when none exists, writing it to the data directory (0600).
@@ -252,13 +229,7 @@ async fn ensure_admin_token(cfg: &Config, store: &dyn Store) -> Result<Option<St
         return Ok(None);
     }
     let token = format!("{ADMIN_TOKEN_PREFIX}{}", crate::ids::random_b64(32));
-    store
-        .insert_admin_token(
-            &admin_token_hash(&token),
-            "initial",
-            crate::clock::now_unix(),
-        )
-        .await?;
+    store.insert_admin_token(&admin_token_hash(&token), "initial", crate::clock::now_unix()).await?;
     let path = cfg.data_dir.join(ADMIN_TOKEN_FILE);
     crate::fsutil::write_private(&path, format!("{token}\n").as_bytes())
         .map_err(io_err(format!("cannot write {}", path.display())))?;
@@ -266,14 +237,12 @@ async fn ensure_admin_token(cfg: &Config, store: &dyn Store) -> Result<Option<St
 }
 
 /// Reloads policies on SIGHUP and when the directory's contents change.
-async fn watch_policies(engine: Arc<PolicyEngine>, ledger: Ledger, interval: Duration) {
-    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGHUP; policies reload on file change only");
-            None
-        }
-    };
+async fn watch_policies(
+    engine: Arc<PolicyEngine>,
+    ledger: Ledger,
+    interval: Duration,
+    mut hup: Option<tokio::signal::unix::Signal>,
+) {
     let mut last_failed: Option<String> = None;
     loop {
         let forced = tokio::select! {
@@ -283,9 +252,7 @@ async fn watch_policies(engine: Arc<PolicyEngine>, ledger: Ledger, interval: Dur
         if !forced {
             // Cheap check first: only parse when the files changed.
             match engine.fingerprint_on_disk() {
-                Ok(fp)
-                    if fp == engine.current().fingerprint || Some(&fp) == last_failed.as_ref() =>
-                {
+                Ok(fp) if fp == engine.current().fingerprint || Some(&fp) == last_failed.as_ref() => {
                     continue;
                 }
                 Ok(_) => {}
@@ -312,11 +279,7 @@ async fn watch_policies(engine: Arc<PolicyEngine>, ledger: Ledger, interval: Dur
             Err(e) => {
                 last_failed = engine.fingerprint_on_disk().ok();
                 tracing::error!(error = %e, "policy reload failed; the policies in force stay");
-                let ev = AuditEvent::new(
-                    "policy.reload_failed",
-                    None,
-                    json!({"error": e.to_string()}),
-                );
+                let ev = AuditEvent::new("policy.reload_failed", None, json!({"error": e.to_string()}));
                 if let Err(e) = ledger.audit(ev).await {
                     tracing::error!(error = %e, "audit of failed policy reload failed");
                 }

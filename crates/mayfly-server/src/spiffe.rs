@@ -9,9 +9,7 @@ pub enum SpiffeIdError {
     #[error("a SPIFFE ID starts with spiffe://")]
     Scheme,
     /// The trust domain is empty or has characters outside `[a-z0-9.-_]`.
-    #[error(
-        "trust domain must be non-empty and use only lowercase letters, digits, '.', '-' and '_'"
-    )]
+    #[error("trust domain must be non-empty and use only lowercase letters, digits, '.', '-' and '_'")]
     TrustDomain,
     /// A path segment is empty, `.`/`..`, or has characters outside `[A-Za-z0-9.-_]`.
     #[error(
@@ -48,10 +46,7 @@ impl SpiffeId {
     pub fn new(trust_domain: &str, path: &str) -> Result<Self, SpiffeIdError> {
         validate_trust_domain(trust_domain)?;
         let path = validate_path(path)?;
-        let id = Self {
-            trust_domain: trust_domain.to_owned(),
-            path,
-        };
+        let id = Self { trust_domain: trust_domain.to_owned(), path };
         if id.to_string().len() > 2048 {
             return Err(SpiffeIdError::TooLong);
         }
@@ -79,14 +74,8 @@ impl fmt::Display for SpiffeId {
 pub fn validate_trust_domain(td: &str) -> Result<(), SpiffeIdError> {
     let ok = !td.is_empty()
         && td.len() <= 255
-        && td
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(SpiffeIdError::TrustDomain)
-    }
+        && td.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b));
+    if ok { Ok(()) } else { Err(SpiffeIdError::TrustDomain) }
 }
 
 fn validate_path(path: &str) -> Result<String, SpiffeIdError> {
@@ -98,9 +87,7 @@ fn validate_path(path: &str) -> Result<String, SpiffeIdError> {
         let ok = !seg.is_empty()
             && seg != "."
             && seg != ".."
-            && seg
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+            && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
         if !ok {
             return Err(SpiffeIdError::Segment(seg.chars().take(64).collect()));
         }

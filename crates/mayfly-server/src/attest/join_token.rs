@@ -43,9 +43,7 @@ pub struct JoinTokens {
 
 impl std::fmt::Debug for JoinTokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JoinTokens")
-            .field("trust_domain", &self.trust_domain)
-            .finish_non_exhaustive()
+        f.debug_struct("JoinTokens").field("trust_domain", &self.trust_domain).finish_non_exhaustive()
     }
 }
 
@@ -56,18 +54,8 @@ pub fn token_hash(token: &str) -> String {
 
 impl JoinTokens {
     /// A join-token attestor over `store`.
-    pub fn new(
-        store: Arc<dyn Store>,
-        trust_domain: &str,
-        default_ttl: Duration,
-        max_ttl: Duration,
-    ) -> Self {
-        Self {
-            store,
-            trust_domain: trust_domain.to_owned(),
-            default_ttl,
-            max_ttl,
-        }
+    pub fn new(store: Arc<dyn Store>, trust_domain: &str, default_ttl: Duration, max_ttl: Duration) -> Self {
+        Self { store, trust_domain: trust_domain.to_owned(), default_ttl, max_ttl }
     }
 
     /// Creates a token; it is returned once and only its hash is stored.
@@ -82,9 +70,7 @@ impl JoinTokens {
             return Err(CreateJoinTokenError::BadTtl { max });
         }
         let id = crate::ids::random_hex(8);
-        let path = spiffe_path
-            .map(|p| p.trim_start_matches('/').to_owned())
-            .unwrap_or_else(|| format!("join/{id}"));
+        let path = spiffe_path.map(|p| p.trim_start_matches('/').to_owned()).unwrap_or_else(|| format!("join/{id}"));
         let spiffe_id = SpiffeId::new(&self.trust_domain, &path)?;
         let token = format!("{JOIN_TOKEN_PREFIX}{}", crate::ids::random_b64(32));
         let now = crate::clock::now_unix();
@@ -96,35 +82,20 @@ impl JoinTokens {
             expires_at: now + ttl as i64,
         };
         self.store.insert_join_token(&row).await?;
-        Ok(CreateJoinTokenResponse {
-            id,
-            token,
-            spiffe_id: spiffe_id.to_string(),
-            expires_at: row.expires_at,
-        })
+        Ok(CreateJoinTokenResponse { id, token, spiffe_id: spiffe_id.to_string(), expires_at: row.expires_at })
     }
 
     /// Redeems a token exactly once.
     pub async fn redeem(&self, token: &str) -> Result<WorkloadIdentity, AttestError> {
         if !token.starts_with(JOIN_TOKEN_PREFIX) {
-            return Err(AttestError::Malformed(format!(
-                "a join token starts with {JOIN_TOKEN_PREFIX}"
-            )));
+            return Err(AttestError::Malformed(format!("a join token starts with {JOIN_TOKEN_PREFIX}")));
         }
-        match self
-            .store
-            .redeem_join_token(&token_hash(token), crate::clock::now_unix())
-            .await?
-        {
+        match self.store.redeem_join_token(&token_hash(token), crate::clock::now_unix()).await? {
             RedeemOutcome::Redeemed(row) => {
                 let spiffe_id = SpiffeId::new(&self.trust_domain, &row.spiffe_path)
                     .map_err(|e| AttestError::Mapping(e.to_string()))?;
                 let attributes = BTreeMap::from([("join_token_id".to_owned(), row.id)]);
-                Ok(WorkloadIdentity {
-                    spiffe_id,
-                    attestor: "join_token".into(),
-                    attributes,
-                })
+                Ok(WorkloadIdentity { spiffe_id, attestor: "join_token".into(), attributes })
             }
             RedeemOutcome::Unknown => Err(AttestError::JoinTokenUnknown),
             RedeemOutcome::AlreadyUsed => Err(AttestError::JoinTokenUsed),

@@ -74,9 +74,7 @@ pub enum AttestError {
     #[error("subject token is not valid yet (nbf is in the future)")]
     NotYetValid,
     /// `aud` does not name Mayfly.
-    #[error(
-        "subject token audience is not accepted by issuer {issuer:?} (expected one of: {expected})"
-    )]
+    #[error("subject token audience is not accepted by issuer {issuer:?} (expected one of: {expected})")]
     WrongAudience {
         /// The issuer.
         issuer: String,
@@ -154,15 +152,9 @@ impl Attestors {
     }
 
     /// Verifies evidence of the given RFC 8693 token type.
-    pub async fn attest(
-        &self,
-        token_type: &str,
-        token: &str,
-    ) -> Result<WorkloadIdentity, AttestError> {
+    pub async fn attest(&self, token_type: &str, token: &str) -> Result<WorkloadIdentity, AttestError> {
         if token.len() > MAX_SUBJECT_TOKEN_BYTES {
-            return Err(AttestError::Malformed(format!(
-                "longer than {MAX_SUBJECT_TOKEN_BYTES} bytes"
-            )));
+            return Err(AttestError::Malformed(format!("longer than {MAX_SUBJECT_TOKEN_BYTES} bytes")));
         }
         match token_type {
             mayfly_proto::TOKEN_TYPE_JWT | mayfly_proto::TOKEN_TYPE_ID_TOKEN => {
@@ -175,9 +167,7 @@ impl Attestors {
                 attestor.attest(token).await
             }
             mayfly_proto::TOKEN_TYPE_JOIN_TOKEN => self.join_tokens.redeem(token).await,
-            other => Err(AttestError::UnsupportedTokenType(
-                other.chars().take(200).collect(),
-            )),
+            other => Err(AttestError::UnsupportedTokenType(other.chars().take(200).collect())),
         }
     }
 }

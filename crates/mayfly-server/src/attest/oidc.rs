@@ -25,18 +25,12 @@ const MAX_JWKS_BYTES: usize = 1024 * 1024;
 /// Returns the unverified `iss` of a JWT, only to choose which attestor verifies it.
 pub fn peek_issuer(token: &str) -> Result<String, AttestError> {
     let mut parts = token.split('.');
-    let (Some(_), Some(payload), Some(_), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(AttestError::Malformed(
-            "a JWT has three dot-separated parts".into(),
-        ));
+    let (Some(_), Some(payload), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(AttestError::Malformed("a JWT has three dot-separated parts".into()));
     };
-    let bytes = B64
-        .decode(payload)
-        .map_err(|_| AttestError::Malformed("payload is not base64url".into()))?;
-    let claims: Map<String, Value> = serde_json::from_slice(&bytes)
-        .map_err(|_| AttestError::Malformed("payload is not a JSON object".into()))?;
+    let bytes = B64.decode(payload).map_err(|_| AttestError::Malformed("payload is not base64url".into()))?;
+    let claims: Map<String, Value> =
+        serde_json::from_slice(&bytes).map_err(|_| AttestError::Malformed("payload is not a JSON object".into()))?;
     match claims.get("iss") {
         Some(Value::String(s)) => Ok(s.clone()),
         _ => Err(AttestError::BadClaim("iss".into())),
@@ -54,10 +48,7 @@ struct KeySet {
 impl KeySet {
     fn parse(doc: &[u8]) -> Result<Self, String> {
         let v: Value = serde_json::from_slice(doc).map_err(|e| format!("JWKS is not JSON: {e}"))?;
-        let keys = v
-            .get("keys")
-            .and_then(Value::as_array)
-            .ok_or("JWKS has no \"keys\" array")?;
+        let keys = v.get("keys").and_then(Value::as_array).ok_or("JWKS has no \"keys\" array")?;
         let mut set = KeySet::default();
         for k in keys {
             // Symmetric keys never verify platform tokens: accepting one would let
@@ -65,10 +56,7 @@ impl KeySet {
             if k.get("kty").and_then(Value::as_str) == Some("oct") {
                 continue;
             }
-            if k.get("use")
-                .and_then(Value::as_str)
-                .is_some_and(|u| u != "sig")
-            {
+            if k.get("use").and_then(Value::as_str).is_some_and(|u| u != "sig") {
                 continue;
             }
             let Ok(jwk) = serde_json::from_value::<Jwk>(k.clone()) else {
@@ -77,10 +65,7 @@ impl KeySet {
             let Ok(key) = DecodingKey::from_jwk(&jwk) else {
                 continue;
             };
-            let alg = jwk
-                .common
-                .key_algorithm
-                .and_then(|a| a.to_string().parse::<Algorithm>().ok());
+            let alg = jwk.common.key_algorithm.and_then(|a| a.to_string().parse::<Algorithm>().ok());
             match jwk.common.key_id {
                 Some(kid) => {
                     set.by_kid.insert(kid, (key, alg));
@@ -97,10 +82,9 @@ impl KeySet {
     fn find(&self, kid: Option<&str>) -> Option<&(DecodingKey, Option<Algorithm>)> {
         match kid {
             Some(kid) => self.by_kid.get(kid),
-            None if self.by_kid.len() + self.anonymous.len() == 1 => self
-                .anonymous
-                .first()
-                .or_else(|| self.by_kid.values().next()),
+            None if self.by_kid.len() + self.anonymous.len() == 1 => {
+                self.anonymous.first().or_else(|| self.by_kid.values().next())
+            }
             None => None,
         }
     }
@@ -108,12 +92,7 @@ impl KeySet {
 
 enum JwksSource {
     Static,
-    Remote {
-        url: String,
-        client: reqwest::Client,
-        cache_ttl: Duration,
-        min_refresh: Duration,
-    },
+    Remote { url: String, client: reqwest::Client, cache_ttl: Duration, min_refresh: Duration },
 }
 
 struct CachedKeys {
@@ -139,10 +118,7 @@ pub struct OidcAttestor {
 
 impl std::fmt::Debug for OidcAttestor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OidcAttestor")
-            .field("name", &self.name)
-            .field("issuer", &self.issuer)
-            .finish_non_exhaustive()
+        f.debug_struct("OidcAttestor").field("name", &self.name).field("issuer", &self.issuer).finish_non_exhaustive()
     }
 }
 
@@ -156,14 +132,8 @@ pub struct OidcConfigError {
 
 impl OidcAttestor {
     /// Builds an attestor from configuration. A JWKS file is read now; a URL is fetched on first use.
-    pub fn from_config(
-        cfg: &OidcIssuerConfig,
-        trust_domain: &str,
-    ) -> Result<Self, OidcConfigError> {
-        let err = |reason: String| OidcConfigError {
-            name: cfg.name.clone(),
-            reason,
-        };
+    pub fn from_config(cfg: &OidcIssuerConfig, trust_domain: &str) -> Result<Self, OidcConfigError> {
+        let err = |reason: String| OidcConfigError { name: cfg.name.clone(), reason };
         let issuer = match (&cfg.issuer, cfg.preset) {
             (Some(i), _) => i.clone(),
             (None, OidcPreset::Github) => GITHUB_ISSUER.to_owned(),
@@ -173,18 +143,14 @@ impl OidcAttestor {
             OidcPreset::Github => &["RS256"],
             _ => &["RS256", "ES256", "EdDSA"],
         };
-        let alg_names: Vec<String> = cfg
-            .algorithms
-            .clone()
-            .unwrap_or_else(|| default_algs.iter().map(|s| s.to_string()).collect());
+        let alg_names: Vec<String> =
+            cfg.algorithms.clone().unwrap_or_else(|| default_algs.iter().map(|s| s.to_string()).collect());
         if alg_names.is_empty() {
             return Err(err("algorithms must not be empty".into()));
         }
         let mut algorithms = Vec::new();
         for name in &alg_names {
-            let alg: Algorithm = name
-                .parse()
-                .map_err(|_| err(format!("unknown algorithm {name:?}")))?;
+            let alg: Algorithm = name.parse().map_err(|_| err(format!("unknown algorithm {name:?}")))?;
             if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
                 return Err(err(format!(
                     "{name} is an HMAC algorithm; only asymmetric algorithms verify platform tokens"
@@ -201,18 +167,11 @@ impl OidcAttestor {
             .to_owned()
         });
         template::check(&template).map_err(err)?;
-        let jwks_url = cfg
-            .jwks_url
-            .clone()
-            .or_else(|| (cfg.preset == OidcPreset::Github).then(|| GITHUB_JWKS.into()));
+        let jwks_url = cfg.jwks_url.clone().or_else(|| (cfg.preset == OidcPreset::Github).then(|| GITHUB_JWKS.into()));
         let (source, keys) = match (&cfg.jwks_file, jwks_url) {
             (Some(path), _) => {
-                let doc = std::fs::read(path)
-                    .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
-                (
-                    JwksSource::Static,
-                    Arc::new(KeySet::parse(&doc).map_err(err)?),
-                )
+                let doc = std::fs::read(path).map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
+                (JwksSource::Static, Arc::new(KeySet::parse(&doc).map_err(err)?))
             }
             (None, Some(url)) => {
                 let client = reqwest::Client::builder()
@@ -239,10 +198,7 @@ impl OidcAttestor {
             trust_domain: trust_domain.to_owned(),
             leeway: cfg.leeway.as_secs(),
             source,
-            cache: RwLock::new(CachedKeys {
-                keys,
-                fetched_at: None,
-            }),
+            cache: RwLock::new(CachedKeys { keys, fetched_at: None }),
             fetch_gate: Mutex::new(None),
         })
     }
@@ -261,13 +217,11 @@ impl OidcAttestor {
     pub async fn attest(&self, token: &str) -> Result<WorkloadIdentity, AttestError> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
             // An `alg` the JOSE library does not know (including `none`) fails header parsing.
-            ErrorKind::Json(_) | ErrorKind::InvalidAlgorithmName => {
-                AttestError::AlgorithmNotAllowed {
-                    alg: raw_header_alg(token).unwrap_or_else(|| "?".into()),
-                    issuer: self.issuer.clone(),
-                    allowed: self.allowed_names(),
-                }
-            }
+            ErrorKind::Json(_) | ErrorKind::InvalidAlgorithmName => AttestError::AlgorithmNotAllowed {
+                alg: raw_header_alg(token).unwrap_or_else(|| "?".into()),
+                issuer: self.issuer.clone(),
+                allowed: self.allowed_names(),
+            },
             _ => AttestError::Malformed("header is not valid".into()),
         })?;
         if !self.algorithms.contains(&header.alg) {
@@ -288,33 +242,23 @@ impl OidcAttestor {
         v.set_required_spec_claims(&["exp", "iss", "aud"]);
         v.validate_nbf = true;
         v.leeway = self.leeway;
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &v)
-            .map_err(|e| self.map_error(e))?;
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &v).map_err(|e| self.map_error(e))?;
         let attributes = self.attributes(&data.claims);
         let spiffe_id = template::render(&self.template, &self.trust_domain, &attributes)?;
-        Ok(WorkloadIdentity {
-            spiffe_id,
-            attestor: format!("oidc:{}", self.name),
-            attributes,
-        })
+        Ok(WorkloadIdentity { spiffe_id, attestor: format!("oidc:{}", self.name), attributes })
     }
 
     fn allowed_names(&self) -> String {
-        self.algorithms
-            .iter()
-            .map(|a| format!("{a:?}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        self.algorithms.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ")
     }
 
     fn map_error(&self, e: jsonwebtoken::errors::Error) -> AttestError {
         match e.kind() {
             ErrorKind::ExpiredSignature => AttestError::Expired,
             ErrorKind::ImmatureSignature => AttestError::NotYetValid,
-            ErrorKind::InvalidAudience => AttestError::WrongAudience {
-                issuer: self.issuer.clone(),
-                expected: self.audiences.join(", "),
-            },
+            ErrorKind::InvalidAudience => {
+                AttestError::WrongAudience { issuer: self.issuer.clone(), expected: self.audiences.join(", ") }
+            }
             ErrorKind::InvalidIssuer => AttestError::UnknownIssuer(self.issuer.clone()),
             ErrorKind::MissingRequiredClaim(c) => AttestError::BadClaim(c.clone()),
             ErrorKind::InvalidClaimFormat(c) => AttestError::BadClaim(c.clone()),
@@ -324,31 +268,18 @@ impl OidcAttestor {
             | ErrorKind::InvalidEddsaKey
             | ErrorKind::InvalidRsaKey(_)
             | ErrorKind::InvalidKeyFormat => AttestError::BadSignature(self.issuer.clone()),
-            ErrorKind::Base64(_)
-            | ErrorKind::Json(_)
-            | ErrorKind::Utf8(_)
-            | ErrorKind::InvalidToken => AttestError::Malformed("token does not decode".into()),
+            ErrorKind::Base64(_) | ErrorKind::Json(_) | ErrorKind::Utf8(_) | ErrorKind::InvalidToken => {
+                AttestError::Malformed("token does not decode".into())
+            }
             _ => AttestError::BadSignature(self.issuer.clone()),
         }
     }
 
     /// Finds the verification key, fetching the JWKS when the cache is stale or the `kid` is unknown.
-    async fn key_for(
-        &self,
-        kid: Option<&str>,
-    ) -> Result<(DecodingKey, Option<Algorithm>), AttestError> {
-        let JwksSource::Remote {
-            cache_ttl,
-            min_refresh,
-            ..
-        } = &self.source
-        else {
+    async fn key_for(&self, kid: Option<&str>) -> Result<(DecodingKey, Option<Algorithm>), AttestError> {
+        let JwksSource::Remote { cache_ttl, min_refresh, .. } = &self.source else {
             let cache = self.cache.read().await;
-            return cache
-                .keys
-                .find(kid)
-                .cloned()
-                .ok_or_else(|| self.unknown_key(kid));
+            return cache.keys.find(kid).cloned().ok_or_else(|| self.unknown_key(kid));
         };
         {
             let cache = self.cache.read().await;
@@ -359,41 +290,26 @@ impl OidcAttestor {
         }
         self.refresh(*min_refresh).await?;
         let cache = self.cache.read().await;
-        cache
-            .keys
-            .find(kid)
-            .cloned()
-            .ok_or_else(|| self.unknown_key(kid))
+        cache.keys.find(kid).cloned().ok_or_else(|| self.unknown_key(kid))
     }
 
     fn unknown_key(&self, kid: Option<&str>) -> AttestError {
         AttestError::UnknownKey {
-            kid: kid
-                .map(|k| k.chars().take(100).collect())
-                .unwrap_or_else(|| "(none)".into()),
+            kid: kid.map(|k| k.chars().take(100).collect()).unwrap_or_else(|| "(none)".into()),
             issuer: self.issuer.clone(),
         }
     }
 
     /// Fetches the JWKS unless another fetch ran within `min_refresh`; one fetch at a time.
     async fn refresh(&self, min_refresh: Duration) -> Result<(), AttestError> {
-        let JwksSource::Remote {
-            url,
-            client,
-            cache_ttl,
-            ..
-        } = &self.source
-        else {
+        let JwksSource::Remote { url, client, cache_ttl, .. } = &self.source else {
             return Ok(());
         };
         let mut gate = self.fetch_gate.lock().await;
         {
             // Another task may have refreshed while this one waited at the gate.
             let cache = self.cache.read().await;
-            if cache
-                .fetched_at
-                .is_some_and(|t| t.elapsed() < min_refresh.min(*cache_ttl))
-            {
+            if cache.fetched_at.is_some_and(|t| t.elapsed() < min_refresh.min(*cache_ttl)) {
                 return Ok(());
             }
         }
@@ -415,10 +331,7 @@ impl OidcAttestor {
                 if cache.fetched_at.is_some() {
                     Ok(()) // keep using the last good set
                 } else {
-                    Err(AttestError::JwksUnavailable {
-                        issuer: self.issuer.clone(),
-                        reason,
-                    })
+                    Err(AttestError::JwksUnavailable { issuer: self.issuer.clone(), reason })
                 }
             }
         }
@@ -452,21 +365,12 @@ impl OidcAttestor {
     }
 }
 
-fn flatten(
-    prefix: &str,
-    obj: &Map<String, Value>,
-    out: &mut BTreeMap<String, String>,
-    depth: usize,
-) {
+fn flatten(prefix: &str, obj: &Map<String, Value>, out: &mut BTreeMap<String, String>, depth: usize) {
     if depth > 4 {
         return;
     }
     for (k, v) in obj {
-        let key = if prefix.is_empty() {
-            k.clone()
-        } else {
-            format!("{prefix}.{k}")
-        };
+        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
         match v {
             Value::String(s) => {
                 out.insert(key, s.clone());
@@ -502,20 +406,12 @@ fn raw_header_alg(token: &str) -> Option<String> {
 }
 
 async fn fetch_jwks(client: &reqwest::Client, url: &str) -> Result<KeySet, String> {
-    let mut resp = client
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| format!("request failed: {e}"))?;
+    let mut resp = client.get(url).send().await.map_err(|e| format!("request failed: {e}"))?;
     if !resp.status().is_success() {
         return Err(format!("HTTP {}", resp.status()));
     }
     let mut body = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| format!("reading body: {e}"))?
-    {
+    while let Some(chunk) = resp.chunk().await.map_err(|e| format!("reading body: {e}"))? {
         if body.len() + chunk.len() > MAX_JWKS_BYTES {
             return Err("JWKS document is larger than 1 MiB".into());
         }

@@ -16,8 +16,7 @@ pub fn render(
     trust_domain: &str,
     attributes: &BTreeMap<String, String>,
 ) -> Result<SpiffeId, AttestError> {
-    let path = render_with(template, |name| attributes.get(name).cloned())
-        .map_err(AttestError::Mapping)?;
+    let path = render_with(template, |name| attributes.get(name).cloned()).map_err(AttestError::Mapping)?;
     SpiffeId::new(trust_domain, &path).map_err(|e| AttestError::Mapping(e.to_string()))
 }
 
@@ -27,15 +26,12 @@ fn render_with(template: &str, lookup: impl Fn(&str) -> Option<String>) -> Resul
     while let Some(open) = rest.find('{') {
         out.push_str(&rest[..open]);
         let after = &rest[open + 1..];
-        let close = after
-            .find('}')
-            .ok_or_else(|| format!("unclosed '{{' in template {template:?}"))?;
+        let close = after.find('}').ok_or_else(|| format!("unclosed '{{' in template {template:?}"))?;
         let name = &after[..close];
         if name.is_empty() || name.contains('{') {
             return Err(format!("bad placeholder in template {template:?}"));
         }
-        let value = lookup(name)
-            .ok_or_else(|| format!("attribute {name:?} is missing from the evidence"))?;
+        let value = lookup(name).ok_or_else(|| format!("attribute {name:?} is missing from the evidence"))?;
         if value.is_empty() {
             return Err(format!("attribute {name:?} is empty"));
         }
@@ -55,20 +51,11 @@ mod tests {
 
     #[test]
     fn renders_and_validates() {
-        let attrs = BTreeMap::from([
-            ("namespace".into(), "prod".into()),
-            ("serviceaccount".into(), "web".into()),
-        ]);
+        let attrs = BTreeMap::from([("namespace".into(), "prod".into()), ("serviceaccount".into(), "web".into())]);
         let id = render("ns/{namespace}/sa/{serviceaccount}", "td", &attrs).unwrap();
         assert_eq!(id.to_string(), "spiffe://td/ns/prod/sa/web");
-        let attrs = BTreeMap::from([
-            ("namespace".into(), "../x".into()),
-            ("serviceaccount".into(), "web".into()),
-        ]);
-        assert!(
-            render("ns/{namespace}/sa/{serviceaccount}", "td", &attrs).is_err(),
-            "path traversal refused"
-        );
+        let attrs = BTreeMap::from([("namespace".into(), "../x".into()), ("serviceaccount".into(), "web".into())]);
+        assert!(render("ns/{namespace}/sa/{serviceaccount}", "td", &attrs).is_err(), "path traversal refused");
         assert!(render("ns/{missing}", "td", &attrs).is_err());
         assert!(check("ns/{a").is_err());
         assert!(check("ns/}a").is_err());

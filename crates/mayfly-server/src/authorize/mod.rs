@@ -12,9 +12,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use cedar_policy::{
-    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName,
-    EntityUid, PolicyId, PolicySet, Request, RestrictedExpression, Schema, ValidationMode,
-    Validator,
+    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId,
+    PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
 };
 use sha2::{Digest, Sha256};
 
@@ -115,17 +114,13 @@ pub struct PolicyEngine {
 
 impl std::fmt::Debug for PolicyEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PolicyEngine")
-            .field("dir", &self.dir)
-            .finish_non_exhaustive()
+        f.debug_struct("PolicyEngine").field("dir", &self.dir).finish_non_exhaustive()
     }
 }
 
 /// Parses the built-in schema.
 pub fn schema() -> Result<Schema, PolicyError> {
-    Schema::from_cedarschema_str(SCHEMA)
-        .map(|(s, _)| s)
-        .map_err(|e| PolicyError::Schema(e.to_string()))
+    Schema::from_cedarschema_str(SCHEMA).map(|(s, _)| s).map_err(|e| PolicyError::Schema(e.to_string()))
 }
 
 impl PolicyEngine {
@@ -133,8 +128,7 @@ impl PolicyEngine {
     pub fn load(dir: &Path) -> Result<Self, PolicyError> {
         let schema = schema()?;
         let loaded = load_dir(dir, &schema)?;
-        let parse =
-            |s: &str| EntityTypeName::from_str(s).map_err(|e| PolicyError::Schema(e.to_string()));
+        let parse = |s: &str| EntityTypeName::from_str(s).map_err(|e| PolicyError::Schema(e.to_string()));
         Ok(Self {
             dir: dir.to_owned(),
             authorizer: Authorizer::new(),
@@ -178,40 +172,22 @@ impl PolicyEngine {
         match self.build_exchange(req) {
             Ok((request, entities)) => {
                 let policies = self.current.load();
-                let resp = self
-                    .authorizer
-                    .is_authorized(&request, &policies.set, &entities);
+                let resp = self.authorizer.is_authorized(&request, &policies.set, &entities);
                 let allowed = resp.decision() == CedarDecision::Allow;
-                let ids = |it: &mut dyn Iterator<Item = &PolicyId>| {
-                    it.map(|p| p.to_string()).collect::<Vec<_>>()
-                };
+                let ids = |it: &mut dyn Iterator<Item = &PolicyId>| it.map(|p| p.to_string()).collect::<Vec<_>>();
                 let mut decided = ids(&mut resp.diagnostics().reason());
                 decided.sort();
                 let errors = resp.diagnostics().errors().map(|e| e.to_string()).collect();
-                Decision {
-                    allowed,
-                    policies: decided,
-                    errors,
-                }
+                Decision { allowed, policies: decided, errors }
             }
-            Err(e) => Decision {
-                allowed: false,
-                policies: Vec::new(),
-                errors: vec![e],
-            },
+            Err(e) => Decision { allowed: false, policies: Vec::new(), errors: vec![e] },
         }
     }
 
     fn build_exchange(&self, req: &ExchangeRequest<'_>) -> Result<(Request, Entities), String> {
         let id = &req.identity.spiffe_id;
-        let principal = EntityUid::from_type_name_and_id(
-            self.workload_type.clone(),
-            EntityId::new(id.to_string()),
-        );
-        let resource = EntityUid::from_type_name_and_id(
-            self.audience_type.clone(),
-            EntityId::new(req.audience),
-        );
+        let principal = EntityUid::from_type_name_and_id(self.workload_type.clone(), EntityId::new(id.to_string()));
+        let resource = EntityUid::from_type_name_and_id(self.audience_type.clone(), EntityId::new(req.audience));
         let s = |v: &str| RestrictedExpression::new_string(v.to_owned());
         let attrs = [
             ("spiffe_id".to_owned(), s(&id.to_string())),
@@ -219,74 +195,35 @@ impl PolicyEngine {
             ("path".to_owned(), s(id.path())),
             ("attestor".to_owned(), s(&req.identity.attestor)),
         ];
-        let tags = req
-            .identity
-            .attributes
-            .iter()
-            .map(|(k, v)| (k.clone(), s(v)));
-        let workload =
-            Entity::new_with_tags(principal.clone(), attrs, [], tags).map_err(|e| e.to_string())?;
+        let tags = req.identity.attributes.iter().map(|(k, v)| (k.clone(), s(v)));
+        let workload = Entity::new_with_tags(principal.clone(), attrs, [], tags).map_err(|e| e.to_string())?;
         let audience = Entity::new_no_attrs(resource.clone(), Default::default());
-        let entities =
-            Entities::from_entities([workload, audience], None).map_err(|e| e.to_string())?;
+        let entities = Entities::from_entities([workload, audience], None).map_err(|e| e.to_string())?;
         let context = Context::from_pairs([
-            (
-                "scopes".to_owned(),
-                RestrictedExpression::new_set(req.scopes.iter().map(|x| s(x))),
-            ),
-            (
-                "ttl_seconds".to_owned(),
-                RestrictedExpression::new_long(req.ttl_seconds),
-            ),
-            (
-                "source_ip".to_owned(),
-                RestrictedExpression::new_ip(req.source_ip.to_string()),
-            ),
-            (
-                "now".to_owned(),
-                RestrictedExpression::new_datetime(crate::clock::rfc3339(req.now)),
-            ),
-            (
-                "now_unix".to_owned(),
-                RestrictedExpression::new_long(req.now),
-            ),
+            ("scopes".to_owned(), RestrictedExpression::new_set(req.scopes.iter().map(|x| s(x)))),
+            ("ttl_seconds".to_owned(), RestrictedExpression::new_long(req.ttl_seconds)),
+            ("source_ip".to_owned(), RestrictedExpression::new_ip(req.source_ip.to_string())),
+            ("now".to_owned(), RestrictedExpression::new_datetime(crate::clock::rfc3339(req.now))),
+            ("now_unix".to_owned(), RestrictedExpression::new_long(req.now)),
         ])
         .map_err(|e| e.to_string())?;
-        let request = Request::new(
-            principal,
-            self.exchange_action.clone(),
-            resource,
-            context,
-            Some(&self.schema),
-        )
-        .map_err(|e| e.to_string())?;
+        let request = Request::new(principal, self.exchange_action.clone(), resource, context, Some(&self.schema))
+            .map_err(|e| e.to_string())?;
         Ok((request, entities))
     }
 }
 
 fn read_sources(dir: &Path) -> Result<BTreeMap<String, String>, PolicyError> {
-    let rd = std::fs::read_dir(dir).map_err(|source| PolicyError::Read {
-        path: dir.to_owned(),
-        source,
-    })?;
+    let rd = std::fs::read_dir(dir).map_err(|source| PolicyError::Read { path: dir.to_owned(), source })?;
     let mut files = BTreeMap::new();
     for entry in rd {
-        let entry = entry.map_err(|source| PolicyError::Read {
-            path: dir.to_owned(),
-            source,
-        })?;
+        let entry = entry.map_err(|source| PolicyError::Read { path: dir.to_owned(), source })?;
         let path = entry.path();
         if path.extension().and_then(|e| e.to_str()) != Some("cedar") || !path.is_file() {
             continue;
         }
-        let text = std::fs::read_to_string(&path).map_err(|source| PolicyError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let text = std::fs::read_to_string(&path).map_err(|source| PolicyError::Read { path: path.clone(), source })?;
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         files.insert(name, text);
     }
     Ok(files)
@@ -308,10 +245,8 @@ fn load_dir(dir: &Path, schema: &Schema) -> Result<LoadedPolicies, PolicyError> 
     let files = read_sources(dir)?;
     let mut set = PolicySet::new();
     for (name, text) in &files {
-        let parsed = PolicySet::from_str(text).map_err(|e| PolicyError::Parse {
-            file: name.clone(),
-            message: e.to_string(),
-        })?;
+        let parsed =
+            PolicySet::from_str(text).map_err(|e| PolicyError::Parse { file: name.clone(), message: e.to_string() })?;
         if parsed.templates().next().is_some() {
             return Err(PolicyError::Parse {
                 file: name.clone(),
@@ -321,18 +256,9 @@ fn load_dir(dir: &Path, schema: &Schema) -> Result<LoadedPolicies, PolicyError> 
         // `PolicySet` iterates in no fixed order; its default ids are `policy<N>` in
         // source order, so sort by N for stable `<file>:<n>` ids.
         let mut policies: Vec<_> = parsed.policies().collect();
-        policies.sort_by_key(|p| {
-            p.id()
-                .to_string()
-                .trim_start_matches("policy")
-                .parse::<usize>()
-                .unwrap_or(0)
-        });
+        policies.sort_by_key(|p| p.id().to_string().trim_start_matches("policy").parse::<usize>().unwrap_or(0));
         for (i, p) in policies.into_iter().enumerate() {
-            let id = p
-                .annotation("id")
-                .map(str::to_owned)
-                .unwrap_or_else(|| format!("{name}:{}", i + 1));
+            let id = p.annotation("id").map(str::to_owned).unwrap_or_else(|| format!("{name}:{}", i + 1));
             let policy = p.new_id(PolicyId::new(id.clone()));
             set.add(policy).map_err(|_| PolicyError::Parse {
                 file: name.clone(),
@@ -342,16 +268,9 @@ fn load_dir(dir: &Path, schema: &Schema) -> Result<LoadedPolicies, PolicyError> 
     }
     let result = Validator::new(schema.clone()).validate(&set, ValidationMode::Strict);
     if !result.validation_passed() {
-        let msgs: Vec<String> = result
-            .validation_errors()
-            .map(|e| format!("  - {e}"))
-            .collect();
+        let msgs: Vec<String> = result.validation_errors().map(|e| format!("  - {e}")).collect();
         return Err(PolicyError::Invalid(msgs.join("\n")));
     }
     let count = set.policies().count();
-    Ok(LoadedPolicies {
-        set,
-        fingerprint: fingerprint(&files),
-        count,
-    })
+    Ok(LoadedPolicies { set, fingerprint: fingerprint(&files), count })
 }

@@ -42,21 +42,15 @@ pub fn tls_config(
     client_ca: Option<&Path>,
     require_client_cert: bool,
 ) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
-    let e = |what: &str, p: &Path, err: &dyn std::fmt::Display| {
-        TlsSetupError(format!("{what} {}: {err}", p.display()))
-    };
+    let e = |what: &str, p: &Path, err: &dyn std::fmt::Display| TlsSetupError(format!("{what} {}: {err}", p.display()));
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|err| e("cannot read certificate", cert, &err))?
         .collect::<Result<_, _>>()
         .map_err(|err| e("bad certificate PEM in", cert, &err))?;
     if certs.is_empty() {
-        return Err(TlsSetupError(format!(
-            "no certificate in {}",
-            cert.display()
-        )));
+        return Err(TlsSetupError(format!("no certificate in {}", cert.display())));
     }
-    let key_der =
-        PrivateKeyDer::from_pem_file(key).map_err(|err| e("cannot read private key", key, &err))?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|err| e("cannot read private key", key, &err))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -64,31 +58,17 @@ pub fn tls_config(
     let builder = match client_ca {
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
-            for c in CertificateDer::pem_file_iter(ca)
-                .map_err(|err| e("cannot read client CA", ca, &err))?
-            {
+            for c in CertificateDer::pem_file_iter(ca).map_err(|err| e("cannot read client CA", ca, &err))? {
                 let c = c.map_err(|err| e("bad client CA PEM in", ca, &err))?;
-                roots
-                    .add(c)
-                    .map_err(|err| e("bad client CA in", ca, &err))?;
+                roots.add(c).map_err(|err| e("bad client CA in", ca, &err))?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-            let verifier = if require_client_cert {
-                verifier
-            } else {
-                verifier.allow_unauthenticated()
-            };
-            builder.with_client_cert_verifier(
-                verifier
-                    .build()
-                    .map_err(|err| TlsSetupError(err.to_string()))?,
-            )
+            let verifier = if require_client_cert { verifier } else { verifier.allow_unauthenticated() };
+            builder.with_client_cert_verifier(verifier.build().map_err(|err| TlsSetupError(err.to_string()))?)
         }
         None => builder.with_no_client_auth(),
     };
-    let mut cfg = builder
-        .with_single_cert(certs, key_der)
-        .map_err(|err| TlsSetupError(err.to_string()))?;
+    let mut cfg = builder.with_single_cert(certs, key_der).map_err(|err| TlsSetupError(err.to_string()))?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
@@ -125,12 +105,7 @@ pub async fn serve(
         tokio::spawn(async move {
             match acceptor {
                 Some(acceptor) => {
-                    let tls = match tokio::time::timeout(
-                        Duration::from_secs(10),
-                        acceptor.accept(stream),
-                    )
-                    .await
-                    {
+                    let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
                             tracing::debug!(%addr, error = %e, "TLS handshake failed");
@@ -138,33 +113,21 @@ pub async fn serve(
                         }
                         Err(_) => return,
                     };
-                    let client_cert = tls
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first().cloned());
+                    let client_cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first().cloned());
                     let peer = PeerInfo { addr, client_cert };
-                    let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(tls), service(app, peer));
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service(app, peer));
                     let _ = watcher.watch(conn.into_owned()).await;
                 }
                 None => {
-                    let peer = PeerInfo {
-                        addr,
-                        client_cert: None,
-                    };
-                    let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service(app, peer));
+                    let peer = PeerInfo { addr, client_cert: None };
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service(app, peer));
                     let _ = watcher.watch(conn.into_owned()).await;
                 }
             }
         });
     }
     drop(listener);
-    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await.is_err() {
         tracing::warn!("connections still open after 10 s; closing them");
     }
 }
@@ -172,9 +135,7 @@ pub async fn serve(
 fn service(
     app: Router,
     peer: PeerInfo,
-) -> TowerToHyperService<
-    MapRequest<Router, impl FnMut(hyper::Request<Incoming>) -> hyper::Request<Incoming> + Clone>,
-> {
+) -> TowerToHyperService<MapRequest<Router, impl FnMut(hyper::Request<Incoming>) -> hyper::Request<Incoming> + Clone>> {
     TowerToHyperService::new(app.map_request(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(peer.clone());
         req

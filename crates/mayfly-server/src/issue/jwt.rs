@@ -88,11 +88,7 @@ impl JwtIssuer {
         let jti = crate::ids::random_b64(18);
         let scope = req.scopes.join(" ");
         let expires_at = req.now + req.ttl_seconds;
-        let header = Header {
-            alg: key.alg().as_str(),
-            typ: "at+jwt",
-            kid: key.kid(),
-        };
+        let header = Header { alg: key.alg().as_str(), typ: "at+jwt", kid: key.kid() };
         let claims = Claims {
             iss: &self.issuer_url,
             sub: req.subject,
@@ -110,13 +106,6 @@ impl JwtIssuer {
         let signature = key.sign(token.as_bytes())?;
         token.push('.');
         B64.encode_string(signature, &mut token);
-        Ok(IssuedToken {
-            token,
-            jti,
-            issued_at: req.now,
-            expires_at,
-            kid: key.kid().to_owned(),
-            scope,
-        })
+        Ok(IssuedToken { token, jti, issued_at: req.now, expires_at, kid: key.kid().to_owned(), scope })
     }
 }

@@ -36,16 +36,13 @@ impl Kek {
     pub fn load(source: &KekSource) -> Result<Self, KeyError> {
         let bytes = match source {
             KekSource::File(path) => {
-                let raw = std::fs::read(path).map_err(|e| {
-                    KeyError::MissingKek(format!("cannot read {}: {e}", path.display()))
-                })?;
-                decode_kek(&raw)
-                    .map_err(|m| KeyError::BadKek(format!("{}: {m}", path.display())))?
+                let raw = std::fs::read(path)
+                    .map_err(|e| KeyError::MissingKek(format!("cannot read {}: {e}", path.display())))?;
+                decode_kek(&raw).map_err(|m| KeyError::BadKek(format!("{}: {m}", path.display())))?
             }
             KekSource::Env(var) => {
-                let v = std::env::var(var).map_err(|_| {
-                    KeyError::MissingKek(format!("environment variable {var} is not set"))
-                })?;
+                let v = std::env::var(var)
+                    .map_err(|_| KeyError::MissingKek(format!("environment variable {var} is not set")))?;
                 decode_kek(v.as_bytes()).map_err(|m| KeyError::BadKek(format!("${var}: {m}")))?
             }
         };
@@ -54,16 +51,12 @@ impl Kek {
 
     /// Builds a KEK from 32 bytes.
     pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, KeyError> {
-        let aead = RandomizedNonceKey::new(&AES_256_GCM, bytes)
-            .map_err(|_| KeyError::Crypto("aead key"))?;
+        let aead = RandomizedNonceKey::new(&AES_256_GCM, bytes).map_err(|_| KeyError::Crypto("aead key"))?;
         // A separate key for keyed fingerprints, derived so that the KEK itself never signs anything.
         let derive = hmac::Key::new(hmac::HMAC_SHA256, bytes);
         let fp = hmac::sign(&derive, b"mayfly/fingerprint/v1");
         let fingerprint_key = hmac::Key::new(hmac::HMAC_SHA256, fp.as_ref());
-        Ok(Self {
-            aead,
-            fingerprint_key,
-        })
+        Ok(Self { aead, fingerprint_key })
     }
 
     /// Generates a new random KEK and writes it (hex) to `path` with mode 0600.
@@ -77,10 +70,8 @@ impl Kek {
     /// Seals `plaintext`, binding it to `context` (e.g. the key id).
     pub fn seal(&self, context: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, KeyError> {
         let mut buf = plaintext.to_vec();
-        let nonce = self
-            .aead
-            .seal_in_place_append_tag(Aad::from(context), &mut buf)
-            .map_err(|_| KeyError::Crypto("seal"))?;
+        let nonce =
+            self.aead.seal_in_place_append_tag(Aad::from(context), &mut buf).map_err(|_| KeyError::Crypto("seal"))?;
         let mut out = Vec::with_capacity(1 + NONCE_LEN + buf.len());
         out.push(SEALED_VERSION);
         out.extend_from_slice(nonce.as_ref());
@@ -93,13 +84,9 @@ impl Kek {
         if sealed.len() < 1 + NONCE_LEN + 16 || sealed[0] != SEALED_VERSION {
             return Err(KeyError::WrongKek);
         }
-        let nonce = Nonce::try_assume_unique_for_key(&sealed[1..1 + NONCE_LEN])
-            .map_err(|_| KeyError::WrongKek)?;
+        let nonce = Nonce::try_assume_unique_for_key(&sealed[1..1 + NONCE_LEN]).map_err(|_| KeyError::WrongKek)?;
         let mut buf = sealed[1 + NONCE_LEN..].to_vec();
-        let plain = self
-            .aead
-            .open_in_place(nonce, Aad::from(context), &mut buf)
-            .map_err(|_| KeyError::WrongKek)?;
+        let plain = self.aead.open_in_place(nonce, Aad::from(context), &mut buf).map_err(|_| KeyError::WrongKek)?;
         Ok(plain.to_vec())
     }
 
@@ -139,18 +126,12 @@ mod tests {
         let sealed = a.seal(b"kid-1", b"secret").unwrap();
         assert_eq!(a.open(b"kid-1", &sealed).unwrap(), b"secret");
         assert!(matches!(b.open(b"kid-1", &sealed), Err(KeyError::WrongKek)));
-        assert!(
-            matches!(a.open(b"kid-2", &sealed), Err(KeyError::WrongKek)),
-            "context is bound"
-        );
+        assert!(matches!(a.open(b"kid-2", &sealed), Err(KeyError::WrongKek)), "context is bound");
     }
 
     #[test]
     fn decodes_hex_and_raw() {
-        assert_eq!(
-            decode_kek(format!("{}\n", "ab".repeat(32)).as_bytes()).unwrap(),
-            [0xab; 32]
-        );
+        assert_eq!(decode_kek(format!("{}\n", "ab".repeat(32)).as_bytes()).unwrap(), [0xab; 32]);
         assert_eq!(decode_kek(&[1u8; 32]).unwrap(), [1u8; 32]);
         assert!(decode_kek(b"short").is_err());
     }

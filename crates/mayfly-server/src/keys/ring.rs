@@ -42,25 +42,15 @@ pub enum KeyRingError {
 
 impl KeyRing {
     /// Loads the stored keys (opening them with the KEK), creating the first key if there is none.
-    pub async fn load_or_create(
-        store: &dyn Store,
-        kek: &Kek,
-        alg: SigningAlg,
-    ) -> Result<Self, KeyRingError> {
+    pub async fn load_or_create(store: &dyn Store, kek: &Kek, alg: SigningAlg) -> Result<Self, KeyRingError> {
         let now = crate::clock::now_unix();
         let stored = store.signing_keys().await?;
         if stored.is_empty() {
             let (key, row) = new_stored_key(kek, alg, now)?;
             store.insert_signing_key(&row).await?;
             let key = Arc::new(key);
-            let keys = vec![PublishedKey {
-                key: key.clone(),
-                created_at: row.created_at,
-                published_until: None,
-            }];
-            return Ok(Self {
-                state: ArcSwap::from_pointee(RingState { active: key, keys }),
-            });
+            let keys = vec![PublishedKey { key: key.clone(), created_at: row.created_at, published_until: None }];
+            return Ok(Self { state: ArcSwap::from_pointee(RingState { active: key, keys }) });
         }
         let mut keys = Vec::new();
         let mut active = None;
@@ -72,25 +62,17 @@ impl KeyRing {
             if row.retired_at.is_none() {
                 active = Some(key.clone());
             }
-            keys.push(PublishedKey {
-                key,
-                created_at: row.created_at,
-                published_until: row.published_until,
-            });
+            keys.push(PublishedKey { key, created_at: row.created_at, published_until: row.published_until });
         }
         let active = match active {
             Some(a) => a,
             None => {
-                return Err(KeyError::Corrupt {
-                    kid: "-".into(),
-                    reason: "no active signing key in storage".into(),
-                }
-                .into());
+                return Err(
+                    KeyError::Corrupt { kid: "-".into(), reason: "no active signing key in storage".into() }.into()
+                );
             }
         };
-        Ok(Self {
-            state: ArcSwap::from_pointee(RingState { active, keys }),
-        })
+        Ok(Self { state: ArcSwap::from_pointee(RingState { active, keys }) })
     }
 
     /// The key that signs new tokens.
@@ -152,9 +134,7 @@ impl KeyRing {
         let (key, row) = new_stored_key(kek, alg, now)?;
         let old = self.active();
         let published_until = now + publish_for_secs;
-        store
-            .rotate_signing_key(&row, old.kid(), now, published_until)
-            .await?;
+        store.rotate_signing_key(&row, old.kid(), now, published_until).await?;
         let key = Arc::new(key);
         let state = self.state.load();
         let mut keys: Vec<PublishedKey> = state
@@ -169,15 +149,8 @@ impl KeyRing {
                 k
             })
             .collect();
-        keys.push(PublishedKey {
-            key: key.clone(),
-            created_at: now,
-            published_until: None,
-        });
-        self.state.store(Arc::new(RingState {
-            active: key.clone(),
-            keys,
-        }));
+        keys.push(PublishedKey { key: key.clone(), created_at: now, published_until: None });
+        self.state.store(Arc::new(RingState { active: key.clone(), keys }));
         Ok(SigningKeyInfo {
             kid: key.kid().to_owned(),
             alg: alg.as_str().to_owned(),
@@ -188,11 +161,7 @@ impl KeyRing {
     }
 }
 
-fn new_stored_key(
-    kek: &Kek,
-    alg: SigningAlg,
-    now: i64,
-) -> Result<(SigningKey, StoredSigningKey), KeyError> {
+fn new_stored_key(kek: &Kek, alg: SigningAlg, now: i64) -> Result<(SigningKey, StoredSigningKey), KeyError> {
     let (key, pkcs8) = SigningKey::generate(alg)?;
     let sealed = kek.seal(key.kid().as_bytes(), &pkcs8)?;
     let row = StoredSigningKey {
@@ -207,20 +176,13 @@ fn new_stored_key(
 }
 
 fn open_stored_key(kek: &Kek, row: &StoredSigningKey) -> Result<SigningKey, KeyError> {
-    let alg = SigningAlg::parse(&row.alg).ok_or_else(|| KeyError::Corrupt {
-        kid: row.kid.clone(),
-        reason: format!("unknown algorithm {}", row.alg),
-    })?;
+    let alg = SigningAlg::parse(&row.alg)
+        .ok_or_else(|| KeyError::Corrupt { kid: row.kid.clone(), reason: format!("unknown algorithm {}", row.alg) })?;
     let pkcs8 = kek.open(row.kid.as_bytes(), &row.sealed_private_key)?;
-    let key = SigningKey::from_pkcs8(alg, &pkcs8).map_err(|e| KeyError::Corrupt {
-        kid: row.kid.clone(),
-        reason: e.to_string(),
-    })?;
+    let key = SigningKey::from_pkcs8(alg, &pkcs8)
+        .map_err(|e| KeyError::Corrupt { kid: row.kid.clone(), reason: e.to_string() })?;
     if key.kid() != row.kid {
-        return Err(KeyError::Corrupt {
-            kid: row.kid.clone(),
-            reason: "key does not match its id".into(),
-        });
+        return Err(KeyError::Corrupt { kid: row.kid.clone(), reason: "key does not match its id".into() });
     }
     Ok(key)
 }

@@ -2,9 +2,7 @@
 //! aws-lc-rs key pair so the hot path never re-parses PKCS#8.
 
 use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{
-    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair,
-};
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use sha2::{Digest, Sha256};
@@ -55,10 +53,7 @@ pub struct SigningKey {
 
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKey")
-            .field("kid", &self.kid)
-            .field("alg", &self.alg)
-            .finish_non_exhaustive()
+        f.debug_struct("SigningKey").field("kid", &self.kid).field("alg", &self.alg).finish_non_exhaustive()
     }
 }
 
@@ -67,13 +62,9 @@ impl SigningKey {
     pub fn generate(alg: SigningAlg) -> Result<(Self, Vec<u8>), KeyError> {
         let rng = SystemRandom::new();
         let pkcs8 = match alg {
-            SigningAlg::EdDsa => {
-                Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| KeyError::Crypto("keygen"))?
-            }
-            SigningAlg::Es256 => {
-                EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-                    .map_err(|_| KeyError::Crypto("keygen"))?
-            }
+            SigningAlg::EdDsa => Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| KeyError::Crypto("keygen"))?,
+            SigningAlg::Es256 => EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+                .map_err(|_| KeyError::Crypto("keygen"))?,
         };
         let pkcs8 = pkcs8.as_ref().to_vec();
         let key = Self::from_pkcs8(alg, &pkcs8)?;
@@ -82,19 +73,12 @@ impl SigningKey {
 
     /// Loads a key from PKCS#8; its `kid` is the RFC 7638 thumbprint of its public JWK.
     pub fn from_pkcs8(alg: SigningAlg, pkcs8: &[u8]) -> Result<Self, KeyError> {
-        let corrupt = |reason: &str| KeyError::Corrupt {
-            kid: "?".into(),
-            reason: reason.into(),
-        };
+        let corrupt = |reason: &str| KeyError::Corrupt { kid: "?".into(), reason: reason.into() };
         let (signer, public_jwk) = match alg {
             SigningAlg::EdDsa => {
-                let kp = Ed25519KeyPair::from_pkcs8(pkcs8)
-                    .map_err(|_| corrupt("not an Ed25519 PKCS#8 key"))?;
+                let kp = Ed25519KeyPair::from_pkcs8(pkcs8).map_err(|_| corrupt("not an Ed25519 PKCS#8 key"))?;
                 let x = B64.encode(kp.public_key().as_ref());
-                (
-                    Signer::Ed25519(kp),
-                    serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": x}),
-                )
+                (Signer::Ed25519(kp), serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": x}))
             }
             SigningAlg::Es256 => {
                 let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8)
@@ -104,27 +88,17 @@ impl SigningKey {
                     return Err(corrupt("unexpected P-256 public key encoding"));
                 }
                 let (x, y) = (B64.encode(&point[1..33]), B64.encode(&point[33..65]));
-                (
-                    Signer::Es256(kp),
-                    serde_json::json!({"kty": "EC", "crv": "P-256", "x": x, "y": y}),
-                )
+                (Signer::Es256(kp), serde_json::json!({"kty": "EC", "crv": "P-256", "x": x, "y": y}))
             }
         };
-        let kid =
-            jwk_thumbprint(&public_jwk).ok_or_else(|| corrupt("cannot compute thumbprint"))?;
+        let kid = jwk_thumbprint(&public_jwk).ok_or_else(|| corrupt("cannot compute thumbprint"))?;
         let mut public_jwk = public_jwk;
         if let Some(obj) = public_jwk.as_object_mut() {
             obj.insert("kid".into(), kid.clone().into());
             obj.insert("alg".into(), alg.as_str().into());
             obj.insert("use".into(), "sig".into());
         }
-        Ok(Self {
-            kid,
-            alg,
-            signer,
-            public_jwk,
-            rng: SystemRandom::new(),
-        })
+        Ok(Self { kid, alg, signer, public_jwk, rng: SystemRandom::new() })
     }
 
     /// The key id (`kid`).
@@ -146,10 +120,9 @@ impl SigningKey {
     pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
         match &self.signer {
             Signer::Ed25519(kp) => Ok(kp.sign(message).as_ref().to_vec()),
-            Signer::Es256(kp) => kp
-                .sign(&self.rng, message)
-                .map(|s| s.as_ref().to_vec())
-                .map_err(|_| KeyError::Crypto("sign")),
+            Signer::Es256(kp) => {
+                kp.sign(&self.rng, message).map(|s| s.as_ref().to_vec()).map_err(|_| KeyError::Crypto("sign"))
+            }
         }
     }
 }
@@ -159,17 +132,8 @@ pub fn jwk_thumbprint(jwk: &serde_json::Value) -> Option<String> {
     let get = |k: &str| jwk.get(k).and_then(|v| v.as_str());
     // Required members only, in lexicographic order, no whitespace (RFC 7638 §3.2).
     let canonical = match get("kty")? {
-        "OKP" => format!(
-            r#"{{"crv":"{}","kty":"OKP","x":"{}"}}"#,
-            get("crv")?,
-            get("x")?
-        ),
-        "EC" => format!(
-            r#"{{"crv":"{}","kty":"EC","x":"{}","y":"{}"}}"#,
-            get("crv")?,
-            get("x")?,
-            get("y")?
-        ),
+        "OKP" => format!(r#"{{"crv":"{}","kty":"OKP","x":"{}"}}"#, get("crv")?, get("x")?),
+        "EC" => format!(r#"{{"crv":"{}","kty":"EC","x":"{}","y":"{}"}}"#, get("crv")?, get("x")?, get("y")?),
         "RSA" => format!(r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#, get("e")?, get("n")?),
         _ => return None,
     };
@@ -194,10 +158,7 @@ mod tests {
             "alg": "RS256",
             "kid": "2011-04-29"
         });
-        assert_eq!(
-            jwk_thumbprint(&jwk).unwrap(),
-            "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
-        );
+        assert_eq!(jwk_thumbprint(&jwk).unwrap(), "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs");
     }
 
     #[test]

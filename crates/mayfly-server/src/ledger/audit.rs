@@ -22,12 +22,7 @@ pub struct AuditEvent {
 impl AuditEvent {
     /// A new event stamped now.
     pub fn new(kind: &str, subject: Option<String>, detail: serde_json::Value) -> Self {
-        Self {
-            ts_ms: crate::clock::now_unix_ms(),
-            kind: kind.to_owned(),
-            subject,
-            detail,
-        }
+        Self { ts_ms: crate::clock::now_unix_ms(), kind: kind.to_owned(), subject, detail }
     }
 }
 
@@ -55,14 +50,7 @@ impl ChainedAuditEvent {
     pub fn chain(event: &AuditEvent, prev_seq: i64, prev_hash: &str) -> Self {
         let detail = event.detail.to_string();
         let seq = prev_seq + 1;
-        let hash = event_hash(
-            seq,
-            event.ts_ms,
-            &event.kind,
-            event.subject.as_deref(),
-            &detail,
-            prev_hash,
-        );
+        let hash = event_hash(seq, event.ts_ms, &event.kind, event.subject.as_deref(), &detail, prev_hash);
         Self {
             seq,
             ts_ms: event.ts_ms,
@@ -76,26 +64,13 @@ impl ChainedAuditEvent {
 
     /// Whether the stored hash matches the event's contents.
     pub fn hash_is_valid(&self) -> bool {
-        event_hash(
-            self.seq,
-            self.ts_ms,
-            &self.kind,
-            self.subject.as_deref(),
-            &self.detail,
-            &self.prev_hash,
-        ) == self.hash
+        event_hash(self.seq, self.ts_ms, &self.kind, self.subject.as_deref(), &self.detail, &self.prev_hash)
+            == self.hash
     }
 }
 
 /// Length-prefixed fields, so that no two different events hash the same bytes.
-fn event_hash(
-    seq: i64,
-    ts_ms: i64,
-    kind: &str,
-    subject: Option<&str>,
-    detail: &str,
-    prev_hash: &str,
-) -> String {
+fn event_hash(seq: i64, ts_ms: i64, kind: &str, subject: Option<&str>, detail: &str, prev_hash: &str) -> String {
     let mut h = Sha256::new();
     h.update(b"mayfly-audit-v1");
     h.update(seq.to_be_bytes());
@@ -123,9 +98,7 @@ pub enum ChainBreak {
         seq: i64,
     },
     /// An event does not point at the previous event's hash (removed or reordered).
-    #[error(
-        "event {seq}: prev_hash does not match event {prev}'s hash (an event was removed or reordered)"
-    )]
+    #[error("event {seq}: prev_hash does not match event {prev}'s hash (an event was removed or reordered)")]
     Unlinked {
         /// The event.
         seq: i64,
@@ -153,11 +126,7 @@ pub struct ChainVerifier {
 
 impl Default for ChainVerifier {
     fn default() -> Self {
-        Self {
-            last_seq: 0,
-            last_hash: GENESIS_HASH.to_owned(),
-            checked: 0,
-        }
+        Self { last_seq: 0, last_hash: GENESIS_HASH.to_owned(), checked: 0 }
     }
 }
 
@@ -165,19 +134,13 @@ impl ChainVerifier {
     /// Checks the next event.
     pub fn push(&mut self, e: &ChainedAuditEvent) -> Result<(), ChainBreak> {
         if e.seq != self.last_seq + 1 {
-            return Err(ChainBreak::Gap {
-                seq: e.seq,
-                expected: self.last_seq + 1,
-            });
+            return Err(ChainBreak::Gap { seq: e.seq, expected: self.last_seq + 1 });
         }
         if !e.hash_is_valid() {
             return Err(ChainBreak::Altered { seq: e.seq });
         }
         if e.prev_hash != self.last_hash {
-            return Err(ChainBreak::Unlinked {
-                seq: e.seq,
-                prev: self.last_seq,
-            });
+            return Err(ChainBreak::Unlinked { seq: e.seq, prev: self.last_seq });
         }
         self.last_seq = e.seq;
         self.last_hash.clone_from(&e.hash);
@@ -194,10 +157,7 @@ mod tests {
         let mut out: Vec<ChainedAuditEvent> = Vec::new();
         for i in 0..n {
             let ev = AuditEvent::new("test", Some(format!("s{i}")), serde_json::json!({"i": i}));
-            let (seq, prev) = out
-                .last()
-                .map(|e| (e.seq, e.hash.clone()))
-                .unwrap_or((0, GENESIS_HASH.into()));
+            let (seq, prev) = out.last().map(|e| (e.seq, e.hash.clone())).unwrap_or((0, GENESIS_HASH.into()));
             out.push(ChainedAuditEvent::chain(&ev, seq, &prev));
         }
         out
@@ -224,12 +184,6 @@ mod tests {
         events.remove(1);
         let mut v = ChainVerifier::default();
         let err = events.iter().try_for_each(|e| v.push(e)).unwrap_err();
-        assert_eq!(
-            err,
-            ChainBreak::Gap {
-                seq: 3,
-                expected: 2
-            }
-        );
+        assert_eq!(err, ChainBreak::Gap { seq: 3, expected: 2 });
     }
 }

@@ -129,12 +129,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), LedgerError>;
 
     /// Stores an admin token's hash.
-    async fn insert_admin_token(
-        &self,
-        token_hash: &str,
-        name: &str,
-        created_at: i64,
-    ) -> Result<(), LedgerError>;
+    async fn insert_admin_token(&self, token_hash: &str, name: &str, created_at: i64) -> Result<(), LedgerError>;
     /// Whether an admin token hash is known.
     async fn admin_token_exists(&self, token_hash: &str) -> Result<bool, LedgerError>;
     /// How many admin tokens exist.
@@ -143,26 +138,14 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a new join token.
     async fn insert_join_token(&self, row: &JoinTokenRow) -> Result<(), LedgerError>;
     /// Marks a join token used, exactly once.
-    async fn redeem_join_token(
-        &self,
-        token_hash: &str,
-        now: i64,
-    ) -> Result<RedeemOutcome, LedgerError>;
+    async fn redeem_join_token(&self, token_hash: &str, now: i64) -> Result<RedeemOutcome, LedgerError>;
 
     /// The last audit event's sequence number and hash.
     async fn audit_head(&self) -> Result<Option<(i64, String)>, LedgerError>;
     /// Writes credentials and chained audit events in one transaction.
-    async fn append(
-        &self,
-        credentials: &[CredentialRecord],
-        events: &[ChainedAuditEvent],
-    ) -> Result<(), LedgerError>;
+    async fn append(&self, credentials: &[CredentialRecord], events: &[ChainedAuditEvent]) -> Result<(), LedgerError>;
     /// Audit events with `seq > after`, in order, at most `limit`.
-    async fn audit_events_after(
-        &self,
-        after: i64,
-        limit: i64,
-    ) -> Result<Vec<ChainedAuditEvent>, LedgerError>;
+    async fn audit_events_after(&self, after: i64, limit: i64) -> Result<Vec<ChainedAuditEvent>, LedgerError>;
     /// A credential record by `jti`.
     async fn credential(&self, jti: &str) -> Result<Option<CredentialRecord>, LedgerError>;
 }

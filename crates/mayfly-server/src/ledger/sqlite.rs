@@ -7,14 +7,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::Row;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 
-use super::{
-    ChainedAuditEvent, CredentialRecord, JoinTokenRow, LedgerError, RedeemOutcome, Store,
-    StoredSigningKey,
-};
+use super::{ChainedAuditEvent, CredentialRecord, JoinTokenRow, LedgerError, RedeemOutcome, Store, StoredSigningKey};
 
 /// SQLite-backed [`Store`].
 #[derive(Debug, Clone)]
@@ -30,11 +26,7 @@ impl SqliteStore {
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(if full_sync {
-                SqliteSynchronous::Full
-            } else {
-                SqliteSynchronous::Normal
-            })
+            .synchronous(if full_sync { SqliteSynchronous::Full } else { SqliteSynchronous::Normal })
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
         Self::connect(opts).await
@@ -43,19 +35,13 @@ impl SqliteStore {
     /// An in-memory database, for tests and offline tools.
     pub async fn in_memory() -> Result<Self, LedgerError> {
         let opts = SqliteConnectOptions::from_str("sqlite::memory:")?.shared_cache(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(opts)
-            .await?;
+        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(opts).await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         Ok(Self { pool })
     }
 
     async fn connect(opts: SqliteConnectOptions) -> Result<Self, LedgerError> {
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(opts)
-            .await?;
+        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(opts).await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         Ok(Self { pool })
     }
@@ -109,27 +95,21 @@ impl Store for SqliteStore {
     }
 
     async fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, LedgerError> {
-        let row = sqlx::query("SELECT value FROM meta WHERE key = ?")
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query("SELECT value FROM meta WHERE key = ?").bind(key).fetch_optional(&self.pool).await?;
         Ok(row.map(|r| r.try_get("value")).transpose()?)
     }
 
     async fn meta_put_if_absent(&self, key: &str, value: &[u8]) -> Result<bool, LedgerError> {
-        let res =
-            sqlx::query("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING")
-                .bind(key)
-                .bind(value)
-                .execute(&self.pool)
-                .await?;
+        let res = sqlx::query("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING")
+            .bind(key)
+            .bind(value)
+            .execute(&self.pool)
+            .await?;
         Ok(res.rows_affected() == 1)
     }
 
     async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>, LedgerError> {
-        let rows = sqlx::query("SELECT * FROM signing_keys ORDER BY created_at, kid")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query("SELECT * FROM signing_keys ORDER BY created_at, kid").fetch_all(&self.pool).await?;
         Ok(rows.iter().map(key_from_row).collect::<Result<_, _>>()?)
     }
 
@@ -166,9 +146,7 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await?;
         if res.rows_affected() != 1 {
-            return Err(LedgerError::Conflict(format!(
-                "signing key {old_kid} is not the active key"
-            )));
+            return Err(LedgerError::Conflict(format!("signing key {old_kid} is not the active key")));
         }
         sqlx::query(
             "INSERT INTO signing_keys (kid, alg, sealed_private_key, created_at, retired_at, published_until) \
@@ -184,12 +162,7 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn insert_admin_token(
-        &self,
-        token_hash: &str,
-        name: &str,
-        created_at: i64,
-    ) -> Result<(), LedgerError> {
+    async fn insert_admin_token(&self, token_hash: &str, name: &str, created_at: i64) -> Result<(), LedgerError> {
         sqlx::query("INSERT INTO admin_tokens (token_hash, name, created_at) VALUES (?, ?, ?)")
             .bind(token_hash)
             .bind(name)
@@ -208,9 +181,7 @@ impl Store for SqliteStore {
     }
 
     async fn admin_token_count(&self) -> Result<i64, LedgerError> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM admin_tokens")
-            .fetch_one(&self.pool)
-            .await?;
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM admin_tokens").fetch_one(&self.pool).await?;
         Ok(row.try_get("n")?)
     }
 
@@ -228,11 +199,7 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn redeem_join_token(
-        &self,
-        token_hash: &str,
-        now: i64,
-    ) -> Result<RedeemOutcome, LedgerError> {
+    async fn redeem_join_token(&self, token_hash: &str, now: i64) -> Result<RedeemOutcome, LedgerError> {
         // One conditional UPDATE: two concurrent redemptions cannot both succeed.
         let row = sqlx::query(
             "UPDATE join_tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL AND expires_at > ? \
@@ -258,9 +225,7 @@ impl Store for SqliteStore {
             .await?;
         Ok(match why {
             None => RedeemOutcome::Unknown,
-            Some(r) if r.try_get::<Option<i64>, _>("used_at")?.is_some() => {
-                RedeemOutcome::AlreadyUsed
-            }
+            Some(r) if r.try_get::<Option<i64>, _>("used_at")?.is_some() => RedeemOutcome::AlreadyUsed,
             Some(_) => RedeemOutcome::Expired,
         })
     }
@@ -275,11 +240,7 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn append(
-        &self,
-        credentials: &[CredentialRecord],
-        events: &[ChainedAuditEvent],
-    ) -> Result<(), LedgerError> {
+    async fn append(&self, credentials: &[CredentialRecord], events: &[ChainedAuditEvent]) -> Result<(), LedgerError> {
         let mut tx = self.pool.begin().await?;
         for c in credentials {
             sqlx::query(
@@ -320,11 +281,7 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn audit_events_after(
-        &self,
-        after: i64,
-        limit: i64,
-    ) -> Result<Vec<ChainedAuditEvent>, LedgerError> {
+    async fn audit_events_after(&self, after: i64, limit: i64) -> Result<Vec<ChainedAuditEvent>, LedgerError> {
         let rows = sqlx::query("SELECT * FROM audit_events WHERE seq > ? ORDER BY seq LIMIT ?")
             .bind(after)
             .bind(limit)
@@ -334,10 +291,7 @@ impl Store for SqliteStore {
     }
 
     async fn credential(&self, jti: &str) -> Result<Option<CredentialRecord>, LedgerError> {
-        let row = sqlx::query("SELECT * FROM credentials WHERE jti = ?")
-            .bind(jti)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query("SELECT * FROM credentials WHERE jti = ?").bind(jti).fetch_optional(&self.pool).await?;
         Ok(row.as_ref().map(credential_from_row).transpose()?)
     }
 }

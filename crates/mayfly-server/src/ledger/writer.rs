@@ -31,10 +31,7 @@ impl std::fmt::Debug for Ledger {
 impl Ledger {
     /// Starts the writer task on top of `store`; at most `batch_max` requests share a transaction.
     pub async fn start(store: Arc<dyn Store>, batch_max: usize) -> Result<Self, LedgerError> {
-        let head = store
-            .audit_head()
-            .await?
-            .unwrap_or((0, GENESIS_HASH.to_owned()));
+        let head = store.audit_head().await?.unwrap_or((0, GENESIS_HASH.to_owned()));
         let (tx, rx) = mpsc::channel(65_536);
         tokio::spawn(run_writer(store.clone(), rx, head, batch_max.max(1)));
         Ok(Self { tx, store })
@@ -46,20 +43,9 @@ impl Ledger {
     }
 
     /// Durably records credentials and audit events; returns once they are committed.
-    pub async fn record(
-        &self,
-        credentials: Vec<CredentialRecord>,
-        events: Vec<AuditEvent>,
-    ) -> Result<(), LedgerError> {
+    pub async fn record(&self, credentials: Vec<CredentialRecord>, events: Vec<AuditEvent>) -> Result<(), LedgerError> {
         let (done, wait) = oneshot::channel();
-        self.tx
-            .send(WriteRequest {
-                credentials,
-                events,
-                done,
-            })
-            .await
-            .map_err(|_| LedgerError::WriterGone)?;
+        self.tx.send(WriteRequest { credentials, events, done }).await.map_err(|_| LedgerError::WriterGone)?;
         match wait.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(msg)) => Err(LedgerError::Conflict(msg)),
@@ -103,9 +89,7 @@ async fn run_writer(
             }
         }
         for req in batch.drain(..) {
-            let _ = req
-                .done
-                .send(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+            let _ = req.done.send(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
         }
     }
 }

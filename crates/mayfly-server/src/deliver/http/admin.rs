@@ -27,23 +27,11 @@ fn json_body<T: DeserializeOwned + Default>(
     if body.is_empty() {
         return Ok(T::default());
     }
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .eq_ignore_ascii_case("application/json")
-    {
-        return Err(ApiError::UnsupportedMediaType(
-            "this endpoint takes application/json".into(),
-        ));
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !ct.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json") {
+        return Err(ApiError::UnsupportedMediaType("this endpoint takes application/json".into()));
     }
-    serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("invalid-json", format!("invalid JSON body: {e}")))
+    serde_json::from_slice(&body).map_err(|e| ApiError::bad_request("invalid-json", format!("invalid JSON body: {e}")))
 }
 
 /// Creates a one-time join token.
@@ -60,38 +48,18 @@ pub async fn create_join_token(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<
-    (
-        StatusCode,
-        [(header::HeaderName, &'static str); 1],
-        Json<CreateJoinTokenResponse>,
-    ),
-    ApiError,
-> {
+) -> Result<(StatusCode, [(header::HeaderName, &'static str); 1], Json<CreateJoinTokenResponse>), ApiError> {
     require_admin(&state, &headers).await?;
     let req: CreateJoinTokenRequest = json_body(&headers, body)?;
-    let created = state
-        .broker
-        .attestors()
-        .join_tokens()
-        .create(req.ttl_seconds, req.spiffe_path.as_deref())
-        .await?;
+    let created = state.broker.attestors().join_tokens().create(req.ttl_seconds, req.spiffe_path.as_deref()).await?;
     let detail = json!({"join_token_id": created.id, "expires_at": created.expires_at});
     state
         .broker
         .ledger()
-        .audit(AuditEvent::new(
-            "admin.join_token.created",
-            Some(created.spiffe_id.clone()),
-            detail,
-        ))
+        .audit(AuditEvent::new("admin.join_token.created", Some(created.spiffe_id.clone()), detail))
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    Ok((
-        StatusCode::CREATED,
-        [(header::CACHE_CONTROL, "no-store")],
-        Json(created),
-    ))
+    Ok((StatusCode::CREATED, [(header::CACHE_CONTROL, "no-store")], Json(created)))
 }
 
 /// Lists the published signing keys.
@@ -118,21 +86,10 @@ pub async fn list_keys(
         (status = 401, description = "Missing or wrong admin token", body = mayfly_proto::Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn rotate_keys(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Json<SigningKeyInfo>, ApiError> {
+pub async fn rotate_keys(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<SigningKeyInfo>, ApiError> {
     require_admin(&state, &headers).await?;
     let old = state.keys.active().kid().to_owned();
-    let info = state
-        .keys
-        .rotate(
-            state.store.as_ref(),
-            &state.kek,
-            state.signing_alg,
-            state.key_publish_secs,
-        )
-        .await?;
+    let info = state.keys.rotate(state.store.as_ref(), &state.kek, state.signing_alg, state.key_publish_secs).await?;
     let detail = json!({"new_kid": info.kid, "retired_kid": old, "published_for_seconds": state.key_publish_secs});
     state
         .broker

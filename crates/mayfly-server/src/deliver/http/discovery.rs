@@ -15,15 +15,9 @@ use super::AppState;
 pub async fn jwks(State(state): State<AppState>) -> Response {
     let body = serde_json::to_vec(&state.keys.jwks()).unwrap_or_default();
     let mut resp = (StatusCode::OK, body).into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/jwk-set+json"),
-    );
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/jwk-set+json"));
     // Short, so verifiers see a rotation quickly.
-    resp.headers_mut().insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=60"),
-    );
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=60"));
     resp
 }
 
@@ -56,9 +50,7 @@ pub async fn openid_configuration(State(state): State<AppState>) -> Json<serde_j
 /// Liveness: the process answers.
 #[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Health)))]
 pub async fn healthz() -> Json<Health> {
-    Json(Health {
-        status: "ok".into(),
-    })
+    Json(Health { status: "ok".into() })
 }
 
 /// Readiness: storage answers and a signing key is loaded.
@@ -66,20 +58,10 @@ pub async fn healthz() -> Json<Health> {
     responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     match state.store.ping().await {
-        Ok(()) => (
-            StatusCode::OK,
-            Json(Health {
-                status: "ok".into(),
-            }),
-        ),
+        Ok(()) => (StatusCode::OK, Json(Health { status: "ok".into() })),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check: storage does not answer");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(Health {
-                    status: "storage unavailable".into(),
-                }),
-            )
+            (StatusCode::SERVICE_UNAVAILABLE, Json(Health { status: "storage unavailable".into() }))
         }
     }
 }

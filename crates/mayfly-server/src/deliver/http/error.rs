@@ -54,20 +54,12 @@ pub enum ApiError {
 impl ApiError {
     /// A 400 on an OAuth endpoint with the given RFC 6749 error code.
     pub fn oauth(slug: &'static str, oauth: &'static str, detail: impl Into<String>) -> Self {
-        ApiError::BadRequest {
-            slug,
-            oauth: Some(oauth),
-            detail: detail.into(),
-        }
+        ApiError::BadRequest { slug, oauth: Some(oauth), detail: detail.into() }
     }
 
     /// A 400 on a non-OAuth endpoint.
     pub fn bad_request(slug: &'static str, detail: impl Into<String>) -> Self {
-        ApiError::BadRequest {
-            slug,
-            oauth: None,
-            detail: detail.into(),
-        }
+        ApiError::BadRequest { slug, oauth: None, detail: detail.into() }
     }
 
     fn parts(&self) -> (StatusCode, &'static str, &'static str, Option<&'static str>) {
@@ -75,36 +67,19 @@ impl ApiError {
         match self {
             ApiError::Broker(b) => match b {
                 BrokerError::Attest(a) => attest_parts(a),
-                BrokerError::Denied(_) => (
-                    S::FORBIDDEN,
-                    "policy-denied",
-                    "Denied by policy",
-                    Some("access_denied"),
-                ),
-                BrokerError::InvalidTarget(_) => (
-                    S::BAD_REQUEST,
-                    "invalid-target",
-                    "Invalid target",
-                    Some("invalid_target"),
-                ),
-                BrokerError::InvalidScope(_) => (
-                    S::BAD_REQUEST,
-                    "invalid-scope",
-                    "Invalid scope",
-                    Some("invalid_scope"),
-                ),
-                BrokerError::InvalidRequest(_) => (
-                    S::BAD_REQUEST,
-                    "invalid-request",
-                    "Invalid request",
-                    Some("invalid_request"),
-                ),
-                BrokerError::Issue(_) => (
-                    S::INTERNAL_SERVER_ERROR,
-                    "issue-failed",
-                    "Issuance failed",
-                    Some("server_error"),
-                ),
+                BrokerError::Denied(_) => (S::FORBIDDEN, "policy-denied", "Denied by policy", Some("access_denied")),
+                BrokerError::InvalidTarget(_) => {
+                    (S::BAD_REQUEST, "invalid-target", "Invalid target", Some("invalid_target"))
+                }
+                BrokerError::InvalidScope(_) => {
+                    (S::BAD_REQUEST, "invalid-scope", "Invalid scope", Some("invalid_scope"))
+                }
+                BrokerError::InvalidRequest(_) => {
+                    (S::BAD_REQUEST, "invalid-request", "Invalid request", Some("invalid_request"))
+                }
+                BrokerError::Issue(_) => {
+                    (S::INTERNAL_SERVER_ERROR, "issue-failed", "Issuance failed", Some("server_error"))
+                }
                 BrokerError::Ledger(_) => (
                     S::SERVICE_UNAVAILABLE,
                     "ledger-unavailable",
@@ -112,68 +87,33 @@ impl ApiError {
                     Some("temporarily_unavailable"),
                 ),
             },
-            ApiError::BadRequest { slug, oauth, .. } => {
-                (S::BAD_REQUEST, slug, "Bad request", *oauth)
+            ApiError::BadRequest { slug, oauth, .. } => (S::BAD_REQUEST, slug, "Bad request", *oauth),
+            ApiError::UnsupportedMediaType(_) => {
+                (S::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type", Some("invalid_request"))
             }
-            ApiError::UnsupportedMediaType(_) => (
-                S::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported-media-type",
-                "Unsupported media type",
-                Some("invalid_request"),
-            ),
-            ApiError::PayloadTooLarge(_) => (
-                S::PAYLOAD_TOO_LARGE,
-                "payload-too-large",
-                "Payload too large",
-                Some("invalid_request"),
-            ),
+            ApiError::PayloadTooLarge(_) => {
+                (S::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large", Some("invalid_request"))
+            }
             ApiError::Unauthorized(_) => (S::UNAUTHORIZED, "unauthorized", "Unauthorized", None),
             ApiError::NotFound(_) => (S::NOT_FOUND, "not-found", "Not found", None),
-            ApiError::MethodNotAllowed => (
-                S::METHOD_NOT_ALLOWED,
-                "method-not-allowed",
-                "Method not allowed",
-                None,
-            ),
-            ApiError::JoinToken(CreateJoinTokenError::Ledger(_))
-            | ApiError::Keys(KeyRingError::Ledger(_)) => (
-                S::SERVICE_UNAVAILABLE,
-                "ledger-unavailable",
-                "Ledger unavailable",
-                None,
-            ),
+            ApiError::MethodNotAllowed => (S::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed", None),
+            ApiError::JoinToken(CreateJoinTokenError::Ledger(_)) | ApiError::Keys(KeyRingError::Ledger(_)) => {
+                (S::SERVICE_UNAVAILABLE, "ledger-unavailable", "Ledger unavailable", None)
+            }
             ApiError::JoinToken(_) => (S::BAD_REQUEST, "invalid-request", "Invalid request", None),
-            ApiError::Keys(_) => (
-                S::INTERNAL_SERVER_ERROR,
-                "key-rotation-failed",
-                "Key rotation failed",
-                None,
-            ),
-            ApiError::Unavailable(_) => (
-                S::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "Service unavailable",
-                None,
-            ),
+            ApiError::Keys(_) => (S::INTERNAL_SERVER_ERROR, "key-rotation-failed", "Key rotation failed", None),
+            ApiError::Unavailable(_) => (S::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", None),
         }
     }
 }
 
 fn attest_parts(a: &AttestError) -> (StatusCode, &'static str, &'static str, Option<&'static str>) {
     match a {
-        AttestError::JwksUnavailable { .. } | AttestError::Ledger(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            a.code(),
-            "Attestation unavailable",
-            Some("temporarily_unavailable"),
-        ),
+        AttestError::JwksUnavailable { .. } | AttestError::Ledger(_) => {
+            (StatusCode::SERVICE_UNAVAILABLE, a.code(), "Attestation unavailable", Some("temporarily_unavailable"))
+        }
         // RFC 8693 §2.2.2: an unusable subject token is `invalid_request`.
-        _ => (
-            StatusCode::BAD_REQUEST,
-            a.code(),
-            "Attestation failed",
-            Some("invalid_request"),
-        ),
+        _ => (StatusCode::BAD_REQUEST, a.code(), "Attestation failed", Some("invalid_request")),
     }
 }
 
@@ -218,16 +158,10 @@ pub fn problem_response(status: StatusCode, problem: &Problem, bearer_challenge:
     let body = serde_json::to_vec(problem).unwrap_or_else(|_| b"{}".to_vec());
     let mut resp = (status, body).into_response();
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(PROBLEM_CONTENT_TYPE),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_CONTENT_TYPE));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if bearer_challenge {
-        h.insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"mayfly-admin\""),
-        );
+        h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"mayfly-admin\""));
     }
     resp
 }

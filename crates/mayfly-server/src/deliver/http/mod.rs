@@ -49,9 +49,7 @@ pub struct AppInner {
 impl AppState {
     /// Wraps the parts.
     pub fn new(inner: AppInner) -> Self {
-        Self {
-            inner: Arc::new(inner),
-        }
+        Self { inner: Arc::new(inner) }
     }
 }
 
@@ -71,14 +69,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/keys/rotate", post(admin::rotate_keys))
         .route("/v1/openapi.json", get(openapi::document))
         .route("/.well-known/jwks.json", get(discovery::jwks))
-        .route(
-            "/.well-known/openid-configuration",
-            get(discovery::openid_configuration),
-        )
-        .route(
-            "/.well-known/oauth-authorization-server",
-            get(discovery::openid_configuration),
-        )
+        .route("/.well-known/openid-configuration", get(discovery::openid_configuration))
+        .route("/.well-known/oauth-authorization-server", get(discovery::openid_configuration))
         .route("/healthz", get(discovery::healthz))
         .route("/readyz", get(discovery::readyz))
         .fallback(not_found)
@@ -88,10 +80,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
-    ApiError::NotFound(format!(
-        "no route for {}",
-        uri.path().chars().take(200).collect::<String>()
-    ))
+    ApiError::NotFound(format!("no route for {}", uri.path().chars().take(200).collect::<String>()))
 }
 
 async fn method_not_allowed() -> ApiError {
@@ -108,23 +97,15 @@ pub(crate) async fn require_admin(state: &AppState, headers: &HeaderMap) -> Resu
     let value = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| {
-            ApiError::Unauthorized("an admin token is required (Authorization: Bearer …)".into())
-        })?;
+        .ok_or_else(|| ApiError::Unauthorized("an admin token is required (Authorization: Bearer …)".into()))?;
     let token = value
         .strip_prefix("Bearer ")
         .map(str::trim)
         .filter(|t| !t.is_empty() && t.len() <= 512)
         .ok_or_else(|| ApiError::Unauthorized("use Authorization: Bearer <admin token>".into()))?;
-    match state
-        .store
-        .admin_token_exists(&admin_token_hash(token))
-        .await
-    {
+    match state.store.admin_token_exists(&admin_token_hash(token)).await {
         Ok(true) => Ok(()),
-        Ok(false) => Err(ApiError::Unauthorized(
-            "the admin token is not valid".into(),
-        )),
+        Ok(false) => Err(ApiError::Unauthorized("the admin token is not valid".into())),
         Err(e) => {
             tracing::error!(error = %e, "admin token lookup failed");
             Err(ApiError::Unavailable("storage is unavailable".into()))

@@ -19,49 +19,30 @@ pub(crate) struct Form(Vec<(String, String)>);
 
 impl Form {
     /// Parses an `application/x-www-form-urlencoded` body, checking the content type and size.
-    pub(crate) fn parse(
-        headers: &HeaderMap,
-        body: Result<Bytes, BytesRejection>,
-    ) -> Result<Self, ApiError> {
-        let ct = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
+    pub(crate) fn parse(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Self, ApiError> {
+        let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
         let mime = ct.split(';').next().unwrap_or("").trim();
         if !mime.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
             return Err(ApiError::UnsupportedMediaType(
-                "the token endpoint takes application/x-www-form-urlencoded (RFC 6749 §4.1.3)"
-                    .into(),
+                "the token endpoint takes application/x-www-form-urlencoded (RFC 6749 §4.1.3)".into(),
             ));
         }
         let body = body.map_err(|rej| {
             if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::PayloadTooLarge(MAX_BODY_BYTES)
             } else {
-                ApiError::oauth(
-                    "invalid-request",
-                    "invalid_request",
-                    "the request body could not be read",
-                )
+                ApiError::oauth("invalid-request", "invalid_request", "the request body could not be read")
             }
         })?;
         let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).map_err(|_| {
-            ApiError::oauth(
-                "invalid-request",
-                "invalid_request",
-                "the body is not valid form encoding",
-            )
+            ApiError::oauth("invalid-request", "invalid_request", "the body is not valid form encoding")
         })?;
         Ok(Self(pairs))
     }
 
     /// The single value of `name`; repeated parameters are an error.
     pub(crate) fn one(&self, name: &str) -> Result<Option<&str>, ApiError> {
-        let mut values = self
-            .0
-            .iter()
-            .filter(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str());
+        let mut values = self.0.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str());
         let first = values.next();
         if values.next().is_some() {
             return Err(ApiError::oauth(
@@ -76,11 +57,7 @@ impl Form {
     /// The value of a required parameter.
     pub(crate) fn required(&self, name: &str) -> Result<&str, ApiError> {
         self.one(name)?.ok_or_else(|| {
-            ApiError::oauth(
-                "invalid-request",
-                "invalid_request",
-                format!("parameter {name} is required"),
-            )
+            ApiError::oauth("invalid-request", "invalid_request", format!("parameter {name} is required"))
         })
     }
 }
@@ -125,11 +102,7 @@ pub async fn exchange(
         ));
     }
     if form.one("actor_token")?.is_some() {
-        return Err(ApiError::oauth(
-            "invalid-request",
-            "invalid_request",
-            "actor_token is not supported here yet",
-        ));
+        return Err(ApiError::oauth("invalid-request", "invalid_request", "actor_token is not supported here yet"));
     }
     let audience = match (form.one("audience")?, form.one("resource")?) {
         (Some(a), None) | (None, Some(a)) => a,
@@ -153,19 +126,13 @@ pub async fn exchange(
         return Err(ApiError::oauth(
             "invalid-target",
             "invalid_target",
-            format!(
-                "audience must be at most {MAX_AUDIENCE_BYTES} bytes without control characters"
-            ),
+            format!("audience must be at most {MAX_AUDIENCE_BYTES} bytes without control characters"),
         ));
     }
     let requested_lifetime = match form.one("requested_lifetime")? {
         None => None,
         Some(v) => Some(v.parse::<u64>().map_err(|_| {
-            ApiError::oauth(
-                "invalid-request",
-                "invalid_request",
-                "requested_lifetime is a whole number of seconds",
-            )
+            ApiError::oauth("invalid-request", "invalid_request", "requested_lifetime is a whole number of seconds")
         })?),
     };
     let issued = state
@@ -187,9 +154,7 @@ pub async fn exchange(
         scope: (!issued.scope.is_empty()).then_some(issued.scope),
     };
     let mut resp = axum::Json(body).into_response();
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp.headers_mut()
-        .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     Ok(resp)
 }
