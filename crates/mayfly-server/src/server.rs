@@ -42,12 +42,12 @@ pub enum StartError {
     #[error(transparent)]
     Ledger(#[from] LedgerError),
     /// Policies.
-    #[error("policies in {dir}: {source}")]
+    #[error("policies in {dir}: {cause}")]
     Policy {
         /// The directory.
         dir: String,
         /// What is wrong.
-        source: PolicyError,
+        cause: PolicyError,
     },
     /// An OIDC issuer.
     #[error(transparent)]
@@ -56,12 +56,12 @@ pub enum StartError {
     #[error(transparent)]
     Tls(#[from] TlsSetupError),
     /// File system or socket.
-    #[error("{context}: {source}")]
+    #[error("{context}: {cause}")]
     Io {
         /// What was being done.
         context: String,
         /// The error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -98,7 +98,7 @@ impl RunningServer {
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StartError {
     let context = context.into();
-    move |source| StartError::Io { context, source }
+    move |cause| StartError::Io { context, cause }
 }
 
 /// The configured KEK source.
@@ -138,7 +138,7 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
     let ledger = Ledger::start(store.clone(), cfg.ledger.batch_max).await?;
     let policies = Arc::new(
         PolicyEngine::load(&cfg.policy.dir)
-            .map_err(|source| StartError::Policy { dir: cfg.policy.dir.display().to_string(), source })?,
+            .map_err(|cause| StartError::Policy { dir: cfg.policy.dir.display().to_string(), cause })?,
     );
     if policies.current().count == 0 {
         tracing::warn!(dir = %cfg.policy.dir.display(), "no policies loaded: every request will be denied");

@@ -101,7 +101,8 @@ async fn malformed_requests_are_refused() {
         v.push(extra);
         v
     };
-    let cases: Vec<(Vec<(&str, &str)>, u16, &str, &str)> = vec![
+    type Form<'a> = Vec<(&'a str, &'a str)>;
+    let cases: Vec<(Form, u16, &str, &str)> = vec![
         (without("grant_type"), 400, "invalid-request", "invalid_request"),
         (without("subject_token"), 400, "invalid-request", "invalid_request"),
         (without("subject_token_type"), 400, "invalid-request", "invalid_request"),

@@ -26,12 +26,12 @@ pub const SCHEMA: &str = include_str!("schema.cedarschema");
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     /// The directory or a file could not be read.
-    #[error("cannot read policies from {path}: {source}")]
+    #[error("cannot read policies from {path}: {cause}")]
     Read {
         /// The path.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A file does not parse.
     #[error("{file}: {message}")]
@@ -214,15 +214,15 @@ impl PolicyEngine {
 }
 
 fn read_sources(dir: &Path) -> Result<BTreeMap<String, String>, PolicyError> {
-    let rd = std::fs::read_dir(dir).map_err(|source| PolicyError::Read { path: dir.to_owned(), source })?;
+    let rd = std::fs::read_dir(dir).map_err(|cause| PolicyError::Read { path: dir.to_owned(), cause })?;
     let mut files = BTreeMap::new();
     for entry in rd {
-        let entry = entry.map_err(|source| PolicyError::Read { path: dir.to_owned(), source })?;
+        let entry = entry.map_err(|cause| PolicyError::Read { path: dir.to_owned(), cause })?;
         let path = entry.path();
         if path.extension().and_then(|e| e.to_str()) != Some("cedar") || !path.is_file() {
             continue;
         }
-        let text = std::fs::read_to_string(&path).map_err(|source| PolicyError::Read { path: path.clone(), source })?;
+        let text = std::fs::read_to_string(&path).map_err(|cause| PolicyError::Read { path: path.clone(), cause })?;
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         files.insert(name, text);
     }

@@ -1,0 +1,225 @@
+//! The `mayfly` binary as a newcomer meets it: `server --dev`, then the client commands.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mayfly");
+
+struct DevServer {
+    child: Child,
+    url: String,
+    admin_token: String,
+    join_token: String,
+}
+
+impl Drop for DevServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `mayfly server --dev` on a free port and reads the banner.
+fn start_dev(data_dir: &std::path::Path) -> DevServer {
+    let mut child = Command::new(BIN)
+        .args(["server", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env("MAYFLY_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let (mut url, mut admin, mut join) = (None, None, None);
+    while url.is_none() || admin.is_none() || join.is_none() {
+        let line = rx.recv_timeout(Duration::from_secs(60)).expect("dev banner within 60 s");
+        let field = |name: &str| line.trim().strip_prefix(name).map(|v| v.trim().to_owned());
+        url = url.or(field("URL:"));
+        admin = admin.or(field("Admin token:"));
+        join = join.or(field("Join token:"));
+    }
+    DevServer { child, url: url.unwrap(), admin_token: admin.unwrap(), join_token: join.unwrap() }
+}
+
+fn mayfly(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env_remove("MAYFLY_ADMIN_TOKEN").env_remove("MAYFLY_URL");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn dev_server_banner_and_client_commands_work_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("dev");
+    let srv = start_dev(&data);
+    assert!(srv.url.starts_with("http://127.0.0.1:"));
+    assert!(srv.admin_token.starts_with("mfa_"));
+    assert!(srv.join_token.starts_with("mfj_"));
+
+    use std::os::unix::fs::PermissionsExt;
+    for f in ["kek", "admin-token"] {
+        let mode = std::fs::metadata(data.join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+    }
+    assert!(data.join("mayfly.db").exists(), "SQLite state in the data directory");
+
+    // The banner's join token works once.
+    let out = mayfly(
+        &[
+            "token",
+            "exchange",
+            "--url",
+            &srv.url,
+            "--join-token",
+            &srv.join_token,
+            "--audience",
+            "https://api.example",
+            "--json",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["token_type"], "Bearer");
+    assert_eq!(v["expires_in"], 300);
+    let again =
+        mayfly(&["token", "exchange", "--url", &srv.url, "--join-token", &srv.join_token, "--audience", "x"], &[]);
+    assert!(!again.status.success());
+    assert!(text(&again.stderr).contains("already been used"), "{}", text(&again.stderr));
+
+    // Admin commands need the admin token.
+    let denied = mayfly(&["join-token", "create", "--url", &srv.url], &[]);
+    assert!(!denied.status.success());
+    assert!(text(&denied.stderr).contains("admin token"), "{}", text(&denied.stderr));
+    let wrong = mayfly(&["join-token", "create", "--url", &srv.url], &[("MAYFLY_ADMIN_TOKEN", "mfa_wrong")]);
+    assert!(!wrong.status.success());
+    assert!(text(&wrong.stderr).contains("Unauthorized (401)"), "{}", text(&wrong.stderr));
+
+    let (admin_token, url) = (srv.admin_token.clone(), srv.url.clone());
+    let admin = [("MAYFLY_ADMIN_TOKEN", admin_token.as_str()), ("MAYFLY_URL", url.as_str())];
+    let created = mayfly(&["join-token", "create", "--ttl", "2m", "--spiffe-path", "ci/runner-7"], &admin);
+    assert!(created.status.success(), "{}", text(&created.stderr));
+    let join = text(&created.stdout).trim().to_owned();
+    assert!(join.starts_with("mfj_"));
+    assert!(text(&created.stderr).contains("spiffe://dev.mayfly.local/ci/runner-7"));
+    let token = mayfly(&["token", "exchange", "--join-token", &join, "--audience", "https://api.example"], &admin);
+    assert!(token.status.success(), "{}", text(&token.stderr));
+    assert_eq!(text(&token.stdout).trim().split('.').count(), 3, "prints just the JWT");
+
+    let rotated = mayfly(&["keys", "rotate"], &admin);
+    assert!(rotated.status.success(), "{}", text(&rotated.stderr));
+    let listed = mayfly(&["keys", "list", "--json"], &admin);
+    let keys: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(keys.as_array().unwrap().len(), 2);
+
+    // Unreachable server: a clear message, non-zero exit.
+    let down =
+        mayfly(&["token", "exchange", "--url", "http://127.0.0.1:9", "--join-token", "mfj_x", "--audience", "a"], &[]);
+    assert!(!down.status.success());
+    assert!(text(&down.stderr).contains("cannot reach"), "{}", text(&down.stderr));
+
+    // SIGTERM stops the server cleanly.
+    let mut srv = srv;
+    Command::new("kill").args(["-TERM", &srv.child.id().to_string()]).status().unwrap();
+    let status = srv.child.wait().unwrap();
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+
+    // A restart on the same data directory keeps state and shows the same admin token.
+    let again = start_dev(&data);
+    assert_eq!(again.admin_token, admin_token);
+}
+
+#[test]
+fn bad_invocations_fail_with_a_message() {
+    let out = mayfly(&["server"], &[]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("--config FILE, or --dev"));
+    let out = mayfly(&["server", "--config", "/nonexistent/mayfly.toml"], &[]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("cannot read config file"));
+    let out = mayfly(&["server", "--dev", "--listen", "0.0.0.0:0", "--data-dir", "/tmp/never-created-mayfly"], &[]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("loopback"));
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad.cedar"), "permit (principal, action, resource) when { nope };").unwrap();
+    let out = mayfly(&["policy", "validate", dir.path().to_str().unwrap()], &[]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("bad.cedar"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn policy_eval_explains_decisions_offline() {
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/policies");
+    let allow = mayfly(
+        &[
+            "policy",
+            "eval",
+            "--policies",
+            examples,
+            "--principal",
+            "spiffe://prod.example/ns/payments/sa/api",
+            "--attr",
+            "namespace=payments",
+            "--attestor",
+            "oidc:k8s-prod",
+            "--audience",
+            "https://payments.prod.example",
+            "--scope",
+            "payments:read",
+        ],
+        &[],
+    );
+    assert_eq!(allow.status.code(), Some(0), "{}", text(&allow.stderr));
+    assert!(text(&allow.stdout).contains("ALLOW: allowed by payments-api"));
+    let deny = mayfly(
+        &[
+            "policy",
+            "eval",
+            "--policies",
+            examples,
+            "--principal",
+            "spiffe://prod.example/ns/payments/sa/api",
+            "--attr",
+            "namespace=payments",
+            "--attestor",
+            "oidc:k8s-prod",
+            "--audience",
+            "https://payments.prod.example",
+            "--scope",
+            "payments:write",
+            "--source-ip",
+            "192.0.2.1",
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(deny.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&deny.stdout).unwrap();
+    assert_eq!(v["policies"], serde_json::json!(["writes-from-cluster-only"]));
+}
+
+#[test]
+fn example_config_loads() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/mayfly.toml");
+    let cfg = mayfly_server::config::Config::load(std::path::Path::new(path)).expect("examples/mayfly.toml is valid");
+    assert_eq!(cfg.trust_domain, "prod.example");
+    assert_eq!(cfg.attest.oidc.len(), 2);
+}
