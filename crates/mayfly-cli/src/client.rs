@@ -70,7 +70,7 @@ impl Remote {
 
 /// Sends a request and decodes a JSON answer, or turns a problem document into an error.
 async fn call<T: DeserializeOwned>(req: reqwest::RequestBuilder, url: &str) -> anyhow::Result<T> {
-    let resp = req.send().await.map_err(|e| anyhow!("cannot reach {url}: {e}"))?;
+    let resp = req.send().await.map_err(|e| anyhow!("cannot reach {url}: {}", error_chain(&e)))?;
     let status = resp.status();
     let body = resp.bytes().await.context("reading the response")?;
     if status.is_success() {
@@ -86,6 +86,18 @@ async fn call<T: DeserializeOwned>(req: reqwest::RequestBuilder, url: &str) -> a
         }
         Err(_) => Err(anyhow!("{url} answered HTTP {status}")),
     }
+}
+
+/// An error and its causes on one line ("a: b: c").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
 }
 
 fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {

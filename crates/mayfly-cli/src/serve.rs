@@ -113,7 +113,10 @@ fn print_dev_banner(
     join: &mayfly_proto::CreateJoinTokenResponse,
 ) {
     let ttl = join.expires_at - mayfly_server::clock::now_unix();
-    println!(
+    // A closed stdout must not take the server down: write errors are ignored.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stdout().lock(),
         r#"
 Mayfly dev server is running. Nothing here is fit for production.
 

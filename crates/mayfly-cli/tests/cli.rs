@@ -34,10 +34,9 @@ fn start_dev(data_dir: &std::path::Path) -> DevServer {
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
+        // Keep draining after the banner is read: a closed pipe must not be what stops the server.
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
+            let _ = tx.send(line);
         }
     });
     let (mut url, mut admin, mut join) = (None, None, None);
