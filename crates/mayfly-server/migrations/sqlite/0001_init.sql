@@ -47,7 +47,7 @@ CREATE TABLE credentials (
     key_id      TEXT NOT NULL,
     binding     TEXT,
     fingerprint TEXT NOT NULL
-);
+) WITHOUT ROWID;
 CREATE INDEX credentials_subject ON credentials (subject);
 CREATE INDEX credentials_expires ON credentials (expires_at);
 
@@ -61,8 +61,8 @@ CREATE TABLE audit_events (
     prev_hash TEXT NOT NULL,
     hash      TEXT NOT NULL
 );
-CREATE INDEX audit_events_kind ON audit_events (kind, ts_ms);
-CREATE INDEX audit_events_subject ON audit_events (subject, ts_ms);
+-- No secondary indexes: every index is written on the issuance path, while audit
+-- reads (by time, subject or kind) are rare operator queries that can scan.
 
 CREATE TRIGGER audit_events_no_update BEFORE UPDATE ON audit_events
 BEGIN SELECT RAISE(ABORT, 'audit_events is append-only'); END;

@@ -85,7 +85,7 @@ impl JwtIssuer {
     /// Signs a new access token.
     pub fn issue(&self, req: &AccessTokenRequest<'_>) -> Result<IssuedToken, IssueError> {
         let key = self.keys.active();
-        let jti = crate::ids::random_b64(18);
+        let jti = crate::ids::time_ordered_id();
         let scope = req.scopes.join(" ");
         let expires_at = req.now + req.ttl_seconds;
         let header = Header { alg: key.alg().as_str(), typ: "at+jwt", kid: key.kid() };

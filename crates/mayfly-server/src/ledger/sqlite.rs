@@ -5,17 +5,23 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::Row;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
+use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqliteConnection};
+use tokio::sync::Mutex;
 
 use super::{ChainedAuditEvent, CredentialRecord, JoinTokenRow, LedgerError, RedeemOutcome, Store, StoredSigningKey};
 
+/// Rows per multi-row INSERT, well under SQLite's bound-parameter limit.
+const ROWS_PER_STATEMENT: usize = 256;
+
 /// SQLite-backed [`Store`].
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// The group-commit writer's own connection: no pool hand-off on the hot path.
+    writer: Mutex<SqliteConnection>,
 }
 
 impl SqliteStore {
@@ -34,16 +40,17 @@ impl SqliteStore {
 
     /// An in-memory database, for tests and offline tools.
     pub async fn in_memory() -> Result<Self, LedgerError> {
-        let opts = SqliteConnectOptions::from_str("sqlite::memory:")?.shared_cache(true);
-        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(opts).await?;
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Self { pool })
+        let name = format!("file:mayfly-{}?mode=memory&cache=shared", crate::ids::random_hex(8));
+        Self::connect(SqliteConnectOptions::from_str(&name)?).await
     }
 
     async fn connect(opts: SqliteConnectOptions) -> Result<Self, LedgerError> {
-        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(opts).await?;
+        // A local file answers or fails on use; pinging it before each acquire only costs a round trip.
+        let pool =
+            SqlitePoolOptions::new().max_connections(8).test_before_acquire(false).connect_with(opts.clone()).await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Self { pool })
+        let writer = Mutex::new(SqliteConnection::connect_with(&opts).await?);
+        Ok(Self { pool, writer })
     }
 }
 
@@ -241,41 +248,44 @@ impl Store for SqliteStore {
     }
 
     async fn append(&self, credentials: &[CredentialRecord], events: &[ChainedAuditEvent]) -> Result<(), LedgerError> {
-        let mut tx = self.pool.begin().await?;
-        for c in credentials {
-            sqlx::query(
+        // Multi-row INSERTs: a group commit costs a handful of statements, not two per request.
+        let mut conn = self.writer.lock().await;
+        let mut tx = conn.begin().await?;
+        for chunk in credentials.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO credentials (jti, kind, subject, audience, scope, task_id, client_id, issued_at, \
-                 expires_at, key_id, binding, fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(&c.jti)
-            .bind(&c.kind)
-            .bind(&c.subject)
-            .bind(&c.audience)
-            .bind(&c.scope)
-            .bind(&c.task_id)
-            .bind(&c.client_id)
-            .bind(c.issued_at)
-            .bind(c.expires_at)
-            .bind(&c.key_id)
-            .bind(&c.binding)
-            .bind(&c.fingerprint)
-            .execute(&mut *tx)
-            .await?;
+                 expires_at, key_id, binding, fingerprint) ",
+            );
+            q.push_values(chunk, |mut b, c| {
+                b.push_bind(&c.jti)
+                    .push_bind(&c.kind)
+                    .push_bind(&c.subject)
+                    .push_bind(&c.audience)
+                    .push_bind(&c.scope)
+                    .push_bind(&c.task_id)
+                    .push_bind(&c.client_id)
+                    .push_bind(c.issued_at)
+                    .push_bind(c.expires_at)
+                    .push_bind(&c.key_id)
+                    .push_bind(&c.binding)
+                    .push_bind(&c.fingerprint);
+            });
+            q.build().execute(&mut *tx).await?;
         }
-        for e in events {
-            sqlx::query(
-                "INSERT INTO audit_events (seq, ts_ms, kind, subject, detail, prev_hash, hash) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(e.seq)
-            .bind(e.ts_ms)
-            .bind(&e.kind)
-            .bind(&e.subject)
-            .bind(&e.detail)
-            .bind(&e.prev_hash)
-            .bind(&e.hash)
-            .execute(&mut *tx)
-            .await?;
+        for chunk in events.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO audit_events (seq, ts_ms, kind, subject, detail, prev_hash, hash) ",
+            );
+            q.push_values(chunk, |mut b, e| {
+                b.push_bind(e.seq)
+                    .push_bind(e.ts_ms)
+                    .push_bind(&e.kind)
+                    .push_bind(&e.subject)
+                    .push_bind(&e.detail)
+                    .push_bind(&e.prev_hash)
+                    .push_bind(&e.hash);
+            });
+            q.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -80,6 +80,7 @@ async fn run_writer(
                 chained.push(c);
             }
         }
+        tracing::trace!(requests = batch.len(), "ledger group commit");
         let result = store.append(&credentials, &chained).await;
         match &result {
             // The chain head moves only once the batch is committed.
