@@ -131,3 +131,82 @@ pub struct Health {
     /// `ok`, or what is not ready.
     pub status: String,
 }
+
+/// Body of `POST /v1/revocations` (admin): exactly one selector.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    /// One credential by `jti` (or lease id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    /// Every credential of this SPIFFE ID issued until now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// Every credential of this SPIFFE ID or any below it (path-segment boundary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_prefix: Option<String>,
+    /// Every credential for this audience issued until now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// Every credential issued under this task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    /// Every credential issued at or before this Unix time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_before: Option<i64>,
+    /// Every credential issued until now. Must be explicit: an empty selector is refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all: bool,
+    /// Why (kept in the audit trail).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// RFC 7662 introspection response.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct IntrospectionResponse {
+    /// Whether the token is valid, unexpired and not revoked.
+    pub active: bool,
+    /// Granted scopes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// OAuth client (the workload's SPIFFE ID).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// `Bearer` (or `DPoP` for bound tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_type: Option<String>,
+    /// Expiry, Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp: Option<i64>,
+    /// Issued at, Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<i64>,
+    /// Not before, Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
+    /// Subject (SPIFFE ID).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    /// Audience.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+    /// Issuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    /// Token id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    /// Confirmation (binding), when the token is bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<serde_json::Value>,
+}
+
+/// A page of the revocation feed.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RevocationPage {
+    /// Entries with cursor greater than `since`, oldest first.
+    pub entries: Vec<serde_json::Value>,
+    /// Pass as `since` for the next page.
+    pub next_cursor: i64,
+}

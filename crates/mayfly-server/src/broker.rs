@@ -118,6 +118,7 @@ impl Broker {
             Err(e) => {
                 let detail = json!({"reason": e.code(), "message": e.to_string(), "source_ip": p.source_ip.to_string(),
                                     "subject_token_type": p.subject_token_type});
+                metrics::counter!("mayfly_requests_denied_total", "reason" => "attestation").increment(1);
                 self.audit_best_effort(AuditEvent::new("attest.failed", None, detail)).await;
                 return Err(e.into());
             }
@@ -143,6 +144,7 @@ impl Broker {
                 "attestor": identity.attestor, "policies": decision.policies, "reason": decision.reason(),
                 "source_ip": p.source_ip.to_string(),
             });
+            metrics::counter!("mayfly_requests_denied_total", "reason" => "policy").increment(1);
             self.audit_best_effort(AuditEvent::new("policy.denied", Some(identity.spiffe_id.to_string()), detail))
                 .await;
             return Err(BrokerError::Denied(decision));
@@ -158,6 +160,7 @@ impl Broker {
             now,
         })?;
         self.record_issued(&identity, &p, &issued, &decision).await?;
+        metrics::counter!("mayfly_credentials_issued_total", "kind" => "jwt").increment(1);
         Ok(issued)
     }
 

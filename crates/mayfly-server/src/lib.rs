@@ -3,7 +3,8 @@
 //! The modules follow the flow of a request: [`attest`] turns evidence into a
 //! workload identity, [`authorize`] asks Cedar policy, [`issue`] mints the
 //! credential, [`ledger`] records it before [`deliver`] hands it out.
-//! [`broker`] wires the steps together; [`server`] starts everything.
+//! [`govern`] revokes and keeps house afterwards; [`verify`] checks Mayfly's own
+//! tokens. [`broker`] wires the steps together; [`server`] starts everything.
 #![forbid(unsafe_code)]
 
 pub mod attest;
@@ -14,9 +15,11 @@ pub mod config;
 pub mod deliver;
 pub mod dev;
 pub mod fsutil;
+pub mod govern;
 pub mod ids;
 pub mod issue;
 pub mod keys;
 pub mod ledger;
 pub mod server;
 pub mod spiffe;
+pub mod verify;

@@ -15,10 +15,12 @@ use crate::broker::Broker;
 use crate::config::Config;
 use crate::deliver::http::{AppInner, AppState, admin_token_hash, router};
 use crate::deliver::listener::{self, TlsSetupError};
+use crate::govern::Revocations;
 use crate::issue::JwtIssuer;
 use crate::keys::{Kek, KekSource, KeyError, KeyRing, KeyRingError, SigningAlg};
 use crate::ledger::sqlite::SqliteStore;
 use crate::ledger::{AuditEvent, Ledger, LedgerError, Store};
+use crate::verify::TokenVerifier;
 
 /// Prefix that makes an admin token recognisable.
 pub const ADMIN_TOKEN_PREFIX: &str = "mfa_";
@@ -170,6 +172,10 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
         None => format!("{}://{addr}", if tls.is_some() { "https" } else { "http" }),
     };
 
+    let max_ttl_secs = cfg.longest_token_ttl().as_secs() as i64;
+    let revocations = Revocations::load(ledger.clone(), max_ttl_secs).await?;
+    let verifier = TokenVerifier::new(keys.clone(), revocations.clone(), url.clone());
+    crate::deliver::http::metrics::install();
     let issuer = JwtIssuer::new(keys.clone(), url.clone());
     let broker = Arc::new(Broker::new(
         Attestors::new(oidc, join_tokens),
@@ -188,7 +194,10 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
         issuer_url: url.clone(),
         signing_alg: alg,
         // Retired keys stay published for the longest token lifetime plus clock-skew margin.
-        key_publish_secs: cfg.longest_token_ttl().as_secs() as i64 + 300,
+        key_publish_secs: max_ttl_secs + 300,
+        revocations: revocations.clone(),
+        verifier,
+        admin_cache: Default::default(),
     });
 
     ledger
@@ -209,7 +218,9 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
             None
         }
     };
-    let watcher = tokio::spawn(watch_policies(policies, ledger, cfg.policy.reload_interval, hup));
+    let watcher = tokio::spawn(watch_policies(policies, ledger.clone(), cfg.policy.reload_interval, hup));
+    let upkeep = tokio::spawn(revocations.clone().run_upkeep(Duration::from_millis(500)));
+    let stats = tokio::spawn(crate::govern::stats::run(ledger.store().clone(), revocations, Duration::from_secs(10)));
     let (tx, rx) = oneshot::channel::<()>();
     let app = router(state);
     let task = tokio::spawn(async move {
@@ -218,6 +229,8 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
         })
         .await;
         watcher.abort();
+        upkeep.abort();
+        stats.abort();
     });
     tracing::info!(%url, "mayfly is serving");
     Ok(RunningServer { addr, url, new_admin_token, broker, keys, shutdown: Some(tx), task })

@@ -2,7 +2,10 @@
 //! aws-lc-rs key pair so the hot path never re-parses PKCS#8.
 
 use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, ED25519, EcdsaKeyPair, Ed25519KeyPair, KeyPair,
+    UnparsedPublicKey,
+};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use sha2::{Digest, Sha256};
@@ -114,6 +117,19 @@ impl SigningKey {
     /// The public key as a JWK with `kid`, `alg` and `use`.
     pub fn public_jwk(&self) -> &serde_json::Value {
         &self.public_jwk
+    }
+
+    /// Checks a JWS signature made by this key.
+    pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
+        match &self.signer {
+            Signer::Ed25519(kp) => {
+                UnparsedPublicKey::new(&ED25519, kp.public_key().as_ref()).verify(message, signature)
+            }
+            Signer::Es256(kp) => {
+                UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, kp.public_key().as_ref()).verify(message, signature)
+            }
+        }
+        .is_ok()
     }
 
     /// Signs a JWS signing input; the result is the raw JWS signature.

@@ -6,10 +6,12 @@
 //! batches concurrent writes into one transaction (group commit).
 
 pub mod audit;
+pub mod revocation;
 pub mod sqlite;
 mod writer;
 
 pub use audit::{AuditEvent, ChainedAuditEvent};
+pub use revocation::{Revocation, RevocationIndex, RevocationKind};
 pub use writer::Ledger;
 
 use async_trait::async_trait;
@@ -105,6 +107,46 @@ pub struct CredentialRecord {
     pub fingerprint: String,
 }
 
+/// Which credentials to list.
+#[derive(Debug, Clone, Default)]
+pub struct CredentialFilter {
+    /// Exact SPIFFE ID.
+    pub subject: Option<String>,
+    /// SPIFFE ID prefix: the ID itself or anything below it on a path-segment boundary.
+    pub subject_prefix: Option<String>,
+    /// Task id.
+    pub task_id: Option<String>,
+    /// Kind (`jwt`, …).
+    pub kind: Option<String>,
+    /// Audience.
+    pub audience: Option<String>,
+    /// Only credentials with `expires_at > live_at`.
+    pub live_at: Option<i64>,
+    /// Only credentials with `expires_at <= expired_at`.
+    pub expired_at: Option<i64>,
+    /// Keyset pagination: only `jti > after`.
+    pub after: Option<String>,
+    /// At most this many.
+    pub limit: i64,
+}
+
+/// Which audit events to read.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Only events about this subject.
+    pub subject: Option<String>,
+    /// Only events of this kind (exact, or a prefix ending in `.` such as `policy.`).
+    pub kind: Option<String>,
+    /// Only events at or after this time (ms).
+    pub since_ms: Option<i64>,
+    /// Only events before this time (ms).
+    pub until_ms: Option<i64>,
+    /// Only events with `seq > after`.
+    pub after: i64,
+    /// At most this many.
+    pub limit: i64,
+}
+
 /// Storage for everything durable. Implementations must make `append` atomic.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -142,8 +184,23 @@ pub trait Store: Send + Sync + 'static {
 
     /// The last audit event's sequence number and hash.
     async fn audit_head(&self) -> Result<Option<(i64, String)>, LedgerError>;
-    /// Writes credentials and chained audit events in one transaction.
-    async fn append(&self, credentials: &[CredentialRecord], events: &[ChainedAuditEvent]) -> Result<(), LedgerError>;
+    /// Writes credentials, revocations and chained audit events in one transaction.
+    async fn append(
+        &self,
+        credentials: &[CredentialRecord],
+        revocations: &[Revocation],
+        events: &[ChainedAuditEvent],
+    ) -> Result<(), LedgerError>;
+    /// The highest revocation cursor ever assigned (0 if none), including entries already dropped.
+    async fn revocation_head(&self) -> Result<i64, LedgerError>;
+    /// Revocations with `cursor > after`, in order, at most `limit`.
+    async fn revocations_after(&self, after: i64, limit: i64) -> Result<Vec<Revocation>, LedgerError>;
+    /// Drops revocations whose `expires_at` is at or before `now`; returns how many.
+    async fn drop_expired_revocations(&self, now: i64) -> Result<u64, LedgerError>;
+    /// Credentials matching a filter, ordered by `jti`.
+    async fn credentials(&self, filter: &CredentialFilter) -> Result<Vec<CredentialRecord>, LedgerError>;
+    /// Audit events matching a filter, in chain order.
+    async fn audit_query(&self, filter: &AuditFilter) -> Result<Vec<ChainedAuditEvent>, LedgerError>;
     /// Audit events with `seq > after`, in order, at most `limit`.
     async fn audit_events_after(&self, after: i64, limit: i64) -> Result<Vec<ChainedAuditEvent>, LedgerError>;
     /// A credential record by `jti`.

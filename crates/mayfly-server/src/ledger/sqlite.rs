@@ -11,7 +11,10 @@ use sqlx::sqlite::{
 use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqliteConnection};
 use tokio::sync::Mutex;
 
-use super::{ChainedAuditEvent, CredentialRecord, JoinTokenRow, LedgerError, RedeemOutcome, Store, StoredSigningKey};
+use super::{
+    AuditFilter, ChainedAuditEvent, CredentialFilter, CredentialRecord, JoinTokenRow, LedgerError, RedeemOutcome,
+    Revocation, RevocationKind, Store, StoredSigningKey,
+};
 
 /// Rows per multi-row INSERT, well under SQLite's bound-parameter limit.
 const ROWS_PER_STATEMENT: usize = 256;
@@ -74,6 +77,20 @@ fn event_from_row(r: &SqliteRow) -> Result<ChainedAuditEvent, sqlx::Error> {
         detail: r.try_get("detail")?,
         prev_hash: r.try_get("prev_hash")?,
         hash: r.try_get("hash")?,
+    })
+}
+
+fn revocation_from_row(r: &SqliteRow) -> Result<Revocation, LedgerError> {
+    let kind: String = r.try_get("kind")?;
+    Ok(Revocation {
+        cursor: r.try_get("seq")?,
+        kind: RevocationKind::parse(&kind)
+            .ok_or_else(|| LedgerError::Conflict(format!("unknown revocation kind {kind:?} in storage")))?,
+        value: r.try_get("value")?,
+        issued_before: r.try_get("issued_before")?,
+        revoked_at: r.try_get("revoked_at")?,
+        expires_at: r.try_get("expires_at")?,
+        reason: r.try_get("reason")?,
     })
 }
 
@@ -247,7 +264,12 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn append(&self, credentials: &[CredentialRecord], events: &[ChainedAuditEvent]) -> Result<(), LedgerError> {
+    async fn append(
+        &self,
+        credentials: &[CredentialRecord],
+        revocations: &[Revocation],
+        events: &[ChainedAuditEvent],
+    ) -> Result<(), LedgerError> {
         // Multi-row INSERTs: a group commit costs a handful of statements, not two per request.
         let mut conn = self.writer.lock().await;
         let mut tx = conn.begin().await?;
@@ -271,6 +293,21 @@ impl Store for SqliteStore {
                     .push_bind(&c.fingerprint);
             });
             q.build().execute(&mut *tx).await?;
+        }
+        for r in revocations {
+            sqlx::query(
+                "INSERT INTO revocations (seq, kind, value, issued_before, revoked_at, expires_at, reason) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(r.cursor)
+            .bind(r.kind.as_str())
+            .bind(&r.value)
+            .bind(r.issued_before)
+            .bind(r.revoked_at)
+            .bind(r.expires_at)
+            .bind(&r.reason)
+            .execute(&mut *tx)
+            .await?;
         }
         for chunk in events.chunks(ROWS_PER_STATEMENT) {
             let mut q = QueryBuilder::<Sqlite>::new(
@@ -297,6 +334,93 @@ impl Store for SqliteStore {
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
+        Ok(rows.iter().map(event_from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn revocation_head(&self) -> Result<i64, LedgerError> {
+        let row = sqlx::query("SELECT seq FROM sqlite_sequence WHERE name = 'revocations'")
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get::<i64, _>("seq")).transpose()?.unwrap_or(0))
+    }
+
+    async fn revocations_after(&self, after: i64, limit: i64) -> Result<Vec<Revocation>, LedgerError> {
+        let rows = sqlx::query("SELECT * FROM revocations WHERE seq > ? ORDER BY seq LIMIT ?")
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(revocation_from_row).collect()
+    }
+
+    async fn drop_expired_revocations(&self, now: i64) -> Result<u64, LedgerError> {
+        let res = sqlx::query("DELETE FROM revocations WHERE expires_at <= ?").bind(now).execute(&self.pool).await?;
+        Ok(res.rows_affected())
+    }
+
+    async fn credentials(&self, f: &CredentialFilter) -> Result<Vec<CredentialRecord>, LedgerError> {
+        let mut q = QueryBuilder::<Sqlite>::new("SELECT * FROM credentials WHERE 1 = 1");
+        if let Some(v) = &f.subject {
+            q.push(" AND subject = ").push_bind(v);
+        }
+        if let Some(v) = &f.subject_prefix {
+            // The prefix itself, or anything below it on a path-segment boundary: a range
+            // ['<p>/', '<p>0') ('0' follows '/'), so the subject index is used.
+            let p = v.trim_end_matches('/');
+            q.push(" AND (subject = ")
+                .push_bind(p.to_owned())
+                .push(" OR (subject >= ")
+                .push_bind(format!("{p}/"))
+                .push(" AND subject < ")
+                .push_bind(format!("{p}0"))
+                .push("))");
+        }
+        if let Some(v) = &f.task_id {
+            q.push(" AND task_id = ").push_bind(v);
+        }
+        if let Some(v) = &f.kind {
+            q.push(" AND kind = ").push_bind(v);
+        }
+        if let Some(v) = &f.audience {
+            q.push(" AND audience = ").push_bind(v);
+        }
+        if let Some(t) = f.live_at {
+            q.push(" AND expires_at > ").push_bind(t);
+        }
+        if let Some(t) = f.expired_at {
+            q.push(" AND expires_at <= ").push_bind(t);
+        }
+        if let Some(a) = &f.after {
+            q.push(" AND jti > ").push_bind(a);
+        }
+        q.push(" ORDER BY jti LIMIT ").push_bind(f.limit);
+        let rows = q.build().fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(credential_from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn audit_query(&self, f: &AuditFilter) -> Result<Vec<ChainedAuditEvent>, LedgerError> {
+        let mut q = QueryBuilder::<Sqlite>::new("SELECT * FROM audit_events WHERE seq > ");
+        q.push_bind(f.after);
+        if let Some(v) = &f.subject {
+            q.push(" AND subject = ").push_bind(v);
+        }
+        match &f.kind {
+            Some(k) if k.ends_with('.') => {
+                q.push(" AND substr(kind, 1, length(").push_bind(k).push(")) = ").push_bind(k);
+            }
+            Some(k) => {
+                q.push(" AND kind = ").push_bind(k);
+            }
+            None => {}
+        }
+        if let Some(t) = f.since_ms {
+            q.push(" AND ts_ms >= ").push_bind(t);
+        }
+        if let Some(t) = f.until_ms {
+            q.push(" AND ts_ms < ").push_bind(t);
+        }
+        q.push(" ORDER BY seq LIMIT ").push_bind(f.limit);
+        let rows = q.build().fetch_all(&self.pool).await?;
         Ok(rows.iter().map(event_from_row).collect::<Result<_, _>>()?)
     }
 

@@ -1,18 +1,20 @@
 //! Group commit: concurrent issuance records are gathered into one transaction,
 //! so a durable record costs one fsync per batch, not per request. The writer is
-//! the only appender of audit events, which keeps the hash chain linear.
+//! the only appender of audit events and revocations, which keeps the hash chain
+//! linear and revocation cursors strictly increasing.
 
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::audit::GENESIS_HASH;
-use super::{AuditEvent, ChainedAuditEvent, CredentialRecord, LedgerError, Store};
+use super::{AuditEvent, ChainedAuditEvent, CredentialRecord, LedgerError, Revocation, Store};
 
 struct WriteRequest {
     credentials: Vec<CredentialRecord>,
+    revocations: Vec<Revocation>,
     events: Vec<AuditEvent>,
-    done: oneshot::Sender<Result<(), String>>,
+    done: oneshot::Sender<Result<Vec<Revocation>, String>>,
 }
 
 /// Handle to the ledger writer. Cheap to clone.
@@ -32,8 +34,9 @@ impl Ledger {
     /// Starts the writer task on top of `store`; at most `batch_max` requests share a transaction.
     pub async fn start(store: Arc<dyn Store>, batch_max: usize) -> Result<Self, LedgerError> {
         let head = store.audit_head().await?.unwrap_or((0, GENESIS_HASH.to_owned()));
+        let revocation_head = store.revocation_head().await?;
         let (tx, rx) = mpsc::channel(65_536);
-        tokio::spawn(run_writer(store.clone(), rx, head, batch_max.max(1)));
+        tokio::spawn(run_writer(store.clone(), rx, head, revocation_head, batch_max.max(1)));
         Ok(Self { tx, store })
     }
 
@@ -42,15 +45,37 @@ impl Ledger {
         &self.store
     }
 
-    /// Durably records credentials and audit events; returns once they are committed.
-    pub async fn record(&self, credentials: Vec<CredentialRecord>, events: Vec<AuditEvent>) -> Result<(), LedgerError> {
+    async fn submit(
+        &self,
+        credentials: Vec<CredentialRecord>,
+        revocations: Vec<Revocation>,
+        events: Vec<AuditEvent>,
+    ) -> Result<Vec<Revocation>, LedgerError> {
         let (done, wait) = oneshot::channel();
-        self.tx.send(WriteRequest { credentials, events, done }).await.map_err(|_| LedgerError::WriterGone)?;
+        self.tx
+            .send(WriteRequest { credentials, revocations, events, done })
+            .await
+            .map_err(|_| LedgerError::WriterGone)?;
         match wait.await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(r)) => Ok(r),
             Ok(Err(msg)) => Err(LedgerError::Conflict(msg)),
             Err(_) => Err(LedgerError::WriterGone),
         }
+    }
+
+    /// Durably records credentials and audit events; returns once they are committed.
+    pub async fn record(&self, credentials: Vec<CredentialRecord>, events: Vec<AuditEvent>) -> Result<(), LedgerError> {
+        self.submit(credentials, Vec::new(), events).await.map(|_| ())
+    }
+
+    /// Durably records revocations (their `cursor` is assigned here) with audit events;
+    /// returns them as stored.
+    pub async fn revoke(
+        &self,
+        revocations: Vec<Revocation>,
+        events: Vec<AuditEvent>,
+    ) -> Result<Vec<Revocation>, LedgerError> {
+        self.submit(Vec::new(), revocations, events).await
     }
 
     /// Durably records one audit event.
@@ -63,16 +88,23 @@ async fn run_writer(
     store: Arc<dyn Store>,
     mut rx: mpsc::Receiver<WriteRequest>,
     head: (i64, String),
+    mut revocation_head: i64,
     batch_max: usize,
 ) {
     let (mut seq, mut hash) = head;
     let mut batch: Vec<WriteRequest> = Vec::with_capacity(batch_max);
     while rx.recv_many(&mut batch, batch_max).await > 0 {
         let mut credentials = Vec::new();
+        let mut revocations = Vec::new();
         let mut chained = Vec::new();
-        let (mut s, mut h) = (seq, hash.clone());
+        let (mut s, mut h, mut r) = (seq, hash.clone(), revocation_head);
         for req in &mut batch {
             credentials.append(&mut req.credentials);
+            for rev in &mut req.revocations {
+                r += 1;
+                rev.cursor = r;
+                revocations.push(rev.clone());
+            }
             for ev in &req.events {
                 let c = ChainedAuditEvent::chain(ev, s, &h);
                 s = c.seq;
@@ -81,16 +113,18 @@ async fn run_writer(
             }
         }
         tracing::trace!(requests = batch.len(), "ledger group commit");
-        let result = store.append(&credentials, &chained).await;
+        let result = store.append(&credentials, &revocations, &chained).await;
         match &result {
-            // The chain head moves only once the batch is committed.
-            Ok(()) => (seq, hash) = (s, h),
-            Err(e) => {
-                tracing::error!(error = %e, records = credentials.len(), "ledger batch failed")
-            }
+            // Heads move only once the batch is committed.
+            Ok(()) => (seq, hash, revocation_head) = (s, h, r),
+            Err(e) => tracing::error!(error = %e, records = credentials.len(), "ledger batch failed"),
         }
         for req in batch.drain(..) {
-            let _ = req.done.send(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+            let reply = match &result {
+                Ok(()) => Ok(req.revocations),
+                Err(e) => Err(e.to_string()),
+            };
+            let _ = req.done.send(reply);
         }
     }
 }

@@ -13,7 +13,7 @@ use super::{ApiError, AppState, MAX_BODY_BYTES, require_admin};
 use crate::ledger::AuditEvent;
 
 /// Parses an optional JSON body: empty means defaults.
-fn json_body<T: DeserializeOwned + Default>(
+pub(crate) fn json_body<T: DeserializeOwned + Default>(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<T, ApiError> {

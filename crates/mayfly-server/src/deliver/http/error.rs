@@ -7,6 +7,7 @@ use mayfly_proto::{PROBLEM_CONTENT_TYPE, Problem};
 use crate::attest::AttestError;
 use crate::attest::join_token::CreateJoinTokenError;
 use crate::broker::BrokerError;
+use crate::govern::RevokeError;
 use crate::keys::KeyRingError;
 
 /// An error on its way to becoming an HTTP problem.
@@ -46,6 +47,9 @@ pub enum ApiError {
     /// Key rotation failed.
     #[error(transparent)]
     Keys(#[from] KeyRingError),
+    /// A revocation was refused.
+    #[error(transparent)]
+    Revoke(#[from] RevokeError),
     /// The server cannot serve now (storage down, shutting down).
     #[error("{0}")]
     Unavailable(String),
@@ -102,6 +106,15 @@ impl ApiError {
             }
             ApiError::JoinToken(_) => (S::BAD_REQUEST, "invalid-request", "Invalid request", None),
             ApiError::Keys(_) => (S::INTERNAL_SERVER_ERROR, "key-rotation-failed", "Key rotation failed", None),
+            ApiError::Revoke(RevokeError::Selector | RevokeError::Invalid(_)) => {
+                (S::BAD_REQUEST, "invalid-selector", "Invalid revocation selector", None)
+            }
+            ApiError::Revoke(RevokeError::NothingMatches(_)) => {
+                (S::NOT_FOUND, "nothing-to-revoke", "Nothing matches", None)
+            }
+            ApiError::Revoke(RevokeError::Ledger(_)) => {
+                (S::SERVICE_UNAVAILABLE, "ledger-unavailable", "Ledger unavailable", None)
+            }
             ApiError::Unavailable(_) => (S::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", None),
         }
     }

@@ -3,7 +3,10 @@
 mod admin;
 mod discovery;
 pub mod error;
+mod introspect;
+pub mod metrics;
 mod openapi;
+mod records;
 mod token;
 
 use std::sync::Arc;
@@ -15,8 +18,10 @@ use axum::routing::{get, post};
 use sha2::{Digest, Sha256};
 
 use crate::broker::Broker;
+use crate::govern::Revocations;
 use crate::keys::{Kek, KeyRing, SigningAlg};
 use crate::ledger::Store;
+use crate::verify::TokenVerifier;
 pub use error::ApiError;
 
 /// Largest request body accepted, in bytes.
@@ -44,6 +49,12 @@ pub struct AppInner {
     pub signing_alg: SigningAlg,
     /// How long a retired key stays published, in seconds.
     pub key_publish_secs: i64,
+    /// Revocations in force and their feed.
+    pub revocations: Arc<Revocations>,
+    /// Verifies Mayfly's own tokens.
+    pub verifier: TokenVerifier,
+    /// Admin-token hashes seen valid recently (saves a storage read per admin call).
+    pub admin_cache: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 impl AppState {
@@ -67,6 +78,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/join-tokens", post(admin::create_join_token))
         .route("/v1/keys", get(admin::list_keys))
         .route("/v1/keys/rotate", post(admin::rotate_keys))
+        .route("/v1/introspect", post(introspect::introspect))
+        .route("/v1/revocations", get(introspect::feed).post(records::revoke))
+        .route("/v1/revocations/stream", get(introspect::stream))
+        .route("/v1/leases", get(records::leases))
+        .route("/v1/audit", get(records::audit))
+        .route("/v1/audit/verify", get(records::audit_verify))
+        .route("/metrics", get(metrics::render))
         .route("/v1/openapi.json", get(openapi::document))
         .route("/.well-known/jwks.json", get(discovery::jwks))
         .route("/.well-known/openid-configuration", get(discovery::openid_configuration))
@@ -76,6 +94,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(metrics::track))
         .with_state(state)
 }
 
@@ -103,12 +122,58 @@ pub(crate) async fn require_admin(state: &AppState, headers: &HeaderMap) -> Resu
         .map(str::trim)
         .filter(|t| !t.is_empty() && t.len() <= 512)
         .ok_or_else(|| ApiError::Unauthorized("use Authorization: Bearer <admin token>".into()))?;
-    match state.store.admin_token_exists(&admin_token_hash(token)).await {
-        Ok(true) => Ok(()),
+    let hash = admin_token_hash(token);
+    if admin_cached(state, &hash) {
+        return Ok(());
+    }
+    match state.store.admin_token_exists(&hash).await {
+        Ok(true) => {
+            if let Ok(mut c) = state.admin_cache.lock() {
+                c.insert(hash, std::time::Instant::now());
+            }
+            Ok(())
+        }
         Ok(false) => Err(ApiError::Unauthorized("the admin token is not valid".into())),
         Err(e) => {
             tracing::error!(error = %e, "admin token lookup failed");
             Err(ApiError::Unavailable("storage is unavailable".into()))
         }
     }
+}
+
+/// How long a verified admin token is trusted without a storage read.
+const ADMIN_CACHE_SECS: u64 = 30;
+
+fn admin_cached(state: &AppState, hash: &str) -> bool {
+    state
+        .admin_cache
+        .lock()
+        .map(|c| c.get(hash).is_some_and(|t| t.elapsed().as_secs() < ADMIN_CACHE_SECS))
+        .unwrap_or(false)
+}
+
+/// The audience a Mayfly token needs to call introspection and the revocation feed.
+pub const VERIFIER_AUDIENCE: &str = "urn:mayfly:introspect";
+
+/// Checks that the caller may introspect and read the revocation feed: an admin token,
+/// or a live Mayfly token for the audience [`VERIFIER_AUDIENCE`].
+pub(crate) async fn require_verifier(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| {
+            ApiError::Unauthorized(format!(
+                "send Authorization: Bearer with an admin token or a Mayfly token for audience {VERIFIER_AUDIENCE}"
+            ))
+        })?;
+    if bearer.starts_with(crate::server::ADMIN_TOKEN_PREFIX) {
+        return require_admin(state, headers).await;
+    }
+    state
+        .verifier
+        .verify(bearer, Some(VERIFIER_AUDIENCE), crate::clock::now_unix())
+        .map(|_| ())
+        .map_err(|e| ApiError::Unauthorized(format!("caller token: {e}")))
 }

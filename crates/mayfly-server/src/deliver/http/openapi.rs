@@ -12,6 +12,13 @@ use utoipa::{Modify, OpenApi};
         super::admin::create_join_token,
         super::admin::list_keys,
         super::admin::rotate_keys,
+        super::introspect::introspect,
+        super::introspect::feed,
+        super::introspect::stream,
+        super::records::revoke,
+        super::records::leases,
+        super::records::audit,
+        super::records::audit_verify,
         super::discovery::jwks,
         super::discovery::openid_configuration,
         super::discovery::healthz,
@@ -29,6 +36,16 @@ impl Modify for AdminToken {
         components.add_security_scheme(
             "admin_token",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "verifier_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some("A Mayfly access token for the audience urn:mayfly:introspect"))
+                    .build(),
+            ),
         );
     }
 }

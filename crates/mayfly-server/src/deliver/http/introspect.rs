@@ -1,0 +1,178 @@
+//! `POST /v1/introspect` (RFC 7662) and the revocation feed: what resource servers call.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use mayfly_proto::{IntrospectionResponse, RevocationPage};
+use serde::Deserialize;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::token::Form;
+use super::{ApiError, AppState, require_verifier};
+use crate::ledger::Revocation;
+
+/// Largest page of the feed.
+const MAX_PAGE: i64 = 1000;
+
+/// RFC 7662 token introspection. Callers authenticate with an admin token or a Mayfly
+/// token for the audience `urn:mayfly:introspect`.
+#[utoipa::path(
+    post, path = "/v1/introspect", tag = "oauth", security(("admin_token" = []), ("verifier_token" = [])),
+    request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "token=…[&token_type_hint=access_token]"),
+    responses(
+        (status = 200, description = "active true with claims, or active false", body = IntrospectionResponse),
+        (status = 401, description = "Caller not authenticated", body = mayfly_proto::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn introspect(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    require_verifier(&state, &headers).await?;
+    let form = Form::parse(&headers, body)?;
+    let token = form.required("token")?;
+    let now = crate::clock::now_unix();
+    let answer = match state.verifier.verify(token, None, now) {
+        Ok(c) => IntrospectionResponse {
+            active: true,
+            token_type: Some(
+                if c.cnf.as_ref().is_some_and(|v| v.get("jkt").is_some()) { "DPoP" } else { "Bearer" }.into(),
+            ),
+            scope: c.scope,
+            client_id: Some(c.client_id),
+            exp: Some(c.exp),
+            iat: Some(c.iat),
+            nbf: c.nbf,
+            sub: Some(c.sub),
+            aud: Some(c.aud),
+            iss: Some(c.iss),
+            jti: Some(c.jti),
+            cnf: c.cnf,
+        },
+        Err(e) => {
+            tracing::debug!(reason = %e, "introspection: inactive token");
+            IntrospectionResponse::default()
+        }
+    };
+    metrics::counter!("mayfly_introspections_total", "active" => if answer.active { "true" } else { "false" })
+        .increment(1);
+    let mut resp = Json(answer).into_response();
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}
+
+/// Query of the feed endpoints.
+#[derive(Debug, Deserialize)]
+pub struct FeedQuery {
+    since: Option<String>,
+    limit: Option<String>,
+}
+
+fn parse_cursor(state: &AppState, raw: Option<&str>, headers: &HeaderMap) -> Result<i64, ApiError> {
+    // SSE clients resume with Last-Event-ID.
+    let raw = raw.or_else(|| headers.get("last-event-id").and_then(|v| v.to_str().ok()));
+    let Some(raw) = raw else { return Ok(0) };
+    let cursor: i64 = raw.parse().ok().filter(|c| *c >= 0).ok_or_else(|| {
+        ApiError::bad_request("invalid-cursor", "since is a cursor: a whole number from a previous page")
+    })?;
+    let head = state.revocations.status().0;
+    if cursor > head {
+        return Err(ApiError::bad_request(
+            "invalid-cursor",
+            format!("cursor {cursor} is ahead of the feed (latest is {head}); it did not come from this server"),
+        ));
+    }
+    Ok(cursor)
+}
+
+fn entry(r: &Revocation) -> serde_json::Value {
+    serde_json::to_value(r).unwrap_or_default()
+}
+
+/// The revocation feed: entries after a cursor.
+#[utoipa::path(
+    get, path = "/v1/revocations", tag = "revocation", security(("admin_token" = []), ("verifier_token" = [])),
+    params(("since" = Option<i64>, Query, description = "cursor from a previous page (default 0)"),
+           ("limit" = Option<i64>, Query, description = "at most this many (default and maximum 1000)")),
+    responses(
+        (status = 200, description = "Entries after the cursor", body = RevocationPage),
+        (status = 400, description = "Bad cursor", body = mayfly_proto::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn feed(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<FeedQuery>,
+) -> Result<Json<RevocationPage>, ApiError> {
+    require_verifier(&state, &headers).await?;
+    let since = parse_cursor(&state, q.since.as_deref(), &HeaderMap::new())?;
+    let limit = match q.limit.as_deref() {
+        None => MAX_PAGE,
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=MAX_PAGE).contains(l))
+            .ok_or_else(|| ApiError::bad_request("invalid-request", format!("limit is 1 to {MAX_PAGE}")))?,
+    };
+    let entries =
+        state.store.revocations_after(since, limit).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let next_cursor = entries.last().map(|r| r.cursor).unwrap_or(since);
+    Ok(Json(RevocationPage { entries: entries.iter().map(entry).collect(), next_cursor }))
+}
+
+/// The revocation feed as server-sent events: the backlog after the cursor, then live entries.
+#[utoipa::path(
+    get, path = "/v1/revocations/stream", tag = "revocation", security(("admin_token" = []), ("verifier_token" = [])),
+    params(("since" = Option<i64>, Query, description = "cursor to resume after (or the Last-Event-ID header)")),
+    responses((status = 200, description = "text/event-stream of `revocation` events; the event id is the cursor"))
+)]
+pub async fn stream(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<FeedQuery>,
+) -> Result<Sse<impl futures_core::Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    require_verifier(&state, &headers).await?;
+    let mut cursor = parse_cursor(&state, q.since.as_deref(), &headers)?;
+    // Subscribe before reading the backlog, so nothing falls between the two.
+    let mut live = state.revocations.subscribe();
+    let store = state.store.clone();
+    let stream = async_stream::stream! {
+        let to_event = |r: &Revocation| Event::default().event("revocation").id(r.cursor.to_string()).data(entry(r).to_string());
+        loop {
+            // Backlog (and catch-up after a lag) from storage.
+            match store.revocations_after(cursor, MAX_PAGE).await {
+                Ok(batch) if !batch.is_empty() => {
+                    for r in &batch {
+                        cursor = r.cursor;
+                        yield Ok(to_event(r));
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "revocation stream: storage read failed");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+            match live.recv().await {
+                Ok(r) if r.cursor > cursor => {
+                    cursor = r.cursor;
+                    yield Ok(to_event(&r));
+                }
+                Ok(_) => {}
+                Err(RecvError::Lagged(_)) => {} // read the gap from storage
+                Err(RecvError::Closed) => break,
+            }
+        }
+    };
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}

@@ -1,0 +1,276 @@
+//! Admin views of the ledger: revoke, list leases, read and verify the audit trail.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use mayfly_proto::RevokeRequest;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::admin::json_body;
+use super::{ApiError, AppState, require_admin};
+use crate::ledger::audit::ChainVerifier;
+use crate::ledger::revocation::CredentialFacts;
+use crate::ledger::{AuditFilter, CredentialFilter, Revocation};
+
+const MAX_LIST: i64 = 1000;
+
+/// Revokes by selector.
+#[utoipa::path(
+    post, path = "/v1/revocations", tag = "revocation", security(("admin_token" = [])),
+    request_body(content = RevokeRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Recorded and in force", body = Revocation),
+        (status = 400, description = "No selector, several, or a malformed one", body = mayfly_proto::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The selector matches no credential; nothing was revoked", body = mayfly_proto::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn revoke(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Revocation>), ApiError> {
+    require_admin(&state, &headers).await?;
+    let req: RevokeRequest = json_body(&headers, body)?;
+    let rev = state.revocations.revoke(&req, "admin").await?;
+    metrics::counter!("mayfly_revocations_total", "selector" => rev.kind.as_str()).increment(1);
+    Ok((StatusCode::CREATED, Json(rev)))
+}
+
+/// Lease filters.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct LeaseQuery {
+    /// Exact SPIFFE ID.
+    subject: Option<String>,
+    /// SPIFFE ID prefix.
+    subject_prefix: Option<String>,
+    /// Task id.
+    task: Option<String>,
+    /// Credential kind, e.g. `jwt`.
+    kind: Option<String>,
+    /// Audience.
+    audience: Option<String>,
+    /// `active` (default), `expired`, `revoked` or `all`.
+    state: Option<String>,
+    /// Page after this lease id.
+    after: Option<String>,
+    /// At most this many (default 100, at most 1000).
+    limit: Option<i64>,
+}
+
+/// One lease as listed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Lease {
+    /// Lease id (the token's `jti`).
+    pub id: String,
+    /// Credential kind.
+    pub kind: String,
+    /// Holder.
+    pub subject: String,
+    /// Audience.
+    pub audience: String,
+    /// Scopes.
+    pub scope: String,
+    /// Task.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    /// Issued at (Unix seconds).
+    pub issued_at: i64,
+    /// Expires at (Unix seconds).
+    pub expires_at: i64,
+    /// `active`, `expired` or `revoked`.
+    pub state: String,
+    /// The selector that revoked it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revoked_by: Option<String>,
+    /// Keyed fingerprint of the credential.
+    pub fingerprint: String,
+}
+
+/// Lists leases (issued credentials).
+#[utoipa::path(
+    get, path = "/v1/leases", tag = "ledger", security(("admin_token" = [])), params(LeaseQuery),
+    responses((status = 200, description = "Leases ordered by id", body = Vec<Lease>))
+)]
+pub async fn leases(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<LeaseQuery>,
+) -> Result<Json<Vec<Lease>>, ApiError> {
+    require_admin(&state, &headers).await?;
+    let now = crate::clock::now_unix();
+    let want = q.state.as_deref().unwrap_or("active");
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=MAX_LIST).contains(&limit) {
+        return Err(ApiError::bad_request("invalid-request", format!("limit is 1 to {MAX_LIST}")));
+    }
+    let (live_at, expired_at) = match want {
+        "active" | "revoked" => (Some(now), None),
+        "expired" => (None, Some(now)),
+        "all" => (None, None),
+        other => {
+            return Err(ApiError::bad_request(
+                "invalid-request",
+                format!("state {other:?}: use active, expired, revoked or all"),
+            ));
+        }
+    };
+    let filter = CredentialFilter {
+        subject: q.subject,
+        subject_prefix: q.subject_prefix,
+        task_id: q.task,
+        kind: q.kind,
+        audience: q.audience,
+        live_at,
+        expired_at,
+        after: q.after,
+        limit,
+    };
+    let rows = state.store.credentials(&filter).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let leases = rows
+        .into_iter()
+        .map(|c| {
+            let revoked_by = state.revocations.revoked_by(&CredentialFacts {
+                jti: &c.jti,
+                subject: &c.subject,
+                audience: &c.audience,
+                task_id: c.task_id.as_deref(),
+                issued_at: c.issued_at,
+            });
+            let st = if c.expires_at <= now {
+                "expired"
+            } else if revoked_by.is_some() {
+                "revoked"
+            } else {
+                "active"
+            };
+            Lease {
+                id: c.jti,
+                kind: c.kind,
+                subject: c.subject,
+                audience: c.audience,
+                scope: c.scope,
+                task: c.task_id,
+                issued_at: c.issued_at,
+                expires_at: c.expires_at,
+                state: st.to_owned(),
+                revoked_by: revoked_by.map(|k| k.as_str().to_owned()),
+                fingerprint: c.fingerprint,
+            }
+        })
+        .filter(|l| want == "all" || l.state == want)
+        .collect();
+    Ok(Json(leases))
+}
+
+/// Audit filters.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct AuditQuery {
+    /// Only events about this subject.
+    subject: Option<String>,
+    /// Event kind, or a prefix ending in `.` (e.g. `policy.`).
+    kind: Option<String>,
+    /// Events at or after this Unix time (seconds).
+    since: Option<i64>,
+    /// Events before this Unix time (seconds).
+    until: Option<i64>,
+    /// Events after this sequence number.
+    after: Option<i64>,
+    /// At most this many (default 100, at most 1000).
+    limit: Option<i64>,
+}
+
+/// One audit event.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditEntry {
+    seq: i64,
+    ts_ms: i64,
+    kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject: Option<String>,
+    detail: serde_json::Value,
+    prev_hash: String,
+    hash: String,
+}
+
+/// Reads audit events.
+#[utoipa::path(
+    get, path = "/v1/audit", tag = "ledger", security(("admin_token" = [])), params(AuditQuery),
+    responses((status = 200, description = "Events in chain order", body = Vec<AuditEntry>))
+)]
+pub async fn audit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<Vec<AuditEntry>>, ApiError> {
+    require_admin(&state, &headers).await?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=MAX_LIST).contains(&limit) {
+        return Err(ApiError::bad_request("invalid-request", format!("limit is 1 to {MAX_LIST}")));
+    }
+    let filter = AuditFilter {
+        subject: q.subject,
+        kind: q.kind,
+        since_ms: q.since.map(|s| s.saturating_mul(1000)),
+        until_ms: q.until.map(|s| s.saturating_mul(1000)),
+        after: q.after.unwrap_or(0).max(0),
+        limit,
+    };
+    let events = state.store.audit_query(&filter).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    Ok(Json(
+        events
+            .into_iter()
+            .map(|e| AuditEntry {
+                detail: serde_json::from_str(&e.detail).unwrap_or(serde_json::Value::String(e.detail)),
+                seq: e.seq,
+                ts_ms: e.ts_ms,
+                kind: e.kind,
+                subject: e.subject,
+                prev_hash: e.prev_hash,
+                hash: e.hash,
+            })
+            .collect(),
+    ))
+}
+
+/// The result of walking the audit chain.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ChainReport {
+    /// Whether every link holds.
+    pub ok: bool,
+    /// Events checked.
+    pub checked: u64,
+    /// The first broken link, when not ok.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_break: Option<String>,
+}
+
+/// Walks the whole audit chain and names the first broken link.
+pub async fn verify_chain(store: &dyn crate::ledger::Store) -> Result<ChainReport, crate::ledger::LedgerError> {
+    let mut v = ChainVerifier::default();
+    let mut after = 0;
+    loop {
+        let batch = store.audit_events_after(after, 5000).await?;
+        let Some(last) = batch.last() else { break };
+        after = last.seq;
+        for e in &batch {
+            if let Err(b) = v.push(e) {
+                return Ok(ChainReport { ok: false, checked: v.checked, first_break: Some(b.to_string()) });
+            }
+        }
+    }
+    Ok(ChainReport { ok: true, checked: v.checked, first_break: None })
+}
+
+/// Verifies the audit chain.
+#[utoipa::path(
+    get, path = "/v1/audit/verify", tag = "ledger", security(("admin_token" = [])),
+    responses((status = 200, description = "The chain report", body = ChainReport))
+)]
+pub async fn audit_verify(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<ChainReport>, ApiError> {
+    require_admin(&state, &headers).await?;
+    let report = verify_chain(state.store.as_ref()).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    Ok(Json(report))
+}

@@ -1,0 +1,6 @@
+//! Governance after issuance: revocation (and its feed), expiry housekeeping.
+
+pub mod revocations;
+pub mod stats;
+
+pub use revocations::{Revocations, RevokeError};

@@ -1,0 +1,242 @@
+//! Revocation: selectors recorded in the ledger, an in-memory index that answers
+//! "is this credential revoked?" in O(1), and a broadcast feed for subscribers.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use mayfly_proto::RevokeRequest;
+use serde_json::json;
+use tokio::sync::broadcast;
+
+use crate::ledger::revocation::CredentialFacts;
+use crate::ledger::{
+    AuditEvent, CredentialFilter, Ledger, LedgerError, Revocation, RevocationIndex, RevocationKind, Store,
+};
+use crate::spiffe::SpiffeId;
+
+/// Extra time a revocation is kept past the longest lifetime it covers (clock skew).
+const KEEP_MARGIN_SECS: i64 = 300;
+
+/// Why a revocation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RevokeError {
+    /// No selector, or more than one.
+    #[error("name exactly one of: jti, subject, subject_prefix, audience, task, issued_before, all")]
+    Selector,
+    /// A selector value is malformed.
+    #[error("{0}")]
+    Invalid(String),
+    /// The selector matches no credential: probably a typo, so nothing was revoked.
+    #[error("{0}")]
+    NothingMatches(String),
+    /// Storage failed.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
+
+/// Revocations in force, and the feed of new ones.
+pub struct Revocations {
+    index: RwLock<RevocationIndex>,
+    feed: broadcast::Sender<Revocation>,
+    ledger: Ledger,
+    /// The longest lifetime any credential has: revocations are kept this long.
+    max_ttl_secs: i64,
+}
+
+impl std::fmt::Debug for Revocations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Revocations").finish_non_exhaustive()
+    }
+}
+
+impl Revocations {
+    /// Loads every revocation still in force.
+    pub async fn load(ledger: Ledger, max_ttl_secs: i64) -> Result<Arc<Self>, LedgerError> {
+        let (feed, _) = broadcast::channel(4096);
+        let this = Arc::new(Self { index: RwLock::new(RevocationIndex::default()), feed, ledger, max_ttl_secs });
+        this.catch_up().await?;
+        Ok(this)
+    }
+
+    fn store(&self) -> &Arc<dyn Store> {
+        self.ledger.store()
+    }
+
+    /// Which revocation covers this credential, if any.
+    pub fn revoked_by(&self, facts: &CredentialFacts<'_>) -> Option<RevocationKind> {
+        self.index.read().ok().and_then(|i| i.revoked_by(facts))
+    }
+
+    /// Highest cursor applied, and how many entries are in force.
+    pub fn status(&self) -> (i64, usize) {
+        self.index.read().map(|i| (i.cursor, i.len)).unwrap_or((0, 0))
+    }
+
+    /// New revocations as they are made.
+    pub fn subscribe(&self) -> broadcast::Receiver<Revocation> {
+        self.feed.subscribe()
+    }
+
+    fn apply(&self, revs: &[Revocation]) {
+        if let Ok(mut idx) = self.index.write() {
+            for r in revs {
+                if r.cursor > idx.cursor {
+                    idx.apply(r);
+                    let _ = self.feed.send(r.clone());
+                }
+            }
+        }
+    }
+
+    /// Reads entries newer than the index from storage (written by another process or replica).
+    pub async fn catch_up(&self) -> Result<(), LedgerError> {
+        loop {
+            let after = self.status().0;
+            let batch = self.store().revocations_after(after, 1000).await?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            self.apply(&batch);
+        }
+    }
+
+    /// Drops entries whose covered credentials have all expired, from storage and the index.
+    pub async fn drop_expired(&self, now: i64) -> Result<u64, LedgerError> {
+        let dropped = self.store().drop_expired_revocations(now).await?;
+        if dropped > 0 {
+            let mut fresh = RevocationIndex::default();
+            let mut after = 0;
+            loop {
+                let batch = self.store().revocations_after(after, 1000).await?;
+                let Some(last) = batch.last() else { break };
+                after = last.cursor;
+                batch.iter().for_each(|r| fresh.apply(r));
+            }
+            if let Ok(mut idx) = self.index.write() {
+                // Keep the cursor: subscribers must never see it go backwards.
+                fresh.cursor = fresh.cursor.max(idx.cursor);
+                *idx = fresh;
+            }
+        }
+        Ok(dropped)
+    }
+
+    /// Validates a request, records the revocation durably with an audit event, and applies it.
+    pub async fn revoke(&self, req: &RevokeRequest, actor: &str) -> Result<Revocation, RevokeError> {
+        let now = crate::clock::now_unix();
+        let keep_until = now + self.max_ttl_secs + KEEP_MARGIN_SECS;
+        let selectors = [
+            req.jti.is_some(),
+            req.subject.is_some(),
+            req.subject_prefix.is_some(),
+            req.audience.is_some(),
+            req.task.is_some(),
+            req.issued_before.is_some(),
+            req.all,
+        ];
+        if selectors.iter().filter(|s| **s).count() != 1 {
+            return Err(RevokeError::Selector);
+        }
+        let nonempty = |v: &str, what: &str| {
+            let v = v.trim();
+            if v.is_empty() {
+                Err(RevokeError::Invalid(format!("{what} is empty; to revoke everything, send all = true")))
+            } else if v.len() > 2048 {
+                Err(RevokeError::Invalid(format!("{what} is longer than 2048 bytes")))
+            } else {
+                Ok(v.to_owned())
+            }
+        };
+        let live = |mut f: CredentialFilter| {
+            f.live_at = Some(now);
+            f.limit = 1;
+            f
+        };
+        let (kind, value, issued_before, expires_at, probe) = if let Some(jti) = &req.jti {
+            let jti = nonempty(jti, "jti")?;
+            let rec = self
+                .store()
+                .credential(&jti)
+                .await?
+                .ok_or_else(|| RevokeError::NothingMatches(format!("no credential has jti {jti:?}")))?;
+            // Kept as long as the credential lives, so a verifier learns of it in time.
+            (RevocationKind::Jti, jti, now, rec.expires_at.max(now) + KEEP_MARGIN_SECS, None)
+        } else if let Some(s) = &req.subject {
+            let s = nonempty(s, "subject")?;
+            SpiffeId::parse(&s).map_err(|e| RevokeError::Invalid(format!("subject: {e}")))?;
+            let probe = live(CredentialFilter { subject: Some(s.clone()), ..Default::default() });
+            (RevocationKind::Subject, s, now, keep_until, Some(probe))
+        } else if let Some(p) = &req.subject_prefix {
+            let p = nonempty(p, "subject_prefix")?.trim_end_matches('/').to_owned();
+            SpiffeId::parse(&p).map_err(|e| {
+                RevokeError::Invalid(format!("subject_prefix must be a SPIFFE ID or trust domain ({e})"))
+            })?;
+            let probe = live(CredentialFilter { subject_prefix: Some(p.clone()), ..Default::default() });
+            (RevocationKind::SubjectPrefix, p, now, keep_until, Some(probe))
+        } else if let Some(a) = &req.audience {
+            let a = nonempty(a, "audience")?;
+            let probe = live(CredentialFilter { audience: Some(a.clone()), ..Default::default() });
+            (RevocationKind::Audience, a, now, keep_until, Some(probe))
+        } else if let Some(t) = &req.task {
+            let t = nonempty(t, "task")?;
+            let probe = live(CredentialFilter { task_id: Some(t.clone()), ..Default::default() });
+            (RevocationKind::Task, t, now, keep_until, Some(probe))
+        } else if let Some(t) = req.issued_before {
+            if t > now {
+                return Err(RevokeError::Invalid(
+                    "issued_before is in the future; it would revoke credentials not issued yet".into(),
+                ));
+            }
+            (RevocationKind::IssuedBefore, String::new(), t, t + self.max_ttl_secs + KEEP_MARGIN_SECS, None)
+        } else {
+            (RevocationKind::IssuedBefore, String::new(), now, keep_until, None)
+        };
+        if let Some(probe) = probe
+            && self.store().credentials(&probe).await?.is_empty()
+        {
+            return Err(RevokeError::NothingMatches(format!(
+                "no live credential matches {} {value:?}; nothing was revoked",
+                kind.as_str()
+            )));
+        }
+        let rev = Revocation {
+            cursor: 0,
+            kind,
+            value,
+            issued_before,
+            revoked_at: now,
+            expires_at,
+            reason: req.reason.clone().map(|r| r.chars().take(500).collect()),
+        };
+        let detail = json!({
+            "selector": kind.as_str(), "value": rev.value, "issued_before": issued_before,
+            "reason": rev.reason, "actor": actor,
+        });
+        let subject =
+            matches!(kind, RevocationKind::Subject | RevocationKind::SubjectPrefix).then(|| rev.value.clone());
+        let stored =
+            self.ledger.revoke(vec![rev], vec![AuditEvent::new("credential.revoked", subject, detail)]).await?;
+        self.apply(&stored);
+        stored.into_iter().next().ok_or_else(|| RevokeError::Ledger(LedgerError::WriterGone))
+    }
+
+    /// Background upkeep: picks up revocations made elsewhere every `poll`, and drops
+    /// expired ones every minute.
+    pub async fn run_upkeep(self: Arc<Self>, poll: Duration) {
+        let mut last_gc = std::time::Instant::now();
+        loop {
+            tokio::time::sleep(poll).await;
+            if let Err(e) = self.catch_up().await {
+                tracing::warn!(error = %e, "revocation catch-up failed");
+            }
+            if last_gc.elapsed() >= Duration::from_secs(60) {
+                last_gc = std::time::Instant::now();
+                match self.drop_expired(crate::clock::now_unix()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(dropped = n, "expired revocations dropped"),
+                    Err(e) => tracing::warn!(error = %e, "revocation garbage collection failed"),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! Periodic ledger statistics: live credentials and standing exposure (the sum of the
+//! remaining lifetime of every live credential: the figure Mayfly exists to shrink).
+//! Derived from the ledger each time, so they are right across restarts.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Revocations;
+use crate::ledger::revocation::CredentialFacts;
+use crate::ledger::{CredentialFilter, LedgerError, Store};
+
+/// Live counts by credential kind.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct KindStats {
+    /// Live (unexpired, unrevoked) credentials.
+    pub live: u64,
+    /// Sum of remaining lifetimes, in seconds.
+    pub exposure_seconds: u64,
+    /// Unexpired but revoked.
+    pub revoked: u64,
+}
+
+/// Scans the live credentials once.
+pub async fn scan(
+    store: &dyn Store,
+    revocations: &Revocations,
+    now: i64,
+) -> Result<BTreeMap<String, KindStats>, LedgerError> {
+    let mut out: BTreeMap<String, KindStats> = BTreeMap::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .credentials(&CredentialFilter {
+                live_at: Some(now),
+                after: after.clone(),
+                limit: 5000,
+                ..Default::default()
+            })
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.jti.clone());
+        for c in &page {
+            let s = out.entry(c.kind.clone()).or_default();
+            let facts = CredentialFacts {
+                jti: &c.jti,
+                subject: &c.subject,
+                audience: &c.audience,
+                task_id: c.task_id.as_deref(),
+                issued_at: c.issued_at,
+            };
+            if revocations.revoked_by(&facts).is_some() {
+                s.revoked += 1;
+            } else {
+                s.live += 1;
+                s.exposure_seconds += (c.expires_at - now).max(0) as u64;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Publishes the statistics as gauges every `every`.
+pub async fn run(store: Arc<dyn Store>, revocations: Arc<Revocations>, every: Duration) {
+    loop {
+        match scan(store.as_ref(), &revocations, crate::clock::now_unix()).await {
+            Ok(mut stats) => {
+                // Always publish the access-token series, even at zero.
+                stats.entry("jwt".to_owned()).or_default();
+                for (kind, s) in stats {
+                    metrics::gauge!("mayfly_live_credentials", "kind" => kind.clone()).set(s.live as f64);
+                    metrics::gauge!("mayfly_standing_exposure_seconds", "kind" => kind.clone())
+                        .set(s.exposure_seconds as f64);
+                    metrics::gauge!("mayfly_revoked_unexpired_credentials", "kind" => kind).set(s.revoked as f64);
+                }
+                metrics::gauge!("mayfly_revocations_in_force").set(revocations.status().1 as f64);
+            }
+            Err(e) => tracing::warn!(error = %e, "ledger statistics scan failed"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}

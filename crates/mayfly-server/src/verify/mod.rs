@@ -1,0 +1,149 @@
+//! Verification of Mayfly's own access tokens, as the broker itself does it for
+//! introspection and for callers of its protected endpoints.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use serde::Deserialize;
+
+use crate::govern::Revocations;
+use crate::keys::KeyRing;
+use crate::ledger::RevocationKind;
+use crate::ledger::revocation::CredentialFacts;
+
+/// Clock skew allowed on `nbf`.
+const LEEWAY_SECS: i64 = 30;
+
+/// The claims of a Mayfly access token.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AccessClaims {
+    /// Issuer.
+    pub iss: String,
+    /// SPIFFE ID.
+    pub sub: String,
+    /// Audience.
+    pub aud: String,
+    /// Expiry.
+    pub exp: i64,
+    /// Issued at.
+    pub iat: i64,
+    /// Not before.
+    #[serde(default)]
+    pub nbf: Option<i64>,
+    /// Token id.
+    pub jti: String,
+    /// OAuth client.
+    pub client_id: String,
+    /// Scopes.
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// Confirmation (binding).
+    #[serde(default)]
+    pub cnf: Option<serde_json::Value>,
+    /// The task the token was issued under.
+    #[serde(default)]
+    pub task: Option<String>,
+}
+
+/// Why a token is not valid. Deliberately coarse towards callers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    /// Not a compact JWS with JSON parts, or too large.
+    #[error("token is malformed")]
+    Malformed,
+    /// Not `typ: at+jwt`, or an algorithm Mayfly does not sign with.
+    #[error("token is not a Mayfly access token")]
+    WrongType,
+    /// Signed by no published key, or the signature does not verify.
+    #[error("token signature does not verify")]
+    BadSignature,
+    /// Another issuer.
+    #[error("token was issued by another issuer")]
+    WrongIssuer,
+    /// Past `exp`.
+    #[error("token has expired")]
+    Expired,
+    /// Before `nbf`.
+    #[error("token is not valid yet")]
+    NotYetValid,
+    /// Another audience.
+    #[error("token is for another audience")]
+    WrongAudience,
+    /// Revoked.
+    #[error("token has been revoked ({})", .0.as_str())]
+    Revoked(RevocationKind),
+}
+
+#[derive(Deserialize)]
+struct Header {
+    alg: String,
+    #[serde(default)]
+    typ: Option<String>,
+    #[serde(default)]
+    kid: Option<String>,
+}
+
+/// Verifies Mayfly access tokens against the key ring and the revocation index.
+#[derive(Debug, Clone)]
+pub struct TokenVerifier {
+    keys: Arc<KeyRing>,
+    revocations: Arc<Revocations>,
+    issuer: String,
+}
+
+impl TokenVerifier {
+    /// A verifier for tokens with `iss = issuer`.
+    pub fn new(keys: Arc<KeyRing>, revocations: Arc<Revocations>, issuer: String) -> Self {
+        Self { keys, revocations, issuer }
+    }
+
+    /// Verifies signature, type, issuer, lifetime, optional audience, and revocation.
+    pub fn verify(&self, token: &str, audience: Option<&str>, now: i64) -> Result<AccessClaims, VerifyError> {
+        if token.len() > 16 * 1024 {
+            return Err(VerifyError::Malformed);
+        }
+        let mut parts = token.split('.');
+        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+            return Err(VerifyError::Malformed);
+        };
+        let header: Header =
+            B64.decode(h).ok().and_then(|b| serde_json::from_slice(&b).ok()).ok_or(VerifyError::Malformed)?;
+        if header.typ.as_deref().map(str::to_ascii_lowercase).as_deref() != Some("at+jwt") {
+            return Err(VerifyError::WrongType);
+        }
+        let key = header.kid.as_deref().and_then(|kid| self.keys.find(kid)).ok_or(VerifyError::BadSignature)?;
+        if key.alg().as_str() != header.alg {
+            return Err(VerifyError::BadSignature);
+        }
+        let signature = B64.decode(s).map_err(|_| VerifyError::Malformed)?;
+        if !key.verify(&token.as_bytes()[..h.len() + 1 + p.len()], &signature) {
+            return Err(VerifyError::BadSignature);
+        }
+        let claims: AccessClaims =
+            B64.decode(p).ok().and_then(|b| serde_json::from_slice(&b).ok()).ok_or(VerifyError::Malformed)?;
+        if claims.iss != self.issuer {
+            return Err(VerifyError::WrongIssuer);
+        }
+        if claims.exp <= now {
+            return Err(VerifyError::Expired);
+        }
+        if claims.nbf.is_some_and(|nbf| nbf > now + LEEWAY_SECS) {
+            return Err(VerifyError::NotYetValid);
+        }
+        if audience.is_some_and(|a| a != claims.aud) {
+            return Err(VerifyError::WrongAudience);
+        }
+        let facts = CredentialFacts {
+            jti: &claims.jti,
+            subject: &claims.sub,
+            audience: &claims.aud,
+            task_id: claims.task.as_deref(),
+            issued_at: claims.iat,
+        };
+        if let Some(kind) = self.revocations.revoked_by(&facts) {
+            return Err(VerifyError::Revoked(kind));
+        }
+        Ok(claims)
+    }
+}
