@@ -29,7 +29,11 @@ pub struct Remote {
 #[derive(Args)]
 pub struct AdminRemote {
     #[command(flatten)]
-    remote: Remote,
+    pub(crate) remote: Remote,
+    /// On the server's own box: the server's config file; the URL and the admin token
+    /// (<data_dir>/admin-token) are taken from it.
+    #[arg(long, short = 'c', env = "MAYFLY_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
     /// Admin token (prefer the environment variable: arguments show up in process lists).
     #[arg(long, env = "MAYFLY_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
@@ -39,7 +43,22 @@ pub struct AdminRemote {
 }
 
 impl AdminRemote {
-    fn token(&self) -> anyhow::Result<String> {
+    /// Applies `--config`: the server's URL and admin-token file.
+    pub(crate) fn resolve(mut self) -> anyhow::Result<Self> {
+        if let Some(path) = &self.config {
+            let cfg = mayfly_server::config::Config::load(path)?;
+            let mut url = cfg.issuer_url();
+            // A wildcard listen address is reached on loopback from the same box.
+            url = url.replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:");
+            self.remote.url = url;
+            if self.admin_token.is_none() && self.admin_token_file.is_none() {
+                self.admin_token_file = Some(cfg.data_dir.join(mayfly_server::server::ADMIN_TOKEN_FILE));
+            }
+        }
+        Ok(self)
+    }
+
+    pub(crate) fn token(&self) -> anyhow::Result<String> {
         if let Some(t) = &self.admin_token {
             return Ok(t.trim().to_owned());
         }
@@ -54,7 +73,7 @@ impl AdminRemote {
 }
 
 impl Remote {
-    fn client(&self) -> anyhow::Result<reqwest::Client> {
+    pub(crate) fn client(&self) -> anyhow::Result<reqwest::Client> {
         let mut b = reqwest::Client::builder().timeout(Duration::from_secs(30));
         if let Some(ca) = &self.ca_cert {
             let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
@@ -63,13 +82,13 @@ impl Remote {
         Ok(b.build()?)
     }
 
-    fn endpoint(&self, path: &str) -> String {
+    pub(crate) fn endpoint(&self, path: &str) -> String {
         format!("{}{path}", self.url.trim_end_matches('/'))
     }
 }
 
 /// Sends a request and decodes a JSON answer, or turns a problem document into an error.
-async fn call<T: DeserializeOwned>(req: reqwest::RequestBuilder, url: &str) -> anyhow::Result<T> {
+pub(crate) async fn call<T: DeserializeOwned>(req: reqwest::RequestBuilder, url: &str) -> anyhow::Result<T> {
     let resp = req.send().await.map_err(|e| anyhow!("cannot reach {url}: {}", error_chain(&e)))?;
     let status = resp.status();
     let body = resp.bytes().await.context("reading the response")?;
@@ -100,7 +119,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+pub(crate) fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
@@ -128,6 +147,7 @@ impl JoinTokenCommand {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         match self {
             JoinTokenCommand::Create { remote, ttl, spiffe_path, json } => {
+                let remote = remote.resolve()?;
                 let url = remote.remote.endpoint("/v1/join-tokens");
                 let body = CreateJoinTokenRequest { ttl_seconds: ttl.map(|d| d.as_secs()), spiffe_path };
                 let req = remote.remote.client()?.post(&url).bearer_auth(remote.token()?).json(&body);
@@ -171,12 +191,14 @@ impl KeysCommand {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         match self {
             KeysCommand::Rotate { remote } => {
+                let remote = remote.resolve()?;
                 let url = remote.remote.endpoint("/v1/keys/rotate");
                 let req = remote.remote.client()?.post(&url).bearer_auth(remote.token()?);
                 let info: SigningKeyInfo = call(req, &url).await?;
                 println!("new signing key {} ({})", info.kid, info.alg);
             }
             KeysCommand::List { remote, json } => {
+                let remote = remote.resolve()?;
                 let url = remote.remote.endpoint("/v1/keys");
                 let req = remote.remote.client()?.get(&url).bearer_auth(remote.token()?);
                 let keys: Vec<SigningKeyInfo> = call(req, &url).await?;

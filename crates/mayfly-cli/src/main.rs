@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod ops;
 mod policy;
 mod serve;
 
@@ -35,6 +36,12 @@ enum Command {
     /// Access tokens.
     #[command(subcommand)]
     Token(client::TokenCommand),
+    /// Revoke credentials by selector (jti, subject, prefix, audience, task, time, all).
+    Revoke(ops::RevokeArgs),
+    /// List leases (issued credentials) with their state.
+    Leases(ops::LeasesArgs),
+    /// Read the audit trail, or verify its hash chain (`audit verify`).
+    Audit(ops::AuditArgs),
     /// Cedar policies, offline: validate a directory, evaluate a request.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -56,6 +63,9 @@ fn main() -> ExitCode {
             Command::Keys(cmd) => cmd.run().await,
             Command::Token(cmd) => cmd.run().await,
             Command::Policy(cmd) => cmd.run(),
+            Command::Revoke(args) => args.run().await,
+            Command::Leases(args) => args.run().await,
+            Command::Audit(args) => args.run().await,
         }
     });
     match result {

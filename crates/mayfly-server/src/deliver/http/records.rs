@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 
 use super::admin::json_body;
 use super::{ApiError, AppState, require_admin};
-use crate::ledger::audit::ChainVerifier;
+use crate::ledger::audit::{ChainReport, verify_chain};
 use crate::ledger::revocation::CredentialFacts;
 use crate::ledger::{AuditFilter, CredentialFilter, Revocation};
 
@@ -233,35 +233,6 @@ pub async fn audit(
             })
             .collect(),
     ))
-}
-
-/// The result of walking the audit chain.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ChainReport {
-    /// Whether every link holds.
-    pub ok: bool,
-    /// Events checked.
-    pub checked: u64,
-    /// The first broken link, when not ok.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub first_break: Option<String>,
-}
-
-/// Walks the whole audit chain and names the first broken link.
-pub async fn verify_chain(store: &dyn crate::ledger::Store) -> Result<ChainReport, crate::ledger::LedgerError> {
-    let mut v = ChainVerifier::default();
-    let mut after = 0;
-    loop {
-        let batch = store.audit_events_after(after, 5000).await?;
-        let Some(last) = batch.last() else { break };
-        after = last.seq;
-        for e in &batch {
-            if let Err(b) = v.push(e) {
-                return Ok(ChainReport { ok: false, checked: v.checked, first_break: Some(b.to_string()) });
-            }
-        }
-    }
-    Ok(ChainReport { ok: true, checked: v.checked, first_break: None })
 }
 
 /// Verifies the audit chain.

@@ -1,0 +1,260 @@
+//! Operator commands over the ledger: `revoke`, `leases`, `audit`. They work remotely
+//! (`--url` and an admin token) and on the server's own box (`--config`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, anyhow, bail};
+use clap::{Args, Subcommand};
+use mayfly_proto::RevokeRequest;
+use serde_json::Value;
+
+use crate::client::{AdminRemote, call, print_json};
+
+/// `mayfly revoke`: exactly one selector.
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("selector").required(true).multiple(false)))]
+pub struct RevokeArgs {
+    #[command(flatten)]
+    remote: AdminRemote,
+    /// One credential by its jti (lease id).
+    #[arg(long, group = "selector", visible_alias = "lease")]
+    jti: Option<String>,
+    /// Everything a SPIFFE ID holds now.
+    #[arg(long, group = "selector")]
+    subject: Option<String>,
+    /// Everything held by a SPIFFE ID or any below it, e.g. spiffe://prod.example/ns/payments.
+    #[arg(long, group = "selector")]
+    subject_prefix: Option<String>,
+    /// Everything issued for an audience.
+    #[arg(long, group = "selector")]
+    audience: Option<String>,
+    /// Everything issued under a task.
+    #[arg(long, group = "selector")]
+    task: Option<String>,
+    /// Everything issued at or before a time: Unix seconds or RFC 3339.
+    #[arg(long, group = "selector", value_parser = parse_time)]
+    issued_before: Option<i64>,
+    /// Everything issued until now.
+    #[arg(long, group = "selector")]
+    all: bool,
+    /// Why (kept in the audit trail).
+    #[arg(long)]
+    reason: Option<String>,
+    /// Print the recorded revocation as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_time(s: &str) -> Result<i64, String> {
+    if let Ok(n) = s.parse::<i64>() {
+        return Ok(n);
+    }
+    humantime::parse_rfc3339_weak(s)
+        .map_err(|e| format!("{e}: use Unix seconds or RFC 3339 (2026-11-23T10:00:00Z)"))
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).map_err(|e| e.to_string()))
+}
+
+impl RevokeArgs {
+    pub async fn run(self) -> anyhow::Result<ExitCode> {
+        let remote = self.remote.resolve()?;
+        let body = RevokeRequest {
+            jti: self.jti,
+            subject: self.subject,
+            subject_prefix: self.subject_prefix,
+            audience: self.audience,
+            task: self.task,
+            issued_before: self.issued_before,
+            all: self.all,
+            reason: self.reason,
+        };
+        let url = remote.remote.endpoint("/v1/revocations");
+        let req = remote.remote.client()?.post(&url).bearer_auth(remote.token()?).json(&body);
+        let rev: Value = call(req, &url).await?;
+        if self.json {
+            print_json(&rev)?;
+        } else {
+            println!(
+                "revoked: {} {} (cursor {}; covers credentials issued until {})",
+                rev["kind"].as_str().unwrap_or("?"),
+                rev["value"].as_str().filter(|v| !v.is_empty()).unwrap_or("(everything)"),
+                rev["cursor"],
+                mayfly_server::clock::rfc3339(rev["issued_before"].as_i64().unwrap_or(0)),
+            );
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// `mayfly leases`.
+#[derive(Args)]
+pub struct LeasesArgs {
+    #[command(flatten)]
+    remote: AdminRemote,
+    /// Exact SPIFFE ID.
+    #[arg(long)]
+    subject: Option<String>,
+    /// SPIFFE ID prefix.
+    #[arg(long)]
+    subject_prefix: Option<String>,
+    /// Task id.
+    #[arg(long)]
+    task: Option<String>,
+    /// Credential kind, e.g. jwt.
+    #[arg(long)]
+    kind: Option<String>,
+    /// active (default), expired, revoked or all.
+    #[arg(long)]
+    state: Option<String>,
+    /// At most this many.
+    #[arg(long, default_value_t = 100)]
+    limit: i64,
+    /// JSON output.
+    #[arg(long)]
+    json: bool,
+}
+
+impl LeasesArgs {
+    pub async fn run(self) -> anyhow::Result<ExitCode> {
+        let remote = self.remote.resolve()?;
+        let url = remote.remote.endpoint("/v1/leases");
+        let mut q: Vec<(&str, String)> = vec![("limit", self.limit.to_string())];
+        for (k, v) in [
+            ("subject", self.subject),
+            ("subject_prefix", self.subject_prefix),
+            ("task", self.task),
+            ("kind", self.kind),
+            ("state", self.state),
+        ] {
+            if let Some(v) = v {
+                q.push((k, v));
+            }
+        }
+        let req = remote.remote.client()?.get(&url).query(&q).bearer_auth(remote.token()?);
+        let leases: Vec<Value> = call(req, &url).await?;
+        if self.json {
+            print_json(&leases)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        println!("{:<30} {:<5} {:<8} {:<21} {:<45} AUDIENCE", "ID", "KIND", "STATE", "EXPIRES", "SUBJECT");
+        for l in &leases {
+            println!(
+                "{:<30} {:<5} {:<8} {:<21} {:<45} {}",
+                l["id"].as_str().unwrap_or(""),
+                l["kind"].as_str().unwrap_or(""),
+                l["state"].as_str().unwrap_or(""),
+                mayfly_server::clock::rfc3339(l["expires_at"].as_i64().unwrap_or(0)),
+                l["subject"].as_str().unwrap_or(""),
+                l["audience"].as_str().unwrap_or(""),
+            );
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// `mayfly audit`.
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    command: Option<AuditCommand>,
+    #[command(flatten)]
+    remote: AdminRemote,
+    /// Only events about this subject.
+    #[arg(long)]
+    subject: Option<String>,
+    /// Event kind, or a prefix ending in '.' (policy., token.issued, credential.revoked, attest.failed, admin.).
+    #[arg(long)]
+    kind: Option<String>,
+    /// Events at or after: Unix seconds or RFC 3339.
+    #[arg(long, value_parser = parse_time)]
+    since: Option<i64>,
+    /// Events before: Unix seconds or RFC 3339.
+    #[arg(long, value_parser = parse_time)]
+    until: Option<i64>,
+    /// At most this many.
+    #[arg(long, default_value_t = 100)]
+    limit: i64,
+    /// One JSON object per line (for a SIEM).
+    #[arg(long)]
+    json: bool,
+}
+
+/// `mayfly audit verify`.
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Walk the hash chain and name the first broken link. With --config the database
+    /// is read directly (the server need not run).
+    Verify {
+        #[command(flatten)]
+        remote: AdminRemote,
+    },
+}
+
+impl AuditArgs {
+    pub async fn run(self) -> anyhow::Result<ExitCode> {
+        if let Some(AuditCommand::Verify { remote }) = self.command {
+            return verify(remote).await;
+        }
+        let remote = self.remote.resolve()?;
+        let url = remote.remote.endpoint("/v1/audit");
+        let mut q: Vec<(&str, String)> = vec![("limit", self.limit.to_string())];
+        for (k, v) in [
+            ("subject", self.subject),
+            ("kind", self.kind),
+            ("since", self.since.map(|t| t.to_string())),
+            ("until", self.until.map(|t| t.to_string())),
+        ] {
+            if let Some(v) = v {
+                q.push((k, v));
+            }
+        }
+        let req = remote.remote.client()?.get(&url).query(&q).bearer_auth(remote.token()?);
+        let events: Vec<Value> = call(req, &url).await?;
+        for e in &events {
+            if self.json {
+                println!("{e}");
+            } else {
+                let ts = e["ts_ms"].as_i64().unwrap_or(0) / 1000;
+                println!(
+                    "{:>6} {} {:<24} {:<45} {}",
+                    e["seq"],
+                    mayfly_server::clock::rfc3339(ts),
+                    e["kind"].as_str().unwrap_or(""),
+                    e["subject"].as_str().unwrap_or("-"),
+                    e["detail"]
+                );
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+async fn verify(remote: AdminRemote) -> anyhow::Result<ExitCode> {
+    let report: Value = if let Some(path) = &remote.config {
+        let cfg = mayfly_server::config::Config::load(path)?;
+        let db: PathBuf = cfg.database_path();
+        if !db.exists() {
+            bail!("no database at {}", db.display());
+        }
+        let store = mayfly_server::ledger::sqlite::SqliteStore::open(&db, cfg.ledger.sync == "full")
+            .await
+            .with_context(|| format!("opening {}", db.display()))?;
+        let r = mayfly_server::ledger::audit::verify_chain(&store).await?;
+        serde_json::to_value(r)?
+    } else {
+        let url = remote.remote.endpoint("/v1/audit/verify");
+        let req = remote.remote.client()?.get(&url).bearer_auth(remote.token()?);
+        call(req, &url).await?
+    };
+    let checked = report["checked"].as_u64().unwrap_or(0);
+    if report["ok"].as_bool() == Some(true) {
+        println!("audit chain intact: {checked} events verified");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Err(anyhow!(
+            "audit chain broken after {checked} good events: {}",
+            report["first_break"].as_str().unwrap_or("unknown")
+        ))
+    }
+}
