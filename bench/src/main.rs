@@ -2,7 +2,11 @@
 //! Cedar policy, a key-encryption key, a test OIDC issuer's JWKS, a platform JWT
 //! signed by that issuer, and a wrk script that exchanges it.
 //!
-//! Usage: mayfly-bench-fixture DIR PORT [SYNC]
+//! Usage:
+//!   mayfly-bench-fixture DIR PORT [full|normal]      write the setup
+//!   mayfly-bench-fixture seed DIR N SUBJECT          add N live credentials of SUBJECT to DIR's ledger (server stopped)
+//!   mayfly-bench-fixture feed-latency URL ADMIN_TOKEN JWT_FILE ROUNDS
+//!                                                    time from revoke to the event on the SSE stream
 #![forbid(unsafe_code)]
 
 use std::path::Path;
@@ -16,6 +20,24 @@ use serde_json::json;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
+    let sub = args.get(1).map(String::as_str);
+    if sub == Some("seed") || sub == Some("feed-latency") {
+        let rt = match tokio::runtime::Runtime::new() {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let result = if sub == Some("seed") { rt.block_on(seed(&args[2..])) } else { rt.block_on(feed_latency(&args[2..])) };
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let (Some(dir), Some(port)) = (args.get(1), args.get(2).and_then(|p| p.parse::<u16>().ok())) else {
         eprintln!("usage: mayfly-bench-fixture DIR PORT [full|normal]");
         return ExitCode::from(2);
@@ -101,5 +123,80 @@ audiences = ["mayfly"]
              function response(status, headers, body)\n  if status ~= 200 then\n    io.stderr:write(\"unexpected status \" .. status .. \"\\n\")\n  end\nend\n"
         ),
     )?;
+    Ok(())
+}
+
+type BoxError = Box<dyn std::error::Error>;
+
+/// Inserts live credential records straight into a stopped server's ledger.
+async fn seed(args: &[String]) -> Result<(), BoxError> {
+    let [dir, n, subject] = args else { return Err("usage: seed DIR N SUBJECT".into()) };
+    let n: usize = n.parse()?;
+    let store = mayfly_server::ledger::sqlite::SqliteStore::open(&Path::new(dir).join("data/mayfly.db"), false).await?;
+    let now = mayfly_server::clock::now_unix();
+    let mut batch = Vec::with_capacity(1000);
+    for i in 0..n {
+        batch.push(mayfly_server::ledger::CredentialRecord {
+            jti: format!("{}{:08}", mayfly_server::ids::time_ordered_id(), i),
+            kind: "jwt".into(),
+            subject: subject.clone(),
+            audience: "https://api.bench".into(),
+            scope: "read".into(),
+            task_id: None,
+            client_id: subject.clone(),
+            issued_at: now - 1,
+            expires_at: now + 3000,
+            key_id: "seed".into(),
+            binding: None,
+            fingerprint: "seed".into(),
+        });
+        if batch.len() == 1000 || i + 1 == n {
+            mayfly_server::ledger::Store::append(&store, &batch, &[], &[]).await?;
+            batch.clear();
+        }
+    }
+    Ok(())
+}
+
+/// Exchanges a token, subscribes to the revocation stream, revokes the token's jti,
+/// and times until the event arrives. Prints one line per round, in milliseconds.
+async fn feed_latency(args: &[String]) -> Result<(), BoxError> {
+    let [url, admin, jwt_file, rounds] = args else { return Err("usage: feed-latency URL ADMIN JWT_FILE ROUNDS".into()) };
+    let jwt = std::fs::read_to_string(jwt_file)?;
+    let http = reqwest::Client::new();
+    for _ in 0..rounds.parse::<usize>()? {
+        let form = [
+            ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+            ("subject_token", jwt.trim()),
+            ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+            ("audience", "https://api.bench"),
+        ];
+        let tok: serde_json::Value = http.post(format!("{url}/v1/token")).form(&form).send().await?.json().await?;
+        let token = tok["access_token"].as_str().ok_or("no token")?;
+        let payload = token.split('.').nth(1).ok_or("bad token")?;
+        let claims: serde_json::Value = serde_json::from_slice(&B64.decode(payload)?)?;
+        let jti = claims["jti"].as_str().ok_or("no jti")?.to_owned();
+        let mut sse = http.get(format!("{url}/v1/revocations/stream")).bearer_auth(admin).send().await?;
+        // Drain the backlog: wait until the stream is idle briefly.
+        loop {
+            match tokio::time::timeout(std::time::Duration::from_millis(200), sse.chunk()).await {
+                Ok(Ok(Some(_))) => continue,
+                _ => break,
+            }
+        }
+        let start = std::time::Instant::now();
+        http.post(format!("{url}/v1/revocations"))
+            .bearer_auth(admin)
+            .json(&json!({"jti": jti}))
+            .send()
+            .await?
+            .error_for_status()?;
+        let mut seen = String::new();
+        while !seen.contains(&jti) {
+            let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), sse.chunk()).await??.ok_or("stream ended")?;
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        println!("{:.2}", start.elapsed().as_secs_f64() * 1000.0);
+    }
     Ok(())
 }
