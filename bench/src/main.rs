@@ -29,7 +29,8 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let result = if sub == Some("seed") { rt.block_on(seed(&args[2..])) } else { rt.block_on(feed_latency(&args[2..])) };
+        let result =
+            if sub == Some("seed") { rt.block_on(seed(&args[2..])) } else { rt.block_on(feed_latency(&args[2..])) };
         return match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -161,7 +162,9 @@ async fn seed(args: &[String]) -> Result<(), BoxError> {
 /// Exchanges a token, subscribes to the revocation stream, revokes the token's jti,
 /// and times until the event arrives. Prints one line per round, in milliseconds.
 async fn feed_latency(args: &[String]) -> Result<(), BoxError> {
-    let [url, admin, jwt_file, rounds] = args else { return Err("usage: feed-latency URL ADMIN JWT_FILE ROUNDS".into()) };
+    let [url, admin, jwt_file, rounds] = args else {
+        return Err("usage: feed-latency URL ADMIN JWT_FILE ROUNDS".into());
+    };
     let jwt = std::fs::read_to_string(jwt_file)?;
     let http = reqwest::Client::new();
     for _ in 0..rounds.parse::<usize>()? {
@@ -178,12 +181,7 @@ async fn feed_latency(args: &[String]) -> Result<(), BoxError> {
         let jti = claims["jti"].as_str().ok_or("no jti")?.to_owned();
         let mut sse = http.get(format!("{url}/v1/revocations/stream")).bearer_auth(admin).send().await?;
         // Drain the backlog: wait until the stream is idle briefly.
-        loop {
-            match tokio::time::timeout(std::time::Duration::from_millis(200), sse.chunk()).await {
-                Ok(Ok(Some(_))) => continue,
-                _ => break,
-            }
-        }
+        while let Ok(Ok(Some(_))) = tokio::time::timeout(std::time::Duration::from_millis(200), sse.chunk()).await {}
         let start = std::time::Instant::now();
         http.post(format!("{url}/v1/revocations"))
             .bearer_auth(admin)
@@ -193,7 +191,8 @@ async fn feed_latency(args: &[String]) -> Result<(), BoxError> {
             .error_for_status()?;
         let mut seen = String::new();
         while !seen.contains(&jti) {
-            let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), sse.chunk()).await??.ok_or("stream ended")?;
+            let chunk =
+                tokio::time::timeout(std::time::Duration::from_secs(5), sse.chunk()).await??.ok_or("stream ended")?;
             seen.push_str(&String::from_utf8_lossy(&chunk));
         }
         println!("{:.2}", start.elapsed().as_secs_f64() * 1000.0);

@@ -258,10 +258,25 @@ async fn leases_audit_and_metrics() {
     let _b = token(&srv, &k8s, "prod", "worker", "https://api.test").await;
     let jti = srv.verify(&a, "https://api.test").await["jti"].as_str().unwrap().to_owned();
     revoke(&srv, json!({"jti": jti})).await.error_for_status().unwrap();
+    // One that expires at once, for the expiry counter.
+    let short = srv
+        .exchange(&[
+            ("grant_type", TOKEN_EXCHANGE),
+            ("subject_token", &k8s.k8s_token("prod", "batch")),
+            ("subject_token_type", JWT_TYPE),
+            ("audience", "https://api.test"),
+            ("requested_lifetime", "1"),
+        ])
+        .await;
+    assert_eq!(short.status(), 200);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
 
     let get = |path: String| srv.http.get(format!("{}{path}", srv.url)).bearer_auth(&srv.admin_token).send();
     let leases: Vec<Value> = get("/v1/leases".into()).await.unwrap().json().await.unwrap();
     assert_eq!(leases.len(), 1, "active only by default");
+    let expired: Vec<Value> = get("/v1/leases?state=expired".into()).await.unwrap().json().await.unwrap();
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0]["subject"], "spiffe://test.example/ns/prod/sa/batch");
     assert_eq!(leases[0]["subject"], "spiffe://test.example/ns/prod/sa/worker");
     let revoked: Vec<Value> = get("/v1/leases?state=revoked".into()).await.unwrap().json().await.unwrap();
     assert_eq!(revoked.len(), 1);
@@ -273,7 +288,7 @@ async fn leases_audit_and_metrics() {
         .json()
         .await
         .unwrap();
-    assert_eq!(all.len(), 2);
+    assert_eq!(all.len(), 3);
     assert_problem(get("/v1/leases?state=zombie".into()).await.unwrap(), 400, "invalid-request").await;
 
     let events: Vec<Value> = get("/v1/audit?kind=credential.".into()).await.unwrap().json().await.unwrap();
@@ -298,10 +313,13 @@ async fn leases_audit_and_metrics() {
         assert!(metrics.contains(m), "{m} in /metrics");
     }
     // The statistics task publishes live credentials and standing exposure.
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(25);
     loop {
         let m = srv.http.get(format!("{}/metrics", srv.url)).send().await.unwrap().text().await.unwrap();
-        if m.contains("mayfly_standing_exposure_seconds") && m.contains("mayfly_live_credentials") {
+        if m.contains("mayfly_standing_exposure_seconds")
+            && m.contains("mayfly_live_credentials")
+            && m.contains("mayfly_credentials_expired_total")
+        {
             break;
         }
         assert!(Instant::now() < deadline, "gauges published");

@@ -60,10 +60,23 @@ pub async fn scan(
     Ok(out)
 }
 
-/// Publishes the statistics as gauges every `every`.
+/// Publishes the statistics as gauges every `every`, and counts expiries:
+/// `mayfly_credentials_expired_total{kind}` starts from the ledger's count, so it
+/// stays right across restarts.
 pub async fn run(store: Arc<dyn Store>, revocations: Arc<Revocations>, every: Duration) {
+    let mut counted_until = i64::MIN;
     loop {
-        match scan(store.as_ref(), &revocations, crate::clock::now_unix()).await {
+        let now = crate::clock::now_unix();
+        match store.count_expiring(counted_until, now).await {
+            Ok(counts) => {
+                for (kind, n) in counts {
+                    metrics::counter!("mayfly_credentials_expired_total", "kind" => kind).increment(n.max(0) as u64);
+                }
+                counted_until = now;
+            }
+            Err(e) => tracing::warn!(error = %e, "expiry count failed"),
+        }
+        match scan(store.as_ref(), &revocations, now).await {
             Ok(mut stats) => {
                 // Always publish the access-token series, even at zero.
                 stats.entry("jwt".to_owned()).or_default();

@@ -199,6 +199,8 @@ pub trait Store: Send + Sync + 'static {
     async fn drop_expired_revocations(&self, now: i64) -> Result<u64, LedgerError>;
     /// Credentials matching a filter, ordered by `jti`.
     async fn credentials(&self, filter: &CredentialFilter) -> Result<Vec<CredentialRecord>, LedgerError>;
+    /// How many credentials of each kind expire in `(after, until]`.
+    async fn count_expiring(&self, after: i64, until: i64) -> Result<Vec<(String, i64)>, LedgerError>;
     /// Audit events matching a filter, in chain order.
     async fn audit_query(&self, filter: &AuditFilter) -> Result<Vec<ChainedAuditEvent>, LedgerError>;
     /// Audit events with `seq > after`, in order, at most `limit`.

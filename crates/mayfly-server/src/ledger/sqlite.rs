@@ -398,6 +398,17 @@ impl Store for SqliteStore {
         Ok(rows.iter().map(credential_from_row).collect::<Result<_, _>>()?)
     }
 
+    async fn count_expiring(&self, after: i64, until: i64) -> Result<Vec<(String, i64)>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT kind, COUNT(*) AS n FROM credentials WHERE expires_at > ? AND expires_at <= ? GROUP BY kind",
+        )
+        .bind(after)
+        .bind(until)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get("kind")?, r.try_get("n")?))).collect()
+    }
+
     async fn audit_query(&self, f: &AuditFilter) -> Result<Vec<ChainedAuditEvent>, LedgerError> {
         let mut q = QueryBuilder::<Sqlite>::new("SELECT * FROM audit_events WHERE seq > ");
         q.push_bind(f.after);
