@@ -76,8 +76,9 @@ async fn jwks_is_cached_and_refreshed_on_rotation_with_rate_limit() {
     let opts = Options { issuer_section: Some(url_issuer_section(&jwks.url, "1s")), ..Options::default() };
     let srv = TestServer::start_with(&k8s, &gh, opts).await;
 
+    let first = k8s.k8s_token("prod", "web");
     for _ in 0..10 {
-        assert_eq!(srv.exchange_jwt(&k8s.k8s_token("prod", "web"), "https://api.test").await.status(), 200);
+        assert_eq!(srv.exchange_jwt(&first, "https://api.test").await.status(), 200);
     }
     assert_eq!(jwks.fetches.load(Ordering::SeqCst), 1, "one fetch serves many tokens");
 
@@ -94,6 +95,9 @@ async fn jwks_is_cached_and_refreshed_on_rotation_with_rate_limit() {
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let t = rotated.sign_with("RS256", json!({"kid": "rsa-1-2"}), &rotated.k8s_claims("prod", "web"));
     assert_eq!(srv.exchange_jwt(&t, "https://api.test").await.status(), 200);
+    // The old key left the JWKS: a token it signed, verified (and remembered) before,
+    // no longer vouches for anyone.
+    assert_problem(srv.exchange_jwt(&first, "https://api.test").await, 400, "unknown-signing-key").await;
     srv.stop().await;
 }
 

@@ -12,6 +12,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 use tokio::sync::{Mutex, RwLock};
 
 use super::{AttestError, WorkloadIdentity, template};
@@ -21,6 +22,8 @@ const GITHUB_ISSUER: &str = "https://token.actions.githubusercontent.com";
 const GITHUB_JWKS: &str = "https://token.actions.githubusercontent.com/.well-known/jwks";
 /// Largest JWKS document accepted from a URL.
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
+/// Most verified tokens remembered per issuer.
+const VERIFIED_CACHE_ENTRIES: usize = 10_000;
 
 /// Returns the unverified `iss` of a JWT, only to choose which attestor verifies it.
 pub fn peek_issuer(token: &str) -> Result<String, AttestError> {
@@ -114,6 +117,11 @@ pub struct OidcAttestor {
     cache: RwLock<CachedKeys>,
     /// Serialises fetches (one in flight) and remembers when the last one started.
     fetch_gate: Mutex<Option<Instant>>,
+    /// Tokens already verified, by SHA-256, until their `exp`: a workload presents the
+    /// same platform token many times during its life, and re-verifying an RSA
+    /// signature each time is the largest cost of an exchange. Cleared whenever the
+    /// key set changes, so a key removed from the JWKS stops vouching at once.
+    verified: std::sync::Mutex<HashMap<[u8; 32], (WorkloadIdentity, i64)>>,
 }
 
 impl std::fmt::Debug for OidcAttestor {
@@ -200,6 +208,7 @@ impl OidcAttestor {
             source,
             cache: RwLock::new(CachedKeys { keys, fetched_at: None }),
             fetch_gate: Mutex::new(None),
+            verified: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -213,8 +222,29 @@ impl OidcAttestor {
         &self.name
     }
 
-    /// Verifies a token and maps it to a workload identity.
+    /// Verifies a token (or finds it verified before and unexpired) and maps it to a workload identity.
     pub async fn attest(&self, token: &str) -> Result<WorkloadIdentity, AttestError> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now = crate::clock::now_unix();
+        if let Some((id, exp)) = self.verified.lock().ok().and_then(|c| c.get(&digest).cloned())
+            && exp > now
+        {
+            return Ok(id);
+        }
+        let (identity, exp) = self.verify(token).await?;
+        if let Ok(mut cache) = self.verified.lock() {
+            if cache.len() >= VERIFIED_CACHE_ENTRIES {
+                cache.retain(|_, (_, e)| *e > now);
+                if cache.len() >= VERIFIED_CACHE_ENTRIES {
+                    cache.clear();
+                }
+            }
+            cache.insert(digest, (identity.clone(), exp));
+        }
+        Ok(identity)
+    }
+
+    async fn verify(&self, token: &str) -> Result<(WorkloadIdentity, i64), AttestError> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
             // An `alg` the JOSE library does not know (including `none`) fails header parsing.
             ErrorKind::Json(_) | ErrorKind::InvalidAlgorithmName => AttestError::AlgorithmNotAllowed {
@@ -243,9 +273,10 @@ impl OidcAttestor {
         v.validate_nbf = true;
         v.leeway = self.leeway;
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &v).map_err(|e| self.map_error(e))?;
+        let exp = data.claims.get("exp").and_then(Value::as_i64).ok_or_else(|| AttestError::BadClaim("exp".into()))?;
         let attributes = self.attributes(&data.claims);
         let spiffe_id = template::render(&self.template, &self.trust_domain, &attributes)?;
-        Ok(WorkloadIdentity { spiffe_id, attestor: format!("oidc:{}", self.name), attributes })
+        Ok((WorkloadIdentity { spiffe_id, attestor: format!("oidc:{}", self.name), attributes }, exp))
     }
 
     fn allowed_names(&self) -> String {
@@ -323,6 +354,9 @@ impl OidcAttestor {
                 let mut cache = self.cache.write().await;
                 cache.keys = Arc::new(keys);
                 cache.fetched_at = Some(Instant::now());
+                if let Ok(mut v) = self.verified.lock() {
+                    v.clear();
+                }
                 Ok(())
             }
             Err(reason) => {

@@ -270,12 +270,15 @@ impl Store for SqliteStore {
         revocations: &[Revocation],
         events: &[ChainedAuditEvent],
     ) -> Result<(), LedgerError> {
-        // Multi-row INSERTs: a group commit costs a handful of statements, not two per request.
-        let mut conn = self.writer.lock().await;
-        let mut tx = conn.begin().await?;
+        if credentials.is_empty() && revocations.is_empty() && events.is_empty() {
+            return Ok(());
+        }
+        // The whole group commit is one multi-statement query: one round trip to the
+        // SQLite worker thread instead of one per statement (BEGIN, inserts, COMMIT).
+        let mut q = QueryBuilder::<Sqlite>::new("BEGIN IMMEDIATE;");
         for chunk in credentials.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO credentials (jti, kind, subject, audience, scope, task_id, client_id, issued_at, \
+            q.push(
+                " INSERT INTO credentials (jti, kind, subject, audience, scope, task_id, client_id, issued_at, \
                  expires_at, key_id, binding, fingerprint) ",
             );
             q.push_values(chunk, |mut b, c| {
@@ -292,27 +295,23 @@ impl Store for SqliteStore {
                     .push_bind(&c.binding)
                     .push_bind(&c.fingerprint);
             });
-            q.build().execute(&mut *tx).await?;
+            q.push(";");
         }
-        for r in revocations {
-            sqlx::query(
-                "INSERT INTO revocations (seq, kind, value, issued_before, revoked_at, expires_at, reason) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(r.cursor)
-            .bind(r.kind.as_str())
-            .bind(&r.value)
-            .bind(r.issued_before)
-            .bind(r.revoked_at)
-            .bind(r.expires_at)
-            .bind(&r.reason)
-            .execute(&mut *tx)
-            .await?;
+        for chunk in revocations.chunks(ROWS_PER_STATEMENT) {
+            q.push(" INSERT INTO revocations (seq, kind, value, issued_before, revoked_at, expires_at, reason) ");
+            q.push_values(chunk, |mut b, r| {
+                b.push_bind(r.cursor)
+                    .push_bind(r.kind.as_str())
+                    .push_bind(&r.value)
+                    .push_bind(r.issued_before)
+                    .push_bind(r.revoked_at)
+                    .push_bind(r.expires_at)
+                    .push_bind(&r.reason);
+            });
+            q.push(";");
         }
         for chunk in events.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO audit_events (seq, ts_ms, kind, subject, detail, prev_hash, hash) ",
-            );
+            q.push(" INSERT INTO audit_events (seq, ts_ms, kind, subject, detail, prev_hash, hash) ");
             q.push_values(chunk, |mut b, e| {
                 b.push_bind(e.seq)
                     .push_bind(e.ts_ms)
@@ -322,9 +321,15 @@ impl Store for SqliteStore {
                     .push_bind(&e.prev_hash)
                     .push_bind(&e.hash);
             });
-            q.build().execute(&mut *tx).await?;
+            q.push(";");
         }
-        tx.commit().await?;
+        q.push(" COMMIT;");
+        let mut conn = self.writer.lock().await;
+        if let Err(e) = q.build().execute(&mut *conn).await {
+            // A failed statement leaves the transaction open: end it, keeping nothing.
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            return Err(e.into());
+        }
         Ok(())
     }
 
@@ -438,5 +443,38 @@ impl Store for SqliteStore {
     async fn credential(&self, jti: &str) -> Result<Option<CredentialRecord>, LedgerError> {
         let row = sqlx::query("SELECT * FROM credentials WHERE jti = ?").bind(jti).fetch_optional(&self.pool).await?;
         Ok(row.as_ref().map(credential_from_row).transpose()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(jti: &str) -> CredentialRecord {
+        CredentialRecord {
+            jti: jti.into(),
+            kind: "jwt".into(),
+            subject: "spiffe://td/a".into(),
+            audience: "aud".into(),
+            scope: String::new(),
+            task_id: None,
+            client_id: "spiffe://td/a".into(),
+            issued_at: 1,
+            expires_at: 2,
+            key_id: "k".into(),
+            binding: None,
+            fingerprint: "f".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_group_commit_keeps_nothing_and_the_next_one_works() {
+        let store = SqliteStore::in_memory().await.unwrap();
+        store.append(&[record("a")], &[], &[]).await.unwrap();
+        // "b" then a duplicate "a": the statement fails, and "b" must not stay behind.
+        assert!(store.append(&[record("b"), record("a")], &[], &[]).await.is_err());
+        assert!(store.credential("b").await.unwrap().is_none());
+        store.append(&[record("c")], &[], &[]).await.unwrap();
+        assert!(store.credential("c").await.unwrap().is_some());
     }
 }
