@@ -290,6 +290,8 @@ async fn leases_audit_and_metrics() {
         .unwrap();
     assert_eq!(all.len(), 3);
     assert_problem(get("/v1/leases?state=zombie".into()).await.unwrap(), 400, "invalid-request").await;
+    assert_problem(get("/v1/leases?limit=many".into()).await.unwrap(), 400, "invalid-request").await;
+    assert_problem(get("/v1/audit?since=yesterday".into()).await.unwrap(), 400, "invalid-request").await;
 
     let events: Vec<Value> = get("/v1/audit?kind=credential.".into()).await.unwrap().json().await.unwrap();
     assert_eq!(events.len(), 1);

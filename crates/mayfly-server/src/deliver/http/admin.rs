@@ -9,7 +9,7 @@ use mayfly_proto::{CreateJoinTokenRequest, CreateJoinTokenResponse, SigningKeyIn
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use super::{ApiError, AppState, MAX_BODY_BYTES, require_admin};
+use super::{ApiError, AppState, require_admin};
 use crate::ledger::AuditEvent;
 
 /// Parses an optional JSON body: empty means defaults.
@@ -17,13 +17,7 @@ pub(crate) fn json_body<T: DeserializeOwned + Default>(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<T, ApiError> {
-    let body = body.map_err(|rej| {
-        if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge(MAX_BODY_BYTES)
-        } else {
-            ApiError::bad_request("invalid-request", "the request body could not be read")
-        }
-    })?;
+    let body = super::read_body(body)?;
     if body.is_empty() {
         return Ok(T::default());
     }

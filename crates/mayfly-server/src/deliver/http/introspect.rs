@@ -6,6 +6,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -110,9 +111,10 @@ fn entry(r: &Revocation) -> serde_json::Value {
 pub async fn feed(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<FeedQuery>,
+    query: Result<Query<FeedQuery>, QueryRejection>,
 ) -> Result<Json<RevocationPage>, ApiError> {
     require_verifier(&state, &headers).await?;
+    let q = super::read_query(query)?;
     let since = parse_cursor(&state, q.since.as_deref(), &HeaderMap::new())?;
     let limit = match q.limit.as_deref() {
         None => MAX_PAGE,
@@ -137,9 +139,10 @@ pub async fn feed(
 pub async fn stream(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<FeedQuery>,
+    query: Result<Query<FeedQuery>, QueryRejection>,
 ) -> Result<Sse<impl futures_core::Stream<Item = Result<Event, Infallible>>>, ApiError> {
     require_verifier(&state, &headers).await?;
+    let q = super::read_query(query)?;
     let mut cursor = parse_cursor(&state, q.since.as_deref(), &headers)?;
     // Subscribe before reading the backlog, so nothing falls between the two.
     let mut live = state.revocations.subscribe();

@@ -106,6 +106,26 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
+/// The request body, or the problem that explains why it could not be read.
+pub(crate) fn read_body(
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<axum::body::Bytes, ApiError> {
+    body.map_err(|rej| {
+        if rej.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(MAX_BODY_BYTES)
+        } else {
+            ApiError::bad_request("invalid-request", "the request body could not be read")
+        }
+    })
+}
+
+/// Query parameters, or a problem naming the one that did not parse.
+pub(crate) fn read_query<T>(
+    query: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, ApiError> {
+    query.map(|q| q.0).map_err(|rej| ApiError::bad_request("invalid-request", rej.body_text()))
+}
+
 /// Hex SHA-256 of an admin token; only hashes are stored.
 pub fn admin_token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))

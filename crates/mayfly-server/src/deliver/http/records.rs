@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use mayfly_proto::RevokeRequest;
@@ -97,9 +98,10 @@ pub struct Lease {
 pub async fn leases(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<LeaseQuery>,
+    query: Result<Query<LeaseQuery>, QueryRejection>,
 ) -> Result<Json<Vec<Lease>>, ApiError> {
     require_admin(&state, &headers).await?;
+    let q = super::read_query(query)?;
     let now = crate::clock::now_unix();
     let want = q.state.as_deref().unwrap_or("active");
     let limit = q.limit.unwrap_or(100);
@@ -203,9 +205,10 @@ pub struct AuditEntry {
 pub async fn audit(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<AuditQuery>,
+    query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Json<Vec<AuditEntry>>, ApiError> {
     require_admin(&state, &headers).await?;
+    let q = super::read_query(query)?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=MAX_LIST).contains(&limit) {
         return Err(ApiError::bad_request("invalid-request", format!("limit is 1 to {MAX_LIST}")));

@@ -3,11 +3,11 @@
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use mayfly_proto::{GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS_TOKEN, TokenExchangeResponse};
 
-use super::{ApiError, AppState, MAX_BODY_BYTES};
+use super::{ApiError, AppState};
 use crate::broker::ExchangeParams;
 use crate::deliver::listener::PeerInfo;
 
@@ -27,13 +27,7 @@ impl Form {
                 "the token endpoint takes application/x-www-form-urlencoded (RFC 6749 §4.1.3)".into(),
             ));
         }
-        let body = body.map_err(|rej| {
-            if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge(MAX_BODY_BYTES)
-            } else {
-                ApiError::oauth("invalid-request", "invalid_request", "the request body could not be read")
-            }
-        })?;
+        let body = super::read_body(body)?;
         let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).map_err(|_| {
             ApiError::oauth("invalid-request", "invalid_request", "the body is not valid form encoding")
         })?;
