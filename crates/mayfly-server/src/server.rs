@@ -186,6 +186,8 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
         cfg.tokens.clone(),
         &cfg.audiences,
     ));
+    // Long-lived responses (event streams) end when this turns true, so shutdown can drain.
+    let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
     let state = AppState::new(AppInner {
         broker: broker.clone(),
         keys: keys.clone(),
@@ -198,6 +200,7 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
         revocations: revocations.clone(),
         verifier,
         admin_cache: Default::default(),
+        stopping: stopping_rx,
     });
 
     ledger
@@ -226,6 +229,7 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
     let task = tokio::spawn(async move {
         listener::serve(tcp, tls, app, async {
             let _ = rx.await;
+            let _ = stopping_tx.send(true);
         })
         .await;
         watcher.abort();

@@ -84,22 +84,74 @@ struct Header {
     kid: Option<String>,
 }
 
+/// Most tokens whose signature check is remembered.
+const VERIFIED_CACHE_ENTRIES: usize = 50_000;
+
 /// Verifies Mayfly access tokens against the key ring and the revocation index.
 #[derive(Debug, Clone)]
 pub struct TokenVerifier {
     keys: Arc<KeyRing>,
     revocations: Arc<Revocations>,
     issuer: String,
+    /// Claims of tokens whose signature was checked, by SHA-256 of the token. A token's
+    /// bytes never change, so only its lifetime and revocation need checking again;
+    /// this saves the signature verification, the largest cost of an introspection.
+    /// Retired keys stay published until every token they signed has expired, so a
+    /// remembered signature never outlives its key.
+    verified: Arc<std::sync::Mutex<std::collections::HashMap<[u8; 32], Arc<AccessClaims>>>>,
 }
 
 impl TokenVerifier {
     /// A verifier for tokens with `iss = issuer`.
     pub fn new(keys: Arc<KeyRing>, revocations: Arc<Revocations>, issuer: String) -> Self {
-        Self { keys, revocations, issuer }
+        Self { keys, revocations, issuer, verified: Default::default() }
     }
 
     /// Verifies signature, type, issuer, lifetime, optional audience, and revocation.
     pub fn verify(&self, token: &str, audience: Option<&str>, now: i64) -> Result<AccessClaims, VerifyError> {
+        use sha2::Digest;
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let cached = self.verified.lock().ok().and_then(|c| c.get(&digest).cloned());
+        let claims = match cached {
+            Some(c) => c,
+            None => {
+                let c = Arc::new(self.check_signature_and_issuer(token)?);
+                if let Ok(mut cache) = self.verified.lock() {
+                    if cache.len() >= VERIFIED_CACHE_ENTRIES {
+                        cache.retain(|_, v| v.exp > now);
+                        if cache.len() >= VERIFIED_CACHE_ENTRIES {
+                            cache.clear();
+                        }
+                    }
+                    cache.insert(digest, c.clone());
+                }
+                c
+            }
+        };
+        if claims.exp <= now {
+            return Err(VerifyError::Expired);
+        }
+        if claims.nbf.is_some_and(|nbf| nbf > now + LEEWAY_SECS) {
+            return Err(VerifyError::NotYetValid);
+        }
+        if audience.is_some_and(|a| a != claims.aud) {
+            return Err(VerifyError::WrongAudience);
+        }
+        let facts = CredentialFacts {
+            jti: &claims.jti,
+            subject: &claims.sub,
+            audience: &claims.aud,
+            task_id: claims.task.as_deref(),
+            issued_at: claims.iat,
+        };
+        if let Some(kind) = self.revocations.revoked_by(&facts) {
+            return Err(VerifyError::Revoked(kind));
+        }
+        Ok(AccessClaims::clone(&claims))
+    }
+
+    /// The expensive, time-independent part: shape, type, signature, issuer.
+    fn check_signature_and_issuer(&self, token: &str) -> Result<AccessClaims, VerifyError> {
         if token.len() > 16 * 1024 {
             return Err(VerifyError::Malformed);
         }
@@ -124,25 +176,6 @@ impl TokenVerifier {
             B64.decode(p).ok().and_then(|b| serde_json::from_slice(&b).ok()).ok_or(VerifyError::Malformed)?;
         if claims.iss != self.issuer {
             return Err(VerifyError::WrongIssuer);
-        }
-        if claims.exp <= now {
-            return Err(VerifyError::Expired);
-        }
-        if claims.nbf.is_some_and(|nbf| nbf > now + LEEWAY_SECS) {
-            return Err(VerifyError::NotYetValid);
-        }
-        if audience.is_some_and(|a| a != claims.aud) {
-            return Err(VerifyError::WrongAudience);
-        }
-        let facts = CredentialFacts {
-            jti: &claims.jti,
-            subject: &claims.sub,
-            audience: &claims.aud,
-            task_id: claims.task.as_deref(),
-            issued_at: claims.iat,
-        };
-        if let Some(kind) = self.revocations.revoked_by(&facts) {
-            return Err(VerifyError::Revoked(kind));
         }
         Ok(claims)
     }

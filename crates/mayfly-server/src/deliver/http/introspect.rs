@@ -147,6 +147,7 @@ pub async fn stream(
     // Subscribe before reading the backlog, so nothing falls between the two.
     let mut live = state.revocations.subscribe();
     let store = state.store.clone();
+    let mut stopping = state.stopping.clone();
     let stream = async_stream::stream! {
         let to_event = |r: &Revocation| Event::default().event("revocation").id(r.cursor.to_string()).data(entry(r).to_string());
         loop {
@@ -166,7 +167,11 @@ pub async fn stream(
                     continue;
                 }
             }
-            match live.recv().await {
+            let next = tokio::select! {
+                next = live.recv() => next,
+                _ = stopping.wait_for(|s| *s) => break,
+            };
+            match next {
                 Ok(r) if r.cursor > cursor => {
                     cursor = r.cursor;
                     yield Ok(to_event(&r));

@@ -55,6 +55,8 @@ pub struct AppInner {
     pub verifier: TokenVerifier,
     /// Admin-token hashes seen valid recently (saves a storage read per admin call).
     pub admin_cache: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// Turns true when the server is shutting down.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl AppState {
