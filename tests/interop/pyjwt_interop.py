@@ -1,0 +1,110 @@
+"""Interop: a standard OAuth/JOSE stack that is not Mayfly's code.
+
+Starts `mayfly server --dev`, performs the RFC 8693 exchange with plain HTTP
+(urllib), verifies the token with PyJWT through the published JWKS
+(PyJWKClient) and the discovery document, and checks RFC 7662 introspection and
+revocation. Prints 'N passed, N failed' and exits non-zero on any failure.
+
+Usage: python3 tests/interop/pyjwt_interop.py PATH/TO/mayfly
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import jwt
+
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+JOIN_TYPE = "urn:mayfly:params:oauth:token-type:join-token"
+RESULTS = []
+
+
+def check(name, cond, detail=""):
+    RESULTS.append((name, bool(cond)))
+    print(("ok   " if cond else "FAIL ") + name + (f": {detail}" if detail and not cond else ""))
+
+
+def post(url, data, headers=None, json_body=False):
+    body = json.dumps(data).encode() if json_body else urllib.parse.urlencode(data).encode()
+    req = urllib.request.Request(url, data=body, method="POST", headers=headers or {})
+    req.add_header("content-type", "application/json" if json_body else "application/x-www-form-urlencoded")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.headers, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, json.loads(e.read())
+
+
+def main():
+    binary = sys.argv[1]
+    with tempfile.TemporaryDirectory() as data:
+        proc = subprocess.Popen(
+            [binary, "server", "--dev", "--listen", "127.0.0.1:0", "--data-dir", data],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            env={**os.environ, "MAYFLY_LOG": "warn"},
+        )
+        try:
+            banner = {}
+            deadline = time.time() + 60
+            while len(banner) < 3 and time.time() < deadline:
+                line = proc.stdout.readline().strip()
+                for key in ("URL:", "Admin token:", "Join token:"):
+                    if line.startswith(key):
+                        banner[key] = line[len(key):].strip()
+            url, admin, join = banner["URL:"], banner["Admin token:"], banner["Join token:"]
+
+            meta = json.load(urllib.request.urlopen(url + "/.well-known/openid-configuration", timeout=10))
+            check("discovery names the issuer", meta["issuer"] == url)
+
+            status, headers, tok = post(url + "/v1/token", {
+                "grant_type": TOKEN_EXCHANGE, "subject_token": join, "subject_token_type": JOIN_TYPE,
+                "audience": "https://api.example", "scope": "read",
+            })
+            check("RFC 8693 exchange answers 200", status == 200, tok)
+            check("token response is not cacheable", headers.get("cache-control") == "no-store")
+            check("issued_token_type is access_token",
+                  tok.get("issued_token_type") == "urn:ietf:params:oauth:token-type:access_token")
+            access = tok["access_token"]
+
+            jwks = jwt.PyJWKClient(meta["jwks_uri"])
+            key = jwks.get_signing_key_from_jwt(access)
+            header = jwt.get_unverified_header(access)
+            check("RFC 9068 typ at+jwt", header.get("typ") == "at+jwt", header)
+            claims = jwt.decode(access, key.key, algorithms=["EdDSA", "ES256"], audience="https://api.example",
+                                issuer=url, options={"require": ["exp", "iat", "sub", "aud", "iss", "jti"]})
+            check("PyJWT verifies the token against the JWKS", claims["sub"].startswith("spiffe://"))
+            check("client_id and scope claims", claims.get("client_id") == claims["sub"] and claims.get("scope") == "read")
+            try:
+                jwt.decode(access, key.key, algorithms=["EdDSA", "ES256"], audience="https://other.example", issuer=url)
+                check("wrong audience is refused by PyJWT", False)
+            except jwt.InvalidAudienceError:
+                check("wrong audience is refused by PyJWT", True)
+
+            auth = {"authorization": "Bearer " + admin}
+            status, _, intro = post(url + "/v1/introspect", {"token": access}, auth)
+            check("RFC 7662 active token", status == 200 and intro.get("active") is True and intro.get("sub") == claims["sub"], intro)
+            status, _, rev = post(url + "/v1/revocations", {"jti": claims["jti"]}, auth, json_body=True)
+            check("revocation by jti", status == 201, rev)
+            status, _, intro = post(url + "/v1/introspect", {"token": access}, auth)
+            check("revoked token is inactive", intro == {"active": False}, intro)
+            status, headers, problem = post(url + "/v1/token", {"grant_type": TOKEN_EXCHANGE})
+            check("errors are RFC 9457 problems with an OAuth error code",
+                  status == 400 and headers.get("content-type") == "application/problem+json"
+                  and problem.get("error") == "invalid_request", problem)
+        except Exception as e:  # any unexpected failure is a failed check, not a crash
+            check("interop run completes", False, repr(e))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=15)
+    failed = sum(1 for _, ok in RESULTS if not ok)
+    print(f"{len(RESULTS) - failed} passed, {failed} failed")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
