@@ -223,7 +223,7 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
     };
     let watcher = tokio::spawn(watch_policies(policies, ledger.clone(), cfg.policy.reload_interval, hup));
     let upkeep = tokio::spawn(revocations.clone().run_upkeep(Duration::from_millis(500)));
-    let stats = tokio::spawn(crate::govern::stats::run(ledger.store().clone(), revocations, Duration::from_secs(10)));
+    let stats = tokio::spawn(crate::govern::stats::run(ledger.clone(), revocations, Duration::from_secs(10)));
     let (tx, rx) = oneshot::channel::<()>();
     let app = router(state);
     let task = tokio::spawn(async move {

@@ -318,7 +318,20 @@ async fn leases_audit_and_metrics() {
     let deadline = Instant::now() + Duration::from_secs(25);
     loop {
         let m = srv.http.get(format!("{}/metrics", srv.url)).send().await.unwrap().text().await.unwrap();
-        if m.contains("mayfly_standing_exposure_seconds")
+        let expired_audited = srv
+            .running
+            .broker
+            .ledger()
+            .store()
+            .audit_query(&mayfly_server::ledger::AuditFilter {
+                kind: Some("credential.expired".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        if !expired_audited.is_empty()
+            && m.contains("mayfly_standing_exposure_seconds")
             && m.contains("mayfly_live_credentials")
             && m.contains("mayfly_credentials_expired_total")
         {

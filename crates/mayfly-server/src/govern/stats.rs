@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::Revocations;
 use crate::ledger::revocation::CredentialFacts;
-use crate::ledger::{CredentialFilter, LedgerError, Store};
+use crate::ledger::{AuditEvent, CredentialFilter, Ledger, LedgerError, Store};
 
 /// Live counts by credential kind.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -62,17 +62,29 @@ pub async fn scan(
 
 /// Publishes the statistics as gauges every `every`, and counts expiries:
 /// `mayfly_credentials_expired_total{kind}` starts from the ledger's count, so it
-/// stays right across restarts.
-pub async fn run(store: Arc<dyn Store>, revocations: Arc<Revocations>, every: Duration) {
-    let mut counted_until = i64::MIN;
+/// stays right across restarts. Each interval's expiries are audited as one
+/// `credential.expired` event per kind (one event per token would double the audit
+/// trail's size for no information the ledger does not already hold).
+pub async fn run(ledger: Ledger, revocations: Arc<Revocations>, every: Duration) {
+    let store = ledger.store().clone();
+    let mut counted_until: Option<i64> = None;
     loop {
         let now = crate::clock::now_unix();
-        match store.count_expiring(counted_until, now).await {
+        match store.count_expiring(counted_until.unwrap_or(i64::MIN), now).await {
             Ok(counts) => {
                 for (kind, n) in counts {
-                    metrics::counter!("mayfly_credentials_expired_total", "kind" => kind).increment(n.max(0) as u64);
+                    metrics::counter!("mayfly_credentials_expired_total", "kind" => kind.clone())
+                        .increment(n.max(0) as u64);
+                    // The first count after start covers the whole history: already audited before.
+                    if let Some(from) = counted_until {
+                        let detail =
+                            serde_json::json!({"kind": kind, "count": n, "expired_after": from, "expired_until": now});
+                        if let Err(e) = ledger.audit(AuditEvent::new("credential.expired", None, detail)).await {
+                            tracing::warn!(error = %e, "audit of expiries failed");
+                        }
+                    }
                 }
-                counted_until = now;
+                counted_until = Some(now);
             }
             Err(e) => tracing::warn!(error = %e, "expiry count failed"),
         }
