@@ -71,7 +71,41 @@ pub struct Broker {
     kek: Arc<Kek>,
     tokens: TokensConfig,
     audiences: HashMap<String, AudienceConfig>,
+    failure_audit: RateLimit,
 }
+
+/// At most `per_second` events in each wall-clock second.
+struct RateLimit {
+    per_second: u64,
+    /// (second, count) packed as second << 20 | count.
+    state: std::sync::atomic::AtomicU64,
+}
+
+impl RateLimit {
+    fn new(per_second: u64) -> Self {
+        Self { per_second: per_second.min((1 << 20) - 1), state: std::sync::atomic::AtomicU64::new(0) }
+    }
+
+    fn admit(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let now = crate::clock::now_unix().max(0) as u64;
+        let mut cur = self.state.load(Ordering::Relaxed);
+        loop {
+            let (sec, count) = (cur >> 20, cur & ((1 << 20) - 1));
+            let next = if sec == now { (now << 20) | (count + 1) } else { (now << 20) | 1 };
+            if sec == now && count >= self.per_second {
+                return false;
+            }
+            match self.state.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+}
+
+/// Failed attestations audited per second at most; the rest are counted in a metric.
+const FAILED_ATTESTATION_AUDITS_PER_SECOND: u64 = 100;
 
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -91,7 +125,8 @@ impl Broker {
         audiences: &[AudienceConfig],
     ) -> Self {
         let audiences = audiences.iter().map(|a| (a.name.clone(), a.clone())).collect();
-        Self { attestors, policies, issuer, ledger, kek, tokens, audiences }
+        let failure_audit = RateLimit::new(FAILED_ATTESTATION_AUDITS_PER_SECOND);
+        Self { attestors, policies, issuer, ledger, kek, tokens, audiences, failure_audit }
     }
 
     /// The attestors (join tokens are created through them).
@@ -113,13 +148,22 @@ impl Broker {
     /// The token is recorded durably before this returns.
     pub async fn exchange(&self, p: ExchangeParams) -> Result<IssuedToken, BrokerError> {
         let scopes = parse_scopes(p.scope.as_deref())?;
+        if p.requested_lifetime == Some(0) {
+            // Refused before attestation: a join token must not be spent on a request that cannot succeed.
+            return Err(BrokerError::InvalidRequest("requested_lifetime must be at least 1 second".into()));
+        }
         let identity = match self.attestors.attest(&p.subject_token_type, &p.subject_token).await {
             Ok(id) => id,
             Err(e) => {
                 let detail = json!({"reason": e.code(), "message": e.to_string(), "source_ip": p.source_ip.to_string(),
                                     "subject_token_type": p.subject_token_type});
                 metrics::counter!("mayfly_requests_denied_total", "reason" => "attestation").increment(1);
-                self.audit_best_effort(AuditEvent::new("attest.failed", None, detail)).await;
+                // Anyone can send bad evidence: cap what it writes to the audit trail.
+                if self.failure_audit.admit() {
+                    self.audit_best_effort(AuditEvent::new("attest.failed", None, detail)).await;
+                } else {
+                    metrics::counter!("mayfly_audit_events_suppressed_total", "kind" => "attest.failed").increment(1);
+                }
                 return Err(e.into());
             }
         };
@@ -250,6 +294,13 @@ fn parse_scopes(scope: Option<&str>) -> Result<Vec<String>, BrokerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rate_limit_admits_per_second() {
+        let rl = RateLimit::new(3);
+        let admitted = (0..10).filter(|_| rl.admit()).count();
+        assert!((3..=6).contains(&admitted), "at most 3 a second (a second boundary may pass): {admitted}");
+    }
 
     #[test]
     fn scopes_parse_and_dedupe() {

@@ -246,10 +246,11 @@ async fn ensure_admin_token(cfg: &Config, store: &dyn Store) -> Result<Option<St
         return Ok(None);
     }
     let token = format!("{ADMIN_TOKEN_PREFIX}{}", crate::ids::random_b64(32));
-    store.insert_admin_token(&admin_token_hash(&token), "initial", crate::clock::now_unix()).await?;
+    // File first: a token stored but never written down would lock everyone out.
     let path = cfg.data_dir.join(ADMIN_TOKEN_FILE);
     crate::fsutil::write_private(&path, format!("{token}\n").as_bytes())
         .map_err(io_err(format!("cannot write {}", path.display())))?;
+    store.insert_admin_token(&admin_token_hash(&token), "initial", crate::clock::now_unix()).await?;
     Ok(Some(token))
 }
 

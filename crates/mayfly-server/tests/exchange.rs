@@ -185,7 +185,7 @@ async fn policy_denials_name_the_deciding_rule() {
     // No permit matches: default deny.
     let jwt = k8s.k8s_token("staging", "web");
     let body = assert_problem(srv.exchange_jwt(&jwt, "https://api.test").await, 403, "policy-denied").await;
-    assert_eq!(body["error"], "access_denied");
+    assert_eq!(body["error"], "invalid_target");
     assert!(body["detail"].as_str().unwrap().contains("default deny"));
     assert_eq!(body["policies"], Value::Null);
 

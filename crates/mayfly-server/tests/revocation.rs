@@ -368,3 +368,33 @@ async fn a_tampered_audit_trail_names_the_first_broken_link() {
     let err = events.iter().try_for_each(|e| v.push(e)).unwrap_err();
     assert_eq!(err.to_string(), "event 3: its hash does not match its contents (the event was altered)");
 }
+
+#[tokio::test]
+async fn concurrent_revocations_are_all_enforced() {
+    let (srv, k8s) = start().await;
+    let mut tokens = Vec::new();
+    for i in 0..20 {
+        tokens.push(token(&srv, &k8s, "prod", &format!("svc-{i}"), "https://api.test").await);
+    }
+    let mut tasks = Vec::new();
+    for t in &tokens {
+        let jti = srv.verify(t, "https://api.test").await["jti"].as_str().unwrap().to_owned();
+        let (http, url, admin) = (srv.http.clone(), srv.url.clone(), srv.admin_token.clone());
+        tasks.push(tokio::spawn(async move {
+            http.post(format!("{url}/v1/revocations"))
+                .bearer_auth(admin)
+                .json(&json!({"jti": jti}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 201);
+    }
+    for t in &tokens {
+        assert!(!active(&srv, t).await, "every concurrent revocation is in force");
+    }
+    srv.stop().await;
+}

@@ -84,8 +84,8 @@ pub enum AttestError {
     /// A required claim is missing or has the wrong type.
     #[error("subject token claim {0} is missing or invalid")]
     BadClaim(String),
-    /// The issuer's keys could not be fetched.
-    #[error("JWKS of issuer {issuer:?} is unavailable: {reason}")]
+    /// The issuer's keys could not be fetched. The reason is logged, not shown to callers.
+    #[error("the signing keys of issuer {issuer:?} are unavailable; retry later")]
     JwksUnavailable {
         /// The issuer.
         issuer: String,

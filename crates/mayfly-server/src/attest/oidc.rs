@@ -122,6 +122,8 @@ pub struct OidcAttestor {
     /// signature each time is the largest cost of an exchange. Cleared whenever the
     /// key set changes, so a key removed from the JWKS stops vouching at once.
     verified: std::sync::Mutex<HashMap<[u8; 32], (WorkloadIdentity, i64)>>,
+    /// Longest a remembered verification is trusted, whatever the token's `exp`.
+    verified_ttl: i64,
 }
 
 impl std::fmt::Debug for OidcAttestor {
@@ -166,13 +168,14 @@ impl OidcAttestor {
             }
             algorithms.push(alg);
         }
-        let template = cfg.spiffe_id_template.clone().unwrap_or_else(|| {
-            match cfg.preset {
-                OidcPreset::Kubernetes => "ns/{namespace}/sa/{serviceaccount}",
-                OidcPreset::Github => "github/{repository}/{ref}",
-                OidcPreset::Generic => "oidc/{sub}",
-            }
-            .to_owned()
+        if !cfg.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) || cfg.name.is_empty() {
+            return Err(err("name uses letters, digits, '-', '.' and '_' only".into()));
+        }
+        // The generic default names the issuer, so two issuers' `sub`s cannot collide.
+        let template = cfg.spiffe_id_template.clone().unwrap_or_else(|| match cfg.preset {
+            OidcPreset::Kubernetes => "ns/{namespace}/sa/{serviceaccount}".to_owned(),
+            OidcPreset::Github => "github/{repository}/{ref}".to_owned(),
+            OidcPreset::Generic => format!("oidc/{}/{{sub}}", cfg.name),
         });
         template::check(&template).map_err(err)?;
         let jwks_url = cfg.jwks_url.clone().or_else(|| (cfg.preset == OidcPreset::Github).then(|| GITHUB_JWKS.into()));
@@ -209,6 +212,7 @@ impl OidcAttestor {
             cache: RwLock::new(CachedKeys { keys, fetched_at: None }),
             fetch_gate: Mutex::new(None),
             verified: std::sync::Mutex::new(HashMap::new()),
+            verified_ttl: cfg.jwks_cache_ttl.as_secs().max(1) as i64,
         })
     }
 
@@ -239,7 +243,8 @@ impl OidcAttestor {
                     cache.clear();
                 }
             }
-            cache.insert(digest, (identity.clone(), exp));
+            // Trusted until the token expires or the key set is due for a refresh, whichever is first.
+            cache.insert(digest, (identity.clone(), exp.min(now + self.verified_ttl)));
         }
         Ok(identity)
     }
@@ -321,6 +326,13 @@ impl OidcAttestor {
         }
         self.refresh(*min_refresh).await?;
         let cache = self.cache.read().await;
+        if cache.fetched_at.is_none() {
+            // Never fetched (the last attempt failed and the retry is rate-limited): an outage, not a bad key.
+            return Err(AttestError::JwksUnavailable {
+                issuer: self.issuer.clone(),
+                reason: "the key set has not been fetched yet".into(),
+            });
+        }
         cache.keys.find(kid).cloned().ok_or_else(|| self.unknown_key(kid))
     }
 

@@ -64,6 +64,9 @@ pub struct Decision {
 impl Decision {
     /// A one-line reason for a denial, naming the deciding policies (never secrets).
     pub fn reason(&self) -> String {
+        if !self.errors.is_empty() && !self.allowed {
+            return "a policy failed to evaluate for this request, so it is denied (see the server log)".to_owned();
+        }
         if self.allowed {
             format!("allowed by {}", self.policies.join(", "))
         } else if self.policies.is_empty() {
@@ -173,7 +176,9 @@ impl PolicyEngine {
             Ok((request, entities)) => {
                 let policies = self.current.load();
                 let resp = self.authorizer.is_authorized(&request, &policies.set, &entities);
-                let allowed = resp.decision() == CedarDecision::Allow;
+                // Cedar skips a policy that fails to evaluate; a skipped `forbid` would fail
+                // open, so any evaluation error denies.
+                let allowed = resp.decision() == CedarDecision::Allow && resp.diagnostics().errors().next().is_none();
                 let ids = |it: &mut dyn Iterator<Item = &PolicyId>| it.map(|p| p.to_string()).collect::<Vec<_>>();
                 let mut decided = ids(&mut resp.diagnostics().reason());
                 decided.sort();

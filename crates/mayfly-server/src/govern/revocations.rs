@@ -62,14 +62,25 @@ impl Revocations {
         self.ledger.store()
     }
 
+    // A poisoned lock still holds a consistent index (every mutation is a single
+    // call); recovering it keeps revocation enforced instead of failing open.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, RevocationIndex> {
+        self.index.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, RevocationIndex> {
+        self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Which revocation covers this credential, if any.
     pub fn revoked_by(&self, facts: &CredentialFacts<'_>) -> Option<RevocationKind> {
-        self.index.read().ok().and_then(|i| i.revoked_by(facts))
+        self.read().revoked_by(facts)
     }
 
     /// Highest cursor applied, and how many entries are in force.
     pub fn status(&self) -> (i64, usize) {
-        self.index.read().map(|i| (i.cursor, i.len)).unwrap_or((0, 0))
+        let idx = self.read();
+        (idx.cursor, idx.len())
     }
 
     /// New revocations as they are made.
@@ -78,17 +89,17 @@ impl Revocations {
     }
 
     fn apply(&self, revs: &[Revocation]) {
-        if let Ok(mut idx) = self.index.write() {
-            for r in revs {
-                if r.cursor > idx.cursor {
-                    idx.apply(r);
-                    let _ = self.feed.send(r.clone());
-                }
+        let mut idx = self.write();
+        for r in revs {
+            if idx.apply(r) {
+                let _ = self.feed.send(r.clone());
             }
         }
     }
 
-    /// Reads entries newer than the index from storage (written by another process or replica).
+    /// Applies, in cursor order, every committed entry newer than the index: the only
+    /// way entries enter the index, so two revocations committed concurrently can never
+    /// be applied out of order (which would skip the lower cursor).
     pub async fn catch_up(&self) -> Result<(), LedgerError> {
         loop {
             let after = self.status().0;
@@ -100,25 +111,10 @@ impl Revocations {
         }
     }
 
-    /// Drops entries whose covered credentials have all expired, from storage and the index.
+    /// Drops entries whose covered credentials have all expired, from the index and storage.
     pub async fn drop_expired(&self, now: i64) -> Result<u64, LedgerError> {
-        let dropped = self.store().drop_expired_revocations(now).await?;
-        if dropped > 0 {
-            let mut fresh = RevocationIndex::default();
-            let mut after = 0;
-            loop {
-                let batch = self.store().revocations_after(after, 1000).await?;
-                let Some(last) = batch.last() else { break };
-                after = last.cursor;
-                batch.iter().for_each(|r| fresh.apply(r));
-            }
-            if let Ok(mut idx) = self.index.write() {
-                // Keep the cursor: subscribers must never see it go backwards.
-                fresh.cursor = fresh.cursor.max(idx.cursor);
-                *idx = fresh;
-            }
-        }
-        Ok(dropped)
+        self.write().prune(now);
+        self.store().drop_expired_revocations(now).await
     }
 
     /// Validates a request, records the revocation durably with an audit event, and applies it.
@@ -199,12 +195,16 @@ impl Revocations {
                 kind.as_str()
             )));
         }
+        // "Until now" means until the commit, not until the request arrived: the probe
+        // above may have taken a while, and tokens issued meanwhile must be covered.
+        let committed_at = crate::clock::now_unix();
+        let issued_before = if issued_before == now { committed_at } else { issued_before };
         let rev = Revocation {
             cursor: 0,
             kind,
             value,
             issued_before,
-            revoked_at: now,
+            revoked_at: committed_at,
             expires_at,
             reason: req.reason.clone().map(|r| r.chars().take(500).collect()),
         };
@@ -216,7 +216,8 @@ impl Revocations {
             matches!(kind, RevocationKind::Subject | RevocationKind::SubjectPrefix).then(|| rev.value.clone());
         let stored =
             self.ledger.revoke(vec![rev], vec![AuditEvent::new("credential.revoked", subject, detail)]).await?;
-        self.apply(&stored);
+        // Entries enter the index only through catch_up, in cursor order.
+        self.catch_up().await?;
         stored.into_iter().next().ok_or_else(|| RevokeError::Ledger(LedgerError::WriterGone))
     }
 

@@ -4,7 +4,7 @@
 //! a task, or "everything issued before T"), so its cost does not grow with the
 //! number of credentials it covers.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -89,24 +89,36 @@ pub struct CredentialFacts<'a> {
     pub issued_at: i64,
 }
 
+/// A selector's reach: credentials issued at or before `issued_before`; the entry
+/// can go once `expires_at` has passed (everything it covers has expired).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Reach {
+    issued_before: i64,
+    expires_at: i64,
+}
+
+impl Reach {
+    fn merge(&mut self, r: &Revocation) {
+        self.issued_before = self.issued_before.max(r.issued_before);
+        self.expires_at = self.expires_at.max(r.expires_at);
+    }
+}
+
 /// All revocations in force, indexed for O(1) lookups (prefixes are scanned).
 #[derive(Debug, Default, Clone)]
 pub struct RevocationIndex {
-    jti: HashSet<String>,
-    subject: HashMap<String, i64>,
-    prefixes: Vec<(String, i64)>,
-    audience: HashMap<String, i64>,
-    task: HashMap<String, i64>,
-    issued_before: i64,
-    /// Highest cursor applied.
+    jti: HashMap<String, i64>,
+    subject: HashMap<String, Reach>,
+    prefixes: Vec<(String, Reach)>,
+    audience: HashMap<String, Reach>,
+    task: HashMap<String, Reach>,
+    issued_before: Option<Reach>,
+    /// Highest cursor applied. Entries are applied in cursor order only.
     pub cursor: i64,
-    /// Entries applied (after GC), for metrics.
-    pub len: usize,
 }
 
-fn raise(map: &mut HashMap<String, i64>, key: &str, t: i64) {
-    let e = map.entry(key.to_owned()).or_insert(i64::MIN);
-    *e = (*e).max(t);
+fn merge_into(map: &mut HashMap<String, Reach>, r: &Revocation) {
+    map.entry(r.value.clone()).or_insert(Reach { issued_before: i64::MIN, expires_at: i64::MIN }).merge(r);
 }
 
 /// Whether `id` is `prefix` or lies below it on a path-segment boundary.
@@ -116,32 +128,68 @@ pub fn under_prefix(id: &str, prefix: &str) -> bool {
 }
 
 impl RevocationIndex {
-    /// Adds an entry (idempotent).
-    pub fn apply(&mut self, r: &Revocation) {
+    /// Adds the next entry. Callers apply entries in cursor order (as storage returns
+    /// them); an entry at or below the cursor was applied already and is ignored.
+    pub fn apply(&mut self, r: &Revocation) -> bool {
+        if r.cursor <= self.cursor {
+            return false;
+        }
         match r.kind {
             RevocationKind::Jti => {
-                self.jti.insert(r.value.clone());
+                let e = self.jti.entry(r.value.clone()).or_insert(i64::MIN);
+                *e = (*e).max(r.expires_at);
             }
-            RevocationKind::Subject => raise(&mut self.subject, &r.value, r.issued_before),
+            RevocationKind::Subject => merge_into(&mut self.subject, r),
             RevocationKind::SubjectPrefix => match self.prefixes.iter_mut().find(|(p, _)| *p == r.value) {
-                Some((_, t)) => *t = (*t).max(r.issued_before),
-                None => self.prefixes.push((r.value.clone(), r.issued_before)),
+                Some((_, reach)) => reach.merge(r),
+                None => self
+                    .prefixes
+                    .push((r.value.clone(), Reach { issued_before: r.issued_before, expires_at: r.expires_at })),
             },
-            RevocationKind::Audience => raise(&mut self.audience, &r.value, r.issued_before),
-            RevocationKind::Task => raise(&mut self.task, &r.value, r.issued_before),
-            RevocationKind::IssuedBefore => self.issued_before = self.issued_before.max(r.issued_before),
+            RevocationKind::Audience => merge_into(&mut self.audience, r),
+            RevocationKind::Task => merge_into(&mut self.task, r),
+            RevocationKind::IssuedBefore => {
+                self.issued_before.get_or_insert(Reach { issued_before: i64::MIN, expires_at: i64::MIN }).merge(r);
+            }
         }
-        self.cursor = self.cursor.max(r.cursor);
-        self.len += 1;
+        self.cursor = r.cursor;
+        true
+    }
+
+    /// Forgets entries whose covered credentials have all expired by `now`.
+    pub fn prune(&mut self, now: i64) {
+        self.jti.retain(|_, exp| *exp > now);
+        for map in [&mut self.subject, &mut self.audience, &mut self.task] {
+            map.retain(|_, r| r.expires_at > now);
+        }
+        self.prefixes.retain(|(_, r)| r.expires_at > now);
+        if self.issued_before.is_some_and(|r| r.expires_at <= now) {
+            self.issued_before = None;
+        }
+    }
+
+    /// Entries in force (merged per selector value).
+    pub fn len(&self) -> usize {
+        self.jti.len()
+            + self.subject.len()
+            + self.prefixes.len()
+            + self.audience.len()
+            + self.task.len()
+            + usize::from(self.issued_before.is_some())
+    }
+
+    /// Whether no revocation is in force.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Which rule revokes this credential, if any.
     pub fn revoked_by(&self, c: &CredentialFacts<'_>) -> Option<RevocationKind> {
-        let covers = |t: Option<&i64>| t.is_some_and(|t| c.issued_at <= *t);
-        if self.jti.contains(c.jti) {
+        let covers = |r: Option<&Reach>| r.is_some_and(|r| c.issued_at <= r.issued_before);
+        if self.jti.contains_key(c.jti) {
             return Some(RevocationKind::Jti);
         }
-        if c.issued_at <= self.issued_before {
+        if covers(self.issued_before.as_ref()) {
             return Some(RevocationKind::IssuedBefore);
         }
         if covers(self.subject.get(c.subject)) {
@@ -153,7 +201,7 @@ impl RevocationIndex {
         if c.task_id.is_some_and(|t| covers(self.task.get(t))) {
             return Some(RevocationKind::Task);
         }
-        if self.prefixes.iter().any(|(p, t)| c.issued_at <= *t && under_prefix(c.subject, p)) {
+        if self.prefixes.iter().any(|(p, r)| c.issued_at <= r.issued_before && under_prefix(c.subject, p)) {
             return Some(RevocationKind::SubjectPrefix);
         }
         None
@@ -165,8 +213,9 @@ mod tests {
     use super::*;
 
     fn rev(kind: RevocationKind, value: &str, before: i64) -> Revocation {
+        static NEXT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(1);
         Revocation {
-            cursor: 1,
+            cursor: NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
             kind,
             value: value.into(),
             issued_before: before,
@@ -203,6 +252,14 @@ mod tests {
         idx.apply(&rev(RevocationKind::IssuedBefore, "", 100));
         assert_eq!(idx.revoked_by(&c), Some(RevocationKind::IssuedBefore));
         assert!(under_prefix("spiffe://td/a/b", "spiffe://td/a/"));
+        // Out-of-order application is refused; pruning drops what has fully expired.
+        let mut idx = RevocationIndex::default();
+        let later = rev(RevocationKind::Jti, "j2", 100);
+        let earlier = Revocation { cursor: later.cursor - 1, ..rev(RevocationKind::Jti, "j1", 100) };
+        assert!(idx.apply(&later));
+        assert!(!idx.apply(&earlier), "applied in cursor order only");
+        idx.prune(100 + 3600);
+        assert!(idx.is_empty());
         assert!(!under_prefix("spiffe://td/ab", "spiffe://td/a"));
     }
 }

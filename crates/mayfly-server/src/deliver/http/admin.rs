@@ -52,7 +52,7 @@ pub async fn create_join_token(
         .ledger()
         .audit(AuditEvent::new("admin.join_token.created", Some(created.spiffe_id.clone()), detail))
         .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        .map_err(ApiError::storage)?;
     Ok((StatusCode::CREATED, [(header::CACHE_CONTROL, "no-store")], Json(created)))
 }
 
@@ -90,6 +90,6 @@ pub async fn rotate_keys(State(state): State<AppState>, headers: HeaderMap) -> R
         .ledger()
         .audit(AuditEvent::new("admin.keys.rotated", None, detail))
         .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        .map_err(ApiError::storage)?;
     Ok(Json(info))
 }

@@ -61,6 +61,12 @@ impl ApiError {
         ApiError::BadRequest { slug, oauth: Some(oauth), detail: detail.into() }
     }
 
+    /// A storage failure: logged here, shown to the caller without internals.
+    pub fn storage(e: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "storage failed");
+        ApiError::Unavailable("storage is unavailable; retry".into())
+    }
+
     /// A 400 on a non-OAuth endpoint.
     pub fn bad_request(slug: &'static str, detail: impl Into<String>) -> Self {
         ApiError::BadRequest { slug, oauth: None, detail: detail.into() }
@@ -71,7 +77,9 @@ impl ApiError {
         match self {
             ApiError::Broker(b) => match b {
                 BrokerError::Attest(a) => attest_parts(a),
-                BrokerError::Denied(_) => (S::FORBIDDEN, "policy-denied", "Denied by policy", Some("access_denied")),
+                // 403 as the project specifies; the OAuth code is RFC 8693's for a target
+                // the client may not get a token for.
+                BrokerError::Denied(_) => (S::FORBIDDEN, "policy-denied", "Denied by policy", Some("invalid_target")),
                 BrokerError::InvalidTarget(_) => {
                     (S::BAD_REQUEST, "invalid-target", "Invalid target", Some("invalid_target"))
                 }
@@ -143,9 +151,16 @@ impl IntoResponse for ApiError {
                 tracing::error!(error = %e, "issuance failed");
                 "the credential could not be signed".to_owned()
             }
-            ApiError::Broker(BrokerError::Attest(AttestError::Ledger(e))) => {
-                tracing::error!(error = %e, "storage failed during attestation");
+            ApiError::Broker(BrokerError::Attest(AttestError::Ledger(e)))
+            | ApiError::JoinToken(CreateJoinTokenError::Ledger(e))
+            | ApiError::Keys(KeyRingError::Ledger(e))
+            | ApiError::Revoke(RevokeError::Ledger(e)) => {
+                tracing::error!(error = %e, "storage failed");
                 "storage is unavailable; retry".to_owned()
+            }
+            ApiError::Broker(BrokerError::Attest(e @ AttestError::JwksUnavailable { reason, .. })) => {
+                tracing::warn!(%reason, "subject token refused: issuer keys unavailable");
+                e.to_string()
             }
             other => other.to_string(),
         };
@@ -158,12 +173,25 @@ impl IntoResponse for ApiError {
             title: title.to_owned(),
             status: status.as_u16(),
             error: oauth.map(str::to_owned),
-            error_description: oauth.map(|_| detail.clone()),
+            error_description: oauth.map(|_| oauth_description(&detail)),
             detail: Some(detail),
             policies,
         };
         problem_response(status, &problem, matches!(self, ApiError::Unauthorized(_)))
     }
+}
+
+/// RFC 6749 §5.2 allows only printable ASCII without `"` and `\` in `error_description`.
+fn oauth_description(detail: &str) -> String {
+    detail
+        .chars()
+        .map(|c| match c {
+            '"' => '\'',
+            '\\' => '/',
+            c if (' '..='~').contains(&c) => c,
+            _ => '?',
+        })
+        .collect()
 }
 
 /// Serialises a problem with the right media type and no-store caching.

@@ -124,8 +124,7 @@ pub async fn feed(
             .filter(|l| (1..=MAX_PAGE).contains(l))
             .ok_or_else(|| ApiError::bad_request("invalid-request", format!("limit is 1 to {MAX_PAGE}")))?,
     };
-    let entries =
-        state.store.revocations_after(since, limit).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let entries = state.store.revocations_after(since, limit).await.map_err(ApiError::storage)?;
     let next_cursor = entries.last().map(|r| r.cursor).unwrap_or(since);
     Ok(Json(RevocationPage { entries: entries.iter().map(entry).collect(), next_cursor }))
 }

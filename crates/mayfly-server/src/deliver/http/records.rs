@@ -130,7 +130,7 @@ pub async fn leases(
         after: q.after,
         limit,
     };
-    let rows = state.store.credentials(&filter).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let rows = state.store.credentials(&filter).await.map_err(ApiError::storage)?;
     let leases = rows
         .into_iter()
         .map(|c| {
@@ -221,7 +221,7 @@ pub async fn audit(
         after: q.after.unwrap_or(0).max(0),
         limit,
     };
-    let events = state.store.audit_query(&filter).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let events = state.store.audit_query(&filter).await.map_err(ApiError::storage)?;
     Ok(Json(
         events
             .into_iter()
@@ -245,6 +245,6 @@ pub async fn audit(
 )]
 pub async fn audit_verify(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<ChainReport>, ApiError> {
     require_admin(&state, &headers).await?;
-    let report = verify_chain(state.store.as_ref()).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let report = verify_chain(state.store.as_ref()).await.map_err(ApiError::storage)?;
     Ok(Json(report))
 }
