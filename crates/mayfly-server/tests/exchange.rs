@@ -16,15 +16,7 @@ async fn kubernetes_token_is_exchanged_for_a_verifiable_access_token() {
     let srv = TestServer::start(&k8s, &gh).await;
     for alg in ["RS256", "ES256", "EdDSA"] {
         let jwt = k8s.sign(alg, &k8s.k8s_claims("prod", "web"));
-        let resp = srv
-            .exchange(&[
-                ("grant_type", TOKEN_EXCHANGE),
-                ("subject_token", &jwt),
-                ("subject_token_type", JWT_TYPE),
-                ("audience", "https://api.test"),
-                ("scope", "read write"),
-            ])
-            .await;
+        let resp = srv.exchange_jwt_with(&jwt, "https://api.test", &[("scope", "read write")]).await;
         assert_eq!(resp.status(), 200, "{alg}");
         assert_eq!(resp.headers()["cache-control"], "no-store");
         let body: Value = resp.json().await.unwrap();
@@ -56,15 +48,7 @@ async fn lifetime_is_the_smaller_of_request_and_maximum() {
         let jwt = jwt.clone();
         let srv = &srv;
         async move {
-            let r = srv
-                .exchange(&[
-                    ("grant_type", TOKEN_EXCHANGE),
-                    ("subject_token", &jwt),
-                    ("subject_token_type", JWT_TYPE),
-                    ("audience", "https://api.test"),
-                    ("requested_lifetime", life),
-                ])
-                .await;
+            let r = srv.exchange_jwt_with(&jwt, "https://api.test", &[("requested_lifetime", life)]).await;
             let v: Value = r.json().await.unwrap();
             v["expires_in"].as_i64().unwrap()
         }
@@ -74,15 +58,7 @@ async fn lifetime_is_the_smaller_of_request_and_maximum() {
     let r = srv.exchange_jwt(&jwt, "https://api.test").await;
     assert_eq!(r.json::<Value>().await.unwrap()["expires_in"], 120, "default_ttl applies");
 
-    let r = srv
-        .exchange(&[
-            ("grant_type", TOKEN_EXCHANGE),
-            ("subject_token", &jwt),
-            ("subject_token_type", JWT_TYPE),
-            ("audience", "https://api.test"),
-            ("scope", "read delete"),
-        ])
-        .await;
+    let r = srv.exchange_jwt_with(&jwt, "https://api.test", &[("scope", "read delete")]).await;
     let body = assert_problem(r, 400, "invalid-scope").await;
     assert_eq!(body["error"], "invalid_scope");
     srv.stop().await;
@@ -191,28 +167,12 @@ async fn policy_denials_name_the_deciding_rule() {
 
     // A forbid matches.
     let jwt = k8s.k8s_token("prod", "web");
-    let r = srv
-        .exchange(&[
-            ("grant_type", TOKEN_EXCHANGE),
-            ("subject_token", &jwt),
-            ("subject_token_type", JWT_TYPE),
-            ("audience", "https://api.test"),
-            ("scope", "read admin"),
-        ])
-        .await;
+    let r = srv.exchange_jwt_with(&jwt, "https://api.test", &[("scope", "read admin")]).await;
     let body = assert_problem(r, 403, "policy-denied").await;
     assert_eq!(body["policies"], json!(["no-admin-scope"]));
 
     // The permit is bounded: a lifetime above 900 s is denied by the policy's condition.
-    let r = srv
-        .exchange(&[
-            ("grant_type", TOKEN_EXCHANGE),
-            ("subject_token", &jwt),
-            ("subject_token_type", JWT_TYPE),
-            ("audience", "https://api.test"),
-            ("requested_lifetime", "1800"),
-        ])
-        .await;
+    let r = srv.exchange_jwt_with(&jwt, "https://api.test", &[("requested_lifetime", "1800")]).await;
     assert_problem(r, 403, "policy-denied").await;
     srv.stop().await;
 }

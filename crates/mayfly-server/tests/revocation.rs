@@ -85,13 +85,7 @@ async fn introspection_answers_per_rfc7662() {
         assert_eq!(v, json!({"active": false}), "{bad:.20}");
     }
     let short = srv
-        .exchange(&[
-            ("grant_type", TOKEN_EXCHANGE),
-            ("subject_token", &k8s.k8s_token("prod", "web")),
-            ("subject_token_type", JWT_TYPE),
-            ("audience", "https://api.test"),
-            ("requested_lifetime", "1"),
-        ])
+        .exchange_jwt_with(&k8s.k8s_token("prod", "web"), "https://api.test", &[("requested_lifetime", "1")])
         .await
         .json::<Value>()
         .await
@@ -260,13 +254,7 @@ async fn leases_audit_and_metrics() {
     revoke(&srv, json!({"jti": jti})).await.error_for_status().unwrap();
     // One that expires at once, for the expiry counter.
     let short = srv
-        .exchange(&[
-            ("grant_type", TOKEN_EXCHANGE),
-            ("subject_token", &k8s.k8s_token("prod", "batch")),
-            ("subject_token_type", JWT_TYPE),
-            ("audience", "https://api.test"),
-            ("requested_lifetime", "1"),
-        ])
+        .exchange_jwt_with(&k8s.k8s_token("prod", "batch"), "https://api.test", &[("requested_lifetime", "1")])
         .await;
     assert_eq!(short.status(), 200);
     tokio::time::sleep(Duration::from_millis(1100)).await;

@@ -271,13 +271,19 @@ impl TestServer {
 
     /// A token exchange of a platform JWT for `audience`.
     pub async fn exchange_jwt(&self, jwt: &str, audience: &str) -> reqwest::Response {
-        self.exchange(&[
+        self.exchange_jwt_with(jwt, audience, &[]).await
+    }
+
+    /// A token exchange of a platform JWT for `audience`, with more parameters.
+    pub async fn exchange_jwt_with(&self, jwt: &str, audience: &str, extra: &[(&str, &str)]) -> reqwest::Response {
+        let mut form = vec![
             ("grant_type", TOKEN_EXCHANGE),
             ("subject_token", jwt),
             ("subject_token_type", JWT_TYPE),
             ("audience", audience),
-        ])
-        .await
+        ];
+        form.extend_from_slice(extra);
+        self.exchange(&form).await
     }
 
     pub async fn admin_post(&self, path: &str, body: Option<Value>) -> reqwest::Response {
