@@ -130,41 +130,58 @@ pub async fn leases(
         after: q.after,
         limit,
     };
-    let rows = state.store.credentials(&filter).await.map_err(ApiError::storage)?;
-    let leases = rows
-        .into_iter()
-        .map(|c| {
-            let revoked_by = state.revocations.revoked_by(&CredentialFacts {
-                jti: &c.jti,
-                subject: &c.subject,
-                audience: &c.audience,
-                task_id: c.task_id.as_deref(),
-                issued_at: c.issued_at,
-            });
-            let st = if c.expires_at <= now {
-                "expired"
-            } else if revoked_by.is_some() {
-                "revoked"
-            } else {
-                "active"
-            };
-            Lease {
-                id: c.jti,
-                kind: c.kind,
-                subject: c.subject,
-                audience: c.audience,
-                scope: c.scope,
-                task: c.task_id,
-                issued_at: c.issued_at,
-                expires_at: c.expires_at,
-                state: st.to_owned(),
-                revoked_by: revoked_by.map(|k| k.as_str().to_owned()),
-                fingerprint: c.fingerprint,
+    // The state is derived after reading (revocation lives in the index, not the rows),
+    // so keep reading pages until the page is full or the ledger is exhausted.
+    let mut filter = filter;
+    let mut leases: Vec<Lease> = Vec::new();
+    for _ in 0..MAX_SCAN_PAGES {
+        let rows = state.store.credentials(&filter).await.map_err(ApiError::storage)?;
+        let exhausted = (rows.len() as i64) < filter.limit;
+        filter.after = rows.last().map(|c| c.jti.clone()).or(filter.after);
+        for c in rows {
+            let lease = lease_of(&state, c, now);
+            if (want == "all" || lease.state == want) && (leases.len() as i64) < limit {
+                leases.push(lease);
             }
-        })
-        .filter(|l| want == "all" || l.state == want)
-        .collect();
+        }
+        if exhausted || leases.len() as i64 >= limit {
+            break;
+        }
+    }
     Ok(Json(leases))
+}
+
+/// Pages read at most to fill one page of a derived-state filter.
+const MAX_SCAN_PAGES: usize = 50;
+
+fn lease_of(state: &AppState, c: crate::ledger::CredentialRecord, now: i64) -> Lease {
+    let revoked_by = state.revocations.revoked_by(&CredentialFacts {
+        jti: &c.jti,
+        subject: &c.subject,
+        audience: &c.audience,
+        task_id: c.task_id.as_deref(),
+        issued_at: c.issued_at,
+    });
+    let st = if c.expires_at <= now {
+        "expired"
+    } else if revoked_by.is_some() {
+        "revoked"
+    } else {
+        "active"
+    };
+    Lease {
+        id: c.jti,
+        kind: c.kind,
+        subject: c.subject,
+        audience: c.audience,
+        scope: c.scope,
+        task: c.task_id,
+        issued_at: c.issued_at,
+        expires_at: c.expires_at,
+        state: st.to_owned(),
+        revoked_by: revoked_by.map(|k| k.as_str().to_owned()),
+        fingerprint: c.fingerprint,
+    }
 }
 
 /// Audit filters.
