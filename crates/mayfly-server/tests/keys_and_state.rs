@@ -76,6 +76,11 @@ async fn private_keys_are_sealed_and_a_wrong_kek_stops_startup() {
     assert_eq!(mode, 0o600, "admin token file");
     let data_mode = std::fs::metadata(dir.path().join("data")).unwrap().permissions().mode() & 0o777;
     assert_eq!(data_mode, 0o700);
+    for f in ["data/mayfly.db", "data/mayfly.db-wal", "data/mayfly.db-shm"] {
+        if let Ok(m) = std::fs::metadata(dir.path().join(f)) {
+            assert_eq!(m.permissions().mode() & 0o777, 0o600, "{f} is private");
+        }
+    }
 
     // The database holds no private key in clear: the raw PKCS#8 prefix of an Ed25519 key never appears.
     let db = std::fs::read(dir.path().join("data/mayfly.db")).unwrap();

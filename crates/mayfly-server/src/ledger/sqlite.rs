@@ -31,6 +31,11 @@ impl SqliteStore {
     /// Opens (creating if needed) the database file and applies migrations.
     /// `full_sync` makes each commit survive power loss, not just a process crash.
     pub async fn open(path: &Path, full_sync: bool) -> Result<Self, LedgerError> {
+        // Created empty with mode 0600 first: SQLite gives its -wal and -shm files the
+        // database file's mode, so the whole ledger stays private to the owner.
+        if !path.exists() {
+            crate::fsutil::write_private(path, b"").map_err(|e| LedgerError::Database(sqlx::Error::Io(e)))?;
+        }
         let opts = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
