@@ -22,4 +22,5 @@ pub mod keys;
 pub mod ledger;
 pub mod server;
 pub mod spiffe;
+pub mod token_cache;
 pub mod verify;

@@ -35,16 +35,7 @@ async fn rotation_signs_with_the_new_key_and_keeps_the_old_one_published() {
     srv.verify(&before, "https://api.test").await;
     srv.verify(&after, "https://api.test").await;
 
-    let keys: Vec<Value> = srv
-        .http
-        .get(format!("{}/v1/keys", srv.url))
-        .bearer_auth(&srv.admin_token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let keys: Vec<Value> = srv.admin_get("/v1/keys").await;
     let old = keys.iter().find(|k| k["kid"] == old_kid.as_str()).unwrap();
     assert_eq!(old["active"], false);
     // Published at least as long as the longest token lifetime (1h default).

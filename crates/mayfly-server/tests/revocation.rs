@@ -396,16 +396,7 @@ async fn revoked_lease_pages_are_filled_past_active_rows() {
     let last = token(&srv, &k8s, "prod", "late", "https://api.test").await;
     let jti = srv.verify(&last, "https://api.test").await["jti"].as_str().unwrap().to_owned();
     revoke(&srv, json!({"jti": jti})).await.error_for_status().unwrap();
-    let page: Vec<Value> = srv
-        .http
-        .get(format!("{}/v1/leases?state=revoked&limit=1", srv.url))
-        .bearer_auth(&srv.admin_token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: Vec<Value> = srv.admin_get("/v1/leases?state=revoked&limit=1").await;
     assert_eq!(page.len(), 1, "the revoked lease sits behind five active ones in id order");
     assert_eq!(page[0]["id"], jti.as_str());
     srv.stop().await;

@@ -12,11 +12,11 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 use tokio::sync::{Mutex, RwLock};
 
 use super::{AttestError, WorkloadIdentity, template};
 use crate::config::{OidcIssuerConfig, OidcPreset};
+use crate::token_cache::TokenCache;
 
 const GITHUB_ISSUER: &str = "https://token.actions.githubusercontent.com";
 const GITHUB_JWKS: &str = "https://token.actions.githubusercontent.com/.well-known/jwks";
@@ -121,7 +121,7 @@ pub struct OidcAttestor {
     /// same platform token many times during its life, and re-verifying an RSA
     /// signature each time is the largest cost of an exchange. Cleared whenever the
     /// key set changes, so a key removed from the JWKS stops vouching at once.
-    verified: std::sync::Mutex<HashMap<[u8; 32], (WorkloadIdentity, i64)>>,
+    verified: TokenCache<WorkloadIdentity>,
     /// Longest a remembered verification is trusted, whatever the token's `exp`.
     verified_ttl: i64,
 }
@@ -211,7 +211,7 @@ impl OidcAttestor {
             source,
             cache: RwLock::new(CachedKeys { keys, fetched_at: None }),
             fetch_gate: Mutex::new(None),
-            verified: std::sync::Mutex::new(HashMap::new()),
+            verified: TokenCache::new(VERIFIED_CACHE_ENTRIES),
             verified_ttl: cfg.jwks_cache_ttl.as_secs().max(1) as i64,
         })
     }
@@ -228,24 +228,13 @@ impl OidcAttestor {
 
     /// Verifies a token (or finds it verified before and unexpired) and maps it to a workload identity.
     pub async fn attest(&self, token: &str) -> Result<WorkloadIdentity, AttestError> {
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let now = crate::clock::now_unix();
-        if let Some((id, exp)) = self.verified.lock().ok().and_then(|c| c.get(&digest).cloned())
-            && exp > now
-        {
+        if let Some(id) = self.verified.get(token, now) {
             return Ok(id);
         }
         let (identity, exp) = self.verify(token).await?;
-        if let Ok(mut cache) = self.verified.lock() {
-            if cache.len() >= VERIFIED_CACHE_ENTRIES {
-                cache.retain(|_, (_, e)| *e > now);
-                if cache.len() >= VERIFIED_CACHE_ENTRIES {
-                    cache.clear();
-                }
-            }
-            // Trusted until the token expires or the key set is due for a refresh, whichever is first.
-            cache.insert(digest, (identity.clone(), exp.min(now + self.verified_ttl)));
-        }
+        // Trusted until the token expires or the key set is due for a refresh, whichever is first.
+        self.verified.insert(token, identity.clone(), exp.min(now + self.verified_ttl), now);
         Ok(identity)
     }
 
@@ -366,9 +355,7 @@ impl OidcAttestor {
                 let mut cache = self.cache.write().await;
                 cache.keys = Arc::new(keys);
                 cache.fetched_at = Some(Instant::now());
-                if let Ok(mut v) = self.verified.lock() {
-                    v.clear();
-                }
+                self.verified.clear();
                 Ok(())
             }
             Err(reason) => {

@@ -11,6 +11,7 @@ use crate::govern::Revocations;
 use crate::keys::KeyRing;
 use crate::ledger::RevocationKind;
 use crate::ledger::revocation::CredentialFacts;
+use crate::token_cache::TokenCache;
 
 /// Clock skew allowed on `nbf`.
 const LEEWAY_SECS: i64 = 30;
@@ -98,33 +99,22 @@ pub struct TokenVerifier {
     /// this saves the signature verification, the largest cost of an introspection.
     /// Retired keys stay published until every token they signed has expired, so a
     /// remembered signature never outlives its key.
-    verified: Arc<std::sync::Mutex<std::collections::HashMap<[u8; 32], Arc<AccessClaims>>>>,
+    verified: Arc<TokenCache<Arc<AccessClaims>>>,
 }
 
 impl TokenVerifier {
     /// A verifier for tokens with `iss = issuer`.
     pub fn new(keys: Arc<KeyRing>, revocations: Arc<Revocations>, issuer: String) -> Self {
-        Self { keys, revocations, issuer, verified: Default::default() }
+        Self { keys, revocations, issuer, verified: Arc::new(TokenCache::new(VERIFIED_CACHE_ENTRIES)) }
     }
 
     /// Verifies signature, type, issuer, lifetime, optional audience, and revocation.
     pub fn verify(&self, token: &str, audience: Option<&str>, now: i64) -> Result<AccessClaims, VerifyError> {
-        use sha2::Digest;
-        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
-        let cached = self.verified.lock().ok().and_then(|c| c.get(&digest).cloned());
-        let claims = match cached {
+        let claims = match self.verified.get(token, now) {
             Some(c) => c,
             None => {
                 let c = Arc::new(self.check_signature_and_issuer(token)?);
-                if let Ok(mut cache) = self.verified.lock() {
-                    if cache.len() >= VERIFIED_CACHE_ENTRIES {
-                        cache.retain(|_, v| v.exp > now);
-                        if cache.len() >= VERIFIED_CACHE_ENTRIES {
-                            cache.clear();
-                        }
-                    }
-                    cache.insert(digest, c.clone());
-                }
+                self.verified.insert(token, c.clone(), c.exp, now);
                 c
             }
         };

@@ -294,6 +294,12 @@ impl TestServer {
         req.send().await.unwrap()
     }
 
+    /// GET with the admin token, decoded as JSON.
+    pub async fn admin_get<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        let resp = self.http.get(format!("{}{path}", self.url)).bearer_auth(&self.admin_token).send().await.unwrap();
+        resp.json().await.unwrap()
+    }
+
     pub async fn join_token(&self, path: Option<&str>) -> String {
         let resp = self.admin_post("/v1/join-tokens", Some(json!({"spiffe_path": path}))).await;
         assert_eq!(resp.status(), 201);

@@ -135,15 +135,26 @@ pub fn admin_token_hash(token: &str) -> String {
 
 /// Checks `Authorization: Bearer <admin token>`.
 pub(crate) async fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let value = headers
+    let token = bearer(headers).ok_or_else(|| {
+        ApiError::Unauthorized("an admin token is required (Authorization: Bearer <admin token>)".into())
+    })?;
+    check_admin(state, token).await
+}
+
+/// The token of `Authorization: Bearer <token>`, when present and plausible in size.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| ApiError::Unauthorized("an admin token is required (Authorization: Bearer …)".into()))?;
-    let token = value
-        .strip_prefix("Bearer ")
+        .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
-        .filter(|t| !t.is_empty() && t.len() <= 512)
-        .ok_or_else(|| ApiError::Unauthorized("use Authorization: Bearer <admin token>".into()))?;
+        .filter(|t| !t.is_empty() && t.len() <= 16 * 1024)
+}
+
+async fn check_admin(state: &AppState, token: &str) -> Result<(), ApiError> {
+    if token.len() > 512 {
+        return Err(ApiError::Unauthorized("the admin token is not valid".into()));
+    }
     let hash = admin_token_hash(token);
     if admin_cached(state, &hash) {
         return Ok(());
@@ -180,18 +191,13 @@ pub const VERIFIER_AUDIENCE: &str = "urn:mayfly:introspect";
 /// Checks that the caller may introspect and read the revocation feed: an admin token,
 /// or a live Mayfly token for the audience [`VERIFIER_AUDIENCE`].
 pub(crate) async fn require_verifier(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .ok_or_else(|| {
-            ApiError::Unauthorized(format!(
-                "send Authorization: Bearer with an admin token or a Mayfly token for audience {VERIFIER_AUDIENCE}"
-            ))
-        })?;
+    let bearer = bearer(headers).ok_or_else(|| {
+        ApiError::Unauthorized(format!(
+            "send Authorization: Bearer with an admin token or a Mayfly token for audience {VERIFIER_AUDIENCE}"
+        ))
+    })?;
     if bearer.starts_with(crate::server::ADMIN_TOKEN_PREFIX) {
-        return require_admin(state, headers).await;
+        return check_admin(state, bearer).await;
     }
     state
         .verifier
