@@ -152,7 +152,7 @@ async fn seed(args: &[String]) -> Result<(), BoxError> {
             fingerprint: "seed".into(),
         });
         if batch.len() == 1000 || i + 1 == n {
-            mayfly_server::ledger::Store::append(&store, &batch, &[], &[]).await?;
+            mayfly_server::ledger::Store::append(&store, &batch, &[], &[], &[]).await?;
             batch.clear();
         }
     }

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context, anyhow};
 use clap::Subcommand;
 use mayfly_server::attest::WorkloadIdentity;
-use mayfly_server::authorize::{ExchangeRequest, PolicyEngine};
+use mayfly_server::authorize::{ExchangeRequest, PolicyEngine, Principal};
 use mayfly_server::spiffe::SpiffeId;
 
 /// `mayfly policy …`
@@ -76,7 +76,7 @@ impl PolicyCommand {
                     WorkloadIdentity { spiffe_id, attestor, attributes: attrs.into_iter().collect::<BTreeMap<_, _>>() };
                 let scopes: Vec<String> = scope.split_whitespace().map(str::to_owned).collect();
                 let decision = engine.decide_exchange(&ExchangeRequest {
-                    identity: &identity,
+                    principal: Principal::Workload(&identity),
                     audience: &audience,
                     scopes: &scopes,
                     ttl_seconds: ttl,

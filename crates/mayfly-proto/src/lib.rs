@@ -17,6 +17,8 @@ pub const TOKEN_TYPE_ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token
 pub const TOKEN_TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
 /// Mayfly's own token type for one-time join tokens.
 pub const TOKEN_TYPE_JOIN_TOKEN: &str = "urn:mayfly:params:oauth:token-type:join-token";
+/// Mayfly's token type for task tokens (RFC 8693 `subject_token_type`).
+pub const TOKEN_TYPE_TASK: &str = "urn:mayfly:params:oauth:token-type:task";
 /// Media type of RFC 9457 problem documents.
 pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 
@@ -200,6 +202,13 @@ pub struct IntrospectionResponse {
     /// Confirmation (binding), when the token is bound.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cnf: Option<serde_json::Value>,
+    /// The task it was issued under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+    /// RFC 8693 actor chain, for tokens issued under a task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub act: Option<serde_json::Value>,
 }
 
 /// A page of the revocation feed.
@@ -209,4 +218,136 @@ pub struct RevocationPage {
     pub entries: Vec<serde_json::Value>,
     /// Pass as `since` for the next page.
     pub next_cursor: i64,
+}
+
+/// Body of `POST /v1/tasks`: an attested workload (or a task, for a sub-task) starts a task.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartTaskRequest {
+    /// The caller's evidence type, as in RFC 8693 (`…:task` for a task token, which starts a sub-task).
+    pub subject_token_type: String,
+    /// The evidence: a platform JWT, a join token or a task token.
+    pub subject_token: String,
+    /// Why the task exists, e.g. `deploy web@4f2a to prod`.
+    pub purpose: String,
+    /// Space-separated scopes: the most anything issued under the task can get.
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// Audiences the task may get credentials for; empty means any that policy allows.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Lifetime in seconds (default 900; above the maximum is refused).
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+    /// The subject the task acts for (RFC 8693 delegation): credentials carry it as `sub`
+    /// and the task as `act`.
+    #[serde(default)]
+    pub on_behalf_of: Option<String>,
+    /// The parent task's id, for a sub-task started with the parent starter's own evidence.
+    #[serde(default)]
+    pub parent: Option<String>,
+}
+
+/// A task as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TaskInfo {
+    /// Task id.
+    pub id: String,
+    /// `spiffe://<trust domain>/task/<id>`.
+    pub spiffe_id: String,
+    /// `pending`, `active`, `denied`, `ended` or `expired`.
+    pub state: String,
+    /// Why it exists.
+    pub purpose: String,
+    /// Space-separated scopes.
+    pub scope: String,
+    /// Audiences it is limited to (empty: any that policy allows).
+    pub audiences: Vec<String>,
+    /// The parent task, for a sub-task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_id: Option<String>,
+    /// 1 for a task without a parent.
+    pub depth: i64,
+    /// SPIFFE ID of the workload or parent task that started it.
+    pub creator: String,
+    /// The subject it acts for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_behalf_of: Option<String>,
+    /// The RFC 8693 `act` claim its credentials carry.
+    #[schema(value_type = Object)]
+    pub act: serde_json::Value,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds; nothing issued under it outlives this.
+    pub expires_at: i64,
+    /// A pending task not approved by then is denied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_deadline: Option<i64>,
+    /// Who approved or denied it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<String>,
+    /// When.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_at: Option<i64>,
+    /// When it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<i64>,
+    /// Why it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_reason: Option<String>,
+}
+
+/// Answer to `POST /v1/tasks`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StartTaskResponse {
+    /// The task.
+    pub task: TaskInfo,
+    /// The task token: exchange it at `/v1/token` with subject_token_type
+    /// `urn:mayfly:params:oauth:token-type:task`. Secret; dies with the task.
+    pub task_token: String,
+    /// `urn:mayfly:params:oauth:token-type:task`.
+    pub task_token_type: String,
+    /// Seconds until the task (and its token) expires.
+    pub expires_in: u64,
+}
+
+/// Body of `POST /v1/tasks/{id}/approve` and `…/deny` from a workload approver
+/// (an admin token in `Authorization` needs no body).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskDecisionRequest {
+    /// The approver's evidence type.
+    #[serde(default)]
+    pub subject_token_type: Option<String>,
+    /// The approver's evidence.
+    #[serde(default)]
+    pub subject_token: Option<String>,
+}
+
+/// Body of `DELETE /v1/tasks/{id}` (optional).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EndTaskRequest {
+    /// Why it ends, for the audit trail.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Answer to ending a task.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EndTaskResponse {
+    /// The task, now ended.
+    pub task: TaskInfo,
+    /// Ids of the sub-tasks that ended with it.
+    pub ended_descendants: Vec<String>,
+}
+
+/// A page of `GET /v1/tasks` (admin).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TaskPage {
+    /// Tasks, ordered by id (oldest first).
+    pub tasks: Vec<TaskInfo>,
+    /// Pass as `after` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<String>,
 }

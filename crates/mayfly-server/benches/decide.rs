@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use mayfly_server::attest::WorkloadIdentity;
-use mayfly_server::authorize::{ExchangeRequest, PolicyEngine};
+use mayfly_server::authorize::{ExchangeRequest, PolicyEngine, Principal};
 use mayfly_server::spiffe::SpiffeId;
 
 fn decide(c: &mut Criterion) {
@@ -34,7 +34,7 @@ fn decide(c: &mut Criterion) {
     c.bench_function("cedar decision, 11 policies", |b| {
         b.iter(|| {
             let d = engine.decide_exchange(&ExchangeRequest {
-                identity: &identity,
+                principal: Principal::Workload(&identity),
                 audience: "https://api-3.example",
                 scopes: &scopes,
                 ttl_seconds: 300,

@@ -27,6 +27,8 @@ fn signing(c: &mut Criterion) {
                         scopes: &scopes,
                         ttl_seconds: 300,
                         now: 1_800_000_000,
+                        task_id: None,
+                        act: None,
                     })
                     .unwrap()
             })

@@ -7,12 +7,14 @@ use std::sync::Arc;
 
 use serde_json::json;
 
+use crate::attest::task::{TaskAttestor, TaskIdentity};
 use crate::attest::{AttestError, Attestors, WorkloadIdentity};
-use crate::authorize::{Decision, ExchangeRequest, PolicyEngine};
-use crate::config::{AudienceConfig, TokensConfig};
+use crate::authorize::{Decision, ExchangeRequest, PolicyEngine, Principal};
+use crate::config::{AudienceConfig, TasksConfig, TokensConfig};
+use crate::govern::Revocations;
 use crate::issue::{AccessTokenRequest, IssueError, IssuedToken, JwtIssuer};
 use crate::keys::Kek;
-use crate::ledger::{AuditEvent, CredentialRecord, Ledger, LedgerError};
+use crate::ledger::{AuditEvent, CredentialRecord, Ledger, LedgerError, TaskState};
 
 /// Longest scope string accepted.
 const MAX_SCOPE_BYTES: usize = 2048;
@@ -37,6 +39,18 @@ pub enum BrokerError {
     /// The request is malformed in another way.
     #[error("{0}")]
     InvalidRequest(String),
+    /// The task is waiting for approval; nothing can be issued under it yet.
+    #[error("task {0} is waiting for approval; nothing can be issued under it yet")]
+    TaskPending(String),
+    /// The caller may not do this to that object (not policy: ownership or a rule of tasks).
+    #[error("{0}")]
+    Forbidden(String),
+    /// No such object.
+    #[error("{0}")]
+    NotFound(String),
+    /// The object is not in a state that allows this.
+    #[error("{0}")]
+    Conflict(String),
     /// Minting failed.
     #[error(transparent)]
     Issue(#[from] IssueError),
@@ -62,16 +76,80 @@ pub struct ExchangeParams {
     pub source_ip: IpAddr,
 }
 
+/// Who proved themselves on a request.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// A workload, by platform evidence or a join token.
+    Workload(WorkloadIdentity),
+    /// A task, by its task token.
+    Task(Box<TaskIdentity>),
+}
+
+impl Caller {
+    /// As policy sees it.
+    pub fn principal(&self) -> Principal<'_> {
+        match self {
+            Caller::Workload(w) => Principal::Workload(w),
+            Caller::Task(t) => Principal::Task(t),
+        }
+    }
+
+    /// Its SPIFFE ID.
+    pub fn spiffe_id(&self) -> String {
+        match self {
+            Caller::Workload(w) => w.spiffe_id.to_string(),
+            Caller::Task(t) => t.spiffe_id.to_string(),
+        }
+    }
+
+    /// Which attestor proved it.
+    pub fn attestor(&self) -> &str {
+        match self {
+            Caller::Workload(w) => &w.attestor,
+            Caller::Task(_) => "task",
+        }
+    }
+}
+
+/// The parts the broker is built from.
+pub struct BrokerParts {
+    /// Platform-evidence and join-token attestors.
+    pub attestors: Attestors,
+    /// Verifies task tokens.
+    pub task_attestor: TaskAttestor,
+    /// Cedar.
+    pub policies: Arc<PolicyEngine>,
+    /// Mints access tokens.
+    pub issuer: JwtIssuer,
+    /// Durable records.
+    pub ledger: Ledger,
+    /// Revocations in force (tasks revoke what was issued under them).
+    pub revocations: Arc<Revocations>,
+    /// Fingerprints credentials.
+    pub kek: Arc<Kek>,
+    /// Token lifetimes.
+    pub tokens: TokensConfig,
+    /// Task lifetimes, nesting and approval.
+    pub tasks: TasksConfig,
+    /// Per-audience settings.
+    pub audiences: Vec<AudienceConfig>,
+}
+
 /// The broker: the parts of the flow, wired together.
 pub struct Broker {
-    attestors: Attestors,
-    policies: Arc<PolicyEngine>,
-    issuer: JwtIssuer,
-    ledger: Ledger,
-    kek: Arc<Kek>,
+    pub(crate) attestors: Attestors,
+    pub(crate) task_attestor: TaskAttestor,
+    pub(crate) policies: Arc<PolicyEngine>,
+    pub(crate) issuer: JwtIssuer,
+    pub(crate) ledger: Ledger,
+    pub(crate) revocations: Arc<Revocations>,
+    pub(crate) kek: Arc<Kek>,
     tokens: TokensConfig,
+    pub(crate) tasks: TasksConfig,
     audiences: HashMap<String, AudienceConfig>,
     failure_audit: RateLimit,
+    /// Serialises task state changes (approve, deny, end), so two of them never race.
+    pub(crate) task_transitions: tokio::sync::Mutex<()>,
 }
 
 /// At most `per_second` events in each wall-clock second.
@@ -115,18 +193,22 @@ impl std::fmt::Debug for Broker {
 
 impl Broker {
     /// Wires the flow together.
-    pub fn new(
-        attestors: Attestors,
-        policies: Arc<PolicyEngine>,
-        issuer: JwtIssuer,
-        ledger: Ledger,
-        kek: Arc<Kek>,
-        tokens: TokensConfig,
-        audiences: &[AudienceConfig],
-    ) -> Self {
-        let audiences = audiences.iter().map(|a| (a.name.clone(), a.clone())).collect();
-        let failure_audit = RateLimit::new(FAILED_ATTESTATION_AUDITS_PER_SECOND);
-        Self { attestors, policies, issuer, ledger, kek, tokens, audiences, failure_audit }
+    pub fn new(parts: BrokerParts) -> Self {
+        let audiences = parts.audiences.iter().map(|a| (a.name.clone(), a.clone())).collect();
+        Self {
+            attestors: parts.attestors,
+            task_attestor: parts.task_attestor,
+            policies: parts.policies,
+            issuer: parts.issuer,
+            ledger: parts.ledger,
+            revocations: parts.revocations,
+            kek: parts.kek,
+            tokens: parts.tokens,
+            tasks: parts.tasks,
+            audiences,
+            failure_audit: RateLimit::new(FAILED_ATTESTATION_AUDITS_PER_SECOND),
+            task_transitions: tokio::sync::Mutex::new(()),
+        }
     }
 
     /// The attestors (join tokens are created through them).
@@ -144,99 +226,175 @@ impl Broker {
         &self.policies
     }
 
-    /// RFC 8693 token exchange: platform evidence in, short-lived access token out.
-    /// The token is recorded durably before this returns.
+    /// RFC 8693 token exchange: platform evidence (or a task token) in, short-lived
+    /// access token out. The token is recorded durably before this returns.
     pub async fn exchange(&self, p: ExchangeParams) -> Result<IssuedToken, BrokerError> {
-        let scopes = parse_scopes(p.scope.as_deref())?;
+        let mut scopes = parse_scopes(p.scope.as_deref())?;
         if p.requested_lifetime == Some(0) {
             // Refused before attestation: a join token must not be spent on a request that cannot succeed.
             return Err(BrokerError::InvalidRequest("requested_lifetime must be at least 1 second".into()));
         }
-        let identity = match self.attestors.attest(&p.subject_token_type, &p.subject_token).await {
-            Ok(id) => id,
-            Err(e) => {
-                let detail = json!({"reason": e.code(), "message": e.to_string(), "source_ip": p.source_ip.to_string(),
-                                    "subject_token_type": p.subject_token_type});
-                metrics::counter!("mayfly_requests_denied_total", "reason" => "attestation").increment(1);
-                // Anyone can send bad evidence: cap what it writes to the audit trail.
-                if self.failure_audit.admit() {
-                    self.audit_best_effort(AuditEvent::new("attest.failed", None, detail)).await;
-                } else {
-                    metrics::counter!("mayfly_audit_events_suppressed_total", "kind" => "attest.failed").increment(1);
-                }
-                return Err(e.into());
+        let now = crate::clock::now_unix();
+        let caller = self.attest(&p.subject_token_type, &p.subject_token, p.source_ip, now).await?;
+        if let Caller::Task(t) = &caller {
+            scopes = narrow_to_task(t, &p.audience, p.scope.is_some(), scopes)?;
+            if p.scope.is_none()
+                && let Some(offered) = self.audiences.get(&p.audience).and_then(|a| a.scopes.as_ref())
+            {
+                scopes.retain(|s| offered.contains(s));
             }
-        };
+        }
 
         // Checked after attestation, so an unauthenticated caller learns nothing of the configuration.
-        let ttl = self.lifetime(&p.audience, p.requested_lifetime, &scopes)?;
-        let now = crate::clock::now_unix();
+        let mut ttl = self.lifetime(&p.audience, p.requested_lifetime, &scopes)?;
+        if let Caller::Task(t) = &caller {
+            // Nothing issued under a task outlives it.
+            ttl = ttl.min(t.task.expires_at - now).max(1);
+        }
         let decision = self.policies.decide_exchange(&ExchangeRequest {
-            identity: &identity,
+            principal: caller.principal(),
             audience: &p.audience,
             scopes: &scopes,
             ttl_seconds: ttl,
             source_ip: p.source_ip,
             now,
         });
-        if !decision.errors.is_empty() {
-            tracing::warn!(errors = ?decision.errors, "policy evaluation errors (those policies were skipped)");
-        }
-        if !decision.allowed {
-            let detail = json!({
-                "action": "exchange", "audience": p.audience, "scopes": scopes, "ttl_seconds": ttl,
-                "attestor": identity.attestor, "policies": decision.policies, "reason": decision.reason(),
-                "source_ip": p.source_ip.to_string(),
-            });
-            metrics::counter!("mayfly_requests_denied_total", "reason" => "policy").increment(1);
-            self.audit_best_effort(AuditEvent::new("policy.denied", Some(identity.spiffe_id.to_string()), detail))
-                .await;
-            return Err(BrokerError::Denied(decision));
-        }
+        let detail = json!({"action": "exchange", "audience": p.audience, "scopes": scopes, "ttl_seconds": ttl});
+        self.check_decision(&caller, &decision, detail, p.source_ip).await?;
 
-        let subject = identity.spiffe_id.to_string();
+        let (subject, act, task_id) = match &caller {
+            Caller::Workload(w) => (w.spiffe_id.to_string(), None, None),
+            Caller::Task(t) => {
+                let (sub, act) = crate::tasks::delegated_subject(t)?;
+                (sub, Some(act), Some(t.task.id.as_str()))
+            }
+        };
+        let client_id = caller.spiffe_id();
         let issued = self.issuer.issue(&AccessTokenRequest {
             subject: &subject,
             audience: &p.audience,
-            client_id: &subject,
+            client_id: &client_id,
             scopes: &scopes,
             ttl_seconds: ttl,
             now,
+            task_id,
+            act: act.as_ref(),
         })?;
-        self.record_issued(&identity, &p, &issued, &decision).await?;
+        let detail = json!({
+            "audience": p.audience, "attestor": caller.attestor(), "policies": decision.policies,
+            "source_ip": p.source_ip.to_string(), "act": act,
+        });
+        let (record, event) = self.issued_record(&issued, "jwt", &subject, &p.audience, task_id, &client_id, detail);
+        self.ledger.record(vec![record], vec![event]).await?;
         metrics::counter!("mayfly_credentials_issued_total", "kind" => "jwt").increment(1);
         Ok(issued)
     }
 
-    async fn record_issued(
+    /// Proves who the caller is: a task token, or a workload's platform evidence or join token.
+    /// Failures are audited (at a bounded rate: anyone can send bad evidence).
+    pub async fn attest(
         &self,
-        identity: &WorkloadIdentity,
-        p: &ExchangeParams,
-        issued: &IssuedToken,
+        token_type: &str,
+        token: &str,
+        source_ip: IpAddr,
+        now: i64,
+    ) -> Result<Caller, BrokerError> {
+        let result = if token_type == mayfly_proto::TOKEN_TYPE_TASK {
+            self.task_attestor.attest(token, now).await.map(|t| Caller::Task(Box::new(t)))
+        } else {
+            self.attestors.attest(token_type, token).await.map(Caller::Workload)
+        };
+        let e = match result {
+            Ok(caller) => return Ok(caller),
+            Err(e) => e,
+        };
+        let detail = json!({"reason": e.code(), "message": e.to_string(), "source_ip": source_ip.to_string(),
+                            "subject_token_type": token_type});
+        metrics::counter!("mayfly_requests_denied_total", "reason" => "attestation").increment(1);
+        if self.failure_audit.admit() {
+            self.audit_best_effort(AuditEvent::new("attest.failed", None, detail)).await;
+        } else {
+            metrics::counter!("mayfly_audit_events_suppressed_total", "kind" => "attest.failed").increment(1);
+        }
+        Err(e.into())
+    }
+
+    /// Turns a policy decision into a result, auditing a denial.
+    pub(crate) async fn check_decision(
+        &self,
+        caller: &Caller,
         decision: &Decision,
-    ) -> Result<(), LedgerError> {
-        let subject = identity.spiffe_id.to_string();
+        detail: serde_json::Value,
+        source_ip: IpAddr,
+    ) -> Result<(), BrokerError> {
+        if !decision.errors.is_empty() {
+            tracing::warn!(errors = ?decision.errors, "policy evaluation errors (those policies were skipped)");
+        }
+        if decision.allowed {
+            return Ok(());
+        }
+        Err(self.deny(caller, decision, detail, source_ip).await)
+    }
+
+    /// Audits a policy denial and returns the error that reports it.
+    pub(crate) async fn deny(
+        &self,
+        caller: &Caller,
+        decision: &Decision,
+        mut detail: serde_json::Value,
+        source_ip: IpAddr,
+    ) -> BrokerError {
+        if let Some(d) = detail.as_object_mut() {
+            d.insert("attestor".into(), caller.attestor().into());
+            d.insert("policies".into(), json!(decision.policies));
+            d.insert("reason".into(), decision.reason().into());
+            d.insert("source_ip".into(), source_ip.to_string().into());
+        }
+        metrics::counter!("mayfly_requests_denied_total", "reason" => "policy").increment(1);
+        self.audit_best_effort(AuditEvent::new("policy.denied", Some(caller.spiffe_id()), detail)).await;
+        BrokerError::Denied(decision.clone())
+    }
+
+    /// The ledger record and audit event of a freshly minted token.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn issued_record(
+        &self,
+        issued: &IssuedToken,
+        kind: &str,
+        subject: &str,
+        audience: &str,
+        task_id: Option<&str>,
+        client_id: &str,
+        mut detail: serde_json::Value,
+    ) -> (CredentialRecord, AuditEvent) {
         let fingerprint = self.kek.fingerprint(issued.token.as_bytes());
-        let detail = json!({
-            "jti": issued.jti, "fingerprint": fingerprint, "kind": "jwt", "audience": p.audience,
-            "scope": issued.scope, "expires_at": issued.expires_at, "kid": issued.kid,
-            "attestor": identity.attestor, "policies": decision.policies, "source_ip": p.source_ip.to_string(),
-        });
+        if let Some(d) = detail.as_object_mut() {
+            d.insert("jti".into(), issued.jti.clone().into());
+            d.insert("fingerprint".into(), fingerprint.clone().into());
+            d.insert("kind".into(), kind.into());
+            d.insert("scope".into(), issued.scope.clone().into());
+            d.insert("expires_at".into(), issued.expires_at.into());
+            d.insert("kid".into(), issued.kid.clone().into());
+            if let Some(t) = task_id {
+                d.insert("task_id".into(), t.into());
+            }
+        }
         let record = CredentialRecord {
             jti: issued.jti.clone(),
-            kind: "jwt".into(),
-            subject: subject.clone(),
-            audience: p.audience.clone(),
+            kind: kind.into(),
+            subject: subject.into(),
+            audience: audience.into(),
             scope: issued.scope.clone(),
-            task_id: None,
-            client_id: subject.clone(),
+            task_id: task_id.map(str::to_owned),
+            client_id: client_id.into(),
             issued_at: issued.issued_at,
             expires_at: issued.expires_at,
             key_id: issued.kid.clone(),
             binding: None,
             fingerprint,
         };
-        self.ledger.record(vec![record], vec![AuditEvent::new("token.issued", Some(subject), detail)]).await
+        let event_kind = if kind == "task" { "task_token.issued" } else { "token.issued" };
+        (record, AuditEvent::new(event_kind, Some(subject.to_owned()), detail))
     }
 
     /// Records an audit event; a failure is logged, not returned, because the
@@ -248,7 +406,12 @@ impl Broker {
     }
 
     /// Lifetime = min(requested or default, audience maximum, global maximum).
-    fn lifetime(&self, audience: &str, requested: Option<u64>, scopes: &[String]) -> Result<i64, BrokerError> {
+    pub(crate) fn lifetime(
+        &self,
+        audience: &str,
+        requested: Option<u64>,
+        scopes: &[String],
+    ) -> Result<i64, BrokerError> {
         let aud = self.audiences.get(audience);
         if let Some(allowed) = aud.and_then(|a| a.scopes.as_ref())
             && let Some(bad) = scopes.iter().find(|s| !allowed.contains(s))
@@ -268,8 +431,42 @@ impl Broker {
     }
 }
 
+/// The scopes a task's credential gets: what was asked (each must be among the task's),
+/// or, when nothing was asked, all of the task's scopes. The audience must be one the task may use.
+fn narrow_to_task(
+    t: &TaskIdentity,
+    audience: &str,
+    asked: bool,
+    scopes: Vec<String>,
+) -> Result<Vec<String>, BrokerError> {
+    if t.task.state == TaskState::Pending {
+        return Err(BrokerError::TaskPending(t.task.id.clone()));
+    }
+    if let Some(auds) = &t.task.audiences {
+        let auds: Vec<String> = serde_json::from_str(auds).unwrap_or_default();
+        if !auds.iter().any(|a| a == audience) {
+            return Err(BrokerError::InvalidTarget(format!(
+                "task {} may get credentials for {} only",
+                t.task.id,
+                auds.join(", ")
+            )));
+        }
+    }
+    let allowed: Vec<&str> = t.task.scope.split_whitespace().collect();
+    if !asked {
+        return Ok(allowed.into_iter().map(str::to_owned).collect());
+    }
+    if let Some(bad) = scopes.iter().find(|s| !allowed.contains(&s.as_str())) {
+        return Err(BrokerError::InvalidScope(format!(
+            "scope {bad:?} is not among task {}'s scopes; scopes only narrow under a task",
+            t.task.id
+        )));
+    }
+    Ok(scopes)
+}
+
 /// Splits an RFC 6749 scope string; each scope is printable ASCII without `"` or `\`.
-fn parse_scopes(scope: Option<&str>) -> Result<Vec<String>, BrokerError> {
+pub(crate) fn parse_scopes(scope: Option<&str>) -> Result<Vec<String>, BrokerError> {
     let Some(scope) = scope else {
         return Ok(Vec::new());
     };

@@ -64,6 +64,48 @@ pub struct Config {
     /// Attestors.
     #[serde(default)]
     pub attest: AttestConfig,
+    /// Task lifetimes, nesting and approval.
+    #[serde(default)]
+    pub tasks: TasksConfig,
+}
+
+/// Task settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TasksConfig {
+    /// Lifetime when the request names none (default 15m).
+    #[serde(default = "fifteen_minutes", with = "humantime_serde")]
+    pub default_ttl: Duration,
+    /// Longest lifetime a task may ask for (default 8h); longer requests are refused.
+    #[serde(default = "eight_hours", with = "humantime_serde")]
+    pub max_ttl: Duration,
+    /// Deepest nesting of sub-tasks (default 4; 1 allows no sub-tasks).
+    #[serde(default = "four")]
+    pub max_depth: u32,
+    /// How long a task may wait for approval before it is denied (default 15m).
+    #[serde(default = "fifteen_minutes", with = "humantime_serde")]
+    pub approval_timeout: Duration,
+}
+
+impl Default for TasksConfig {
+    fn default() -> Self {
+        Self {
+            default_ttl: fifteen_minutes(),
+            max_ttl: eight_hours(),
+            max_depth: 4,
+            approval_timeout: fifteen_minutes(),
+        }
+    }
+}
+
+fn fifteen_minutes() -> Duration {
+    Duration::from_secs(900)
+}
+fn eight_hours() -> Duration {
+    Duration::from_secs(8 * 3600)
+}
+fn four() -> u32 {
+    4
 }
 
 /// Listener settings.
@@ -330,6 +372,15 @@ impl Config {
         if self.tokens.default_ttl > self.tokens.max_ttl || self.tokens.max_ttl.is_zero() {
             return bad("tokens.default_ttl must be at most tokens.max_ttl, and max_ttl above zero".into());
         }
+        if self.tasks.default_ttl > self.tasks.max_ttl || self.tasks.max_ttl.is_zero() {
+            return bad("tasks.default_ttl must be at most tasks.max_ttl, and max_ttl above zero".into());
+        }
+        if !(1..=16).contains(&self.tasks.max_depth) {
+            return bad("tasks.max_depth must be between 1 and 16".into());
+        }
+        if self.tasks.approval_timeout.is_zero() {
+            return bad("tasks.approval_timeout must be above zero".into());
+        }
         if !matches!(self.keys.algorithm.as_str(), "EdDSA" | "ES256") {
             return bad(format!("keys.algorithm {:?}: use EdDSA or ES256", self.keys.algorithm));
         }
@@ -390,7 +441,8 @@ impl Config {
 
     /// The longest lifetime any token can have: keys stay published at least this long after retirement.
     pub fn longest_token_ttl(&self) -> Duration {
-        self.tokens.max_ttl
+        // A task token lives as long as its task.
+        self.tokens.max_ttl.max(self.tasks.max_ttl)
     }
 
     /// The SQLite database file.

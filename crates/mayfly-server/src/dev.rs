@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use crate::config::{
-    AttestConfig, Config, JoinTokensConfig, KeysConfig, LedgerConfig, ListenConfig, PolicyConfig, TokensConfig,
+    AttestConfig, Config, JoinTokensConfig, KeysConfig, LedgerConfig, ListenConfig, PolicyConfig, TasksConfig,
+    TokensConfig,
 };
 use crate::keys::Kek;
 
@@ -24,6 +25,29 @@ when {
   principal.trust_domain == "dev.mayfly.local" &&
   context.ttl_seconds <= 3600
 };
+
+// Any dev workload may start a task for up to 8 hours; a task asking for the
+// "admin" scope waits until an approver (`mayfly tasks approve`) lets it run.
+@id("dev-start-task")
+permit (
+  principal,
+  action == Mayfly::Action::"start_task",
+  resource
+)
+when {
+  principal.trust_domain == "dev.mayfly.local" &&
+  context.ttl_seconds <= 28800 &&
+  (!resource.scopes.contains("admin") || context.approved)
+};
+
+// Dev workloads may approve each other's tasks (never their own).
+@id("dev-approve-task")
+permit (
+  principal,
+  action == Mayfly::Action::"approve",
+  resource
+)
+when { principal.trust_domain == "dev.mayfly.local" };
 "#;
 
 /// Why the dev data directory could not be prepared.
@@ -71,5 +95,6 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> Result<Config, DevSetupEr
         ledger: LedgerConfig::default(),
         join_tokens: JoinTokensConfig::default(),
         attest: AttestConfig::default(),
+        tasks: TasksConfig::default(),
     })
 }

@@ -4,7 +4,7 @@
 //! workload identity, [`authorize`] asks Cedar policy, [`issue`] mints the
 //! credential, [`ledger`] records it before [`deliver`] hands it out.
 //! [`govern`] revokes and keeps house afterwards; [`verify`] checks Mayfly's own
-//! tokens. [`broker`] wires the steps together; [`server`] starts everything.
+//! tokens. [`tasks`] provisions identities that live for one job. [`broker`] wires the steps together; [`server`] starts everything.
 #![forbid(unsafe_code)]
 
 pub mod attest;
@@ -22,5 +22,6 @@ pub mod keys;
 pub mod ledger;
 pub mod server;
 pub mod spiffe;
+pub mod tasks;
 pub mod token_cache;
 pub mod verify;

@@ -9,9 +9,10 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::attest::task::TaskAttestor;
 use crate::attest::{Attestors, JoinTokens, OidcAttestor, oidc::OidcConfigError};
 use crate::authorize::{PolicyEngine, PolicyError};
-use crate::broker::Broker;
+use crate::broker::{Broker, BrokerParts};
 use crate::config::Config;
 use crate::deliver::http::{AppInner, AppState, admin_token_hash, router};
 use crate::deliver::listener::{self, TlsSetupError};
@@ -177,15 +178,18 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
     let verifier = TokenVerifier::new(keys.clone(), revocations.clone(), url.clone());
     crate::deliver::http::metrics::install();
     let issuer = JwtIssuer::new(keys.clone(), url.clone());
-    let broker = Arc::new(Broker::new(
-        Attestors::new(oidc, join_tokens),
-        policies.clone(),
+    let broker = Arc::new(Broker::new(BrokerParts {
+        attestors: Attestors::new(oidc, join_tokens),
+        task_attestor: TaskAttestor::new(verifier.clone(), store.clone(), cfg.trust_domain.clone()),
+        policies: policies.clone(),
         issuer,
-        ledger.clone(),
-        kek.clone(),
-        cfg.tokens.clone(),
-        &cfg.audiences,
-    ));
+        ledger: ledger.clone(),
+        revocations: revocations.clone(),
+        kek: kek.clone(),
+        tokens: cfg.tokens.clone(),
+        tasks: cfg.tasks.clone(),
+        audiences: cfg.audiences.clone(),
+    }));
     // Long-lived responses (event streams) end when this turns true, so shutdown can drain.
     let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
     let state = AppState::new(AppInner {
@@ -194,6 +198,7 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
         kek,
         store,
         issuer_url: url.clone(),
+        trust_domain: cfg.trust_domain.clone(),
         signing_alg: alg,
         // Retired keys stay published for the longest token lifetime plus clock-skew margin.
         key_publish_secs: max_ttl_secs + 300,

@@ -7,6 +7,7 @@
 
 pub mod join_token;
 pub mod oidc;
+pub mod task;
 mod template;
 
 use std::collections::BTreeMap;
@@ -40,7 +41,7 @@ pub enum AttestError {
     Malformed(String),
     /// `subject_token_type` names nothing Mayfly accepts.
     #[error(
-        "subject_token_type {0:?} is not supported; use urn:ietf:params:oauth:token-type:jwt, …:id_token or urn:mayfly:params:oauth:token-type:join-token"
+        "subject_token_type {0:?} is not supported; use urn:ietf:params:oauth:token-type:jwt, …:id_token, urn:mayfly:params:oauth:token-type:join-token or …:task"
     )]
     UnsupportedTokenType(String),
     /// No attestor is configured for the token's `iss`.
@@ -104,6 +105,12 @@ pub enum AttestError {
     /// The join token expired.
     #[error("join token has expired")]
     JoinTokenExpired,
+    /// The task token is not a valid Mayfly task token.
+    #[error("task token: {0}")]
+    TaskToken(crate::verify::VerifyError),
+    /// The task has ended, was denied, or has expired.
+    #[error("the task is {}", .0.as_str())]
+    TaskNotActive(crate::ledger::TaskState),
     /// Storage failed while attesting.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
@@ -128,6 +135,8 @@ impl AttestError {
             AttestError::JoinTokenUnknown => "join-token-unknown",
             AttestError::JoinTokenUsed => "join-token-used",
             AttestError::JoinTokenExpired => "join-token-expired",
+            AttestError::TaskToken(_) => "invalid-task-token",
+            AttestError::TaskNotActive(_) => "task-not-active",
             AttestError::Ledger(_) => "storage-unavailable",
         }
     }

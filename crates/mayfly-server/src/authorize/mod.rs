@@ -18,6 +18,7 @@ use cedar_policy::{
 use sha2::{Digest, Sha256};
 
 use crate::attest::WorkloadIdentity;
+use crate::attest::task::TaskIdentity;
 
 /// The Cedar schema every policy is validated against.
 pub const SCHEMA: &str = include_str!("schema.cedarschema");
@@ -77,17 +78,58 @@ impl Decision {
     }
 }
 
+/// Who is asking: an attested workload or a task.
+#[derive(Debug, Clone, Copy)]
+pub enum Principal<'a> {
+    /// A workload attested by platform evidence or a join token.
+    Workload(&'a WorkloadIdentity),
+    /// A task, by its task token.
+    Task(&'a TaskIdentity),
+}
+
 /// What a token-exchange request asks for, as policy sees it.
 #[derive(Debug, Clone)]
 pub struct ExchangeRequest<'a> {
     /// The attested caller.
-    pub identity: &'a WorkloadIdentity,
+    pub principal: Principal<'a>,
     /// The audience asked for.
     pub audience: &'a str,
     /// The scopes asked for.
     pub scopes: &'a [String],
     /// The lifetime that would be granted.
     pub ttl_seconds: i64,
+    /// The caller's address.
+    pub source_ip: IpAddr,
+    /// Unix seconds.
+    pub now: i64,
+}
+
+/// A request to start a task, as policy sees it.
+#[derive(Debug, Clone)]
+pub struct StartTaskRequest<'a> {
+    /// The starter (a task for a sub-task).
+    pub principal: Principal<'a>,
+    /// The task that would be created.
+    pub task: &'a TaskIdentity,
+    /// Requested lifetime.
+    pub ttl_seconds: i64,
+    /// Audiences it is limited to.
+    pub audiences: &'a [String],
+    /// Whether to decide as if an approver had approved it.
+    pub approved: bool,
+    /// The caller's address.
+    pub source_ip: IpAddr,
+    /// Unix seconds.
+    pub now: i64,
+}
+
+/// A request to approve or deny a pending task, as policy sees it.
+#[derive(Debug, Clone)]
+pub struct ApproveRequest<'a> {
+    /// The approver.
+    pub approver: &'a WorkloadIdentity,
+    /// The pending task.
+    pub task: &'a TaskIdentity,
     /// The caller's address.
     pub source_ip: IpAddr,
     /// Unix seconds.
@@ -111,8 +153,11 @@ pub struct PolicyEngine {
     authorizer: Authorizer,
     current: ArcSwap<LoadedPolicies>,
     workload_type: EntityTypeName,
+    task_type: EntityTypeName,
     audience_type: EntityTypeName,
     exchange_action: EntityUid,
+    start_task_action: EntityUid,
+    approve_action: EntityUid,
 }
 
 impl std::fmt::Debug for PolicyEngine {
@@ -132,14 +177,19 @@ impl PolicyEngine {
         let schema = schema()?;
         let loaded = load_dir(dir, &schema)?;
         let parse = |s: &str| EntityTypeName::from_str(s).map_err(|e| PolicyError::Schema(e.to_string()));
+        let action = |name: &str| {
+            EntityUid::from_str(&format!(r#"Mayfly::Action::"{name}""#)).map_err(|e| PolicyError::Schema(e.to_string()))
+        };
         Ok(Self {
             dir: dir.to_owned(),
             authorizer: Authorizer::new(),
             current: ArcSwap::from_pointee(loaded),
             workload_type: parse("Mayfly::Workload")?,
+            task_type: parse("Mayfly::Task")?,
             audience_type: parse("Mayfly::Audience")?,
-            exchange_action: EntityUid::from_str(r#"Mayfly::Action::"exchange""#)
-                .map_err(|e| PolicyError::Schema(e.to_string()))?,
+            exchange_action: action("exchange")?,
+            start_task_action: action("start_task")?,
+            approve_action: action("approve")?,
             schema,
         })
     }
@@ -172,50 +222,142 @@ impl PolicyEngine {
 
     /// Decides a token-exchange request.
     pub fn decide_exchange(&self, req: &ExchangeRequest<'_>) -> Decision {
-        match self.build_exchange(req) {
-            Ok((request, entities)) => {
-                let policies = self.current.load();
-                let resp = self.authorizer.is_authorized(&request, &policies.set, &entities);
-                // Cedar skips a policy that fails to evaluate; a skipped `forbid` would fail
-                // open, so any evaluation error denies.
-                let allowed = resp.decision() == CedarDecision::Allow && resp.diagnostics().errors().next().is_none();
-                let ids = |it: &mut dyn Iterator<Item = &PolicyId>| it.map(|p| p.to_string()).collect::<Vec<_>>();
-                let mut decided = ids(&mut resp.diagnostics().reason());
-                decided.sort();
-                let errors = resp.diagnostics().errors().map(|e| e.to_string()).collect();
-                Decision { allowed, policies: decided, errors }
+        self.decide(|| {
+            let (principal, mut entities) = self.principal(req.principal)?;
+            let resource = EntityUid::from_type_name_and_id(self.audience_type.clone(), EntityId::new(req.audience));
+            entities.push(Entity::new_no_attrs(resource.clone(), Default::default()));
+            let context = context([
+                ("scopes", RestrictedExpression::new_set(req.scopes.iter().map(|x| string(x)))),
+                ("ttl_seconds", RestrictedExpression::new_long(req.ttl_seconds)),
+                ("source_ip", RestrictedExpression::new_ip(req.source_ip.to_string())),
+                ("now", RestrictedExpression::new_datetime(crate::clock::rfc3339(req.now))),
+                ("now_unix", RestrictedExpression::new_long(req.now)),
+            ])?;
+            Ok((principal, self.exchange_action.clone(), resource, context, entities))
+        })
+    }
+
+    /// Decides whether a task may start (with `approved: false`), or could start once approved.
+    pub fn decide_start_task(&self, req: &StartTaskRequest<'_>) -> Decision {
+        self.decide(|| {
+            let (principal, mut entities) = self.principal(req.principal)?;
+            let (resource, task) = self.task_entity(req.task)?;
+            entities.push(task);
+            let context = context([
+                ("scopes", scope_set(&req.task.task.scope)),
+                ("ttl_seconds", RestrictedExpression::new_long(req.ttl_seconds)),
+                ("audiences", RestrictedExpression::new_set(req.audiences.iter().map(|x| string(x)))),
+                ("approved", RestrictedExpression::new_bool(req.approved)),
+                ("source_ip", RestrictedExpression::new_ip(req.source_ip.to_string())),
+                ("now", RestrictedExpression::new_datetime(crate::clock::rfc3339(req.now))),
+                ("now_unix", RestrictedExpression::new_long(req.now)),
+            ])?;
+            Ok((principal, self.start_task_action.clone(), resource, context, entities))
+        })
+    }
+
+    /// Decides whether a workload may approve (or deny) a pending task.
+    pub fn decide_approve(&self, req: &ApproveRequest<'_>) -> Decision {
+        self.decide(|| {
+            let (principal, mut entities) = self.principal(Principal::Workload(req.approver))?;
+            let (resource, task) = self.task_entity(req.task)?;
+            entities.push(task);
+            let context = context([
+                ("scopes", scope_set(&req.task.task.scope)),
+                ("ttl_seconds", RestrictedExpression::new_long((req.task.task.expires_at - req.now).max(0))),
+                ("source_ip", RestrictedExpression::new_ip(req.source_ip.to_string())),
+                ("now", RestrictedExpression::new_datetime(crate::clock::rfc3339(req.now))),
+                ("now_unix", RestrictedExpression::new_long(req.now)),
+            ])?;
+            Ok((principal, self.approve_action.clone(), resource, context, entities))
+        })
+    }
+
+    /// Runs one authorization. Cedar skips a policy that fails to evaluate; a skipped
+    /// `forbid` would fail open, so any evaluation error denies.
+    fn decide(&self, build: impl FnOnce() -> Result<RequestParts, String>) -> Decision {
+        let built = build().and_then(|(principal, action, resource, context, entities)| {
+            let request =
+                Request::new(principal, action, resource, context, Some(&self.schema)).map_err(|e| e.to_string())?;
+            let entities = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
+            Ok((request, entities))
+        });
+        let (request, entities) = match built {
+            Ok(b) => b,
+            Err(e) => return Decision { allowed: false, policies: Vec::new(), errors: vec![e] },
+        };
+        let policies = self.current.load();
+        let resp = self.authorizer.is_authorized(&request, &policies.set, &entities);
+        let allowed = resp.decision() == CedarDecision::Allow && resp.diagnostics().errors().next().is_none();
+        let mut decided: Vec<String> = resp.diagnostics().reason().map(|p| p.to_string()).collect();
+        decided.sort();
+        let errors = resp.diagnostics().errors().map(|e| e.to_string()).collect();
+        Decision { allowed, policies: decided, errors }
+    }
+
+    /// The principal's uid and the entities that describe it.
+    fn principal(&self, p: Principal<'_>) -> Result<(EntityUid, Vec<Entity>), String> {
+        match p {
+            Principal::Workload(w) => {
+                let id = &w.spiffe_id;
+                let uid = EntityUid::from_type_name_and_id(self.workload_type.clone(), EntityId::new(id.to_string()));
+                let attrs = [
+                    ("spiffe_id".to_owned(), string(&id.to_string())),
+                    ("trust_domain".to_owned(), string(id.trust_domain())),
+                    ("path".to_owned(), string(id.path())),
+                    ("attestor".to_owned(), string(&w.attestor)),
+                ];
+                let tags = w.attributes.iter().map(|(k, v)| (k.clone(), string(v)));
+                let entity = Entity::new_with_tags(uid.clone(), attrs, [], tags).map_err(|e| e.to_string())?;
+                Ok((uid, vec![entity]))
             }
-            Err(e) => Decision { allowed: false, policies: Vec::new(), errors: vec![e] },
+            Principal::Task(t) => {
+                let (uid, entity) = self.task_entity(t)?;
+                Ok((uid, vec![entity]))
+            }
         }
     }
 
-    fn build_exchange(&self, req: &ExchangeRequest<'_>) -> Result<(Request, Entities), String> {
-        let id = &req.identity.spiffe_id;
-        let principal = EntityUid::from_type_name_and_id(self.workload_type.clone(), EntityId::new(id.to_string()));
-        let resource = EntityUid::from_type_name_and_id(self.audience_type.clone(), EntityId::new(req.audience));
-        let s = |v: &str| RestrictedExpression::new_string(v.to_owned());
-        let attrs = [
-            ("spiffe_id".to_owned(), s(&id.to_string())),
-            ("trust_domain".to_owned(), s(id.trust_domain())),
-            ("path".to_owned(), s(id.path())),
-            ("attestor".to_owned(), s(&req.identity.attestor)),
+    /// A task as a Cedar entity: a member of every actor in its chain.
+    fn task_entity(&self, t: &TaskIdentity) -> Result<(EntityUid, Entity), String> {
+        let id = t.spiffe_id.to_string();
+        let uid = EntityUid::from_type_name_and_id(self.task_type.clone(), EntityId::new(&id));
+        let mut attrs = vec![
+            ("spiffe_id".to_owned(), string(&id)),
+            ("trust_domain".to_owned(), string(t.spiffe_id.trust_domain())),
+            ("path".to_owned(), string(t.spiffe_id.path())),
+            ("attestor".to_owned(), string("task")),
+            ("task_id".to_owned(), string(&t.task.id)),
+            ("purpose".to_owned(), string(&t.task.purpose)),
+            ("creator".to_owned(), string(&t.task.creator)),
+            ("depth".to_owned(), RestrictedExpression::new_long(t.task.depth)),
+            ("scopes".to_owned(), scope_set(&t.task.scope)),
         ];
-        let tags = req.identity.attributes.iter().map(|(k, v)| (k.clone(), s(v)));
-        let workload = Entity::new_with_tags(principal.clone(), attrs, [], tags).map_err(|e| e.to_string())?;
-        let audience = Entity::new_no_attrs(resource.clone(), Default::default());
-        let entities = Entities::from_entities([workload, audience], None).map_err(|e| e.to_string())?;
-        let context = Context::from_pairs([
-            ("scopes".to_owned(), RestrictedExpression::new_set(req.scopes.iter().map(|x| s(x)))),
-            ("ttl_seconds".to_owned(), RestrictedExpression::new_long(req.ttl_seconds)),
-            ("source_ip".to_owned(), RestrictedExpression::new_ip(req.source_ip.to_string())),
-            ("now".to_owned(), RestrictedExpression::new_datetime(crate::clock::rfc3339(req.now))),
-            ("now_unix".to_owned(), RestrictedExpression::new_long(req.now)),
-        ])
-        .map_err(|e| e.to_string())?;
-        let request = Request::new(principal, self.exchange_action.clone(), resource, context, Some(&self.schema))
-            .map_err(|e| e.to_string())?;
-        Ok((request, entities))
+        if let Some(obo) = &t.task.on_behalf_of {
+            attrs.push(("on_behalf_of".to_owned(), string(obo)));
+        }
+        let parents = t.actors.iter().map(|actor| {
+            let ty = if TaskIdentity::is_task_id(actor) { &self.task_type } else { &self.workload_type };
+            EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(actor))
+        });
+        let tags = t.attributes.iter().map(|(k, v)| (k.clone(), string(v)));
+        let entity = Entity::new_with_tags(uid.clone(), attrs, parents, tags).map_err(|e| e.to_string())?;
+        Ok((uid, entity))
     }
+}
+
+type RequestParts = (EntityUid, EntityUid, EntityUid, Context, Vec<Entity>);
+
+fn string(v: &str) -> RestrictedExpression {
+    RestrictedExpression::new_string(v.to_owned())
+}
+
+fn scope_set(scope: &str) -> RestrictedExpression {
+    RestrictedExpression::new_set(scope.split_whitespace().map(string))
+}
+
+fn context<const N: usize>(pairs: [(&str, RestrictedExpression); N]) -> Result<Context, String> {
+    Context::from_pairs(pairs.into_iter().map(|(k, v)| (k.to_owned(), v))).map_err(|e| e.to_string())
 }
 
 fn read_sources(dir: &Path) -> Result<BTreeMap<String, String>, PolicyError> {

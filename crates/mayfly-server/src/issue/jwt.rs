@@ -24,6 +24,10 @@ pub struct AccessTokenRequest<'a> {
     pub ttl_seconds: i64,
     /// `iat`, Unix seconds.
     pub now: i64,
+    /// The task it is issued under.
+    pub task_id: Option<&'a str>,
+    /// RFC 8693 `act`: who acts, and for whom, in a delegation.
+    pub act: Option<&'a serde_json::Value>,
 }
 
 /// A minted token and the facts the ledger records about it.
@@ -62,6 +66,10 @@ struct Claims<'a> {
     client_id: &'a str,
     #[serde(skip_serializing_if = "str::is_empty")]
     scope: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    task_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    act: Option<&'a serde_json::Value>,
 }
 
 /// Mints RFC 9068 access tokens.
@@ -99,6 +107,8 @@ impl JwtIssuer {
             jti: &jti,
             client_id: req.client_id,
             scope: &scope,
+            task_id: req.task_id,
+            act: req.act,
         };
         let mut token = B64.encode(serde_json::to_vec(&header)?);
         token.push('.');

@@ -12,7 +12,7 @@ mod writer;
 
 pub use audit::{AuditEvent, ChainedAuditEvent};
 pub use revocation::{Revocation, RevocationIndex, RevocationKind};
-pub use writer::Ledger;
+pub use writer::{Batch, Ledger};
 
 use async_trait::async_trait;
 
@@ -107,6 +107,116 @@ pub struct CredentialRecord {
     pub fingerprint: String,
 }
 
+/// Where a task stands. `expired` is derived from the time, never stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    /// Waiting for an approver; nothing can be issued under it.
+    Pending,
+    /// Credentials can be issued under it.
+    Active,
+    /// An approver refused it, or its approval deadline passed.
+    Denied,
+    /// Ended explicitly or with its parent; everything issued under it is revoked.
+    Ended,
+    /// Its lifetime is over (derived).
+    Expired,
+}
+
+impl TaskState {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Pending => "pending",
+            TaskState::Active => "active",
+            TaskState::Denied => "denied",
+            TaskState::Ended => "ended",
+            TaskState::Expired => "expired",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => TaskState::Pending,
+            "active" => TaskState::Active,
+            "denied" => TaskState::Denied,
+            "ended" => TaskState::Ended,
+            "expired" => TaskState::Expired,
+            _ => return None,
+        })
+    }
+}
+
+/// A task: a runtime identity for one job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskRecord {
+    /// Task id; its SPIFFE ID is `spiffe://<td>/task/<id>`.
+    pub id: String,
+    /// The parent task, for a sub-task.
+    pub parent_id: Option<String>,
+    /// Ancestor ids then its own, joined by `/`.
+    pub path: String,
+    /// Nesting depth: 1 without a parent.
+    pub depth: i64,
+    /// SPIFFE ID of the workload (or parent task) that created it.
+    pub creator: String,
+    /// The subject it acts for (RFC 8693 delegation), if any.
+    pub on_behalf_of: Option<String>,
+    /// The `act` claim its credentials carry, as JSON.
+    pub actor: String,
+    /// The creator's attested attributes, as a JSON object (policy sees them as tags).
+    pub attributes: String,
+    /// Why it exists, as the creator said.
+    pub purpose: String,
+    /// Space-separated scopes: the most anything under it can get.
+    pub scope: String,
+    /// Audiences it may get credentials for, as a JSON array; `None` means any that policy allows.
+    pub audiences: Option<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds; nothing issued under it outlives this.
+    pub expires_at: i64,
+    /// The stored state (never `Expired`; see [`TaskRecord::state_at`]).
+    pub state: TaskState,
+    /// A pending task not approved by then is denied.
+    pub approval_deadline: Option<i64>,
+    /// Who approved or denied it.
+    pub decided_by: Option<String>,
+    /// When.
+    pub decided_at: Option<i64>,
+    /// When it ended.
+    pub ended_at: Option<i64>,
+    /// Why it ended.
+    pub end_reason: Option<String>,
+}
+
+impl TaskRecord {
+    /// The state at `now`, with lifetime and approval deadline applied.
+    pub fn state_at(&self, now: i64) -> TaskState {
+        match self.state {
+            TaskState::Pending if self.approval_deadline.is_some_and(|d| d <= now) => TaskState::Denied,
+            TaskState::Pending | TaskState::Active if self.expires_at <= now => TaskState::Expired,
+            s => s,
+        }
+    }
+}
+
+/// Which tasks to list.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    /// Only tasks created by this SPIFFE ID.
+    pub creator: Option<String>,
+    /// Only tasks with this stored state.
+    pub state: Option<TaskState>,
+    /// Only tasks that have not expired by this time.
+    pub live_at: Option<i64>,
+    /// Keyset pagination: only `id > after`.
+    pub after: Option<String>,
+    /// At most this many.
+    pub limit: i64,
+}
+
 /// Which credentials to list.
 #[derive(Debug, Clone, Default)]
 pub struct CredentialFilter {
@@ -184,13 +294,21 @@ pub trait Store: Send + Sync + 'static {
 
     /// The last audit event's sequence number and hash.
     async fn audit_head(&self) -> Result<Option<(i64, String)>, LedgerError>;
-    /// Writes credentials, revocations and chained audit events in one transaction.
+    /// Writes credentials, task rows (inserted or replaced), revocations and chained
+    /// audit events in one transaction.
     async fn append(
         &self,
         credentials: &[CredentialRecord],
+        tasks: &[TaskRecord],
         revocations: &[Revocation],
         events: &[ChainedAuditEvent],
     ) -> Result<(), LedgerError>;
+    /// A task by id.
+    async fn task(&self, id: &str) -> Result<Option<TaskRecord>, LedgerError>;
+    /// A task and every task below it (its path prefix), ordered by path.
+    async fn task_subtree(&self, path: &str) -> Result<Vec<TaskRecord>, LedgerError>;
+    /// Tasks matching a filter, ordered by id.
+    async fn tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, LedgerError>;
     /// The highest revocation cursor ever assigned (0 if none), including entries already dropped.
     async fn revocation_head(&self) -> Result<i64, LedgerError>;
     /// Revocations with `cursor > after`, in order, at most `limit`.

@@ -13,7 +13,7 @@ use tokio::sync::Mutex;
 
 use super::{
     AuditFilter, ChainedAuditEvent, CredentialFilter, CredentialRecord, JoinTokenRow, LedgerError, RedeemOutcome,
-    Revocation, RevocationKind, Store, StoredSigningKey,
+    Revocation, RevocationKind, Store, StoredSigningKey, TaskFilter, TaskRecord, TaskState,
 };
 
 /// Rows per multi-row INSERT, well under SQLite's bound-parameter limit.
@@ -96,6 +96,32 @@ fn revocation_from_row(r: &SqliteRow) -> Result<Revocation, LedgerError> {
         revoked_at: r.try_get("revoked_at")?,
         expires_at: r.try_get("expires_at")?,
         reason: r.try_get("reason")?,
+    })
+}
+
+fn task_from_row(r: &SqliteRow) -> Result<TaskRecord, LedgerError> {
+    let state: String = r.try_get("state")?;
+    Ok(TaskRecord {
+        id: r.try_get("id")?,
+        parent_id: r.try_get("parent_id")?,
+        path: r.try_get("path")?,
+        depth: r.try_get("depth")?,
+        creator: r.try_get("creator")?,
+        on_behalf_of: r.try_get("on_behalf_of")?,
+        actor: r.try_get("actor")?,
+        attributes: r.try_get("attributes")?,
+        purpose: r.try_get("purpose")?,
+        scope: r.try_get("scope")?,
+        audiences: r.try_get("audiences")?,
+        created_at: r.try_get("created_at")?,
+        expires_at: r.try_get("expires_at")?,
+        state: TaskState::parse(&state)
+            .ok_or_else(|| LedgerError::Conflict(format!("task has unknown state {state:?}")))?,
+        approval_deadline: r.try_get("approval_deadline")?,
+        decided_by: r.try_get("decided_by")?,
+        decided_at: r.try_get("decided_at")?,
+        ended_at: r.try_get("ended_at")?,
+        end_reason: r.try_get("end_reason")?,
     })
 }
 
@@ -272,10 +298,11 @@ impl Store for SqliteStore {
     async fn append(
         &self,
         credentials: &[CredentialRecord],
+        tasks: &[TaskRecord],
         revocations: &[Revocation],
         events: &[ChainedAuditEvent],
     ) -> Result<(), LedgerError> {
-        if credentials.is_empty() && revocations.is_empty() && events.is_empty() {
+        if credentials.is_empty() && tasks.is_empty() && revocations.is_empty() && events.is_empty() {
             return Ok(());
         }
         // The whole group commit is one multi-statement query: one round trip to the
@@ -299,6 +326,35 @@ impl Store for SqliteStore {
                     .push_bind(&c.key_id)
                     .push_bind(&c.binding)
                     .push_bind(&c.fingerprint);
+            });
+            q.push(";");
+        }
+        for chunk in tasks.chunks(ROWS_PER_STATEMENT / 2) {
+            q.push(
+                " INSERT OR REPLACE INTO tasks (id, parent_id, path, depth, creator, on_behalf_of, actor, attributes, \
+                 purpose, scope, audiences, created_at, expires_at, state, approval_deadline, decided_by, decided_at, \
+                 ended_at, end_reason) ",
+            );
+            q.push_values(chunk, |mut b, t| {
+                b.push_bind(&t.id)
+                    .push_bind(&t.parent_id)
+                    .push_bind(&t.path)
+                    .push_bind(t.depth)
+                    .push_bind(&t.creator)
+                    .push_bind(&t.on_behalf_of)
+                    .push_bind(&t.actor)
+                    .push_bind(&t.attributes)
+                    .push_bind(&t.purpose)
+                    .push_bind(&t.scope)
+                    .push_bind(&t.audiences)
+                    .push_bind(t.created_at)
+                    .push_bind(t.expires_at)
+                    .push_bind(t.state.as_str())
+                    .push_bind(t.approval_deadline)
+                    .push_bind(&t.decided_by)
+                    .push_bind(t.decided_at)
+                    .push_bind(t.ended_at)
+                    .push_bind(&t.end_reason);
             });
             q.push(";");
         }
@@ -445,6 +501,41 @@ impl Store for SqliteStore {
         Ok(rows.iter().map(event_from_row).collect::<Result<_, _>>()?)
     }
 
+    async fn task(&self, id: &str) -> Result<Option<TaskRecord>, LedgerError> {
+        let row = sqlx::query("SELECT * FROM tasks WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(task_from_row).transpose()
+    }
+
+    async fn task_subtree(&self, path: &str) -> Result<Vec<TaskRecord>, LedgerError> {
+        // The path itself, or a range ['<p>/', '<p>0') ('0' follows '/') for its descendants.
+        let rows = sqlx::query("SELECT * FROM tasks WHERE path = ? OR (path >= ? AND path < ?) ORDER BY path")
+            .bind(path)
+            .bind(format!("{path}/"))
+            .bind(format!("{path}0"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(task_from_row).collect()
+    }
+
+    async fn tasks(&self, f: &TaskFilter) -> Result<Vec<TaskRecord>, LedgerError> {
+        let mut q = QueryBuilder::<Sqlite>::new("SELECT * FROM tasks WHERE 1 = 1");
+        if let Some(v) = &f.creator {
+            q.push(" AND creator = ").push_bind(v);
+        }
+        if let Some(v) = f.state {
+            q.push(" AND state = ").push_bind(v.as_str());
+        }
+        if let Some(t) = f.live_at {
+            q.push(" AND expires_at > ").push_bind(t);
+        }
+        if let Some(a) = &f.after {
+            q.push(" AND id > ").push_bind(a);
+        }
+        q.push(" ORDER BY id LIMIT ").push_bind(f.limit);
+        let rows = q.build().fetch_all(&self.pool).await?;
+        rows.iter().map(task_from_row).collect()
+    }
+
     async fn credential(&self, jti: &str) -> Result<Option<CredentialRecord>, LedgerError> {
         let row = sqlx::query("SELECT * FROM credentials WHERE jti = ?").bind(jti).fetch_optional(&self.pool).await?;
         Ok(row.as_ref().map(credential_from_row).transpose()?)
@@ -475,11 +566,11 @@ mod tests {
     #[tokio::test]
     async fn a_failed_group_commit_keeps_nothing_and_the_next_one_works() {
         let store = SqliteStore::in_memory().await.unwrap();
-        store.append(&[record("a")], &[], &[]).await.unwrap();
+        store.append(&[record("a")], &[], &[], &[]).await.unwrap();
         // "b" then a duplicate "a": the statement fails, and "b" must not stay behind.
-        assert!(store.append(&[record("b"), record("a")], &[], &[]).await.is_err());
+        assert!(store.append(&[record("b"), record("a")], &[], &[], &[]).await.is_err());
         assert!(store.credential("b").await.unwrap().is_none());
-        store.append(&[record("c")], &[], &[]).await.unwrap();
+        store.append(&[record("c")], &[], &[], &[]).await.unwrap();
         assert!(store.credential("c").await.unwrap().is_some());
     }
 }

@@ -8,10 +8,24 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::audit::GENESIS_HASH;
-use super::{AuditEvent, ChainedAuditEvent, CredentialRecord, LedgerError, Revocation, Store};
+use super::{AuditEvent, ChainedAuditEvent, CredentialRecord, LedgerError, Revocation, Store, TaskRecord};
+
+/// One atomic write: everything in it commits together or not at all.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Issued credentials.
+    pub credentials: Vec<CredentialRecord>,
+    /// Task rows, inserted or replaced whole.
+    pub tasks: Vec<TaskRecord>,
+    /// Revocations (their `cursor` is assigned by the writer).
+    pub revocations: Vec<Revocation>,
+    /// Audit events (chained by the writer).
+    pub events: Vec<AuditEvent>,
+}
 
 struct WriteRequest {
     credentials: Vec<CredentialRecord>,
+    tasks: Vec<TaskRecord>,
     revocations: Vec<Revocation>,
     events: Vec<AuditEvent>,
     done: oneshot::Sender<Result<Vec<Revocation>, String>>,
@@ -45,15 +59,12 @@ impl Ledger {
         &self.store
     }
 
-    async fn submit(
-        &self,
-        credentials: Vec<CredentialRecord>,
-        revocations: Vec<Revocation>,
-        events: Vec<AuditEvent>,
-    ) -> Result<Vec<Revocation>, LedgerError> {
+    /// Durably commits a batch; returns its revocations as stored (with cursors).
+    pub async fn commit(&self, batch: Batch) -> Result<Vec<Revocation>, LedgerError> {
+        let Batch { credentials, tasks, revocations, events } = batch;
         let (done, wait) = oneshot::channel();
         self.tx
-            .send(WriteRequest { credentials, revocations, events, done })
+            .send(WriteRequest { credentials, tasks, revocations, events, done })
             .await
             .map_err(|_| LedgerError::WriterGone)?;
         match wait.await {
@@ -65,7 +76,7 @@ impl Ledger {
 
     /// Durably records credentials and audit events; returns once they are committed.
     pub async fn record(&self, credentials: Vec<CredentialRecord>, events: Vec<AuditEvent>) -> Result<(), LedgerError> {
-        self.submit(credentials, Vec::new(), events).await.map(|_| ())
+        self.commit(Batch { credentials, events, ..Batch::default() }).await.map(|_| ())
     }
 
     /// Durably records revocations (their `cursor` is assigned here) with audit events;
@@ -75,7 +86,7 @@ impl Ledger {
         revocations: Vec<Revocation>,
         events: Vec<AuditEvent>,
     ) -> Result<Vec<Revocation>, LedgerError> {
-        self.submit(Vec::new(), revocations, events).await
+        self.commit(Batch { revocations, events, ..Batch::default() }).await
     }
 
     /// Durably records one audit event.
@@ -95,11 +106,13 @@ async fn run_writer(
     let mut batch: Vec<WriteRequest> = Vec::with_capacity(batch_max);
     while rx.recv_many(&mut batch, batch_max).await > 0 {
         let mut credentials = Vec::new();
+        let mut tasks = Vec::new();
         let mut revocations = Vec::new();
         let mut chained = Vec::new();
         let (mut s, mut h, mut r) = (seq, hash.clone(), revocation_head);
         for req in &mut batch {
             credentials.append(&mut req.credentials);
+            tasks.append(&mut req.tasks);
             for rev in &mut req.revocations {
                 r += 1;
                 rev.cursor = r;
@@ -113,7 +126,7 @@ async fn run_writer(
             }
         }
         tracing::trace!(requests = batch.len(), "ledger group commit");
-        let result = store.append(&credentials, &revocations, &chained).await;
+        let result = store.append(&credentials, &tasks, &revocations, &chained).await;
         match &result {
             // Heads move only once the batch is committed.
             Ok(()) => (seq, hash, revocation_head) = (s, h, r),

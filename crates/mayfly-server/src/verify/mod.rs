@@ -44,7 +44,10 @@ pub struct AccessClaims {
     pub cnf: Option<serde_json::Value>,
     /// The task the token was issued under.
     #[serde(default)]
-    pub task: Option<String>,
+    pub task_id: Option<String>,
+    /// RFC 8693 actor chain.
+    #[serde(default)]
+    pub act: Option<serde_json::Value>,
 }
 
 /// Why a token is not valid. Deliberately coarse towards callers.
@@ -131,7 +134,7 @@ impl TokenVerifier {
             jti: &claims.jti,
             subject: &claims.sub,
             audience: &claims.aud,
-            task_id: claims.task.as_deref(),
+            task_id: claims.task_id.as_deref(),
             issued_at: claims.iat,
         };
         if let Some(kind) = self.revocations.revoked_by(&facts) {

@@ -21,11 +21,27 @@ pub(crate) fn json_body<T: DeserializeOwned + Default>(
     if body.is_empty() {
         return Ok(T::default());
     }
+    parse_json(headers, &body)
+}
+
+/// Parses a required JSON body.
+pub(crate) fn json_body_required<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let body = super::read_body(body)?;
+    if body.is_empty() {
+        return Err(ApiError::bad_request("invalid-request", "this endpoint needs a JSON body"));
+    }
+    parse_json(headers, &body)
+}
+
+fn parse_json<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, ApiError> {
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !ct.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json") {
         return Err(ApiError::UnsupportedMediaType("this endpoint takes application/json".into()));
     }
-    serde_json::from_slice(&body).map_err(|e| ApiError::bad_request("invalid-json", format!("invalid JSON body: {e}")))
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request("invalid-json", format!("invalid JSON body: {e}")))
 }
 
 /// Creates a one-time join token.

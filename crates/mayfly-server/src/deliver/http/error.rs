@@ -89,6 +89,12 @@ impl ApiError {
                 BrokerError::InvalidRequest(_) => {
                     (S::BAD_REQUEST, "invalid-request", "Invalid request", Some("invalid_request"))
                 }
+                BrokerError::TaskPending(_) => {
+                    (S::FORBIDDEN, "task-pending", "Task waiting for approval", Some("invalid_request"))
+                }
+                BrokerError::Forbidden(_) => (S::FORBIDDEN, "forbidden", "Forbidden", Some("invalid_request")),
+                BrokerError::NotFound(_) => (S::NOT_FOUND, "not-found", "Not found", None),
+                BrokerError::Conflict(_) => (S::CONFLICT, "conflict", "Conflict", Some("invalid_request")),
                 BrokerError::Issue(_) => {
                     (S::INTERNAL_SERVER_ERROR, "issue-failed", "Issuance failed", Some("server_error"))
                 }

@@ -57,6 +57,8 @@ pub async fn introspect(
             iss: Some(c.iss),
             jti: Some(c.jti),
             cnf: c.cnf,
+            task_id: c.task_id,
+            act: c.act,
         },
         Err(e) => {
             tracing::debug!(reason = %e, "introspection: inactive token");

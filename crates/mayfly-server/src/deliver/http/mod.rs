@@ -7,6 +7,7 @@ mod introspect;
 pub mod metrics;
 mod openapi;
 mod records;
+mod tasks;
 mod token;
 
 use std::sync::Arc;
@@ -45,6 +46,8 @@ pub struct AppInner {
     pub store: Arc<dyn Store>,
     /// `iss` of issued tokens and base of discovery URLs.
     pub issuer_url: String,
+    /// The trust domain of issued SPIFFE IDs.
+    pub trust_domain: String,
     /// Algorithm of new signing keys.
     pub signing_alg: SigningAlg,
     /// How long a retired key stays published, in seconds.
@@ -77,6 +80,10 @@ impl std::ops::Deref for AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/token", post(token::exchange))
+        .route("/v1/tasks", post(tasks::start).get(tasks::list))
+        .route("/v1/tasks/{id}", get(tasks::show).delete(tasks::end))
+        .route("/v1/tasks/{id}/approve", post(tasks::approve))
+        .route("/v1/tasks/{id}/deny", post(tasks::deny))
         .route("/v1/join-tokens", post(admin::create_join_token))
         .route("/v1/keys", get(admin::list_keys))
         .route("/v1/keys/rotate", post(admin::rotate_keys))
@@ -142,7 +149,7 @@ pub(crate) async fn require_admin(state: &AppState, headers: &HeaderMap) -> Resu
 }
 
 /// The token of `Authorization: Bearer <token>`, when present and plausible in size.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -151,7 +158,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty() && t.len() <= 16 * 1024)
 }
 
-async fn check_admin(state: &AppState, token: &str) -> Result<(), ApiError> {
+pub(crate) async fn check_admin(state: &AppState, token: &str) -> Result<(), ApiError> {
     if token.len() > 512 {
         return Err(ApiError::Unauthorized("the admin token is not valid".into()));
     }

@@ -9,6 +9,12 @@ use utoipa::{Modify, OpenApi};
     info(title = "Mayfly", description = "Runtime credential broker for non-human identities."),
     paths(
         super::token::exchange,
+        super::tasks::start,
+        super::tasks::list,
+        super::tasks::show,
+        super::tasks::end,
+        super::tasks::approve,
+        super::tasks::deny,
         super::admin::create_join_token,
         super::admin::list_keys,
         super::admin::rotate_keys,
@@ -36,6 +42,16 @@ impl Modify for AdminToken {
         components.add_security_scheme(
             "admin_token",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "task_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some("The task's own task token, or an ancestor task's"))
+                    .build(),
+            ),
         );
         components.add_security_scheme(
             "verifier_token",

@@ -1,0 +1,109 @@
+//! Task tokens as evidence: a task token proves the bearer acts as that task.
+//!
+//! A task token is a Mayfly access token for the audience [`TASK_TOKEN_AUDIENCE`]
+//! whose subject is the task's SPIFFE ID. It is revoked with its task, so a token
+//! of an ended task fails here like any revoked token.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::AttestError;
+use crate::ledger::{RevocationKind, Store, TaskRecord, TaskState};
+use crate::spiffe::SpiffeId;
+use crate::verify::{TokenVerifier, VerifyError};
+
+/// The audience of task tokens: only Mayfly accepts them.
+pub const TASK_TOKEN_AUDIENCE: &str = "urn:mayfly:task";
+
+/// A task, as the subject of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskIdentity {
+    /// `spiffe://<td>/task/<id>`.
+    pub spiffe_id: SpiffeId,
+    /// The task as stored.
+    pub task: TaskRecord,
+    /// The starter's attested attributes.
+    pub attributes: BTreeMap<String, String>,
+    /// SPIFFE IDs of its actor chain, nearest first: its creator, that creator's creator, ….
+    pub actors: Vec<String>,
+}
+
+impl TaskIdentity {
+    /// The identity of a stored task.
+    pub fn from_record(task: TaskRecord, trust_domain: &str) -> Result<Self, AttestError> {
+        let spiffe_id = task_spiffe_id(trust_domain, &task.id)?;
+        let attributes = serde_json::from_str(&task.attributes)
+            .map_err(|e| AttestError::BadClaim(format!("stored task attributes: {e}")))?;
+        let actor: serde_json::Value = serde_json::from_str(&task.actor)
+            .map_err(|e| AttestError::BadClaim(format!("stored task actor chain: {e}")))?;
+        Ok(Self { spiffe_id, attributes, actors: actor_chain(&actor), task })
+    }
+
+    /// Whether a SPIFFE ID names a task (its path starts with `/task/`).
+    pub fn is_task_id(spiffe_id: &str) -> bool {
+        SpiffeId::parse(spiffe_id).is_ok_and(|id| id.path().starts_with("/task/"))
+    }
+}
+
+/// `spiffe://<td>/task/<id>`.
+pub fn task_spiffe_id(trust_domain: &str, id: &str) -> Result<SpiffeId, AttestError> {
+    SpiffeId::new(trust_domain, &format!("task/{id}")).map_err(|e| AttestError::Mapping(e.to_string()))
+}
+
+/// The `sub` of every actor in an RFC 8693 `act` chain, outermost first.
+pub fn actor_chain(act: &serde_json::Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = Some(act);
+    while let Some(a) = cur {
+        match a.get("sub").and_then(|s| s.as_str()) {
+            Some(sub) => out.push(sub.to_owned()),
+            None => break,
+        }
+        cur = a.get("act");
+    }
+    out
+}
+
+/// Verifies task tokens and loads their task.
+#[derive(Clone)]
+pub struct TaskAttestor {
+    verifier: TokenVerifier,
+    store: Arc<dyn Store>,
+    trust_domain: String,
+}
+
+impl std::fmt::Debug for TaskAttestor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskAttestor").field("trust_domain", &self.trust_domain).finish_non_exhaustive()
+    }
+}
+
+impl TaskAttestor {
+    /// An attestor for task tokens of this server.
+    pub fn new(verifier: TokenVerifier, store: Arc<dyn Store>, trust_domain: String) -> Self {
+        Self { verifier, store, trust_domain }
+    }
+
+    /// The trust domain tasks live in.
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    /// Verifies a task token; the task may be pending or active, never ended, denied or expired.
+    pub async fn attest(&self, token: &str, now: i64) -> Result<TaskIdentity, AttestError> {
+        if token.len() > super::MAX_SUBJECT_TOKEN_BYTES {
+            return Err(AttestError::Malformed(format!("longer than {} bytes", super::MAX_SUBJECT_TOKEN_BYTES)));
+        }
+        let claims = self.verifier.verify(token, Some(TASK_TOKEN_AUDIENCE), now).map_err(|e| match e {
+            VerifyError::Revoked(RevocationKind::Task) => AttestError::TaskNotActive(TaskState::Ended),
+            VerifyError::Expired => AttestError::Expired,
+            other => AttestError::TaskToken(other),
+        })?;
+        let id = claims.task_id.as_deref().ok_or_else(|| AttestError::BadClaim("task_id".into()))?;
+        let task = self.store.task(id).await?.ok_or_else(|| AttestError::BadClaim("task_id".into()))?;
+        match task.state_at(now) {
+            TaskState::Pending | TaskState::Active => TaskIdentity::from_record(task, &self.trust_domain),
+            other => Err(AttestError::TaskNotActive(other)),
+        }
+    }
+}

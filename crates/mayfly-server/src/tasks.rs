@@ -1,0 +1,461 @@
+//! Tasks: runtime identities that live exactly as long as one job.
+//!
+//! An attested workload starts a task (`spiffe://<td>/task/<id>`) with a purpose,
+//! scopes and a lifetime, and gets a task token. Credentials issued with the task
+//! token carry the task id and the RFC 8693 `act` chain; sub-tasks only narrow.
+//! Policy may make a task wait for an approver. Ending a task writes one task
+//! revocation per task in its subtree, whatever the number of tokens issued under it.
+
+use std::net::IpAddr;
+
+use serde_json::json;
+
+use crate::attest::WorkloadIdentity;
+use crate::attest::task::{TASK_TOKEN_AUDIENCE, TaskIdentity, task_spiffe_id};
+use crate::authorize::{ApproveRequest, Principal, StartTaskRequest};
+use crate::broker::{Broker, BrokerError, Caller, parse_scopes};
+use crate::issue::{AccessTokenRequest, IssuedToken};
+use crate::ledger::{AuditEvent, Batch, Revocation, RevocationKind, TaskRecord, TaskState};
+
+/// Longest purpose accepted.
+const MAX_PURPOSE_CHARS: usize = 256;
+/// Longest on-behalf-of subject accepted.
+const MAX_SUBJECT_CHARS: usize = 512;
+/// Most audiences a task may be limited to.
+const MAX_AUDIENCES: usize = 16;
+/// Longest audience accepted.
+const MAX_AUDIENCE_BYTES: usize = 512;
+
+/// A request to start a task.
+#[derive(Debug, Clone)]
+pub struct StartTaskParams {
+    /// RFC 8693 token type of the evidence (a task token starts a sub-task).
+    pub subject_token_type: String,
+    /// The evidence. Secret.
+    pub subject_token: String,
+    /// Why the task exists.
+    pub purpose: String,
+    /// Space-separated scopes.
+    pub scope: Option<String>,
+    /// Audiences it is limited to (none: any that policy allows).
+    pub audiences: Vec<String>,
+    /// Requested lifetime in seconds.
+    pub ttl_seconds: Option<u64>,
+    /// The subject it acts for.
+    pub on_behalf_of: Option<String>,
+    /// The parent task, for a sub-task started with the caller's own evidence.
+    pub parent: Option<String>,
+    /// The caller's address.
+    pub source_ip: IpAddr,
+}
+
+/// A started task and its token.
+#[derive(Debug, Clone)]
+pub struct StartedTask {
+    /// The task as stored.
+    pub task: TaskRecord,
+    /// Its SPIFFE ID.
+    pub spiffe_id: String,
+    /// The task token. Secret.
+    pub token: IssuedToken,
+}
+
+/// Who decides on a pending task.
+#[derive(Debug, Clone)]
+pub enum Approver {
+    /// An operator, through the admin API.
+    Admin,
+    /// A workload that policy allows to approve.
+    Workload(WorkloadIdentity),
+}
+
+impl Approver {
+    fn name(&self) -> String {
+        match self {
+            Approver::Admin => "admin".to_owned(),
+            Approver::Workload(w) => w.spiffe_id.to_string(),
+        }
+    }
+}
+
+/// The result of ending a task.
+#[derive(Debug, Clone)]
+pub struct EndedTask {
+    /// The task as it is now.
+    pub task: TaskRecord,
+    /// Ids of the sub-tasks that ended with it.
+    pub descendants: Vec<String>,
+}
+
+/// The `sub` and `act` of a credential issued under a task: with delegation, the
+/// subject is the one the task acts for and the task is the actor; otherwise the task
+/// is the subject and its starter the actor.
+pub fn delegated_subject(t: &TaskIdentity) -> Result<(String, serde_json::Value), BrokerError> {
+    let actor: serde_json::Value = serde_json::from_str(&t.task.actor)
+        .map_err(|e| BrokerError::InvalidRequest(format!("stored task actor chain is not JSON: {e}")))?;
+    Ok(match &t.task.on_behalf_of {
+        Some(subject) => (subject.clone(), json!({"sub": t.spiffe_id.to_string(), "act": actor})),
+        None => (t.spiffe_id.to_string(), actor),
+    })
+}
+
+fn check_text(what: &str, v: &str, max: usize) -> Result<(), BrokerError> {
+    if v.trim().is_empty() || v.chars().count() > max || v.chars().any(char::is_control) {
+        return Err(BrokerError::InvalidRequest(format!(
+            "{what} must be 1 to {max} characters without control characters"
+        )));
+    }
+    Ok(())
+}
+
+impl Broker {
+    /// Starts a task for the attested caller. A task that policy allows only with
+    /// approval starts `pending`; one policy does not allow at all is refused.
+    pub async fn start_task(&self, p: StartTaskParams) -> Result<StartedTask, BrokerError> {
+        check_text("purpose", &p.purpose, MAX_PURPOSE_CHARS)?;
+        if let Some(obo) = &p.on_behalf_of {
+            check_text("on_behalf_of", obo, MAX_SUBJECT_CHARS)?;
+        }
+        let mut scopes = parse_scopes(p.scope.as_deref())?;
+        let mut audiences = p.audiences.clone();
+        audiences.sort();
+        audiences.dedup();
+        if audiences.len() > MAX_AUDIENCES
+            || audiences.iter().any(|a| a.is_empty() || a.len() > MAX_AUDIENCE_BYTES || a.chars().any(char::is_control))
+        {
+            return Err(BrokerError::InvalidTarget(format!(
+                "at most {MAX_AUDIENCES} audiences, each 1 to {MAX_AUDIENCE_BYTES} bytes without control characters"
+            )));
+        }
+        let max = self.tasks.max_ttl.as_secs();
+        let ttl = match p.ttl_seconds {
+            Some(0) => return Err(BrokerError::InvalidRequest("ttl_seconds must be at least 1".into())),
+            Some(t) if t > max => {
+                return Err(BrokerError::InvalidRequest(format!("ttl_seconds {t} is above the maximum of {max}")));
+            }
+            Some(t) => t,
+            None => self.tasks.default_ttl.as_secs(),
+        } as i64;
+
+        let now = crate::clock::now_unix();
+        let caller = self.attest(&p.subject_token_type, &p.subject_token, p.source_ip, now).await?;
+        let parent = self.parent_for(&caller, p.parent.as_deref(), now).await?;
+
+        let id = crate::ids::time_ordered_id();
+        let spiffe_id = task_spiffe_id(self.task_attestor.trust_domain(), &id)?;
+        let mut expires_at = now + ttl;
+        let (path, depth, attributes, actor, on_behalf_of) = match &parent {
+            None => {
+                let Caller::Workload(w) = &caller else {
+                    return Err(BrokerError::InvalidRequest("a task token always names its task".into()));
+                };
+                (id.clone(), 1, w.attributes.clone(), json!({"sub": w.spiffe_id.to_string()}), p.on_behalf_of.clone())
+            }
+            Some(parent) => {
+                let t = &parent.task;
+                if t.depth >= i64::from(self.tasks.max_depth) {
+                    return Err(BrokerError::Forbidden(format!(
+                        "sub-tasks nest at most {} deep; task {} is at depth {}",
+                        self.tasks.max_depth, t.id, t.depth
+                    )));
+                }
+                let parent_scopes: Vec<&str> = t.scope.split_whitespace().collect();
+                if p.scope.is_none() {
+                    scopes = parent_scopes.iter().map(|s| (*s).to_owned()).collect();
+                }
+                if let Some(bad) = scopes.iter().find(|s| !parent_scopes.contains(&s.as_str())) {
+                    return Err(BrokerError::InvalidScope(format!(
+                        "scope {bad:?} is not among parent task {}'s scopes; a sub-task only narrows",
+                        t.id
+                    )));
+                }
+                if let Some(parent_auds) = &t.audiences {
+                    let parent_auds: Vec<String> = serde_json::from_str(parent_auds).unwrap_or_default();
+                    if audiences.is_empty() {
+                        audiences = parent_auds;
+                    } else if let Some(bad) = audiences.iter().find(|a| !parent_auds.contains(a)) {
+                        return Err(BrokerError::InvalidTarget(format!(
+                            "audience {bad:?} is not among parent task {}'s audiences; a sub-task only narrows",
+                            t.id
+                        )));
+                    }
+                }
+                if p.on_behalf_of.is_some() && p.on_behalf_of != t.on_behalf_of {
+                    return Err(BrokerError::Forbidden(
+                        "a sub-task acts for the same subject as its parent; on_behalf_of cannot change".into(),
+                    ));
+                }
+                // A sub-task never outlives its parent.
+                expires_at = expires_at.min(t.expires_at);
+                let parent_actor: serde_json::Value =
+                    serde_json::from_str(&t.actor).unwrap_or_else(|_| json!({"sub": t.creator}));
+                let actor = json!({"sub": parent.spiffe_id.to_string(), "act": parent_actor});
+                (format!("{}/{id}", t.path), t.depth + 1, parent.attributes.clone(), actor, t.on_behalf_of.clone())
+            }
+        };
+        let mut record = TaskRecord {
+            id: id.clone(),
+            parent_id: parent.as_ref().map(|t| t.task.id.clone()),
+            path,
+            depth,
+            creator: match &parent {
+                Some(t) => t.spiffe_id.to_string(),
+                None => caller.spiffe_id(),
+            },
+            on_behalf_of,
+            actor: actor.to_string(),
+            attributes: serde_json::to_string(&attributes).unwrap_or_else(|_| "{}".into()),
+            purpose: p.purpose.trim().to_owned(),
+            scope: scopes.join(" "),
+            audiences: (!audiences.is_empty()).then(|| json!(audiences).to_string()),
+            created_at: now,
+            expires_at,
+            state: TaskState::Active,
+            approval_deadline: None,
+            decided_by: None,
+            decided_at: None,
+            ended_at: None,
+            end_reason: None,
+        };
+
+        // Policy: allowed now, allowed only once approved, or not at all.
+        let identity = TaskIdentity::from_record(record.clone(), self.task_attestor.trust_domain())?;
+        let principal = match &parent {
+            Some(parent) => Principal::Task(parent),
+            None => caller.principal(),
+        };
+        let ask = |approved| StartTaskRequest {
+            principal,
+            task: &identity,
+            ttl_seconds: expires_at - now,
+            audiences: &audiences,
+            approved,
+            source_ip: p.source_ip,
+            now,
+        };
+        let decision = self.policies.decide_start_task(&ask(false));
+        let decision = if decision.allowed {
+            decision
+        } else {
+            let with_approval = self.policies.decide_start_task(&ask(true));
+            if with_approval.allowed {
+                record.state = TaskState::Pending;
+                record.approval_deadline =
+                    Some((now + self.tasks.approval_timeout.as_secs() as i64).min(record.expires_at));
+                with_approval
+            } else {
+                let detail = json!({"action": "start_task", "purpose": record.purpose, "scopes": scopes,
+                                    "ttl_seconds": expires_at - now, "parent": record.parent_id});
+                return Err(self.deny(&caller, &decision, detail, p.source_ip).await);
+            }
+        };
+
+        let token = self.issuer.issue(&AccessTokenRequest {
+            subject: &identity.spiffe_id.to_string(),
+            audience: TASK_TOKEN_AUDIENCE,
+            client_id: &record.creator,
+            scopes: &scopes,
+            ttl_seconds: expires_at - now,
+            now,
+            task_id: Some(&id),
+            act: Some(&actor),
+        })?;
+        let sub = spiffe_id.to_string();
+        let (credential, token_event) = self.issued_record(
+            &token,
+            "task",
+            &sub,
+            TASK_TOKEN_AUDIENCE,
+            Some(&id),
+            &record.creator,
+            json!({"attestor": caller.attestor(), "source_ip": p.source_ip.to_string()}),
+        );
+        let event_kind = if record.state == TaskState::Pending { "task.pending" } else { "task.started" };
+        let detail = json!({
+            "task_id": id, "parent": record.parent_id, "purpose": record.purpose, "scope": record.scope,
+            "audiences": audiences, "expires_at": expires_at, "on_behalf_of": record.on_behalf_of, "act": actor,
+            "policies": decision.policies, "approval_deadline": record.approval_deadline,
+            "source_ip": p.source_ip.to_string(),
+        });
+        self.ledger
+            .commit(Batch {
+                credentials: vec![credential],
+                tasks: vec![record.clone()],
+                events: vec![AuditEvent::new(event_kind, Some(sub.clone()), detail), token_event],
+                ..Batch::default()
+            })
+            .await?;
+        metrics::counter!("mayfly_tasks_started_total", "state" => record.state.as_str()).increment(1);
+        Ok(StartedTask { task: record, spiffe_id: sub, token })
+    }
+
+    /// The parent of a new task: the caller itself when it is a task, or a task the
+    /// calling workload started, named by `parent`.
+    async fn parent_for(
+        &self,
+        caller: &Caller,
+        parent: Option<&str>,
+        now: i64,
+    ) -> Result<Option<TaskIdentity>, BrokerError> {
+        let parent = match (caller, parent) {
+            (Caller::Task(t), None) => return self.active_parent(TaskIdentity::clone(t)).map(Some),
+            (Caller::Task(t), Some(id)) if id == t.task.id => {
+                return self.active_parent(TaskIdentity::clone(t)).map(Some);
+            }
+            (Caller::Task(t), Some(id)) => {
+                return Err(BrokerError::Forbidden(format!(
+                    "task {} cannot start a sub-task of task {id:?}: the parent is not yours",
+                    t.task.id
+                )));
+            }
+            (Caller::Workload(_), None) => return Ok(None),
+            (Caller::Workload(w), Some(id)) => (w, id),
+        };
+        let (w, id) = parent;
+        let not_yours = || {
+            BrokerError::Forbidden(format!("task {id:?} was not started by {}: the parent is not yours", w.spiffe_id))
+        };
+        // The same answer for "no such task" and "not yours": ids of others' tasks stay private.
+        let task = self.ledger.store().task(id).await?.ok_or_else(not_yours)?;
+        if task.creator != w.spiffe_id.to_string() {
+            return Err(not_yours());
+        }
+        match task.state_at(now) {
+            TaskState::Active => {}
+            other => return Err(BrokerError::Conflict(format!("parent task {id} is {}", other.as_str()))),
+        }
+        let identity = TaskIdentity::from_record(task, self.task_attestor.trust_domain())?;
+        self.active_parent(identity).map(Some)
+    }
+
+    fn active_parent(&self, t: TaskIdentity) -> Result<TaskIdentity, BrokerError> {
+        if t.task.state == TaskState::Pending {
+            return Err(BrokerError::TaskPending(t.task.id.clone()));
+        }
+        Ok(t)
+    }
+
+    /// Approves or denies a pending task.
+    pub async fn decide_task(
+        &self,
+        id: &str,
+        approver: Approver,
+        approve: bool,
+        source_ip: IpAddr,
+    ) -> Result<TaskRecord, BrokerError> {
+        let _serial = self.task_transitions.lock().await;
+        let now = crate::clock::now_unix();
+        let mut task = self.task(id).await?;
+        match task.state_at(now) {
+            TaskState::Pending => {}
+            other => {
+                return Err(BrokerError::Conflict(format!(
+                    "task {id} is {}; only a pending task can be approved or denied",
+                    other.as_str()
+                )));
+            }
+        }
+        let identity = TaskIdentity::from_record(task.clone(), self.task_attestor.trust_domain())?;
+        let mut policies = Vec::new();
+        if let Approver::Workload(w) = &approver {
+            let me = w.spiffe_id.to_string();
+            if me == task.creator || identity.actors.contains(&me) {
+                let detail = json!({"task_id": id, "approve": approve, "reason": "self-approval",
+                                    "source_ip": source_ip.to_string()});
+                self.audit_best_effort(AuditEvent::new("task.approval_refused", Some(me), detail)).await;
+                return Err(BrokerError::Forbidden(format!(
+                    "{} started task {id} (or acts in its chain) and cannot decide on it",
+                    w.spiffe_id
+                )));
+            }
+            let decision =
+                self.policies.decide_approve(&ApproveRequest { approver: w, task: &identity, source_ip, now });
+            let caller = Caller::Workload(w.clone());
+            let detail = json!({"action": "approve", "task_id": id, "approve": approve});
+            self.check_decision(&caller, &decision, detail, source_ip).await?;
+            policies = decision.policies;
+        }
+        task.state = if approve { TaskState::Active } else { TaskState::Denied };
+        task.decided_by = Some(approver.name());
+        task.decided_at = Some(now);
+        let kind = if approve { "task.approved" } else { "task.denied" };
+        let detail = json!({"task_id": id, "approver": approver.name(), "policies": policies,
+                            "source_ip": source_ip.to_string()});
+        self.ledger
+            .commit(Batch {
+                tasks: vec![task.clone()],
+                events: vec![AuditEvent::new(kind, Some(identity.spiffe_id.to_string()), detail)],
+                ..Batch::default()
+            })
+            .await?;
+        Ok(task)
+    }
+
+    /// Ends a task and every live sub-task below it, revoking everything issued under
+    /// them: one revocation per task, whatever the number of tokens.
+    pub async fn end_task(&self, id: &str, actor: &str, reason: Option<&str>) -> Result<EndedTask, BrokerError> {
+        let _serial = self.task_transitions.lock().await;
+        let now = crate::clock::now_unix();
+        let task = self.task(id).await?;
+        match task.state_at(now) {
+            TaskState::Pending | TaskState::Active => {}
+            other => return Err(BrokerError::Conflict(format!("task {id} is already {}", other.as_str()))),
+        }
+        let reason = reason.map(|r| r.chars().take(500).collect::<String>());
+        let subtree = self.ledger.store().task_subtree(&task.path).await?;
+        let mut ended = Vec::new();
+        let mut revocations = Vec::new();
+        let mut events = Vec::new();
+        for mut t in subtree {
+            if !matches!(t.state_at(now), TaskState::Pending | TaskState::Active) {
+                continue;
+            }
+            let cause = if t.id == id { reason.clone() } else { Some(format!("parent task {id} ended")) };
+            t.state = TaskState::Ended;
+            t.ended_at = Some(now);
+            t.end_reason = cause.clone();
+            revocations.push(Revocation {
+                cursor: 0,
+                kind: RevocationKind::Task,
+                value: t.id.clone(),
+                issued_before: now,
+                revoked_at: now,
+                // Everything under the task expires with it; a margin covers clock skew.
+                expires_at: t.expires_at + 300,
+                reason: cause.clone(),
+            });
+            let subject = task_spiffe_id(self.task_attestor.trust_domain(), &t.id)?.to_string();
+            let detail = json!({"task_id": t.id, "actor": actor, "reason": cause, "root": id});
+            events.push(AuditEvent::new("task.ended", Some(subject), detail));
+            ended.push(t);
+        }
+        let descendants = ended.iter().filter(|t| t.id != id).map(|t| t.id.clone()).collect();
+        let this = ended.iter().find(|t| t.id == id).cloned().unwrap_or(task);
+        self.ledger.commit(Batch { tasks: ended, revocations, events, ..Batch::default() }).await?;
+        // The revocations enter the index (and the feed) before the caller hears "ended".
+        self.revocations.catch_up().await?;
+        metrics::counter!("mayfly_tasks_ended_total").increment(1);
+        Ok(EndedTask { task: this, descendants })
+    }
+
+    /// A task by id.
+    pub async fn task(&self, id: &str) -> Result<TaskRecord, BrokerError> {
+        self.ledger.store().task(id).await?.ok_or_else(|| BrokerError::NotFound(format!("no task has id {id:?}")))
+    }
+
+    /// Proves a task token and checks it may act on task `id`: its own task or one below it.
+    pub async fn task_caller(&self, token: &str, id: &str, source_ip: IpAddr) -> Result<TaskIdentity, BrokerError> {
+        let now = crate::clock::now_unix();
+        let Caller::Task(t) = self.attest(mayfly_proto::TOKEN_TYPE_TASK, token, source_ip, now).await? else {
+            return Err(BrokerError::InvalidRequest("not a task token".into()));
+        };
+        if t.task.id == id {
+            return Ok(*t);
+        }
+        let target = self.ledger.store().task(id).await?;
+        match target {
+            Some(target) if target.path.starts_with(&format!("{}/", t.task.path)) => Ok(*t),
+            _ => Err(BrokerError::Forbidden(format!("task {} may act only on itself and its sub-tasks", t.task.id))),
+        }
+    }
+}
