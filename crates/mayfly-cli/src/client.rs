@@ -8,18 +8,18 @@ use anyhow::{Context, anyhow, bail};
 use clap::{Args, Subcommand};
 use mayfly_proto::{
     CreateJoinTokenRequest, CreateJoinTokenResponse, GRANT_TYPE_TOKEN_EXCHANGE, Problem, SigningKeyInfo,
-    TOKEN_TYPE_JOIN_TOKEN, TOKEN_TYPE_JWT, TokenExchangeResponse,
+    TOKEN_TYPE_JOIN_TOKEN, TOKEN_TYPE_JWT, TOKEN_TYPE_TASK, TokenExchangeResponse,
 };
 use serde::de::DeserializeOwned;
 
 use crate::serve::DEV_LISTEN;
 
 /// Where the server is.
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub struct Remote {
     /// Base URL of the server.
     #[arg(long, env = "MAYFLY_URL", default_value_t = format!("http://{DEV_LISTEN}"))]
-    url: String,
+    pub(crate) url: String,
     /// CA certificate (PEM) to trust for an https URL.
     #[arg(long, env = "MAYFLY_CA_CERT")]
     ca_cert: Option<PathBuf>,
@@ -223,19 +223,85 @@ impl KeysCommand {
     }
 }
 
+/// The caller's evidence: a platform JWT (from a file or a variable), a join token, or a task token.
+#[derive(Args, Clone)]
+#[command(group(clap::ArgGroup::new("evidence").required(true).multiple(false)))]
+pub struct Evidence {
+    /// File holding a platform JWT (a Kubernetes projected token, a CI OIDC token).
+    #[arg(long, visible_alias = "token-file", group = "evidence")]
+    subject_token_file: Option<PathBuf>,
+    /// Name of an environment variable holding a platform JWT.
+    #[arg(long, visible_alias = "token-env", group = "evidence")]
+    subject_token_env: Option<String>,
+    /// A one-time join token.
+    #[arg(long, env = "MAYFLY_JOIN_TOKEN", hide_env_values = true, group = "evidence")]
+    join_token: Option<String>,
+    /// A task token (acts as that task; starts sub-tasks).
+    #[arg(long, env = "MAYFLY_TASK_TOKEN", hide_env_values = true, group = "evidence")]
+    task_token: Option<String>,
+}
+
+impl Evidence {
+    /// The token and its RFC 8693 type.
+    pub(crate) fn read(&self) -> anyhow::Result<(String, &'static str)> {
+        if let Some(p) = &self.subject_token_file {
+            let t = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            return Ok((t.trim().to_owned(), TOKEN_TYPE_JWT));
+        }
+        if let Some(var) = &self.subject_token_env {
+            let t = std::env::var(var).with_context(|| format!("environment variable {var} is not set"))?;
+            return Ok((t.trim().to_owned(), TOKEN_TYPE_JWT));
+        }
+        if let Some(t) = &self.join_token {
+            return Ok((t.trim().to_owned(), TOKEN_TYPE_JOIN_TOKEN));
+        }
+        if let Some(t) = &self.task_token {
+            return Ok((t.trim().to_owned(), TOKEN_TYPE_TASK));
+        }
+        bail!("give --subject-token-file, --subject-token-env, --join-token or --task-token")
+    }
+
+    /// The environment variable the evidence was read from, if any.
+    pub(crate) fn token_env(&self) -> Option<&str> {
+        self.subject_token_env.as_deref()
+    }
+}
+
+/// RFC 8693 exchange of evidence for an access token.
+pub(crate) async fn exchange(
+    remote: &Remote,
+    client: &reqwest::Client,
+    (subject_token, subject_token_type): (&str, &str),
+    audience: &str,
+    scope: Option<&str>,
+    lifetime: Option<Duration>,
+) -> anyhow::Result<TokenExchangeResponse> {
+    let mut form = vec![
+        ("grant_type", GRANT_TYPE_TOKEN_EXCHANGE),
+        ("subject_token", subject_token),
+        ("subject_token_type", subject_token_type),
+        ("audience", audience),
+    ];
+    if let Some(s) = scope {
+        form.push(("scope", s));
+    }
+    let secs = lifetime.map(|l| l.as_secs().to_string());
+    if let Some(s) = &secs {
+        form.push(("requested_lifetime", s));
+    }
+    let url = remote.endpoint("/v1/token");
+    call(client.post(&url).form(&form), &url).await
+}
+
 /// `mayfly token …`
 #[derive(Subcommand)]
 pub enum TokenCommand {
-    /// Exchange evidence (a platform JWT or a join token) for an access token (RFC 8693).
+    /// Exchange evidence (a platform JWT, a join token or a task token) for an access token (RFC 8693).
     Exchange {
         #[command(flatten)]
         remote: Remote,
-        /// File holding a platform JWT (e.g. /var/run/secrets/tokens/mayfly).
-        #[arg(long, conflicts_with = "join_token", required_unless_present = "join_token")]
-        subject_token_file: Option<PathBuf>,
-        /// A one-time join token.
-        #[arg(long, env = "MAYFLY_JOIN_TOKEN", hide_env_values = true)]
-        join_token: Option<String>,
+        #[command(flatten)]
+        evidence: Evidence,
         /// Audience of the token.
         #[arg(long)]
         audience: String,
@@ -253,29 +319,10 @@ pub enum TokenCommand {
 
 impl TokenCommand {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
-        let TokenCommand::Exchange { remote, subject_token_file, join_token, audience, scope, lifetime, json } = self;
-        let (subject_token, subject_token_type) = match (subject_token_file, join_token) {
-            (Some(p), _) => (
-                std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?.trim().to_owned(),
-                TOKEN_TYPE_JWT,
-            ),
-            (None, Some(t)) => (t, TOKEN_TYPE_JOIN_TOKEN),
-            (None, None) => bail!("give --subject-token-file or --join-token"),
-        };
-        let mut form = vec![
-            ("grant_type", GRANT_TYPE_TOKEN_EXCHANGE.to_owned()),
-            ("subject_token", subject_token),
-            ("subject_token_type", subject_token_type.to_owned()),
-            ("audience", audience),
-        ];
-        if let Some(s) = scope {
-            form.push(("scope", s));
-        }
-        if let Some(l) = lifetime {
-            form.push(("requested_lifetime", l.as_secs().to_string()));
-        }
-        let url = remote.endpoint("/v1/token");
-        let resp: TokenExchangeResponse = call(remote.client()?.post(&url).form(&form), &url).await?;
+        let TokenCommand::Exchange { remote, evidence, audience, scope, lifetime, json } = self;
+        let (token, token_type) = evidence.read()?;
+        let client = remote.client()?;
+        let resp = exchange(&remote, &client, (&token, token_type), &audience, scope.as_deref(), lifetime).await?;
         if json {
             print_json(&resp)?;
         } else {

@@ -2,9 +2,11 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod exec;
 mod ops;
 mod policy;
 mod serve;
+mod tasks;
 
 use std::process::ExitCode;
 
@@ -36,6 +38,11 @@ enum Command {
     /// Access tokens.
     #[command(subcommand)]
     Token(client::TokenCommand),
+    /// Tasks: runtime identities that live for one job.
+    #[command(subcommand)]
+    Tasks(tasks::TasksCommand),
+    /// Run a command under a task that ends when it exits, with its credentials.
+    Exec(exec::ExecArgs),
     /// Revoke credentials by selector (jti, subject, prefix, audience, task, time, all).
     Revoke(ops::RevokeArgs),
     /// List leases (issued credentials) with their state.
@@ -62,6 +69,8 @@ fn main() -> ExitCode {
             Command::JoinToken(cmd) => cmd.run().await,
             Command::Keys(cmd) => cmd.run().await,
             Command::Token(cmd) => cmd.run().await,
+            Command::Tasks(cmd) => cmd.run().await,
+            Command::Exec(args) => args.run().await,
             Command::Policy(cmd) => cmd.run(),
             Command::Revoke(args) => args.run().await,
             Command::Leases(args) => args.run().await,

@@ -1,0 +1,447 @@
+//! `mayfly exec … -- CMD ARGS…`: run a command under a task that lives exactly as long as it.
+//!
+//! Attest with ambient evidence, start a task, get the credentials asked for, hand
+//! them to the child (environment, or 0600 files in a private directory), renew
+//! them while it runs (files only: a running process's environment cannot change),
+//! forward signals, and end the task the moment the child exits, however it exits.
+//! If `mayfly exec` itself is killed, the task's lifetime bounds the exposure.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use mayfly_proto::{EndTaskRequest, EndTaskResponse, StartTaskResponse, TOKEN_TYPE_TASK, TaskInfo};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::client::{Evidence, Remote, call, exchange};
+use crate::tasks::{TaskSpec, start_task};
+
+/// Exit code when `mayfly exec` itself fails (as `env` and container runtimes do).
+const EXIT_EXEC_FAILED: u8 = 125;
+/// The command exists but cannot be run.
+const EXIT_NOT_EXECUTABLE: u8 = 126;
+/// The command was not found.
+const EXIT_NOT_FOUND: u8 = 127;
+/// Variable that receives an audience's token when no name is given.
+const DEFAULT_TOKEN_VAR: &str = "MAYFLY_ACCESS_TOKEN";
+/// Variables the child never inherits: the evidence and admin credentials of its parent.
+const WITHHELD_VARS: [&str; 3] = ["MAYFLY_JOIN_TOKEN", "MAYFLY_ADMIN_TOKEN", "MAYFLY_TASK_TOKEN"];
+
+/// How credentials reach the child.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Delivery {
+    /// In environment variables.
+    Env,
+    /// In 0600 files in a private directory (removed afterwards); renewed while the child runs.
+    Files,
+}
+
+/// `mayfly exec`
+#[derive(Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    remote: Remote,
+    #[command(flatten)]
+    evidence: Evidence,
+    #[command(flatten)]
+    spec: TaskSpec,
+    /// Audience to get an access token for: AUD, or VAR=AUD to choose the variable that
+    /// carries it (default MAYFLY_ACCESS_TOKEN). Repeatable.
+    #[arg(long = "audience")]
+    audiences: Vec<String>,
+    /// Lifetime of each access token, e.g. 5m (capped by the server and by the task).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    token_ttl: Option<Duration>,
+    /// How credentials reach the command.
+    #[arg(long, value_enum, default_value_t = Delivery::Env)]
+    deliver: Delivery,
+    /// Wait up to this long for an approver when policy makes the task wait (default: do not wait).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    wait_approval: Option<Duration>,
+    /// Also give the command the task token (MAYFLY_TASK_TOKEN), so it can get more
+    /// credentials or sub-tasks under the same task.
+    #[arg(long)]
+    pass_task_token: bool,
+    /// The command and its arguments.
+    #[arg(trailing_var_arg = true, required = true, num_args = 1.., value_name = "CMD")]
+    command: Vec<String>,
+}
+
+/// One credential wanted: the variable that carries it and its audience.
+#[derive(Clone, Debug)]
+struct Want {
+    var: String,
+    audience: String,
+}
+
+fn parse_wants(audiences: &[String]) -> anyhow::Result<Vec<Want>> {
+    let mut wants: Vec<Want> = Vec::new();
+    for a in audiences {
+        let want = match a.split_once('=') {
+            Some((var, aud))
+                if !var.is_empty()
+                    && var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                    && !aud.is_empty() =>
+            {
+                Want { var: var.to_owned(), audience: aud.to_owned() }
+            }
+            _ => Want { var: DEFAULT_TOKEN_VAR.to_owned(), audience: a.clone() },
+        };
+        if wants.iter().any(|w| w.var == want.var) {
+            bail!("two audiences would go into {}: name them, e.g. --audience API_TOKEN=https://api.example", want.var);
+        }
+        wants.push(want);
+    }
+    Ok(wants)
+}
+
+/// The task and what is needed to act as it.
+struct Session {
+    remote: Remote,
+    client: reqwest::Client,
+    task: TaskInfo,
+    task_token: String,
+}
+
+impl Session {
+    async fn end(&self, reason: String) -> anyhow::Result<EndTaskResponse> {
+        let url = self.remote.endpoint(&format!("/v1/tasks/{}", self.task.id));
+        let req = self.client.delete(&url).bearer_auth(&self.task_token).json(&EndTaskRequest { reason: Some(reason) });
+        call(req, &url).await
+    }
+
+    async fn token(&self, audience: &str, ttl: Option<Duration>) -> anyhow::Result<(String, u64)> {
+        let resp =
+            exchange(&self.remote, &self.client, (&self.task_token, TOKEN_TYPE_TASK), audience, None, ttl).await?;
+        Ok((resp.access_token, resp.expires_in))
+    }
+
+    /// Waits for an approver, polling the task.
+    async fn await_approval(&mut self, limit: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let url = self.remote.endpoint(&format!("/v1/tasks/{}", self.task.id));
+        eprintln!(
+            "mayfly exec: task {} is waiting for approval (mayfly tasks approve {}); waiting up to {}",
+            self.task.id,
+            self.task.id,
+            humantime::format_duration(limit)
+        );
+        while self.task.state == "pending" {
+            if tokio::time::Instant::now() >= deadline {
+                bail!("task {} was not approved within {}", self.task.id, humantime::format_duration(limit));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            self.task = call(self.client.get(&url).bearer_auth(&self.task_token), &url).await?;
+        }
+        if self.task.state != "active" {
+            bail!("task {} is {}", self.task.id, self.task.state);
+        }
+        Ok(())
+    }
+}
+
+/// Writes a file only the owner can read, replacing any previous version atomically.
+fn write_secret(dir: &Path, name: &str, value: &str) -> std::io::Result<PathBuf> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    f.write_all(value.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}
+
+/// Re-exchanges before expiry and replaces the file, until the task ends.
+async fn renew_file(
+    session: std::sync::Arc<Session>,
+    want: Want,
+    dir: PathBuf,
+    mut expires_in: u64,
+    ttl: Option<Duration>,
+) {
+    loop {
+        // Renew at two thirds of the lifetime; retry every few seconds on failure.
+        tokio::time::sleep(Duration::from_secs((expires_in * 2 / 3).max(1))).await;
+        match session.token(&want.audience, ttl).await {
+            Ok((token, exp)) => match write_secret(&dir, &want.var, &token) {
+                Ok(_) => expires_in = exp,
+                Err(e) => {
+                    eprintln!("mayfly exec: cannot write renewed {}: {e}", want.var);
+                    expires_in = 6;
+                }
+            },
+            Err(e) => {
+                eprintln!("mayfly exec: renewing the token for {} failed: {e:#}", want.audience);
+                expires_in = 6;
+            }
+        }
+    }
+}
+
+/// The signals passed on to the child.
+const FORWARDED: [SignalKind; 6] = [
+    SignalKind::interrupt(),
+    SignalKind::terminate(),
+    SignalKind::hangup(),
+    SignalKind::quit(),
+    SignalKind::user_defined1(),
+    SignalKind::user_defined2(),
+];
+
+impl ExecArgs {
+    pub async fn run(self) -> anyhow::Result<ExitCode> {
+        let wants = parse_wants(&self.audiences)?;
+        let evidence = self.evidence.read()?;
+        let client = self.remote.client()?;
+        let program = self.command[0].clone();
+        let audiences = wants.iter().map(|w| w.audience.clone()).collect();
+        let started: StartTaskResponse = start_task(
+            &self.remote,
+            &client,
+            (&evidence.0, evidence.1),
+            &self.spec,
+            audiences,
+            &format!("exec {program}"),
+        )
+        .await
+        .context("starting the task")?;
+        let mut session =
+            Session { remote: self.remote.clone(), client, task: started.task, task_token: started.task_token };
+
+        // From here on, any failure ends the task before returning.
+        let prepared = self.prepare(&mut session, &wants).await;
+        let (env, dir) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = session.end(format!("mayfly exec failed before starting {program}")).await;
+                eprintln!("error: {e:#}");
+                return Ok(ExitCode::from(EXIT_EXEC_FAILED));
+            }
+        };
+        let session = std::sync::Arc::new(session);
+        let mut renewals = Vec::new();
+        if let Some(dir) = &dir {
+            for (want, expires_in) in &env.renew {
+                renewals.push(tokio::spawn(renew_file(
+                    session.clone(),
+                    want.clone(),
+                    dir.path().to_owned(),
+                    *expires_in,
+                    self.token_ttl,
+                )));
+            }
+        }
+
+        let outcome = run_child(&self.command, &env.vars, &self.withheld()).await;
+        for r in renewals {
+            r.abort();
+        }
+        let (code, reason) = match &outcome {
+            Ok(Child { code, reason }) => (*code, reason.clone()),
+            Err(e) => (e.code, e.message.clone()),
+        };
+        if let Err(e) = &outcome {
+            eprintln!("mayfly exec: {}", e.message);
+        }
+        // End first, then remove the files: nothing written outlives the child.
+        match session.end(reason).await {
+            Ok(ended) => {
+                tracing::debug!(task = %ended.task.id, "task ended");
+            }
+            Err(e) => eprintln!(
+                "mayfly exec: WARNING: could not end task {} ({e:#}); it expires at {}",
+                session.task.id,
+                mayfly_server::clock::rfc3339(session.task.expires_at)
+            ),
+        }
+        if let Some(dir) = dir
+            && let Err(e) = dir.close()
+        {
+            eprintln!("mayfly exec: could not remove the credentials directory: {e}");
+        }
+        Ok(ExitCode::from(code))
+    }
+
+    /// Variables the child does not inherit.
+    fn withheld(&self) -> Vec<String> {
+        let mut out: Vec<String> = WITHHELD_VARS.iter().map(|s| (*s).to_owned()).collect();
+        if let Some(v) = self.evidence.token_env() {
+            out.push(v.to_owned());
+        }
+        out
+    }
+
+    /// Waits for approval if needed, gets the credentials, and lays them out for the child.
+    async fn prepare(
+        &self,
+        session: &mut Session,
+        wants: &[Want],
+    ) -> anyhow::Result<(ChildEnv, Option<tempfile::TempDir>)> {
+        if session.task.state == "pending" {
+            match self.wait_approval {
+                Some(limit) => session.await_approval(limit).await?,
+                None => bail!(
+                    "task {} needs approval (mayfly tasks approve {}); pass --wait-approval 10m to wait for it",
+                    session.task.id,
+                    session.task.id
+                ),
+            }
+        }
+        let mut vars = BTreeMap::new();
+        vars.insert("MAYFLY_TASK_ID".to_owned(), session.task.id.clone());
+        vars.insert("MAYFLY_TASK_SPIFFE_ID".to_owned(), session.task.spiffe_id.clone());
+        vars.insert("MAYFLY_URL".to_owned(), session.remote.url.clone());
+        let dir = match self.deliver {
+            Delivery::Env => None,
+            Delivery::Files => {
+                let base = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+                let dir = tempfile::Builder::new()
+                    .prefix("mayfly-exec-")
+                    .tempdir_in(&base)
+                    .with_context(|| format!("creating a private credentials directory in {}", base.display()))?;
+                std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
+                vars.insert("MAYFLY_CREDENTIALS_DIR".to_owned(), dir.path().display().to_string());
+                Some(dir)
+            }
+        };
+        let mut renew = Vec::new();
+        let mut secrets = vec![];
+        for w in wants {
+            let (token, expires_in) = session
+                .token(&w.audience, self.token_ttl)
+                .await
+                .with_context(|| format!("getting a token for {}", w.audience))?;
+            secrets.push((w.var.clone(), token));
+            renew.push((w.clone(), expires_in));
+        }
+        if self.pass_task_token {
+            secrets.push(("MAYFLY_TASK_TOKEN".to_owned(), session.task_token.clone()));
+        }
+        for (var, value) in secrets {
+            match &dir {
+                None => {
+                    vars.insert(var, value);
+                }
+                Some(d) => {
+                    let path = write_secret(d.path(), &var, &value)
+                        .with_context(|| format!("writing {} into {}", var, d.path().display()))?;
+                    vars.insert(format!("{var}_FILE"), path.display().to_string());
+                }
+            }
+        }
+        Ok((ChildEnv { vars, renew }, dir))
+    }
+}
+
+/// What the child gets, and which files to keep fresh.
+struct ChildEnv {
+    vars: BTreeMap<String, String>,
+    renew: Vec<(Want, u64)>,
+}
+
+/// How the child ended.
+struct Child {
+    code: u8,
+    reason: String,
+}
+
+/// Why the child could not run.
+struct ChildError {
+    code: u8,
+    message: String,
+}
+
+/// Runs the child to completion, forwarding signals; its exit code (or 128 + signal).
+async fn run_child(
+    command: &[String],
+    vars: &BTreeMap<String, String>,
+    withheld: &[String],
+) -> Result<Child, ChildError> {
+    let mut cmd = tokio::process::Command::new(&command[0]);
+    cmd.args(&command[1..]).envs(vars);
+    for v in withheld {
+        cmd.env_remove(v);
+    }
+    let mut child = cmd.spawn().map_err(|e| ChildError {
+        code: match e.kind() {
+            std::io::ErrorKind::NotFound => EXIT_NOT_FOUND,
+            _ => EXIT_NOT_EXECUTABLE,
+        },
+        message: format!("cannot run {:?}: {e}", command[0]),
+    })?;
+    let pid = child.id().and_then(|p| i32::try_from(p).ok());
+    // One listener per signal, all feeding one channel.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<i32>(16);
+    let mut listeners = Vec::new();
+    for kind in FORWARDED {
+        match signal(kind) {
+            Ok(mut stream) => {
+                let tx = tx.clone();
+                listeners.push(tokio::spawn(async move {
+                    while stream.recv().await.is_some() {
+                        if tx.send(kind.as_raw_value()).await.is_err() {
+                            break;
+                        }
+                    }
+                }));
+            }
+            Err(e) => eprintln!("mayfly exec: cannot forward signal {}: {e}", kind.as_raw_value()),
+        }
+    }
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status,
+            Some(raw) = rx.recv() => {
+                if let Some(pid) = pid
+                    && let Ok(sig) = nix::sys::signal::Signal::try_from(raw)
+                {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+                }
+            }
+        }
+    };
+    for l in listeners {
+        l.abort();
+    }
+    let status =
+        status.map_err(|e| ChildError { code: EXIT_EXEC_FAILED, message: format!("waiting for the command: {e}") })?;
+    Ok(match (status.code(), status.signal()) {
+        (Some(code), _) => {
+            Child { code: u8::try_from(code).unwrap_or(1), reason: format!("command exited with status {code}") }
+        }
+        (None, Some(sig)) => Child {
+            code: 128u8.saturating_add(u8::try_from(sig).unwrap_or(0)),
+            reason: format!("command killed by signal {sig}"),
+        },
+        (None, None) => Child { code: EXIT_EXEC_FAILED, reason: "command ended without a status".into() },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audiences_name_their_variables() {
+        let w = parse_wants(&["https://api.example/x?a=b".into(), "DB_TOKEN=https://db".into()]).unwrap();
+        assert_eq!(w[0].var, DEFAULT_TOKEN_VAR);
+        assert_eq!(w[0].audience, "https://api.example/x?a=b");
+        assert_eq!((w[1].var.as_str(), w[1].audience.as_str()), ("DB_TOKEN", "https://db"));
+        assert!(parse_wants(&["a".into(), "b".into()]).is_err(), "two unnamed audiences collide");
+    }
+
+    #[test]
+    fn secrets_are_written_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write_secret(dir.path(), "T", "one").unwrap();
+        write_secret(dir.path(), "T", "two").unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "two");
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+}
