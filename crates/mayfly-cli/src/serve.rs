@@ -140,6 +140,10 @@ or with the CLI:
 
   mayfly token exchange --url {url} --join-token {token} --audience https://api.example
 
+or run a command under a task that ends when it exits (each join token works once):
+
+  mayfly exec --url {url} --join-token {token} --audience https://api.example -- env
+
 Verify tokens offline with {url}/.well-known/jwks.json.
 More join tokens:  MAYFLY_ADMIN_TOKEN={admin} mayfly join-token create --url {url}
 Policies:          {policies} (reloaded on save or SIGHUP)

@@ -229,6 +229,7 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
     let watcher = tokio::spawn(watch_policies(policies, ledger.clone(), cfg.policy.reload_interval, hup));
     let upkeep = tokio::spawn(revocations.clone().run_upkeep(Duration::from_millis(500)));
     let stats = tokio::spawn(crate::govern::stats::run(ledger.clone(), revocations, Duration::from_secs(10)));
+    let task_sweep = tokio::spawn(crate::govern::tasks::run(broker.clone(), Duration::from_secs(1)));
     let (tx, rx) = oneshot::channel::<()>();
     let app = router(state);
     let task = tokio::spawn(async move {
@@ -240,6 +241,7 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
         watcher.abort();
         upkeep.abort();
         stats.abort();
+        task_sweep.abort();
     });
     tracing::info!(%url, "mayfly is serving");
     Ok(RunningServer { addr, url, new_admin_token, broker, keys, shutdown: Some(tx), task })

@@ -438,6 +438,43 @@ impl Broker {
         Ok(EndedTask { task: this, descendants })
     }
 
+    /// Records the end of tasks whose time is up: a pending task past its approval
+    /// deadline is denied, a task past its lifetime expired. Nothing needs revoking:
+    /// everything issued under a task expires with it. Returns how many changed.
+    pub async fn retire_due_tasks(&self, now: i64) -> Result<usize, BrokerError> {
+        let _serial = self.task_transitions.lock().await;
+        let due = self.ledger.store().tasks_due(now, 500).await?;
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let mut tasks = Vec::new();
+        let mut events = Vec::new();
+        for mut t in due {
+            let subject = task_spiffe_id(self.task_attestor.trust_domain(), &t.id)?.to_string();
+            match t.state_at(now) {
+                TaskState::Denied => {
+                    t.state = TaskState::Denied;
+                    t.decided_by = Some("approval deadline".into());
+                    t.decided_at = t.approval_deadline;
+                    let detail = json!({"task_id": t.id, "approval_deadline": t.approval_deadline});
+                    events.push(AuditEvent::new("task.approval_expired", Some(subject), detail));
+                }
+                TaskState::Expired => {
+                    t.state = TaskState::Expired;
+                    t.ended_at = Some(t.expires_at);
+                    t.end_reason = Some("lifetime over".into());
+                    let detail = json!({"task_id": t.id, "expires_at": t.expires_at});
+                    events.push(AuditEvent::new("task.expired", Some(subject), detail));
+                }
+                _ => continue,
+            }
+            tasks.push(t);
+        }
+        let n = tasks.len();
+        self.ledger.commit(Batch { tasks, events, ..Batch::default() }).await?;
+        Ok(n)
+    }
+
     /// A task by id.
     pub async fn task(&self, id: &str) -> Result<TaskRecord, BrokerError> {
         self.ledger.store().task(id).await?.ok_or_else(|| BrokerError::NotFound(format!("no task has id {id:?}")))

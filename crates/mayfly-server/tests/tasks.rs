@@ -322,3 +322,37 @@ async fn bad_task_requests_get_clear_problems_and_grant_nothing() {
     assert!(denied.iter().any(|e| e["detail"]["action"] == "start_task"));
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn time_ends_tasks_an_approval_deadline_denies_and_a_lifetime_expires() {
+    let (srv, k8s) = start_with("[tasks]\napproval_timeout = \"1s\"\n").await;
+    let (pending, pending_token) = task_for(&srv, &k8s, "prod", json!({"scope": "deploy"})).await;
+    let (short, short_token) = task_for(&srv, &k8s, "prod", json!({"ttl_seconds": 1})).await;
+    assert_eq!(pending["state"], "pending");
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let (pid, sid) = (pending["id"].as_str().unwrap(), short["id"].as_str().unwrap());
+    let p: Value = srv.admin_get(&format!("/v1/tasks/{pid}")).await;
+    assert_eq!(p["state"], "denied");
+    let s: Value = srv.admin_get(&format!("/v1/tasks/{sid}")).await;
+    assert_eq!(s["state"], "expired");
+    assert_problem(srv.admin_post(&format!("/v1/tasks/{pid}/approve"), None).await, 409, "conflict").await;
+    let r = exchange_task(&srv, &pending_token, "https://deploy.test", None).await;
+    assert_problem(r, 400, "task-not-active").await;
+    assert_problem(exchange_task(&srv, &short_token, "https://api.test", None).await, 400, "subject-token-expired")
+        .await;
+    assert_problem(end_task(&srv, sid, &srv.admin_token).await, 409, "conflict").await;
+    // The sweep records both in the audit trail (it runs every second).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let audit: Vec<Value> = srv.admin_get("/v1/audit?kind=task.").await;
+        let has = |k: &str, id: &str| audit.iter().any(|e| e["kind"] == k && e["detail"]["task_id"] == id);
+        if has("task.approval_expired", pid) && has("task.expired", sid) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "sweep audits within 10 s: {audit:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let s: Value = srv.admin_get(&format!("/v1/tasks/{sid}")).await;
+    assert_eq!(s["end_reason"], "lifetime over");
+    srv.stop().await;
+}

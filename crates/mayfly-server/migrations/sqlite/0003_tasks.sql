@@ -14,7 +14,7 @@ CREATE TABLE tasks (
     audiences         TEXT,            -- JSON array, or NULL for any audience policy allows
     created_at        INTEGER NOT NULL,
     expires_at        INTEGER NOT NULL,
-    state             TEXT NOT NULL,   -- pending | active | denied | ended
+    state             TEXT NOT NULL,   -- pending | active | denied | ended | expired
     approval_deadline INTEGER,
     decided_by        TEXT,
     decided_at        INTEGER,
@@ -23,4 +23,6 @@ CREATE TABLE tasks (
 );
 CREATE INDEX tasks_path ON tasks (path);
 CREATE INDEX tasks_creator ON tasks (creator);
+-- The upkeep sweep looks for live tasks whose time is up.
+CREATE INDEX tasks_live_expiry ON tasks (expires_at) WHERE state IN ('pending', 'active');
 CREATE INDEX credentials_task ON credentials (task_id) WHERE task_id IS NOT NULL;

@@ -119,7 +119,7 @@ pub enum TaskState {
     Denied,
     /// Ended explicitly or with its parent; everything issued under it is revoked.
     Ended,
-    /// Its lifetime is over (derived).
+    /// Its lifetime is over (derived from the time; the upkeep sweep then stores it).
     Expired,
 }
 
@@ -177,7 +177,7 @@ pub struct TaskRecord {
     pub created_at: i64,
     /// Unix seconds; nothing issued under it outlives this.
     pub expires_at: i64,
-    /// The stored state (never `Expired`; see [`TaskRecord::state_at`]).
+    /// The stored state; the state now is [`TaskRecord::state_at`].
     pub state: TaskState,
     /// A pending task not approved by then is denied.
     pub approval_deadline: Option<i64>,
@@ -309,6 +309,8 @@ pub trait Store: Send + Sync + 'static {
     async fn task_subtree(&self, path: &str) -> Result<Vec<TaskRecord>, LedgerError>;
     /// Tasks matching a filter, ordered by id.
     async fn tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, LedgerError>;
+    /// Pending or active tasks whose lifetime or approval deadline is over at `now`, at most `limit`.
+    async fn tasks_due(&self, now: i64, limit: i64) -> Result<Vec<TaskRecord>, LedgerError>;
     /// The highest revocation cursor ever assigned (0 if none), including entries already dropped.
     async fn revocation_head(&self) -> Result<i64, LedgerError>;
     /// Revocations with `cursor > after`, in order, at most `limit`.

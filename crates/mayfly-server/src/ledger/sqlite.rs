@@ -536,6 +536,19 @@ impl Store for SqliteStore {
         rows.iter().map(task_from_row).collect()
     }
 
+    async fn tasks_due(&self, now: i64, limit: i64) -> Result<Vec<TaskRecord>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT * FROM tasks WHERE state IN ('pending', 'active') \
+             AND (expires_at <= ? OR (state = 'pending' AND approval_deadline <= ?)) ORDER BY id LIMIT ?",
+        )
+        .bind(now)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(task_from_row).collect()
+    }
+
     async fn credential(&self, jti: &str) -> Result<Option<CredentialRecord>, LedgerError> {
         let row = sqlx::query("SELECT * FROM credentials WHERE jti = ?").bind(jti).fetch_optional(&self.pool).await?;
         Ok(row.as_ref().map(credential_from_row).transpose()?)
