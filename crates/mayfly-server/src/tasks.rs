@@ -418,7 +418,9 @@ impl Broker {
                 cursor: 0,
                 kind: RevocationKind::Task,
                 value: t.id.clone(),
-                issued_before: now,
+                // A task never comes back, so the revocation covers everything issued under
+                // it, even a request that attested just before this commit and signs after it.
+                issued_before: t.expires_at,
                 revoked_at: now,
                 // Everything under the task expires with it; a margin covers clock skew.
                 expires_at: t.expires_at + 300,
