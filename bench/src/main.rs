@@ -150,6 +150,7 @@ async fn seed(args: &[String]) -> Result<(), BoxError> {
             key_id: "seed".into(),
             binding: None,
             fingerprint: "seed".into(),
+            max_uses: None,
         });
         if batch.len() == 1000 || i + 1 == n {
             mayfly_server::ledger::Store::append(&store, &batch, &[], &[], &[]).await?;

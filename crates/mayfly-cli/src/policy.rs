@@ -47,6 +47,15 @@ pub enum PolicyCommand {
         /// Caller's address.
         #[arg(long, default_value = "127.0.0.1")]
         source_ip: IpAddr,
+        /// The token would be DPoP-bound.
+        #[arg(long)]
+        dpop: bool,
+        /// The token would be bound to a TLS client certificate.
+        #[arg(long)]
+        mtls: bool,
+        /// Limited use: verifications allowed (0: unlimited).
+        #[arg(long, default_value_t = 0)]
+        max_uses: i64,
         /// JSON output.
         #[arg(long)]
         json: bool,
@@ -69,7 +78,20 @@ impl PolicyCommand {
                 print!("{}", mayfly_server::authorize::SCHEMA);
                 Ok(ExitCode::SUCCESS)
             }
-            PolicyCommand::Eval { policies, principal, attrs, attestor, audience, scope, ttl, source_ip, json } => {
+            PolicyCommand::Eval {
+                policies,
+                principal,
+                attrs,
+                attestor,
+                audience,
+                scope,
+                ttl,
+                source_ip,
+                dpop,
+                mtls,
+                max_uses,
+                json,
+            } => {
                 let engine = PolicyEngine::load(&policies).map_err(|e| anyhow!("{}: {e}", policies.display()))?;
                 let spiffe_id = SpiffeId::parse(&principal).context("--principal")?;
                 let identity =
@@ -82,6 +104,9 @@ impl PolicyCommand {
                     ttl_seconds: ttl,
                     source_ip,
                     now: mayfly_server::clock::now_unix(),
+                    dpop,
+                    mtls,
+                    max_uses,
                 });
                 if json {
                     let v = serde_json::json!({

@@ -351,3 +351,68 @@ pub struct TaskPage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_after: Option<String>,
 }
+
+/// What a revocation selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RevocationKind {
+    /// One credential by `jti` (or lease id).
+    Jti,
+    /// Every credential of one SPIFFE ID.
+    Subject,
+    /// Every credential whose SPIFFE ID is the prefix or below it (path-segment boundary).
+    SubjectPrefix,
+    /// Every credential for one audience.
+    Audience,
+    /// Every credential issued under one task.
+    Task,
+    /// Every credential issued at or before `issued_before`.
+    IssuedBefore,
+}
+
+impl RevocationKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RevocationKind::Jti => "jti",
+            RevocationKind::Subject => "subject",
+            RevocationKind::SubjectPrefix => "subject_prefix",
+            RevocationKind::Audience => "audience",
+            RevocationKind::Task => "task",
+            RevocationKind::IssuedBefore => "issued_before",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "jti" => RevocationKind::Jti,
+            "subject" => RevocationKind::Subject,
+            "subject_prefix" => RevocationKind::SubjectPrefix,
+            "audience" => RevocationKind::Audience,
+            "task" => RevocationKind::Task,
+            "issued_before" => RevocationKind::IssuedBefore,
+            _ => return None,
+        })
+    }
+}
+
+/// One revocation, as stored and as the feed serves it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Revocation {
+    /// Feed cursor: strictly increasing.
+    pub cursor: i64,
+    /// What it selects.
+    pub kind: RevocationKind,
+    /// The jti, SPIFFE ID, prefix, audience or task id; empty for `issued_before`.
+    pub value: String,
+    /// Covers credentials issued at or before this Unix time.
+    pub issued_before: i64,
+    /// When it was made (Unix seconds).
+    pub revoked_at: i64,
+    /// After this Unix time everything it covers has expired, and the entry may be dropped.
+    pub expires_at: i64,
+    /// Why, as the operator said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}

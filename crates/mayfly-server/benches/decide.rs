@@ -40,6 +40,9 @@ fn decide(c: &mut Criterion) {
                 ttl_seconds: 300,
                 source_ip: "127.0.0.1".parse().unwrap(),
                 now: 1_800_000_000,
+                dpop: false,
+                mtls: false,
+                max_uses: 0,
             });
             assert!(d.allowed);
         })

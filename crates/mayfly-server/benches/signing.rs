@@ -29,6 +29,8 @@ fn signing(c: &mut Criterion) {
                         now: 1_800_000_000,
                         task_id: None,
                         act: None,
+                        cnf: None,
+                        max_uses: None,
                     })
                     .unwrap()
             })

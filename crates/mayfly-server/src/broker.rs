@@ -15,6 +15,7 @@ use crate::govern::Revocations;
 use crate::issue::{AccessTokenRequest, IssueError, IssuedToken, JwtIssuer};
 use crate::keys::Kek;
 use crate::ledger::{AuditEvent, CredentialRecord, Ledger, LedgerError, TaskState};
+use mayfly_verify::Confirmation;
 
 /// Longest scope string accepted.
 const MAX_SCOPE_BYTES: usize = 2048;
@@ -74,6 +75,25 @@ pub struct ExchangeParams {
     pub requested_lifetime: Option<u64>,
     /// The caller's address.
     pub source_ip: IpAddr,
+    /// What the token is bound to: the DPoP key (proof already checked) and/or the TLS client certificate.
+    pub confirmation: Option<Confirmation>,
+    /// Limited use: how many verifications the token allows.
+    pub max_uses: Option<u32>,
+}
+
+/// Most uses a limited-use token may allow.
+pub const MAX_USES_LIMIT: u32 = 10_000;
+
+/// What the ledger records about a minted credential, beside the token itself.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RecordFacts<'a> {
+    pub kind: &'a str,
+    pub subject: &'a str,
+    pub audience: &'a str,
+    pub task_id: Option<&'a str>,
+    pub client_id: &'a str,
+    pub confirmation: Option<&'a Confirmation>,
+    pub max_uses: Option<u32>,
 }
 
 /// Who proved themselves on a request.
@@ -234,6 +254,9 @@ impl Broker {
             // Refused before attestation: a join token must not be spent on a request that cannot succeed.
             return Err(BrokerError::InvalidRequest("requested_lifetime must be at least 1 second".into()));
         }
+        if p.max_uses.is_some_and(|n| n == 0 || n > MAX_USES_LIMIT) {
+            return Err(BrokerError::InvalidRequest(format!("max_uses is 1 to {MAX_USES_LIMIT}")));
+        }
         let now = crate::clock::now_unix();
         let caller = self.attest(&p.subject_token_type, &p.subject_token, p.source_ip, now).await?;
         if let Caller::Task(t) = &caller {
@@ -258,6 +281,9 @@ impl Broker {
             ttl_seconds: ttl,
             source_ip: p.source_ip,
             now,
+            dpop: p.confirmation.as_ref().is_some_and(|c| c.jkt.is_some()),
+            mtls: p.confirmation.as_ref().is_some_and(|c| c.x5t_s256.is_some()),
+            max_uses: p.max_uses.map(i64::from).unwrap_or(0),
         });
         let detail = json!({"action": "exchange", "audience": p.audience, "scopes": scopes, "ttl_seconds": ttl});
         self.check_decision(&caller, &decision, detail, p.source_ip).await?;
@@ -279,12 +305,23 @@ impl Broker {
             now,
             task_id,
             act: act.as_ref(),
+            cnf: p.confirmation.as_ref(),
+            max_uses: p.max_uses,
         })?;
         let detail = json!({
             "audience": p.audience, "attestor": caller.attestor(), "policies": decision.policies,
-            "source_ip": p.source_ip.to_string(), "act": act,
+            "source_ip": p.source_ip.to_string(), "act": act, "cnf": p.confirmation, "max_uses": p.max_uses,
         });
-        let (record, event) = self.issued_record(&issued, "jwt", &subject, &p.audience, task_id, &client_id, detail);
+        let facts = RecordFacts {
+            kind: "jwt",
+            subject: &subject,
+            audience: &p.audience,
+            task_id,
+            client_id: &client_id,
+            confirmation: p.confirmation.as_ref(),
+            max_uses: p.max_uses,
+        };
+        let (record, event) = self.issued_record(&issued, &facts, detail);
         self.ledger.record(vec![record], vec![event]).await?;
         metrics::counter!("mayfly_credentials_issued_total", "kind" => "jwt").increment(1);
         Ok(issued)
@@ -356,45 +393,41 @@ impl Broker {
     }
 
     /// The ledger record and audit event of a freshly minted token.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn issued_record(
         &self,
         issued: &IssuedToken,
-        kind: &str,
-        subject: &str,
-        audience: &str,
-        task_id: Option<&str>,
-        client_id: &str,
+        f: &RecordFacts<'_>,
         mut detail: serde_json::Value,
     ) -> (CredentialRecord, AuditEvent) {
         let fingerprint = self.kek.fingerprint(issued.token.as_bytes());
         if let Some(d) = detail.as_object_mut() {
             d.insert("jti".into(), issued.jti.clone().into());
             d.insert("fingerprint".into(), fingerprint.clone().into());
-            d.insert("kind".into(), kind.into());
+            d.insert("kind".into(), f.kind.into());
             d.insert("scope".into(), issued.scope.clone().into());
             d.insert("expires_at".into(), issued.expires_at.into());
             d.insert("kid".into(), issued.kid.clone().into());
-            if let Some(t) = task_id {
+            if let Some(t) = f.task_id {
                 d.insert("task_id".into(), t.into());
             }
         }
         let record = CredentialRecord {
             jti: issued.jti.clone(),
-            kind: kind.into(),
-            subject: subject.into(),
-            audience: audience.into(),
+            kind: f.kind.into(),
+            subject: f.subject.into(),
+            audience: f.audience.into(),
             scope: issued.scope.clone(),
-            task_id: task_id.map(str::to_owned),
-            client_id: client_id.into(),
+            task_id: f.task_id.map(str::to_owned),
+            client_id: f.client_id.into(),
             issued_at: issued.issued_at,
             expires_at: issued.expires_at,
             key_id: issued.kid.clone(),
-            binding: None,
+            binding: f.confirmation.and_then(|c| serde_json::to_string(c).ok()),
             fingerprint,
+            max_uses: f.max_uses.map(i64::from),
         };
-        let event_kind = if kind == "task" { "task_token.issued" } else { "token.issued" };
-        (record, AuditEvent::new(event_kind, Some(subject.to_owned()), detail))
+        let event_kind = if f.kind == "task" { "task_token.issued" } else { "token.issued" };
+        (record, AuditEvent::new(event_kind, Some(f.subject.to_owned()), detail))
     }
 
     /// Records an audit event; a failure is logged, not returned, because the

@@ -67,6 +67,34 @@ pub struct Config {
     /// Task lifetimes, nesting and approval.
     #[serde(default)]
     pub tasks: TasksConfig,
+    /// DPoP proofs at the token endpoint (RFC 9449).
+    #[serde(default)]
+    pub dpop: DpopConfig,
+}
+
+/// DPoP settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DpopConfig {
+    /// How old a proof may be (default 60s); each proof is accepted once within that window.
+    #[serde(default = "sixty_seconds", with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Require a server nonce in proofs (RFC 9449 §8); clients learn it from `DPoP-Nonce`.
+    #[serde(default)]
+    pub require_nonce: bool,
+    /// How often the server nonce changes (default 5m; the previous one stays valid).
+    #[serde(default = "five_minutes", with = "humantime_serde")]
+    pub nonce_period: Duration,
+}
+
+impl Default for DpopConfig {
+    fn default() -> Self {
+        Self { max_age: sixty_seconds(), require_nonce: false, nonce_period: five_minutes() }
+    }
+}
+
+fn sixty_seconds() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// Task settings.

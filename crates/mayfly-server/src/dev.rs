@@ -96,5 +96,6 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> Result<Config, DevSetupEr
         join_tokens: JoinTokensConfig::default(),
         attest: AttestConfig::default(),
         tasks: TasksConfig::default(),
+        dpop: Default::default(),
     })
 }

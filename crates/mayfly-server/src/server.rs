@@ -28,6 +28,8 @@ pub const ADMIN_TOKEN_PREFIX: &str = "mfa_";
 /// File in the data directory holding the first admin token (mode 0600).
 pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 const KEK_CHECK_KEY: &str = "kek_check";
+/// Most DPoP proofs remembered at once (one per token request in the acceptance window).
+const DPOP_REPLAY_CAPACITY: usize = 500_000;
 
 /// Why the server did not start.
 #[derive(Debug, thiserror::Error)]
@@ -199,6 +201,11 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
         store,
         issuer_url: url.clone(),
         trust_domain: cfg.trust_domain.clone(),
+        dpop: mayfly_verify::DpopVerifier::new(
+            cfg.dpop.max_age.as_secs() as i64,
+            DPOP_REPLAY_CAPACITY,
+            cfg.dpop.require_nonce.then(|| mayfly_verify::NonceSource::random(cfg.dpop.nonce_period.as_secs() as i64)),
+        ),
         signing_alg: alg,
         // Retired keys stay published for the longest token lifetime plus clock-skew margin.
         key_publish_secs: max_ttl_secs + 300,

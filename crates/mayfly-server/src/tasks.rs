@@ -13,7 +13,7 @@ use serde_json::json;
 use crate::attest::WorkloadIdentity;
 use crate::attest::task::{TASK_TOKEN_AUDIENCE, TaskIdentity, task_spiffe_id};
 use crate::authorize::{ApproveRequest, Principal, StartTaskRequest};
-use crate::broker::{Broker, BrokerError, Caller, parse_scopes};
+use crate::broker::{Broker, BrokerError, Caller, RecordFacts, parse_scopes};
 use crate::issue::{AccessTokenRequest, IssuedToken};
 use crate::ledger::{AuditEvent, Batch, Revocation, RevocationKind, TaskRecord, TaskState};
 
@@ -259,17 +259,21 @@ impl Broker {
             now,
             task_id: Some(&id),
             act: Some(&actor),
+            cnf: None,
+            max_uses: None,
         })?;
         let sub = spiffe_id.to_string();
-        let (credential, token_event) = self.issued_record(
-            &token,
-            "task",
-            &sub,
-            TASK_TOKEN_AUDIENCE,
-            Some(&id),
-            &record.creator,
-            json!({"attestor": caller.attestor(), "source_ip": p.source_ip.to_string()}),
-        );
+        let facts = RecordFacts {
+            kind: "task",
+            subject: &sub,
+            audience: TASK_TOKEN_AUDIENCE,
+            task_id: Some(&id),
+            client_id: &record.creator,
+            confirmation: None,
+            max_uses: None,
+        };
+        let detail = json!({"attestor": caller.attestor(), "source_ip": p.source_ip.to_string()});
+        let (credential, token_event) = self.issued_record(&token, &facts, detail);
         let event_kind = if record.state == TaskState::Pending { "task.pending" } else { "task.started" };
         let detail = json!({
             "task_id": id, "parent": record.parent_id, "purpose": record.purpose, "scope": record.scope,

@@ -12,6 +12,7 @@ struct Pki {
     server_key: String,
     client_cert: String,
     client_key: String,
+    client_der: Vec<u8>,
 }
 
 fn pki() -> Pki {
@@ -37,6 +38,7 @@ fn pki() -> Pki {
         server_key: server_key.serialize_pem(),
         client_cert: client.pem(),
         client_key: client_key.serialize_pem(),
+        client_der: client.der().to_vec(),
     }
 }
 
@@ -95,4 +97,44 @@ async fn required_client_certificates_are_enforced() {
     let with_cert = client(&pki, true);
     assert_eq!(with_cert.get(format!("{}/healthz", srv.url)).send().await.unwrap().status(), 200);
     srv.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_certificate_binds_the_token_to_it() {
+    let (mut srv, pki, k8s) = start_tls(false).await;
+    srv.http = client(&pki, true);
+    let r = srv.exchange_jwt(&k8s.k8s_token("prod", "web"), "https://api.test").await;
+    assert_eq!(r.status(), 200);
+    let token = r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned();
+    let claims = srv.verify(&token, "https://api.test").await;
+    let expected = {
+        use base64::Engine;
+        use sha2::Digest;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(&pki.client_der))
+    };
+    assert_eq!(claims["cnf"]["x5t#S256"], expected, "RFC 8705 thumbprint of the client certificate");
+
+    // The SDK accepts it only from a connection that presented that certificate.
+    let mut cfg = mayfly_verify::VerifierConfig::new(srv.url.clone(), "https://api.test");
+    cfg.http = client(&pki, false);
+    let verifier = mayfly_verify::Verifier::new(cfg).await.unwrap();
+    let auth = format!("Bearer {token}");
+    let ok = verifier.verify(&presented(&auth, Some(&pki.client_der))).await.unwrap();
+    assert_eq!(ok.binding, mayfly_verify::Binding::Certificate(expected));
+    let other = self::pki().client_der;
+    let refused = verifier.verify(&presented(&auth, Some(&other))).await;
+    assert!(matches!(refused, Err(mayfly_verify::VerifyError::CertificateMismatch)));
+    let refused = verifier.verify(&presented(&auth, None)).await;
+    assert!(matches!(refused, Err(mayfly_verify::VerifyError::CertificateMismatch)));
+    srv.stop().await;
+}
+
+fn presented<'a>(authorization: &'a str, client_cert: Option<&'a [u8]>) -> mayfly_verify::Presented<'a> {
+    mayfly_verify::Presented {
+        authorization: Some(authorization),
+        dpop: None,
+        method: "GET",
+        url: "https://api.test/x",
+        client_cert,
+    }
 }

@@ -102,6 +102,12 @@ pub struct ExchangeRequest<'a> {
     pub source_ip: IpAddr,
     /// Unix seconds.
     pub now: i64,
+    /// Whether the token will be bound to a DPoP key.
+    pub dpop: bool,
+    /// Whether the token will be bound to the TLS client certificate.
+    pub mtls: bool,
+    /// Limited use: how many verifications it allows (0: unlimited).
+    pub max_uses: i64,
 }
 
 /// A request to start a task, as policy sees it.
@@ -232,6 +238,9 @@ impl PolicyEngine {
                 ("source_ip", RestrictedExpression::new_ip(req.source_ip.to_string())),
                 ("now", RestrictedExpression::new_datetime(crate::clock::rfc3339(req.now))),
                 ("now_unix", RestrictedExpression::new_long(req.now)),
+                ("dpop", RestrictedExpression::new_bool(req.dpop)),
+                ("mtls", RestrictedExpression::new_bool(req.mtls)),
+                ("max_uses", RestrictedExpression::new_long(req.max_uses)),
             ])?;
             Ok((principal, self.exchange_action.clone(), resource, context, entities))
         })

@@ -28,6 +28,10 @@ pub struct AccessTokenRequest<'a> {
     pub task_id: Option<&'a str>,
     /// RFC 8693 `act`: who acts, and for whom, in a delegation.
     pub act: Option<&'a serde_json::Value>,
+    /// RFC 7800 `cnf`: the DPoP key or client certificate the token is bound to.
+    pub cnf: Option<&'a mayfly_verify::Confirmation>,
+    /// Limited use: how many verifications it allows.
+    pub max_uses: Option<u32>,
 }
 
 /// A minted token and the facts the ledger records about it.
@@ -70,6 +74,10 @@ struct Claims<'a> {
     task_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     act: Option<&'a serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cnf: Option<&'a mayfly_verify::Confirmation>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_uses: Option<u32>,
 }
 
 /// Mints RFC 9068 access tokens.
@@ -109,6 +117,8 @@ impl JwtIssuer {
             scope: &scope,
             task_id: req.task_id,
             act: req.act,
+            cnf: req.cnf,
+            max_uses: req.max_uses,
         };
         let mut token = B64.encode(serde_json::to_vec(&header)?);
         token.push('.');

@@ -105,6 +105,8 @@ pub struct CredentialRecord {
     pub binding: Option<String>,
     /// Keyed HMAC of the credential.
     pub fingerprint: String,
+    /// Limited use: how many verifications it allows (counted at introspection).
+    pub max_uses: Option<i64>,
 }
 
 /// Where a task stands. `expired` is derived from the time, never stored.
@@ -327,4 +329,6 @@ pub trait Store: Send + Sync + 'static {
     async fn audit_events_after(&self, after: i64, limit: i64) -> Result<Vec<ChainedAuditEvent>, LedgerError>;
     /// A credential record by `jti`.
     async fn credential(&self, jti: &str) -> Result<Option<CredentialRecord>, LedgerError>;
+    /// Counts one use of a limited-use credential; false when its uses are spent (or it has no limit).
+    async fn use_credential(&self, jti: &str) -> Result<bool, LedgerError>;
 }

@@ -139,6 +139,7 @@ fn credential_from_row(r: &SqliteRow) -> Result<CredentialRecord, sqlx::Error> {
         key_id: r.try_get("key_id")?,
         binding: r.try_get("binding")?,
         fingerprint: r.try_get("fingerprint")?,
+        max_uses: r.try_get("max_uses")?,
     })
 }
 
@@ -311,7 +312,7 @@ impl Store for SqliteStore {
         for chunk in credentials.chunks(ROWS_PER_STATEMENT) {
             q.push(
                 " INSERT INTO credentials (jti, kind, subject, audience, scope, task_id, client_id, issued_at, \
-                 expires_at, key_id, binding, fingerprint) ",
+                 expires_at, key_id, binding, fingerprint, max_uses) ",
             );
             q.push_values(chunk, |mut b, c| {
                 b.push_bind(&c.jti)
@@ -325,7 +326,8 @@ impl Store for SqliteStore {
                     .push_bind(c.expires_at)
                     .push_bind(&c.key_id)
                     .push_bind(&c.binding)
-                    .push_bind(&c.fingerprint);
+                    .push_bind(&c.fingerprint)
+                    .push_bind(c.max_uses);
             });
             q.push(";");
         }
@@ -549,6 +551,16 @@ impl Store for SqliteStore {
         rows.iter().map(task_from_row).collect()
     }
 
+    async fn use_credential(&self, jti: &str) -> Result<bool, LedgerError> {
+        let res = sqlx::query(
+            "UPDATE credentials SET uses = uses + 1 WHERE jti = ? AND max_uses IS NOT NULL AND uses < max_uses",
+        )
+        .bind(jti)
+        .execute(&self.pool)
+        .await?;
+        Ok(res.rows_affected() == 1)
+    }
+
     async fn credential(&self, jti: &str) -> Result<Option<CredentialRecord>, LedgerError> {
         let row = sqlx::query("SELECT * FROM credentials WHERE jti = ?").bind(jti).fetch_optional(&self.pool).await?;
         Ok(row.as_ref().map(credential_from_row).transpose()?)
@@ -573,6 +585,7 @@ mod tests {
             key_id: "k".into(),
             binding: None,
             fingerprint: "f".into(),
+            max_uses: None,
         }
     }
 

@@ -10,45 +10,12 @@ use serde::Deserialize;
 use crate::govern::Revocations;
 use crate::keys::KeyRing;
 use crate::ledger::RevocationKind;
-use crate::ledger::revocation::CredentialFacts;
 use crate::token_cache::TokenCache;
 
 /// Clock skew allowed on `nbf`.
 const LEEWAY_SECS: i64 = 30;
 
-/// The claims of a Mayfly access token.
-#[derive(Debug, Clone, Deserialize)]
-pub struct AccessClaims {
-    /// Issuer.
-    pub iss: String,
-    /// SPIFFE ID.
-    pub sub: String,
-    /// Audience.
-    pub aud: String,
-    /// Expiry.
-    pub exp: i64,
-    /// Issued at.
-    pub iat: i64,
-    /// Not before.
-    #[serde(default)]
-    pub nbf: Option<i64>,
-    /// Token id.
-    pub jti: String,
-    /// OAuth client.
-    pub client_id: String,
-    /// Scopes.
-    #[serde(default)]
-    pub scope: Option<String>,
-    /// Confirmation (binding).
-    #[serde(default)]
-    pub cnf: Option<serde_json::Value>,
-    /// The task the token was issued under.
-    #[serde(default)]
-    pub task_id: Option<String>,
-    /// RFC 8693 actor chain.
-    #[serde(default)]
-    pub act: Option<serde_json::Value>,
-}
+pub use mayfly_verify::AccessClaims;
 
 /// Why a token is not valid. Deliberately coarse towards callers.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -77,6 +44,9 @@ pub enum VerifyError {
     /// Revoked.
     #[error("token has been revoked ({})", .0.as_str())]
     Revoked(RevocationKind),
+    /// A limited-use token whose uses are spent.
+    #[error("token has been used as many times as it may be")]
+    UsedUp,
 }
 
 #[derive(Deserialize)]
@@ -130,14 +100,7 @@ impl TokenVerifier {
         if audience.is_some_and(|a| a != claims.aud) {
             return Err(VerifyError::WrongAudience);
         }
-        let facts = CredentialFacts {
-            jti: &claims.jti,
-            subject: &claims.sub,
-            audience: &claims.aud,
-            task_id: claims.task_id.as_deref(),
-            issued_at: claims.iat,
-        };
-        if let Some(kind) = self.revocations.revoked_by(&facts) {
+        if let Some(kind) = self.revocations.revoked_by(&claims.facts()) {
             return Err(VerifyError::Revoked(kind));
         }
         Ok(AccessClaims::clone(&claims))

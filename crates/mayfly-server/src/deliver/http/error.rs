@@ -50,6 +50,9 @@ pub enum ApiError {
     /// A revocation was refused.
     #[error(transparent)]
     Revoke(#[from] RevokeError),
+    /// A DPoP proof was refused (RFC 9449 §5).
+    #[error(transparent)]
+    Dpop(#[from] mayfly_verify::DpopError),
     /// The server cannot serve now (storage down, shutting down).
     #[error("{0}")]
     Unavailable(String),
@@ -129,6 +132,10 @@ impl ApiError {
             ApiError::Revoke(RevokeError::Ledger(_)) => {
                 (S::SERVICE_UNAVAILABLE, "ledger-unavailable", "Ledger unavailable", None)
             }
+            ApiError::Dpop(e @ mayfly_verify::DpopError::UseNonce(_)) => {
+                (S::BAD_REQUEST, "use-dpop-nonce", "DPoP nonce required", Some(e.error_code()))
+            }
+            ApiError::Dpop(e) => (S::BAD_REQUEST, "invalid-dpop-proof", "Invalid DPoP proof", Some(e.error_code())),
             ApiError::Unavailable(_) => (S::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", None),
         }
     }
@@ -183,7 +190,13 @@ impl IntoResponse for ApiError {
             detail: Some(detail),
             policies,
         };
-        problem_response(status, &problem, matches!(self, ApiError::Unauthorized(_)))
+        let mut resp = problem_response(status, &problem, matches!(self, ApiError::Unauthorized(_)));
+        if let ApiError::Dpop(e) = &self
+            && let Some(n) = e.nonce().and_then(|n| HeaderValue::from_str(n).ok())
+        {
+            resp.headers_mut().insert("dpop-nonce", n);
+        }
+        resp
     }
 }
 

@@ -28,7 +28,7 @@ const MAX_PAGE: i64 = 1000;
     post, path = "/v1/introspect", tag = "oauth", security(("admin_token" = []), ("verifier_token" = [])),
     request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "token=…[&token_type_hint=access_token]"),
     responses(
-        (status = 200, description = "active true with claims, or active false", body = IntrospectionResponse),
+        (status = 200, description = "active true with claims, or active false. Each introspection of a limited-use token counts one use.", body = IntrospectionResponse),
         (status = 401, description = "Caller not authenticated", body = mayfly_proto::Problem, content_type = "application/problem+json"),
     )
 )]
@@ -41,12 +41,18 @@ pub async fn introspect(
     let form = Form::parse(&headers, body)?;
     let token = form.required("token")?;
     let now = crate::clock::now_unix();
-    let answer = match state.verifier.verify(token, None, now) {
+    let mut verified = state.verifier.verify(token, None, now);
+    // A limited-use token is used by being verified: each introspection counts one use.
+    if let Ok(c) = &verified
+        && c.max_uses.is_some()
+        && !state.store.use_credential(&c.jti).await.map_err(ApiError::storage)?
+    {
+        verified = Err(crate::verify::VerifyError::UsedUp);
+    }
+    let answer = match verified {
         Ok(c) => IntrospectionResponse {
             active: true,
-            token_type: Some(
-                if c.cnf.as_ref().is_some_and(|v| v.get("jkt").is_some()) { "DPoP" } else { "Bearer" }.into(),
-            ),
+            token_type: Some(if c.cnf.as_ref().is_some_and(|v| v.jkt.is_some()) { "DPoP" } else { "Bearer" }.into()),
             scope: c.scope,
             client_id: Some(c.client_id),
             exp: Some(c.exp),
@@ -56,7 +62,7 @@ pub async fn introspect(
             aud: Some(c.aud),
             iss: Some(c.iss),
             jti: Some(c.jti),
-            cnf: c.cnf,
+            cnf: c.cnf.as_ref().and_then(|v| serde_json::to_value(v).ok()),
             task_id: c.task_id,
             act: c.act,
         },

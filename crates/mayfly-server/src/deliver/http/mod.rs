@@ -56,6 +56,8 @@ pub struct AppInner {
     pub revocations: Arc<Revocations>,
     /// Verifies Mayfly's own tokens.
     pub verifier: TokenVerifier,
+    /// Checks DPoP proofs at the token endpoint.
+    pub dpop: mayfly_verify::DpopVerifier,
     /// Admin-token hashes seen valid recently (saves a storage read per admin call).
     pub admin_cache: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     /// Turns true when the server is shutting down.

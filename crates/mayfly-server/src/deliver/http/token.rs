@@ -129,6 +129,18 @@ pub async fn exchange(
             ApiError::oauth("invalid-request", "invalid_request", "requested_lifetime is a whole number of seconds")
         })?),
     };
+    let max_uses = match form.one("max_uses")? {
+        None => None,
+        Some(v) => Some(v.parse::<u32>().map_err(|_| {
+            ApiError::oauth("invalid-request", "invalid_request", "max_uses is a whole number of uses")
+        })?),
+    };
+    // The proof is checked before attestation: a bad proof must not spend a join token.
+    let now = crate::clock::now_unix();
+    let jkt = dpop_thumbprint(&state, &headers, now)?;
+    let x5t_s256 = peer.client_cert.as_ref().map(|c| mayfly_verify::dpop::certificate_thumbprint(c.as_ref()));
+    let confirmation =
+        (jkt.is_some() || x5t_s256.is_some()).then(|| mayfly_verify::Confirmation { jkt: jkt.clone(), x5t_s256 });
     let issued = state
         .broker
         .exchange(ExchangeParams {
@@ -138,17 +150,36 @@ pub async fn exchange(
             scope: form.one("scope")?.map(str::to_owned),
             requested_lifetime,
             source_ip: peer.addr.ip(),
+            confirmation,
+            max_uses,
         })
         .await?;
     let body = TokenExchangeResponse {
         expires_in: (issued.expires_at - issued.issued_at).max(0) as u64,
         access_token: issued.token,
         issued_token_type: TOKEN_TYPE_ACCESS_TOKEN.to_owned(),
-        token_type: "Bearer".to_owned(),
+        token_type: if jkt.is_some() { "DPoP" } else { "Bearer" }.to_owned(),
         scope: (!issued.scope.is_empty()).then_some(issued.scope),
     };
     let mut resp = axum::Json(body).into_response();
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    if let Some(n) = state.dpop.current_nonce(now).and_then(|n| HeaderValue::from_str(&n).ok()) {
+        resp.headers_mut().insert("dpop-nonce", n);
+    }
     Ok(resp)
+}
+
+/// Checks the request's DPoP proof, if any (RFC 9449 §4.3); returns its key's thumbprint.
+fn dpop_thumbprint(state: &AppState, headers: &HeaderMap, now: i64) -> Result<Option<String>, ApiError> {
+    let mut proofs = headers.get_all("dpop").iter();
+    let Some(proof) = proofs.next() else { return Ok(None) };
+    if proofs.next().is_some() {
+        return Err(mayfly_verify::DpopError::Malformed("send exactly one DPoP header".into()).into());
+    }
+    let proof =
+        proof.to_str().map_err(|_| mayfly_verify::DpopError::Malformed("the DPoP header is not ASCII".into()))?;
+    let url = format!("{}/v1/token", state.issuer_url);
+    let cx = mayfly_verify::ProofContext { method: "POST", url: &url, now, access_token: None, bound_jkt: None };
+    Ok(Some(state.dpop.verify(proof, &cx)?.jkt))
 }
