@@ -2,11 +2,13 @@
 
 Starts `mayfly server --dev`, performs the RFC 8693 exchange with plain HTTP
 (urllib), verifies the token with PyJWT through the published JWKS
-(PyJWKClient) and the discovery document, and checks RFC 7662 introspection and
-revocation. Prints 'N passed, N failed' and exits non-zero on any failure.
+(PyJWKClient) and the discovery document, checks RFC 7662 introspection and
+revocation, and binds a token with a DPoP proof made by PyJWT (RFC 9449). Prints 'N passed, N failed' and exits non-zero on any failure.
 
 Usage: python3 tests/interop/pyjwt_interop.py PATH/TO/mayfly
 """
+import base64
+import hashlib
 import json
 import os
 import subprocess
@@ -16,8 +18,10 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric import ec
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 JOIN_TYPE = "urn:mayfly:params:oauth:token-type:join-token"
@@ -38,6 +42,38 @@ def post(url, data, headers=None, json_body=False):
             return r.status, r.headers, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, e.headers, json.loads(e.read())
+
+
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def dpop_checks(url, auth, jwks):
+    """RFC 9449 with a DPoP proof made by PyJWT and `cryptography`, not by Mayfly."""
+    status, _, created = post(url + "/v1/join-tokens", {}, auth, json_body=True)
+    check("a second join token", status == 201, created)
+    key = ec.generate_private_key(ec.SECP256R1())
+    full = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+    public_jwk = {k: full[k] for k in ("kty", "crv", "x", "y")}
+    canonical = json.dumps(public_jwk, separators=(",", ":"), sort_keys=True).encode()
+    thumbprint = b64url(hashlib.sha256(canonical).digest())
+    proof = jwt.encode(
+        {"jti": str(uuid.uuid4()), "htm": "POST", "htu": url + "/v1/token", "iat": int(time.time())},
+        key, algorithm="ES256", headers={"typ": "dpop+jwt", "jwk": public_jwk},
+    )
+    form = {"grant_type": TOKEN_EXCHANGE, "subject_token": created["token"], "subject_token_type": JOIN_TYPE,
+            "audience": "https://api.example"}
+    status, _, tok = post(url + "/v1/token", form, {"DPoP": proof})
+    check("a PyJWT-made DPoP proof is accepted", status == 200 and tok.get("token_type") == "DPoP", tok)
+    if status == 200:
+        signing = jwks.get_signing_key_from_jwt(tok["access_token"])
+        claims = jwt.decode(tok["access_token"], signing.key, algorithms=["EdDSA", "ES256"],
+                            audience="https://api.example", issuer=url)
+        check("cnf.jkt is the RFC 7638 thumbprint of the proof key",
+              claims.get("cnf", {}).get("jkt") == thumbprint, claims.get("cnf"))
+    status, _, problem = post(url + "/v1/token", form, {"DPoP": proof})
+    check("a replayed proof is refused with invalid_dpop_proof",
+          status == 400 and problem.get("error") == "invalid_dpop_proof", problem)
 
 
 def main():
@@ -92,6 +128,7 @@ def main():
             check("revocation by jti", status == 201, rev)
             status, _, intro = post(url + "/v1/introspect", {"token": access}, auth)
             check("revoked token is inactive", intro == {"active": False}, intro)
+            dpop_checks(url, auth, jwks)
             status, headers, problem = post(url + "/v1/token", {"grant_type": TOKEN_EXCHANGE})
             check("errors are RFC 9457 problems with an OAuth error code",
                   status == 400 and headers.get("content-type") == "application/problem+json"

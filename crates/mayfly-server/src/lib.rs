@@ -23,5 +23,6 @@ pub mod ledger;
 pub mod server;
 pub mod spiffe;
 pub mod tasks;
-pub mod token_cache;
+/// Shared with resource servers: the verified-token cache lives in `mayfly-verify`.
+pub use mayfly_verify::token_cache;
 pub mod verify;

@@ -26,6 +26,7 @@ pub mod dpop;
 pub mod follow;
 pub mod layer;
 pub mod revocation;
+pub mod token_cache;
 pub mod verifier;
 
 pub use claims::{AccessClaims, Confirmation};

@@ -13,11 +13,14 @@ use crate::claims::AccessClaims;
 use crate::dpop::{DpopError, DpopVerifier, ProofContext, certificate_thumbprint};
 use crate::follow::RevocationFollower;
 use crate::revocation::RevocationKind;
+use crate::token_cache::TokenCache;
 
 /// Clock skew allowed on `nbf`, in seconds.
 const LEEWAY_SECS: i64 = 30;
 /// Longest token accepted.
 const MAX_TOKEN_BYTES: usize = 16 * 1024;
+/// Most tokens whose signature check is remembered.
+const VERIFIED_CACHE_ENTRIES: usize = 100_000;
 /// The JWKS is fetched again for an unknown `kid` at most this often.
 const JWKS_MIN_REFRESH: Duration = Duration::from_secs(5);
 
@@ -172,6 +175,12 @@ pub struct Verifier {
     refresh: tokio::sync::Mutex<()>,
     dpop: DpopVerifier,
     revocations: Arc<RevocationFollower>,
+    /// Keys given at construction: never fetched.
+    fixed_keys: bool,
+    /// Claims of tokens whose signature, issuer and audience were checked, by SHA-256 of
+    /// the token: a client presents the same token many times, and the signature check
+    /// is the largest cost. Lifetime, revocation and binding are checked every time.
+    verified: TokenCache<Arc<AccessClaims>>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -190,6 +199,8 @@ impl Verifier {
             refresh: tokio::sync::Mutex::new(()),
             dpop,
             revocations: Arc::new(RevocationFollower::default()),
+            fixed_keys: false,
+            verified: TokenCache::new(VERIFIED_CACHE_ENTRIES),
         });
         this.refresh_keys().await?;
         if let Some(cred) = this.cfg.feed_credential.clone() {
@@ -201,6 +212,22 @@ impl Verifier {
             tokio::spawn(this.revocations.clone().run(this.cfg.http.clone(), this.cfg.issuer.clone(), cred));
         }
         Ok(this)
+    }
+
+    /// A verifier with a fixed key set: no fetching and no revocation feed (offline
+    /// use, tests, benchmarks). An unknown `kid` is refused.
+    pub fn from_jwks(cfg: VerifierConfig, set: &JwkSet) -> Arc<Self> {
+        let this = Arc::new(Self {
+            dpop: DpopVerifier::new(cfg.dpop_max_age_secs, 200_000, None),
+            cfg,
+            keys: RwLock::new(Keys { by_kid: HashMap::new(), fetched: None }),
+            refresh: tokio::sync::Mutex::new(()),
+            revocations: Arc::new(RevocationFollower::default()),
+            fixed_keys: true,
+            verified: TokenCache::new(VERIFIED_CACHE_ENTRIES),
+        });
+        this.install_keys(set);
+        this
     }
 
     /// The revocations followed so far.
@@ -226,6 +253,12 @@ impl Verifier {
             .json()
             .await
             .map_err(|e| VerifyError::BrokerUnavailable(format!("JWKS: {e}")))?;
+        self.install_keys(&set);
+        Ok(())
+    }
+
+    /// Replaces the keys with the signing keys of `set` (EdDSA and ES256, the algorithms Mayfly signs with).
+    fn install_keys(&self, set: &JwkSet) {
         let mut by_kid = HashMap::new();
         for jwk in &set.keys {
             let (Some(kid), Some(alg)) = (jwk.common.key_id.clone(), jwk.common.key_algorithm) else { continue };
@@ -239,8 +272,11 @@ impl Verifier {
             }
         }
         let mut keys = self.keys.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A key that left the set no longer vouches for anything remembered.
+        if keys.by_kid.keys().any(|kid| !by_kid.contains_key(kid)) {
+            self.verified.clear();
+        }
         *keys = Keys { by_kid, fetched: Some(Instant::now()) };
-        Ok(())
     }
 
     fn key(&self, kid: &str) -> Option<(DecodingKey, Algorithm)> {
@@ -251,6 +287,9 @@ impl Verifier {
     async fn key_refreshing(&self, kid: &str) -> Result<(DecodingKey, Algorithm), VerifyError> {
         if let Some(k) = self.key(kid) {
             return Ok(k);
+        }
+        if self.fixed_keys {
+            return Err(VerifyError::BadSignature);
         }
         let _one = self.refresh.lock().await;
         if let Some(k) = self.key(kid) {
@@ -270,6 +309,28 @@ impl Verifier {
 
     /// Verifies a token alone (no binding): signature, `typ`, `iss`, `aud`, lifetime, revocation.
     pub async fn verify_token(&self, token: &str, now: i64) -> Result<AccessClaims, VerifyError> {
+        let claims = match self.verified.get(token, now) {
+            Some(c) => c,
+            None => {
+                let c = Arc::new(self.check_signature(token).await?);
+                self.verified.insert(token, c.clone(), c.exp, now);
+                c
+            }
+        };
+        if claims.exp <= now {
+            return Err(VerifyError::Expired);
+        }
+        if claims.nbf.is_some_and(|nbf| nbf > now + LEEWAY_SECS) {
+            return Err(VerifyError::NotYetValid);
+        }
+        if let Some(kind) = self.revocations.revoked_by(&claims.facts()) {
+            return Err(VerifyError::Revoked(kind));
+        }
+        Ok(AccessClaims::clone(&claims))
+    }
+
+    /// The time-independent part: shape, type, signature, issuer, audience.
+    async fn check_signature(&self, token: &str) -> Result<AccessClaims, VerifyError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(VerifyError::Malformed);
         }
@@ -283,7 +344,7 @@ impl Verifier {
             return Err(VerifyError::BadSignature);
         }
         let mut v = Validation::new(alg);
-        // Checked below with Mayfly's own errors.
+        // Checked with Mayfly's own errors.
         v.required_spec_claims.clear();
         v.validate_exp = false;
         v.validate_aud = false;
@@ -298,15 +359,6 @@ impl Verifier {
         }
         if claims.aud != self.cfg.audience {
             return Err(VerifyError::WrongAudience);
-        }
-        if claims.exp <= now {
-            return Err(VerifyError::Expired);
-        }
-        if claims.nbf.is_some_and(|nbf| nbf > now + LEEWAY_SECS) {
-            return Err(VerifyError::NotYetValid);
-        }
-        if let Some(kind) = self.revocations.revoked_by(&claims.facts()) {
-            return Err(VerifyError::Revoked(kind));
         }
         Ok(claims)
     }
