@@ -257,6 +257,12 @@ impl Broker {
         if p.max_uses.is_some_and(|n| n == 0 || n > MAX_USES_LIMIT) {
             return Err(BrokerError::InvalidRequest(format!("max_uses is 1 to {MAX_USES_LIMIT}")));
         }
+        // An audience configured as limited-use caps what the request asks for.
+        let max_uses = match (p.max_uses, self.audiences.get(&p.audience).and_then(|a| a.max_uses)) {
+            (Some(asked), Some(cap)) => Some(asked.min(cap)),
+            (asked, cap) => asked.or(cap),
+        };
+        let p = ExchangeParams { max_uses, ..p };
         let now = crate::clock::now_unix();
         let caller = self.attest(&p.subject_token_type, &p.subject_token, p.source_ip, now).await?;
         if let Caller::Task(t) = &caller {

@@ -224,6 +224,10 @@ pub struct AudienceConfig {
     /// When set, only these scopes may be requested for this audience.
     #[serde(default)]
     pub scopes: Option<Vec<String>>,
+    /// When set, tokens for this audience are limited-use: at most this many uses
+    /// (a request may ask for fewer, never more).
+    #[serde(default)]
+    pub max_uses: Option<u32>,
 }
 
 /// Where Cedar policies come from.

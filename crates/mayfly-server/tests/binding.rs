@@ -86,6 +86,10 @@ async fn dpop_exchange(
 }
 
 const DPOP_POLICY: &str = r#"
+@id("once-for-prod")
+permit (principal, action == Mayfly::Action::"exchange", resource == Mayfly::Audience::"https://once.test")
+when { principal.hasTag("namespace") && principal.getTag("namespace") == "prod" };
+
 @id("payments-needs-dpop")
 forbid (principal, action == Mayfly::Action::"exchange", resource == Mayfly::Audience::"https://api.test")
 when { context.scopes.contains("pay") && !context.dpop };
@@ -301,7 +305,7 @@ async fn the_sdk_refuses_copied_tokens_replayed_proofs_and_revoked_tokens() {
 
 #[tokio::test]
 async fn limited_use_tokens_fail_on_the_use_after_the_last() {
-    let (srv, k8s) = start("").await;
+    let (srv, k8s) = start("[[audiences]]\nname = \"https://once.test\"\nmax_uses = 1\n").await;
     let r = srv.exchange_jwt_with(&k8s.k8s_token("prod", "web"), "https://api.test", &[("max_uses", "2")]).await;
     assert_eq!(r.status(), 200);
     let token = r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned();
@@ -317,6 +321,11 @@ async fn limited_use_tokens_fail_on_the_use_after_the_last() {
     assert_eq!(use_it().await, 200);
     assert_eq!(use_it().await, 200);
     assert_eq!(use_it().await, 401, "the third use of a two-use token fails");
+    // An audience configured as single-use caps every token for it.
+    let r = srv.exchange_jwt_with(&k8s.k8s_token("prod", "web"), "https://once.test", &[("max_uses", "5")]).await;
+    assert_eq!(r.status(), 200);
+    let once = r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(srv.verify(&once, "https://once.test").await["max_uses"], 1);
     for bad in ["0", "-1", "abc", "10001"] {
         let r = srv.exchange_jwt_with(&k8s.k8s_token("prod", "web"), "https://api.test", &[("max_uses", bad)]).await;
         assert_problem(r, 400, "invalid-request").await;
