@@ -85,6 +85,14 @@ fn bench(c: &mut Criterion) {
             jsonwebtoken::encode(&proof_header, &c, &proof_key).unwrap()
         })
         .collect();
+    // The floor: one ES256 signature verification by aws-lc-rs, nothing else.
+    let msg = b"header.payload";
+    let sig = kp.sign(&SystemRandom::new(), msg).unwrap();
+    let public =
+        aws_lc_rs::signature::UnparsedPublicKey::new(&aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED, p.to_vec());
+    c.bench_function("floor: one ES256 signature verification (aws-lc-rs)", |b| {
+        b.iter(|| public.verify(msg, sig.as_ref()).unwrap())
+    });
     let dpop_auth = format!("DPoP {bound}");
     let mut next = 0usize;
     c.bench_function("sdk: verify a DPoP-bound token with its ES256 proof (offline)", |b| {

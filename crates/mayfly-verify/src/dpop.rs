@@ -7,15 +7,23 @@ use std::sync::Mutex;
 use aws_lc_rs::hmac;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use jsonwebtoken::jwk::{Jwk, ThumbprintHash};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use std::sync::Arc;
+
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, ThumbprintHash};
+use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+
+use crate::token_cache::TokenCache;
 
 /// Longest proof accepted, in bytes (RFC 9449 proofs are well under 2 KiB).
 pub const MAX_PROOF_BYTES: usize = 8 * 1024;
 /// Longest `jti` accepted.
 const MAX_JTI_BYTES: usize = 256;
+/// Proof headers (keys) remembered at once.
+const KEY_CACHE_ENTRIES: usize = 10_000;
+/// How long a checked proof header is remembered, in seconds.
+const KEY_CACHE_SECS: i64 = 600;
 /// Members that only private JWKs have.
 const PRIVATE_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
 
@@ -216,13 +224,21 @@ pub struct DpopVerifier {
     pub max_future_secs: i64,
     replay: ReplayCache,
     nonces: Option<NonceSource>,
+    /// Proof headers already checked, by their base64url text.
+    keys: TokenCache<Arc<ProofKey>>,
 }
 
 impl DpopVerifier {
     /// A verifier accepting proofs up to `max_age_secs` old (and 5 s ahead), remembering
     /// at most `replay_capacity` proofs; with `nonces`, proofs must carry a fresh server nonce.
     pub fn new(max_age_secs: i64, replay_capacity: usize, nonces: Option<NonceSource>) -> Self {
-        Self { max_age_secs, max_future_secs: 5, replay: ReplayCache::new(replay_capacity), nonces }
+        Self {
+            max_age_secs,
+            max_future_secs: 5,
+            replay: ReplayCache::new(replay_capacity),
+            nonces,
+            keys: TokenCache::new(KEY_CACHE_ENTRIES),
+        }
     }
 
     /// The nonce to advertise now, when nonces are required.
@@ -235,49 +251,30 @@ impl DpopVerifier {
         if proof.len() > MAX_PROOF_BYTES {
             return Err(DpopError::Malformed(format!("longer than {MAX_PROOF_BYTES} bytes")));
         }
-        let header_b64 = proof.split('.').next().unwrap_or("");
-        let raw_header: serde_json::Value =
-            B64.decode(header_b64)
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .ok_or_else(|| DpopError::Malformed("the header is not base64url JSON".into()))?;
-        if !raw_header.get("typ").and_then(|t| t.as_str()).is_some_and(|t| t.eq_ignore_ascii_case("dpop+jwt")) {
-            return Err(DpopError::WrongType);
-        }
-        let alg_name = raw_header.get("alg").and_then(|a| a.as_str()).unwrap_or("");
-        let alg = match alg_name {
-            "ES256" => Algorithm::ES256,
-            "ES384" => Algorithm::ES384,
-            "EdDSA" => Algorithm::EdDSA,
-            "RS256" => Algorithm::RS256,
-            "RS384" => Algorithm::RS384,
-            "RS512" => Algorithm::RS512,
-            "PS256" => Algorithm::PS256,
-            "PS384" => Algorithm::PS384,
-            "PS512" => Algorithm::PS512,
-            other => return Err(DpopError::Algorithm(other.chars().take(20).collect())),
+        let mut parts = proof.split('.');
+        let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(DpopError::Malformed("not a compact JWS".into()));
         };
-        let raw_jwk = raw_header.get("jwk").and_then(|j| j.as_object()).ok_or(DpopError::BadKey("no jwk".into()))?;
-        if PRIVATE_MEMBERS.iter().any(|m| raw_jwk.contains_key(*m)) {
-            return Err(DpopError::PrivateKey);
+        // A client sends the same header (typ, alg, jwk) on every proof: checked once.
+        let key = match self.keys.get(header_b64, cx.now) {
+            Some(k) => k,
+            None => {
+                let k = Arc::new(proof_key(header_b64)?);
+                self.keys.insert(header_b64, k.clone(), cx.now + KEY_CACHE_SECS, cx.now);
+                k
+            }
+        };
+        let signed = &proof.as_bytes()[..header_b64.len() + 1 + payload_b64.len()];
+        if !jsonwebtoken::crypto::verify(signature_b64, signed, &key.decoding, key.alg).unwrap_or(false) {
+            return Err(DpopError::BadSignature);
         }
-        let jwk: Jwk = serde_json::from_value(serde_json::Value::Object(raw_jwk.clone()))
-            .map_err(|e| DpopError::BadKey(e.to_string()))?;
-        let key = DecodingKey::from_jwk(&jwk).map_err(|e| DpopError::BadKey(e.to_string()))?;
-        let mut validation = Validation::new(alg);
-        validation.required_spec_claims.clear();
-        validation.validate_exp = false;
-        validation.validate_aud = false;
-        let claims: ProofClaims = jsonwebtoken::decode(proof, &key, &validation)
-            .map_err(|e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::InvalidSignature => DpopError::BadSignature,
-                jsonwebtoken::errors::ErrorKind::InvalidAlgorithm
-                | jsonwebtoken::errors::ErrorKind::InvalidKeyFormat => {
-                    DpopError::BadKey("the key does not fit the algorithm".into())
-                }
-                _ => DpopError::Malformed("the proof does not decode".into()),
-            })?
-            .claims;
+        let claims: ProofClaims = B64
+            .decode(payload_b64)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| DpopError::Malformed("the claims are not base64url JSON".into()))?;
 
         let jti = claims
             .jti
@@ -304,8 +301,7 @@ impl DpopVerifier {
                 return Err(DpopError::WrongAccessTokenHash);
             }
         }
-        let jkt = jwk.thumbprint(ThumbprintHash::SHA256).map_err(|e| DpopError::BadKey(e.to_string()))?;
-        if cx.bound_jkt.is_some_and(|b| b != jkt) {
+        if cx.bound_jkt.is_some_and(|b| b != key.jkt) {
             return Err(DpopError::KeyMismatch);
         }
         if let Some(nonces) = &self.nonces {
@@ -316,14 +312,89 @@ impl DpopVerifier {
         }
         // Last: only a proof that passed every check consumes its jti.
         let forget_at = cx.now + self.max_age_secs + self.max_future_secs + 1;
-        self.replay.insert(format!("{jkt}:{jti}"), forget_at, cx.now)?;
-        Ok(DpopProof { jkt, jti, iat })
+        self.replay.insert(format!("{}:{jti}", key.jkt), forget_at, cx.now)?;
+        Ok(DpopProof { jkt: key.jkt.clone(), jti, iat })
     }
+}
+
+/// A proof header that passed its checks: the key to verify with and its thumbprint.
+struct ProofKey {
+    alg: Algorithm,
+    decoding: DecodingKey,
+    jkt: String,
+}
+
+impl std::fmt::Debug for ProofKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProofKey").field("alg", &self.alg).field("jkt", &self.jkt).finish()
+    }
+}
+
+/// Checks a proof's header: `typ`, an asymmetric `alg`, a public `jwk` usable with it.
+fn proof_key(header_b64: &str) -> Result<ProofKey, DpopError> {
+    let raw_header: serde_json::Value = B64
+        .decode(header_b64)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| DpopError::Malformed("the header is not base64url JSON".into()))?;
+    if !raw_header.get("typ").and_then(|t| t.as_str()).is_some_and(|t| t.eq_ignore_ascii_case("dpop+jwt")) {
+        return Err(DpopError::WrongType);
+    }
+    let alg_name = raw_header.get("alg").and_then(|a| a.as_str()).unwrap_or("");
+    let alg = match alg_name {
+        "ES256" => Algorithm::ES256,
+        "ES384" => Algorithm::ES384,
+        "EdDSA" => Algorithm::EdDSA,
+        "RS256" => Algorithm::RS256,
+        "RS384" => Algorithm::RS384,
+        "RS512" => Algorithm::RS512,
+        "PS256" => Algorithm::PS256,
+        "PS384" => Algorithm::PS384,
+        "PS512" => Algorithm::PS512,
+        other => return Err(DpopError::Algorithm(other.chars().take(20).collect())),
+    };
+    let raw_jwk = raw_header.get("jwk").and_then(|j| j.as_object()).ok_or(DpopError::BadKey("no jwk".into()))?;
+    if PRIVATE_MEMBERS.iter().any(|m| raw_jwk.contains_key(*m)) {
+        return Err(DpopError::PrivateKey);
+    }
+    let jwk: Jwk = serde_json::from_value(serde_json::Value::Object(raw_jwk.clone()))
+        .map_err(|e| DpopError::BadKey(e.to_string()))?;
+    let fits = matches!(
+        (&jwk.algorithm, alg),
+        (AlgorithmParameters::EllipticCurve(p), Algorithm::ES256) if p.curve == EllipticCurve::P256
+    ) || matches!(
+        (&jwk.algorithm, alg),
+        (AlgorithmParameters::EllipticCurve(p), Algorithm::ES384) if p.curve == EllipticCurve::P384
+    ) || matches!(
+        (&jwk.algorithm, alg),
+        (AlgorithmParameters::OctetKeyPair(p), Algorithm::EdDSA) if p.curve == EllipticCurve::Ed25519
+    ) || matches!(
+        (&jwk.algorithm, alg),
+        (
+            AlgorithmParameters::RSA(_),
+            Algorithm::RS256
+                | Algorithm::RS384
+                | Algorithm::RS512
+                | Algorithm::PS256
+                | Algorithm::PS384
+                | Algorithm::PS512
+        )
+    );
+    if !fits {
+        return Err(DpopError::BadKey("the key does not fit the algorithm".into()));
+    }
+    let decoding = DecodingKey::from_jwk(&jwk).map_err(|e| DpopError::BadKey(e.to_string()))?;
+    let jkt = jwk.thumbprint(ThumbprintHash::SHA256).map_err(|e| DpopError::BadKey(e.to_string()))?;
+    Ok(ProofKey { alg, decoding, jkt })
 }
 
 /// Whether two URLs name the same target for `htu` (RFC 9449 §4.3): scheme, host and
 /// port (normalised, default ports dropped) and path; query and fragment ignored.
 pub fn same_target(a: &str, b: &str) -> bool {
+    // The common case: the client used the URL exactly as addressed (one parse, not two).
+    if a == b {
+        return reqwest::Url::parse(a).is_ok_and(|u| u.has_host());
+    }
     match (reqwest::Url::parse(a), reqwest::Url::parse(b)) {
         (Ok(a), Ok(b)) => {
             a.scheme() == b.scheme()
