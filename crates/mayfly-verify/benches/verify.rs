@@ -85,7 +85,14 @@ fn bench(c: &mut Criterion) {
             jsonwebtoken::encode(&proof_header, &c, &proof_key).unwrap()
         })
         .collect();
-    // The floor: one ES256 signature verification by aws-lc-rs, nothing else.
+    // The floors: one signature verification by aws-lc-rs, nothing else.
+    let ed_msg = b"header.payload";
+    let ed_sig = ed.sign(ed_msg);
+    let ed_public =
+        aws_lc_rs::signature::UnparsedPublicKey::new(&aws_lc_rs::signature::ED25519, ed.public_key().as_ref().to_vec());
+    c.bench_function("floor: one Ed25519 signature verification (aws-lc-rs)", |b| {
+        b.iter(|| ed_public.verify(ed_msg, ed_sig.as_ref()).unwrap())
+    });
     let msg = b"header.payload";
     let sig = kp.sign(&SystemRandom::new(), msg).unwrap();
     let public =
