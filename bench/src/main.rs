@@ -153,8 +153,9 @@ async fn seed(args: &[String]) -> Result<(), BoxError> {
             max_uses: None,
         });
         if batch.len() == 1000 || i + 1 == n {
-            mayfly_server::ledger::Store::append(&store, &batch, &[], &[], &[]).await?;
-            batch.clear();
+            let stored =
+                mayfly_server::ledger::StoredBatch { credentials: std::mem::take(&mut batch), ..Default::default() };
+            mayfly_server::ledger::Store::append(&store, &stored).await?;
         }
     }
     Ok(())

@@ -58,6 +58,9 @@ pub enum BrokerError {
     /// The record could not be made durable, so nothing was delivered.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    /// A database refused or could not be reached.
+    #[error(transparent)]
+    Database(#[from] crate::issue::db::DbError),
 }
 
 /// A token-exchange request after parsing.
@@ -153,6 +156,8 @@ pub struct BrokerParts {
     pub tasks: TasksConfig,
     /// Per-audience settings.
     pub audiences: Vec<AudienceConfig>,
+    /// Databases for dynamic credentials.
+    pub databases: Arc<crate::issue::db::Databases>,
 }
 
 /// The broker: the parts of the flow, wired together.
@@ -170,6 +175,9 @@ pub struct Broker {
     failure_audit: RateLimit,
     /// Serialises task state changes (approve, deny, end), so two of them never race.
     pub(crate) task_transitions: tokio::sync::Mutex<()>,
+    pub(crate) databases: Arc<crate::issue::db::Databases>,
+    /// Serialises database lease state changes (revoke, renew, reap, sweep).
+    pub(crate) db_transitions: tokio::sync::Mutex<()>,
 }
 
 /// At most `per_second` events in each wall-clock second.
@@ -228,6 +236,8 @@ impl Broker {
             audiences,
             failure_audit: RateLimit::new(FAILED_ATTESTATION_AUDITS_PER_SECOND),
             task_transitions: tokio::sync::Mutex::new(()),
+            databases: parts.databases,
+            db_transitions: tokio::sync::Mutex::new(()),
         }
     }
 

@@ -70,6 +70,61 @@ pub struct Config {
     /// DPoP proofs at the token endpoint (RFC 9449).
     #[serde(default)]
     pub dpop: DpopConfig,
+    /// Databases Mayfly creates short-lived users on (PostgreSQL, MySQL/MariaDB, Redis).
+    #[serde(default)]
+    pub databases: Vec<DatabaseConfig>,
+}
+
+/// A database Mayfly issues dynamic credentials for.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// Name in `POST /v1/credentials/{name}/{role}` (letters, digits, '-', '_').
+    pub name: String,
+    /// `postgres`, `mysql` (MySQL and MariaDB) or `redis`.
+    pub kind: String,
+    /// Environment variable holding the admin connection URL (preferred).
+    #[serde(default)]
+    pub url_env: Option<String>,
+    /// The admin connection URL itself (it holds a password: prefer `url_env`).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Host and port clients should connect to, when not the admin URL's.
+    #[serde(default)]
+    pub client_host: Option<String>,
+    /// Prefix of every user Mayfly creates here; the sweep drops unleased users with it.
+    #[serde(default = "default_user_prefix")]
+    pub username_prefix: String,
+    /// Roles: what a user gets and for how long.
+    pub roles: Vec<DatabaseRoleConfig>,
+}
+
+/// A role on a database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseRoleConfig {
+    /// Name in the URL.
+    pub name: String,
+    /// Lifetime when the request names none (default 15m).
+    #[serde(default = "fifteen_minutes", with = "humantime_serde")]
+    pub default_ttl: Duration,
+    /// Longest lifetime, renewals included (default 1h).
+    #[serde(default = "one_hour", with = "humantime_serde")]
+    pub max_ttl: Duration,
+    /// Statements that create the user, replacing the default; `{{name}}`, `{{password}}`
+    /// and `{{expiration}}` are filled in.
+    #[serde(default)]
+    pub creation: Option<Vec<String>>,
+    /// Statements run after creation, e.g. `GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{{name}}"`.
+    #[serde(default)]
+    pub grants: Vec<String>,
+    /// Redis: the ACL rules of the user (default `~* +@read`).
+    #[serde(default)]
+    pub acl: Option<String>,
+}
+
+fn default_user_prefix() -> String {
+    "mf_".into()
 }
 
 /// DPoP settings.
@@ -412,6 +467,29 @@ impl Config {
         }
         if self.tasks.approval_timeout.is_zero() {
             return bad("tasks.approval_timeout must be above zero".into());
+        }
+        for db in &self.databases {
+            let name_ok = |n: &str| {
+                !n.is_empty() && n.len() <= 64 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            };
+            if !name_ok(&db.name) || db.roles.iter().any(|r| !name_ok(&r.name)) {
+                return bad(format!("databases {:?}: names use letters, digits, '-' and '_'", db.name));
+            }
+            if !matches!(db.kind.as_str(), "postgres" | "mysql" | "redis") {
+                return bad(format!("databases {:?}: kind {:?}: use postgres, mysql or redis", db.name, db.kind));
+            }
+            if db.url.is_some() == db.url_env.is_some() {
+                return bad(format!("databases {:?}: set exactly one of url_env and url", db.name));
+            }
+            let prefix_ok = !db.username_prefix.is_empty()
+                && db.username_prefix.len() <= 8
+                && db.username_prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if !prefix_ok {
+                return bad(format!("databases {:?}: username_prefix is 1-8 of a-z, 0-9, '_'", db.name));
+            }
+            if db.roles.iter().any(|r| r.default_ttl > r.max_ttl || r.max_ttl.is_zero()) {
+                return bad(format!("databases {:?}: a role's default_ttl must be at most its max_ttl", db.name));
+            }
         }
         if !matches!(self.keys.algorithm.as_str(), "EdDSA" | "ES256") {
             return bad(format!("keys.algorithm {:?}: use EdDSA or ES256", self.keys.algorithm));

@@ -97,5 +97,6 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> Result<Config, DevSetupEr
         attest: AttestConfig::default(),
         tasks: TasksConfig::default(),
         dpop: Default::default(),
+        databases: Vec::new(),
     })
 }

@@ -12,6 +12,7 @@ pub mod authorize;
 pub mod broker;
 pub mod clock;
 pub mod config;
+pub mod db_credentials;
 pub mod deliver;
 pub mod dev;
 pub mod fsutil;

@@ -180,6 +180,10 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
     let verifier = TokenVerifier::new(keys.clone(), revocations.clone(), url.clone());
     crate::deliver::http::metrics::install();
     let issuer = JwtIssuer::new(keys.clone(), url.clone());
+    let databases = Arc::new(
+        crate::issue::db::Databases::from_config(&cfg.databases)
+            .map_err(|e| StartError::Config(crate::config::ConfigError::Invalid(e.to_string())))?,
+    );
     let broker = Arc::new(Broker::new(BrokerParts {
         attestors: Attestors::new(oidc, join_tokens),
         task_attestor: TaskAttestor::new(verifier.clone(), store.clone(), cfg.trust_domain.clone()),
@@ -191,7 +195,15 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
         tokens: cfg.tokens.clone(),
         tasks: cfg.tasks.clone(),
         audiences: cfg.audiences.clone(),
+        databases: databases.clone(),
     }));
+    // Half-done work from before a crash is finished or undone before anything new is issued.
+    if let Err(e) = broker.reconcile_db_leases().await {
+        tracing::warn!(error = %e, "database lease reconciliation failed; the sweep will retry");
+    }
+    if let Err(e) = broker.sweep_db_users().await {
+        tracing::warn!(error = %e, "orphan sweep failed");
+    }
     // Long-lived responses (event streams) end when this turns true, so shutdown can drain.
     let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
     let state = AppState::new(AppInner {

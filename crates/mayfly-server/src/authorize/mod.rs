@@ -129,6 +129,25 @@ pub struct StartTaskRequest<'a> {
     pub now: i64,
 }
 
+/// A request for a database credential, as policy sees it.
+#[derive(Debug, Clone)]
+pub struct IssueRequest<'a> {
+    /// The caller.
+    pub principal: Principal<'a>,
+    /// The configured database.
+    pub database: &'a str,
+    /// Its kind.
+    pub kind: &'a str,
+    /// The role.
+    pub role: &'a str,
+    /// Lease lifetime.
+    pub ttl_seconds: i64,
+    /// The caller's address.
+    pub source_ip: IpAddr,
+    /// Unix seconds.
+    pub now: i64,
+}
+
 /// A request to approve or deny a pending task, as policy sees it.
 #[derive(Debug, Clone)]
 pub struct ApproveRequest<'a> {
@@ -161,7 +180,9 @@ pub struct PolicyEngine {
     workload_type: EntityTypeName,
     task_type: EntityTypeName,
     audience_type: EntityTypeName,
+    role_type: EntityTypeName,
     exchange_action: EntityUid,
+    issue_action: EntityUid,
     start_task_action: EntityUid,
     approve_action: EntityUid,
 }
@@ -193,7 +214,9 @@ impl PolicyEngine {
             workload_type: parse("Mayfly::Workload")?,
             task_type: parse("Mayfly::Task")?,
             audience_type: parse("Mayfly::Audience")?,
+            role_type: parse("Mayfly::Role")?,
             exchange_action: action("exchange")?,
+            issue_action: action("issue")?,
             start_task_action: action("start_task")?,
             approve_action: action("approve")?,
             schema,
@@ -243,6 +266,30 @@ impl PolicyEngine {
                 ("max_uses", RestrictedExpression::new_long(req.max_uses)),
             ])?;
             Ok((principal, self.exchange_action.clone(), resource, context, entities))
+        })
+    }
+
+    /// Decides a database-credential request.
+    pub fn decide_issue(&self, req: &IssueRequest<'_>) -> Decision {
+        self.decide(|| {
+            let (principal, mut entities) = self.principal(req.principal)?;
+            let id = format!("{}/{}", req.database, req.role);
+            let resource = EntityUid::from_type_name_and_id(self.role_type.clone(), EntityId::new(&id));
+            let attrs = [
+                ("database".to_owned(), string(req.database)),
+                ("kind".to_owned(), string(req.kind)),
+                ("role".to_owned(), string(req.role)),
+            ];
+            let attrs = attrs.into_iter().collect();
+            entities.push(Entity::new(resource.clone(), attrs, Default::default()).map_err(|e| e.to_string())?);
+            let context = context([
+                ("scopes", RestrictedExpression::new_set([])),
+                ("ttl_seconds", RestrictedExpression::new_long(req.ttl_seconds)),
+                ("source_ip", RestrictedExpression::new_ip(req.source_ip.to_string())),
+                ("now", RestrictedExpression::new_datetime(crate::clock::rfc3339(req.now))),
+                ("now_unix", RestrictedExpression::new_long(req.now)),
+            ])?;
+            Ok((principal, self.issue_action.clone(), resource, context, entities))
         })
     }
 

@@ -1,5 +1,6 @@
 //! Issuance: minting credentials. One module per kind of credential.
 
+pub mod db;
 pub mod jwt;
 
 pub use jwt::{AccessTokenRequest, IssuedToken, JwtIssuer};

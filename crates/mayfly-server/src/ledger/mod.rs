@@ -204,6 +204,91 @@ impl TaskRecord {
     }
 }
 
+/// Where a database credential stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DbLeaseState {
+    /// Recorded; the user is being created.
+    Creating,
+    /// The user exists and may be used.
+    Active,
+    /// The user is being dropped (retried until the database confirms).
+    Revoking,
+    /// Dropped because it was revoked.
+    Revoked,
+    /// Dropped because its time was up.
+    Expired,
+    /// Never handed out: creation failed and was undone.
+    Failed,
+}
+
+impl DbLeaseState {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DbLeaseState::Creating => "creating",
+            DbLeaseState::Active => "active",
+            DbLeaseState::Revoking => "revoking",
+            DbLeaseState::Revoked => "revoked",
+            DbLeaseState::Expired => "expired",
+            DbLeaseState::Failed => "failed",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "creating" => DbLeaseState::Creating,
+            "active" => DbLeaseState::Active,
+            "revoking" => DbLeaseState::Revoking,
+            "revoked" => DbLeaseState::Revoked,
+            "expired" => DbLeaseState::Expired,
+            "failed" => DbLeaseState::Failed,
+            _ => return None,
+        })
+    }
+
+    /// Whether the database may still hold the user.
+    pub fn is_open(self) -> bool {
+        matches!(self, DbLeaseState::Creating | DbLeaseState::Active | DbLeaseState::Revoking)
+    }
+}
+
+/// A dynamic database credential: the user, never its password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbLease {
+    /// Lease id.
+    pub id: String,
+    /// The configured database (issuer) name.
+    pub issuer: String,
+    /// The role on it.
+    pub role: String,
+    /// The database user.
+    pub username: String,
+    /// SPIFFE ID (or task subject) it was issued to.
+    pub subject: String,
+    /// The task it was issued under.
+    pub task_id: Option<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds; renewals move it, never past `max_expires_at`.
+    pub expires_at: i64,
+    /// Unix seconds.
+    pub max_expires_at: i64,
+    /// Where it stands.
+    pub state: DbLeaseState,
+    /// Failed revocation attempts so far.
+    pub attempts: i64,
+    /// When to try revoking again.
+    pub next_attempt_at: Option<i64>,
+    /// The last database error (never a secret).
+    pub last_error: Option<String>,
+    /// When the user was dropped.
+    pub ended_at: Option<i64>,
+    /// Why it ends: `expired`, or what revoked it.
+    pub end_reason: Option<String>,
+}
+
 /// Which tasks to list.
 #[derive(Debug, Clone, Default)]
 pub struct TaskFilter {
@@ -259,6 +344,32 @@ pub struct AuditFilter {
     pub limit: i64,
 }
 
+/// One transaction's worth of rows, as the writer hands it to the store.
+#[derive(Debug, Default)]
+pub struct StoredBatch {
+    /// Issued credentials.
+    pub credentials: Vec<CredentialRecord>,
+    /// Task rows, inserted or replaced.
+    pub tasks: Vec<TaskRecord>,
+    /// Database lease rows, inserted or replaced.
+    pub db_leases: Vec<DbLease>,
+    /// Revocations with their cursors.
+    pub revocations: Vec<Revocation>,
+    /// Chained audit events.
+    pub events: Vec<ChainedAuditEvent>,
+}
+
+impl StoredBatch {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.credentials.is_empty()
+            && self.tasks.is_empty()
+            && self.db_leases.is_empty()
+            && self.revocations.is_empty()
+            && self.events.is_empty()
+    }
+}
+
 /// Storage for everything durable. Implementations must make `append` atomic.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -296,15 +407,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// The last audit event's sequence number and hash.
     async fn audit_head(&self) -> Result<Option<(i64, String)>, LedgerError>;
-    /// Writes credentials, task rows (inserted or replaced), revocations and chained
-    /// audit events in one transaction.
-    async fn append(
+    /// Writes credentials, task and lease rows (inserted or replaced), revocations and
+    /// chained audit events in one transaction.
+    async fn append(&self, batch: &StoredBatch) -> Result<(), LedgerError>;
+    /// A database lease by id.
+    async fn db_lease(&self, id: &str) -> Result<Option<DbLease>, LedgerError>;
+    /// Leases in the given states (all of them when empty), ordered by id, at most `limit` after `after`.
+    async fn db_leases(
         &self,
-        credentials: &[CredentialRecord],
-        tasks: &[TaskRecord],
-        revocations: &[Revocation],
-        events: &[ChainedAuditEvent],
-    ) -> Result<(), LedgerError>;
+        states: &[DbLeaseState],
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<DbLease>, LedgerError>;
     /// A task by id.
     async fn task(&self, id: &str) -> Result<Option<TaskRecord>, LedgerError>;
     /// A task and every task below it (its path prefix), ordered by path.

@@ -12,8 +12,9 @@ use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqliteConnection};
 use tokio::sync::Mutex;
 
 use super::{
-    AuditFilter, ChainedAuditEvent, CredentialFilter, CredentialRecord, JoinTokenRow, LedgerError, RedeemOutcome,
-    Revocation, RevocationKind, Store, StoredSigningKey, TaskFilter, TaskRecord, TaskState,
+    AuditFilter, ChainedAuditEvent, CredentialFilter, CredentialRecord, DbLease, DbLeaseState, JoinTokenRow,
+    LedgerError, RedeemOutcome, Revocation, RevocationKind, Store, StoredBatch, StoredSigningKey, TaskFilter,
+    TaskRecord, TaskState,
 };
 
 /// Rows per multi-row INSERT, well under SQLite's bound-parameter limit.
@@ -120,6 +121,28 @@ fn task_from_row(r: &SqliteRow) -> Result<TaskRecord, LedgerError> {
         approval_deadline: r.try_get("approval_deadline")?,
         decided_by: r.try_get("decided_by")?,
         decided_at: r.try_get("decided_at")?,
+        ended_at: r.try_get("ended_at")?,
+        end_reason: r.try_get("end_reason")?,
+    })
+}
+
+fn db_lease_from_row(r: &SqliteRow) -> Result<DbLease, LedgerError> {
+    let state: String = r.try_get("state")?;
+    Ok(DbLease {
+        id: r.try_get("id")?,
+        issuer: r.try_get("issuer")?,
+        role: r.try_get("role")?,
+        username: r.try_get("username")?,
+        subject: r.try_get("subject")?,
+        task_id: r.try_get("task_id")?,
+        created_at: r.try_get("created_at")?,
+        expires_at: r.try_get("expires_at")?,
+        max_expires_at: r.try_get("max_expires_at")?,
+        state: DbLeaseState::parse(&state)
+            .ok_or_else(|| LedgerError::Conflict(format!("lease has unknown state {state:?}")))?,
+        attempts: r.try_get("attempts")?,
+        next_attempt_at: r.try_get("next_attempt_at")?,
+        last_error: r.try_get("last_error")?,
         ended_at: r.try_get("ended_at")?,
         end_reason: r.try_get("end_reason")?,
     })
@@ -296,16 +319,11 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn append(
-        &self,
-        credentials: &[CredentialRecord],
-        tasks: &[TaskRecord],
-        revocations: &[Revocation],
-        events: &[ChainedAuditEvent],
-    ) -> Result<(), LedgerError> {
-        if credentials.is_empty() && tasks.is_empty() && revocations.is_empty() && events.is_empty() {
+    async fn append(&self, batch: &StoredBatch) -> Result<(), LedgerError> {
+        if batch.is_empty() {
             return Ok(());
         }
+        let StoredBatch { credentials, tasks, db_leases, revocations, events } = batch;
         // The whole group commit is one multi-statement query: one round trip to the
         // SQLite worker thread instead of one per statement (BEGIN, inserts, COMMIT).
         let mut q = QueryBuilder::<Sqlite>::new("BEGIN IMMEDIATE;");
@@ -357,6 +375,30 @@ impl Store for SqliteStore {
                     .push_bind(t.decided_at)
                     .push_bind(t.ended_at)
                     .push_bind(&t.end_reason);
+            });
+            q.push(";");
+        }
+        for chunk in db_leases.chunks(ROWS_PER_STATEMENT / 2) {
+            q.push(
+                " INSERT OR REPLACE INTO db_leases (id, issuer, role, username, subject, task_id, created_at, \
+                 expires_at, max_expires_at, state, attempts, next_attempt_at, last_error, ended_at, end_reason) ",
+            );
+            q.push_values(chunk, |mut b, l| {
+                b.push_bind(&l.id)
+                    .push_bind(&l.issuer)
+                    .push_bind(&l.role)
+                    .push_bind(&l.username)
+                    .push_bind(&l.subject)
+                    .push_bind(&l.task_id)
+                    .push_bind(l.created_at)
+                    .push_bind(l.expires_at)
+                    .push_bind(l.max_expires_at)
+                    .push_bind(l.state.as_str())
+                    .push_bind(l.attempts)
+                    .push_bind(l.next_attempt_at)
+                    .push_bind(&l.last_error)
+                    .push_bind(l.ended_at)
+                    .push_bind(&l.end_reason);
             });
             q.push(";");
         }
@@ -551,6 +593,34 @@ impl Store for SqliteStore {
         rows.iter().map(task_from_row).collect()
     }
 
+    async fn db_lease(&self, id: &str) -> Result<Option<DbLease>, LedgerError> {
+        let row = sqlx::query("SELECT * FROM db_leases WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(db_lease_from_row).transpose()
+    }
+
+    async fn db_leases(
+        &self,
+        states: &[DbLeaseState],
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<DbLease>, LedgerError> {
+        let mut q = QueryBuilder::<Sqlite>::new("SELECT * FROM db_leases WHERE 1 = 1");
+        if !states.is_empty() {
+            q.push(" AND state IN (");
+            let mut sep = q.separated(", ");
+            for st in states {
+                sep.push_bind(st.as_str());
+            }
+            q.push(")");
+        }
+        if let Some(a) = after {
+            q.push(" AND id > ").push_bind(a.to_owned());
+        }
+        q.push(" ORDER BY id LIMIT ").push_bind(limit);
+        let rows = q.build().fetch_all(&self.pool).await?;
+        rows.iter().map(db_lease_from_row).collect()
+    }
+
     async fn use_credential(&self, jti: &str) -> Result<bool, LedgerError> {
         let res = sqlx::query(
             "UPDATE credentials SET uses = uses + 1 WHERE jti = ? AND max_uses IS NOT NULL AND uses < max_uses",
@@ -570,6 +640,10 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn batch(credentials: Vec<CredentialRecord>) -> StoredBatch {
+        StoredBatch { credentials, ..StoredBatch::default() }
+    }
 
     fn record(jti: &str) -> CredentialRecord {
         CredentialRecord {
@@ -592,11 +666,11 @@ mod tests {
     #[tokio::test]
     async fn a_failed_group_commit_keeps_nothing_and_the_next_one_works() {
         let store = SqliteStore::in_memory().await.unwrap();
-        store.append(&[record("a")], &[], &[], &[]).await.unwrap();
+        store.append(&batch(vec![record("a")])).await.unwrap();
         // "b" then a duplicate "a": the statement fails, and "b" must not stay behind.
-        assert!(store.append(&[record("b"), record("a")], &[], &[], &[]).await.is_err());
+        assert!(store.append(&batch(vec![record("b"), record("a")])).await.is_err());
         assert!(store.credential("b").await.unwrap().is_none());
-        store.append(&[record("c")], &[], &[], &[]).await.unwrap();
+        store.append(&batch(vec![record("c")])).await.unwrap();
         assert!(store.credential("c").await.unwrap().is_some());
     }
 }

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::audit::GENESIS_HASH;
-use super::{AuditEvent, ChainedAuditEvent, CredentialRecord, LedgerError, Revocation, Store, TaskRecord};
+use super::{
+    AuditEvent, ChainedAuditEvent, CredentialRecord, DbLease, LedgerError, Revocation, Store, StoredBatch, TaskRecord,
+};
 
 /// One atomic write: everything in it commits together or not at all.
 #[derive(Debug, Default)]
@@ -17,6 +19,8 @@ pub struct Batch {
     pub credentials: Vec<CredentialRecord>,
     /// Task rows, inserted or replaced whole.
     pub tasks: Vec<TaskRecord>,
+    /// Database lease rows, inserted or replaced whole.
+    pub db_leases: Vec<DbLease>,
     /// Revocations (their `cursor` is assigned by the writer).
     pub revocations: Vec<Revocation>,
     /// Audit events (chained by the writer).
@@ -26,6 +30,7 @@ pub struct Batch {
 struct WriteRequest {
     credentials: Vec<CredentialRecord>,
     tasks: Vec<TaskRecord>,
+    db_leases: Vec<DbLease>,
     revocations: Vec<Revocation>,
     events: Vec<AuditEvent>,
     done: oneshot::Sender<Result<Vec<Revocation>, String>>,
@@ -61,10 +66,10 @@ impl Ledger {
 
     /// Durably commits a batch; returns its revocations as stored (with cursors).
     pub async fn commit(&self, batch: Batch) -> Result<Vec<Revocation>, LedgerError> {
-        let Batch { credentials, tasks, revocations, events } = batch;
+        let Batch { credentials, tasks, db_leases, revocations, events } = batch;
         let (done, wait) = oneshot::channel();
         self.tx
-            .send(WriteRequest { credentials, tasks, revocations, events, done })
+            .send(WriteRequest { credentials, tasks, db_leases, revocations, events, done })
             .await
             .map_err(|_| LedgerError::WriterGone)?;
         match wait.await {
@@ -105,32 +110,30 @@ async fn run_writer(
     let (mut seq, mut hash) = head;
     let mut batch: Vec<WriteRequest> = Vec::with_capacity(batch_max);
     while rx.recv_many(&mut batch, batch_max).await > 0 {
-        let mut credentials = Vec::new();
-        let mut tasks = Vec::new();
-        let mut revocations = Vec::new();
-        let mut chained = Vec::new();
+        let mut out = StoredBatch::default();
         let (mut s, mut h, mut r) = (seq, hash.clone(), revocation_head);
         for req in &mut batch {
-            credentials.append(&mut req.credentials);
-            tasks.append(&mut req.tasks);
+            out.credentials.append(&mut req.credentials);
+            out.tasks.append(&mut req.tasks);
+            out.db_leases.append(&mut req.db_leases);
             for rev in &mut req.revocations {
                 r += 1;
                 rev.cursor = r;
-                revocations.push(rev.clone());
+                out.revocations.push(rev.clone());
             }
             for ev in &req.events {
                 let c = ChainedAuditEvent::chain(ev, s, &h);
                 s = c.seq;
                 h.clone_from(&c.hash);
-                chained.push(c);
+                out.events.push(c);
             }
         }
         tracing::trace!(requests = batch.len(), "ledger group commit");
-        let result = store.append(&credentials, &tasks, &revocations, &chained).await;
+        let result = store.append(&out).await;
         match &result {
             // Heads move only once the batch is committed.
             Ok(()) => (seq, hash, revocation_head) = (s, h, r),
-            Err(e) => tracing::error!(error = %e, records = credentials.len(), "ledger batch failed"),
+            Err(e) => tracing::error!(error = %e, records = out.credentials.len(), "ledger batch failed"),
         }
         for req in batch.drain(..) {
             let reply = match &result {

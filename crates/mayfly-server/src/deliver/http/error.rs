@@ -101,6 +101,15 @@ impl ApiError {
                 BrokerError::Issue(_) => {
                     (S::INTERNAL_SERVER_ERROR, "issue-failed", "Issuance failed", Some("server_error"))
                 }
+                BrokerError::Database(crate::issue::db::DbError::Unreachable(_)) => {
+                    (S::SERVICE_UNAVAILABLE, "database-unavailable", "Database unavailable", None)
+                }
+                BrokerError::Database(crate::issue::db::DbError::Refused(_)) => {
+                    (S::BAD_GATEWAY, "database-refused", "Database refused", None)
+                }
+                BrokerError::Database(crate::issue::db::DbError::Config(_)) => {
+                    (S::INTERNAL_SERVER_ERROR, "database-misconfigured", "Database misconfigured", None)
+                }
                 BrokerError::Ledger(_) => (
                     S::SERVICE_UNAVAILABLE,
                     "ledger-unavailable",

@@ -1,6 +1,7 @@
 //! The HTTP API: OAuth token exchange, discovery, admin endpoints, health.
 
 mod admin;
+mod credentials;
 mod discovery;
 pub mod error;
 mod introspect;
@@ -86,6 +87,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tasks/{id}", get(tasks::show).delete(tasks::end))
         .route("/v1/tasks/{id}/approve", post(tasks::approve))
         .route("/v1/tasks/{id}/deny", post(tasks::deny))
+        .route("/v1/credentials/leases", get(credentials::list))
+        .route("/v1/credentials/leases/{id}", axum::routing::delete(credentials::revoke))
+        .route("/v1/credentials/leases/{id}/renew", post(credentials::renew))
+        .route("/v1/credentials/{database}/{role}", post(credentials::issue))
         .route("/v1/join-tokens", post(admin::create_join_token))
         .route("/v1/keys", get(admin::list_keys))
         .route("/v1/keys/rotate", post(admin::rotate_keys))

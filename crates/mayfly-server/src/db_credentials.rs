@@ -1,0 +1,380 @@
+//! Dynamic database credentials, from request to dropped user.
+//!
+//! The lease is recorded (`creating`) before the user exists; the user is created;
+//! the lease turns `active`. At expiry or revocation (of the lease, its task, its
+//! subject, anything the revocation index covers) the lease turns `revoking`, the
+//! user's sessions are ended and the user dropped, retried with backoff until the
+//! database confirms. On start, half-done work is finished or undone, and users with
+//! Mayfly's prefix that no open lease accounts for are dropped.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use serde_json::json;
+
+use crate::authorize::IssueRequest;
+use crate::broker::{Broker, BrokerError, Caller};
+use crate::issue::db::{Database, NewUser, new_password};
+use crate::ledger::revocation::CredentialFacts;
+use crate::ledger::{AuditEvent, Batch, DbLease, DbLeaseState};
+
+/// Longest wait between revocation attempts, in seconds.
+const MAX_BACKOFF_SECS: i64 = 60;
+
+/// A request for a database credential.
+#[derive(Debug, Clone)]
+pub struct DbCredentialParams {
+    /// The configured database.
+    pub database: String,
+    /// The role.
+    pub role: String,
+    /// The caller's evidence type.
+    pub subject_token_type: String,
+    /// The caller's evidence. Secret.
+    pub subject_token: String,
+    /// Lease lifetime wanted.
+    pub ttl_seconds: Option<u64>,
+    /// The caller's address.
+    pub source_ip: IpAddr,
+}
+
+/// A created user and its lease.
+#[derive(Debug, Clone)]
+pub struct IssuedDbCredential {
+    /// The lease.
+    pub lease: DbLease,
+    /// The password. Secret: shown once, never stored.
+    pub password: String,
+    /// Where to connect.
+    pub database: Arc<Database>,
+}
+
+/// The audience a database lease has for revocation selectors: `db:<database>/<role>`.
+pub fn lease_audience(lease: &DbLease) -> String {
+    format!("db:{}/{}", lease.issuer, lease.role)
+}
+
+fn backoff(attempts: i64) -> i64 {
+    1i64.checked_shl(attempts.clamp(0, 6) as u32).unwrap_or(MAX_BACKOFF_SECS).min(MAX_BACKOFF_SECS)
+}
+
+impl Broker {
+    fn database(&self, name: &str) -> Result<Arc<Database>, BrokerError> {
+        self.databases.get(name).cloned().ok_or_else(|| BrokerError::NotFound(format!("no database is named {name:?}")))
+    }
+
+    /// Issues a database credential: recorded, then created, then handed out.
+    pub async fn issue_db_credential(&self, p: DbCredentialParams) -> Result<IssuedDbCredential, BrokerError> {
+        let db = self.database(&p.database)?;
+        let role = db
+            .role(&p.role)
+            .ok_or_else(|| BrokerError::NotFound(format!("database {:?} has no role {:?}", p.database, p.role)))?
+            .clone();
+        let max = role.max_ttl.as_secs();
+        let ttl = match p.ttl_seconds {
+            Some(0) => return Err(BrokerError::InvalidRequest("ttl_seconds must be at least 1".into())),
+            Some(t) if t > max => {
+                return Err(BrokerError::InvalidRequest(format!(
+                    "ttl_seconds {t} is above the role's maximum of {max}"
+                )));
+            }
+            Some(t) => t as i64,
+            None => role.default_ttl.as_secs() as i64,
+        };
+        let now = crate::clock::now_unix();
+        let caller = self.attest(&p.subject_token_type, &p.subject_token, p.source_ip, now).await?;
+        let mut expires_at = now + ttl;
+        let mut max_expires_at = now + max as i64;
+        let (subject, task_id) = match &caller {
+            Caller::Workload(w) => (w.spiffe_id.to_string(), None),
+            Caller::Task(t) => {
+                if t.task.state == crate::ledger::TaskState::Pending {
+                    return Err(BrokerError::TaskPending(t.task.id.clone()));
+                }
+                // Nothing issued under a task outlives it.
+                expires_at = expires_at.min(t.task.expires_at);
+                max_expires_at = max_expires_at.min(t.task.expires_at);
+                (t.spiffe_id.to_string(), Some(t.task.id.clone()))
+            }
+        };
+        let decision = self.policies.decide_issue(&IssueRequest {
+            principal: caller.principal(),
+            database: &p.database,
+            kind: &db.config.kind,
+            role: &p.role,
+            ttl_seconds: expires_at - now,
+            source_ip: p.source_ip,
+            now,
+        });
+        let detail =
+            json!({"action": "issue", "database": p.database, "role": p.role, "ttl_seconds": expires_at - now});
+        self.check_decision(&caller, &decision, detail, p.source_ip).await?;
+
+        // 1. The intent, durably, before the user exists.
+        let mut lease = DbLease {
+            id: crate::ids::time_ordered_id(),
+            issuer: p.database.clone(),
+            role: p.role.clone(),
+            username: db.new_username(&p.role),
+            subject: subject.clone(),
+            task_id,
+            created_at: now,
+            expires_at,
+            max_expires_at,
+            state: DbLeaseState::Creating,
+            attempts: 0,
+            next_attempt_at: None,
+            last_error: None,
+            ended_at: None,
+            end_reason: None,
+        };
+        let base = json!({"lease_id": lease.id, "database": lease.issuer, "role": lease.role,
+                          "username": lease.username, "task_id": lease.task_id, "expires_at": expires_at});
+        self.ledger
+            .commit(Batch {
+                db_leases: vec![lease.clone()],
+                events: vec![AuditEvent::new("db_credential.intent", Some(subject.clone()), base.clone())],
+                ..Batch::default()
+            })
+            .await?;
+
+        // 2. The user.
+        let password = new_password();
+        let expiration = crate::clock::rfc3339(expires_at);
+        let user = NewUser { name: &lease.username, password: &password, expiration: &expiration, role: &role };
+        if let Err(e) = db.driver.create(&user).await {
+            // Undo whatever part was made; if even that fails, the reaper keeps trying.
+            let undone = db.driver.drop_user(&lease.username).await;
+            lease.state = if undone.is_ok() { DbLeaseState::Failed } else { DbLeaseState::Revoking };
+            lease.last_error = Some(e.to_string());
+            lease.end_reason = Some("creation failed".into());
+            lease.ended_at = undone.is_ok().then_some(now);
+            let mut detail = base.clone();
+            detail["error"] = json!(e.to_string());
+            self.ledger
+                .commit(Batch {
+                    db_leases: vec![lease],
+                    events: vec![AuditEvent::new("db_credential.failed", Some(subject), detail)],
+                    ..Batch::default()
+                })
+                .await?;
+            return Err(BrokerError::Database(e));
+        }
+
+        // 3. Active: handed out.
+        lease.state = DbLeaseState::Active;
+        let mut detail = base;
+        detail["kind"] = json!(db.config.kind);
+        detail["policies"] = json!(decision.policies);
+        detail["source_ip"] = json!(p.source_ip.to_string());
+        self.ledger
+            .commit(Batch {
+                db_leases: vec![lease.clone()],
+                events: vec![AuditEvent::new("db_credential.issued", Some(subject), detail)],
+                ..Batch::default()
+            })
+            .await?;
+        metrics::counter!("mayfly_credentials_issued_total", "kind" => db.config.kind.clone()).increment(1);
+        Ok(IssuedDbCredential { lease, password, database: db })
+    }
+
+    /// A lease by id.
+    pub async fn db_lease(&self, id: &str) -> Result<DbLease, BrokerError> {
+        self.ledger.store().db_lease(id).await?.ok_or_else(|| BrokerError::NotFound(format!("no lease has id {id:?}")))
+    }
+
+    /// Revokes a lease now: the user is dropped before this returns, or the lease stays
+    /// `revoking` and the reaper retries until the database confirms.
+    pub async fn revoke_db_lease(&self, id: &str, actor: &str) -> Result<DbLease, BrokerError> {
+        let _serial = self.db_transitions.lock().await;
+        let mut lease = self.db_lease(id).await?;
+        if !lease.state.is_open() || lease.state == DbLeaseState::Creating {
+            return Err(BrokerError::Conflict(format!("lease {id} is {}", lease.state.as_str())));
+        }
+        if lease.state == DbLeaseState::Active {
+            lease.state = DbLeaseState::Revoking;
+            lease.end_reason = Some(format!("revoked by {actor}"));
+            self.commit_lease(&lease, "db_credential.revoking", json!({"actor": actor})).await?;
+        }
+        self.drop_lease_user(lease, crate::clock::now_unix()).await
+    }
+
+    /// Extends a lease within its maximum lifetime; the caller must be its holder.
+    pub async fn renew_db_lease(
+        &self,
+        id: &str,
+        token_type: &str,
+        token: &str,
+        ttl_seconds: Option<u64>,
+        source_ip: IpAddr,
+    ) -> Result<DbLease, BrokerError> {
+        let now = crate::clock::now_unix();
+        let caller = self.attest(token_type, token, source_ip, now).await?;
+        let _serial = self.db_transitions.lock().await;
+        let mut lease = self.db_lease(id).await?;
+        if caller.spiffe_id() != lease.subject {
+            return Err(BrokerError::Forbidden(format!("lease {id} was not issued to {}", caller.spiffe_id())));
+        }
+        if lease.state != DbLeaseState::Active || lease.expires_at <= now {
+            return Err(BrokerError::Conflict(format!("lease {id} is {} and cannot be renewed", lease.state.as_str())));
+        }
+        let db = self.database(&lease.issuer)?;
+        let role = db.role(&lease.role).map(|r| r.default_ttl.as_secs()).unwrap_or(300);
+        let wanted = ttl_seconds.unwrap_or(role).max(1) as i64;
+        let expires_at = (now + wanted).min(lease.max_expires_at);
+        db.driver.renew(&lease.username, &crate::clock::rfc3339(expires_at)).await.map_err(BrokerError::Database)?;
+        lease.expires_at = expires_at;
+        self.commit_lease(&lease, "db_credential.renewed", json!({"expires_at": expires_at})).await?;
+        Ok(lease)
+    }
+
+    async fn commit_lease(&self, lease: &DbLease, kind: &str, extra: serde_json::Value) -> Result<(), BrokerError> {
+        let mut detail = json!({"lease_id": lease.id, "database": lease.issuer, "role": lease.role,
+                                "username": lease.username, "state": lease.state.as_str()});
+        if let (Some(d), Some(e)) = (detail.as_object_mut(), extra.as_object()) {
+            d.extend(e.clone());
+        }
+        self.ledger
+            .commit(Batch {
+                db_leases: vec![lease.clone()],
+                events: vec![AuditEvent::new(kind, Some(lease.subject.clone()), detail)],
+                ..Batch::default()
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// One attempt to drop a `revoking` lease's user; records the outcome.
+    async fn drop_lease_user(&self, mut lease: DbLease, now: i64) -> Result<DbLease, BrokerError> {
+        let db = self.database(&lease.issuer)?;
+        match db.driver.drop_user(&lease.username).await {
+            Ok(()) => {
+                lease.state = if lease.end_reason.as_deref() == Some("expired") {
+                    DbLeaseState::Expired
+                } else {
+                    DbLeaseState::Revoked
+                };
+                lease.ended_at = Some(now);
+                lease.next_attempt_at = None;
+                self.commit_lease(&lease, "db_credential.dropped", json!({"reason": lease.end_reason})).await?;
+                metrics::counter!("mayfly_db_users_dropped_total", "database" => lease.issuer.clone()).increment(1);
+            }
+            Err(e) => {
+                lease.attempts += 1;
+                lease.next_attempt_at = Some(now + backoff(lease.attempts));
+                lease.last_error = Some(e.to_string());
+                tracing::warn!(lease = %lease.id, database = %lease.issuer, error = %e, attempts = lease.attempts,
+                               "dropping a database user failed; will retry");
+                self.commit_lease(
+                    &lease,
+                    "db_credential.drop_failed",
+                    json!({"error": e.to_string(), "attempts": lease.attempts}),
+                )
+                .await?;
+            }
+        }
+        Ok(lease)
+    }
+
+    /// Ends what is due: expired or revoked leases start revoking, and `revoking` ones
+    /// whose retry time has come are tried again. Returns how many users were dropped.
+    pub async fn reap_db_leases(&self, now: i64) -> Result<usize, BrokerError> {
+        if self.databases.all().next().is_none() {
+            return Ok(0);
+        }
+        let _serial = self.db_transitions.lock().await;
+        let open = self.ledger.store().db_leases(&[DbLeaseState::Active, DbLeaseState::Revoking], None, 10_000).await?;
+        let mut pending = 0;
+        let mut dropped = 0;
+        for mut lease in open {
+            if lease.state == DbLeaseState::Active {
+                let audience = lease_audience(&lease);
+                let facts = CredentialFacts {
+                    jti: &lease.id,
+                    subject: &lease.subject,
+                    audience: &audience,
+                    task_id: lease.task_id.as_deref(),
+                    issued_at: lease.created_at,
+                };
+                let reason = if lease.expires_at <= now {
+                    Some("expired".to_owned())
+                } else {
+                    self.revocations.revoked_by(&facts).map(|k| format!("revoked ({})", k.as_str()))
+                };
+                let Some(reason) = reason else { continue };
+                lease.state = DbLeaseState::Revoking;
+                lease.end_reason = Some(reason);
+                self.commit_lease(&lease, "db_credential.revoking", json!({"reason": lease.end_reason})).await?;
+            } else if lease.next_attempt_at.is_some_and(|t| t > now) {
+                pending += 1;
+                continue;
+            }
+            let lease = self.drop_lease_user(lease, now).await?;
+            if lease.state.is_open() {
+                pending += 1;
+            } else {
+                dropped += 1;
+            }
+        }
+        metrics::gauge!("mayfly_db_leases_revoking").set(pending as f64);
+        Ok(dropped)
+    }
+
+    /// On start: a lease left `creating` by a crash is undone (its user dropped).
+    pub async fn reconcile_db_leases(&self) -> Result<usize, BrokerError> {
+        let _serial = self.db_transitions.lock().await;
+        let half_done = self.ledger.store().db_leases(&[DbLeaseState::Creating], None, 10_000).await?;
+        let n = half_done.len();
+        for mut lease in half_done {
+            lease.state = DbLeaseState::Revoking;
+            lease.end_reason = Some("interrupted while creating".into());
+            self.commit_lease(&lease, "db_credential.reconciled", json!({})).await?;
+            let lease = self.drop_lease_user(lease, crate::clock::now_unix()).await?;
+            if !lease.state.is_open() {
+                // Never handed out: it failed rather than being revoked.
+                let mut failed = lease;
+                failed.state = DbLeaseState::Failed;
+                self.commit_lease(&failed, "db_credential.failed", json!({"reason": "interrupted while creating"}))
+                    .await?;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Drops users with Mayfly's prefix that no open lease accounts for. Runs at start
+    /// (before anything is issued) and periodically, skipping users of leases being created.
+    pub async fn sweep_db_users(&self) -> Result<usize, BrokerError> {
+        let _serial = self.db_transitions.lock().await;
+        let open = self
+            .ledger
+            .store()
+            .db_leases(&[DbLeaseState::Creating, DbLeaseState::Active, DbLeaseState::Revoking], None, 100_000)
+            .await?;
+        let mut dropped = 0;
+        for db in self.databases.all() {
+            let users = match db.driver.users_with_prefix(&db.config.username_prefix).await {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::warn!(database = %db.config.name, error = %e, "orphan sweep: cannot list users");
+                    continue;
+                }
+            };
+            for user in users {
+                if open.iter().any(|l| l.issuer == db.config.name && l.username == user) {
+                    continue;
+                }
+                match db.driver.drop_user(&user).await {
+                    Ok(()) => {
+                        dropped += 1;
+                        let detail = json!({"database": db.config.name, "username": user});
+                        self.audit_best_effort(AuditEvent::new("db_credential.orphan_dropped", None, detail)).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(database = %db.config.name, %user, error = %e, "orphan sweep: drop failed")
+                    }
+                }
+            }
+        }
+        Ok(dropped)
+    }
+}

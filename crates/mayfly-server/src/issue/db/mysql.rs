@@ -1,0 +1,102 @@
+//! MySQL and MariaDB users: `CREATE USER … IDENTIFIED BY`, sessions ended with
+//! `KILL CONNECTION`, then `DROP USER IF EXISTS`.
+
+use async_trait::async_trait;
+use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
+
+use super::{DbDriver, DbError, NewUser, audited, render, scrub, sql_error, timed};
+
+/// Default creation statement.
+const CREATE: &str = "CREATE USER '{{name}}'@'%' IDENTIFIED BY '{{password}}'";
+
+/// A MySQL or MariaDB server reached with an admin URL.
+#[derive(Debug)]
+pub struct MySql {
+    pool: MySqlPool,
+}
+
+impl MySql {
+    /// A lazily connecting pool.
+    pub fn new(url: &str) -> Result<Self, DbError> {
+        let pool = MySqlPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(super::OPERATION_TIMEOUT)
+            .connect_lazy(url)
+            .map_err(|e| DbError::Config(format!("MySQL URL: {}", scrub(&e.to_string(), url))))?;
+        Ok(Self { pool })
+    }
+}
+
+#[async_trait]
+impl DbDriver for MySql {
+    fn max_username_len(&self) -> usize {
+        // MySQL's limit; MariaDB allows 80.
+        32
+    }
+
+    async fn create(&self, user: &NewUser<'_>) -> Result<(), DbError> {
+        // DDL commits implicitly in MySQL: on failure the caller drops whatever was made.
+        timed(async {
+            let creation = user.role.creation.clone().unwrap_or_else(|| vec![CREATE.to_owned()]);
+            for stmt in creation.iter().chain(&user.role.grants) {
+                sqlx::raw_sql(audited(render(stmt, user)))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| sql_error(e, user.password))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn drop_user(&self, username: &str) -> Result<(), DbError> {
+        timed(async {
+            // Usernames are Mayfly's own ([a-z0-9_]), so quoting them is safe.
+            let account = format!("'{}'@'%'", username.replace('\'', "''"));
+            let exists: Option<i64> =
+                sqlx::query_scalar("SELECT CAST(1 AS SIGNED) FROM mysql.user WHERE User = ? LIMIT 1")
+                    .bind(username)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(|e| sql_error(e, ""))?;
+            if exists.is_some() {
+                sqlx::raw_sql(audited(format!("ALTER USER {account} ACCOUNT LOCK")))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| sql_error(e, ""))?;
+            }
+            let sessions: Vec<i64> =
+                sqlx::query_scalar("SELECT CAST(ID AS SIGNED) FROM information_schema.PROCESSLIST WHERE USER = ?")
+                    .bind(username)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(|e| sql_error(e, ""))?;
+            for id in sessions {
+                // A session that ended meanwhile is fine.
+                let _ = sqlx::raw_sql(audited(format!("KILL CONNECTION {id}"))).execute(&self.pool).await;
+            }
+            sqlx::raw_sql(audited(format!("DROP USER IF EXISTS {account}")))
+                .execute(&self.pool)
+                .await
+                .map(|_| ())
+                .map_err(|e| sql_error(e, ""))
+        })
+        .await
+    }
+
+    async fn renew(&self, _username: &str, _expiration: &str) -> Result<(), DbError> {
+        // MySQL has no per-user expiry time; the lease's expiry is what counts.
+        Ok(())
+    }
+
+    async fn users_with_prefix(&self, prefix: &str) -> Result<Vec<String>, DbError> {
+        timed(async {
+            let users: Vec<String> = sqlx::query_scalar("SELECT DISTINCT CAST(User AS CHAR) FROM mysql.user")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| sql_error(e, ""))?;
+            Ok(users.into_iter().filter(|u| u.starts_with(prefix)).collect())
+        })
+        .await
+    }
+}

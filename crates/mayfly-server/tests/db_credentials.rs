@@ -1,0 +1,498 @@
+//! Dynamic database credentials against the real PostgreSQL, MariaDB and Redis on
+//! this machine (127.0.0.1). Each test uses its own username prefix (and schema), so
+//! tests running side by side never touch each other's users.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+use sqlx::Connection;
+
+const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+const MARIADB_ADMIN: &str = "mysql://root@127.0.0.1:3306/mysql";
+const REDIS_ADMIN: &str = "redis://127.0.0.1:6379";
+
+const DB_POLICY: &str = r#"
+@id("prod-may-use-databases")
+permit (principal, action == Mayfly::Action::"issue", resource)
+when { principal.hasTag("namespace") && principal.getTag("namespace") == "prod" && context.ttl_seconds <= 3600 };
+
+@id("prod-may-start-tasks")
+permit (principal, action == Mayfly::Action::"start_task", resource)
+when { principal.hasTag("namespace") && principal.getTag("namespace") == "prod" };
+"#;
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}{:04x}_", rand_u16())
+}
+
+fn rand_u16() -> u16 {
+    let mut b = [0u8; 2];
+    aws_lc_rs::rand::fill(&mut b).unwrap();
+    u16::from_be_bytes(b)
+}
+
+async fn start(databases_toml: &str) -> (TestServer, TestIssuer) {
+    let (k8s, gh) = (TestIssuer::new(K8S_ISSUER), TestIssuer::new(GITHUB_TEST_ISSUER));
+    let opts = Options {
+        policies: format!("{TEST_POLICIES}\n{DB_POLICY}"),
+        extra_toml: databases_toml.into(),
+        ..Options::default()
+    };
+    (TestServer::start_with(&k8s, &gh, opts).await, k8s)
+}
+
+async fn issue(srv: &TestServer, evidence: (&str, &str), db: &str, role: &str, ttl: Option<u64>) -> reqwest::Response {
+    let mut body = json!({"subject_token_type": evidence.1, "subject_token": evidence.0});
+    if let Some(t) = ttl {
+        body["ttl_seconds"] = json!(t);
+    }
+    srv.http.post(format!("{}/v1/credentials/{db}/{role}", srv.url)).json(&body).send().await.unwrap()
+}
+
+async fn lease(srv: &TestServer, id: &str) -> Value {
+    let all: Vec<Value> = srv.admin_get("/v1/credentials/leases?state=all&limit=1000").await;
+    all.into_iter().find(|l| l["lease_id"] == id).expect("lease listed")
+}
+
+async fn wait_for_state(srv: &TestServer, id: &str, want: &str, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let l = lease(srv, id).await;
+        if l["state"] == want {
+            return l;
+        }
+        assert!(Instant::now() < deadline, "lease {id} did not become {want} in {within:?}: {l}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn pg_admin() -> sqlx::PgConnection {
+    sqlx::PgConnection::connect(PG_ADMIN).await.expect("PostgreSQL on 127.0.0.1:5432")
+}
+
+async fn pg_role_exists(name: &str) -> bool {
+    let mut c = pg_admin().await;
+    sqlx::query_scalar::<_, i32>("SELECT 1 FROM pg_roles WHERE rolname = $1")
+        .bind(name)
+        .fetch_optional(&mut c)
+        .await
+        .unwrap()
+        .is_some()
+}
+
+fn pg_user_url(v: &Value) -> String {
+    format!(
+        "postgres://{}:{}@{}:{}/{}",
+        v["username"].as_str().unwrap(),
+        v["password"].as_str().unwrap(),
+        v["connection"]["host"].as_str().unwrap(),
+        v["connection"]["port"].as_u64().unwrap(),
+        v["connection"]["database"].as_str().unwrap()
+    )
+}
+
+fn pg_config(prefix: &str, schema: &str, url: &str) -> String {
+    format!(
+        r#"
+[[databases]]
+name = "pg"
+kind = "postgres"
+url = "{url}"
+username_prefix = "{prefix}"
+
+[[databases.roles]]
+name = "reader"
+default_ttl = "5m"
+max_ttl = "1h"
+grants = ['GRANT USAGE ON SCHEMA {schema} TO "{{{{name}}}}"', 'GRANT SELECT ON {schema}.items TO "{{{{name}}}}"']
+
+[[databases.roles]]
+name = "broken"
+creation = ["CREATE ROLE \"{{{{name}}}}\" LOGIN PASSWORD '{{{{password}}}}'", 'GRANT SELECT ON no_such_table_anywhere TO "{{{{name}}}}"']
+"#
+    )
+}
+
+async fn pg_schema(schema: &str) {
+    let mut c = pg_admin().await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}; CREATE TABLE {schema}.items (id int); \
+         INSERT INTO {schema}.items VALUES (1), (2);"
+    )))
+    .execute(&mut c)
+    .await
+    .unwrap();
+}
+
+async fn pg_drop_schema(schema: &str) {
+    let mut c = pg_admin().await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {schema} CASCADE")))
+        .execute(&mut c)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn postgres_users_work_while_leased_and_die_with_their_sessions_at_revocation_and_expiry() {
+    let prefix = unique("pa");
+    let schema = format!("mayfly_test_{}", prefix.trim_end_matches('_'));
+    pg_schema(&schema).await;
+    let (srv, k8s) = start(&pg_config(&prefix, &schema, PG_ADMIN)).await;
+    let prod = k8s.k8s_token("prod", "api");
+    let jwt = (prod.as_str(), JWT_TYPE);
+
+    // Issue: the user works and has its grants; VALID UNTIL is the backstop.
+    let r = issue(&srv, jwt, "pg", "reader", None).await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let v: Value = r.json().await.unwrap();
+    let username = v["username"].as_str().unwrap().to_owned();
+    assert!(username.starts_with(&prefix) && username.len() <= 63, "{username}");
+    assert!(v["password"].as_str().unwrap().len() >= 40, "high-entropy password");
+    assert_eq!(v["state"], "active");
+    assert_eq!(v["subject"], "spiffe://test.example/ns/prod/sa/api");
+    let mut session = sqlx::PgConnection::connect(&pg_user_url(&v)).await.expect("the new user connects");
+    let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {schema}.items")))
+        .fetch_one(&mut session)
+        .await
+        .unwrap();
+    assert_eq!(n, 2, "a granted query works");
+    let mut admin = pg_admin().await;
+    let valid_until: Option<String> = sqlx::query_scalar("SELECT rolvaliduntil::text FROM pg_roles WHERE rolname = $1")
+        .bind(&username)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert!(valid_until.is_some(), "VALID UNTIL is set as a backstop");
+
+    // Renew moves the expiry, within the maximum.
+    let lease_id = v["lease_id"].as_str().unwrap().to_owned();
+    let r = srv
+        .http
+        .post(format!("{}/v1/credentials/leases/{lease_id}/renew", srv.url))
+        .json(&json!({"subject_token_type": JWT_TYPE, "subject_token": prod, "ttl_seconds": 1800}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let renewed: Value = r.json().await.unwrap();
+    assert!(renewed["expires_at"].as_i64().unwrap() > v["expires_at"].as_i64().unwrap());
+    let other = k8s.k8s_token("prod", "other");
+    let r = srv
+        .http
+        .post(format!("{}/v1/credentials/leases/{lease_id}/renew", srv.url))
+        .json(&json!({"subject_token_type": JWT_TYPE, "subject_token": other}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(r, 403, "forbidden").await;
+
+    // Revocation: the open session is killed, new logins fail, the role is gone.
+    let r = srv
+        .http
+        .delete(format!("{}/v1/credentials/leases/{lease_id}", srv.url))
+        .bearer_auth(&srv.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["state"], "revoked");
+    assert!(sqlx::query("SELECT 1").execute(&mut session).await.is_err(), "the open session was terminated");
+    assert!(sqlx::PgConnection::connect(&pg_user_url(&v)).await.is_err(), "the user can no longer log in");
+    assert!(!pg_role_exists(&username).await);
+    let again = srv
+        .http
+        .delete(format!("{}/v1/credentials/leases/{lease_id}", srv.url))
+        .bearer_auth(&srv.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(again, 409, "conflict").await;
+
+    // Expiry: the reaper drops the user when the lease ends.
+    let r = issue(&srv, jwt, "pg", "reader", Some(2)).await;
+    let short: Value = r.json().await.unwrap();
+    let short_user = short["username"].as_str().unwrap().to_owned();
+    assert!(pg_role_exists(&short_user).await);
+    let l = wait_for_state(&srv, short["lease_id"].as_str().unwrap(), "expired", Duration::from_secs(15)).await;
+    assert_eq!(l["end_reason"], "expired");
+    assert!(!pg_role_exists(&short_user).await);
+
+    // A credential under a task dies when the task ends.
+    let t: Value = srv
+        .http
+        .post(format!("{}/v1/tasks", srv.url))
+        .json(&json!({"subject_token_type": JWT_TYPE, "subject_token": prod, "purpose": "report"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let task_token = t["task_token"].as_str().unwrap();
+    let r = issue(&srv, (task_token, "urn:mayfly:params:oauth:token-type:task"), "pg", "reader", None).await;
+    assert_eq!(r.status(), 201);
+    let under_task: Value = r.json().await.unwrap();
+    assert_eq!(under_task["task_id"], t["task"]["id"]);
+    let r = srv
+        .http
+        .delete(format!("{}/v1/tasks/{}", srv.url, t["task"]["id"].as_str().unwrap()))
+        .bearer_auth(task_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let l = wait_for_state(&srv, under_task["lease_id"].as_str().unwrap(), "revoked", Duration::from_secs(10)).await;
+    assert_eq!(l["end_reason"], "revoked (task)");
+    assert!(!pg_role_exists(under_task["username"].as_str().unwrap()).await);
+
+    // Bad input: clear problems, and nothing half-created is left behind.
+    assert_problem(issue(&srv, jwt, "nope", "reader", None).await, 404, "not-found").await;
+    assert_problem(issue(&srv, jwt, "pg", "nope", None).await, 404, "not-found").await;
+    assert_problem(issue(&srv, jwt, "pg", "reader", Some(7200)).await, 400, "invalid-request").await;
+    assert_problem(issue(&srv, jwt, "pg", "reader", Some(0)).await, 400, "invalid-request").await;
+    let dev = k8s.k8s_token("dev", "api");
+    assert_problem(issue(&srv, (&dev, JWT_TYPE), "pg", "reader", None).await, 403, "policy-denied").await;
+    let r = issue(&srv, jwt, "pg", "broken", None).await;
+    let p = assert_problem(r, 502, "database-refused").await;
+    assert!(p["detail"].as_str().unwrap().contains("no_such_table_anywhere"), "{p}");
+    let failed: Vec<Value> = srv.admin_get("/v1/credentials/leases?state=failed").await;
+    assert_eq!(failed.len(), 1);
+    assert!(!pg_role_exists(failed[0]["username"].as_str().unwrap()).await, "the half-created user was dropped");
+    let audit: Vec<Value> = srv.admin_get("/v1/audit?kind=db_credential.").await;
+    assert!(
+        audit.iter().all(|e| !e.to_string().contains(v["password"].as_str().unwrap())),
+        "no password in the audit trail"
+    );
+
+    srv.stop().await;
+    pg_drop_schema(&schema).await;
+}
+
+#[tokio::test]
+async fn after_a_crash_half_created_and_orphaned_users_are_dropped_on_start() {
+    let prefix = unique("pc");
+    let schema = format!("mayfly_test_{}", prefix.trim_end_matches('_'));
+    pg_schema(&schema).await;
+    let (srv, _k8s) = start(&pg_config(&prefix, &schema, PG_ADMIN)).await;
+    let config = srv.dir.path().join("mayfly.toml");
+    let dir = srv.stop().await;
+
+    // As if the server died between recording the intent and creating the user (the
+    // user exists, the lease says `creating`), and a user was left with no lease at all.
+    let half = format!("{prefix}half");
+    let orphan = format!("{prefix}orphan");
+    let mut admin = pg_admin().await;
+    for u in [&half, &orphan] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE ROLE \"{u}\" LOGIN PASSWORD 'x'")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+    {
+        let store =
+            mayfly_server::ledger::sqlite::SqliteStore::open(&dir.path().join("data/mayfly.db"), false).await.unwrap();
+        let now = now();
+        let lease = mayfly_server::ledger::DbLease {
+            id: "crash-lease-1".into(),
+            issuer: "pg".into(),
+            role: "reader".into(),
+            username: half.clone(),
+            subject: "spiffe://test.example/ns/prod/sa/api".into(),
+            task_id: None,
+            created_at: now,
+            expires_at: now + 300,
+            max_expires_at: now + 3600,
+            state: mayfly_server::ledger::DbLeaseState::Creating,
+            attempts: 0,
+            next_attempt_at: None,
+            last_error: None,
+            ended_at: None,
+            end_reason: None,
+        };
+        let batch = mayfly_server::ledger::StoredBatch { db_leases: vec![lease], ..Default::default() };
+        mayfly_server::ledger::Store::append(&store, &batch).await.unwrap();
+    }
+    assert!(pg_role_exists(&half).await && pg_role_exists(&orphan).await);
+
+    let srv = TestServer::start_in(dir, &config).await;
+    assert!(!pg_role_exists(&half).await, "the half-created user was undone on start");
+    assert!(!pg_role_exists(&orphan).await, "the orphan with Mayfly's prefix was swept on start");
+    assert_eq!(lease(&srv, "crash-lease-1").await["state"], "failed");
+    srv.stop().await;
+    pg_drop_schema(&schema).await;
+}
+
+/// A TCP relay to PostgreSQL that the test can take down and bring back, standing in
+/// for a database outage without stopping the machine's shared server.
+struct Outage {
+    port: u16,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Outage {
+    async fn start(port: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stopped.changed() => break,
+                    Ok((mut inbound, _)) = listener.accept() => {
+                        let mut gone = stopped.clone();
+                        tokio::spawn(async move {
+                            let Ok(mut outbound) = tokio::net::TcpStream::connect("127.0.0.1:5432").await else { return };
+                            tokio::select! {
+                                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                                _ = gone.changed() => {}
+                            }
+                        });
+                    }
+                }
+            }
+        });
+        Self { port, stop }
+    }
+
+    fn down(self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+#[tokio::test]
+async fn a_revocation_during_a_database_outage_is_retried_until_the_user_is_gone() {
+    let prefix = unique("po");
+    let schema = format!("mayfly_test_{}", prefix.trim_end_matches('_'));
+    pg_schema(&schema).await;
+    let relay = Outage::start(0).await;
+    let port = relay.port;
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    let (srv, k8s) = start(&pg_config(&prefix, &schema, &url)).await;
+    let prod = k8s.k8s_token("prod", "api");
+    let r = issue(&srv, (&prod, JWT_TYPE), "pg", "reader", None).await;
+    assert_eq!(r.status(), 201);
+    let v: Value = r.json().await.unwrap();
+    let (id, user) = (v["lease_id"].as_str().unwrap().to_owned(), v["username"].as_str().unwrap().to_owned());
+
+    relay.down();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = srv
+        .http
+        .delete(format!("{}/v1/credentials/leases/{id}", srv.url))
+        .bearer_auth(&srv.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let l: Value = r.json().await.unwrap();
+    assert_eq!(l["state"], "revoking", "the database is down: the lease says so");
+    assert!(l["last_error"].as_str().is_some());
+    assert!(pg_role_exists(&user).await, "still there while the database is unreachable");
+    let metrics = srv.http.get(format!("{}/metrics", srv.url)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("mayfly_db_leases_revoking"), "the pending drop shows in the metrics");
+
+    // The database comes back: the reaper finishes the job.
+    let _relay = Outage::start(port).await;
+    wait_for_state(&srv, &id, "revoked", Duration::from_secs(30)).await;
+    assert!(!pg_role_exists(&user).await);
+    srv.stop().await;
+    pg_drop_schema(&schema).await;
+}
+
+#[tokio::test]
+async fn mariadb_users_are_created_used_and_killed_with_their_sessions() {
+    let prefix = unique("ma");
+    let toml = format!(
+        r#"
+[[databases]]
+name = "maria"
+kind = "mysql"
+url = "{MARIADB_ADMIN}"
+username_prefix = "{prefix}"
+
+[[databases.roles]]
+name = "app"
+grants = ["GRANT SELECT ON mysql.db TO '{{{{name}}}}'@'%'"]
+"#
+    );
+    let (srv, k8s) = start(&toml).await;
+    let prod = k8s.k8s_token("prod", "api");
+    let r = issue(&srv, (&prod, JWT_TYPE), "maria", "app", None).await;
+    assert_eq!(r.status(), 201);
+    let v: Value = r.json().await.unwrap();
+    let user = v["username"].as_str().unwrap();
+    assert!(user.len() <= 32, "within MySQL's limit: {user}");
+    let url = format!("mysql://{user}:{}@127.0.0.1:3306/mysql", v["password"].as_str().unwrap());
+    let mut session = sqlx::MySqlConnection::connect(&url).await.expect("the new user connects");
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM mysql.db").fetch_one(&mut session).await.unwrap();
+    assert!(n >= 0, "a granted query works");
+    let id = v["lease_id"].as_str().unwrap();
+    let r = srv
+        .http
+        .delete(format!("{}/v1/credentials/leases/{id}", srv.url))
+        .bearer_auth(&srv.admin_token)
+        .send()
+        .await
+        .unwrap();
+    let l: Value = r.json().await.unwrap();
+    assert_eq!(l["state"], "revoked", "{l}");
+    assert!(sqlx::query("SELECT 1").execute(&mut session).await.is_err(), "the open session was killed");
+    assert!(sqlx::MySqlConnection::connect(&url).await.is_err(), "the user can no longer log in");
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn redis_acl_users_are_created_used_and_killed_with_their_sessions() {
+    let prefix = unique("ra");
+    let toml = format!(
+        r#"
+[[databases]]
+name = "cache"
+kind = "redis"
+url = "{REDIS_ADMIN}"
+username_prefix = "{prefix}"
+
+[[databases.roles]]
+name = "reader"
+acl = "~{prefix}* +@read +ping"
+"#
+    );
+    let (srv, k8s) = start(&toml).await;
+    let mut admin = redis::Client::open(REDIS_ADMIN).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let key = format!("{prefix}greeting");
+    redis::cmd("SET").arg(&key).arg("hello").query_async::<()>(&mut admin).await.unwrap();
+    let prod = k8s.k8s_token("prod", "api");
+    let r = issue(&srv, (&prod, JWT_TYPE), "cache", "reader", None).await;
+    assert_eq!(r.status(), 201);
+    let v: Value = r.json().await.unwrap();
+    let (user, pass) = (v["username"].as_str().unwrap(), v["password"].as_str().unwrap());
+    let url = format!("redis://{user}:{pass}@127.0.0.1:6379");
+    let mut session =
+        redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.expect("logs in");
+    let got: String = redis::cmd("GET").arg(&key).query_async(&mut session).await.unwrap();
+    assert_eq!(got, "hello");
+    assert!(redis::cmd("SET").arg(&key).arg("x").query_async::<()>(&mut session).await.is_err(), "read-only role");
+    let id = v["lease_id"].as_str().unwrap();
+    let r = srv
+        .http
+        .delete(format!("{}/v1/credentials/leases/{id}", srv.url))
+        .bearer_auth(&srv.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["state"], "revoked");
+    assert!(
+        redis::cmd("GET").arg(&key).query_async::<String>(&mut session).await.is_err(),
+        "the open session was killed"
+    );
+    assert!(
+        redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.is_err(),
+        "cannot log in"
+    );
+    redis::cmd("DEL").arg(&key).query_async::<()>(&mut admin).await.unwrap();
+    srv.stop().await;
+}
