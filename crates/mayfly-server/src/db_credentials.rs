@@ -18,6 +18,8 @@ use crate::issue::db::{Database, NewUser, new_password};
 use crate::ledger::revocation::CredentialFacts;
 use crate::ledger::{AuditEvent, Batch, DbLease, DbLeaseState};
 
+/// Users dropped at once in a reaping round (a database pool has 8 connections).
+const DROP_CONCURRENCY: usize = 8;
 /// Longest wait between revocation attempts, in seconds.
 const MAX_BACKOFF_SECS: i64 = 60;
 
@@ -245,35 +247,71 @@ impl Broker {
     }
 
     /// One attempt to drop a `revoking` lease's user; records the outcome.
-    async fn drop_lease_user(&self, mut lease: DbLease, now: i64) -> Result<DbLease, BrokerError> {
-        let db = self.database(&lease.issuer)?;
-        match db.driver.drop_user(&lease.username).await {
-            Ok(()) => {
-                lease.state = if lease.end_reason.as_deref() == Some("expired") {
-                    DbLeaseState::Expired
-                } else {
-                    DbLeaseState::Revoked
-                };
-                lease.ended_at = Some(now);
-                lease.next_attempt_at = None;
-                self.commit_lease(&lease, "db_credential.dropped", json!({"reason": lease.end_reason})).await?;
-                metrics::counter!("mayfly_db_users_dropped_total", "database" => lease.issuer.clone()).increment(1);
-            }
-            Err(e) => {
-                lease.attempts += 1;
-                lease.next_attempt_at = Some(now + backoff(lease.attempts));
-                lease.last_error = Some(e.to_string());
-                tracing::warn!(lease = %lease.id, database = %lease.issuer, error = %e, attempts = lease.attempts,
-                               "dropping a database user failed; will retry");
-                self.commit_lease(
-                    &lease,
-                    "db_credential.drop_failed",
-                    json!({"error": e.to_string(), "attempts": lease.attempts}),
-                )
-                .await?;
-            }
+    async fn drop_lease_user(&self, lease: DbLease, now: i64) -> Result<DbLease, BrokerError> {
+        let mut done = self.drop_lease_users(vec![lease], now).await?;
+        done.pop().ok_or_else(|| BrokerError::Conflict("the lease vanished while being dropped".into()))
+    }
+
+    /// One attempt to drop each lease's user, several at a time per database, then one
+    /// ledger write for all the outcomes.
+    async fn drop_lease_users(&self, leases: Vec<DbLease>, now: i64) -> Result<Vec<DbLease>, BrokerError> {
+        let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(DROP_CONCURRENCY));
+        let mut attempts = tokio::task::JoinSet::new();
+        for lease in leases {
+            let db = self.database(&lease.issuer)?;
+            let limit = limit.clone();
+            attempts.spawn(async move {
+                let _slot = limit.acquire_owned().await;
+                let outcome = db.driver.drop_user(&lease.username).await;
+                (lease, outcome)
+            });
         }
-        Ok(lease)
+        let mut out = Vec::new();
+        let mut events = Vec::new();
+        while let Some(joined) = attempts.join_next().await {
+            let Ok((mut lease, outcome)) = joined else { continue };
+            let detail = |lease: &DbLease, extra: serde_json::Value| {
+                let mut d = json!({"lease_id": lease.id, "database": lease.issuer, "role": lease.role,
+                                   "username": lease.username, "reason": lease.end_reason});
+                if let (Some(d), Some(e)) = (d.as_object_mut(), extra.as_object()) {
+                    d.extend(e.clone());
+                }
+                d
+            };
+            match outcome {
+                Ok(()) => {
+                    lease.state = if lease.end_reason.as_deref() == Some("expired") {
+                        DbLeaseState::Expired
+                    } else {
+                        DbLeaseState::Revoked
+                    };
+                    lease.ended_at = Some(now);
+                    lease.next_attempt_at = None;
+                    events.push(AuditEvent::new(
+                        "db_credential.dropped",
+                        Some(lease.subject.clone()),
+                        detail(&lease, json!({})),
+                    ));
+                    metrics::counter!("mayfly_db_users_dropped_total", "database" => lease.issuer.clone()).increment(1);
+                }
+                Err(e) => {
+                    lease.attempts += 1;
+                    lease.next_attempt_at = Some(now + backoff(lease.attempts));
+                    lease.last_error = Some(e.to_string());
+                    tracing::warn!(lease = %lease.id, database = %lease.issuer, error = %e, attempts = lease.attempts,
+                                   "dropping a database user failed; will retry");
+                    let extra = json!({"error": e.to_string(), "attempts": lease.attempts});
+                    events.push(AuditEvent::new(
+                        "db_credential.drop_failed",
+                        Some(lease.subject.clone()),
+                        detail(&lease, extra),
+                    ));
+                }
+            }
+            out.push(lease);
+        }
+        self.ledger.commit(Batch { db_leases: out.clone(), events, ..Batch::default() }).await?;
+        Ok(out)
     }
 
     /// Ends what is due: expired or revoked leases start revoking, and `revoking` ones
@@ -284,8 +322,9 @@ impl Broker {
         }
         let _serial = self.db_transitions.lock().await;
         let open = self.ledger.store().db_leases(&[DbLeaseState::Active, DbLeaseState::Revoking], None, 10_000).await?;
-        let mut pending = 0;
-        let mut dropped = 0;
+        let mut starting = Vec::new();
+        let mut due = Vec::new();
+        let mut waiting = 0;
         for mut lease in open {
             if lease.state == DbLeaseState::Active {
                 let audience = lease_audience(&lease);
@@ -304,19 +343,29 @@ impl Broker {
                 let Some(reason) = reason else { continue };
                 lease.state = DbLeaseState::Revoking;
                 lease.end_reason = Some(reason);
-                self.commit_lease(&lease, "db_credential.revoking", json!({"reason": lease.end_reason})).await?;
+                starting.push(lease.clone());
+                due.push(lease);
             } else if lease.next_attempt_at.is_some_and(|t| t > now) {
-                pending += 1;
-                continue;
-            }
-            let lease = self.drop_lease_user(lease, now).await?;
-            if lease.state.is_open() {
-                pending += 1;
+                waiting += 1;
             } else {
-                dropped += 1;
+                due.push(lease);
             }
         }
-        metrics::gauge!("mayfly_db_leases_revoking").set(pending as f64);
+        if !starting.is_empty() {
+            // Recorded before any drop: a crash now leaves them `revoking`, and they are retried.
+            let events = starting
+                .iter()
+                .map(|l| {
+                    let detail =
+                        json!({"lease_id": l.id, "database": l.issuer, "username": l.username, "reason": l.end_reason});
+                    AuditEvent::new("db_credential.revoking", Some(l.subject.clone()), detail)
+                })
+                .collect();
+            self.ledger.commit(Batch { db_leases: starting, events, ..Batch::default() }).await?;
+        }
+        let done = if due.is_empty() { Vec::new() } else { self.drop_lease_users(due, now).await? };
+        let dropped = done.iter().filter(|l| !l.state.is_open()).count();
+        metrics::gauge!("mayfly_db_leases_revoking").set((waiting + done.len() - dropped) as f64);
         Ok(dropped)
     }
 
