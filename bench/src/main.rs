@@ -7,6 +7,9 @@
 //!   mayfly-bench-fixture seed DIR N SUBJECT          add N live credentials of SUBJECT to DIR's ledger (server stopped)
 //!   mayfly-bench-fixture feed-latency URL ADMIN_TOKEN JWT_FILE ROUNDS
 //!                                                    time from revoke to the event on the SSE stream
+//!   mayfly-bench-fixture db [N] [CONCURRENCY] [POSTGRES_ADMIN_URL] [SESSIONS]
+//!                                                    issue N PostgreSQL credentials over HTTP, then revoke
+//!                                                    them all (SESSIONS of them with an open session)
 #![forbid(unsafe_code)]
 
 use std::path::Path;
@@ -21,7 +24,7 @@ use serde_json::json;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let sub = args.get(1).map(String::as_str);
-    if sub == Some("seed") || sub == Some("feed-latency") {
+    if sub == Some("seed") || sub == Some("feed-latency") || sub == Some("db") {
         let rt = match tokio::runtime::Runtime::new() {
             Ok(rt) => rt,
             Err(e) => {
@@ -29,8 +32,11 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let result =
-            if sub == Some("seed") { rt.block_on(seed(&args[2..])) } else { rt.block_on(feed_latency(&args[2..])) };
+        let result = match sub {
+            Some("seed") => rt.block_on(seed(&args[2..])),
+            Some("db") => rt.block_on(db_credentials(&args[2..])),
+            _ => rt.block_on(feed_latency(&args[2..])),
+        };
         return match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -199,5 +205,123 @@ async fn feed_latency(args: &[String]) -> Result<(), BoxError> {
         }
         println!("{:.2}", start.elapsed().as_secs_f64() * 1000.0);
     }
+    Ok(())
+}
+
+/// Issues N PostgreSQL credentials at a concurrency over HTTP against an in-process
+/// server, then revokes them all at once and times until every user is dropped.
+async fn db_credentials(args: &[String]) -> Result<(), BoxError> {
+    let n: usize = args.first().map(|a| a.parse()).transpose()?.unwrap_or(2000);
+    let concurrency: usize = args.get(1).map(|a| a.parse()).transpose()?.unwrap_or(8);
+    let pg = args.get(2).cloned().unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let sessions: usize = args.get(3).map(|a| a.parse()).transpose()?.unwrap_or(50);
+    let dir = std::env::temp_dir().join(format!("mayfly-db-bench-{}", std::process::id()));
+    write_fixture(&dir, 0, "normal")?;
+    let mut toml = std::fs::read_to_string(dir.join("mayfly.toml"))?;
+    toml.push_str(&format!(
+        "\n[[databases]]\nname = \"pg\"\nkind = \"postgres\"\nurl = \"{pg}\"\nusername_prefix = \"bn_\"\n\
+         [[databases.roles]]\nname = \"app\"\ndefault_ttl = \"1h\"\nmax_ttl = \"1h\"\n"
+    ));
+    std::fs::write(dir.join("mayfly.toml"), toml)?;
+    std::fs::write(
+        dir.join("policies/db.cedar"),
+        "permit (principal, action == Mayfly::Action::\"issue\", resource) when { principal.hasTag(\"namespace\") };\n",
+    )?;
+    let cfg = mayfly_server::config::Config::load(&dir.join("mayfly.toml"))?;
+    let running = mayfly_server::server::start(cfg, None).await?;
+    let admin = running.new_admin_token.clone().ok_or("no admin token")?;
+    let url = running.url.clone();
+    let jwt = std::fs::read_to_string(dir.join("platform.jwt"))?;
+    let http = reqwest::Client::new();
+    let body = serde_json::json!({"subject_token_type": "urn:ietf:params:oauth:token-type:jwt", "subject_token": jwt});
+
+    let started = std::time::Instant::now();
+    let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let (http, url, body, limit) = (http.clone(), url.clone(), body.clone(), limit.clone());
+        set.spawn(async move {
+            let _slot = limit.acquire_owned().await;
+            let t = std::time::Instant::now();
+            let r = http.post(format!("{url}/v1/credentials/pg/app")).json(&body).send().await;
+            let ok = matches!(&r, Ok(r) if r.status() == 201);
+            let v: serde_json::Value = match r {
+                Ok(r) => r.json().await.unwrap_or_default(),
+                Err(_) => serde_json::Value::Null,
+            };
+            (ok, t.elapsed(), v)
+        });
+    }
+    let mut latencies = Vec::with_capacity(n);
+    let mut issued = Vec::with_capacity(n);
+    let mut failed = 0;
+    while let Some(j) = set.join_next().await {
+        let (ok, took, v) = j?;
+        latencies.push(took);
+        if ok { issued.push(v) } else { failed += 1 }
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    println!(
+        "issued {} PostgreSQL credentials ({failed} failed) at concurrency {concurrency} in {:.2} s: {:.0}/s, p50 {:.1} ms, p99 {:.1} ms",
+        issued.len(),
+        elapsed.as_secs_f64(),
+        issued.len() as f64 / elapsed.as_secs_f64(),
+        pct(0.5).as_secs_f64() * 1e3,
+        pct(0.99).as_secs_f64() * 1e3
+    );
+
+    // Some users hold an open session, as live applications would.
+    let mut open = Vec::new();
+    for v in issued.iter().take(sessions) {
+        let user_url = format!(
+            "postgres://{}:{}@127.0.0.1:5432/postgres",
+            v["username"].as_str().unwrap_or(""),
+            v["password"].as_str().unwrap_or("")
+        );
+        if let Ok(c) = <sqlx::PgConnection as sqlx::Connection>::connect(&user_url).await {
+            open.push(c);
+        }
+    }
+    let started = std::time::Instant::now();
+    let r = http
+        .post(format!("{url}/v1/revocations"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"all": true}))
+        .send()
+        .await?;
+    if r.status() != 201 {
+        return Err(format!("revocation answered {}", r.status()).into());
+    }
+    loop {
+        let left: Vec<serde_json::Value> = http
+            .get(format!("{url}/v1/credentials/leases?state=open&limit=1"))
+            .bearer_auth(&admin)
+            .send()
+            .await?
+            .json()
+            .await?;
+        if left.is_empty() {
+            break;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(300) {
+            return Err("users were not all dropped within 300 s".into());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut killed = 0;
+    for mut c in open.drain(..) {
+        if sqlx::query("SELECT 1").execute(&mut c).await.is_err() {
+            killed += 1;
+        }
+    }
+    println!(
+        "revoked {} users ({killed} of {sessions} open sessions ended) in {:.2} s, from one revocation",
+        issued.len(),
+        started.elapsed().as_secs_f64()
+    );
+    running.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -249,6 +249,16 @@ async fn postgres_users_work_while_leased_and_die_with_their_sessions_at_revocat
     assert_eq!(l["end_reason"], "revoked (task)");
     assert!(!pg_role_exists(under_task["username"].as_str().unwrap()).await);
 
+    // Revoking the subject (a selector, not a lease) drops its database users too.
+    let batch = k8s.k8s_token("prod", "batch");
+    let r = issue(&srv, (&batch, JWT_TYPE), "pg", "reader", None).await;
+    let held: Value = r.json().await.unwrap();
+    let r = srv.admin_post("/v1/revocations", Some(json!({"subject": "spiffe://test.example/ns/prod/sa/batch"}))).await;
+    assert_eq!(r.status(), 201, "a subject holding only database credentials can be revoked");
+    let l = wait_for_state(&srv, held["lease_id"].as_str().unwrap(), "revoked", Duration::from_secs(10)).await;
+    assert_eq!(l["end_reason"], "revoked (subject)");
+    assert!(!pg_role_exists(held["username"].as_str().unwrap()).await);
+
     // Bad input: clear problems, and nothing half-created is left behind.
     assert_problem(issue(&srv, jwt, "nope", "reader", None).await, 404, "not-found").await;
     assert_problem(issue(&srv, jwt, "pg", "nope", None).await, 404, "not-found").await;

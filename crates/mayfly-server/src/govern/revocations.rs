@@ -10,7 +10,7 @@ use tokio::sync::broadcast;
 
 use crate::ledger::revocation::CredentialFacts;
 use crate::ledger::{
-    AuditEvent, CredentialFilter, Ledger, LedgerError, Revocation, RevocationIndex, RevocationKind, Store,
+    AuditEvent, CredentialFilter, DbLeaseState, Ledger, LedgerError, Revocation, RevocationIndex, RevocationKind, Store,
 };
 use crate::spiffe::SpiffeId;
 
@@ -189,6 +189,7 @@ impl Revocations {
         };
         if let Some(probe) = probe
             && self.store().credentials(&probe).await?.is_empty()
+            && !self.open_db_lease_matches(kind, &value).await?
         {
             return Err(RevokeError::NothingMatches(format!(
                 "no live credential matches {} {value:?}; nothing was revoked",
@@ -219,6 +220,19 @@ impl Revocations {
         // Entries enter the index only through catch_up, in cursor order.
         self.catch_up().await?;
         stored.into_iter().next().ok_or_else(|| RevokeError::Ledger(LedgerError::WriterGone))
+    }
+
+    /// Whether an open database lease falls under a selector (its users are credentials too).
+    async fn open_db_lease_matches(&self, kind: RevocationKind, value: &str) -> Result<bool, LedgerError> {
+        let open = [DbLeaseState::Creating, DbLeaseState::Active, DbLeaseState::Revoking];
+        let leases = self.store().db_leases(&open, None, 100_000).await?;
+        Ok(leases.iter().any(|l| match kind {
+            RevocationKind::Subject => l.subject == value,
+            RevocationKind::SubjectPrefix => crate::ledger::revocation::under_prefix(&l.subject, value),
+            RevocationKind::Audience => crate::db_credentials::lease_audience(l) == value,
+            RevocationKind::Task => l.task_id.as_deref() == Some(value),
+            RevocationKind::Jti | RevocationKind::IssuedBefore => false,
+        }))
     }
 
     /// Background upkeep: picks up revocations made elsewhere every `poll`, and drops

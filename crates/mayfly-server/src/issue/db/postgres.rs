@@ -36,6 +36,12 @@ impl DbDriver for Postgres {
     async fn create(&self, user: &NewUser<'_>) -> Result<(), DbError> {
         timed(async {
             let mut tx = self.pool.begin().await.map_err(|e| sql_error(e, user.password))?;
+            // Creating need not wait for the disk: a role lost in a database crash only
+            // means a credential that stops working early. Drops stay synchronous.
+            sqlx::raw_sql("SET LOCAL synchronous_commit TO OFF")
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| sql_error(e, user.password))?;
             let creation = user.role.creation.clone().unwrap_or_else(|| vec![CREATE.to_owned()]);
             for stmt in creation.iter().chain(&user.role.grants) {
                 sqlx::raw_sql(audited(render(stmt, user)))
