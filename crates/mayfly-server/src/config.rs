@@ -76,7 +76,7 @@ pub struct Config {
 }
 
 /// A database Mayfly issues dynamic credentials for.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// Name in `POST /v1/credentials/{name}/{role}` (letters, digits, '-', '_').
@@ -121,6 +121,20 @@ pub struct DatabaseRoleConfig {
     /// Redis: the ACL rules of the user (default `~* +@read`).
     #[serde(default)]
     pub acl: Option<String>,
+}
+
+// The admin URL holds a password: it never appears in debug output.
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("url_env", &self.url_env)
+            .field("url", &self.url.as_ref().map(|_| "[redacted]"))
+            .field("username_prefix", &self.username_prefix)
+            .field("roles", &self.roles)
+            .finish_non_exhaustive()
+    }
 }
 
 fn default_user_prefix() -> String {
