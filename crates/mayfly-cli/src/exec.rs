@@ -270,7 +270,11 @@ impl ExecArgs {
 
     /// Variables the child does not inherit.
     fn withheld(&self) -> Vec<String> {
-        let mut out: Vec<String> = WITHHELD_VARS.iter().map(|s| (*s).to_owned()).collect();
+        let mut out: Vec<String> = WITHHELD_VARS
+            .iter()
+            .filter(|v| !(self.pass_task_token && **v == "MAYFLY_TASK_TOKEN"))
+            .map(|s| (*s).to_owned())
+            .collect();
         if let Some(v) = self.evidence.token_env() {
             out.push(v.to_owned());
         }

@@ -81,6 +81,11 @@ fn exec_ends_the_task_on_success_on_failure_and_when_the_command_is_killed() {
     assert_eq!(t["end_reason"], "command exited with status 0");
     assert!(!introspect_active(&srv, &token), "the token died with the task");
 
+    // The task token reaches the command only when asked for.
+    let out = exec(&srv, &["--pass-task-token"], r#"echo "${MAYFLY_TASK_TOKEN:+given}" > tt"#, w);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(read(w, "tt"), "given");
+
     // Failure: the exit code passes through, and the task ends.
     let out = exec(&srv, &[], r#"echo "$MAYFLY_TASK_ID" > id; exit 3"#, w);
     assert_eq!(out.status.code(), Some(3));

@@ -18,7 +18,7 @@ use crate::issue::db::{Database, NewUser, new_password};
 use crate::ledger::revocation::CredentialFacts;
 use crate::ledger::{AuditEvent, Batch, DbLease, DbLeaseState};
 
-/// Users dropped at once in a reaping round (a database pool has 8 connections).
+/// Users dropped at once per database in a reaping round (a database pool has 8 connections).
 const DROP_CONCURRENCY: usize = 8;
 /// Longest wait between revocation attempts, in seconds.
 const MAX_BACKOFF_SECS: i64 = 60;
@@ -92,6 +92,18 @@ impl Broker {
             Caller::Task(t) => {
                 if t.task.state == crate::ledger::TaskState::Pending {
                     return Err(BrokerError::TaskPending(t.task.id.clone()));
+                }
+                // A task limited to audiences gets database roles only if it names them.
+                let target = format!("db:{}/{}", p.database, p.role);
+                if let Some(auds) = &t.task.audiences {
+                    let auds: Vec<String> = serde_json::from_str(auds).unwrap_or_default();
+                    if !auds.contains(&target) {
+                        return Err(BrokerError::InvalidTarget(format!(
+                            "task {} may get credentials for {} only, not {target}",
+                            t.task.id,
+                            auds.join(", ")
+                        )));
+                    }
                 }
                 // Nothing issued under a task outlives it.
                 expires_at = expires_at.min(t.task.expires_at);
@@ -210,9 +222,9 @@ impl Broker {
         ttl_seconds: Option<u64>,
         source_ip: IpAddr,
     ) -> Result<DbLease, BrokerError> {
-        let now = crate::clock::now_unix();
-        let caller = self.attest(token_type, token, source_ip, now).await?;
+        let caller = self.attest(token_type, token, source_ip, crate::clock::now_unix()).await?;
         let _serial = self.db_transitions.lock().await;
+        let now = crate::clock::now_unix();
         let mut lease = self.db_lease(id).await?;
         if caller.spiffe_id() != lease.subject {
             return Err(BrokerError::Forbidden(format!("lease {id} was not issued to {}", caller.spiffe_id())));
@@ -255,16 +267,28 @@ impl Broker {
     /// One attempt to drop each lease's user, several at a time per database, then one
     /// ledger write for all the outcomes.
     async fn drop_lease_users(&self, leases: Vec<DbLease>, now: i64) -> Result<Vec<DbLease>, BrokerError> {
-        let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(DROP_CONCURRENCY));
+        let mut limits: std::collections::HashMap<String, Arc<tokio::sync::Semaphore>> = Default::default();
         let mut attempts = tokio::task::JoinSet::new();
+        let mut unknown = Vec::new();
         for lease in leases {
-            let db = self.database(&lease.issuer)?;
-            let limit = limit.clone();
+            let Ok(db) = self.database(&lease.issuer) else {
+                // Its database left the configuration: nothing to drop it with; kept and retried.
+                unknown.push(lease);
+                continue;
+            };
+            let limit = limits
+                .entry(lease.issuer.clone())
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(DROP_CONCURRENCY)))
+                .clone();
             attempts.spawn(async move {
                 let _slot = limit.acquire_owned().await;
                 let outcome = db.driver.drop_user(&lease.username).await;
                 (lease, outcome)
             });
+        }
+        for lease in unknown {
+            let e = crate::issue::db::DbError::Config(format!("database {:?} is not configured", lease.issuer));
+            attempts.spawn(async move { (lease, Err(e)) });
         }
         let mut out = Vec::new();
         let mut events = Vec::new();
@@ -394,11 +418,6 @@ impl Broker {
     /// (before anything is issued) and periodically, skipping users of leases being created.
     pub async fn sweep_db_users(&self) -> Result<usize, BrokerError> {
         let _serial = self.db_transitions.lock().await;
-        let open = self
-            .ledger
-            .store()
-            .db_leases(&[DbLeaseState::Creating, DbLeaseState::Active, DbLeaseState::Revoking], None, 100_000)
-            .await?;
         let mut dropped = 0;
         for db in self.databases.all() {
             let users = match db.driver.users_with_prefix(&db.config.username_prefix).await {
@@ -408,6 +427,13 @@ impl Broker {
                     continue;
                 }
             };
+            // Leases are read after the users are listed: a lease is recorded before its user
+            // is created, so every user in the list that has a lease is found.
+            let open = self
+                .ledger
+                .store()
+                .db_leases(&[DbLeaseState::Creating, DbLeaseState::Active, DbLeaseState::Revoking], None, 100_000)
+                .await?;
             for user in users {
                 if open.iter().any(|l| l.issuer == db.config.name && l.username == user) {
                     continue;

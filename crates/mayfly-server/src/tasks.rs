@@ -274,6 +274,17 @@ impl Broker {
         };
         let detail = json!({"attestor": caller.attestor(), "source_ip": p.source_ip.to_string()});
         let (credential, token_event) = self.issued_record(&token, &facts, detail);
+        // The parent may have ended since it was checked: re-read it under the same lock
+        // `end_task` holds, so a sub-task never starts under an ended parent.
+        let _serial = self.task_transitions.lock().await;
+        if let Some(parent_id) = &record.parent_id {
+            let parent = self.ledger.store().task(parent_id).await?;
+            let state = parent.map(|t| t.state_at(crate::clock::now_unix()));
+            if state != Some(TaskState::Active) {
+                let state = state.map(TaskState::as_str).unwrap_or("gone");
+                return Err(BrokerError::Conflict(format!("parent task {parent_id} is {state}")));
+            }
+        }
         let event_kind = if record.state == TaskState::Pending { "task.pending" } else { "task.started" };
         let detail = json!({
             "task_id": id, "parent": record.parent_id, "purpose": record.purpose, "scope": record.scope,

@@ -249,6 +249,22 @@ async fn postgres_users_work_while_leased_and_die_with_their_sessions_at_revocat
     assert_eq!(l["end_reason"], "revoked (task)");
     assert!(!pg_role_exists(under_task["username"].as_str().unwrap()).await);
 
+    // A task limited to audiences gets only the database roles it names.
+    let limited: Value = srv
+        .http
+        .post(format!("{}/v1/tasks", srv.url))
+        .json(&json!({"subject_token_type": JWT_TYPE, "subject_token": prod, "purpose": "api only",
+                      "audiences": ["https://api.test"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let limited_token = limited["task_token"].as_str().unwrap();
+    let r = issue(&srv, (limited_token, "urn:mayfly:params:oauth:token-type:task"), "pg", "reader", None).await;
+    assert_problem(r, 400, "invalid-target").await;
+
     // Revoking the subject (a selector, not a lease) drops its database users too.
     let batch = k8s.k8s_token("prod", "batch");
     let r = issue(&srv, (&batch, JWT_TYPE), "pg", "reader", None).await;

@@ -32,7 +32,9 @@ pub struct VerifierConfig {
     /// This resource server's audience.
     pub audience: String,
     /// This resource server's own URL as clients address it (scheme, host, port), for
-    /// DPoP `htu`. Without it the request's `Host` header and `http` are used.
+    /// DPoP `htu`. Set it in production (behind TLS or a proxy especially): without it
+    /// the request's `Host` header and `http` are used. The layer uses the request's
+    /// path as it arrives, so mount it where paths are not rewritten (not under `nest`).
     pub public_url: Option<String>,
     /// A bearer credential for the revocation feed and use counting: a Mayfly token for
     /// `urn:mayfly:introspect`, or an admin token. Without it revocations are not followed.

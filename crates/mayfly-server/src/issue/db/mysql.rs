@@ -2,7 +2,8 @@
 //! `KILL CONNECTION`, then `DROP USER IF EXISTS`.
 
 use async_trait::async_trait;
-use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
+use sqlx::ConnectOptions;
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 
 use super::{DbDriver, DbError, NewUser, audited, render, scrub, sql_error, timed};
 
@@ -18,11 +19,14 @@ pub struct MySql {
 impl MySql {
     /// A lazily connecting pool.
     pub fn new(url: &str) -> Result<Self, DbError> {
+        // Statements carry passwords: sqlx must never log them (it logs slow ones at WARN).
+        let options = <MySqlConnectOptions as std::str::FromStr>::from_str(url)
+            .map_err(|e| DbError::Config(format!("MySQL URL: {}", scrub(&e.to_string(), url))))?
+            .disable_statement_logging();
         let pool = MySqlPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(super::OPERATION_TIMEOUT)
-            .connect_lazy(url)
-            .map_err(|e| DbError::Config(format!("MySQL URL: {}", scrub(&e.to_string(), url))))?;
+            .connect_lazy_with(options);
         Ok(Self { pool })
     }
 }

@@ -2,7 +2,8 @@
 //! gone at expiry), sessions ended with `pg_terminate_backend`, then `DROP OWNED` and `DROP ROLE`.
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::ConnectOptions;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use super::{DbDriver, DbError, NewUser, audited, render, scrub, sql_error, timed};
 
@@ -18,11 +19,14 @@ pub struct Postgres {
 impl Postgres {
     /// A lazily connecting pool.
     pub fn new(url: &str) -> Result<Self, DbError> {
+        // Statements carry passwords: sqlx must never log them (it logs slow ones at WARN).
+        let options = <PgConnectOptions as std::str::FromStr>::from_str(url)
+            .map_err(|e| DbError::Config(format!("PostgreSQL URL: {}", scrub(&e.to_string(), url))))?
+            .disable_statement_logging();
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(super::OPERATION_TIMEOUT)
-            .connect_lazy(url)
-            .map_err(|e| DbError::Config(format!("PostgreSQL URL: {}", scrub(&e.to_string(), url))))?;
+            .connect_lazy_with(options);
         Ok(Self { pool })
     }
 }
