@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod databases;
 mod exec;
 mod ops;
 mod policy;
@@ -49,6 +50,9 @@ enum Command {
     Leases(ops::LeasesArgs),
     /// Read the audit trail, or verify its hash chain (`audit verify`).
     Audit(ops::AuditArgs),
+    /// Database issuers, offline: seal an admin URL for the config.
+    #[command(subcommand)]
+    Databases(databases::DatabasesCommand),
     /// Cedar policies, offline: validate a directory, evaluate a request.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -72,6 +76,7 @@ fn main() -> ExitCode {
             Command::Tasks(cmd) => cmd.run().await,
             Command::Exec(args) => args.run().await,
             Command::Policy(cmd) => cmd.run(),
+            Command::Databases(cmd) => cmd.run(),
             Command::Revoke(args) => args.run().await,
             Command::Leases(args) => args.run().await,
             Command::Audit(args) => args.run().await,

@@ -86,9 +86,13 @@ pub struct DatabaseConfig {
     /// Environment variable holding the admin connection URL (preferred).
     #[serde(default)]
     pub url_env: Option<String>,
-    /// The admin connection URL itself (it holds a password: prefer `url_env`).
+    /// The admin connection URL itself (it holds a password: prefer `url_sealed` or `url_env`).
     #[serde(default)]
     pub url: Option<String>,
+    /// The admin connection URL sealed under the key-encryption key, as printed by
+    /// `mayfly databases seal-url` (base64): encrypted at rest like the signing keys.
+    #[serde(default)]
+    pub url_sealed: Option<String>,
     /// Host and port clients should connect to, when not the admin URL's.
     #[serde(default)]
     pub client_host: Option<String>,
@@ -131,6 +135,7 @@ impl std::fmt::Debug for DatabaseConfig {
             .field("kind", &self.kind)
             .field("url_env", &self.url_env)
             .field("url", &self.url.as_ref().map(|_| "[redacted]"))
+            .field("url_sealed", &self.url_sealed.is_some())
             .field("username_prefix", &self.username_prefix)
             .field("roles", &self.roles)
             .finish_non_exhaustive()
@@ -492,8 +497,8 @@ impl Config {
             if !matches!(db.kind.as_str(), "postgres" | "mysql" | "redis") {
                 return bad(format!("databases {:?}: kind {:?}: use postgres, mysql or redis", db.name, db.kind));
             }
-            if db.url.is_some() == db.url_env.is_some() {
-                return bad(format!("databases {:?}: set exactly one of url_env and url", db.name));
+            if [db.url.is_some(), db.url_env.is_some(), db.url_sealed.is_some()].iter().filter(|s| **s).count() != 1 {
+                return bad(format!("databases {:?}: set exactly one of url_sealed, url_env and url", db.name));
             }
             let prefix_ok = !db.username_prefix.is_empty()
                 && db.username_prefix.len() <= 8

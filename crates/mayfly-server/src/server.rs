@@ -181,7 +181,7 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
     crate::deliver::http::metrics::install();
     let issuer = JwtIssuer::new(keys.clone(), url.clone());
     let databases = Arc::new(
-        crate::issue::db::Databases::from_config(&cfg.databases)
+        crate::issue::db::Databases::from_config(&cfg.databases, &kek)
             .map_err(|e| StartError::Config(crate::config::ConfigError::Invalid(e.to_string())))?,
     );
     let broker = Arc::new(Broker::new(BrokerParts {

@@ -429,21 +429,47 @@ async fn a_revocation_during_a_database_outage_is_retried_until_the_user_is_gone
     pg_drop_schema(&schema).await;
 }
 
+/// The admin URL sealed under a key-encryption key of `byte`s (the test config's KEK is all 0x11).
+fn sealed(url: &str, byte: u8) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    write_kek(&dir.path().join("kek"), byte);
+    let kek = mayfly_server::keys::Kek::load(&mayfly_server::keys::KekSource::File(dir.path().join("kek"))).unwrap();
+    mayfly_server::issue::db::seal_url(&kek, url).unwrap()
+}
+
+#[tokio::test]
+async fn a_sealed_admin_url_opens_only_with_the_servers_key() {
+    let (k8s, gh) = (TestIssuer::new(K8S_ISSUER), TestIssuer::new(GITHUB_TEST_ISSUER));
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "[[databases]]\nname = \"pg\"\nkind = \"postgres\"\nurl_sealed = \"{}\"\n[[databases.roles]]\nname = \"r\"\n",
+        sealed(PG_ADMIN, 0x22)
+    );
+    let path = write_config(dir.path(), &k8s, &gh, &Options { extra_toml: toml, ..Options::default() });
+    let cfg = mayfly_server::config::Config::load(&path).unwrap();
+    let err =
+        mayfly_server::server::start(cfg, None).await.err().expect("a URL sealed under another key stops start-up");
+    assert!(err.to_string().contains("cannot be opened with this key-encryption key"), "{err}");
+    assert!(!err.to_string().contains("postgres://"), "the URL is not echoed: {err}");
+}
+
 #[tokio::test]
 async fn mariadb_users_are_created_used_and_killed_with_their_sessions() {
     let prefix = unique("ma");
+    // The admin URL is sealed under the server's key-encryption key, as in production.
     let toml = format!(
         r#"
 [[databases]]
 name = "maria"
 kind = "mysql"
-url = "{MARIADB_ADMIN}"
+url_sealed = "{}"
 username_prefix = "{prefix}"
 
 [[databases.roles]]
 name = "app"
 grants = ["GRANT SELECT ON mysql.db TO '{{{{name}}}}'@'%'"]
-"#
+"#,
+        sealed(MARIADB_ADMIN, 0x11)
     );
     let (srv, k8s) = start(&toml).await;
     let prod = k8s.k8s_token("prod", "api");

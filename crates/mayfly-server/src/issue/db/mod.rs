@@ -12,6 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::config::{DatabaseConfig, DatabaseRoleConfig};
+use crate::keys::Kek;
 
 /// How long one database operation may take before it counts as failed.
 pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
@@ -137,6 +138,27 @@ pub fn scrub(message: &str, secret: &str) -> String {
     if secret.is_empty() { message.to_owned() } else { message.replace(secret, "[redacted]") }
 }
 
+/// What a sealed admin URL is bound to: it opens only as a database URL.
+const SEALED_URL_CONTEXT: &[u8] = b"mayfly:database-admin-url";
+
+/// Seals an admin URL under the key-encryption key (base64, for `url_sealed`).
+pub fn seal_url(kek: &Kek, url: &str) -> Result<String, crate::keys::KeyError> {
+    use base64::Engine;
+    Ok(base64::engine::general_purpose::STANDARD.encode(kek.seal(SEALED_URL_CONTEXT, url.as_bytes())?))
+}
+
+/// Opens a sealed admin URL.
+fn open_url(kek: &Kek, sealed: &str) -> Result<String, String> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(sealed.trim())
+        .map_err(|_| "is not base64 (paste the output of `mayfly databases seal-url`)".to_owned())?;
+    let plain = kek.open(SEALED_URL_CONTEXT, &bytes).map_err(|_| {
+        "cannot be opened with this key-encryption key (sealed under another one, or altered)".to_owned()
+    })?;
+    String::from_utf8(plain).map_err(|_| "does not hold a URL".to_owned())
+}
+
 /// Every configured database, by name.
 #[derive(Debug, Default)]
 pub struct Databases {
@@ -144,16 +166,19 @@ pub struct Databases {
 }
 
 impl Databases {
-    /// Builds drivers from configuration (connections are opened on first use).
-    pub fn from_config(configs: &[DatabaseConfig]) -> Result<Self, DbError> {
+    /// Builds drivers from configuration (connections are opened on first use); a sealed
+    /// admin URL is opened with the key-encryption key.
+    pub fn from_config(configs: &[DatabaseConfig], kek: &Kek) -> Result<Self, DbError> {
         let mut by_name = HashMap::new();
         for cfg in configs {
-            let url = match (&cfg.url_env, &cfg.url) {
-                (Some(var), _) => std::env::var(var).map_err(|_| {
+            let url = match (&cfg.url_sealed, &cfg.url_env, &cfg.url) {
+                (Some(sealed), _, _) => open_url(kek, sealed)
+                    .map_err(|e| DbError::Config(format!("databases {:?}: url_sealed {e}", cfg.name)))?,
+                (None, Some(var), _) => std::env::var(var).map_err(|_| {
                     DbError::Config(format!("databases {:?}: environment variable {var} is not set", cfg.name))
                 })?,
-                (None, Some(u)) => u.clone(),
-                (None, None) => return Err(DbError::Config(format!("databases {:?}: no URL", cfg.name))),
+                (None, None, Some(u)) => u.clone(),
+                (None, None, None) => return Err(DbError::Config(format!("databases {:?}: no URL", cfg.name))),
             };
             let parsed = reqwest::Url::parse(&url)
                 .map_err(|e| DbError::Config(format!("databases {:?}: the URL does not parse: {e}", cfg.name)))?;
