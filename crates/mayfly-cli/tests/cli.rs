@@ -165,3 +165,46 @@ fn example_config_loads() {
     assert_eq!(cfg.trust_domain, "prod.example");
     assert_eq!(cfg.attest.oidc.len(), 2);
 }
+
+#[test]
+fn database_admin_urls_are_sealed_from_standard_input() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("kek"), "11".repeat(32)).unwrap();
+    let config = dir.path().join("mayfly.toml");
+    std::fs::write(
+        &config,
+        "trust_domain = \"x.example\"\ndata_dir = \"data\"\n[listen]\naddr = \"127.0.0.1:0\"\n[keys]\nkek_file = \"kek\"\n\
+         [policy]\ndir = \"policies\"\n",
+    )
+    .unwrap();
+    let seal = |input: &str| {
+        let mut child = Command::new(BIN)
+            .args(["databases", "seal-url", "-c"])
+            .arg(&config)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let url = "postgres://admin:s3cret@db.internal:5432/orders";
+    let out = seal(&format!("{url}\n"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let sealed = text(&out.stdout).trim().to_owned();
+    assert!(!sealed.contains("s3cret") && !sealed.is_empty());
+    // It opens with the same key into the same URL.
+    let kek = mayfly_server::keys::Kek::load(&mayfly_server::keys::KekSource::File(dir.path().join("kek"))).unwrap();
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(&sealed).unwrap();
+    let opened = kek.open(b"mayfly:database-admin-url", &bytes).unwrap();
+    assert_eq!(String::from_utf8(opened).unwrap(), url);
+    // Bad input: nothing, or not a URL.
+    let out = seal("");
+    assert!(!out.status.success() && text(&out.stderr).contains("standard input"));
+    let out = seal("not a url");
+    assert!(!out.status.success() && text(&out.stderr).contains("not a URL"));
+}
