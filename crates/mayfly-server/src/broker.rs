@@ -491,16 +491,7 @@ fn narrow_to_task(
     if t.task.state == TaskState::Pending {
         return Err(BrokerError::TaskPending(t.task.id.clone()));
     }
-    if let Some(auds) = &t.task.audiences {
-        let auds: Vec<String> = serde_json::from_str(auds).unwrap_or_default();
-        if !auds.iter().any(|a| a == audience) {
-            return Err(BrokerError::InvalidTarget(format!(
-                "task {} may get credentials for {} only",
-                t.task.id,
-                auds.join(", ")
-            )));
-        }
-    }
+    crate::tasks::check_task_audience(&t.task, audience)?;
     let allowed: Vec<&str> = t.task.scope.split_whitespace().collect();
     if !asked {
         return Ok(allowed.into_iter().map(str::to_owned).collect());

@@ -94,17 +94,7 @@ impl Broker {
                     return Err(BrokerError::TaskPending(t.task.id.clone()));
                 }
                 // A task limited to audiences gets database roles only if it names them.
-                let target = format!("db:{}/{}", p.database, p.role);
-                if let Some(auds) = &t.task.audiences {
-                    let auds: Vec<String> = serde_json::from_str(auds).unwrap_or_default();
-                    if !auds.contains(&target) {
-                        return Err(BrokerError::InvalidTarget(format!(
-                            "task {} may get credentials for {} only, not {target}",
-                            t.task.id,
-                            auds.join(", ")
-                        )));
-                    }
-                }
+                crate::tasks::check_task_audience(&t.task, &format!("db:{}/{}", p.database, p.role))?;
                 // Nothing issued under a task outlives it.
                 expires_at = expires_at.min(t.task.expires_at);
                 max_expires_at = max_expires_at.min(t.task.expires_at);

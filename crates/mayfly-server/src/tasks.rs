@@ -99,6 +99,19 @@ pub fn delegated_subject(t: &TaskIdentity) -> Result<(String, serde_json::Value)
     })
 }
 
+/// Refuses a target (an audience, or `db:<database>/<role>`) that a task limited to
+/// audiences does not name.
+pub fn check_task_audience(task: &TaskRecord, target: &str) -> Result<(), BrokerError> {
+    match task.audience_list() {
+        Some(auds) if !auds.iter().any(|a| a == target) => Err(BrokerError::InvalidTarget(format!(
+            "task {} may get credentials for {} only, not {target}",
+            task.id,
+            auds.join(", ")
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn check_text(what: &str, v: &str, max: usize) -> Result<(), BrokerError> {
     if v.trim().is_empty() || v.chars().count() > max || v.chars().any(char::is_control) {
         return Err(BrokerError::InvalidRequest(format!(
@@ -169,8 +182,7 @@ impl Broker {
                         t.id
                     )));
                 }
-                if let Some(parent_auds) = &t.audiences {
-                    let parent_auds: Vec<String> = serde_json::from_str(parent_auds).unwrap_or_default();
+                if let Some(parent_auds) = t.audience_list() {
                     if audiences.is_empty() {
                         audiences = parent_auds;
                     } else if let Some(bad) = audiences.iter().find(|a| !parent_auds.contains(a)) {

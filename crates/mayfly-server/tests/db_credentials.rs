@@ -52,6 +52,26 @@ async fn issue(srv: &TestServer, evidence: (&str, &str), db: &str, role: &str, t
     srv.http.post(format!("{}/v1/credentials/{db}/{role}", srv.url)).json(&body).send().await.unwrap()
 }
 
+/// `DELETE /v1/credentials/leases/{id}` as the operator.
+async fn revoke_lease(srv: &TestServer, id: &str) -> reqwest::Response {
+    srv.http
+        .delete(format!("{}/v1/credentials/leases/{id}", srv.url))
+        .bearer_auth(&srv.admin_token)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Starts a task for a platform token; returns the answer (task and task token).
+async fn start_task(srv: &TestServer, platform_token: &str, body: Value) -> Value {
+    let mut body = body;
+    body["subject_token_type"] = json!(JWT_TYPE);
+    body["subject_token"] = json!(platform_token);
+    let r = srv.http.post(format!("{}/v1/tasks", srv.url)).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 201, "task started");
+    r.json().await.unwrap()
+}
+
 async fn lease(srv: &TestServer, id: &str) -> Value {
     let all: Vec<Value> = srv.admin_get("/v1/credentials/leases?state=all&limit=1000").await;
     all.into_iter().find(|l| l["lease_id"] == id).expect("lease listed")
@@ -191,25 +211,13 @@ async fn postgres_users_work_while_leased_and_die_with_their_sessions_at_revocat
     assert_problem(r, 403, "forbidden").await;
 
     // Revocation: the open session is killed, new logins fail, the role is gone.
-    let r = srv
-        .http
-        .delete(format!("{}/v1/credentials/leases/{lease_id}", srv.url))
-        .bearer_auth(&srv.admin_token)
-        .send()
-        .await
-        .unwrap();
+    let r = revoke_lease(&srv, &lease_id).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["state"], "revoked");
     assert!(sqlx::query("SELECT 1").execute(&mut session).await.is_err(), "the open session was terminated");
     assert!(sqlx::PgConnection::connect(&pg_user_url(&v)).await.is_err(), "the user can no longer log in");
     assert!(!pg_role_exists(&username).await);
-    let again = srv
-        .http
-        .delete(format!("{}/v1/credentials/leases/{lease_id}", srv.url))
-        .bearer_auth(&srv.admin_token)
-        .send()
-        .await
-        .unwrap();
+    let again = revoke_lease(&srv, &lease_id).await;
     assert_problem(again, 409, "conflict").await;
 
     // Expiry: the reaper drops the user when the lease ends.
@@ -222,16 +230,7 @@ async fn postgres_users_work_while_leased_and_die_with_their_sessions_at_revocat
     assert!(!pg_role_exists(&short_user).await);
 
     // A credential under a task dies when the task ends.
-    let t: Value = srv
-        .http
-        .post(format!("{}/v1/tasks", srv.url))
-        .json(&json!({"subject_token_type": JWT_TYPE, "subject_token": prod, "purpose": "report"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let t = start_task(&srv, &prod, json!({"purpose": "report"})).await;
     let task_token = t["task_token"].as_str().unwrap();
     let r = issue(&srv, (task_token, "urn:mayfly:params:oauth:token-type:task"), "pg", "reader", None).await;
     assert_eq!(r.status(), 201);
@@ -250,17 +249,7 @@ async fn postgres_users_work_while_leased_and_die_with_their_sessions_at_revocat
     assert!(!pg_role_exists(under_task["username"].as_str().unwrap()).await);
 
     // A task limited to audiences gets only the database roles it names.
-    let limited: Value = srv
-        .http
-        .post(format!("{}/v1/tasks", srv.url))
-        .json(&json!({"subject_token_type": JWT_TYPE, "subject_token": prod, "purpose": "api only",
-                      "audiences": ["https://api.test"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let limited = start_task(&srv, &prod, json!({"purpose": "api only", "audiences": ["https://api.test"]})).await;
     let limited_token = limited["task_token"].as_str().unwrap();
     let r = issue(&srv, (limited_token, "urn:mayfly:params:oauth:token-type:task"), "pg", "reader", None).await;
     assert_problem(r, 400, "invalid-target").await;
@@ -406,13 +395,7 @@ async fn a_revocation_during_a_database_outage_is_retried_until_the_user_is_gone
 
     relay.down();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let r = srv
-        .http
-        .delete(format!("{}/v1/credentials/leases/{id}", srv.url))
-        .bearer_auth(&srv.admin_token)
-        .send()
-        .await
-        .unwrap();
+    let r = revoke_lease(&srv, &id).await;
     assert_eq!(r.status(), 200);
     let l: Value = r.json().await.unwrap();
     assert_eq!(l["state"], "revoking", "the database is down: the lease says so");
@@ -483,13 +466,7 @@ grants = ["GRANT SELECT ON mysql.db TO '{{{{name}}}}'@'%'"]
     let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM mysql.db").fetch_one(&mut session).await.unwrap();
     assert!(n >= 0, "a granted query works");
     let id = v["lease_id"].as_str().unwrap();
-    let r = srv
-        .http
-        .delete(format!("{}/v1/credentials/leases/{id}", srv.url))
-        .bearer_auth(&srv.admin_token)
-        .send()
-        .await
-        .unwrap();
+    let r = revoke_lease(&srv, &id).await;
     let l: Value = r.json().await.unwrap();
     assert_eq!(l["state"], "revoked", "{l}");
     assert!(sqlx::query("SELECT 1").execute(&mut session).await.is_err(), "the open session was killed");
@@ -529,13 +506,7 @@ acl = "~{prefix}* +@read +ping"
     assert_eq!(got, "hello");
     assert!(redis::cmd("SET").arg(&key).arg("x").query_async::<()>(&mut session).await.is_err(), "read-only role");
     let id = v["lease_id"].as_str().unwrap();
-    let r = srv
-        .http
-        .delete(format!("{}/v1/credentials/leases/{id}", srv.url))
-        .bearer_auth(&srv.admin_token)
-        .send()
-        .await
-        .unwrap();
+    let r = revoke_lease(&srv, &id).await;
     assert_eq!(r.json::<Value>().await.unwrap()["state"], "revoked");
     assert!(
         redis::cmd("GET").arg(&key).query_async::<String>(&mut session).await.is_err(),

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use mayfly_proto::RevocationPage;
 
+use crate::now;
 use crate::revocation::{CredentialFacts, Revocation, RevocationIndex, RevocationKind};
 
 /// How long to wait before reconnecting after the stream fails.
@@ -97,10 +98,6 @@ impl RevocationFollower {
             }
         }
     }
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 /// The length of the first complete event (including its blank line), if any.

@@ -34,3 +34,8 @@ pub use dpop::{DpopError, DpopProof, DpopVerifier, NonceSource, ProofContext};
 pub use follow::RevocationFollower;
 pub use layer::{ClientCertificate, RequireMayflyToken};
 pub use verifier::{Binding, Presented, Verified, Verifier, VerifierConfig, VerifyError};
+
+/// Unix seconds now (0 if the clock is before 1970).
+pub(crate) fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}

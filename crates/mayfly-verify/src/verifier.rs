@@ -12,6 +12,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use crate::claims::AccessClaims;
 use crate::dpop::{DpopError, DpopVerifier, ProofContext, certificate_thumbprint};
 use crate::follow::RevocationFollower;
+use crate::now;
 use crate::revocation::RevocationKind;
 use crate::token_cache::TokenCache;
 
@@ -431,8 +432,4 @@ impl Verifier {
             .map_err(|e| VerifyError::BrokerUnavailable(e.to_string()))?;
         if answer.active { Ok(()) } else { Err(VerifyError::UsedUp) }
     }
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }

@@ -194,6 +194,11 @@ pub struct TaskRecord {
 }
 
 impl TaskRecord {
+    /// The audiences it is limited to, parsed; `None` means any that policy allows.
+    pub fn audience_list(&self) -> Option<Vec<String>> {
+        self.audiences.as_deref().map(|a| serde_json::from_str(a).unwrap_or_default())
+    }
+
     /// The state at `now`, with lifetime and approval deadline applied.
     pub fn state_at(&self, now: i64) -> TaskState {
         match self.state {

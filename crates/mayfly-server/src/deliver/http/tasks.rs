@@ -34,7 +34,7 @@ pub fn task_info(t: &TaskRecord, trust_domain: &str, now: i64) -> TaskInfo {
         state: t.state_at(now).as_str().to_owned(),
         purpose: t.purpose.clone(),
         scope: t.scope.clone(),
-        audiences: t.audiences.as_deref().and_then(|a| serde_json::from_str(a).ok()).unwrap_or_default(),
+        audiences: t.audience_list().unwrap_or_default(),
         parent_id: t.parent_id.clone(),
         depth: t.depth,
         creator: t.creator.clone(),
