@@ -466,7 +466,7 @@ grants = ["GRANT SELECT ON mysql.db TO '{{{{name}}}}'@'%'"]
     let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM mysql.db").fetch_one(&mut session).await.unwrap();
     assert!(n >= 0, "a granted query works");
     let id = v["lease_id"].as_str().unwrap();
-    let r = revoke_lease(&srv, &id).await;
+    let r = revoke_lease(&srv, id).await;
     let l: Value = r.json().await.unwrap();
     assert_eq!(l["state"], "revoked", "{l}");
     assert!(sqlx::query("SELECT 1").execute(&mut session).await.is_err(), "the open session was killed");
@@ -506,7 +506,7 @@ acl = "~{prefix}* +@read +ping"
     assert_eq!(got, "hello");
     assert!(redis::cmd("SET").arg(&key).arg("x").query_async::<()>(&mut session).await.is_err(), "read-only role");
     let id = v["lease_id"].as_str().unwrap();
-    let r = revoke_lease(&srv, &id).await;
+    let r = revoke_lease(&srv, id).await;
     assert_eq!(r.json::<Value>().await.unwrap()["state"], "revoked");
     assert!(
         redis::cmd("GET").arg(&key).query_async::<String>(&mut session).await.is_err(),
