@@ -8,6 +8,7 @@ mod ops;
 mod policy;
 mod serve;
 mod tasks;
+mod workload;
 
 use std::process::ExitCode;
 
@@ -56,6 +57,12 @@ enum Command {
     /// Cedar policies, offline: validate a directory, evaluate a request.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Workload API registration entries: which local processes get which SPIFFE ID.
+    #[command(subcommand)]
+    Entries(workload::EntriesCommand),
+    /// Fetch SVIDs from the SPIFFE Workload API (SPIFFE_ENDPOINT_SOCKET), as a workload does.
+    #[command(subcommand)]
+    Svid(workload::SvidCommand),
 }
 
 fn main() -> ExitCode {
@@ -80,6 +87,8 @@ fn main() -> ExitCode {
             Command::Revoke(args) => args.run().await,
             Command::Leases(args) => args.run().await,
             Command::Audit(args) => args.run().await,
+            Command::Entries(cmd) => cmd.run().await,
+            Command::Svid(cmd) => cmd.run().await,
         }
     });
     match result {

@@ -144,6 +144,13 @@ or run a command under a task that ends when it exits (each join token works onc
 
   mayfly exec --url {url} --join-token {token} --audience https://api.example -- env
 
+SPIFFE Workload API (X.509- and JWT-SVIDs for local processes) on {socket}.
+Give processes of your user an identity, then fetch it as any SPIFFE client does:
+
+  MAYFLY_ADMIN_TOKEN={admin} mayfly entries create --url {url} \
+    --spiffe-id spiffe://{trust_domain}/dev/me --selector unix:uid:{uid}
+  SPIFFE_ENDPOINT_SOCKET=unix://{socket} mayfly svid x509
+
 Verify tokens offline with {url}/.well-known/jwks.json.
 More join tokens:  MAYFLY_ADMIN_TOKEN={admin} mayfly join-token create --url {url}
 Policies:          {policies} (reloaded on save or SIGHUP)
@@ -156,5 +163,7 @@ Stop with Ctrl-C.
         grant = GRANT_TYPE_TOKEN_EXCHANGE,
         jtt = TOKEN_TYPE_JOIN_TOKEN,
         policies = policy_dir.display(),
+        socket = data_dir.join(mayfly_server::dev::DEV_WORKLOAD_SOCKET).display(),
+        uid = nix::unistd::getuid(),
     );
 }

@@ -127,6 +127,54 @@ pub struct SigningKeyInfo {
     pub published_until: Option<i64>,
 }
 
+/// A Workload API registration entry: local processes whose attested selectors
+/// include all of `selectors` get `spiffe_id` from the SPIFFE Workload API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EntrySpec {
+    /// The SPIFFE ID the matching workloads get, e.g. `spiffe://prod.example/billing/api`.
+    pub spiffe_id: String,
+    /// Selectors that must all match the caller, e.g. `unix:uid:1000`, `unix:path:/usr/bin/api`,
+    /// `unix:sha256:<hex>`, `unix:user:svc`, `unix:gid:100`, `unix:group:svc`.
+    pub selectors: Vec<String>,
+    /// Guidance for a workload given several SVIDs (e.g. `internal`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+    /// DNS names added to the X.509-SVID beside its SPIFFE ID.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_names: Vec<String>,
+    /// X.509-SVID lifetime in seconds (default: `workload_api.x509_svid_ttl`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x509_svid_ttl: Option<u64>,
+    /// JWT-SVID lifetime in seconds (default: `workload_api.jwt_svid_ttl`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_svid_ttl: Option<u64>,
+    /// Extra facts for Cedar: principal tags beside the attested ones (which win on a clash).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub attributes: std::collections::BTreeMap<String, String>,
+}
+
+/// A registration entry as the admin API lists it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EntryInfo {
+    /// Its id.
+    pub id: String,
+    /// What it grants.
+    #[serde(flatten)]
+    pub spec: EntrySpec,
+    /// `config` (from the config file, read-only here) or `api`.
+    pub source: String,
+    /// Unix time it was created (the server's start for config entries).
+    pub created_at: i64,
+}
+
+/// Answer of `GET /v1/entries`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EntryList {
+    /// Every entry, config entries first.
+    pub entries: Vec<EntryInfo>,
+}
+
 /// Answer of `GET /healthz` and `GET /readyz`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Health {
@@ -415,4 +463,11 @@ pub struct Revocation {
     /// Why, as the operator said.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// The SPIFFE Workload API (gRPC), generated from `proto/workload.proto`.
+#[cfg(feature = "workload-api")]
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod workload {
+    tonic::include_proto!("_");
 }

@@ -158,6 +158,12 @@ pub struct BrokerParts {
     pub audiences: Vec<AudienceConfig>,
     /// Databases for dynamic credentials.
     pub databases: Arc<crate::issue::db::Databases>,
+    /// The SVID CA and JWT-SVID key.
+    pub svids: Arc<crate::issue::svid::SvidAuthorities>,
+    /// Workload API registration entries.
+    pub entries: Arc<crate::attest::entries::Entries>,
+    /// Workload API settings.
+    pub workload_api: crate::config::WorkloadApiConfig,
 }
 
 /// The broker: the parts of the flow, wired together.
@@ -178,6 +184,10 @@ pub struct Broker {
     pub(crate) databases: Arc<crate::issue::db::Databases>,
     /// Serialises database lease state changes (revoke, renew, reap, sweep).
     pub(crate) db_transitions: tokio::sync::Mutex<()>,
+    pub(crate) svids: Arc<crate::issue::svid::SvidAuthorities>,
+    pub(crate) entries: Arc<crate::attest::entries::Entries>,
+    pub(crate) unix: Arc<crate::attest::unix::UnixAttestor>,
+    pub(crate) workload_api: crate::config::WorkloadApiConfig,
 }
 
 /// At most `per_second` events in each wall-clock second.
@@ -238,6 +248,10 @@ impl Broker {
             task_transitions: tokio::sync::Mutex::new(()),
             databases: parts.databases,
             db_transitions: tokio::sync::Mutex::new(()),
+            svids: parts.svids,
+            entries: parts.entries,
+            unix: Arc::new(crate::attest::unix::UnixAttestor::new(parts.workload_api.max_exe_bytes)),
+            workload_api: parts.workload_api,
         }
     }
 
@@ -413,9 +427,21 @@ impl Broker {
         &self,
         issued: &IssuedToken,
         f: &RecordFacts<'_>,
+        detail: serde_json::Value,
+    ) -> (CredentialRecord, AuditEvent) {
+        self.minted_record(issued.token.as_bytes(), issued, f, detail)
+    }
+
+    /// The ledger record and audit event of a minted credential; `material` is
+    /// fingerprinted (keyed), never stored.
+    pub(crate) fn minted_record(
+        &self,
+        material: &[u8],
+        issued: &IssuedToken,
+        f: &RecordFacts<'_>,
         mut detail: serde_json::Value,
     ) -> (CredentialRecord, AuditEvent) {
-        let fingerprint = self.kek.fingerprint(issued.token.as_bytes());
+        let fingerprint = self.kek.fingerprint(material);
         if let Some(d) = detail.as_object_mut() {
             d.insert("jti".into(), issued.jti.clone().into());
             d.insert("fingerprint".into(), fingerprint.clone().into());
@@ -442,7 +468,11 @@ impl Broker {
             fingerprint,
             max_uses: f.max_uses.map(i64::from),
         };
-        let event_kind = if f.kind == "task" { "task_token.issued" } else { "token.issued" };
+        let event_kind = match f.kind {
+            "task" => "task_token.issued",
+            "x509-svid" | "jwt-svid" => "svid.issued",
+            _ => "token.issued",
+        };
         (record, AuditEvent::new(event_kind, Some(f.subject.to_owned()), detail))
     }
 

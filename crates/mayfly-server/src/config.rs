@@ -73,6 +73,98 @@ pub struct Config {
     /// Databases Mayfly creates short-lived users on (PostgreSQL, MySQL/MariaDB, Redis).
     #[serde(default)]
     pub databases: Vec<DatabaseConfig>,
+    /// The SPIFFE Workload API on a unix socket (off unless `socket` is set).
+    #[serde(default)]
+    pub workload_api: WorkloadApiConfig,
+}
+
+/// The SPIFFE Workload API: where it listens, SVID lifetimes, registration entries.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadApiConfig {
+    /// Unix socket path; workloads find it through `SPIFFE_ENDPOINT_SOCKET=unix://<path>`.
+    /// Unset: the Workload API is off.
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
+    /// X.509-SVID lifetime unless an entry says otherwise (default 1h); rotated at half-life.
+    #[serde(default = "one_hour", with = "humantime_serde")]
+    pub x509_svid_ttl: Duration,
+    /// JWT-SVID lifetime unless an entry says otherwise (default 5m).
+    #[serde(default = "five_minutes", with = "humantime_serde")]
+    pub jwt_svid_ttl: Duration,
+    /// Lifetime of the SVID CA certificate (default 7d); CA and JWT-SVID key rotate at half of it.
+    #[serde(default = "seven_days", with = "humantime_serde")]
+    pub ca_ttl: Duration,
+    /// Executables larger than this are not hashed, so no `unix:sha256` selector (default 512 MiB).
+    #[serde(default = "half_gib")]
+    pub max_exe_bytes: u64,
+    /// Registration entries defined here (read-only at run time; more through the admin API).
+    #[serde(default)]
+    pub entries: Vec<EntryConfig>,
+}
+
+impl Default for WorkloadApiConfig {
+    fn default() -> Self {
+        Self {
+            socket: None,
+            x509_svid_ttl: one_hour(),
+            jwt_svid_ttl: five_minutes(),
+            ca_ttl: seven_days(),
+            max_exe_bytes: half_gib(),
+            entries: Vec::new(),
+        }
+    }
+}
+
+/// A registration entry in the config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntryConfig {
+    /// A stable id (default: derived from the entry's contents).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The SPIFFE ID granted.
+    pub spiffe_id: String,
+    /// Selectors that must all match, e.g. `["unix:uid:1000", "unix:path:/usr/bin/api"]`.
+    pub selectors: Vec<String>,
+    /// Guidance for workloads given several SVIDs.
+    #[serde(default)]
+    pub hint: Option<String>,
+    /// DNS names added to the X.509-SVID.
+    #[serde(default)]
+    pub dns_names: Vec<String>,
+    /// X.509-SVID lifetime for this entry.
+    #[serde(default, with = "humantime_serde")]
+    pub x509_svid_ttl: Option<Duration>,
+    /// JWT-SVID lifetime for this entry.
+    #[serde(default, with = "humantime_serde")]
+    pub jwt_svid_ttl: Option<Duration>,
+    /// Extra Cedar principal tags.
+    #[serde(default)]
+    pub attributes: std::collections::BTreeMap<String, String>,
+}
+
+impl EntryConfig {
+    /// Its id (if named) and its definition in the API's terms.
+    pub fn to_spec(&self) -> (Option<String>, mayfly_proto::EntrySpec) {
+        let spec = mayfly_proto::EntrySpec {
+            spiffe_id: self.spiffe_id.clone(),
+            selectors: self.selectors.clone(),
+            hint: self.hint.clone(),
+            dns_names: self.dns_names.clone(),
+            x509_svid_ttl: self.x509_svid_ttl.map(|d| d.as_secs()),
+            jwt_svid_ttl: self.jwt_svid_ttl.map(|d| d.as_secs()),
+            attributes: self.attributes.clone(),
+        };
+        (self.id.clone(), spec)
+    }
+}
+
+fn seven_days() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+fn half_gib() -> u64 {
+    512 * 1024 * 1024
 }
 
 /// A database Mayfly issues dynamic credentials for.
@@ -509,6 +601,17 @@ impl Config {
             if db.roles.iter().any(|r| r.default_ttl > r.max_ttl || r.max_ttl.is_zero()) {
                 return bad(format!("databases {:?}: a role's default_ttl must be at most its max_ttl", db.name));
             }
+        }
+        let w = &self.workload_api;
+        let max_svid = Duration::from_secs(crate::attest::entries::MAX_SVID_TTL_SECS);
+        if w.x509_svid_ttl.is_zero() || w.jwt_svid_ttl.is_zero() || w.x509_svid_ttl > max_svid || w.jwt_svid_ttl > max_svid {
+            return bad("workload_api.x509_svid_ttl and jwt_svid_ttl are between 1s and 7d".into());
+        }
+        if w.ca_ttl < w.x509_svid_ttl.max(w.jwt_svid_ttl) * 2 {
+            return bad("workload_api.ca_ttl must be at least twice the SVID lifetimes (the CA rotates at half-life)".into());
+        }
+        if w.socket.as_ref().is_some_and(|p| !p.is_absolute()) {
+            return bad("workload_api.socket must be an absolute path".into());
         }
         if !matches!(self.keys.algorithm.as_str(), "EdDSA" | "ES256") {
             return bad(format!("keys.algorithm {:?}: use EdDSA or ES256", self.keys.algorithm));

@@ -9,6 +9,9 @@ use crate::config::{
 };
 use crate::keys::Kek;
 
+/// The Workload API socket's file name in a dev data directory.
+pub const DEV_WORKLOAD_SOCKET: &str = "workload.sock";
+
 /// Trust domain of dev servers.
 pub const DEV_TRUST_DOMAIN: &str = "dev.mayfly.local";
 
@@ -38,6 +41,19 @@ when {
   principal.trust_domain == "dev.mayfly.local" &&
   context.ttl_seconds <= 28800 &&
   (!resource.scopes.contains("admin") || context.approved)
+};
+
+// Local processes with a registration entry (`mayfly entries create`) may fetch
+// X.509- and JWT-SVIDs from the Workload API socket, for at most a day.
+@id("dev-fetch-svid")
+permit (
+  principal,
+  action == Mayfly::Action::"fetch_svid",
+  resource
+)
+when {
+  principal.trust_domain == "dev.mayfly.local" &&
+  context.ttl_seconds <= 86400
 };
 
 // Dev workloads may approve each other's tasks (never their own).
@@ -98,5 +114,9 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> Result<Config, DevSetupEr
         tasks: TasksConfig::default(),
         dpop: Default::default(),
         databases: Vec::new(),
+        workload_api: crate::config::WorkloadApiConfig {
+            socket: Some(data_dir.join(DEV_WORKLOAD_SOCKET)),
+            ..Default::default()
+        },
     })
 }

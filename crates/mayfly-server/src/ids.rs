@@ -14,7 +14,8 @@ pub fn random_b64(n: usize) -> String {
     B64.encode(random_bytes(n))
 }
 
-fn random_bytes(n: usize) -> Vec<u8> {
+/// `n` random bytes.
+pub fn random_bytes(n: usize) -> Vec<u8> {
     let mut buf = vec![0u8; n];
     rand::rng().fill_bytes(&mut buf);
     buf

@@ -4,7 +4,8 @@
 //! workload identity, [`authorize`] asks Cedar policy, [`issue`] mints the
 //! credential, [`ledger`] records it before [`deliver`] hands it out.
 //! [`govern`] revokes and keeps house afterwards; [`verify`] checks Mayfly's own
-//! tokens. [`tasks`] provisions identities that live for one job. [`broker`] wires the steps together; [`server`] starts everything.
+//! tokens. [`tasks`] provisions identities that live for one job; [`svids`] serves SPIFFE
+//! SVIDs to local processes (the Workload API). [`broker`] wires the steps together; [`server`] starts everything.
 #![forbid(unsafe_code)]
 
 pub mod attest;
@@ -23,6 +24,7 @@ pub mod keys;
 pub mod ledger;
 pub mod server;
 pub mod spiffe;
+pub mod svids;
 pub mod tasks;
 /// Shared with resource servers: the verified-token cache lives in `mayfly-verify`.
 pub use mayfly_verify::token_cache;

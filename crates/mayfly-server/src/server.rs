@@ -60,6 +60,15 @@ pub enum StartError {
     /// TLS.
     #[error(transparent)]
     Tls(#[from] TlsSetupError),
+    /// SVID authorities.
+    #[error("SVID authorities: {0}")]
+    Svid(#[from] crate::issue::svid::SvidError),
+    /// Registration entries.
+    #[error("registration entries: {0}")]
+    Entries(#[from] crate::attest::entries::EntryError),
+    /// The Workload API socket.
+    #[error(transparent)]
+    WorkloadSocket(#[from] crate::deliver::workload_api::SocketError),
     /// File system or socket.
     #[error("{context}: {cause}")]
     Io {
@@ -184,6 +193,22 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
         crate::issue::db::Databases::from_config(&cfg.databases, &kek)
             .map_err(|e| StartError::Config(crate::config::ConfigError::Invalid(e.to_string())))?,
     );
+    let w = &cfg.workload_api;
+    let svids = Arc::new(
+        crate::issue::svid::SvidAuthorities::load_or_create(
+            store.as_ref(),
+            &kek,
+            &cfg.trust_domain,
+            crate::issue::svid::SvidLifetimes {
+                ca_ttl_secs: w.ca_ttl.as_secs() as i64,
+                max_svid_ttl_secs: crate::attest::entries::MAX_SVID_TTL_SECS as i64,
+            },
+        )
+        .await?,
+    );
+    let config_entries: Vec<_> = w.entries.iter().map(crate::config::EntryConfig::to_spec).collect();
+    let entries =
+        Arc::new(crate::attest::entries::Entries::load(store.clone(), &cfg.trust_domain, &config_entries).await?);
     let broker = Arc::new(Broker::new(BrokerParts {
         attestors: Attestors::new(oidc, join_tokens),
         task_attestor: TaskAttestor::new(verifier.clone(), store.clone(), cfg.trust_domain.clone()),
@@ -196,6 +221,9 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
         tasks: cfg.tasks.clone(),
         audiences: cfg.audiences.clone(),
         databases: databases.clone(),
+        svids: svids.clone(),
+        entries,
+        workload_api: cfg.workload_api.clone(),
     }));
     // Half-done work from before a crash is finished or undone before anything new is issued.
     if let Err(e) = broker.reconcile_db_leases().await {
@@ -209,8 +237,8 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
     let state = AppState::new(AppInner {
         broker: broker.clone(),
         keys: keys.clone(),
-        kek,
-        store,
+        kek: kek.clone(),
+        store: store.clone(),
         issuer_url: url.clone(),
         trust_domain: cfg.trust_domain.clone(),
         dpop: mayfly_verify::DpopVerifier::new(
@@ -224,7 +252,7 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
         revocations: revocations.clone(),
         verifier,
         admin_cache: Default::default(),
-        stopping: stopping_rx,
+        stopping: stopping_rx.clone(),
     });
 
     ledger
@@ -249,6 +277,15 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
     let upkeep = tokio::spawn(revocations.clone().run_upkeep(Duration::from_millis(500)));
     let stats = tokio::spawn(crate::govern::stats::run(ledger.clone(), revocations, Duration::from_secs(10)));
     let task_sweep = tokio::spawn(crate::govern::tasks::run(broker.clone(), Duration::from_secs(1)));
+    let svid_rotation = tokio::spawn(crate::govern::svids::run(svids, store.clone(), kek.clone()));
+    let workload_api = match &cfg.workload_api.socket {
+        Some(path) => {
+            let handle = crate::deliver::workload_api::serve(broker.clone(), path, stopping_rx.clone())?;
+            tracing::info!(socket = %path.display(), "SPIFFE Workload API is serving");
+            Some(handle)
+        }
+        None => None,
+    };
     let (tx, rx) = oneshot::channel::<()>();
     let app = router(state);
     let task = tokio::spawn(async move {
@@ -261,6 +298,12 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
         upkeep.abort();
         stats.abort();
         task_sweep.abort();
+        svid_rotation.abort();
+        if let Some(w) = workload_api
+            && tokio::time::timeout(Duration::from_secs(5), w).await.is_err()
+        {
+            tracing::warn!("Workload API did not stop within 5s");
+        }
     });
     tracing::info!(%url, "mayfly is serving");
     Ok(RunningServer { addr, url, new_admin_token, broker, keys, shutdown: Some(tx), task })

@@ -113,6 +113,13 @@ impl RevocationIndex {
             + usize::from(self.issued_before.is_some())
     }
 
+    /// Whether a subject or subject-prefix revocation in force names `subject`, whenever
+    /// its credentials were issued: identities re-issued on demand (Workload API SVIDs)
+    /// are not re-issued while it stands.
+    pub fn names_subject(&self, subject: &str) -> bool {
+        self.subject.contains_key(subject) || self.prefixes.iter().any(|(p, _)| under_prefix(subject, p))
+    }
+
     /// Whether no revocation is in force.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

@@ -2,13 +2,16 @@
 //!
 //! Each kind of evidence has its own module: [`oidc`] verifies JWTs from
 //! platform issuers (Kubernetes, GitHub Actions, any OIDC issuer with a JWKS),
-//! [`join_token`] redeems one-time bootstrap tokens. [`Attestors`] is the
+//! [`join_token`] redeems one-time bootstrap tokens, [`unix`] attests local
+//! callers of the Workload API socket and [`entries`] maps them to SPIFFE IDs. [`Attestors`] is the
 //! registry built from configuration.
 
+pub mod entries;
 pub mod join_token;
 pub mod oidc;
 pub mod task;
 mod template;
+pub mod unix;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -111,6 +114,9 @@ pub enum AttestError {
     /// The task has ended, was denied, or has expired.
     #[error("the task is {}", .0.as_str())]
     TaskNotActive(crate::ledger::TaskState),
+    /// A local caller of the Workload API could not be attested.
+    #[error(transparent)]
+    Unix(#[from] unix::UnixAttestError),
     /// Storage failed while attesting.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
@@ -137,6 +143,7 @@ impl AttestError {
             AttestError::JoinTokenExpired => "join-token-expired",
             AttestError::TaskToken(_) => "invalid-task-token",
             AttestError::TaskNotActive(_) => "task-not-active",
+            AttestError::Unix(_) => "unix-attestation-failed",
             AttestError::Ledger(_) => "storage-unavailable",
         }
     }

@@ -148,6 +148,23 @@ pub struct IssueRequest<'a> {
     pub now: i64,
 }
 
+/// A Workload API caller asking for an SVID, as policy sees it.
+#[derive(Debug, Clone)]
+pub struct FetchSvidRequest<'a> {
+    /// The workload its registration entry names.
+    pub principal: &'a WorkloadIdentity,
+    /// `x509` or `jwt`.
+    pub profile: &'a str,
+    /// The SVID's lifetime.
+    pub ttl_seconds: i64,
+    /// JWT-SVIDs: the audiences.
+    pub audiences: &'a [String],
+    /// The entry that matched.
+    pub entry_id: &'a str,
+    /// Unix seconds.
+    pub now: i64,
+}
+
 /// A request to approve or deny a pending task, as policy sees it.
 #[derive(Debug, Clone)]
 pub struct ApproveRequest<'a> {
@@ -181,7 +198,9 @@ pub struct PolicyEngine {
     task_type: EntityTypeName,
     audience_type: EntityTypeName,
     role_type: EntityTypeName,
+    svid_type: EntityTypeName,
     exchange_action: EntityUid,
+    fetch_svid_action: EntityUid,
     issue_action: EntityUid,
     start_task_action: EntityUid,
     approve_action: EntityUid,
@@ -215,7 +234,9 @@ impl PolicyEngine {
             task_type: parse("Mayfly::Task")?,
             audience_type: parse("Mayfly::Audience")?,
             role_type: parse("Mayfly::Role")?,
+            svid_type: parse("Mayfly::Svid")?,
             exchange_action: action("exchange")?,
+            fetch_svid_action: action("fetch_svid")?,
             issue_action: action("issue")?,
             start_task_action: action("start_task")?,
             approve_action: action("approve")?,
@@ -290,6 +311,25 @@ impl PolicyEngine {
                 ("now_unix", RestrictedExpression::new_long(req.now)),
             ])?;
             Ok((principal, self.issue_action.clone(), resource, context, entities))
+        })
+    }
+
+    /// Decides a Workload API caller's request for an SVID.
+    pub fn decide_fetch_svid(&self, req: &FetchSvidRequest<'_>) -> Decision {
+        self.decide(|| {
+            let (principal, mut entities) = self.principal(Principal::Workload(req.principal))?;
+            let resource = EntityUid::from_type_name_and_id(self.svid_type.clone(), EntityId::new(req.profile));
+            entities.push(Entity::new_no_attrs(resource.clone(), Default::default()));
+            let context = context([
+                ("scopes", RestrictedExpression::new_set([])),
+                ("ttl_seconds", RestrictedExpression::new_long(req.ttl_seconds)),
+                ("audiences", RestrictedExpression::new_set(req.audiences.iter().map(|a| string(a)))),
+                ("entry_id", string(req.entry_id)),
+                ("source_ip", RestrictedExpression::new_ip("127.0.0.1")),
+                ("now", RestrictedExpression::new_datetime(crate::clock::rfc3339(req.now))),
+                ("now_unix", RestrictedExpression::new_long(req.now)),
+            ])?;
+            Ok((principal, self.fetch_svid_action.clone(), resource, context, entities))
         })
     }
 

@@ -1,5 +1,7 @@
 //! Delivery: how credentials reach workloads. `http` serves the REST API,
-//! OAuth endpoints and discovery documents; `listener` accepts TCP/TLS connections.
+//! OAuth endpoints and discovery documents; `listener` accepts TCP/TLS connections; `workload_api` serves the
+//! SPIFFE Workload API on a unix socket.
 
 pub mod http;
 pub mod listener;
+pub mod workload_api;

@@ -1,7 +1,9 @@
-//! Governance after issuance: revocation (and its feed), expiry housekeeping, task retirement.
+//! Governance after issuance: revocation (and its feed), expiry housekeeping, task retirement,
+//! SVID authority rotation.
 
 pub mod revocations;
 pub mod stats;
+pub mod svids;
 pub mod tasks;
 
 pub use revocations::{Revocations, RevokeError};

@@ -77,6 +77,11 @@ impl Revocations {
         self.read().revoked_by(facts)
     }
 
+    /// Whether a subject or subject-prefix revocation in force names `subject`.
+    pub fn names_subject(&self, subject: &str) -> bool {
+        self.read().names_subject(subject)
+    }
+
     /// Highest cursor applied, and how many entries are in force.
     pub fn status(&self) -> (i64, usize) {
         let idx = self.read();

@@ -1,7 +1,9 @@
-//! Issuance: minting credentials. One module per kind of credential.
+//! Issuance: minting credentials. One module per kind of credential: `jwt` (access
+//! tokens), `svid` (SPIFFE X.509- and JWT-SVIDs), `db` (database users).
 
 pub mod db;
 pub mod jwt;
+pub mod svid;
 
 pub use jwt::{AccessTokenRequest, IssuedToken, JwtIssuer};
 

@@ -50,6 +50,38 @@ pub struct StoredSigningKey {
     pub published_until: Option<i64>,
 }
 
+/// One generation of SVID authorities as stored: the X.509 CA and the JWT-SVID key.
+#[derive(Debug, Clone)]
+pub struct StoredSvidAuthority {
+    /// Generation id.
+    pub id: String,
+    /// The CA certificate, DER.
+    pub ca_cert: Vec<u8>,
+    /// The CA's PKCS#8 key, sealed under the KEK.
+    pub sealed_ca_key: Vec<u8>,
+    /// The JWT-SVID signing key (PKCS#8), sealed under the KEK.
+    pub sealed_jwt_key: Vec<u8>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// When the CA certificate expires.
+    pub not_after: i64,
+    /// When it stopped signing.
+    pub retired_at: Option<i64>,
+    /// When it leaves the bundles.
+    pub published_until: Option<i64>,
+}
+
+/// A registration entry made through the admin API.
+#[derive(Debug, Clone)]
+pub struct StoredEntry {
+    /// Entry id.
+    pub id: String,
+    /// JSON of the `mayfly_proto::EntrySpec`.
+    pub spec: String,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
 /// A one-time join token as stored (hash only).
 #[derive(Debug, Clone)]
 pub struct JoinTokenRow {
@@ -398,6 +430,21 @@ pub trait Store: Send + Sync + 'static {
         published_until: i64,
     ) -> Result<(), LedgerError>;
 
+    /// Every stored generation of SVID authorities, oldest first.
+    async fn svid_authorities(&self) -> Result<Vec<StoredSvidAuthority>, LedgerError>;
+    /// Stores a new generation; with `retire`, atomically retires that active generation
+    /// (id, retired_at, published_until).
+    async fn insert_svid_authority(
+        &self,
+        new: &StoredSvidAuthority,
+        retire: Option<(&str, i64, i64)>,
+    ) -> Result<(), LedgerError>;
+    /// Registration entries made through the admin API.
+    async fn workload_entries(&self) -> Result<Vec<StoredEntry>, LedgerError>;
+    /// Stores a registration entry.
+    async fn insert_workload_entry(&self, entry: &StoredEntry) -> Result<(), LedgerError>;
+    /// Deletes a registration entry; false when there was none.
+    async fn delete_workload_entry(&self, id: &str) -> Result<bool, LedgerError>;
     /// Stores an admin token's hash.
     async fn insert_admin_token(&self, token_hash: &str, name: &str, created_at: i64) -> Result<(), LedgerError>;
     /// Whether an admin token hash is known.

@@ -13,7 +13,7 @@ use tokio::sync::Mutex;
 
 use super::{
     AuditFilter, ChainedAuditEvent, CredentialFilter, CredentialRecord, DbLease, DbLeaseState, JoinTokenRow,
-    LedgerError, RedeemOutcome, Revocation, RevocationKind, Store, StoredBatch, StoredSigningKey, TaskFilter,
+    LedgerError, RedeemOutcome, Revocation, RevocationKind, Store, StoredBatch, StoredEntry, StoredSigningKey, StoredSvidAuthority, TaskFilter,
     TaskRecord, TaskState,
 };
 
@@ -239,6 +239,84 @@ impl Store for SqliteStore {
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn svid_authorities(&self) -> Result<Vec<StoredSvidAuthority>, LedgerError> {
+        let rows =
+            sqlx::query("SELECT * FROM svid_authorities ORDER BY created_at, id").fetch_all(&self.pool).await?;
+        let row = |r: &SqliteRow| -> Result<StoredSvidAuthority, sqlx::Error> {
+            Ok(StoredSvidAuthority {
+                id: r.try_get("id")?,
+                ca_cert: r.try_get("ca_cert")?,
+                sealed_ca_key: r.try_get("sealed_ca_key")?,
+                sealed_jwt_key: r.try_get("sealed_jwt_key")?,
+                created_at: r.try_get("created_at")?,
+                not_after: r.try_get("not_after")?,
+                retired_at: r.try_get("retired_at")?,
+                published_until: r.try_get("published_until")?,
+            })
+        };
+        Ok(rows.iter().map(row).collect::<Result<_, _>>()?)
+    }
+
+    async fn insert_svid_authority(
+        &self,
+        new: &StoredSvidAuthority,
+        retire: Option<(&str, i64, i64)>,
+    ) -> Result<(), LedgerError> {
+        let mut tx = self.pool.begin().await?;
+        if let Some((old, retired_at, published_until)) = retire {
+            let res = sqlx::query(
+                "UPDATE svid_authorities SET retired_at = ?, published_until = ? WHERE id = ? AND retired_at IS NULL",
+            )
+            .bind(retired_at)
+            .bind(published_until)
+            .bind(old)
+            .execute(&mut *tx)
+            .await?;
+            if res.rows_affected() != 1 {
+                return Err(LedgerError::Conflict(format!("SVID authority {old} is not the active one")));
+            }
+        }
+        sqlx::query(
+            "INSERT INTO svid_authorities (id, ca_cert, sealed_ca_key, sealed_jwt_key, created_at, not_after) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&new.id)
+        .bind(&new.ca_cert)
+        .bind(&new.sealed_ca_key)
+        .bind(&new.sealed_jwt_key)
+        .bind(new.created_at)
+        .bind(new.not_after)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn workload_entries(&self) -> Result<Vec<StoredEntry>, LedgerError> {
+        let rows = sqlx::query("SELECT id, spec, created_at FROM workload_entries ORDER BY created_at, id")
+            .fetch_all(&self.pool)
+            .await?;
+        let row = |r: &SqliteRow| -> Result<StoredEntry, sqlx::Error> {
+            Ok(StoredEntry { id: r.try_get("id")?, spec: r.try_get("spec")?, created_at: r.try_get("created_at")? })
+        };
+        Ok(rows.iter().map(row).collect::<Result<_, _>>()?)
+    }
+
+    async fn insert_workload_entry(&self, entry: &StoredEntry) -> Result<(), LedgerError> {
+        sqlx::query("INSERT INTO workload_entries (id, spec, created_at) VALUES (?, ?, ?)")
+            .bind(&entry.id)
+            .bind(&entry.spec)
+            .bind(entry.created_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_workload_entry(&self, id: &str) -> Result<bool, LedgerError> {
+        let res = sqlx::query("DELETE FROM workload_entries WHERE id = ?").bind(id).execute(&self.pool).await?;
+        Ok(res.rows_affected() == 1)
     }
 
     async fn insert_admin_token(&self, token_hash: &str, name: &str, created_at: i64) -> Result<(), LedgerError> {

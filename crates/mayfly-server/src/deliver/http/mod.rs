@@ -10,6 +10,7 @@ mod openapi;
 mod records;
 mod tasks;
 mod token;
+mod workload;
 
 use std::sync::Arc;
 
@@ -94,6 +95,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/join-tokens", post(admin::create_join_token))
         .route("/v1/keys", get(admin::list_keys))
         .route("/v1/keys/rotate", post(admin::rotate_keys))
+        .route("/v1/entries", get(workload::list_entries).post(workload::create_entry))
+        .route("/v1/entries/{id}", get(workload::show_entry).delete(workload::delete_entry))
+        .route("/v1/bundle", get(workload::bundle))
+        .route("/v1/svid-authorities/rotate", post(workload::rotate_authorities))
         .route("/v1/introspect", post(introspect::introspect))
         .route("/v1/revocations", get(introspect::feed).post(records::revoke))
         .route("/v1/revocations/stream", get(introspect::stream))

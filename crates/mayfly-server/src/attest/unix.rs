@@ -1,0 +1,194 @@
+//! Unix workload attestation for the Workload API socket: the kernel tells us the
+//! caller's pid, uid and gid (`SO_PEERCRED`); `/proc/<pid>` adds its executable's
+//! path and SHA-256. As SPIRE's unix attestor does, selectors are strings such as
+//! `unix:uid:1000` or `unix:sha256:<hex>`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::sync::Mutex;
+
+/// Entries cached in the executable-hash cache before it is cleared.
+const HASH_CACHE_CAPACITY: usize = 1024;
+
+/// What the kernel reports about the peer of a unix socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCredentials {
+    /// Process id (0 when the kernel did not report one).
+    pub pid: i32,
+    /// Effective user id.
+    pub uid: u32,
+    /// Effective group id.
+    pub gid: u32,
+}
+
+/// A local process, attested.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnixWorkload {
+    /// Its process id.
+    pub pid: i32,
+    /// Effective user id.
+    pub uid: u32,
+    /// Effective group id.
+    pub gid: u32,
+    /// User name, when the uid has one.
+    pub user: Option<String>,
+    /// Group name, when the gid has one.
+    pub group: Option<String>,
+    /// The executable's path, when `/proc/<pid>/exe` is readable.
+    pub path: Option<String>,
+    /// Hex SHA-256 of the executable, when readable and within the size limit.
+    pub sha256: Option<String>,
+}
+
+impl UnixWorkload {
+    /// The selectors registration entries are matched against.
+    pub fn selectors(&self) -> BTreeSet<String> {
+        self.attributes().into_iter().map(|(k, v)| format!("unix:{k}:{v}")).collect()
+    }
+
+    /// The same facts as Cedar tags (`uid`, `gid`, `user`, `group`, `path`, `sha256`, `pid`).
+    pub fn attributes(&self) -> BTreeMap<String, String> {
+        let mut a = BTreeMap::new();
+        a.insert("uid".to_owned(), self.uid.to_string());
+        a.insert("gid".to_owned(), self.gid.to_string());
+        let optional = [("user", &self.user), ("group", &self.group), ("path", &self.path), ("sha256", &self.sha256)];
+        for (k, v) in optional {
+            if let Some(v) = v {
+                a.insert(k.to_owned(), v.clone());
+            }
+        }
+        a
+    }
+}
+
+/// Why a caller could not be attested.
+#[derive(Debug, thiserror::Error)]
+pub enum UnixAttestError {
+    /// The socket did not report the peer's process.
+    #[error("the kernel did not report the caller's process id")]
+    NoPeerProcess,
+    /// The caller exited (or its pid was reused) while it was being attested.
+    #[error("the calling process {0} exited during attestation")]
+    ProcessGone(i32),
+}
+
+/// Attests callers of the Workload API socket.
+#[derive(Debug)]
+pub struct UnixAttestor {
+    /// Executables larger than this are not hashed (no `unix:sha256` selector): hashing
+    /// is work a caller could otherwise make the server do at will.
+    max_exe_bytes: u64,
+    /// (device, inode, size, mtime, ctime) → hex SHA-256, so a binary is hashed once.
+    hashes: Mutex<HashMap<(u64, u64, u64, i64, i64), String>>,
+}
+
+impl UnixAttestor {
+    /// An attestor that hashes executables up to `max_exe_bytes`.
+    pub fn new(max_exe_bytes: u64) -> Self {
+        Self { max_exe_bytes, hashes: Mutex::new(HashMap::new()) }
+    }
+
+    /// Attests a caller. Blocking (reads `/proc` and may hash a file): run it off the async threads.
+    pub fn attest(&self, peer: PeerCredentials) -> Result<UnixWorkload, UnixAttestError> {
+        if peer.pid <= 0 {
+            return Err(UnixAttestError::NoPeerProcess);
+        }
+        let pid = peer.pid;
+        // The start time pins the process: if it differs afterwards, the pid now names another process.
+        let started = start_time(pid).ok_or(UnixAttestError::ProcessGone(pid))?;
+        let exe = format!("/proc/{pid}/exe");
+        let path = std::fs::read_link(&exe).ok().map(|p| p.to_string_lossy().into_owned());
+        let sha256 = path.as_ref().and_then(|_| self.hash_executable(&exe));
+        if start_time(pid) != Some(started) {
+            return Err(UnixAttestError::ProcessGone(pid));
+        }
+        Ok(UnixWorkload {
+            pid,
+            uid: peer.uid,
+            gid: peer.gid,
+            user: nix::unistd::User::from_uid(peer.uid.into()).ok().flatten().map(|u| u.name),
+            group: nix::unistd::Group::from_gid(peer.gid.into()).ok().flatten().map(|g| g.name),
+            path,
+            sha256,
+        })
+    }
+
+    fn hash_executable(&self, exe: &str) -> Option<String> {
+        // Opening /proc/<pid>/exe opens the very file the process runs, even if its path was replaced.
+        let file = std::fs::File::open(exe).ok()?;
+        let meta = file.metadata().ok()?;
+        if meta.len() > self.max_exe_bytes {
+            tracing::debug!(size = meta.len(), limit = self.max_exe_bytes, "executable too large to hash");
+            return None;
+        }
+        let key = (meta.dev(), meta.ino(), meta.len(), meta.mtime(), meta.ctime());
+        if let Some(h) = self.cache().get(&key) {
+            return Some(h.clone());
+        }
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        let mut reader = file.take(self.max_exe_bytes);
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => ctx.update(&buf[..n]),
+                Err(_) => return None,
+            }
+        }
+        let hex = hex::encode(ctx.finish().as_ref());
+        let mut cache = self.cache();
+        if cache.len() >= HASH_CACHE_CAPACITY {
+            cache.clear();
+        }
+        cache.insert(key, hex.clone());
+        Some(hex)
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<(u64, u64, u64, i64, i64), String>> {
+        self.hashes.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Field 22 of `/proc/<pid>/stat`: when the process started, in clock ticks since boot.
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count from the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attests_this_process() {
+        let me = PeerCredentials {
+            pid: std::process::id() as i32,
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+        };
+        let w = UnixAttestor::new(1 << 40).attest(me).unwrap();
+        let exe = std::env::current_exe().unwrap();
+        assert_eq!(w.path.as_deref(), Some(exe.to_str().unwrap()));
+        let expected = hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &std::fs::read(&exe).unwrap()));
+        assert_eq!(w.sha256.as_deref(), Some(expected.as_str()));
+        assert!(w.selectors().contains(&format!("unix:uid:{}", me.uid)));
+        assert!(w.selectors().contains(&format!("unix:sha256:{expected}")));
+    }
+
+    #[test]
+    fn large_executables_are_not_hashed_and_gone_processes_are_refused() {
+        let me = PeerCredentials { pid: std::process::id() as i32, uid: 0, gid: 0 };
+        let w = UnixAttestor::new(16).attest(me).unwrap();
+        assert!(w.path.is_some());
+        assert_eq!(w.sha256, None);
+        let gone = PeerCredentials { pid: i32::MAX - 7, uid: 0, gid: 0 };
+        assert!(matches!(UnixAttestor::new(16).attest(gone), Err(UnixAttestError::ProcessGone(_))));
+        assert!(matches!(
+            UnixAttestor::new(16).attest(PeerCredentials { pid: 0, uid: 0, gid: 0 }),
+            Err(UnixAttestError::NoPeerProcess)
+        ));
+    }
+}

@@ -1,0 +1,345 @@
+//! The SPIFFE Workload API over gRPC on a unix socket, as `SPIFFE_Workload_Endpoint.md`
+//! and `workloadapi.proto` specify it: every call needs the `workload.spiffe.io: true`
+//! metadata, callers are identified by the kernel (peer credentials), streams carry the
+//! full state in every message. Broker errors map to gRPC status codes here, once.
+
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mayfly_proto::workload::spiffe_workload_api_server::{SpiffeWorkloadApi, SpiffeWorkloadApiServer};
+use mayfly_proto::workload::{
+    JwtBundlesRequest, JwtBundlesResponse, Jwtsvid, JwtsvidRequest, JwtsvidResponse, ValidateJwtsvidRequest,
+    ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse, X509svid, X509svidRequest, X509svidResponse,
+};
+use tokio::sync::{broadcast, watch};
+use tokio_stream::Stream;
+use tonic::transport::server::UdsConnectInfo;
+use tonic::{Request, Response, Status};
+
+use crate::attest::unix::{PeerCredentials, UnixWorkload};
+use crate::broker::{Broker, BrokerError};
+use crate::svids::HeldX509Svid;
+
+/// Largest request message accepted (a JWT-SVID to validate is the largest legitimate one).
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Streams re-check their caller at least this often (entries, revocations, process liveness).
+const RECHECK: Duration = Duration::from_secs(30);
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// The Workload API service.
+pub struct WorkloadApiService {
+    broker: Arc<Broker>,
+    stopping: watch::Receiver<bool>,
+}
+
+/// Why the socket could not be served.
+#[derive(Debug, thiserror::Error)]
+#[error("Workload API socket {path}: {cause}")]
+pub struct SocketError {
+    path: String,
+    cause: String,
+}
+
+/// Binds the socket (replacing a stale one) and serves until `stopping` turns true.
+pub fn serve(
+    broker: Arc<Broker>,
+    path: &Path,
+    stopping: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, SocketError> {
+    let err = |cause: String| SocketError { path: path.display().to_string(), cause };
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            return Err(err("exists and is not a socket; refusing to replace it".into()));
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(err("another server is listening on it".into()));
+        }
+        std::fs::remove_file(path).map_err(|e| err(e.to_string()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(|e| err(e.to_string()))?;
+    // Any local process may connect: who it is comes from the kernel, not from file permissions.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(|e| err(e.to_string()))?;
+    }
+    let service = SpiffeWorkloadApiServer::new(WorkloadApiService { broker, stopping: stopping.clone() })
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let socket: PathBuf = path.to_owned();
+    let mut stop = stopping;
+    Ok(tokio::spawn(async move {
+        let result = tonic::transport::Server::builder()
+            .concurrency_limit_per_connection(64)
+            .http2_keepalive_interval(Some(Duration::from_secs(60)))
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "Workload API server failed");
+        }
+        let _ = std::fs::remove_file(&socket);
+    }))
+}
+
+/// The SSRF guard of the specification: without it, `InvalidArgument` (and clients do not retry).
+fn check_metadata<T>(req: &Request<T>) -> Result<(), Status> {
+    match req.metadata().get("workload.spiffe.io").map(|v| v.to_str()) {
+        Some(Ok("true")) => Ok(()),
+        _ => Err(Status::invalid_argument("security header missing from request (workload.spiffe.io: true)")),
+    }
+}
+
+fn peer_of<T>(req: &Request<T>) -> Result<PeerCredentials, Status> {
+    let cred = req
+        .extensions()
+        .get::<UdsConnectInfo>()
+        .and_then(|i| i.peer_cred)
+        .ok_or_else(|| Status::permission_denied("the caller's process could not be identified"))?;
+    Ok(PeerCredentials { pid: cred.pid().unwrap_or(0), uid: cred.uid(), gid: cred.gid() })
+}
+
+/// The one mapping from broker errors to gRPC status codes.
+fn status(e: BrokerError) -> Status {
+    match e {
+        BrokerError::Attest(e) => Status::permission_denied(e.to_string()),
+        BrokerError::Denied(d) => Status::permission_denied(format!("denied by policy: {}", d.reason())),
+        BrokerError::Forbidden(m) => Status::permission_denied(m),
+        BrokerError::InvalidTarget(m) | BrokerError::InvalidRequest(m) | BrokerError::InvalidScope(m) => {
+            Status::invalid_argument(m)
+        }
+        BrokerError::NotFound(m) => Status::not_found(m),
+        BrokerError::Ledger(e) => {
+            tracing::error!(error = %e, "Workload API: issuance could not be recorded");
+            Status::unavailable("the ledger is unavailable; nothing was issued, retry")
+        }
+        other => {
+            tracing::error!(error = %other, "Workload API request failed");
+            Status::internal("internal error")
+        }
+    }
+}
+
+fn no_identity() -> Status {
+    Status::permission_denied("no identity issued: no registration entry matches this process")
+}
+
+impl WorkloadApiService {
+    async fn attest<T>(&self, req: &Request<T>) -> Result<(PeerCredentials, UnixWorkload), Status> {
+        check_metadata(req)?;
+        let peer = peer_of(req)?;
+        let w = self.broker.attest_local(peer).await.map_err(status)?;
+        Ok((peer, w))
+    }
+
+    fn x509_response(&self, held: &[HeldX509Svid]) -> X509svidResponse {
+        let bundle = self.broker.svid_authorities().x509_bundle();
+        X509svidResponse {
+            svids: held
+                .iter()
+                .map(|h| X509svid {
+                    spiffe_id: h.entry.spec.spiffe_id.clone(),
+                    x509_svid: h.svid.cert.clone(),
+                    x509_svid_key: h.svid.key_pkcs8.clone(),
+                    bundle: bundle.clone(),
+                    hint: h.entry.spec.hint.clone().unwrap_or_default(),
+                })
+                .collect(),
+            crl: Vec::new(),
+            federated_bundles: Default::default(),
+        }
+    }
+}
+
+/// Waits for anything that can change what a stream should carry.
+struct Changes {
+    entries: watch::Receiver<u64>,
+    bundles: watch::Receiver<u64>,
+    revocations: broadcast::Receiver<crate::ledger::Revocation>,
+    stopping: watch::Receiver<bool>,
+}
+
+impl Changes {
+    fn new(broker: &Broker, stopping: &watch::Receiver<bool>) -> Self {
+        Self {
+            entries: broker.entries().subscribe(),
+            bundles: broker.svid_authorities().subscribe(),
+            revocations: broker.revocations.subscribe(),
+            stopping: stopping.clone(),
+        }
+    }
+
+    /// Returns false when the stream should end (server stopping).
+    async fn next(&mut self, deadline: tokio::time::Instant) -> bool {
+        if *self.stopping.borrow() {
+            return false;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => true,
+            r = self.entries.changed() => r.is_ok(),
+            r = self.bundles.changed() => r.is_ok(),
+            r = self.revocations.recv() => !matches!(r, Err(broadcast::error::RecvError::Closed)),
+            _ = self.stopping.wait_for(|s| *s) => false,
+        }
+    }
+}
+
+fn deadline_for(held: &[HeldX509Svid]) -> tokio::time::Instant {
+    let now = crate::clock::now_unix();
+    let next = held.iter().map(|h| h.rotate_at).min().unwrap_or(now).saturating_sub(now).max(0) as u64;
+    tokio::time::Instant::now() + Duration::from_secs(next).min(RECHECK)
+}
+
+#[tonic::async_trait]
+impl SpiffeWorkloadApi for WorkloadApiService {
+    type FetchX509SVIDStream = ResponseStream<X509svidResponse>;
+    type FetchX509BundlesStream = ResponseStream<X509BundlesResponse>;
+    type FetchJWTBundlesStream = ResponseStream<JwtBundlesResponse>;
+
+    async fn fetch_x509svid(
+        &self,
+        req: Request<X509svidRequest>,
+    ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
+        let (peer, w) = self.attest(&req).await?;
+        let mut changes = Changes::new(&self.broker, &self.stopping);
+        let mut held = self.broker.x509_svids(&w, &[]).await.map_err(status)?;
+        if held.is_empty() {
+            return Err(no_identity());
+        }
+        let first = self.x509_response(&held);
+        let this = WorkloadApiService { broker: self.broker.clone(), stopping: self.stopping.clone() };
+        let stream = async_stream::stream! {
+            yield Ok(first);
+            let mut bundle_version = *changes.bundles.borrow();
+            while changes.next(deadline_for(&held)).await {
+                // Re-attested on every change: a pid now running something else loses its identity.
+                let w = match this.broker.attest_local(peer).await {
+                    Ok(w) => w,
+                    Err(e) => { yield Err(status(e)); break; }
+                };
+                let next = match this.broker.x509_svids(&w, &held).await {
+                    Ok(n) => n,
+                    Err(e) => { yield Err(status(e)); break; }
+                };
+                if next.is_empty() {
+                    yield Err(no_identity());
+                    break;
+                }
+                let same = next.len() == held.len()
+                    && next.iter().zip(&held).all(|(a, b)| a.svid.serial == b.svid.serial);
+                let version = *changes.bundles.borrow();
+                held = next;
+                if same && version == bundle_version {
+                    continue;
+                }
+                bundle_version = version;
+                yield Ok(this.x509_response(&held));
+            }
+        };
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn fetch_x509_bundles(
+        &self,
+        req: Request<X509BundlesRequest>,
+    ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
+        self.attest(&req).await?;
+        let authorities = self.broker.svid_authorities().clone();
+        let mut changes = Changes::new(&self.broker, &self.stopping);
+        let stream = async_stream::stream! {
+            loop {
+                let bundles = [(authorities.trust_domain_id(), authorities.x509_bundle())].into_iter().collect();
+                yield Ok(X509BundlesResponse { crl: Vec::new(), bundles });
+                tokio::select! {
+                    r = changes.bundles.changed() => if r.is_err() { break },
+                    _ = changes.stopping.wait_for(|s| *s) => break,
+                }
+            }
+        };
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn fetch_jwtsvid(&self, req: Request<JwtsvidRequest>) -> Result<Response<JwtsvidResponse>, Status> {
+        check_metadata(&req)?;
+        if req.get_ref().audience.is_empty() {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        let (_, w) = self.attest(&req).await?;
+        let r = req.get_ref();
+        let wanted = (!r.spiffe_id.is_empty()).then_some(r.spiffe_id.as_str());
+        let svids = self.broker.jwt_svids(&w, &r.audience, wanted).await.map_err(status)?;
+        if svids.is_empty() {
+            return Err(match wanted {
+                Some(id) => Status::permission_denied(format!("no identity issued: this process is not entitled to {id}")),
+                None => no_identity(),
+            });
+        }
+        let svids = svids
+            .into_iter()
+            .map(|s| Jwtsvid { spiffe_id: s.spiffe_id, svid: s.svid.token, hint: s.hint.unwrap_or_default() })
+            .collect();
+        Ok(Response::new(JwtsvidResponse { svids }))
+    }
+
+    async fn fetch_jwt_bundles(
+        &self,
+        req: Request<JwtBundlesRequest>,
+    ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
+        self.attest(&req).await?;
+        let authorities = self.broker.svid_authorities().clone();
+        let mut changes = Changes::new(&self.broker, &self.stopping);
+        let stream = async_stream::stream! {
+            loop {
+                let jwks = serde_json::to_vec(&authorities.jwt_bundle()).unwrap_or_default();
+                let bundles = [(authorities.trust_domain_id(), jwks)].into_iter().collect();
+                yield Ok(JwtBundlesResponse { bundles });
+                tokio::select! {
+                    r = changes.bundles.changed() => if r.is_err() { break },
+                    _ = changes.stopping.wait_for(|s| *s) => break,
+                }
+            }
+        };
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn validate_jwtsvid(
+        &self,
+        req: Request<ValidateJwtsvidRequest>,
+    ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
+        check_metadata(&req)?;
+        let r = req.get_ref();
+        if r.audience.is_empty() {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        if r.svid.is_empty() {
+            return Err(Status::invalid_argument("svid must be specified"));
+        }
+        self.attest(&req).await?;
+        let (spiffe_id, claims) = self.broker.validate_jwt_svid(&r.svid, &r.audience).map_err(status)?;
+        Ok(Response::new(ValidateJwtsvidResponse { spiffe_id, claims: Some(to_struct(claims)) }))
+    }
+}
+
+fn to_struct(map: serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
+    prost_types::Struct { fields: map.into_iter().map(|(k, v)| (k, to_value(v))).collect() }
+}
+
+fn to_value(v: serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match v {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        serde_json::Value::String(s) => Kind::StringValue(s),
+        serde_json::Value::Array(a) => {
+            Kind::ListValue(prost_types::ListValue { values: a.into_iter().map(to_value).collect() })
+        }
+        serde_json::Value::Object(o) => Kind::StructValue(to_struct(o)),
+    };
+    prost_types::Value { kind: Some(kind) }
+}

@@ -1,0 +1,302 @@
+//! The Workload API's flow, without gRPC: a local caller attested by the kernel →
+//! its registration entries → Cedar → an SVID minted → recorded in the ledger.
+//! `deliver::workload_api` serves it on the socket.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use serde_json::json;
+
+use crate::attest::entries::Entry;
+use crate::attest::unix::{PeerCredentials, UnixWorkload};
+use crate::attest::{AttestError, WorkloadIdentity};
+use crate::authorize::FetchSvidRequest;
+use crate::broker::{Broker, BrokerError, Caller, RecordFacts};
+use crate::issue::IssuedToken;
+use crate::issue::svid::{MintedJwtSvid, MintedX509Svid};
+use crate::ledger::revocation::CredentialFacts;
+
+/// Most audiences in one JWT-SVID request.
+pub const MAX_AUDIENCES: usize = 16;
+/// Longest audience accepted.
+pub const MAX_AUDIENCE_BYTES: usize = 256;
+
+/// An X.509-SVID a caller holds, with when it is due for rotation.
+#[derive(Debug, Clone)]
+pub struct HeldX509Svid {
+    /// The entry it was issued for.
+    pub entry: Arc<Entry>,
+    /// The certificate and key.
+    pub svid: MintedX509Svid,
+    /// Unix seconds: half its lifetime, less some jitter so a fleet does not rotate at once.
+    pub rotate_at: i64,
+}
+
+/// A JWT-SVID minted for a caller.
+#[derive(Debug, Clone)]
+pub struct IssuedJwtSvid {
+    /// Its SPIFFE ID.
+    pub spiffe_id: String,
+    /// The token.
+    pub svid: MintedJwtSvid,
+    /// The entry's hint.
+    pub hint: Option<String>,
+}
+
+impl Broker {
+    /// The SVID authorities (bundles, rotation).
+    pub fn svid_authorities(&self) -> &Arc<crate::issue::svid::SvidAuthorities> {
+        &self.svids
+    }
+
+    /// The registration entries.
+    pub fn entries(&self) -> &Arc<crate::attest::entries::Entries> {
+        &self.entries
+    }
+
+    /// Attests a socket peer (off the async threads: it may hash the executable).
+    pub async fn attest_local(&self, peer: PeerCredentials) -> Result<UnixWorkload, BrokerError> {
+        let unix = self.unix.clone();
+        match tokio::task::spawn_blocking(move || unix.attest(peer)).await {
+            Ok(result) => result.map_err(|e| BrokerError::Attest(AttestError::from(e))),
+            Err(_) => Err(BrokerError::Forbidden("attestation of the caller was interrupted".into())),
+        }
+    }
+
+    /// The entries a caller is entitled to now: matching its selectors, and not under a
+    /// subject revocation (a revoked identity is not re-issued while the revocation stands).
+    pub fn entitled(&self, w: &UnixWorkload) -> Vec<Arc<Entry>> {
+        let selectors = w.selectors();
+        self.entries
+            .matching(&selectors)
+            .into_iter()
+            .filter(|e| !self.revocations.names_subject(&e.spec.spiffe_id))
+            .collect()
+    }
+
+    /// The workload identity policy sees for a caller under an entry.
+    fn identity_under(&self, w: &UnixWorkload, entry: &Entry) -> WorkloadIdentity {
+        // The entry's attributes first, so attested facts win on a clash.
+        let mut attributes = entry.spec.attributes.clone();
+        attributes.extend(w.attributes());
+        WorkloadIdentity { spiffe_id: entry.spiffe_id.clone(), attestor: "unix".into(), attributes }
+    }
+
+    /// Asks policy; a denial is audited and returned.
+    async fn allow_svid(
+        &self,
+        identity: WorkloadIdentity,
+        entry: &Entry,
+        profile: &str,
+        ttl: i64,
+        audiences: &[String],
+        now: i64,
+    ) -> Result<Vec<String>, BrokerError> {
+        let decision = self.policies.decide_fetch_svid(&FetchSvidRequest {
+            principal: &identity,
+            profile,
+            ttl_seconds: ttl,
+            audiences,
+            entry_id: &entry.id,
+            now,
+        });
+        let detail = json!({"action": "fetch_svid", "profile": profile, "entry": entry.id, "audiences": audiences});
+        let caller = Caller::Workload(identity);
+        self.check_decision(&caller, &decision, detail, IpAddr::V4(Ipv4Addr::LOCALHOST)).await?;
+        Ok(decision.policies)
+    }
+
+    /// Whether a held X.509-SVID has been revoked.
+    pub fn x509_svid_revoked(&self, held: &HeldX509Svid) -> bool {
+        self.revocations
+            .revoked_by(&CredentialFacts {
+                jti: &held.svid.serial,
+                subject: &held.entry.spec.spiffe_id,
+                audience: "",
+                task_id: None,
+                issued_at: held.svid.issued_at,
+            })
+            .is_some()
+    }
+
+    /// The X.509-SVIDs a caller should hold now: what it holds is kept while its entry is
+    /// unchanged, unrevoked and before rotation; the rest is minted and recorded.
+    /// An empty answer means the caller has no identity.
+    pub async fn x509_svids(
+        &self,
+        w: &UnixWorkload,
+        held: &[HeldX509Svid],
+    ) -> Result<Vec<HeldX509Svid>, BrokerError> {
+        let now = crate::clock::now_unix();
+        let mut out = Vec::new();
+        let mut records = Vec::new();
+        let mut events = Vec::new();
+        let by_entry: HashMap<&str, &HeldX509Svid> = held.iter().map(|h| (h.entry.id.as_str(), h)).collect();
+        for entry in self.entitled(w) {
+            if let Some(h) = by_entry.get(entry.id.as_str())
+                && *h.entry == *entry
+                && now < h.rotate_at
+                && !self.x509_svid_revoked(h)
+            {
+                out.push((*h).clone());
+                continue;
+            }
+            let ttl = entry.spec.x509_svid_ttl.map_or(self.workload_api.x509_svid_ttl.as_secs(), |t| t) as i64;
+            let identity = self.identity_under(w, &entry);
+            let policies = match self.allow_svid(identity, &entry, "x509", ttl, &[], now).await {
+                Ok(p) => p,
+                Err(BrokerError::Denied(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            let svid = self
+                .svids
+                .mint_x509(&entry.spec.spiffe_id, &entry.spec.dns_names, ttl, now)
+                .map_err(|e| BrokerError::InvalidRequest(format!("X.509-SVID could not be minted: {e}")))?;
+            let lifetime = svid.expires_at - svid.issued_at;
+            let jitter = (rand::random::<u64>() % (lifetime as u64 / 10 + 1)) as i64;
+            let rotate_at = svid.issued_at + lifetime / 2 - jitter;
+            let issued = IssuedToken {
+                token: String::new(),
+                jti: svid.serial.clone(),
+                issued_at: svid.issued_at,
+                expires_at: svid.expires_at,
+                kid: svid.authority.clone(),
+                scope: String::new(),
+            };
+            let (record, event) = self.minted_record(
+                &svid.cert,
+                &issued,
+                &svid_facts("x509-svid", &entry.spec.spiffe_id, ""),
+                json!({"entry": entry.id, "pid": w.pid, "uid": w.uid, "attestor": "unix", "policies": policies}),
+            );
+            records.push(record);
+            events.push(event);
+            out.push(HeldX509Svid { entry, svid, rotate_at });
+        }
+        if !records.is_empty() {
+            let n = records.len() as u64;
+            // Recorded before delivery: a crash after this leaves nothing Mayfly cannot see.
+            self.ledger.record(records, events).await?;
+            metrics::counter!("mayfly_credentials_issued_total", "kind" => "x509-svid").increment(n);
+        }
+        Ok(out)
+    }
+
+    /// Mints and records JWT-SVIDs for the caller's identities (or the one named), for the audiences.
+    pub async fn jwt_svids(
+        &self,
+        w: &UnixWorkload,
+        audiences: &[String],
+        spiffe_id: Option<&str>,
+    ) -> Result<Vec<IssuedJwtSvid>, BrokerError> {
+        check_audiences(audiences)?;
+        let now = crate::clock::now_unix();
+        let mut out = Vec::new();
+        let mut records = Vec::new();
+        let mut events = Vec::new();
+        for entry in self.entitled(w) {
+            if spiffe_id.is_some_and(|id| id != entry.spec.spiffe_id) {
+                continue;
+            }
+            let ttl = entry.spec.jwt_svid_ttl.map_or(self.workload_api.jwt_svid_ttl.as_secs(), |t| t) as i64;
+            let identity = self.identity_under(w, &entry);
+            let policies = match self.allow_svid(identity, &entry, "jwt", ttl, audiences, now).await {
+                Ok(p) => p,
+                Err(BrokerError::Denied(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            let svid = self
+                .svids
+                .mint_jwt(&entry.spec.spiffe_id, audiences, ttl, now)
+                .map_err(|e| BrokerError::InvalidRequest(format!("JWT-SVID could not be minted: {e}")))?;
+            let issued = IssuedToken {
+                token: svid.token.clone(),
+                jti: svid.jti.clone(),
+                issued_at: svid.issued_at,
+                expires_at: svid.expires_at,
+                kid: svid.kid.clone(),
+                scope: String::new(),
+            };
+            // The ledger's audience column holds one value: the first audience (all are in the audit detail).
+            let (record, event) = self.issued_record(
+                &issued,
+                &svid_facts("jwt-svid", &entry.spec.spiffe_id, &audiences[0]),
+                json!({"entry": entry.id, "pid": w.pid, "uid": w.uid, "attestor": "unix", "audiences": audiences,
+                       "policies": policies}),
+            );
+            records.push(record);
+            events.push(event);
+            out.push(IssuedJwtSvid { spiffe_id: entry.spec.spiffe_id.clone(), svid, hint: entry.spec.hint.clone() });
+        }
+        if !records.is_empty() {
+            let n = records.len() as u64;
+            self.ledger.record(records, events).await?;
+            metrics::counter!("mayfly_credentials_issued_total", "kind" => "jwt-svid").increment(n);
+        }
+        Ok(out)
+    }
+
+    /// Validates a JWT-SVID of this trust domain for an audience, revocations included.
+    pub fn validate_jwt_svid(
+        &self,
+        token: &str,
+        audience: &str,
+    ) -> Result<(String, serde_json::Map<String, serde_json::Value>), BrokerError> {
+        if audience.is_empty() || audience.len() > MAX_AUDIENCE_BYTES {
+            return Err(BrokerError::InvalidTarget(format!("audience is 1 to {MAX_AUDIENCE_BYTES} bytes")));
+        }
+        if token.is_empty() || token.len() > crate::attest::MAX_SUBJECT_TOKEN_BYTES {
+            return Err(BrokerError::InvalidRequest("svid is empty or too long".into()));
+        }
+        let claims =
+            self.svids.validate_jwt(token, audience).map_err(|e| BrokerError::InvalidRequest(e.to_string()))?;
+        let sub = claims.get("sub").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+        let jti = claims.get("jti").and_then(|v| v.as_str()).unwrap_or_default();
+        let iat = claims.get("iat").and_then(serde_json::Value::as_i64).unwrap_or(i64::MIN);
+        let facts = CredentialFacts { jti, subject: &sub, audience, task_id: None, issued_at: iat };
+        if let Some(kind) = self.revocations.revoked_by(&facts) {
+            return Err(BrokerError::InvalidRequest(format!("JWT-SVID has been revoked (by {})", kind.as_str())));
+        }
+        Ok((sub, claims))
+    }
+}
+
+impl From<crate::attest::entries::EntryError> for BrokerError {
+    fn from(e: crate::attest::entries::EntryError) -> Self {
+        use crate::attest::entries::EntryError as E;
+        match e {
+            E::Invalid(m) => BrokerError::InvalidRequest(m),
+            E::NotFound(_) => BrokerError::NotFound(e.to_string()),
+            E::Duplicate(_) | E::ReadOnly(_) => BrokerError::Conflict(e.to_string()),
+            E::Ledger(l) => BrokerError::Ledger(l),
+        }
+    }
+}
+
+fn svid_facts<'a>(kind: &'a str, spiffe_id: &'a str, audience: &'a str) -> RecordFacts<'a> {
+    RecordFacts {
+        kind,
+        subject: spiffe_id,
+        audience,
+        task_id: None,
+        client_id: spiffe_id,
+        confirmation: None,
+        max_uses: None,
+    }
+}
+
+fn check_audiences(audiences: &[String]) -> Result<(), BrokerError> {
+    if audiences.is_empty() {
+        return Err(BrokerError::InvalidTarget("a JWT-SVID needs at least one audience".into()));
+    }
+    if audiences.len() > MAX_AUDIENCES {
+        return Err(BrokerError::InvalidTarget(format!("at most {MAX_AUDIENCES} audiences")));
+    }
+    if audiences.iter().any(|a| a.is_empty() || a.len() > MAX_AUDIENCE_BYTES || a.chars().any(char::is_control)) {
+        return Err(BrokerError::InvalidTarget(format!(
+            "each audience is 1 to {MAX_AUDIENCE_BYTES} printable bytes"
+        )));
+    }
+    Ok(())
+}
