@@ -84,13 +84,20 @@ impl EntriesCommand {
             EntriesCommand::List { remote, json } => {
                 let remote = remote.resolve()?;
                 let url = remote.remote.endpoint("/v1/entries");
-                let list: EntryList = call(remote.remote.client()?.get(&url).bearer_auth(remote.token()?), &url).await?;
+                let list: EntryList =
+                    call(remote.remote.client()?.get(&url).bearer_auth(remote.token()?), &url).await?;
                 if json {
                     print_json(&list)?;
                 } else {
                     println!("{:<30} {:<7} {:<45} SELECTORS", "ID", "SOURCE", "SPIFFE ID");
                     for e in &list.entries {
-                        println!("{:<30} {:<7} {:<45} {}", e.id, e.source, e.spec.spiffe_id, e.spec.selectors.join(" "));
+                        println!(
+                            "{:<30} {:<7} {:<45} {}",
+                            e.id,
+                            e.source,
+                            e.spec.spiffe_id,
+                            e.spec.selectors.join(" ")
+                        );
                     }
                 }
             }
@@ -222,10 +229,8 @@ impl SvidCommand {
                 let mut token = String::new();
                 std::io::stdin().take(64 * 1024).read_to_string(&mut token).context("reading the SVID from stdin")?;
                 let client = socket.connect().await?;
-                let svid = client
-                    .validate_jwt_token(&audience, token.trim())
-                    .await
-                    .map_err(|e| anyhow!("not valid: {e}"))?;
+                let svid =
+                    client.validate_jwt_token(&audience, token.trim()).await.map_err(|e| anyhow!("not valid: {e}"))?;
                 println!("{}", svid.spiffe_id());
             }
         }

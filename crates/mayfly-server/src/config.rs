@@ -604,11 +604,17 @@ impl Config {
         }
         let w = &self.workload_api;
         let max_svid = Duration::from_secs(crate::attest::entries::MAX_SVID_TTL_SECS);
-        if w.x509_svid_ttl.is_zero() || w.jwt_svid_ttl.is_zero() || w.x509_svid_ttl > max_svid || w.jwt_svid_ttl > max_svid {
+        if w.x509_svid_ttl.is_zero()
+            || w.jwt_svid_ttl.is_zero()
+            || w.x509_svid_ttl > max_svid
+            || w.jwt_svid_ttl > max_svid
+        {
             return bad("workload_api.x509_svid_ttl and jwt_svid_ttl are between 1s and 7d".into());
         }
         if w.ca_ttl < w.x509_svid_ttl.max(w.jwt_svid_ttl) * 2 {
-            return bad("workload_api.ca_ttl must be at least twice the SVID lifetimes (the CA rotates at half-life)".into());
+            return bad(
+                "workload_api.ca_ttl must be at least twice the SVID lifetimes (the CA rotates at half-life)".into()
+            );
         }
         if w.socket.as_ref().is_some_and(|p| !p.is_absolute()) {
             return bad("workload_api.socket must be an absolute path".into());

@@ -123,11 +123,7 @@ impl Broker {
     /// The X.509-SVIDs a caller should hold now: what it holds is kept while its entry is
     /// unchanged, unrevoked and before rotation; the rest is minted and recorded.
     /// An empty answer means the caller has no identity.
-    pub async fn x509_svids(
-        &self,
-        w: &UnixWorkload,
-        held: &[HeldX509Svid],
-    ) -> Result<Vec<HeldX509Svid>, BrokerError> {
+    pub async fn x509_svids(&self, w: &UnixWorkload, held: &[HeldX509Svid]) -> Result<Vec<HeldX509Svid>, BrokerError> {
         let now = crate::clock::now_unix();
         let mut out = Vec::new();
         let mut records = Vec::new();
@@ -294,9 +290,7 @@ fn check_audiences(audiences: &[String]) -> Result<(), BrokerError> {
         return Err(BrokerError::InvalidTarget(format!("at most {MAX_AUDIENCES} audiences")));
     }
     if audiences.iter().any(|a| a.is_empty() || a.len() > MAX_AUDIENCE_BYTES || a.chars().any(char::is_control)) {
-        return Err(BrokerError::InvalidTarget(format!(
-            "each audience is 1 to {MAX_AUDIENCE_BYTES} printable bytes"
-        )));
+        return Err(BrokerError::InvalidTarget(format!("each audience is 1 to {MAX_AUDIENCE_BYTES} printable bytes")));
     }
     Ok(())
 }

@@ -116,8 +116,8 @@ impl Entries {
         let now = crate::clock::now_unix();
         let mut config_entries: Vec<Arc<Entry>> = Vec::new();
         for (i, (id, spec)) in config.iter().enumerate() {
-            let (spiffe_id, spec) =
-                validate(spec, trust_domain).map_err(|e| EntryError::Invalid(format!("workload_api.entries[{i}]: {e}")))?;
+            let (spiffe_id, spec) = validate(spec, trust_domain)
+                .map_err(|e| EntryError::Invalid(format!("workload_api.entries[{i}]: {e}")))?;
             let id = id.clone().unwrap_or_else(|| config_entry_id(&spec));
             if config_entries.iter().any(|e| e.id == id) {
                 return Err(EntryError::Invalid(format!("workload_api.entries[{i}]: id {id:?} is used twice")));
@@ -151,7 +151,9 @@ impl Entries {
                     source: EntrySource::Api,
                     created_at: row.created_at,
                 })),
-                Err(e) => tracing::warn!(entry = %row.id, error = %e, "stored registration entry is not valid; skipped"),
+                Err(e) => {
+                    tracing::warn!(entry = %row.id, error = %e, "stored registration entry is not valid; skipped")
+                }
             }
         }
         if **self.all.load() != all {
@@ -330,7 +332,8 @@ mod tests {
     #[test]
     fn validates_entries() {
         let td = "example.org";
-        let (_, ok) = validate(&spec("spiffe://example.org/api", &["unix:uid:1000", "unix:path:/bin/a:b"]), td).unwrap();
+        let (_, ok) =
+            validate(&spec("spiffe://example.org/api", &["unix:uid:1000", "unix:path:/bin/a:b"]), td).unwrap();
         assert_eq!(ok.selectors, vec!["unix:path:/bin/a:b", "unix:uid:1000"]);
         for (id, sels) in [
             ("spiffe://other.org/api", vec!["unix:uid:1"]),
@@ -349,7 +352,8 @@ mod tests {
 
     #[test]
     fn an_entry_matches_a_superset_of_its_selectors() {
-        let (id, s) = validate(&spec("spiffe://example.org/api", &["unix:uid:1", "unix:gid:2"]), "example.org").unwrap();
+        let (id, s) =
+            validate(&spec("spiffe://example.org/api", &["unix:uid:1", "unix:gid:2"]), "example.org").unwrap();
         let e = Entry { id: "e".into(), spiffe_id: id, spec: s, source: EntrySource::Api, created_at: 0 };
         let caller = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
         assert!(e.matches(&caller(&["unix:uid:1", "unix:gid:2", "unix:path:/x"])));

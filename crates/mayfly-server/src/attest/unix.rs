@@ -11,6 +11,9 @@ use std::sync::Mutex;
 /// Entries cached in the executable-hash cache before it is cleared.
 const HASH_CACHE_CAPACITY: usize = 1024;
 
+/// A file's identity and version: (device, inode, size, mtime, ctime).
+type FileVersion = (u64, u64, u64, i64, i64);
+
 /// What the kernel reports about the peer of a unix socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerCredentials {
@@ -80,7 +83,7 @@ pub struct UnixAttestor {
     /// is work a caller could otherwise make the server do at will.
     max_exe_bytes: u64,
     /// (device, inode, size, mtime, ctime) → hex SHA-256, so a binary is hashed once.
-    hashes: Mutex<HashMap<(u64, u64, u64, i64, i64), String>>,
+    hashes: Mutex<HashMap<FileVersion, String>>,
 }
 
 impl UnixAttestor {
@@ -145,7 +148,7 @@ impl UnixAttestor {
         Some(hex)
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<(u64, u64, u64, i64, i64), String>> {
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<FileVersion, String>> {
         self.hashes.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
@@ -172,7 +175,8 @@ mod tests {
         let w = UnixAttestor::new(1 << 40).attest(me).unwrap();
         let exe = std::env::current_exe().unwrap();
         assert_eq!(w.path.as_deref(), Some(exe.to_str().unwrap()));
-        let expected = hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &std::fs::read(&exe).unwrap()));
+        let expected =
+            hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &std::fs::read(&exe).unwrap()));
         assert_eq!(w.sha256.as_deref(), Some(expected.as_str()));
         assert!(w.selectors().contains(&format!("unix:uid:{}", me.uid)));
         assert!(w.selectors().contains(&format!("unix:sha256:{expected}")));

@@ -275,7 +275,9 @@ impl SpiffeWorkloadApi for WorkloadApiService {
         let svids = self.broker.jwt_svids(&w, &r.audience, wanted).await.map_err(status)?;
         if svids.is_empty() {
             return Err(match wanted {
-                Some(id) => Status::permission_denied(format!("no identity issued: this process is not entitled to {id}")),
+                Some(id) => {
+                    Status::permission_denied(format!("no identity issued: this process is not entitled to {id}"))
+                }
                 None => no_identity(),
             });
         }

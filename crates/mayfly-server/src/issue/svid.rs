@@ -336,7 +336,10 @@ impl SvidAuthorities {
         use jsonwebtoken::{Algorithm, DecodingKey, Validation};
         let header = jsonwebtoken::decode_header(token).map_err(|e| JwtSvidInvalid::Malformed(e.to_string()))?;
         if header.alg != Algorithm::ES256 {
-            return Err(JwtSvidInvalid::Malformed(format!("algorithm {:?} is not this trust domain's (ES256)", header.alg)));
+            return Err(JwtSvidInvalid::Malformed(format!(
+                "algorithm {:?} is not this trust domain's (ES256)",
+                header.alg
+            )));
         }
         if header.typ.as_deref().is_some_and(|t| t != "JWT" && t != "JOSE") {
             return Err(JwtSvidInvalid::Malformed("typ must be JWT or JOSE when present".into()));

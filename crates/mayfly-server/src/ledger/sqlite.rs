@@ -13,8 +13,8 @@ use tokio::sync::Mutex;
 
 use super::{
     AuditFilter, ChainedAuditEvent, CredentialFilter, CredentialRecord, DbLease, DbLeaseState, JoinTokenRow,
-    LedgerError, RedeemOutcome, Revocation, RevocationKind, Store, StoredBatch, StoredEntry, StoredSigningKey, StoredSvidAuthority, TaskFilter,
-    TaskRecord, TaskState,
+    LedgerError, RedeemOutcome, Revocation, RevocationKind, Store, StoredBatch, StoredEntry, StoredSigningKey,
+    StoredSvidAuthority, TaskFilter, TaskRecord, TaskState,
 };
 
 /// Rows per multi-row INSERT, well under SQLite's bound-parameter limit.
@@ -242,8 +242,7 @@ impl Store for SqliteStore {
     }
 
     async fn svid_authorities(&self) -> Result<Vec<StoredSvidAuthority>, LedgerError> {
-        let rows =
-            sqlx::query("SELECT * FROM svid_authorities ORDER BY created_at, id").fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT * FROM svid_authorities ORDER BY created_at, id").fetch_all(&self.pool).await?;
         let row = |r: &SqliteRow| -> Result<StoredSvidAuthority, sqlx::Error> {
             Ok(StoredSvidAuthority {
                 id: r.try_get("id")?,

@@ -135,7 +135,8 @@ pub async fn rotate_authorities(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     require_admin(&state, &headers).await?;
-    let id = state.broker.svid_authorities().rotate(state.store.as_ref(), &state.kek).await.map_err(ApiError::storage)?;
+    let id =
+        state.broker.svid_authorities().rotate(state.store.as_ref(), &state.kek).await.map_err(ApiError::storage)?;
     state
         .broker
         .ledger()
