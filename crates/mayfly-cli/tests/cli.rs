@@ -208,3 +208,70 @@ fn database_admin_urls_are_sealed_from_standard_input() {
     let out = seal("not a url");
     assert!(!out.status.success() && text(&out.stderr).contains("not a URL"));
 }
+
+#[test]
+fn dev_server_serves_the_workload_api_as_the_banner_shows() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("dev");
+    let srv = start_dev(&data);
+    let socket = format!("unix://{}", data.join("workload.sock").display());
+    let (admin_token, url) = (srv.admin_token.clone(), srv.url.clone());
+    let env = [
+        ("MAYFLY_ADMIN_TOKEN", admin_token.as_str()),
+        ("MAYFLY_URL", url.as_str()),
+        ("SPIFFE_ENDPOINT_SOCKET", &socket),
+    ];
+
+    // No entry yet: no identity, and the message says so.
+    let none = mayfly(&["svid", "x509"], &env);
+    assert!(!none.status.success());
+    assert!(text(&none.stderr).contains("no identity"), "{}", text(&none.stderr));
+
+    let uid = nix::unistd::geteuid().to_string();
+    let selector = format!("unix:uid:{uid}");
+    let created = mayfly(
+        &["entries", "create", "--spiffe-id", "spiffe://dev.mayfly.local/dev/me", "--selector", &selector],
+        &env,
+    );
+    assert!(created.status.success(), "{}", text(&created.stderr));
+    let id = text(&created.stdout).trim().to_owned();
+    let bad = mayfly(&["entries", "create", "--spiffe-id", "spiffe://other.domain/x", "--selector", &selector], &env);
+    assert!(!bad.status.success());
+    assert!(text(&bad.stderr).contains("trust domain"), "{}", text(&bad.stderr));
+
+    let out = dir.path().join("svid");
+    let x509 = mayfly(&["svid", "x509", "--write", out.to_str().unwrap()], &env);
+    assert!(x509.status.success(), "{}", text(&x509.stderr));
+    assert_eq!(text(&x509.stdout).trim(), "spiffe://dev.mayfly.local/dev/me");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(out.join("svid.key")).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(std::fs::read_to_string(out.join("bundle.pem")).unwrap().starts_with("-----BEGIN CERTIFICATE-----"));
+
+    let jwt = mayfly(&["svid", "jwt", "--audience", "https://api.example"], &env);
+    assert!(jwt.status.success(), "{}", text(&jwt.stderr));
+    let token = text(&jwt.stdout).trim().to_owned();
+    let validate = |aud: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mayfly"))
+            .args(["svid", "validate", "--audience", aud])
+            .envs(env)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(token.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let ok = validate("https://api.example");
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    assert_eq!(text(&ok.stdout).trim(), "spiffe://dev.mayfly.local/dev/me");
+    assert!(!validate("https://elsewhere.example").status.success());
+
+    let listed = mayfly(&["entries", "list", "--json"], &env);
+    let v: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(v["entries"][0]["id"], id.as_str());
+    let deleted = mayfly(&["entries", "delete", &id], &env);
+    assert!(deleted.status.success(), "{}", text(&deleted.stderr));
+    assert!(!mayfly(&["svid", "x509"], &env).status.success(), "no identity once the entry is gone");
+}

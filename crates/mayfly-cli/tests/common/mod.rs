@@ -58,7 +58,7 @@ pub fn start_dev_on(data_dir: &std::path::Path, listen: &str) -> DevServer {
 
 pub fn mayfly(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(BIN);
-    cmd.args(args).env_remove("MAYFLY_ADMIN_TOKEN").env_remove("MAYFLY_URL");
+    cmd.args(args).env_remove("MAYFLY_ADMIN_TOKEN").env_remove("MAYFLY_URL").env_remove("SPIFFE_ENDPOINT_SOCKET");
     for (k, v) in env {
         cmd.env(k, v);
     }
