@@ -10,6 +10,8 @@
 //!   mayfly-bench-fixture db [N] [CONCURRENCY] [POSTGRES_ADMIN_URL] [SESSIONS]
 //!                                                    issue N PostgreSQL credentials over HTTP, then revoke
 //!                                                    them all (SESSIONS of them with an open session)
+//!   mayfly-bench-fixture svid [N] [CONCURRENCY]       Workload API: first-SVID latency on fresh connections,
+//!                                                    then N X.509-SVIDs at a concurrency
 #![forbid(unsafe_code)]
 
 use std::path::Path;
@@ -24,7 +26,7 @@ use serde_json::json;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let sub = args.get(1).map(String::as_str);
-    if sub == Some("seed") || sub == Some("feed-latency") || sub == Some("db") {
+    if matches!(sub, Some("seed" | "feed-latency" | "db" | "svid")) {
         let rt = match tokio::runtime::Runtime::new() {
             Ok(rt) => rt,
             Err(e) => {
@@ -35,6 +37,7 @@ fn main() -> ExitCode {
         let result = match sub {
             Some("seed") => rt.block_on(seed(&args[2..])),
             Some("db") => rt.block_on(db_credentials(&args[2..])),
+            Some("svid") => rt.block_on(svids(&args[2..])),
             _ => rt.block_on(feed_latency(&args[2..])),
         };
         return match result {
@@ -320,6 +323,107 @@ async fn db_credentials(args: &[String]) -> Result<(), BoxError> {
         "revoked {} users ({killed} of {sessions} open sessions ended) in {:.2} s, from one revocation",
         issued.len(),
         started.elapsed().as_secs_f64()
+    );
+    running.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// CPU seconds (user + system) this process has used.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the stat line: 11 and 12 after the command name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn percentile(sorted: &[std::time::Duration], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)].as_secs_f64() * 1e3
+}
+
+async fn svids(args: &[String]) -> Result<(), BoxError> {
+    let n: usize = args.first().map(|a| a.parse()).transpose()?.unwrap_or(20_000);
+    let concurrency: usize = args.get(1).map(|a| a.parse()).transpose()?.unwrap_or(8);
+    let dir = std::env::temp_dir().join(format!("mayfly-svid-bench-{}", std::process::id()));
+    write_fixture(&dir, 0, "normal")?;
+    let socket = dir.join("wl.sock");
+    let mut toml = std::fs::read_to_string(dir.join("mayfly.toml"))?;
+    let exe = std::env::current_exe()?;
+    toml.push_str(&format!(
+        "\n[workload_api]\nsocket = \"{}\"\n[[workload_api.entries]]\nspiffe_id = \"spiffe://bench.local/svid-bench\"\n\
+         selectors = [\"unix:uid:{}\", \"unix:path:{}\"]\n",
+        socket.display(),
+        nix::unistd::geteuid(),
+        exe.display()
+    ));
+    std::fs::write(dir.join("mayfly.toml"), toml)?;
+    std::fs::write(
+        dir.join("policies/svid.cedar"),
+        "permit (principal, action == Mayfly::Action::\"fetch_svid\", resource) when { principal.attestor == \"unix\" };\n",
+    )?;
+    let cfg = mayfly_server::config::Config::load(&dir.join("mayfly.toml"))?;
+    let running = mayfly_server::server::start(cfg, None).await?;
+    let endpoint = format!("unix://{}", socket.display());
+
+    // A workload's first SVID: connect, attest, decide, mint, record, deliver.
+    let mut first = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    for _ in 0..300 {
+        if std::time::Instant::now() > deadline {
+            break;
+        }
+        let t = std::time::Instant::now();
+        let client = spiffe::WorkloadApiClient::connect_to(&endpoint).await?;
+        client.fetch_x509_svid().await?;
+        first.push(t.elapsed());
+    }
+    first.sort();
+    println!(
+        "first X.509-SVID on a new connection ({} rounds, sequential): p50 {:.2} ms, p99 {:.2} ms",
+        first.len(),
+        percentile(&first, 0.5),
+        percentile(&first, 0.99)
+    );
+
+    // Issuance rate: each worker keeps its connection; every fetch mints and records a new SVID.
+    let cpu_before = cpu_seconds();
+    let started = std::time::Instant::now();
+    let per_worker = n / concurrency.max(1);
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let endpoint = endpoint.clone();
+        set.spawn(async move {
+            let client = spiffe::WorkloadApiClient::connect_to(&endpoint).await.map_err(|e| e.to_string())?;
+            let mut lat = Vec::with_capacity(per_worker);
+            let stop = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            for _ in 0..per_worker {
+                if std::time::Instant::now() > stop {
+                    break;
+                }
+                let t = std::time::Instant::now();
+                client.fetch_x509_svid().await.map_err(|e| e.to_string())?;
+                lat.push(t.elapsed());
+            }
+            Ok::<_, String>(lat)
+        });
+    }
+    let mut lat = Vec::new();
+    while let Some(j) = set.join_next().await {
+        lat.extend(j??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu_before;
+    lat.sort();
+    println!(
+        "issued {} X.509-SVIDs at concurrency {concurrency} in {elapsed:.2} s: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms; \
+         {cpu:.2} CPU-s for server and client together: {:.0} SVIDs per CPU-second",
+        lat.len(),
+        lat.len() as f64 / elapsed,
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        lat.len() as f64 / cpu.max(1e-9)
     );
     running.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);

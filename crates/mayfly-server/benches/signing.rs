@@ -1,8 +1,9 @@
-//! The signing path: minting an RFC 9068 token with the active key.
+//! The signing path: minting an RFC 9068 token with the active key, and SPIFFE SVIDs.
 
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use mayfly_server::issue::svid::{SvidAuthorities, SvidLifetimes};
 use mayfly_server::issue::{AccessTokenRequest, JwtIssuer};
 use mayfly_server::keys::{Kek, KeyRing, SigningAlg};
 use mayfly_server::ledger::sqlite::SqliteStore;
@@ -36,6 +37,18 @@ fn signing(c: &mut Criterion) {
             })
         });
     }
+    let svids = rt.block_on(async {
+        let store = SqliteStore::in_memory().await.unwrap();
+        let lifetimes = SvidLifetimes { ca_ttl_secs: 7 * 86400, max_svid_ttl_secs: 86400 };
+        SvidAuthorities::load_or_create(&store, &kek, "prod.example", lifetimes).await.unwrap()
+    });
+    c.bench_function("mint X.509-SVID (P-256 key generation + CA signature)", |b| {
+        b.iter(|| svids.mint_x509("spiffe://prod.example/billing/api", &[], 3600, 1_800_000_000).unwrap())
+    });
+    let audiences = vec!["https://payments.prod.example".to_owned()];
+    c.bench_function("mint JWT-SVID (ES256)", |b| {
+        b.iter(|| svids.mint_jwt("spiffe://prod.example/billing/api", &audiences, 300, 1_800_000_000).unwrap())
+    });
     c.bench_function("keyed fingerprint (HMAC-SHA-256) of a token", |b| {
         let token = "x".repeat(600);
         b.iter(|| kek.fingerprint(token.as_bytes()))
