@@ -89,7 +89,7 @@ impl EntriesCommand {
                 if json {
                     print_json(&list)?;
                 } else {
-                    println!("{:<30} {:<7} {:<45} SELECTORS", "ID", "SOURCE", "SPIFFE ID");
+                    println!("{:<32} {:<7} {:<45} SELECTORS", "ID", "SOURCE", "SPIFFE ID");
                     for e in &list.entries {
                         println!(
                             "{:<30} {:<7} {:<45} {}",

@@ -151,7 +151,8 @@ impl Broker {
                 .map_err(|e| BrokerError::InvalidRequest(format!("X.509-SVID could not be minted: {e}")))?;
             let lifetime = svid.expires_at - svid.issued_at;
             let jitter = (rand::random::<u64>() % (lifetime as u64 / 10 + 1)) as i64;
-            let rotate_at = svid.issued_at + lifetime / 2 - jitter;
+            // At least a second later: a very short lifetime must not make the stream spin.
+            let rotate_at = (svid.issued_at + lifetime / 2 - jitter).max(svid.issued_at + 1);
             let issued = IssuedToken {
                 token: String::new(),
                 jti: svid.serial.clone(),

@@ -2,8 +2,6 @@
 
 use std::sync::Arc;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde::Serialize;
 
 use super::IssueError;
@@ -120,12 +118,7 @@ impl JwtIssuer {
             cnf: req.cnf,
             max_uses: req.max_uses,
         };
-        let mut token = B64.encode(serde_json::to_vec(&header)?);
-        token.push('.');
-        B64.encode_string(serde_json::to_vec(&claims)?, &mut token);
-        let signature = key.sign(token.as_bytes())?;
-        token.push('.');
-        B64.encode_string(signature, &mut token);
+        let token = key.sign_compact(&serde_json::to_vec(&header)?, &serde_json::to_vec(&claims)?)?;
         Ok(IssuedToken { token, jti, issued_at: req.now, expires_at, kid: key.kid().to_owned(), scope })
     }
 }

@@ -322,12 +322,7 @@ impl SvidAuthorities {
         let expires_at = now + ttl_secs;
         let header = json!({"alg": "ES256", "kid": key.kid(), "typ": "JWT"});
         let claims = json!({"sub": spiffe_id, "aud": audiences, "exp": expires_at, "iat": now, "jti": jti});
-        let mut token = B64.encode(serde_json::to_vec(&header)?);
-        token.push('.');
-        B64.encode_string(serde_json::to_vec(&claims)?, &mut token);
-        let signature = key.sign(token.as_bytes())?;
-        token.push('.');
-        B64.encode_string(signature, &mut token);
+        let token = key.sign_compact(&serde_json::to_vec(&header)?, &serde_json::to_vec(&claims)?)?;
         Ok(MintedJwtSvid { token, jti, issued_at: now, expires_at, kid: key.kid().to_owned() })
     }
 

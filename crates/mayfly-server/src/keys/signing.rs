@@ -141,6 +141,17 @@ impl SigningKey {
             }
         }
     }
+
+    /// A JWS in compact serialization (RFC 7515 §7.1) of already-serialized header and claims.
+    pub fn sign_compact(&self, header: &[u8], claims: &[u8]) -> Result<String, KeyError> {
+        let mut token = B64.encode(header);
+        token.push('.');
+        B64.encode_string(claims, &mut token);
+        let signature = self.sign(token.as_bytes())?;
+        token.push('.');
+        B64.encode_string(signature, &mut token);
+        Ok(token)
+    }
 }
 
 /// RFC 7638 JWK thumbprint (SHA-256, base64url) of a public OKP, EC or RSA JWK.

@@ -9,8 +9,7 @@ use mayfly_proto::{CreateJoinTokenRequest, CreateJoinTokenResponse, SigningKeyIn
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use super::{ApiError, AppState, require_admin};
-use crate::ledger::AuditEvent;
+use super::{ApiError, AppState, audit_admin, require_admin};
 
 /// Parses an optional JSON body: empty means defaults.
 pub(crate) fn json_body<T: DeserializeOwned + Default>(
@@ -63,12 +62,7 @@ pub async fn create_join_token(
     let req: CreateJoinTokenRequest = json_body(&headers, body)?;
     let created = state.broker.attestors().join_tokens().create(req.ttl_seconds, req.spiffe_path.as_deref()).await?;
     let detail = json!({"join_token_id": created.id, "expires_at": created.expires_at});
-    state
-        .broker
-        .ledger()
-        .audit(AuditEvent::new("admin.join_token.created", Some(created.spiffe_id.clone()), detail))
-        .await
-        .map_err(ApiError::storage)?;
+    audit_admin(&state, "admin.join_token.created", Some(created.spiffe_id.clone()), detail).await?;
     Ok((StatusCode::CREATED, [(header::CACHE_CONTROL, "no-store")], Json(created)))
 }
 
@@ -101,11 +95,6 @@ pub async fn rotate_keys(State(state): State<AppState>, headers: HeaderMap) -> R
     let old = state.keys.active().kid().to_owned();
     let info = state.keys.rotate(state.store.as_ref(), &state.kek, state.signing_alg, state.key_publish_secs).await?;
     let detail = json!({"new_kid": info.kid, "retired_kid": old, "published_for_seconds": state.key_publish_secs});
-    state
-        .broker
-        .ledger()
-        .audit(AuditEvent::new("admin.keys.rotated", None, detail))
-        .await
-        .map_err(ApiError::storage)?;
+    audit_admin(&state, "admin.keys.rotated", None, detail).await?;
     Ok(Json(info))
 }

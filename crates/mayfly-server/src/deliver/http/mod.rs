@@ -153,6 +153,16 @@ pub fn admin_token_hash(token: &str) -> String {
 }
 
 /// Checks `Authorization: Bearer <admin token>`.
+/// Records an admin action in the audit trail; a failure is a 503 (the action is done, its record is not).
+pub(crate) async fn audit_admin(
+    state: &AppState,
+    kind: &str,
+    subject: Option<String>,
+    detail: serde_json::Value,
+) -> Result<(), ApiError> {
+    state.broker.ledger().audit(crate::ledger::AuditEvent::new(kind, subject, detail)).await.map_err(ApiError::storage)
+}
+
 pub(crate) async fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let token = bearer(headers).ok_or_else(|| {
         ApiError::Unauthorized("an admin token is required (Authorization: Bearer <admin token>)".into())

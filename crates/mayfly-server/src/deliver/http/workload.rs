@@ -11,8 +11,7 @@ use mayfly_proto::{EntryInfo, EntryList, EntrySpec};
 use serde_json::json;
 
 use super::admin::json_body_required;
-use super::{ApiError, AppState, require_admin};
-use crate::ledger::AuditEvent;
+use super::{ApiError, AppState, audit_admin, require_admin};
 
 /// How often bundle consumers should refresh, in seconds (`spiffe_refresh_hint`).
 const BUNDLE_REFRESH_HINT_SECS: i64 = 300;
@@ -52,12 +51,7 @@ pub async fn create_entry(
     let entry = state.broker.entries().create(&spec).await.map_err(crate::broker::BrokerError::from)?;
     let info = entry.info();
     let detail = json!({"entry": info.id, "selectors": info.spec.selectors});
-    state
-        .broker
-        .ledger()
-        .audit(AuditEvent::new("admin.entry.created", Some(info.spec.spiffe_id.clone()), detail))
-        .await
-        .map_err(ApiError::storage)?;
+    audit_admin(&state, "admin.entry.created", Some(info.spec.spiffe_id.clone()), detail).await?;
     Ok((StatusCode::CREATED, Json(info)))
 }
 
@@ -100,12 +94,7 @@ pub async fn delete_entry(
     require_admin(&state, &headers).await?;
     let entry = state.broker.entries().delete(&id).await.map_err(crate::broker::BrokerError::from)?;
     let info = entry.info();
-    state
-        .broker
-        .ledger()
-        .audit(AuditEvent::new("admin.entry.deleted", Some(info.spec.spiffe_id.clone()), json!({"entry": info.id})))
-        .await
-        .map_err(ApiError::storage)?;
+    audit_admin(&state, "admin.entry.deleted", Some(info.spec.spiffe_id.clone()), json!({"entry": info.id})).await?;
     Ok(Json(info))
 }
 
@@ -137,11 +126,6 @@ pub async fn rotate_authorities(
     require_admin(&state, &headers).await?;
     let id =
         state.broker.svid_authorities().rotate(state.store.as_ref(), &state.kek).await.map_err(ApiError::storage)?;
-    state
-        .broker
-        .ledger()
-        .audit(AuditEvent::new("admin.svid_authorities.rotated", None, json!({"authority": id})))
-        .await
-        .map_err(ApiError::storage)?;
+    audit_admin(&state, "admin.svid_authorities.rotated", None, json!({"authority": id})).await?;
     Ok(Json(json!({ "authority": id })))
 }
