@@ -40,6 +40,9 @@ pub enum BrokerError {
     /// The request is malformed in another way.
     #[error("{0}")]
     InvalidRequest(String),
+    /// The server is too busy to serve this now; retrying later can succeed.
+    #[error("{0}")]
+    Unavailable(String),
     /// The task is waiting for approval; nothing can be issued under it yet.
     #[error("task {0} is waiting for approval; nothing can be issued under it yet")]
     TaskPending(String),
@@ -187,6 +190,7 @@ pub struct Broker {
     pub(crate) svids: Arc<crate::issue::svid::SvidAuthorities>,
     pub(crate) entries: Arc<crate::attest::entries::Entries>,
     pub(crate) unix: Arc<crate::attest::unix::UnixAttestor>,
+    pub(crate) attestations: Arc<tokio::sync::Semaphore>,
     pub(crate) workload_api: crate::config::WorkloadApiConfig,
 }
 
@@ -251,6 +255,7 @@ impl Broker {
             svids: parts.svids,
             entries: parts.entries,
             unix: Arc::new(crate::attest::unix::UnixAttestor::new(parts.workload_api.max_exe_bytes)),
+            attestations: Arc::new(tokio::sync::Semaphore::new(crate::svids::ATTESTATIONS_AT_ONCE)),
             workload_api: parts.workload_api,
         }
     }

@@ -92,6 +92,10 @@ pub struct WorkloadApiConfig {
     /// JWT-SVID lifetime unless an entry says otherwise (default 5m).
     #[serde(default = "five_minutes", with = "humantime_serde")]
     pub jwt_svid_ttl: Duration,
+    /// Longest SVID lifetime an entry may ask for (default 24h, at most 7d). Revocations are
+    /// kept at least this long, so a revoked SVID never becomes valid again before it expires.
+    #[serde(default = "one_day", with = "humantime_serde")]
+    pub max_svid_ttl: Duration,
     /// Lifetime of the SVID CA certificate (default 7d); CA and JWT-SVID key rotate at half of it.
     #[serde(default = "seven_days", with = "humantime_serde")]
     pub ca_ttl: Duration,
@@ -109,6 +113,7 @@ impl Default for WorkloadApiConfig {
             socket: None,
             x509_svid_ttl: one_hour(),
             jwt_svid_ttl: five_minutes(),
+            max_svid_ttl: one_day(),
             ca_ttl: seven_days(),
             max_exe_bytes: half_gib(),
             entries: Vec::new(),
@@ -604,17 +609,15 @@ impl Config {
         }
         let w = &self.workload_api;
         let max_svid = Duration::from_secs(crate::attest::entries::MAX_SVID_TTL_SECS);
-        if w.x509_svid_ttl.is_zero()
-            || w.jwt_svid_ttl.is_zero()
-            || w.x509_svid_ttl > max_svid
-            || w.jwt_svid_ttl > max_svid
-        {
-            return bad("workload_api.x509_svid_ttl and jwt_svid_ttl are between 1s and 7d".into());
+        if w.max_svid_ttl.is_zero() || w.max_svid_ttl > max_svid {
+            return bad("workload_api.max_svid_ttl is between 1s and 7d".into());
         }
-        if w.ca_ttl < w.x509_svid_ttl.max(w.jwt_svid_ttl) * 2 {
-            return bad(
-                "workload_api.ca_ttl must be at least twice the SVID lifetimes (the CA rotates at half-life)".into()
-            );
+        if w.x509_svid_ttl.is_zero() || w.jwt_svid_ttl.is_zero() || w.x509_svid_ttl.max(w.jwt_svid_ttl) > w.max_svid_ttl
+        {
+            return bad("workload_api.x509_svid_ttl and jwt_svid_ttl are between 1s and max_svid_ttl".into());
+        }
+        if w.ca_ttl < w.max_svid_ttl * 2 {
+            return bad("workload_api.ca_ttl must be at least twice max_svid_ttl (the CA rotates at half-life)".into());
         }
         if w.socket.as_ref().is_some_and(|p| !p.is_absolute()) {
             return bad("workload_api.socket must be an absolute path".into());
@@ -679,8 +682,9 @@ impl Config {
 
     /// The longest lifetime any token can have: keys stay published at least this long after retirement.
     pub fn longest_token_ttl(&self) -> Duration {
-        // A task token lives as long as its task.
-        self.tokens.max_ttl.max(self.tasks.max_ttl)
+        // A task token lives as long as its task; SVIDs as long as the Workload API allows.
+        let svids = if self.workload_api.socket.is_some() { self.workload_api.max_svid_ttl } else { Duration::ZERO };
+        self.tokens.max_ttl.max(self.tasks.max_ttl).max(svids)
     }
 
     /// The SQLite database file.

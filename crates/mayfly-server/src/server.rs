@@ -201,14 +201,21 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
             &cfg.trust_domain,
             crate::issue::svid::SvidLifetimes {
                 ca_ttl_secs: w.ca_ttl.as_secs() as i64,
-                max_svid_ttl_secs: crate::attest::entries::MAX_SVID_TTL_SECS as i64,
+                max_svid_ttl_secs: w.max_svid_ttl.as_secs() as i64,
             },
         )
         .await?,
     );
     let config_entries: Vec<_> = w.entries.iter().map(crate::config::EntryConfig::to_spec).collect();
-    let entries =
-        Arc::new(crate::attest::entries::Entries::load(store.clone(), &cfg.trust_domain, &config_entries).await?);
+    let entries = Arc::new(
+        crate::attest::entries::Entries::load(
+            store.clone(),
+            &cfg.trust_domain,
+            w.max_svid_ttl.as_secs(),
+            &config_entries,
+        )
+        .await?,
+    );
     let broker = Arc::new(Broker::new(BrokerParts {
         attestors: Attestors::new(oidc, join_tokens),
         task_attestor: TaskAttestor::new(verifier.clone(), store.clone(), cfg.trust_domain.clone()),
@@ -277,7 +284,7 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
     let upkeep = tokio::spawn(revocations.clone().run_upkeep(Duration::from_millis(500)));
     let stats = tokio::spawn(crate::govern::stats::run(ledger.clone(), revocations, Duration::from_secs(10)));
     let task_sweep = tokio::spawn(crate::govern::tasks::run(broker.clone(), Duration::from_secs(1)));
-    let svid_rotation = tokio::spawn(crate::govern::svids::run(svids, store.clone(), kek.clone()));
+    let svid_rotation = tokio::spawn(crate::govern::svids::run(svids, ledger.clone(), kek.clone()));
     let workload_api = match &cfg.workload_api.socket {
         Some(path) => {
             let handle = crate::deliver::workload_api::serve(broker.clone(), path, stopping_rx.clone())?;

@@ -17,6 +17,11 @@ use crate::issue::IssuedToken;
 use crate::issue::svid::{MintedJwtSvid, MintedX509Svid};
 use crate::ledger::revocation::CredentialFacts;
 
+/// Most attestations (each may read and hash an executable) running at once.
+pub const ATTESTATIONS_AT_ONCE: usize = 8;
+/// Longest an attestation may take, waiting for its turn included.
+const ATTESTATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Most audiences in one JWT-SVID request.
 pub const MAX_AUDIENCES: usize = 16;
 /// Longest audience accepted.
@@ -55,12 +60,25 @@ impl Broker {
         &self.entries
     }
 
-    /// Attests a socket peer (off the async threads: it may hash the executable).
+    /// Attests a socket peer off the async threads (it may hash the executable). At most
+    /// `ATTESTATIONS_AT_ONCE` run together and each gets `ATTESTATION_TIMEOUT`: a caller whose
+    /// executable is slow to read (a stalled file system) cannot take every blocking thread.
     pub async fn attest_local(&self, peer: PeerCredentials) -> Result<UnixWorkload, BrokerError> {
+        let busy = || BrokerError::Unavailable("too many callers are being attested; retry".into());
+        let permit = tokio::time::timeout(ATTESTATION_TIMEOUT, self.attestations.clone().acquire_owned())
+            .await
+            .map_err(|_| busy())?
+            .map_err(|_| busy())?;
         let unix = self.unix.clone();
-        match tokio::task::spawn_blocking(move || unix.attest(peer)).await {
-            Ok(result) => result.map_err(|e| BrokerError::Attest(AttestError::from(e))),
-            Err(_) => Err(BrokerError::Forbidden("attestation of the caller was interrupted".into())),
+        let hash = self.entries.uses_selector("sha256");
+        let work = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            unix.attest(peer, hash)
+        });
+        match tokio::time::timeout(ATTESTATION_TIMEOUT, work).await {
+            Ok(Ok(result)) => result.map_err(|e| BrokerError::Attest(AttestError::from(e))),
+            Ok(Err(_)) => Err(BrokerError::Forbidden("attestation of the caller was interrupted".into())),
+            Err(_) => Err(BrokerError::Unavailable("attesting the caller took too long; retry".into())),
         }
     }
 
@@ -148,7 +166,7 @@ impl Broker {
             let svid = self
                 .svids
                 .mint_x509(&entry.spec.spiffe_id, &entry.spec.dns_names, ttl, now)
-                .map_err(|e| BrokerError::InvalidRequest(format!("X.509-SVID could not be minted: {e}")))?;
+                .map_err(|e| BrokerError::Issue(e.into()))?;
             let lifetime = svid.expires_at - svid.issued_at;
             let jitter = (rand::random::<u64>() % (lifetime as u64 / 10 + 1)) as i64;
             // At least a second later: a very short lifetime must not make the stream spin.
@@ -206,7 +224,7 @@ impl Broker {
             let svid = self
                 .svids
                 .mint_jwt(&entry.spec.spiffe_id, audiences, ttl, now)
-                .map_err(|e| BrokerError::InvalidRequest(format!("JWT-SVID could not be minted: {e}")))?;
+                .map_err(|e| BrokerError::Issue(e.into()))?;
             let issued = IssuedToken {
                 token: svid.token.clone(),
                 jti: svid.jti.clone(),

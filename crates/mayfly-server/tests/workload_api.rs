@@ -193,6 +193,7 @@ async fn rotation_keeps_the_old_ca_in_the_bundle_and_streams_push_it() {
     let first = tokio::time::timeout(Duration::from_secs(5), bundles.next()).await.unwrap().unwrap().unwrap();
     let td = before.spiffe_id().trust_domain().clone();
     assert_eq!(first.get(&td).unwrap().authorities().len(), 1);
+    let jwt_before = client.fetch_jwt_svid(["https://svc.test"], None).await.unwrap();
 
     let resp = s.admin_post("/v1/svid-authorities/rotate", None).await;
     assert_eq!(resp.status(), 200);
@@ -204,9 +205,46 @@ async fn rotation_keeps_the_old_ca_in_the_bundle_and_streams_push_it() {
     assert!(old_leaf.verify_signature(Some(parse(cas[0].as_bytes()).public_key())).is_ok());
     let after = client.fetch_x509_svid().await.unwrap();
     assert!(parse(after.leaf().as_bytes()).verify_signature(Some(parse(cas[1].as_bytes()).public_key())).is_ok());
-    // JWT-SVIDs signed before the rotation still validate.
-    let jwt = client.fetch_jwt_svid(["https://svc.test"], None).await.unwrap();
-    assert!(client.validate_jwt_token("https://svc.test", jwt.token()).await.is_ok());
+    // JWT-SVIDs signed before the rotation still validate, and new ones use the new key.
+    assert!(client.validate_jwt_token("https://svc.test", jwt_before.token()).await.is_ok());
+    let jwt_after = client.fetch_jwt_svid(["https://svc.test"], None).await.unwrap();
+    assert_ne!(jwt_after.key_id(), jwt_before.key_id());
+    assert!(client.validate_jwt_token("https://svc.test", jwt_after.token()).await.is_ok());
+    let jwt_bundles = client.fetch_jwt_bundles().await.unwrap();
+    assert_eq!(jwt_bundles.get(&td).unwrap().jwt_authorities().count(), 2, "both JWT keys published");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn streams_rotate_svids_at_half_life_and_entries_are_checked() {
+    let (s, socket) = start("").await;
+    // Four seconds: the stream must push a fresh SVID about two seconds in, before expiry.
+    create_entry(&s, "spiffe://test.example/workload/short", &my_selectors(), json!({"x509_svid_ttl": 4})).await;
+    let client = WorkloadApiClient::connect_to(endpoint(&socket)).await.unwrap();
+    let mut stream = client.stream_x509_svids().await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.unwrap().unwrap().unwrap();
+    let started = std::time::Instant::now();
+    let next = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.expect("pushed").unwrap().unwrap();
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(500) && waited < Duration::from_secs(4), "pushed at half-life: {waited:?}");
+    assert_ne!(parse(first.leaf().as_bytes()).raw_serial(), parse(next.leaf().as_bytes()).raw_serial());
+    assert!(
+        parse(next.leaf().as_bytes()).validity().not_after.timestamp()
+            > parse(first.leaf().as_bytes()).validity().not_after.timestamp()
+    );
+
+    // Entries the server must refuse: no user or group selector, a task path, another trust domain.
+    let exe = format!("unix:path:{}", std::env::current_exe().unwrap().display());
+    for (id, sels) in [
+        ("spiffe://test.example/path-only", vec![exe.clone()]),
+        ("spiffe://test.example/task/forged", my_selectors()),
+        ("spiffe://elsewhere.example/x", my_selectors()),
+    ] {
+        let resp = s.admin_post("/v1/entries", Some(json!({"spiffe_id": id, "selectors": sels}))).await;
+        assert_eq!(resp.status(), 400, "{id}");
+        let problem: Value = resp.json().await.unwrap();
+        assert!(problem["detail"].as_str().is_some(), "{problem}");
+    }
     s.stop().await;
 }
 

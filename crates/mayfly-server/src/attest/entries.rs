@@ -18,8 +18,15 @@ const MAX_SELECTORS: usize = 16;
 const MAX_ATTRIBUTES: usize = 32;
 /// Most DNS names on one entry.
 const MAX_DNS_NAMES: usize = 16;
-/// Longest SVID lifetime an entry may ask for: 7 days.
+/// Longest SVID lifetime any configuration allows: 7 days.
 pub const MAX_SVID_TTL_SECS: u64 = 7 * 24 * 3600;
+/// Selector names that name the caller's user or group: every entry needs one, because
+/// a process of another user could otherwise pass for a trusted executable (same pid
+/// after an exec, or a reused pid); within one user, processes can already read each
+/// other's memory, so that is the boundary attestation can hold.
+const ACCOUNT_SELECTORS: [&str; 4] = ["uid", "gid", "user", "group"];
+/// SPIFFE ID paths Mayfly gives out itself (tasks).
+const RESERVED_PATHS: [&str; 1] = ["/task"];
 /// Selector names the unix attestor produces.
 const UNIX_SELECTORS: [&str; 6] = ["uid", "gid", "user", "group", "path", "sha256"];
 
@@ -92,6 +99,7 @@ pub enum EntryError {
 pub struct Entries {
     store: Arc<dyn Store>,
     trust_domain: String,
+    max_ttl_secs: u64,
     config: Vec<Arc<Entry>>,
     all: ArcSwap<Vec<Arc<Entry>>>,
     /// Bumped on every change, so Workload API streams re-evaluate their callers.
@@ -111,12 +119,13 @@ impl Entries {
     pub async fn load(
         store: Arc<dyn Store>,
         trust_domain: &str,
+        max_ttl_secs: u64,
         config: &[(Option<String>, EntrySpec)],
     ) -> Result<Self, EntryError> {
         let now = crate::clock::now_unix();
         let mut config_entries: Vec<Arc<Entry>> = Vec::new();
         for (i, (id, spec)) in config.iter().enumerate() {
-            let (spiffe_id, spec) = validate(spec, trust_domain)
+            let (spiffe_id, spec) = validate(spec, trust_domain, max_ttl_secs)
                 .map_err(|e| EntryError::Invalid(format!("workload_api.entries[{i}]: {e}")))?;
             let id = id.clone().unwrap_or_else(|| config_entry_id(&spec));
             if config_entries.iter().any(|e| e.id == id) {
@@ -127,6 +136,7 @@ impl Entries {
         let this = Self {
             store,
             trust_domain: trust_domain.to_owned(),
+            max_ttl_secs,
             config: config_entries,
             all: ArcSwap::from_pointee(Vec::new()),
             changed: watch::channel(0).0,
@@ -142,7 +152,7 @@ impl Entries {
         for row in self.store.workload_entries().await? {
             match serde_json::from_str::<EntrySpec>(&row.spec)
                 .map_err(|e| e.to_string())
-                .and_then(|spec| validate(&spec, &self.trust_domain).map_err(|e| e.to_string()))
+                .and_then(|spec| validate(&spec, &self.trust_domain, self.max_ttl_secs).map_err(|e| e.to_string()))
             {
                 Ok((spiffe_id, spec)) => all.push(Arc::new(Entry {
                     id: row.id,
@@ -178,6 +188,12 @@ impl Entries {
         self.all.load().iter().filter(|e| e.matches(selectors)).cloned().collect()
     }
 
+    /// Whether any entry selects on `unix:<name>` (executables are hashed only when one does).
+    pub fn uses_selector(&self, name: &str) -> bool {
+        let prefix = format!("unix:{name}:");
+        self.all.load().iter().any(|e| e.spec.selectors.iter().any(|s| s.starts_with(&prefix)))
+    }
+
     /// Changes as they happen.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
@@ -185,7 +201,7 @@ impl Entries {
 
     /// Validates and stores a new entry.
     pub async fn create(&self, spec: &EntrySpec) -> Result<Arc<Entry>, EntryError> {
-        let (spiffe_id, spec) = validate(spec, &self.trust_domain).map_err(EntryError::Invalid)?;
+        let (spiffe_id, spec) = validate(spec, &self.trust_domain, self.max_ttl_secs).map_err(EntryError::Invalid)?;
         let _guard = self.writes.lock().await;
         if let Some(dup) =
             self.all.load().iter().find(|e| e.spec.spiffe_id == spec.spiffe_id && e.spec.selectors == spec.selectors)
@@ -236,13 +252,16 @@ fn config_entry_id(spec: &EntrySpec) -> String {
 }
 
 /// Checks an entry and returns it normalised (selectors sorted and deduplicated).
-pub fn validate(spec: &EntrySpec, trust_domain: &str) -> Result<(SpiffeId, EntrySpec), String> {
+pub fn validate(spec: &EntrySpec, trust_domain: &str, max_ttl_secs: u64) -> Result<(SpiffeId, EntrySpec), String> {
     let id = SpiffeId::parse(&spec.spiffe_id).map_err(|e| format!("spiffe_id: {e}"))?;
     if id.trust_domain() != trust_domain {
         return Err(format!("spiffe_id must be in trust domain {trust_domain:?}"));
     }
     if id.path().is_empty() {
         return Err("spiffe_id needs a path: a workload's SPIFFE ID is never the bare trust domain".into());
+    }
+    if let Some(p) = RESERVED_PATHS.iter().find(|p| id.path() == **p || id.path().starts_with(&format!("{p}/"))) {
+        return Err(format!("spiffe_id: paths under {p} are Mayfly's own (tasks)"));
     }
     if spec.selectors.is_empty() || spec.selectors.len() > MAX_SELECTORS {
         return Err(format!("an entry has 1 to {MAX_SELECTORS} selectors"));
@@ -253,6 +272,10 @@ pub fn validate(spec: &EntrySpec, trust_domain: &str) -> Result<(SpiffeId, Entry
     }
     selectors.sort();
     selectors.dedup();
+    let names_account = |s: &String| s.split(':').nth(1).is_some_and(|n| ACCOUNT_SELECTORS.contains(&n));
+    if !selectors.iter().any(names_account) {
+        return Err("an entry needs a unix:uid, unix:gid, unix:user or unix:group selector".into());
+    }
     if let Some(h) = &spec.hint
         && (h.is_empty() || h.len() > 64 || h.chars().any(char::is_control))
     {
@@ -264,16 +287,21 @@ pub fn validate(spec: &EntrySpec, trust_domain: &str) -> Result<(SpiffeId, Entry
     for name in &spec.dns_names {
         let ok = !name.is_empty()
             && name.len() <= 253
-            && name.split('.').all(|l| {
-                !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'*')
+            && name.split('.').enumerate().all(|(i, l)| {
+                (i == 0 && l == "*")
+                    || (!l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'))
             });
         if !ok {
-            return Err(format!("dns_names: {name:?} is not a DNS name"));
+            return Err(format!(
+                "dns_names: {name:?} is not a lowercase DNS name (a wildcard only as the first label)"
+            ));
         }
     }
     for (what, ttl) in [("x509_svid_ttl", spec.x509_svid_ttl), ("jwt_svid_ttl", spec.jwt_svid_ttl)] {
-        if ttl.is_some_and(|t| t == 0 || t > MAX_SVID_TTL_SECS) {
-            return Err(format!("{what} is 1 to {MAX_SVID_TTL_SECS} seconds"));
+        if ttl.is_some_and(|t| t == 0 || t > max_ttl_secs) {
+            return Err(format!("{what} is 1 to {max_ttl_secs} seconds (workload_api.max_svid_ttl)"));
         }
     }
     if spec.attributes.len() > MAX_ATTRIBUTES {
@@ -303,7 +331,9 @@ fn check_selector(s: &str) -> Result<(), String> {
         return bad("the value is 1 to 1024 bytes");
     }
     match name {
-        "uid" | "gid" if value.parse::<u32>().is_err() => bad("uid and gid are numbers"),
+        "uid" | "gid" if value.parse::<u32>().map(|n| n.to_string()).as_deref() != Ok(value) => {
+            bad("uid and gid are numbers written without sign or leading zeros")
+        }
         "sha256" if value.len() != 64 || !value.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) => {
             bad("sha256 is 64 lowercase hex digits")
         }
@@ -333,7 +363,7 @@ mod tests {
     fn validates_entries() {
         let td = "example.org";
         let (_, ok) =
-            validate(&spec("spiffe://example.org/api", &["unix:uid:1000", "unix:path:/bin/a:b"]), td).unwrap();
+            validate(&spec("spiffe://example.org/api", &["unix:uid:1000", "unix:path:/bin/a:b"]), td, 3600).unwrap();
         assert_eq!(ok.selectors, vec!["unix:path:/bin/a:b", "unix:uid:1000"]);
         for (id, sels) in [
             ("spiffe://other.org/api", vec!["unix:uid:1"]),
@@ -345,15 +375,19 @@ mod tests {
             ("spiffe://example.org/api", vec!["unix:sha256:ABC"]),
             ("spiffe://example.org/api", vec!["unix:path:relative"]),
             ("spiffe://example.org/api", vec!["unix:uid"]),
+            ("spiffe://example.org/api", vec!["unix:uid:01000"]),
+            ("spiffe://example.org/api", vec!["unix:uid:+1"]),
+            ("spiffe://example.org/api", vec!["unix:path:/usr/bin/api"]),
+            ("spiffe://example.org/task/x", vec!["unix:uid:1"]),
         ] {
-            assert!(validate(&spec(id, &sels), td).is_err(), "{id} {sels:?} should be refused");
+            assert!(validate(&spec(id, &sels), td, 3600).is_err(), "{id} {sels:?} should be refused");
         }
     }
 
     #[test]
     fn an_entry_matches_a_superset_of_its_selectors() {
         let (id, s) =
-            validate(&spec("spiffe://example.org/api", &["unix:uid:1", "unix:gid:2"]), "example.org").unwrap();
+            validate(&spec("spiffe://example.org/api", &["unix:uid:1", "unix:gid:2"]), "example.org", 3600).unwrap();
         let e = Entry { id: "e".into(), spiffe_id: id, spec: s, source: EntrySource::Api, created_at: 0 };
         let caller = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
         assert!(e.matches(&caller(&["unix:uid:1", "unix:gid:2", "unix:path:/x"])));

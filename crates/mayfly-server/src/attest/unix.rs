@@ -11,8 +11,8 @@ use std::sync::Mutex;
 /// Entries cached in the executable-hash cache before it is cleared.
 const HASH_CACHE_CAPACITY: usize = 1024;
 
-/// A file's identity and version: (device, inode, size, mtime, ctime).
-type FileVersion = (u64, u64, u64, i64, i64);
+/// A file's identity and version: (device, inode, size, mtime and ctime in nanoseconds).
+type FileVersion = (u64, u64, u64, i128, i128);
 
 /// What the kernel reports about the peer of a unix socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +30,8 @@ pub struct PeerCredentials {
 pub struct UnixWorkload {
     /// Its process id.
     pub pid: i32,
+    /// When it started (clock ticks since boot): with the pid, it names this process only.
+    pub started: u64,
     /// Effective user id.
     pub uid: u32,
     /// Effective group id.
@@ -92,8 +94,9 @@ impl UnixAttestor {
         Self { max_exe_bytes, hashes: Mutex::new(HashMap::new()) }
     }
 
-    /// Attests a caller. Blocking (reads `/proc` and may hash a file): run it off the async threads.
-    pub fn attest(&self, peer: PeerCredentials) -> Result<UnixWorkload, UnixAttestError> {
+    /// Attests a caller; hashes its executable only when `hash` (some entry selects on it).
+    /// Blocking (reads `/proc`, may hash a file): run it off the async threads.
+    pub fn attest(&self, peer: PeerCredentials, hash: bool) -> Result<UnixWorkload, UnixAttestError> {
         if peer.pid <= 0 {
             return Err(UnixAttestError::NoPeerProcess);
         }
@@ -102,12 +105,13 @@ impl UnixAttestor {
         let started = start_time(pid).ok_or(UnixAttestError::ProcessGone(pid))?;
         let exe = format!("/proc/{pid}/exe");
         let path = std::fs::read_link(&exe).ok().map(|p| p.to_string_lossy().into_owned());
-        let sha256 = path.as_ref().and_then(|_| self.hash_executable(&exe));
+        let sha256 = if hash { path.as_ref().and_then(|_| self.hash_executable(&exe)) } else { None };
         if start_time(pid) != Some(started) {
             return Err(UnixAttestError::ProcessGone(pid));
         }
         Ok(UnixWorkload {
             pid,
+            started,
             uid: peer.uid,
             gid: peer.gid,
             user: nix::unistd::User::from_uid(peer.uid.into()).ok().flatten().map(|u| u.name),
@@ -125,7 +129,14 @@ impl UnixAttestor {
             tracing::debug!(size = meta.len(), limit = self.max_exe_bytes, "executable too large to hash");
             return None;
         }
-        let key = (meta.dev(), meta.ino(), meta.len(), meta.mtime(), meta.ctime());
+        let nanos = |secs: i64, nsec: i64| i128::from(secs) * 1_000_000_000 + i128::from(nsec);
+        let key = (
+            meta.dev(),
+            meta.ino(),
+            meta.len(),
+            nanos(meta.mtime(), meta.mtime_nsec()),
+            nanos(meta.ctime(), meta.ctime_nsec()),
+        );
         if let Some(h) = self.cache().get(&key) {
             return Some(h.clone());
         }
@@ -153,6 +164,11 @@ impl UnixAttestor {
     }
 }
 
+/// Whether `pid` still is the process that started at `started` (not exited, pid not reused).
+pub fn still_running(pid: i32, started: u64) -> bool {
+    start_time(pid) == Some(started)
+}
+
 /// Field 22 of `/proc/<pid>/stat`: when the process started, in clock ticks since boot.
 fn start_time(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -172,7 +188,9 @@ mod tests {
             uid: nix::unistd::geteuid().as_raw(),
             gid: nix::unistd::getegid().as_raw(),
         };
-        let w = UnixAttestor::new(1 << 40).attest(me).unwrap();
+        let w = UnixAttestor::new(1 << 40).attest(me, true).unwrap();
+        assert!(still_running(w.pid, w.started));
+        assert!(!still_running(w.pid, w.started + 1));
         let exe = std::env::current_exe().unwrap();
         assert_eq!(w.path.as_deref(), Some(exe.to_str().unwrap()));
         let expected =
@@ -185,13 +203,14 @@ mod tests {
     #[test]
     fn large_executables_are_not_hashed_and_gone_processes_are_refused() {
         let me = PeerCredentials { pid: std::process::id() as i32, uid: 0, gid: 0 };
-        let w = UnixAttestor::new(16).attest(me).unwrap();
+        let w = UnixAttestor::new(16).attest(me, true).unwrap();
         assert!(w.path.is_some());
         assert_eq!(w.sha256, None);
         let gone = PeerCredentials { pid: i32::MAX - 7, uid: 0, gid: 0 };
-        assert!(matches!(UnixAttestor::new(16).attest(gone), Err(UnixAttestError::ProcessGone(_))));
+        assert!(matches!(UnixAttestor::new(16).attest(gone, true), Err(UnixAttestError::ProcessGone(_))));
+        assert_eq!(UnixAttestor::new(1 << 40).attest(me, false).unwrap().sha256, None, "hashed only when asked");
         assert!(matches!(
-            UnixAttestor::new(16).attest(PeerCredentials { pid: 0, uid: 0, gid: 0 }),
+            UnixAttestor::new(16).attest(PeerCredentials { pid: 0, uid: 0, gid: 0 }, true),
             Err(UnixAttestError::NoPeerProcess)
         ));
     }

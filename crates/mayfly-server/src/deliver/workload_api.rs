@@ -50,6 +50,17 @@ pub fn serve(
     stopping: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, SocketError> {
     let err = |cause: String| SocketError { path: path.display().to_string(), cause };
+    {
+        // Others must not be able to swap the socket for something else, before or after bind.
+        use std::os::unix::fs::PermissionsExt;
+        let parent = path.parent().ok_or_else(|| err("has no parent directory".into()))?;
+        let mode = std::fs::metadata(parent).map_err(|e| err(format!("its directory: {e}")))?.permissions().mode();
+        if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+            return Err(err(
+                "its directory is writable by others (and not sticky); use a directory only Mayfly writes".into(),
+            ));
+        }
+    }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         use std::os::unix::fs::FileTypeExt;
         if !meta.file_type().is_socket() {
@@ -70,6 +81,10 @@ pub fn serve(
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let socket: PathBuf = path.to_owned();
+    let bound = std::fs::symlink_metadata(path).map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        (m.dev(), m.ino())
+    });
     let mut stop = stopping;
     Ok(tokio::spawn(async move {
         let result = tonic::transport::Server::builder()
@@ -83,7 +98,14 @@ pub fn serve(
         if let Err(e) = result {
             tracing::error!(error = %e, "Workload API server failed");
         }
-        let _ = std::fs::remove_file(&socket);
+        // Only our own socket: a successor may already have bound the path.
+        let still_ours = std::fs::symlink_metadata(&socket).map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            (m.dev(), m.ino())
+        });
+        if matches!((&bound, &still_ours), (Ok(a), Ok(b)) if a == b) {
+            let _ = std::fs::remove_file(&socket);
+        }
     }))
 }
 
@@ -114,6 +136,7 @@ fn status(e: BrokerError) -> Status {
             Status::invalid_argument(m)
         }
         BrokerError::NotFound(m) => Status::not_found(m),
+        BrokerError::Unavailable(m) => Status::unavailable(m),
         BrokerError::Ledger(e) => {
             tracing::error!(error = %e, "Workload API: issuance could not be recorded");
             Status::unavailable("the ledger is unavailable; nothing was issued, retry")
@@ -174,19 +197,32 @@ impl Changes {
         }
     }
 
-    /// Returns false when the stream should end (server stopping).
-    async fn next(&mut self, deadline: tokio::time::Instant) -> bool {
+    /// What woke the stream; `None` when it should end (server stopping).
+    async fn next(&mut self, deadline: tokio::time::Instant) -> Option<Wake> {
         if *self.stopping.borrow() {
-            return false;
+            return None;
         }
         tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => true,
-            r = self.entries.changed() => r.is_ok(),
-            r = self.bundles.changed() => r.is_ok(),
-            r = self.revocations.recv() => !matches!(r, Err(broadcast::error::RecvError::Closed)),
-            _ = self.stopping.wait_for(|s| *s) => false,
+            _ = tokio::time::sleep_until(deadline) => Some(Wake::Other),
+            r = self.entries.changed() => r.is_ok().then_some(Wake::Other),
+            r = self.bundles.changed() => r.is_ok().then_some(Wake::Other),
+            r = self.revocations.recv() => match r {
+                Ok(_) => Some(Wake::Revocation),
+                // Missed some: look at everything again.
+                Err(broadcast::error::RecvError::Lagged(_)) => Some(Wake::Other),
+                Err(broadcast::error::RecvError::Closed) => None,
+            },
+            _ = self.stopping.wait_for(|s| *s) => None,
         }
     }
+}
+
+/// Why a stream woke up.
+enum Wake {
+    /// A revocation: only matters if it covers what the caller holds.
+    Revocation,
+    /// A timer, an entry or bundle change, or missed revocations.
+    Other,
 }
 
 fn deadline_for(held: &[HeldX509Svid]) -> tokio::time::Instant {
@@ -205,8 +241,10 @@ impl SpiffeWorkloadApi for WorkloadApiService {
         &self,
         req: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
-        let (peer, w) = self.attest(&req).await?;
+        let (peer, mut w) = self.attest(&req).await?;
         let mut changes = Changes::new(&self.broker, &self.stopping);
+        // Marked seen before the first answer is built: a rotation after this point is pushed.
+        let mut bundle_version = *changes.bundles.borrow_and_update();
         let mut held = self.broker.x509_svids(&w, &[]).await.map_err(status)?;
         if held.is_empty() {
             return Err(no_identity());
@@ -215,13 +253,27 @@ impl SpiffeWorkloadApi for WorkloadApiService {
         let this = WorkloadApiService { broker: self.broker.clone(), stopping: self.stopping.clone() };
         let stream = async_stream::stream! {
             yield Ok(first);
-            let mut bundle_version = *changes.bundles.borrow();
-            while changes.next(deadline_for(&held)).await {
-                // Re-attested on every change: a pid now running something else loses its identity.
-                let w = match this.broker.attest_local(peer).await {
-                    Ok(w) => w,
-                    Err(e) => { yield Err(status(e)); break; }
-                };
+            while let Some(wake) = changes.next(deadline_for(&held)).await {
+                if matches!(wake, Wake::Revocation)
+                    && !held.iter().any(|h| this.broker.x509_svid_revoked(h)
+                        || this.broker.revocations.names_subject(&h.entry.spec.spiffe_id))
+                {
+                    continue;
+                }
+                // The stream stays with the process it attested: if that pid now names another
+                // process (or none), the stream ends. Its facts are kept, not re-read, so a
+                // binary replaced on disk by an upgrade does not cost a running service its identity.
+                if !crate::attest::unix::still_running(w.pid, w.started) {
+                    yield Err(Status::permission_denied("the calling process has exited"));
+                    break;
+                }
+                if w.sha256.is_none() && this.broker.entries().uses_selector("sha256") {
+                    match this.broker.attest_local(peer).await {
+                        Ok(again) if again.started == w.started => w = again,
+                        Ok(_) => { yield Err(Status::permission_denied("the calling process has exited")); break; }
+                        Err(e) => { yield Err(status(e)); break; }
+                    }
+                }
                 let next = match this.broker.x509_svids(&w, &held).await {
                     Ok(n) => n,
                     Err(e) => { yield Err(status(e)); break; }

@@ -4,19 +4,33 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde_json::json;
+
 use crate::issue::svid::SvidAuthorities;
 use crate::keys::Kek;
-use crate::ledger::Store;
+use crate::ledger::{AuditEvent, Ledger};
 
 /// How often the rotation deadline is checked.
 const CHECK_EVERY: Duration = Duration::from_secs(30);
 
-/// Rotates when due, until the process stops.
-pub async fn run(authorities: Arc<SvidAuthorities>, store: Arc<dyn Store>, kek: Arc<Kek>) {
+/// Rotates when due (audited), and drops retired generations from the bundles once
+/// what they signed has expired, until the process stops.
+pub async fn run(authorities: Arc<SvidAuthorities>, ledger: Ledger, kek: Arc<Kek>) {
     loop {
         tokio::time::sleep(CHECK_EVERY).await;
-        if let Err(e) = authorities.rotate_if_due(store.as_ref(), &kek).await {
-            tracing::error!(error = %e, "SVID authority rotation failed; will retry");
+        authorities.prune();
+        if crate::clock::now_unix() < authorities.rotation_due_at() {
+            continue;
+        }
+        match authorities.rotate(ledger.store().as_ref(), &kek).await {
+            Ok(id) => {
+                let event =
+                    AuditEvent::new("svid_authorities.rotated", None, json!({"authority": id, "trigger": "half-life"}));
+                if let Err(e) = ledger.audit(event).await {
+                    tracing::error!(error = %e, "audit of the SVID authority rotation failed");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "SVID authority rotation failed; will retry"),
         }
     }
 }

@@ -13,6 +13,9 @@ pub enum IssueError {
     /// Signing failed.
     #[error("signing failed: {0}")]
     Signing(#[from] crate::keys::KeyError),
+    /// An SVID could not be minted.
+    #[error("SVID could not be minted: {0}")]
+    Svid(#[from] svid::SvidError),
     /// Claims could not be serialised.
     #[error("claims could not be encoded: {0}")]
     Encoding(#[from] serde_json::Error),

@@ -74,7 +74,7 @@ struct State {
 }
 
 /// An X.509-SVID fresh from the CA.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct MintedX509Svid {
     /// The leaf certificate, DER.
     pub cert: Vec<u8>,
@@ -90,8 +90,27 @@ pub struct MintedX509Svid {
     pub authority: String,
 }
 
+// Hand-written: the private key and the token never reach a log through `{:?}`.
+impl std::fmt::Debug for MintedX509Svid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MintedX509Svid")
+            .field("serial", &self.serial)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for MintedJwtSvid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MintedJwtSvid")
+            .field("jti", &self.jti)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A JWT-SVID fresh from the signer.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct MintedJwtSvid {
     /// The compact JWS. Secret.
     pub token: String,
@@ -230,19 +249,22 @@ impl SvidAuthorities {
         list.into_iter()
     }
 
+    /// Drops generations whose publication has ended from the bundles; streams are told.
+    pub fn prune(&self) {
+        let now = crate::clock::now_unix();
+        let state = self.state.load_full();
+        if state.published.iter().all(|(_, until)| until.is_none_or(|t| t > now)) {
+            return;
+        }
+        let published = state.published.iter().filter(|(_, until)| until.is_none_or(|t| t > now)).cloned().collect();
+        self.state.store(Arc::new(State { active: state.active.clone(), published }));
+        self.changed.send_modify(|v| *v += 1);
+    }
+
     /// When the active generation is due for rotation (half its CA lifetime).
     pub fn rotation_due_at(&self) -> i64 {
         let a = self.state.load().active.clone();
         a.created_at + (a.not_after - a.created_at) / 2
-    }
-
-    /// Rotates when the active generation is past half its lifetime; returns whether it did.
-    pub async fn rotate_if_due(&self, store: &dyn Store, kek: &Kek) -> Result<bool, SvidError> {
-        if crate::clock::now_unix() < self.rotation_due_at() {
-            return Ok(false);
-        }
-        self.rotate(store, kek).await?;
-        Ok(true)
     }
 
     /// A new generation signs from now on; the old one stays in the bundles until what it signed has expired.
@@ -317,9 +339,11 @@ impl SvidAuthorities {
         ttl_secs: i64,
         now: i64,
     ) -> Result<MintedJwtSvid, SvidError> {
-        let key = self.state.load().active.jwt_key.clone();
+        let g = self.state.load().active.clone();
+        let key = g.jwt_key.clone();
         let jti = crate::ids::time_ordered_id();
-        let expires_at = now + ttl_secs;
+        // Never past its generation: a retired key leaves the bundle by then.
+        let expires_at = (now + ttl_secs).min(g.not_after);
         let header = json!({"alg": "ES256", "kid": key.kid(), "typ": "JWT"});
         let claims = json!({"sub": spiffe_id, "aud": audiences, "exp": expires_at, "iat": now, "jti": jti});
         let token = key.sign_compact(&serde_json::to_vec(&header)?, &serde_json::to_vec(&claims)?)?;

@@ -135,17 +135,20 @@ pub async fn issue(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, [(header::HeaderName, &'static str); 1], Json<DbCredential>), ApiError> {
     let req: DbCredentialRequest = json_body_required(&headers, body)?;
-    let issued = state
-        .broker
-        .issue_db_credential(DbCredentialParams {
-            database,
-            role,
-            subject_token_type: req.subject_token_type,
-            subject_token: req.subject_token,
-            ttl_seconds: req.ttl_seconds,
-            source_ip: peer.addr.ip(),
-        })
-        .await?;
+    let params = DbCredentialParams {
+        database,
+        role,
+        subject_token_type: req.subject_token_type,
+        subject_token: req.subject_token,
+        ttl_seconds: req.ttl_seconds,
+        source_ip: peer.addr.ip(),
+    };
+    // Its own task: a client that hangs up must not cancel issuance between creating the
+    // user and recording it active (the lease would stay `creating`, out of the reaper's reach).
+    let broker = state.broker.clone();
+    let issued = tokio::spawn(async move { broker.issue_db_credential(params).await })
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("issuance was interrupted: {e}")))??;
     let db = &issued.database;
     let body = DbCredential {
         lease: DbLeaseInfo::from(&issued.lease),

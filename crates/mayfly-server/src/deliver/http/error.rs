@@ -110,6 +110,9 @@ impl ApiError {
                 BrokerError::Database(crate::issue::db::DbError::Config(_)) => {
                     (S::INTERNAL_SERVER_ERROR, "database-misconfigured", "Database misconfigured", None)
                 }
+                BrokerError::Unavailable(_) => {
+                    (S::SERVICE_UNAVAILABLE, "unavailable", "Unavailable", Some("temporarily_unavailable"))
+                }
                 BrokerError::Ledger(_) => (
                     S::SERVICE_UNAVAILABLE,
                     "ledger-unavailable",

@@ -50,7 +50,7 @@ pub async fn create_entry(
     let spec: EntrySpec = json_body_required(&headers, body)?;
     let entry = state.broker.entries().create(&spec).await.map_err(crate::broker::BrokerError::from)?;
     let info = entry.info();
-    let detail = json!({"entry": info.id, "selectors": info.spec.selectors});
+    let detail = json!({"entry": info.id, "spec": info.spec});
     audit_admin(&state, "admin.entry.created", Some(info.spec.spiffe_id.clone()), detail).await?;
     Ok((StatusCode::CREATED, Json(info)))
 }
