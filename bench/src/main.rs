@@ -12,6 +12,9 @@
 //!                                                    them all (SESSIONS of them with an open session)
 //!   mayfly-bench-fixture svid [N] [CONCURRENCY]       Workload API: first-SVID latency on fresh connections,
 //!                                                    then N X.509-SVIDs at a concurrency
+//!   mayfly-bench-fixture svid-load ENDPOINT CONCURRENCY SECONDS
+//!                                                    X.509-SVIDs from a running server's socket for SECONDS;
+//!                                                    prints "requests/s p50 p99" (ms)
 #![forbid(unsafe_code)]
 
 use std::path::Path;
@@ -26,7 +29,7 @@ use serde_json::json;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let sub = args.get(1).map(String::as_str);
-    if matches!(sub, Some("seed" | "feed-latency" | "db" | "svid")) {
+    if matches!(sub, Some("seed" | "feed-latency" | "db" | "svid" | "svid-load")) {
         let rt = match tokio::runtime::Runtime::new() {
             Ok(rt) => rt,
             Err(e) => {
@@ -38,6 +41,7 @@ fn main() -> ExitCode {
             Some("seed") => rt.block_on(seed(&args[2..])),
             Some("db") => rt.block_on(db_credentials(&args[2..])),
             Some("svid") => rt.block_on(svids(&args[2..])),
+            Some("svid-load") => rt.block_on(svid_load_command(&args[2..])),
             _ => rt.block_on(feed_latency(&args[2..])),
         };
         return match result {
@@ -77,6 +81,14 @@ fn write_fixture(dir: &Path, port: u16, sync: &str) -> Result<(), Box<dyn std::e
         "e": B64.encode(pk.exponent().big_endian_without_leading_zero()),
     }]});
     std::fs::write(dir.join("jwks.json"), jwks.to_string())?;
+    // The same key as PEM (SubjectPublicKeyInfo), for verifiers that take PEM (OpenBao's jwt auth).
+    let spki = aws_lc_rs::encoding::AsDer::<aws_lc_rs::encoding::PublicKeyX509Der>::as_der(pk).map_err(|_| "spki")?;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(spki.as_ref());
+    let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap_or("")).collect();
+    std::fs::write(
+        dir.join("platform.pub.pem"),
+        format!("-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n", lines.join("\n")),
+    )?;
 
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
     let claims = json!({
@@ -389,15 +401,39 @@ async fn svids(args: &[String]) -> Result<(), BoxError> {
 
     // Issuance rate: each worker keeps its connection; every fetch mints and records a new SVID.
     let cpu_before = cpu_seconds();
+    let (lat, elapsed) = svid_load(&endpoint, concurrency, n, std::time::Duration::from_secs(120)).await?;
+    let cpu = cpu_seconds() - cpu_before;
+    println!(
+        "issued {} X.509-SVIDs at concurrency {concurrency} in {elapsed:.2} s: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms; \
+         {cpu:.2} CPU-s for server and client together: {:.0} SVIDs per CPU-second",
+        lat.len(),
+        lat.len() as f64 / elapsed,
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        lat.len() as f64 / cpu.max(1e-9)
+    );
+    running.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Fetches X.509-SVIDs on `concurrency` connections until `count` are done or `limit` has passed.
+/// Returns the sorted latencies and the elapsed seconds.
+async fn svid_load(
+    endpoint: &str,
+    concurrency: usize,
+    count: usize,
+    limit: std::time::Duration,
+) -> Result<(Vec<std::time::Duration>, f64), BoxError> {
     let started = std::time::Instant::now();
-    let per_worker = n / concurrency.max(1);
+    let per_worker = count / concurrency.max(1);
     let mut set = tokio::task::JoinSet::new();
-    for _ in 0..concurrency {
-        let endpoint = endpoint.clone();
+    for _ in 0..concurrency.max(1) {
+        let endpoint = endpoint.to_owned();
         set.spawn(async move {
             let client = spiffe::WorkloadApiClient::connect_to(&endpoint).await.map_err(|e| e.to_string())?;
-            let mut lat = Vec::with_capacity(per_worker);
-            let stop = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            let mut lat = Vec::new();
+            let stop = std::time::Instant::now() + limit;
             for _ in 0..per_worker {
                 if std::time::Instant::now() > stop {
                     break;
@@ -414,18 +450,19 @@ async fn svids(args: &[String]) -> Result<(), BoxError> {
         lat.extend(j??);
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu = cpu_seconds() - cpu_before;
     lat.sort();
-    println!(
-        "issued {} X.509-SVIDs at concurrency {concurrency} in {elapsed:.2} s: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms; \
-         {cpu:.2} CPU-s for server and client together: {:.0} SVIDs per CPU-second",
-        lat.len(),
-        lat.len() as f64 / elapsed,
-        percentile(&lat, 0.5),
-        percentile(&lat, 0.99),
-        lat.len() as f64 / cpu.max(1e-9)
-    );
-    running.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    if lat.is_empty() {
+        return Err("no SVID was fetched".into());
+    }
+    Ok((lat, elapsed))
+}
+
+async fn svid_load_command(args: &[String]) -> Result<(), BoxError> {
+    let endpoint = args.first().ok_or("svid-load ENDPOINT CONCURRENCY SECONDS")?;
+    let concurrency: usize = args.get(1).map(|a| a.parse()).transpose()?.unwrap_or(1);
+    let seconds: u64 = args.get(2).map(|a| a.parse()).transpose()?.unwrap_or(8);
+    let (lat, elapsed) =
+        svid_load(endpoint, concurrency, usize::MAX / 2, std::time::Duration::from_secs(seconds)).await?;
+    println!("{:.0} {:.2} {:.2}", lat.len() as f64 / elapsed, percentile(&lat, 0.5), percentile(&lat, 0.99));
     Ok(())
 }
