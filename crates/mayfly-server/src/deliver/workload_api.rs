@@ -160,6 +160,24 @@ impl WorkloadApiService {
         Ok((peer, w))
     }
 
+    /// The bundles as `render` shows them, now and after every change, until the server stops.
+    fn bundle_stream<T: Send + 'static>(
+        &self,
+        render: impl Fn(&crate::issue::svid::SvidAuthorities) -> T + Send + 'static,
+    ) -> ResponseStream<T> {
+        let authorities = self.broker.svid_authorities().clone();
+        let mut changes = Changes::new(&self.broker, &self.stopping);
+        Box::pin(async_stream::stream! {
+            loop {
+                yield Ok(render(&authorities));
+                tokio::select! {
+                    r = changes.bundles.changed() => if r.is_err() { break },
+                    _ = changes.stopping.wait_for(|s| *s) => break,
+                }
+            }
+        })
+    }
+
     fn x509_response(&self, held: &[HeldX509Svid]) -> X509svidResponse {
         let bundle = self.broker.svid_authorities().x509_bundle();
         X509svidResponse {
@@ -301,19 +319,10 @@ impl SpiffeWorkloadApi for WorkloadApiService {
         req: Request<X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         self.attest(&req).await?;
-        let authorities = self.broker.svid_authorities().clone();
-        let mut changes = Changes::new(&self.broker, &self.stopping);
-        let stream = async_stream::stream! {
-            loop {
-                let bundles = [(authorities.trust_domain_id(), authorities.x509_bundle())].into_iter().collect();
-                yield Ok(X509BundlesResponse { crl: Vec::new(), bundles });
-                tokio::select! {
-                    r = changes.bundles.changed() => if r.is_err() { break },
-                    _ = changes.stopping.wait_for(|s| *s) => break,
-                }
-            }
-        };
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(self.bundle_stream(|a| X509BundlesResponse {
+            crl: Vec::new(),
+            bundles: [(a.trust_domain_id(), a.x509_bundle())].into_iter().collect(),
+        })))
     }
 
     async fn fetch_jwtsvid(&self, req: Request<JwtsvidRequest>) -> Result<Response<JwtsvidResponse>, Status> {
@@ -345,20 +354,10 @@ impl SpiffeWorkloadApi for WorkloadApiService {
         req: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         self.attest(&req).await?;
-        let authorities = self.broker.svid_authorities().clone();
-        let mut changes = Changes::new(&self.broker, &self.stopping);
-        let stream = async_stream::stream! {
-            loop {
-                let jwks = serde_json::to_vec(&authorities.jwt_bundle()).unwrap_or_default();
-                let bundles = [(authorities.trust_domain_id(), jwks)].into_iter().collect();
-                yield Ok(JwtBundlesResponse { bundles });
-                tokio::select! {
-                    r = changes.bundles.changed() => if r.is_err() { break },
-                    _ = changes.stopping.wait_for(|s| *s) => break,
-                }
-            }
-        };
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(self.bundle_stream(|a| JwtBundlesResponse {
+            bundles:
+                [(a.trust_domain_id(), serde_json::to_vec(&a.jwt_bundle()).unwrap_or_default())].into_iter().collect(),
+        })))
     }
 
     async fn validate_jwtsvid(
