@@ -357,8 +357,7 @@ impl Broker {
             max_uses: p.max_uses,
         };
         let (record, event) = self.issued_record(&issued, &facts, detail);
-        self.ledger.record(vec![record], vec![event]).await?;
-        metrics::counter!("mayfly_credentials_issued_total", "kind" => "jwt").increment(1);
+        self.record_issued("jwt", vec![record], vec![event]).await?;
         Ok(issued)
     }
 
@@ -425,6 +424,22 @@ impl Broker {
         metrics::counter!("mayfly_requests_denied_total", "reason" => "policy").increment(1);
         self.audit_best_effort(AuditEvent::new("policy.denied", Some(caller.spiffe_id()), detail)).await;
         BrokerError::Denied(decision.clone())
+    }
+
+    /// Makes minted credentials' records durable (before anything is delivered) and counts them.
+    pub(crate) async fn record_issued(
+        &self,
+        kind: &'static str,
+        records: Vec<CredentialRecord>,
+        events: Vec<AuditEvent>,
+    ) -> Result<(), BrokerError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let n = records.len() as u64;
+        self.ledger.record(records, events).await?;
+        metrics::counter!("mayfly_credentials_issued_total", "kind" => kind).increment(n);
+        Ok(())
     }
 
     /// The ledger record and audit event of a freshly minted token.

@@ -101,7 +101,7 @@ impl Broker {
         WorkloadIdentity { spiffe_id: entry.spiffe_id.clone(), attestor: "unix".into(), attributes }
     }
 
-    /// Asks policy; a denial is audited and returned.
+    /// Asks policy: the deciding policies when allowed, `None` when denied (the denial is audited).
     async fn allow_svid(
         &self,
         identity: WorkloadIdentity,
@@ -110,7 +110,7 @@ impl Broker {
         ttl: i64,
         audiences: &[String],
         now: i64,
-    ) -> Result<Vec<String>, BrokerError> {
+    ) -> Result<Option<Vec<String>>, BrokerError> {
         let decision = self.policies.decide_fetch_svid(&FetchSvidRequest {
             principal: &identity,
             profile,
@@ -121,8 +121,11 @@ impl Broker {
         });
         let detail = json!({"action": "fetch_svid", "profile": profile, "entry": entry.id, "audiences": audiences});
         let caller = Caller::Workload(identity);
-        self.check_decision(&caller, &decision, detail, IpAddr::V4(Ipv4Addr::LOCALHOST)).await?;
-        Ok(decision.policies)
+        match self.check_decision(&caller, &decision, detail, IpAddr::V4(Ipv4Addr::LOCALHOST)).await {
+            Ok(()) => Ok(Some(decision.policies)),
+            Err(BrokerError::Denied(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Whether a held X.509-SVID has been revoked.
@@ -156,12 +159,10 @@ impl Broker {
                 out.push((*h).clone());
                 continue;
             }
-            let ttl = entry.spec.x509_svid_ttl.map_or(self.workload_api.x509_svid_ttl.as_secs(), |t| t) as i64;
+            let ttl = entry.spec.x509_svid_ttl.unwrap_or(self.workload_api.x509_svid_ttl.as_secs()) as i64;
             let identity = self.identity_under(w, &entry);
-            let policies = match self.allow_svid(identity, &entry, "x509", ttl, &[], now).await {
-                Ok(p) => p,
-                Err(BrokerError::Denied(_)) => continue,
-                Err(e) => return Err(e),
+            let Some(policies) = self.allow_svid(identity, &entry, "x509", ttl, &[], now).await? else {
+                continue;
             };
             let svid = self
                 .svids
@@ -189,12 +190,8 @@ impl Broker {
             events.push(event);
             out.push(HeldX509Svid { entry, svid, rotate_at });
         }
-        if !records.is_empty() {
-            let n = records.len() as u64;
-            // Recorded before delivery: a crash after this leaves nothing Mayfly cannot see.
-            self.ledger.record(records, events).await?;
-            metrics::counter!("mayfly_credentials_issued_total", "kind" => "x509-svid").increment(n);
-        }
+        // Recorded before delivery: a crash after this leaves nothing Mayfly cannot see.
+        self.record_issued("x509-svid", records, events).await?;
         Ok(out)
     }
 
@@ -214,12 +211,10 @@ impl Broker {
             if spiffe_id.is_some_and(|id| id != entry.spec.spiffe_id) {
                 continue;
             }
-            let ttl = entry.spec.jwt_svid_ttl.map_or(self.workload_api.jwt_svid_ttl.as_secs(), |t| t) as i64;
+            let ttl = entry.spec.jwt_svid_ttl.unwrap_or(self.workload_api.jwt_svid_ttl.as_secs()) as i64;
             let identity = self.identity_under(w, &entry);
-            let policies = match self.allow_svid(identity, &entry, "jwt", ttl, audiences, now).await {
-                Ok(p) => p,
-                Err(BrokerError::Denied(_)) => continue,
-                Err(e) => return Err(e),
+            let Some(policies) = self.allow_svid(identity, &entry, "jwt", ttl, audiences, now).await? else {
+                continue;
             };
             let svid = self
                 .svids
@@ -244,11 +239,7 @@ impl Broker {
             events.push(event);
             out.push(IssuedJwtSvid { spiffe_id: entry.spec.spiffe_id.clone(), svid, hint: entry.spec.hint.clone() });
         }
-        if !records.is_empty() {
-            let n = records.len() as u64;
-            self.ledger.record(records, events).await?;
-            metrics::counter!("mayfly_credentials_issued_total", "kind" => "jwt-svid").increment(n);
-        }
+        self.record_issued("jwt-svid", records, events).await?;
         Ok(out)
     }
 

@@ -167,10 +167,15 @@ impl Entries {
             }
         }
         if **self.all.load() != all {
-            self.all.store(Arc::new(all));
-            self.changed.send_modify(|v| *v += 1);
+            self.publish(all);
         }
         Ok(())
+    }
+
+    /// Swaps the entries in and tells the streams.
+    fn publish(&self, all: Vec<Arc<Entry>>) {
+        self.all.store(Arc::new(all));
+        self.changed.send_modify(|v| *v += 1);
     }
 
     /// Every entry.
@@ -222,8 +227,7 @@ impl Entries {
         let entry = Arc::new(entry);
         let mut all = (**self.all.load()).clone();
         all.push(entry.clone());
-        self.all.store(Arc::new(all));
-        self.changed.send_modify(|v| *v += 1);
+        self.publish(all);
         Ok(entry)
     }
 
@@ -238,8 +242,7 @@ impl Entries {
             return Err(EntryError::NotFound(id.to_owned()));
         }
         let all: Vec<_> = self.all.load().iter().filter(|e| e.id != id).cloned().collect();
-        self.all.store(Arc::new(all));
-        self.changed.send_modify(|v| *v += 1);
+        self.publish(all);
         Ok(entry)
     }
 }

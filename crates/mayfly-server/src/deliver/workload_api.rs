@@ -81,10 +81,7 @@ pub fn serve(
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let socket: PathBuf = path.to_owned();
-    let bound = std::fs::symlink_metadata(path).map(|m| {
-        use std::os::unix::fs::MetadataExt;
-        (m.dev(), m.ino())
-    });
+    let bound = file_identity(path);
     let mut stop = stopping;
     Ok(tokio::spawn(async move {
         let result = tonic::transport::Server::builder()
@@ -99,14 +96,16 @@ pub fn serve(
             tracing::error!(error = %e, "Workload API server failed");
         }
         // Only our own socket: a successor may already have bound the path.
-        let still_ours = std::fs::symlink_metadata(&socket).map(|m| {
-            use std::os::unix::fs::MetadataExt;
-            (m.dev(), m.ino())
-        });
-        if matches!((&bound, &still_ours), (Ok(a), Ok(b)) if a == b) {
+        if bound.is_some() && file_identity(&socket) == bound {
             let _ = std::fs::remove_file(&socket);
         }
     }))
+}
+
+/// (device, inode) of the file at `path` itself (not a link's target).
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// The SSRF guard of the specification: without it, `InvalidArgument` (and clients do not retry).
@@ -153,8 +152,14 @@ fn no_identity() -> Status {
 }
 
 impl WorkloadApiService {
+    /// Checks the security header, then attests the caller.
     async fn attest<T>(&self, req: &Request<T>) -> Result<(PeerCredentials, UnixWorkload), Status> {
         check_metadata(req)?;
+        self.attest_caller(req).await
+    }
+
+    /// Attests the caller (the security header already checked).
+    async fn attest_caller<T>(&self, req: &Request<T>) -> Result<(PeerCredentials, UnixWorkload), Status> {
         let peer = peer_of(req)?;
         let w = self.broker.attest_local(peer).await.map_err(status)?;
         Ok((peer, w))
@@ -330,7 +335,7 @@ impl SpiffeWorkloadApi for WorkloadApiService {
         if req.get_ref().audience.is_empty() {
             return Err(Status::invalid_argument("audience must be specified"));
         }
-        let (_, w) = self.attest(&req).await?;
+        let (_, w) = self.attest_caller(&req).await?;
         let r = req.get_ref();
         let wanted = (!r.spiffe_id.is_empty()).then_some(r.spiffe_id.as_str());
         let svids = self.broker.jwt_svids(&w, &r.audience, wanted).await.map_err(status)?;
@@ -372,7 +377,7 @@ impl SpiffeWorkloadApi for WorkloadApiService {
         if r.svid.is_empty() {
             return Err(Status::invalid_argument("svid must be specified"));
         }
-        self.attest(&req).await?;
+        self.attest_caller(&req).await?;
         let (spiffe_id, claims) = self.broker.validate_jwt_svid(&r.svid, &r.audience).map_err(status)?;
         Ok(Response::new(ValidateJwtsvidResponse { spiffe_id, claims: Some(to_struct(claims)) }))
     }

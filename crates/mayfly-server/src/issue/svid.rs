@@ -166,7 +166,7 @@ impl SvidAuthorities {
         let mut published = Vec::new();
         let mut active = None;
         for row in store.svid_authorities().await? {
-            if row.published_until.is_some_and(|t| t <= now) || row.not_after <= now {
+            if !still_published(row.published_until, now) || row.not_after <= now {
                 continue;
             }
             let generation = Arc::new(open_generation(kek, &row)?);
@@ -213,9 +213,12 @@ impl SvidAuthorities {
 
     /// The JWT bundle: a JWK Set of every published JWT-SVID key (`use: jwt-svid`).
     pub fn jwt_bundle(&self) -> Value {
-        let now = crate::clock::now_unix();
-        let keys: Vec<Value> = self
-            .published(now)
+        json!({ "keys": self.jwt_authorities(crate::clock::now_unix()) })
+    }
+
+    /// The published JWT-SVID keys as JWKs with `use: jwt-svid`.
+    fn jwt_authorities(&self, now: i64) -> Vec<Value> {
+        self.published(now)
             .map(|g| {
                 let mut jwk = g.jwt_key.public_jwk().clone();
                 if let Some(o) = jwk.as_object_mut() {
@@ -223,29 +226,21 @@ impl SvidAuthorities {
                 }
                 jwk
             })
-            .collect();
-        json!({ "keys": keys })
+            .collect()
     }
 
     /// The SPIFFE bundle (JWK Set with `x509-svid` and `jwt-svid` keys), as a bundle endpoint serves it.
     pub fn spiffe_bundle(&self, refresh_hint_secs: i64) -> Value {
         let now = crate::clock::now_unix();
-        let mut keys: Vec<Value> = Vec::new();
-        for g in self.published(now) {
-            if let Some(jwk) = x509_authority_jwk(&g.ca_cert) {
-                keys.push(jwk);
-            }
-        }
-        if let Some(jwt) = self.jwt_bundle().get("keys").and_then(Value::as_array) {
-            keys.extend(jwt.iter().cloned());
-        }
+        let mut keys: Vec<Value> = self.published(now).filter_map(|g| x509_authority_jwk(&g.ca_cert)).collect();
+        keys.extend(self.jwt_authorities(now));
         json!({ "keys": keys, "spiffe_refresh_hint": refresh_hint_secs })
     }
 
     fn published(&self, now: i64) -> impl Iterator<Item = Arc<Generation>> {
         let state = self.state.load_full();
         let list: Vec<_> =
-            state.published.iter().filter(|(_, until)| until.is_none_or(|t| t > now)).map(|(g, _)| g.clone()).collect();
+            state.published.iter().filter(|(_, until)| still_published(*until, now)).map(|(g, _)| g.clone()).collect();
         list.into_iter()
     }
 
@@ -253,11 +248,16 @@ impl SvidAuthorities {
     pub fn prune(&self) {
         let now = crate::clock::now_unix();
         let state = self.state.load_full();
-        if state.published.iter().all(|(_, until)| until.is_none_or(|t| t > now)) {
+        if state.published.iter().all(|(_, until)| still_published(*until, now)) {
             return;
         }
-        let published = state.published.iter().filter(|(_, until)| until.is_none_or(|t| t > now)).cloned().collect();
-        self.state.store(Arc::new(State { active: state.active.clone(), published }));
+        let published = state.published.iter().filter(|(_, until)| still_published(*until, now)).cloned().collect();
+        self.publish(State { active: state.active.clone(), published });
+    }
+
+    /// Swaps the state in and tells the streams.
+    fn publish(&self, state: State) {
+        self.state.store(Arc::new(state));
         self.changed.send_modify(|v| *v += 1);
     }
 
@@ -280,13 +280,12 @@ impl SvidAuthorities {
         let mut published: Vec<(Arc<Generation>, Option<i64>)> = state
             .published
             .iter()
-            .filter(|(_, until)| until.is_none_or(|t| t > now))
+            .filter(|(_, until)| still_published(*until, now))
             .map(|(g, until)| (g.clone(), if Arc::ptr_eq(g, &old) { Some(published_until) } else { *until }))
             .collect();
         published.push((generation.clone(), None));
         let id = generation.id.clone();
-        self.state.store(Arc::new(State { active: generation, published }));
-        self.changed.send_modify(|v| *v += 1);
+        self.publish(State { active: generation, published });
         tracing::info!(authority = %id, retired = %old.id, "SVID authorities rotated");
         Ok(id)
     }
@@ -389,6 +388,11 @@ impl SvidAuthorities {
         }
         Ok(data.claims)
     }
+}
+
+/// Whether a generation published until `until` (`None`: no end set) is still in the bundles.
+fn still_published(until: Option<i64>, now: i64) -> bool {
+    until.is_none_or(|t| t > now)
 }
 
 fn timestamp(unix: i64) -> Result<time::OffsetDateTime, SvidError> {
