@@ -174,9 +174,9 @@ async fn seed(args: &[String]) -> Result<(), BoxError> {
             max_uses: None,
         });
         if batch.len() == 1000 || i + 1 == n {
-            let stored =
+            let mut stored =
                 mayfly_server::ledger::StoredBatch { credentials: std::mem::take(&mut batch), ..Default::default() };
-            mayfly_server::ledger::Store::append(&store, &stored).await?;
+            mayfly_server::ledger::Store::append(&store, &mut stored).await?;
         }
     }
     Ok(())

@@ -1,7 +1,6 @@
 //! Operator commands over the ledger: `revoke`, `leases`, `audit`. They work remotely
 //! (`--url` and an admin token) and on the server's own box (`--config`).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, anyhow, bail};
@@ -232,15 +231,20 @@ impl AuditArgs {
 
 async fn verify(remote: AdminRemote) -> anyhow::Result<ExitCode> {
     let report: Value = if let Some(path) = &remote.config {
-        let cfg = mayfly_server::config::Config::load(path)?;
-        let db: PathBuf = cfg.database_path();
-        if !db.exists() {
+        let mut cfg = mayfly_server::config::Config::load(path)?;
+        let storage = cfg.storage()?;
+        if let mayfly_server::config::Storage::Sqlite(db) = &storage
+            && !db.exists()
+        {
             bail!("no database at {}", db.display());
         }
-        let store = mayfly_server::ledger::sqlite::SqliteStore::open(&db, cfg.ledger.sync == "full")
-            .await
-            .with_context(|| format!("opening {}", db.display()))?;
-        let r = mayfly_server::ledger::audit::verify_chain(&store).await?;
+        // An offline check should fail, not wait forever, when the database is down.
+        if cfg.postgres.start_timeout.is_zero() {
+            cfg.postgres.start_timeout = std::time::Duration::from_secs(10);
+        }
+        let store =
+            mayfly_server::server::open_store(&cfg).await.with_context(|| format!("opening storage {storage:?}"))?;
+        let r = mayfly_server::ledger::audit::verify_chain(store.as_ref()).await?;
         serde_json::to_value(r)?
     } else {
         let url = remote.remote.endpoint("/v1/audit/verify");

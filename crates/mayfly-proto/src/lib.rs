@@ -180,6 +180,12 @@ pub struct EntryList {
 pub struct Health {
     /// `ok`, or what is not ready.
     pub status: String,
+    /// `/readyz` only: the storage backend (`sqlite`, `postgres`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<String>,
+    /// `/readyz` only: whether this replica runs background work (always true on SQLite).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<bool>,
 }
 
 /// Body of `POST /v1/revocations` (admin): exactly one selector.

@@ -36,8 +36,18 @@ pub enum ConfigError {
 pub struct Config {
     /// The trust domain every issued SPIFFE ID belongs to, e.g. `prod.example`.
     pub trust_domain: String,
-    /// Where SQLite state and generated files live.
+    /// Where generated files live (admin token, dev files), and the SQLite ledger by default.
     pub data_dir: PathBuf,
+    /// Where state lives: `sqlite` (the default: `mayfly.db` in `data_dir`) or a
+    /// `postgres://user:password@host/db` URL that several replicas share.
+    #[serde(default)]
+    pub storage: Option<String>,
+    /// An environment variable holding the storage URL instead (keeps a password out of the file).
+    #[serde(default)]
+    pub storage_env: Option<String>,
+    /// Connection settings for PostgreSQL storage.
+    #[serde(default)]
+    pub postgres: PostgresConfig,
     /// The issuer URL (`iss`) of Mayfly's tokens and the base of discovery documents.
     /// Default: `http(s)://<listen addr>`.
     #[serde(default)]
@@ -416,6 +426,52 @@ fn two_seconds() -> Duration {
     Duration::from_secs(2)
 }
 
+/// Where state lives, resolved.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Storage {
+    /// The embedded SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database shared by replicas (the URL may hold a password).
+    Postgres(String),
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Storage::Sqlite(p) => write!(f, "sqlite {}", p.display()),
+            Storage::Postgres(url) => write!(f, "{}", crate::ledger::postgres::redact_url(url)),
+        }
+    }
+}
+
+/// Connection settings for PostgreSQL storage.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// Most connections one replica opens (default 16).
+    #[serde(default = "sixteen")]
+    pub max_connections: u32,
+    /// How long a request waits for a connection before it fails with 503 (default 5s).
+    #[serde(default = "five_seconds", with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+    /// How long start-up keeps retrying an unreachable database (default 0s: until it answers).
+    #[serde(default, with = "humantime_serde")]
+    pub start_timeout: Duration,
+}
+
+fn sixteen() -> u32 {
+    16
+}
+fn five_seconds() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self { max_connections: sixteen(), acquire_timeout: five_seconds(), start_timeout: Duration::ZERO }
+    }
+}
+
 /// The ledger's durability settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -628,6 +684,13 @@ impl Config {
         if !matches!(self.ledger.sync.as_str(), "full" | "normal") {
             return bad(format!("ledger.sync {:?}: use full or normal", self.ledger.sync));
         }
+        if self.storage.is_some() {
+            // Also refuses storage together with storage_env.
+            self.storage()?;
+        }
+        if self.postgres.max_connections < 2 {
+            return bad("postgres.max_connections must be at least 2 (one listens for other replicas)".into());
+        }
         if self.ledger.batch_max == 0 {
             return bad("ledger.batch_max must be at least 1".into());
         }
@@ -690,5 +753,25 @@ impl Config {
     /// The SQLite database file.
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("mayfly.db")
+    }
+
+    /// Where state lives: `storage` (or the variable `storage_env` names), SQLite by default.
+    pub fn storage(&self) -> Result<Storage, ConfigError> {
+        let value = match (&self.storage, &self.storage_env) {
+            (Some(_), Some(_)) => return Err(ConfigError::Invalid("set storage or storage_env, not both".into())),
+            (Some(v), None) => v.clone(),
+            (None, Some(var)) => std::env::var(var)
+                .map_err(|_| ConfigError::Invalid(format!("storage_env: the environment variable {var} is not set")))?,
+            (None, None) => "sqlite".into(),
+        };
+        let value = value.trim();
+        if value == "sqlite" {
+            Ok(Storage::Sqlite(self.database_path()))
+        } else if value.starts_with("postgres://") || value.starts_with("postgresql://") {
+            Ok(Storage::Postgres(value.to_owned()))
+        } else {
+            // Never echo the value: it may be a URL with a password in it.
+            Err(ConfigError::Invalid("storage: use \"sqlite\" or a postgres:// URL".into()))
+        }
     }
 }

@@ -383,10 +383,15 @@ impl Broker {
         Ok(dropped)
     }
 
-    /// On start: a lease left `creating` by a crash is undone (its user dropped).
-    pub async fn reconcile_db_leases(&self) -> Result<usize, BrokerError> {
+    /// On start: a lease left `creating` by a crash is undone (its user dropped). With
+    /// `created_before`, only leases created by then (older than any creation in progress).
+    pub async fn reconcile_db_leases(&self, created_before: Option<i64>) -> Result<usize, BrokerError> {
         let _serial = self.db_transitions.lock().await;
-        let half_done = self.ledger.store().db_leases(&[DbLeaseState::Creating], None, 10_000).await?;
+        let mut half_done = self.ledger.store().db_leases(&[DbLeaseState::Creating], None, 10_000).await?;
+        // On a shared store a recent `creating` lease may be in progress on a live replica.
+        if let Some(cutoff) = created_before {
+            half_done.retain(|l| l.created_at <= cutoff);
+        }
         let n = half_done.len();
         for mut lease in half_done {
             lease.state = DbLeaseState::Revoking;

@@ -95,6 +95,9 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> Result<Config, DevSetupEr
     Ok(Config {
         trust_domain: DEV_TRUST_DOMAIN.into(),
         data_dir: data_dir.clone(),
+        storage: None,
+        storage_env: None,
+        postgres: Default::default(),
         public_url: None,
         listen: ListenConfig {
             addr: listen,

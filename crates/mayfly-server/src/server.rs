@@ -13,12 +13,14 @@ use crate::attest::task::TaskAttestor;
 use crate::attest::{Attestors, JoinTokens, OidcAttestor, oidc::OidcConfigError};
 use crate::authorize::{PolicyEngine, PolicyError};
 use crate::broker::{Broker, BrokerParts};
-use crate::config::Config;
+use crate::config::{Config, Storage};
 use crate::deliver::http::{AppInner, AppState, admin_token_hash, router};
 use crate::deliver::listener::{self, TlsSetupError};
 use crate::govern::Revocations;
+use crate::govern::replicas::{self, SharedState};
 use crate::issue::JwtIssuer;
 use crate::keys::{Kek, KekSource, KeyError, KeyRing, KeyRingError, SigningAlg};
+use crate::ledger::postgres::{PostgresSettings, PostgresStore, redact_url};
 use crate::ledger::sqlite::SqliteStore;
 use crate::ledger::{AuditEvent, Ledger, LedgerError, Store};
 use crate::verify::TokenVerifier;
@@ -46,6 +48,16 @@ pub enum StartError {
     /// Storage.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    /// Shared storage did not answer within `postgres.start_timeout`.
+    #[error("storage {storage} is unreachable after {waited:?}: {cause}")]
+    StorageUnreachable {
+        /// The URL, password redacted.
+        storage: String,
+        /// How long start-up kept trying.
+        waited: Duration,
+        /// The last error.
+        cause: String,
+    },
     /// Policies.
     #[error("policies in {dir}: {cause}")]
     Policy {
@@ -124,12 +136,55 @@ pub fn kek_source(cfg: &Config) -> Result<KekSource, KeyError> {
     }
 }
 
+/// Opens the configured store: the SQLite file in the data directory, or shared
+/// PostgreSQL, retried with backoff while it is unreachable (`postgres.start_timeout`).
+pub async fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, StartError> {
+    match cfg.storage()? {
+        Storage::Sqlite(path) => Ok(Arc::new(SqliteStore::open(&path, cfg.ledger.sync == "full").await?)),
+        Storage::Postgres(url) => {
+            let settings = PostgresSettings {
+                max_connections: cfg.postgres.max_connections,
+                acquire_timeout: cfg.postgres.acquire_timeout,
+            };
+            let started = std::time::Instant::now();
+            let mut backoff = Duration::from_millis(500);
+            loop {
+                match PostgresStore::connect(&url, &settings).await {
+                    Ok(store) => return Ok(Arc::new(store)),
+                    Err(LedgerError::Database(e)) if is_unreachable(&e) => {
+                        let waited = started.elapsed();
+                        let limit = cfg.postgres.start_timeout;
+                        if !limit.is_zero() && waited + backoff > limit {
+                            return Err(StartError::StorageUnreachable {
+                                storage: redact_url(&url),
+                                waited,
+                                cause: e.to_string(),
+                            });
+                        }
+                        tracing::warn!(storage = %redact_url(&url), error = %e, retry_in = ?backoff,
+                            "storage is unreachable; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                    }
+                    // Wrong password, no such database, a failed migration: retrying cannot help.
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+}
+
+/// Whether an error means "nothing answered" (worth retrying) rather than "it said no".
+fn is_unreachable(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_))
+}
+
 /// Opens storage and checks the KEK against it: the pieces offline tools share with the server.
 pub async fn open_state(cfg: &Config) -> Result<(Arc<dyn Store>, Arc<Kek>), StartError> {
     crate::fsutil::create_private_dir(&cfg.data_dir)
         .map_err(io_err(format!("cannot create data directory {}", cfg.data_dir.display())))?;
     let kek = Arc::new(Kek::load(&kek_source(cfg)?)?);
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&cfg.database_path(), cfg.ledger.sync == "full").await?);
+    let store = open_store(cfg).await?;
     // A sealed check value detects a wrong KEK even before any signing key exists.
     match store.meta_get(KEK_CHECK_KEY).await? {
         Some(sealed) => {
@@ -232,13 +287,18 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
         entries,
         workload_api: cfg.workload_api.clone(),
     }));
-    // Half-done work from before a crash is finished or undone before anything new is issued.
-    if let Err(e) = broker.reconcile_db_leases().await {
-        tracing::warn!(error = %e, "database lease reconciliation failed; the sweep will retry");
+    // Half-done work from before a crash is finished or undone before anything new is
+    // issued. On a shared store other replicas may be mid-creation: the leader does this
+    // later, for leases old enough to be abandoned.
+    if !store.is_shared() {
+        if let Err(e) = broker.reconcile_db_leases(None).await {
+            tracing::warn!(error = %e, "database lease reconciliation failed; the sweep will retry");
+        }
+        if let Err(e) = broker.sweep_db_users().await {
+            tracing::warn!(error = %e, "orphan sweep failed");
+        }
     }
-    if let Err(e) = broker.sweep_db_users().await {
-        tracing::warn!(error = %e, "orphan sweep failed");
-    }
+    let (leadership, election) = replicas::elect(ledger.clone());
     // Long-lived responses (event streams) end when this turns true, so shutdown can drain.
     let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
     let state = AppState::new(AppInner {
@@ -260,6 +320,7 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
         verifier,
         admin_cache: Default::default(),
         stopping: stopping_rx.clone(),
+        leadership: leadership.clone(),
     });
 
     ledger
@@ -282,9 +343,23 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
     };
     let watcher = tokio::spawn(watch_policies(policies, ledger.clone(), cfg.policy.reload_interval, hup));
     let upkeep = tokio::spawn(revocations.clone().run_upkeep(Duration::from_millis(500)));
-    let stats = tokio::spawn(crate::govern::stats::run(ledger.clone(), revocations, Duration::from_secs(10)));
-    let task_sweep = tokio::spawn(crate::govern::tasks::run(broker.clone(), Duration::from_secs(1)));
-    let svid_rotation = tokio::spawn(crate::govern::svids::run(svids, ledger.clone(), kek.clone()));
+    let follower = replicas::follow(SharedState {
+        store: store.clone(),
+        kek: kek.clone(),
+        keys: keys.clone(),
+        svids: svids.clone(),
+        entries: broker.entries.clone(),
+        revocations: revocations.clone(),
+    });
+    let stats = tokio::spawn(crate::govern::stats::run(
+        ledger.clone(),
+        revocations,
+        Duration::from_secs(10),
+        leadership.clone(),
+    ));
+    let task_sweep =
+        tokio::spawn(crate::govern::tasks::run(broker.clone(), Duration::from_secs(1), leadership.clone()));
+    let svid_rotation = tokio::spawn(crate::govern::svids::run(svids, ledger.clone(), kek.clone(), leadership));
     let workload_api = match &cfg.workload_api.socket {
         Some(path) => {
             let handle = crate::deliver::workload_api::serve(broker.clone(), path, stopping_rx.clone())?;
@@ -306,6 +381,9 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
         stats.abort();
         task_sweep.abort();
         svid_rotation.abort();
+        for t in [election, follower].into_iter().flatten() {
+            t.abort();
+        }
         if let Some(w) = workload_api
             && tokio::time::timeout(Duration::from_secs(5), w).await.is_err()
         {

@@ -308,8 +308,7 @@ async fn after_a_crash_half_created_and_orphaned_users_are_dropped_on_start() {
             .unwrap();
     }
     {
-        let store =
-            mayfly_server::ledger::sqlite::SqliteStore::open(&dir.path().join("data/mayfly.db"), false).await.unwrap();
+        let store = open_store(dir.path()).await;
         let now = now();
         let lease = mayfly_server::ledger::DbLease {
             id: "crash-lease-1".into(),
@@ -328,8 +327,8 @@ async fn after_a_crash_half_created_and_orphaned_users_are_dropped_on_start() {
             ended_at: None,
             end_reason: None,
         };
-        let batch = mayfly_server::ledger::StoredBatch { db_leases: vec![lease], ..Default::default() };
-        mayfly_server::ledger::Store::append(&store, &batch).await.unwrap();
+        let mut batch = mayfly_server::ledger::StoredBatch { db_leases: vec![lease], ..Default::default() };
+        store.append(&mut batch).await.unwrap();
     }
     assert!(pg_role_exists(&half).await && pg_role_exists(&orphan).await);
 

@@ -338,20 +338,30 @@ async fn a_tampered_audit_trail_names_the_first_broken_link() {
         token(&srv, &k8s, "prod", "web", "https://api.test").await;
     }
     let dir = srv.stop().await;
-    let db = dir.path().join("data/mayfly.db");
-    let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(&db);
-    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&opts).await.unwrap();
-    // The table refuses edits; an attacker with file access drops the guard first.
-    let refused = sqlx::query("UPDATE audit_events SET detail = '{}' WHERE seq = 3").execute(&mut conn).await;
-    assert!(refused.is_err(), "append-only trigger");
-    sqlx::query("DROP TRIGGER audit_events_no_update").execute(&mut conn).await.unwrap();
-    sqlx::query("UPDATE audit_events SET detail = '{\"jti\":\"forged\"}' WHERE seq = 3")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    drop(conn);
-    let store = mayfly_server::ledger::sqlite::SqliteStore::open(&db, false).await.unwrap();
-    let events = mayfly_server::ledger::Store::audit_events_after(&store, 0, 100).await.unwrap();
+    // The table refuses edits; an attacker with write access to the database drops the guard first.
+    let forge = "UPDATE audit_events SET detail = '{\"jti\":\"forged\"}' WHERE seq = 3";
+    if storage_is_postgres() {
+        use sqlx::Connection;
+        let url = std::fs::read_to_string(dir.path().join("pg-url")).unwrap();
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        let refused = sqlx::query("UPDATE audit_events SET detail = '{}' WHERE seq = 3").execute(&mut conn).await;
+        assert!(refused.is_err(), "append-only trigger");
+        sqlx::query("ALTER TABLE audit_events DISABLE TRIGGER audit_events_no_change")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query(forge).execute(&mut conn).await.unwrap();
+    } else {
+        let db = dir.path().join("data/mayfly.db");
+        let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(&db);
+        let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&opts).await.unwrap();
+        let refused = sqlx::query("UPDATE audit_events SET detail = '{}' WHERE seq = 3").execute(&mut conn).await;
+        assert!(refused.is_err(), "append-only trigger");
+        sqlx::query("DROP TRIGGER audit_events_no_update").execute(&mut conn).await.unwrap();
+        sqlx::query(forge).execute(&mut conn).await.unwrap();
+    }
+    let store = open_store(dir.path()).await;
+    let events = store.audit_events_after(0, 100).await.unwrap();
     let mut v = mayfly_server::ledger::audit::ChainVerifier::default();
     let err = events.iter().try_for_each(|e| v.push(e)).unwrap_err();
     assert_eq!(err.to_string(), "event 3: its hash does not match its contents (the event was altered)");

@@ -1,9 +1,11 @@
 //! Governance after issuance: revocation (and its feed), expiry housekeeping, task retirement,
 //! SVID authority rotation.
 
+pub mod replicas;
 pub mod revocations;
 pub mod stats;
 pub mod svids;
 pub mod tasks;
 
+pub use replicas::Leadership;
 pub use revocations::{Revocations, RevokeError};

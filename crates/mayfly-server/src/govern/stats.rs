@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::Revocations;
+use super::{Leadership, Revocations};
 use crate::ledger::revocation::CredentialFacts;
 use crate::ledger::{AuditEvent, CredentialFilter, Ledger, LedgerError, Store};
 
@@ -64,8 +64,9 @@ pub async fn scan(
 /// `mayfly_credentials_expired_total{kind}` starts from the ledger's count, so it
 /// stays right across restarts. Each interval's expiries are audited as one
 /// `credential.expired` event per kind (one event per token would double the audit
-/// trail's size for no information the ledger does not already hold).
-pub async fn run(ledger: Ledger, revocations: Arc<Revocations>, every: Duration) {
+/// trail's size for no information the ledger does not already hold); with several
+/// replicas, by the leader only.
+pub async fn run(ledger: Ledger, revocations: Arc<Revocations>, every: Duration, leadership: Leadership) {
     let store = ledger.store().clone();
     let mut counted_until: Option<i64> = None;
     loop {
@@ -76,7 +77,9 @@ pub async fn run(ledger: Ledger, revocations: Arc<Revocations>, every: Duration)
                     metrics::counter!("mayfly_credentials_expired_total", "kind" => kind.clone())
                         .increment(n.max(0) as u64);
                     // The first count after start covers the whole history: already audited before.
-                    if let Some(from) = counted_until {
+                    if let Some(from) = counted_until
+                        && leadership.is_leading()
+                    {
                         let detail =
                             serde_json::json!({"kind": kind, "count": n, "expired_after": from, "expired_until": now});
                         if let Err(e) = ledger.audit(AuditEvent::new("credential.expired", None, detail)).await {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use super::Leadership;
 use crate::issue::svid::SvidAuthorities;
 use crate::keys::Kek;
 use crate::ledger::{AuditEvent, Ledger};
@@ -14,12 +15,13 @@ use crate::ledger::{AuditEvent, Ledger};
 const CHECK_EVERY: Duration = Duration::from_secs(30);
 
 /// Rotates when due (audited), and drops retired generations from the bundles once
-/// what they signed has expired, until the process stops.
-pub async fn run(authorities: Arc<SvidAuthorities>, ledger: Ledger, kek: Arc<Kek>) {
+/// what they signed has expired, until the process stops. Only the leader rotates;
+/// the other replicas pick the new generation up from the store.
+pub async fn run(authorities: Arc<SvidAuthorities>, ledger: Ledger, kek: Arc<Kek>, leadership: Leadership) {
     loop {
         tokio::time::sleep(CHECK_EVERY).await;
         authorities.prune();
-        if crate::clock::now_unix() < authorities.rotation_due_at() {
+        if !leadership.is_leading() || crate::clock::now_unix() < authorities.rotation_due_at() {
             continue;
         }
         match authorities.rotate(ledger.store().as_ref(), &kek).await {

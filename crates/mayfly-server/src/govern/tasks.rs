@@ -1,21 +1,30 @@
 //! Housekeeping by time: tasks whose lifetime or approval deadline is over are recorded
 //! as expired or denied (their state is already right before that: it is derived from
 //! the time when read); database users whose lease expired or was revoked are dropped,
-//! and failed drops retried; users no lease accounts for are swept.
+//! and failed drops retried; users no lease accounts for are swept. With several
+//! replicas, only the leader does this; it also finishes what a dead replica left half-done.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::Leadership;
 use crate::broker::Broker;
 
 /// How often users without a lease are looked for.
 const ORPHAN_SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// On a shared store, a lease still `creating` after this long belongs to a replica that
+/// died mid-creation (a live one finishes within its database timeouts).
+const ABANDONED_AFTER_SECS: i64 = 120;
 
-/// Sweeps every `every` until the process stops.
-pub async fn run(broker: Arc<Broker>, every: Duration) {
+/// Sweeps every `every`, while this replica leads, until the process stops.
+pub async fn run(broker: Arc<Broker>, every: Duration, leadership: Leadership) {
+    let shared = broker.ledger.store().is_shared();
     let mut last_orphan_sweep = std::time::Instant::now();
     loop {
         tokio::time::sleep(every).await;
+        if !leadership.is_leading() {
+            continue;
+        }
         let now = crate::clock::now_unix();
         match broker.retire_due_tasks(now).await {
             Ok(0) => {}
@@ -29,6 +38,9 @@ pub async fn run(broker: Arc<Broker>, every: Duration) {
         }
         if last_orphan_sweep.elapsed() >= ORPHAN_SWEEP_EVERY {
             last_orphan_sweep = std::time::Instant::now();
+            if shared && let Err(e) = broker.reconcile_db_leases(Some(now - ABANDONED_AFTER_SECS)).await {
+                tracing::warn!(error = %e, "reconciling abandoned database leases failed");
+            }
             if let Err(e) = broker.sweep_db_users().await {
                 tracing::warn!(error = %e, "orphan sweep failed");
             }

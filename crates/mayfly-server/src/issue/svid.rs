@@ -138,6 +138,33 @@ pub enum JwtSvidInvalid {
     Rejected(String),
 }
 
+/// The generations still published at `now` (reusing those in `known` instead of opening
+/// their keys again) and the active one among them.
+#[allow(clippy::type_complexity)]
+fn open_published(
+    kek: &Kek,
+    rows: &[StoredSvidAuthority],
+    now: i64,
+    known: &[(Arc<Generation>, Option<i64>)],
+) -> Result<(Option<Arc<Generation>>, Vec<(Arc<Generation>, Option<i64>)>), SvidError> {
+    let mut published = Vec::new();
+    let mut active = None;
+    for row in rows {
+        if !still_published(row.published_until, now) || row.not_after <= now {
+            continue;
+        }
+        let generation = match known.iter().find(|(g, _)| g.id == row.id) {
+            Some((g, _)) => g.clone(),
+            None => Arc::new(open_generation(kek, row)?),
+        };
+        if row.retired_at.is_none() {
+            active = Some(generation.clone());
+        }
+        published.push((generation, row.published_until));
+    }
+    Ok((active, published))
+}
+
 /// The trust domain's SVID authorities. Reads are lock-free.
 pub struct SvidAuthorities {
     trust_domain: String,
@@ -163,29 +190,27 @@ impl SvidAuthorities {
         lifetimes: SvidLifetimes,
     ) -> Result<Self, SvidError> {
         let now = crate::clock::now_unix();
-        let mut published = Vec::new();
-        let mut active = None;
-        for row in store.svid_authorities().await? {
-            if !still_published(row.published_until, now) || row.not_after <= now {
-                continue;
+        let (mut active, mut published) = open_published(kek, &store.svid_authorities().await?, now, &[])?;
+        if active.is_none() {
+            // The first start, or the active CA expired while the server was down.
+            let (generation, row) = new_generation(kek, trust_domain, lifetimes.ca_ttl_secs, now)?;
+            match store.insert_svid_authority(&row, None).await {
+                Ok(()) => {
+                    let generation = Arc::new(generation);
+                    published.push((generation.clone(), None));
+                    active = Some(generation);
+                }
+                // Another replica created one first (at most one generation is active): use that.
+                Err(e) => {
+                    (active, published) = open_published(kek, &store.svid_authorities().await?, now, &[])?;
+                    if active.is_none() {
+                        return Err(e.into());
+                    }
+                }
             }
-            let generation = Arc::new(open_generation(kek, &row)?);
-            if row.retired_at.is_none() {
-                active = Some(generation.clone());
-            }
-            published.push((generation, row.published_until));
         }
-        let active = match active {
-            Some(a) => a,
-            None => {
-                // The first start, or the active CA expired while the server was down.
-                let (generation, row) = new_generation(kek, trust_domain, lifetimes.ca_ttl_secs, now)?;
-                store.insert_svid_authority(&row, None).await?;
-                let generation = Arc::new(generation);
-                published.push((generation.clone(), None));
-                generation
-            }
-        };
+        let active =
+            active.ok_or_else(|| SvidError::Ledger(LedgerError::Conflict("no active SVID authority".into())))?;
         Ok(Self {
             trust_domain: trust_domain.to_owned(),
             lifetimes,
@@ -193,6 +218,21 @@ impl SvidAuthorities {
             changed: watch::channel(0).0,
             rotating: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Re-reads the stored generations (another replica may have rotated them); streams
+    /// are told when the bundles change.
+    pub async fn reload(&self, store: &dyn Store, kek: &Kek) -> Result<(), SvidError> {
+        let now = crate::clock::now_unix();
+        let current = self.state.load_full();
+        let (active, published) = open_published(kek, &store.svid_authorities().await?, now, &current.published)?;
+        let Some(active) = active else { return Ok(()) };
+        let ids = |p: &[(Arc<Generation>, Option<i64>)]| p.iter().map(|(g, u)| (g.id.clone(), *u)).collect::<Vec<_>>();
+        if active.id != current.active.id || ids(&published) != ids(&current.published) {
+            tracing::info!(authority = %active.id, "SVID authorities changed in storage; reloaded");
+            self.publish(State { active, published });
+        }
+        Ok(())
     }
 
     /// The trust domain's SPIFFE ID, `spiffe://<td>`: the key of the bundle maps.

@@ -47,32 +47,49 @@ impl KeyRing {
         let stored = store.signing_keys().await?;
         if stored.is_empty() {
             let (key, row) = new_stored_key(kek, alg, now)?;
-            store.insert_signing_key(&row).await?;
-            let key = Arc::new(key);
-            let keys = vec![PublishedKey { key: key.clone(), created_at: row.created_at, published_until: None }];
-            return Ok(Self { state: ArcSwap::from_pointee(RingState { active: key, keys }) });
-        }
-        let mut keys = Vec::new();
-        let mut active = None;
-        for row in stored {
-            if row.published_until.is_some_and(|t| t <= now) {
-                continue;
+            match store.insert_signing_key(&row).await {
+                Ok(()) => {
+                    let key = Arc::new(key);
+                    let keys =
+                        vec![PublishedKey { key: key.clone(), created_at: row.created_at, published_until: None }];
+                    return Ok(Self { state: ArcSwap::from_pointee(RingState { active: key, keys }) });
+                }
+                // Another replica stored the first key a moment earlier (only one may be
+                // active): use that one.
+                Err(e) => match open_rows(kek, &store.signing_keys().await?, now, &[])? {
+                    Some(state) => return Ok(Self { state: ArcSwap::from_pointee(state) }),
+                    None => return Err(e.into()),
+                },
             }
-            let key = Arc::new(open_stored_key(kek, &row)?);
-            if row.retired_at.is_none() {
-                active = Some(key.clone());
-            }
-            keys.push(PublishedKey { key, created_at: row.created_at, published_until: row.published_until });
         }
-        let active = match active {
-            Some(a) => a,
+        match open_rows(kek, &stored, now, &[])? {
+            Some(state) => Ok(Self { state: ArcSwap::from_pointee(state) }),
             None => {
-                return Err(
-                    KeyError::Corrupt { kid: "-".into(), reason: "no active signing key in storage".into() }.into()
-                );
+                Err(KeyError::Corrupt { kid: "-".into(), reason: "no active signing key in storage".into() }.into())
             }
+        }
+    }
+
+    /// Re-reads the stored keys (another replica may have rotated them); returns whether
+    /// anything changed. Keys already open are reused, not decrypted again.
+    pub async fn reload(&self, store: &dyn Store, kek: &Kek) -> Result<bool, KeyRingError> {
+        let now = crate::clock::now_unix();
+        let current = self.state.load_full();
+        let Some(next) = open_rows(kek, &store.signing_keys().await?, now, &current.keys)? else {
+            return Ok(false);
         };
-        Ok(Self { state: ArcSwap::from_pointee(RingState { active, keys }) })
+        let view = |s: &RingState| {
+            (
+                s.active.kid().to_owned(),
+                s.keys.iter().map(|k| (k.key.kid().to_owned(), k.published_until)).collect::<Vec<_>>(),
+            )
+        };
+        if view(&next) == view(&current) {
+            return Ok(false);
+        }
+        tracing::info!(active = %next.active.kid(), "signing keys changed in storage; reloaded");
+        self.state.store(Arc::new(next));
+        Ok(true)
     }
 
     /// The key that signs new tokens.
@@ -159,6 +176,32 @@ impl KeyRing {
             published_until: None,
         })
     }
+}
+
+/// The keys still published at `now` and the active one, reusing keys in `known`;
+/// `None` when no stored key is active.
+fn open_rows(
+    kek: &Kek,
+    rows: &[StoredSigningKey],
+    now: i64,
+    known: &[PublishedKey],
+) -> Result<Option<RingState>, KeyError> {
+    let mut keys = Vec::new();
+    let mut active = None;
+    for row in rows {
+        if row.published_until.is_some_and(|t| t <= now) {
+            continue;
+        }
+        let key = match known.iter().find(|k| k.key.kid() == row.kid) {
+            Some(k) => k.key.clone(),
+            None => Arc::new(open_stored_key(kek, row)?),
+        };
+        if row.retired_at.is_none() {
+            active = Some(key.clone());
+        }
+        keys.push(PublishedKey { key, created_at: row.created_at, published_until: row.published_until });
+    }
+    Ok(active.map(|active| RingState { active, keys }))
 }
 
 fn new_stored_key(kek: &Kek, alg: SigningAlg, now: i64) -> Result<(SigningKey, StoredSigningKey), KeyError> {

@@ -27,7 +27,7 @@ impl AuditEvent {
 }
 
 /// An event in the chain, as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct ChainedAuditEvent {
     /// Position in the chain, from 1.
     pub seq: i64,
@@ -60,6 +60,14 @@ impl ChainedAuditEvent {
             prev_hash: prev_hash.to_owned(),
             hash,
         }
+    }
+
+    /// Moves the event to follow `prev_seq`/`prev_hash` instead: a shared store does this
+    /// when another replica appended since this one last looked at the chain's head.
+    pub fn rechain(&mut self, prev_seq: i64, prev_hash: &str) {
+        self.seq = prev_seq + 1;
+        prev_hash.clone_into(&mut self.prev_hash);
+        self.hash = event_hash(self.seq, self.ts_ms, &self.kind, self.subject.as_deref(), &self.detail, prev_hash);
     }
 
     /// Whether the stored hash matches the event's contents.

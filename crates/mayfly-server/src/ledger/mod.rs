@@ -6,7 +6,9 @@
 //! batches concurrent writes into one transaction (group commit).
 
 pub mod audit;
+pub mod postgres;
 pub mod revocation;
+mod sql;
 pub mod sqlite;
 mod writer;
 
@@ -34,7 +36,7 @@ pub enum LedgerError {
 }
 
 /// A signing key as stored: its private part sealed under the KEK.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct StoredSigningKey {
     /// Key id (RFC 7638 thumbprint).
     pub kid: String,
@@ -51,7 +53,7 @@ pub struct StoredSigningKey {
 }
 
 /// One generation of SVID authorities as stored: the X.509 CA and the JWT-SVID key.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct StoredSvidAuthority {
     /// Generation id.
     pub id: String,
@@ -72,7 +74,7 @@ pub struct StoredSvidAuthority {
 }
 
 /// A registration entry made through the admin API.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct StoredEntry {
     /// Entry id.
     pub id: String,
@@ -83,7 +85,7 @@ pub struct StoredEntry {
 }
 
 /// A one-time join token as stored (hash only).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct JoinTokenRow {
     /// Non-secret id.
     pub id: String,
@@ -111,7 +113,7 @@ pub enum RedeemOutcome {
 }
 
 /// One issued credential. Never holds the credential itself.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct CredentialRecord {
     /// Token id (`jti`) or lease id.
     pub jti: String,
@@ -182,8 +184,15 @@ impl TaskState {
     }
 }
 
+impl TryFrom<String> for TaskState {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Self::parse(&s).ok_or_else(|| format!("unknown task state {s:?}"))
+    }
+}
+
 /// A task: a runtime identity for one job.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct TaskRecord {
     /// Task id; its SPIFFE ID is `spiffe://<td>/task/<id>`.
     pub id: String,
@@ -212,6 +221,7 @@ pub struct TaskRecord {
     /// Unix seconds; nothing issued under it outlives this.
     pub expires_at: i64,
     /// The stored state; the state now is [`TaskRecord::state_at`].
+    #[sqlx(try_from = "String")]
     pub state: TaskState,
     /// A pending task not approved by then is denied.
     pub approval_deadline: Option<i64>,
@@ -291,8 +301,15 @@ impl DbLeaseState {
     }
 }
 
+impl TryFrom<String> for DbLeaseState {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Self::parse(&s).ok_or_else(|| format!("unknown lease state {s:?}"))
+    }
+}
+
 /// A dynamic database credential: the user, never its password.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct DbLease {
     /// Lease id.
     pub id: String,
@@ -313,6 +330,7 @@ pub struct DbLease {
     /// Unix seconds.
     pub max_expires_at: i64,
     /// Where it stands.
+    #[sqlx(try_from = "String")]
     pub state: DbLeaseState,
     /// Failed revocation attempts so far.
     pub attempts: i64,
@@ -381,6 +399,84 @@ pub struct AuditFilter {
     pub limit: i64,
 }
 
+/// A revocation row as stored (the wire type lives in `mayfly-verify`, which knows no SQL).
+#[derive(Debug, sqlx::FromRow)]
+struct RevocationRow {
+    seq: i64,
+    kind: String,
+    value: String,
+    issued_before: i64,
+    revoked_at: i64,
+    expires_at: i64,
+    reason: Option<String>,
+}
+
+impl TryFrom<RevocationRow> for Revocation {
+    type Error = LedgerError;
+    fn try_from(r: RevocationRow) -> Result<Self, LedgerError> {
+        Ok(Revocation {
+            cursor: r.seq,
+            kind: RevocationKind::parse(&r.kind)
+                .ok_or_else(|| LedgerError::Conflict(format!("unknown revocation kind {:?} in storage", r.kind)))?,
+            value: r.value,
+            issued_before: r.issued_before,
+            revoked_at: r.revoked_at,
+            expires_at: r.expires_at,
+            reason: r.reason,
+        })
+    }
+}
+
+/// Converts stored revocation rows, failing on the first unknown kind.
+fn revocations_from_rows(rows: Vec<RevocationRow>) -> Result<Vec<Revocation>, LedgerError> {
+    rows.into_iter().map(Revocation::try_from).collect()
+}
+
+/// Something another replica changed in a shared store, announced so that every replica
+/// picks it up at once instead of at its next poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreChange {
+    /// New revocations were committed.
+    Revocations,
+    /// Signing keys were added or rotated.
+    SigningKeys,
+    /// SVID authorities were added or rotated.
+    SvidAuthorities,
+    /// Registration entries were created or deleted.
+    Entries,
+    /// Notifications may have been missed (the listening connection was lost): refresh everything.
+    All,
+}
+
+impl StoreChange {
+    /// The notification payload.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreChange::Revocations => "revocations",
+            StoreChange::SigningKeys => "signing_keys",
+            StoreChange::SvidAuthorities => "svid_authorities",
+            StoreChange::Entries => "entries",
+            StoreChange::All => "all",
+        }
+    }
+
+    /// Parses a notification payload; unknown payloads mean "refresh everything".
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "revocations" => StoreChange::Revocations,
+            "signing_keys" => StoreChange::SigningKeys,
+            "svid_authorities" => StoreChange::SvidAuthorities,
+            "entries" => StoreChange::Entries,
+            _ => StoreChange::All,
+        }
+    }
+
+    /// Whether a replica watching for `self` should act on `change`.
+    pub fn covered_by(self, change: StoreChange) -> bool {
+        change == self || change == StoreChange::All
+    }
+}
+
 /// One transaction's worth of rows, as the writer hands it to the store.
 #[derive(Debug, Default)]
 pub struct StoredBatch {
@@ -410,6 +506,21 @@ impl StoredBatch {
 /// Storage for everything durable. Implementations must make `append` atomic.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// The backend's name (`sqlite`, `postgres`), for health and metrics.
+    fn backend(&self) -> &'static str;
+    /// Whether other Mayfly processes may write to the same state (several replicas).
+    fn is_shared(&self) -> bool {
+        false
+    }
+    /// Changes other replicas made, as they commit; `None` when no one else writes.
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<StoreChange>> {
+        None
+    }
+    /// Whether this process runs background work (expiry, reaping, sweeps, rotation) now.
+    /// Called every few seconds; a shared store hands it to one replica at a time.
+    async fn try_lead(&self) -> Result<bool, LedgerError> {
+        Ok(true)
+    }
     /// Whether the database answers.
     async fn ping(&self) -> Result<(), LedgerError>;
     /// A value from the key/value meta table.
@@ -460,8 +571,10 @@ pub trait Store: Send + Sync + 'static {
     /// The last audit event's sequence number and hash.
     async fn audit_head(&self) -> Result<Option<(i64, String)>, LedgerError>;
     /// Writes credentials, task and lease rows (inserted or replaced), revocations and
-    /// chained audit events in one transaction.
-    async fn append(&self, batch: &StoredBatch) -> Result<(), LedgerError>;
+    /// chained audit events in one transaction. A shared store may move the events to
+    /// the chain's real head and renumber the revocations' cursors (another replica
+    /// appended meanwhile); the batch then holds them as stored.
+    async fn append(&self, batch: &mut StoredBatch) -> Result<(), LedgerError>;
     /// A database lease by id.
     async fn db_lease(&self, id: &str) -> Result<Option<DbLease>, LedgerError>;
     /// Leases in the given states (all of them when empty), ordered by id, at most `limit` after `after`.

@@ -33,6 +33,8 @@ struct WriteRequest {
     db_leases: Vec<DbLease>,
     revocations: Vec<Revocation>,
     events: Vec<AuditEvent>,
+    /// How many revocations it sent (they are moved into the stored batch).
+    revocation_count: usize,
     done: oneshot::Sender<Result<Vec<Revocation>, String>>,
 }
 
@@ -69,7 +71,15 @@ impl Ledger {
         let Batch { credentials, tasks, db_leases, revocations, events } = batch;
         let (done, wait) = oneshot::channel();
         self.tx
-            .send(WriteRequest { credentials, tasks, db_leases, revocations, events, done })
+            .send(WriteRequest {
+                credentials,
+                tasks,
+                db_leases,
+                revocation_count: revocations.len(),
+                revocations,
+                events,
+                done,
+            })
             .await
             .map_err(|_| LedgerError::WriterGone)?;
         match wait.await {
@@ -116,10 +126,10 @@ async fn run_writer(
             out.credentials.append(&mut req.credentials);
             out.tasks.append(&mut req.tasks);
             out.db_leases.append(&mut req.db_leases);
-            for rev in &mut req.revocations {
+            for mut rev in req.revocations.drain(..) {
                 r += 1;
                 rev.cursor = r;
-                out.revocations.push(rev.clone());
+                out.revocations.push(rev);
             }
             for ev in &req.events {
                 let c = ChainedAuditEvent::chain(ev, s, &h);
@@ -129,15 +139,25 @@ async fn run_writer(
             }
         }
         tracing::trace!(requests = batch.len(), "ledger group commit");
-        let result = store.append(&out).await;
+        let result = store.append(&mut out).await;
         match &result {
-            // Heads move only once the batch is committed.
-            Ok(()) => (seq, hash, revocation_head) = (s, h, r),
+            // Heads move only once the batch is committed, to where the store put it
+            // (a shared store may have moved it past other replicas' writes).
+            Ok(()) => {
+                if let Some(last) = out.events.last() {
+                    (seq, hash) = (last.seq, last.hash.clone());
+                }
+                if let Some(last) = out.revocations.last() {
+                    revocation_head = last.cursor;
+                }
+            }
             Err(e) => tracing::error!(error = %e, records = out.credentials.len(), "ledger batch failed"),
         }
+        // Each request gets back its own revocations, as stored, in the order it sent them.
+        let mut stored = out.revocations.into_iter();
         for req in batch.drain(..) {
             let reply = match &result {
-                Ok(()) => Ok(req.revocations),
+                Ok(()) => Ok(stored.by_ref().take(req.revocation_count).collect()),
                 Err(e) => Err(e.to_string()),
             };
             let _ = req.done.send(reply);

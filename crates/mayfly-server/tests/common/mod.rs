@@ -157,6 +157,79 @@ forbid (principal, action, resource)
 when { context.scopes.contains("admin") };
 "#;
 
+/// The PostgreSQL server the tests may use (trust auth on this machine).
+pub const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+
+/// Whether this run puts every test server's state on PostgreSQL (`MAYFLY_TEST_STORAGE=postgres`)
+/// instead of the embedded SQLite default: the same tests, against both backends.
+pub fn storage_is_postgres() -> bool {
+    std::env::var("MAYFLY_TEST_STORAGE").is_ok_and(|v| v == "postgres")
+}
+
+/// Runs `f` on a runtime of its own: the harness is called from sync and async code alike.
+fn on_own_runtime<T: Send + 'static>(f: impl std::future::Future<Output = T> + Send + 'static) -> T {
+    std::thread::spawn(move || tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f))
+        .join()
+        .unwrap()
+}
+
+/// Creates an empty database for one test and returns its URL. Databases that earlier
+/// runs left behind (named with their creation time) are dropped once two hours old.
+pub fn create_test_database() -> String {
+    use sqlx::Connection;
+    let name = format!("mayfly_t_{}_{}", now(), hex::encode(rand_bytes()));
+    let created = name.clone();
+    on_own_runtime(async move {
+        let mut admin =
+            sqlx::PgConnection::connect(&format!("{PG_SERVER}/postgres")).await.expect("PostgreSQL answers");
+        let stale: Vec<String> =
+            sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'mayfly\\_t\\_%'")
+                .fetch_all(&mut admin)
+                .await
+                .unwrap();
+        for db in stale {
+            let born: i64 = db.split('_').nth(2).and_then(|t| t.parse().ok()).unwrap_or(i64::MAX);
+            if born < now() - 7200 {
+                let sql = format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)");
+                let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await;
+            }
+        }
+        let sql = format!("CREATE DATABASE \"{created}\"");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await.unwrap();
+    });
+    format!("{PG_SERVER}/{name}")
+}
+
+fn rand_bytes() -> [u8; 6] {
+    let mut b = [0u8; 6];
+    aws_lc_rs::rand::fill(&mut b).unwrap();
+    b
+}
+
+/// The `storage` line of a test config: a database of its own under `MAYFLY_TEST_STORAGE=postgres`
+/// (kept in the test directory, so a restart finds the same state), nothing otherwise.
+fn storage_line(dir: &Path) -> String {
+    if !storage_is_postgres() {
+        return String::new();
+    }
+    let file = dir.join("pg-url");
+    let url = match std::fs::read_to_string(&file) {
+        Ok(u) => u,
+        Err(_) => {
+            let u = create_test_database();
+            std::fs::write(&file, &u).unwrap();
+            u
+        }
+    };
+    format!("storage = \"{url}\"")
+}
+
+/// Opens the state a test server in `dir` kept (with the server stopped), whatever the backend.
+pub async fn open_store(dir: &Path) -> std::sync::Arc<dyn mayfly_server::ledger::Store> {
+    let cfg = Config::load(&dir.join("mayfly.toml")).expect("config loads");
+    mayfly_server::server::open_store(&cfg).await.expect("store opens")
+}
+
 /// A running Mayfly with its own data directory.
 pub struct TestServer {
     pub running: RunningServer,
@@ -218,6 +291,7 @@ algorithms = ["RS256", "ES256"]
         r#"
 trust_domain = "{TRUST_DOMAIN}"
 data_dir = "data"
+{storage}
 
 [listen]
 addr = "127.0.0.1:0"
@@ -236,6 +310,7 @@ sync = "normal"
 {issuers}
 "#,
         extra = opts.extra_toml,
+        storage = storage_line(dir),
     );
     let path = dir.join("mayfly.toml");
     std::fs::write(&path, toml).unwrap();

@@ -50,18 +50,23 @@ pub async fn openid_configuration(State(state): State<AppState>) -> Json<serde_j
 /// Liveness: the process answers.
 #[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Health)))]
 pub async fn healthz() -> Json<Health> {
-    Json(Health { status: "ok".into() })
+    Json(Health { status: "ok".into(), storage: None, leader: None })
 }
 
 /// Readiness: storage answers and a signing key is loaded.
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
+    let health = |status: &str| Health {
+        status: status.into(),
+        storage: Some(state.store.backend().into()),
+        leader: Some(state.leadership.is_leading()),
+    };
     match state.store.ping().await {
-        Ok(()) => (StatusCode::OK, Json(Health { status: "ok".into() })),
+        Ok(()) => (StatusCode::OK, Json(health("ok"))),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check: storage does not answer");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(Health { status: "storage unavailable".into() }))
+            (StatusCode::SERVICE_UNAVAILABLE, Json(health("storage unavailable")))
         }
     }
 }

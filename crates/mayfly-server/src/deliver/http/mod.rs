@@ -64,6 +64,8 @@ pub struct AppInner {
     pub admin_cache: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     /// Turns true when the server is shutting down.
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// Whether this replica runs background work.
+    pub leadership: crate::govern::Leadership,
 }
 
 impl AppState {

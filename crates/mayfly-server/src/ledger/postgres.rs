@@ -1,0 +1,271 @@
+//! The PostgreSQL store: one database shared by several stateless Mayfly replicas.
+//!
+//! What sharing needs beyond the portable SQL:
+//! - one audit chain under concurrent writers: a group commit locks the single row of
+//!   `ledger_heads`, re-chains its events after the real head (another replica may have
+//!   appended since) and numbers its revocations, so cursors follow commit order;
+//! - change notifications: triggers `pg_notify` on revocations, keys, SVID authorities
+//!   and entries, and every replica LISTENs, so a revocation is enforced everywhere at once;
+//! - one leader for background work: a session advisory lock on a dedicated connection,
+//!   released by PostgreSQL the moment that replica's connection dies.
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, PgConnection, Postgres, QueryBuilder};
+use tokio::sync::{Mutex, broadcast};
+use tokio::task::JoinHandle;
+
+use super::sql::{ROWS_PER_STATEMENT, last_per_id, portable_store};
+use super::{LedgerError, StoreChange, StoredBatch};
+
+/// The channel every replica listens on.
+const CHANGES_CHANNEL: &str = "mayfly_changes";
+/// The advisory lock whose holder runs background work ("mayfly" in ASCII, then 1).
+const LEADER_LOCK: i64 = 0x6d61_7966_6c79_0001;
+
+/// Connection settings for the shared store.
+#[derive(Debug, Clone)]
+pub struct PostgresSettings {
+    /// Most pooled connections this replica opens.
+    pub max_connections: u32,
+    /// How long a request waits for a connection before it fails (503) instead of hanging.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PostgresSettings {
+    fn default() -> Self {
+        Self { max_connections: 16, acquire_timeout: Duration::from_secs(5) }
+    }
+}
+
+/// The leader connection and whether it holds the lock.
+#[derive(Default)]
+struct Leadership {
+    conn: Option<PgConnection>,
+    leading: bool,
+}
+
+/// PostgreSQL-backed [`Store`](super::Store), safe for several replicas at once.
+pub struct PostgresStore {
+    pool: PgPool,
+    options: PgConnectOptions,
+    changes: broadcast::Sender<StoreChange>,
+    listener: JoinHandle<()>,
+    leadership: Mutex<Leadership>,
+    leading: AtomicBool,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The options hold the password: never printed.
+        f.debug_struct("PostgresStore").finish_non_exhaustive()
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+/// The URL with any password replaced, for messages.
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("REDACTED"));
+            }
+            u.to_string()
+        }
+        Err(_) => "<unparsable URL>".into(),
+    }
+}
+
+impl PostgresStore {
+    /// Connects, applies migrations and starts listening for other replicas' changes.
+    pub async fn connect(url: &str, settings: &PostgresSettings) -> Result<Self, LedgerError> {
+        // Statements carry credential ids and sealed keys: sqlx must never log them.
+        let options = PgConnectOptions::from_str(url)?.application_name("mayfly").disable_statement_logging();
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.max_connections)
+            .acquire_timeout(settings.acquire_timeout)
+            // A broken connection fails one statement and is dropped; pinging each time
+            // would cost a round trip on every request.
+            .test_before_acquire(false)
+            .connect_with(options.clone())
+            .await?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        let (changes, _) = broadcast::channel(1024);
+        let listener = tokio::spawn(listen(pool.clone(), changes.clone()));
+        Ok(Self {
+            pool,
+            options,
+            changes,
+            listener,
+            leadership: Mutex::new(Leadership::default()),
+            leading: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether this replica held the leader lock at its last check.
+    pub fn is_leading(&self) -> bool {
+        self.leading.load(Ordering::Relaxed)
+    }
+
+    async fn append_in(&self, batch: &mut StoredBatch) -> Result<(), LedgerError> {
+        let tasks = last_per_id(&batch.tasks, |t| &t.id);
+        let db_leases = last_per_id(&batch.db_leases, |l| &l.id);
+        let mut tx = self.pool.begin().await?;
+        // Rows that need no ordering go first, outside the heads lock.
+        for chunk in batch.credentials.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Postgres>::new("");
+            push_credentials(&mut q, chunk);
+            q.build().execute(&mut *tx).await?;
+        }
+        for chunk in tasks.chunks(ROWS_PER_STATEMENT / 2) {
+            let mut q = QueryBuilder::<Postgres>::new("");
+            push_tasks(&mut q, chunk);
+            q.build().execute(&mut *tx).await?;
+        }
+        for chunk in db_leases.chunks(ROWS_PER_STATEMENT / 2) {
+            let mut q = QueryBuilder::<Postgres>::new("");
+            push_db_leases(&mut q, chunk);
+            q.build().execute(&mut *tx).await?;
+        }
+        if !batch.events.is_empty() || !batch.revocations.is_empty() {
+            let (mut seq, mut hash, mut cursor): (i64, String, i64) = sqlx::query_as(
+                "SELECT audit_seq, audit_hash, revocation_seq FROM ledger_heads WHERE id = 1 FOR UPDATE",
+            )
+            .fetch_one(&mut *tx)
+            .await?;
+            let in_place = batch.events.first().is_none_or(|e| e.seq == seq + 1 && e.prev_hash == hash);
+            for e in &mut batch.events {
+                if !in_place {
+                    e.rechain(seq, &hash);
+                }
+                (seq, hash) = (e.seq, e.hash.clone());
+            }
+            for r in &mut batch.revocations {
+                cursor += 1;
+                r.cursor = cursor;
+            }
+            for chunk in batch.revocations.chunks(ROWS_PER_STATEMENT) {
+                let mut q = QueryBuilder::<Postgres>::new("");
+                push_revocations(&mut q, chunk);
+                q.build().execute(&mut *tx).await?;
+            }
+            for chunk in batch.events.chunks(ROWS_PER_STATEMENT) {
+                let mut q = QueryBuilder::<Postgres>::new("");
+                push_events(&mut q, chunk);
+                q.build().execute(&mut *tx).await?;
+            }
+            sqlx::query("UPDATE ledger_heads SET audit_seq = $1, audit_hash = $2, revocation_seq = $3 WHERE id = 1")
+                .bind(seq)
+                .bind(&hash)
+                .bind(cursor)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn try_lead_in(&self, slot: &mut Leadership) -> Result<bool, LedgerError> {
+        let conn = match &mut slot.conn {
+            Some(c) => c,
+            None => slot.conn.insert(self.options.connect().await?),
+        };
+        if slot.leading {
+            // Still holding it as long as the session lives.
+            sqlx::query("SELECT 1").execute(&mut *conn).await?;
+            return Ok(true);
+        }
+        let got: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(LEADER_LOCK).fetch_one(&mut *conn).await?;
+        slot.leading = got;
+        Ok(got)
+    }
+}
+
+/// Forwards notifications from other replicas (and our own) to subscribers; after a lost
+/// connection it announces `All`, since notifications sent meanwhile are gone.
+async fn listen(pool: PgPool, changes: broadcast::Sender<StoreChange>) {
+    loop {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for other replicas' changes; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen(CHANGES_CHANNEL).await {
+            tracing::warn!(error = %e, "LISTEN failed; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        let _ = changes.send(StoreChange::All);
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(n)) => {
+                    let _ = changes.send(StoreChange::parse(n.payload()));
+                }
+                // Connection lost; the next call reconnects and listens again.
+                Ok(None) => {
+                    let _ = changes.send(StoreChange::All);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "lost the change notifications; reconnecting");
+                    let _ = changes.send(StoreChange::All);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+portable_store!(PostgresStore, Postgres, {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn changes(&self) -> Option<broadcast::Receiver<StoreChange>> {
+        Some(self.changes.subscribe())
+    }
+
+    async fn try_lead(&self) -> Result<bool, LedgerError> {
+        let mut slot = self.leadership.lock().await;
+        let result = self.try_lead_in(&mut slot).await;
+        if result.is_err() {
+            // The session is gone or unusable, and with it any lock it held.
+            *slot = Leadership::default();
+        }
+        self.leading.store(matches!(result, Ok(true)), Ordering::Relaxed);
+        result
+    }
+
+    async fn audit_head(&self) -> Result<Option<(i64, String)>, LedgerError> {
+        let (seq, hash): (i64, String) =
+            sqlx::query_as("SELECT audit_seq, audit_hash FROM ledger_heads WHERE id = 1").fetch_one(&self.pool).await?;
+        Ok((seq > 0).then_some((seq, hash)))
+    }
+
+    async fn revocation_head(&self) -> Result<i64, LedgerError> {
+        Ok(sqlx::query_scalar("SELECT revocation_seq FROM ledger_heads WHERE id = 1").fetch_one(&self.pool).await?)
+    }
+
+    async fn append(&self, batch: &mut StoredBatch) -> Result<(), LedgerError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.append_in(batch).await
+    }
+});
