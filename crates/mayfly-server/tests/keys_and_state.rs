@@ -74,9 +74,18 @@ async fn private_keys_are_sealed_and_a_wrong_kek_stops_startup() {
     }
 
     // The database holds no private key in clear: the raw PKCS#8 prefix of an Ed25519 key never appears.
-    let db = std::fs::read(dir.path().join("data/mayfly.db")).unwrap();
     let pkcs8_ed25519_prefix = [0x30, 0x51, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70];
-    assert!(!db.windows(pkcs8_ed25519_prefix.len()).any(|w| w == pkcs8_ed25519_prefix));
+    let stored: Vec<Vec<u8>> = if storage_is_postgres() {
+        let keys = open_store(dir.path()).await.signing_keys().await.unwrap();
+        assert!(!keys.is_empty());
+        keys.into_iter().map(|k| k.sealed_private_key).collect()
+    } else {
+        // The whole file, whatever table a key might have ended up in.
+        vec![std::fs::read(dir.path().join("data/mayfly.db")).unwrap()]
+    };
+    for bytes in stored {
+        assert!(!bytes.windows(pkcs8_ed25519_prefix.len()).any(|w| w == pkcs8_ed25519_prefix));
+    }
 
     write_kek(&dir.path().join("kek"), 0x22);
     let cfg = Config::load(&path).unwrap();

@@ -20,11 +20,15 @@ const ABANDONED_AFTER_SECS: i64 = 120;
 pub async fn run(broker: Arc<Broker>, every: Duration, leadership: Leadership) {
     let shared = broker.ledger.store().is_shared();
     let mut last_orphan_sweep = std::time::Instant::now();
+    let mut was_leading = !shared;
     loop {
         tokio::time::sleep(every).await;
         if !leadership.is_leading() {
+            was_leading = false;
             continue;
         }
+        // A replica that has just taken over finishes what the last leader left at once.
+        let took_over = !std::mem::replace(&mut was_leading, true);
         let now = crate::clock::now_unix();
         match broker.retire_due_tasks(now).await {
             Ok(0) => {}
@@ -36,7 +40,7 @@ pub async fn run(broker: Arc<Broker>, every: Duration, leadership: Leadership) {
             Ok(n) => tracing::info!(users = n, "database users dropped"),
             Err(e) => tracing::warn!(error = %e, "database lease sweep failed"),
         }
-        if last_orphan_sweep.elapsed() >= ORPHAN_SWEEP_EVERY {
+        if took_over || last_orphan_sweep.elapsed() >= ORPHAN_SWEEP_EVERY {
             last_orphan_sweep = std::time::Instant::now();
             if shared && let Err(e) = broker.reconcile_db_leases(Some(now - ABANDONED_AFTER_SECS)).await {
                 tracing::warn!(error = %e, "reconciling abandoned database leases failed");
