@@ -5,7 +5,7 @@
 //! Usage:
 //!   mayfly-bench-fixture DIR PORT [full|normal]      write the setup
 //!   mayfly-bench-fixture seed DIR N SUBJECT          add N live credentials of SUBJECT to DIR's ledger (server stopped)
-//!   mayfly-bench-fixture feed-latency URL ADMIN_TOKEN JWT_FILE ROUNDS
+//!   mayfly-bench-fixture feed-latency URL ADMIN_TOKEN JWT_FILE ROUNDS [STREAM_URL]
 //!                                                    time from revoke to the event on the SSE stream
 //!   mayfly-bench-fixture db [N] [CONCURRENCY] [POSTGRES_ADMIN_URL] [SESSIONS]
 //!                                                    issue N PostgreSQL credentials over HTTP, then revoke
@@ -182,11 +182,14 @@ async fn seed(args: &[String]) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// Exchanges a token, subscribes to the revocation stream, revokes the token's jti,
-/// and times until the event arrives. Prints one line per round, in milliseconds.
+/// Exchanges a token, subscribes to the revocation stream (of STREAM_URL, another
+/// replica, when given), revokes the token's jti, and times until the event arrives.
+/// Prints one line per round, in milliseconds.
 async fn feed_latency(args: &[String]) -> Result<(), BoxError> {
-    let [url, admin, jwt_file, rounds] = args else {
-        return Err("usage: feed-latency URL ADMIN JWT_FILE ROUNDS".into());
+    let (url, admin, jwt_file, rounds, stream_url) = match args {
+        [url, admin, jwt, rounds] => (url, admin, jwt, rounds, url),
+        [url, admin, jwt, rounds, stream] => (url, admin, jwt, rounds, stream),
+        _ => return Err("usage: feed-latency URL ADMIN JWT_FILE ROUNDS [STREAM_URL]".into()),
     };
     let jwt = std::fs::read_to_string(jwt_file)?;
     let http = reqwest::Client::new();
@@ -202,7 +205,7 @@ async fn feed_latency(args: &[String]) -> Result<(), BoxError> {
         let payload = token.split('.').nth(1).ok_or("bad token")?;
         let claims: serde_json::Value = serde_json::from_slice(&B64.decode(payload)?)?;
         let jti = claims["jti"].as_str().ok_or("no jti")?.to_owned();
-        let mut sse = http.get(format!("{url}/v1/revocations/stream")).bearer_auth(admin).send().await?;
+        let mut sse = http.get(format!("{stream_url}/v1/revocations/stream")).bearer_auth(admin).send().await?;
         // Drain the backlog: wait until the stream is idle briefly.
         while let Ok(Ok(Some(_))) = tokio::time::timeout(std::time::Duration::from_millis(200), sse.chunk()).await {}
         let start = std::time::Instant::now();

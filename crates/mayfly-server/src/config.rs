@@ -41,7 +41,7 @@ pub struct Config {
     /// Where state lives: `sqlite` (the default: `mayfly.db` in `data_dir`) or a
     /// `postgres://user:password@host/db` URL that several replicas share.
     #[serde(default)]
-    pub storage: Option<String>,
+    pub storage: Option<StorageUrl>,
     /// An environment variable holding the storage URL instead (keeps a password out of the file).
     #[serde(default)]
     pub storage_env: Option<String>,
@@ -426,6 +426,17 @@ fn two_seconds() -> Duration {
     Duration::from_secs(2)
 }
 
+/// The `storage` setting as written: it may hold a password, so it never prints.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct StorageUrl(pub String);
+
+impl std::fmt::Debug for StorageUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::ledger::postgres::redact_url(&self.0))
+    }
+}
+
 /// Where state lives, resolved.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Storage {
@@ -759,7 +770,7 @@ impl Config {
     pub fn storage(&self) -> Result<Storage, ConfigError> {
         let value = match (&self.storage, &self.storage_env) {
             (Some(_), Some(_)) => return Err(ConfigError::Invalid("set storage or storage_env, not both".into())),
-            (Some(v), None) => v.clone(),
+            (Some(v), None) => v.0.clone(),
             (None, Some(var)) => std::env::var(var)
                 .map_err(|_| ConfigError::Invalid(format!("storage_env: the environment variable {var} is not set")))?,
             (None, None) => "sqlite".into(),

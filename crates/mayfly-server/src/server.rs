@@ -174,9 +174,14 @@ pub async fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, StartError> {
     }
 }
 
-/// Whether an error means "nothing answered" (worth retrying) rather than "it said no".
+/// Whether an error means "not answering yet" (worth retrying) rather than "it said no".
 fn is_unreachable(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_))
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) => true,
+        // 57P03: the database system is starting up; 53300: too many connections.
+        sqlx::Error::Database(d) => matches!(d.code().as_deref(), Some("57P03" | "53300")),
+        _ => false,
+    }
 }
 
 /// Opens storage and checks the KEK against it: the pieces offline tools share with the server.

@@ -190,11 +190,14 @@ impl SvidAuthorities {
         lifetimes: SvidLifetimes,
     ) -> Result<Self, SvidError> {
         let now = crate::clock::now_unix();
-        let (mut active, mut published) = open_published(kek, &store.svid_authorities().await?, now, &[])?;
+        let rows = store.svid_authorities().await?;
+        let (mut active, mut published) = open_published(kek, &rows, now, &[])?;
         if active.is_none() {
-            // The first start, or the active CA expired while the server was down.
+            // The first start, or the active CA expired while the server was down: that
+            // one is retired as the new one is stored (only one may be active).
+            let expired = rows.iter().find(|r| r.retired_at.is_none()).map(|r| (r.id.as_str(), now, now));
             let (generation, row) = new_generation(kek, trust_domain, lifetimes.ca_ttl_secs, now)?;
-            match store.insert_svid_authority(&row, None).await {
+            match store.insert_svid_authority(&row, expired).await {
                 Ok(()) => {
                     let generation = Arc::new(generation);
                     published.push((generation.clone(), None));

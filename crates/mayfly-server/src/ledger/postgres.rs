@@ -71,12 +71,18 @@ impl Drop for PostgresStore {
     }
 }
 
-/// The URL with any password replaced, for messages.
+/// The URL without its secrets, for messages: the password (in the authority or as a
+/// `password=` parameter) is replaced, and other parameters are dropped but named.
 pub fn redact_url(url: &str) -> String {
     match reqwest::Url::parse(url) {
         Ok(mut u) => {
             if u.password().is_some() {
                 let _ = u.set_password(Some("REDACTED"));
+            }
+            let names: Vec<String> = u.query_pairs().map(|(k, _)| k.into_owned()).collect();
+            u.set_query(None);
+            if !names.is_empty() {
+                u.set_query(Some(&names.iter().map(|k| format!("{k}=REDACTED")).collect::<Vec<_>>().join("&")));
             }
             u.to_string()
         }
@@ -84,11 +90,24 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// How long the leader may take to confirm or claim its lock before it counts as lost.
+const LEADER_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
 impl PostgresStore {
     /// Connects, applies migrations and starts listening for other replicas' changes.
     pub async fn connect(url: &str, settings: &PostgresSettings) -> Result<Self, LedgerError> {
         // Statements carry credential ids and sealed keys: sqlx must never log them.
-        let options = PgConnectOptions::from_str(url)?.application_name("mayfly").disable_statement_logging();
+        let options = PgConnectOptions::from_str(url)?
+            .application_name("mayfly")
+            .disable_statement_logging()
+            // A replica that stalls inside a group commit (a black-holed network) must not
+            // hold the heads row, and with it every replica's writes, for long: others
+            // give up waiting after lock_timeout, and PostgreSQL ends the stalled session.
+            .options([
+                ("lock_timeout", "10s"),
+                ("statement_timeout", "60s"),
+                ("idle_in_transaction_session_timeout", "30s"),
+            ]);
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout)
@@ -116,9 +135,15 @@ impl PostgresStore {
     }
 
     async fn append_in(&self, batch: &mut StoredBatch) -> Result<(), LedgerError> {
-        let tasks = last_per_id(&batch.tasks, |t| &t.id);
-        let db_leases = last_per_id(&batch.db_leases, |l| &l.id);
-        let mut tx = self.pool.begin().await?;
+        // Rows locked in id order by every replica: two batches touching the same rows
+        // wait for each other instead of deadlocking.
+        let mut tasks = last_per_id(&batch.tasks, |t| &t.id);
+        tasks.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut db_leases = last_per_id(&batch.db_leases, |l| &l.id);
+        db_leases.sort_by(|a, b| a.id.cmp(&b.id));
+        // Explicit: under REPEATABLE READ a commit waiting on the heads row would fail
+        // instead of reading the head the other replica just moved.
+        let mut tx = self.pool.begin_with("BEGIN ISOLATION LEVEL READ COMMITTED").await?;
         // Rows that need no ordering go first, outside the heads lock.
         for chunk in batch.credentials.chunks(ROWS_PER_STATEMENT) {
             let mut q = QueryBuilder::<Postgres>::new("");
@@ -243,7 +268,12 @@ portable_store!(PostgresStore, Postgres, {
 
     async fn try_lead(&self) -> Result<bool, LedgerError> {
         let mut slot = self.leadership.lock().await;
-        let result = self.try_lead_in(&mut slot).await;
+        // A silently dead connection would block for minutes while another replica takes
+        // the lock: past the timeout, this replica stops leading.
+        let result = match tokio::time::timeout(LEADER_CHECK_TIMEOUT, self.try_lead_in(&mut slot)).await {
+            Ok(r) => r,
+            Err(_) => Err(LedgerError::Database(sqlx::Error::PoolTimedOut)),
+        };
         if result.is_err() {
             // The session is gone or unusable, and with it any lock it held.
             *slot = Leadership::default();
