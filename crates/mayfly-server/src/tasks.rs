@@ -312,6 +312,24 @@ impl Broker {
                 ..Batch::default()
             })
             .await?;
+        drop(_serial);
+        // On a shared store the parent may have been ended on another replica meanwhile
+        // (its lock is this process's only): checked again after the commit, and the new
+        // task ended if so. See `end_task` for the other half.
+        if self.ledger.store().is_shared()
+            && let Some(parent_id) = &record.parent_id
+        {
+            let parent = self.ledger.store().task(parent_id).await?;
+            let state = parent.map(|t| t.state_at(crate::clock::now_unix()));
+            if state != Some(TaskState::Active) {
+                if let Err(e) = self.end_task(&record.id, "mayfly", Some("its parent ended on another replica")).await {
+                    // Already ended by the parent's second pass, most likely.
+                    tracing::info!(task = %record.id, error = %e, "ending a sub-task of an ended parent");
+                }
+                let state = state.map(TaskState::as_str).unwrap_or("gone");
+                return Err(BrokerError::Conflict(format!("parent task {parent_id} is {state}")));
+            }
+        }
         metrics::counter!("mayfly_tasks_started_total", "state" => record.state.as_str()).increment(1);
         Ok(StartedTask { task: record, spiffe_id: sub, token })
     }
@@ -429,7 +447,30 @@ impl Broker {
             other => return Err(BrokerError::Conflict(format!("task {id} is already {}", other.as_str()))),
         }
         let reason = reason.map(|r| r.chars().take(500).collect::<String>());
-        let subtree = self.ledger.store().task_subtree(&task.path).await?;
+        let mut ended = self.end_live_subtree(&task.path, id, actor, reason.as_deref(), now).await?;
+        // Another replica may have committed a sub-task after the subtree was read: it
+        // re-reads the parent after its commit, and this second pass re-reads the subtree
+        // after this one, so one of the two always sees the other.
+        if self.ledger.store().is_shared() {
+            ended.extend(self.end_live_subtree(&task.path, id, actor, reason.as_deref(), now).await?);
+        }
+        let descendants = ended.iter().filter(|t| t.id != id).map(|t| t.id.clone()).collect();
+        let this = ended.iter().find(|t| t.id == id).cloned().unwrap_or(task);
+        metrics::counter!("mayfly_tasks_ended_total").increment(1);
+        Ok(EndedTask { task: this, descendants })
+    }
+
+    /// Ends every live task at or below `path` (`id` is the root being ended), with one
+    /// task revocation each, in force before it returns; returns the tasks it ended.
+    async fn end_live_subtree(
+        &self,
+        path: &str,
+        id: &str,
+        actor: &str,
+        reason: Option<&str>,
+        now: i64,
+    ) -> Result<Vec<TaskRecord>, BrokerError> {
+        let subtree = self.ledger.store().task_subtree(path).await?;
         let mut ended = Vec::new();
         let mut revocations = Vec::new();
         let mut events = Vec::new();
@@ -437,7 +478,7 @@ impl Broker {
             if !matches!(t.state_at(now), TaskState::Pending | TaskState::Active) {
                 continue;
             }
-            let cause = if t.id == id { reason.clone() } else { Some(format!("parent task {id} ended")) };
+            let cause = if t.id == id { reason.map(str::to_owned) } else { Some(format!("parent task {id} ended")) };
             t.state = TaskState::Ended;
             t.ended_at = Some(now);
             t.end_reason = cause.clone();
@@ -458,13 +499,13 @@ impl Broker {
             events.push(AuditEvent::new("task.ended", Some(subject), detail));
             ended.push(t);
         }
-        let descendants = ended.iter().filter(|t| t.id != id).map(|t| t.id.clone()).collect();
-        let this = ended.iter().find(|t| t.id == id).cloned().unwrap_or(task);
-        self.ledger.commit(Batch { tasks: ended, revocations, events, ..Batch::default() }).await?;
+        if ended.is_empty() {
+            return Ok(ended);
+        }
+        self.ledger.commit(Batch { tasks: ended.clone(), revocations, events, ..Batch::default() }).await?;
         // The revocations enter the index (and the feed) before the caller hears "ended".
         self.revocations.catch_up().await?;
-        metrics::counter!("mayfly_tasks_ended_total").increment(1);
-        Ok(EndedTask { task: this, descendants })
+        Ok(ended)
     }
 
     /// Records the end of tasks whose time is up: a pending task past its approval
