@@ -56,6 +56,21 @@ out="$results/replicas-$(date -u +%Y%m%dT%H%M%SZ).txt"
   echo "# setup repetition requests/s p50 p99"
 } > "$out"
 
+# CPU seconds used so far by the replicas and by PostgreSQL's processes, so each step
+# can say where the two cores went.
+cpu_of() { # pids...
+  local t=0 p
+  for p in "$@"; do
+    [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$t"
+}
+cpu_split() { echo "$(cpu_of "${pids[@]}") $(cpu_of $(pgrep -x postgres))"; }
+cpu_line() { # before-split after-split seconds
+  local tick; tick=$(getconf CLK_TCK)
+  echo "$1 $2 $3" | awk -v tick="$tick" '{printf "cpu: mayfly %.0f%% postgres %.0f%% of one core", ($3-$1)/tick/$5*100, ($4-$2)/tick/$5*100}'
+}
+
 wrk_once() { # port concurrency -> "rps p50 p99"
   local res
   res=$(wrk -t1 -c"$2" -d"${DURATION}s" --latency -s "$work/sqlite/exchange.lua" "http://127.0.0.1:$1/v1/token" 2>&1)
@@ -64,20 +79,30 @@ wrk_once() { # port concurrency -> "rps p50 p99"
 }
 
 start "$work/sqlite" "$P1"
-for r in $(seq 1 "$REPEAT"); do echo "sqlite-1-replica-c16 $r $(wrk_once "$P1" 16)" | tee -a "$out"; done
+for r in $(seq 1 "$REPEAT"); do
+  before=$(cpu_split)
+  res=$(wrk_once "$P1" 16)
+  echo "sqlite-1-replica-c16 $r $res $(cpu_line "$before" "$(cpu_split)" "$DURATION")" | tee -a "$out"
+done
 stop_all
 
 start "$work/a" "$P1"
-for r in $(seq 1 "$REPEAT"); do echo "postgres-1-replica-c16 $r $(wrk_once "$P1" 16)" | tee -a "$out"; done
+for r in $(seq 1 "$REPEAT"); do
+  before=$(cpu_split)
+  res=$(wrk_once "$P1" 16)
+  echo "postgres-1-replica-c16 $r $res $(cpu_line "$before" "$(cpu_split)" "$DURATION")" | tee -a "$out"
+done
 start "$work/b" "$P2"
 for r in $(seq 1 "$REPEAT"); do
+  before=$(cpu_split)
   wrk_once "$P1" 8 > "$work/wrk-a" &
   wa=$!
   wrk_once "$P2" 8 > "$work/wrk-b"
   wait "$wa"
   read -r ra pa qa < "$work/wrk-a"
   read -r rb pb qb < "$work/wrk-b"
-  echo "postgres-2-replicas-c8+8 $r $(echo "$ra $rb" | awk '{printf "%.0f", $1 + $2}') a:$pa/$qa b:$pb/$qb" | tee -a "$out"
+  echo "postgres-2-replicas-c8+8 $r $(echo "$ra $rb" | awk '{printf "%.0f", $1 + $2}') a:$pa/$qa b:$pb/$qb" \
+    "$(cpu_line "$before" "$(cpu_split)" "$DURATION")" | tee -a "$out"
 done
 
 admin=$(cat "$work/a/data/admin-token" 2>/dev/null || cat "$work/b/data/admin-token")

@@ -290,10 +290,18 @@ async fn replicas_share_issuance_revocation_keys_and_background_work() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for r in &replicas {
-        let jwks: Value =
-            http.get(format!("{}/.well-known/jwks.json", r.url)).send().await.unwrap().json().await.unwrap();
-        let kids: Vec<&str> = jwks["keys"].as_array().unwrap().iter().filter_map(|k| k["kid"].as_str()).collect();
-        assert!(kids.contains(&new_kid.as_str()) && kids.len() == 2, "{} publishes old and new keys: {kids:?}", r.name);
+        // Each replica reloads on the notification, each at its own pace.
+        loop {
+            let jwks: Value =
+                http.get(format!("{}/.well-known/jwks.json", r.url)).send().await.unwrap().json().await.unwrap();
+            let kids: Vec<String> =
+                jwks["keys"].as_array().unwrap().iter().filter_map(|k| k["kid"].as_str().map(str::to_owned)).collect();
+            if kids.contains(&new_kid) && kids.len() == 2 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{} publishes old and new keys: {kids:?}", r.name);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     // The leader is killed with SIGKILL while it and another replica are under load.

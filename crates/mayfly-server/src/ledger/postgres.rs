@@ -141,9 +141,19 @@ impl PostgresStore {
         tasks.sort_by(|a, b| a.id.cmp(&b.id));
         let mut db_leases = last_per_id(&batch.db_leases, |l| &l.id);
         db_leases.sort_by(|a, b| a.id.cmp(&b.id));
-        // Explicit: under REPEATABLE READ a commit waiting on the heads row would fail
-        // instead of reading the head the other replica just moved.
-        let mut tx = self.pool.begin_with("BEGIN ISOLATION LEVEL READ COMMITTED").await?;
+        let mut conn = self.pool.acquire().await?;
+        // READ COMMITTED, explicitly: under REPEATABLE READ a commit waiting on the heads
+        // row would fail instead of reading the head another replica just moved.
+        // The commit does not wait for the disk: PostgreSQL holds row locks until a commit
+        // returns, and waiting for the WAL flush under the heads lock would serialise every
+        // replica's group commits on the disk. Durability comes just below, before anyone
+        // is told, and a later commit (another replica's, chained after this one) can only
+        // become durable with everything before it in the WAL, so the chain cannot fork.
+        let mut tx = sqlx::Connection::begin_with(
+            &mut *conn,
+            "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL synchronous_commit = off",
+        )
+        .await?;
         // Rows that need no ordering go first, outside the heads lock.
         for chunk in batch.credentials.chunks(ROWS_PER_STATEMENT) {
             let mut q = QueryBuilder::<Postgres>::new("");
@@ -195,6 +205,9 @@ impl PostgresStore {
                 .await?;
         }
         tx.commit().await?;
+        // A synchronous commit of a transaction with an id flushes the WAL up to its own
+        // commit record, and so past the batch's. One round trip, outside the heads lock.
+        sqlx::raw_sql("BEGIN; SELECT txid_current(); COMMIT").execute(&mut *conn).await?;
         Ok(())
     }
 
