@@ -187,22 +187,41 @@ impl PostgresStore {
                 cursor += 1;
                 r.cursor = cursor;
             }
-            for chunk in batch.revocations.chunks(ROWS_PER_STATEMENT) {
+            // Under the lock, as few round trips as possible: every chunk but the last of
+            // each kind on its own, then the last ones and the heads' move in one statement.
+            let revocation_chunks: Vec<_> = batch.revocations.chunks(ROWS_PER_STATEMENT).collect();
+            let event_chunks: Vec<_> = batch.events.chunks(ROWS_PER_STATEMENT).collect();
+            let (last_revocations, earlier_revocations) = revocation_chunks.split_last().unzip();
+            let (last_events, earlier_events) = event_chunks.split_last().unzip();
+            for chunk in earlier_revocations.unwrap_or_default() {
                 let mut q = QueryBuilder::<Postgres>::new("");
                 push_revocations(&mut q, chunk);
                 q.build().execute(&mut *tx).await?;
             }
-            for chunk in batch.events.chunks(ROWS_PER_STATEMENT) {
+            for chunk in earlier_events.unwrap_or_default() {
                 let mut q = QueryBuilder::<Postgres>::new("");
                 push_events(&mut q, chunk);
                 q.build().execute(&mut *tx).await?;
             }
-            sqlx::query("UPDATE ledger_heads SET audit_seq = $1, audit_hash = $2, revocation_seq = $3 WHERE id = 1")
-                .bind(seq)
-                .bind(&hash)
-                .bind(cursor)
-                .execute(&mut *tx)
-                .await?;
+            let mut q = QueryBuilder::<Postgres>::new("WITH ");
+            if let Some(chunk) = last_revocations {
+                q.push("r AS (");
+                push_revocations(&mut q, chunk);
+                q.push("), ");
+            }
+            if let Some(chunk) = last_events {
+                q.push("e AS (");
+                push_events(&mut q, chunk);
+                q.push("), ");
+            }
+            q.push("h AS (SELECT 1) UPDATE ledger_heads SET audit_seq = ")
+                .push_bind(seq)
+                .push(", audit_hash = ")
+                .push_bind(hash)
+                .push(", revocation_seq = ")
+                .push_bind(cursor)
+                .push(" WHERE id = 1");
+            q.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         // A synchronous commit of a transaction with an id flushes the WAL up to its own
