@@ -316,7 +316,13 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
         dpop: mayfly_verify::DpopVerifier::new(
             cfg.dpop.max_age.as_secs() as i64,
             DPOP_REPLAY_CAPACITY,
-            cfg.dpop.require_nonce.then(|| mayfly_verify::NonceSource::random(cfg.dpop.nonce_period.as_secs() as i64)),
+            // Keyed from the KEK, so every replica accepts the nonces any of them hands out.
+            cfg.dpop.require_nonce.then(|| {
+                mayfly_verify::NonceSource::with_key(
+                    kek.fingerprint(b"mayfly dpop nonce key v1").as_bytes(),
+                    cfg.dpop.nonce_period.as_secs() as i64,
+                )
+            }),
         ),
         signing_alg: alg,
         // Retired keys stay published for the longest token lifetime plus clock-skew margin.

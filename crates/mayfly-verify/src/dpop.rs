@@ -149,6 +149,12 @@ impl NonceSource {
         Self { key, period_secs: period_secs.max(1) }
     }
 
+    /// A nonce source keyed by `key`: servers that share the key (replicas behind one
+    /// load balancer) accept each other's nonces.
+    pub fn with_key(key: &[u8], period_secs: i64) -> Self {
+        Self { key: hmac::Key::new(hmac::HMAC_SHA256, key), period_secs: period_secs.max(1) }
+    }
+
     fn for_window(&self, window: i64) -> String {
         let tag = hmac::sign(&self.key, &window.to_be_bytes());
         format!("{window:x}.{}", B64.encode(&tag.as_ref()[..16]))
@@ -423,6 +429,18 @@ mod tests {
         assert!(n.is_valid(&issued, 1_060));
         assert!(!n.is_valid(&issued, 1_200));
         assert!(!n.is_valid("bogus", 1_000));
+    }
+
+    #[test]
+    fn servers_sharing_a_nonce_key_accept_each_others_nonces() {
+        let (a, b, other) = (
+            NonceSource::with_key(b"shared", 60),
+            NonceSource::with_key(b"shared", 60),
+            NonceSource::with_key(b"x", 60),
+        );
+        let issued = a.current(1_000);
+        assert!(b.is_valid(&issued, 1_010), "another replica with the same key");
+        assert!(!other.is_valid(&issued, 1_010), "a server with another key");
     }
 
     #[test]
