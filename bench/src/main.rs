@@ -172,6 +172,7 @@ async fn seed(args: &[String]) -> Result<(), BoxError> {
             binding: None,
             fingerprint: "seed".into(),
             max_uses: None,
+            context: None,
         });
         if batch.len() == 1000 || i + 1 == n {
             let mut stored =

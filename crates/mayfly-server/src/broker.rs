@@ -100,6 +100,8 @@ pub(crate) struct RecordFacts<'a> {
     pub client_id: &'a str,
     pub confirmation: Option<&'a Confirmation>,
     pub max_uses: Option<u32>,
+    /// The attested context, as [`Caller::issuance_context`] gives it.
+    pub context: Option<&'a str>,
 }
 
 /// Who proved themselves on a request.
@@ -112,6 +114,20 @@ pub enum Caller {
 }
 
 impl Caller {
+    /// What a workload proved, kept with what it is issued (JSON); `None` for a task,
+    /// whose own record holds its starter's attributes.
+    pub fn issuance_context(&self, source_ip: std::net::IpAddr) -> Option<String> {
+        match self {
+            Caller::Workload(w) => serde_json::to_string(&crate::ledger::IssuanceContext {
+                attestor: w.attestor.clone(),
+                attributes: w.attributes.clone(),
+                source_ip: source_ip.to_string(),
+            })
+            .ok(),
+            Caller::Task(_) => None,
+        }
+    }
+
     /// As policy sees it.
     pub fn principal(&self) -> Principal<'_> {
         match self {
@@ -181,7 +197,7 @@ pub struct Broker {
     tokens: TokensConfig,
     pub(crate) tasks: TasksConfig,
     audiences: HashMap<String, AudienceConfig>,
-    failure_audit: RateLimit,
+    pub(crate) failure_audit: RateLimit,
     /// Serialises task state changes (approve, deny, end), so two of them never race.
     pub(crate) task_transitions: tokio::sync::Mutex<()>,
     pub(crate) databases: Arc<crate::issue::db::Databases>,
@@ -195,7 +211,7 @@ pub struct Broker {
 }
 
 /// At most `per_second` events in each wall-clock second.
-struct RateLimit {
+pub(crate) struct RateLimit {
     per_second: u64,
     /// (second, count) packed as second << 20 | count.
     state: std::sync::atomic::AtomicU64,
@@ -206,7 +222,7 @@ impl RateLimit {
         Self { per_second: per_second.min((1 << 20) - 1), state: std::sync::atomic::AtomicU64::new(0) }
     }
 
-    fn admit(&self) -> bool {
+    pub(crate) fn admit(&self) -> bool {
         use std::sync::atomic::Ordering;
         let now = crate::clock::now_unix().max(0) as u64;
         let mut cur = self.state.load(Ordering::Relaxed);
@@ -347,6 +363,7 @@ impl Broker {
             "audience": p.audience, "attestor": caller.attestor(), "policies": decision.policies,
             "source_ip": p.source_ip.to_string(), "act": act, "cnf": p.confirmation, "max_uses": p.max_uses,
         });
+        let context = caller.issuance_context(p.source_ip);
         let facts = RecordFacts {
             kind: "jwt",
             subject: &subject,
@@ -355,6 +372,7 @@ impl Broker {
             client_id: &client_id,
             confirmation: p.confirmation.as_ref(),
             max_uses: p.max_uses,
+            context: context.as_deref(),
         };
         let (record, event) = self.issued_record(&issued, &facts, detail);
         self.record_issued("jwt", vec![record], vec![event]).await?;
@@ -487,6 +505,7 @@ impl Broker {
             binding: f.confirmation.and_then(|c| serde_json::to_string(c).ok()),
             fingerprint,
             max_uses: f.max_uses.map(i64::from),
+            context: f.context.map(str::to_owned),
         };
         let event_kind = match f.kind {
             "task" => "task_token.issued",

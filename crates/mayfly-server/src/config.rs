@@ -86,6 +86,39 @@ pub struct Config {
     /// The SPIFFE Workload API on a unix socket (off unless `socket` is set).
     #[serde(default)]
     pub workload_api: WorkloadApiConfig,
+    /// Context-change signals (`POST /v1/signals`).
+    #[serde(default)]
+    pub signals: SignalsConfig,
+}
+
+/// Who may push Security Event Tokens to `POST /v1/signals`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalsConfig {
+    /// SET transmitters (RFC 8935 push), each verified against its own keys.
+    #[serde(default)]
+    pub senders: Vec<SignalSenderConfig>,
+}
+
+/// One SET transmitter.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalSenderConfig {
+    /// Name in audit records.
+    pub name: String,
+    /// The `iss` of its SETs.
+    pub issuer: String,
+    /// The `aud` its SETs must carry (this receiver).
+    pub audience: String,
+    /// Its public keys, a JWK Set file.
+    pub jwks_file: PathBuf,
+    /// Signature algorithms accepted from it (default RS256, ES256, EdDSA; never none or HMAC).
+    #[serde(default = "default_set_algorithms")]
+    pub algorithms: Vec<String>,
+}
+
+fn default_set_algorithms() -> Vec<String> {
+    vec!["RS256".into(), "ES256".into(), "EdDSA".into()]
 }
 
 /// The SPIFFE Workload API: where it listens, SVID lifetimes, registration entries.
@@ -630,6 +663,9 @@ impl Config {
             if let Some(p) = &mut o.jwks_file {
                 fix(p);
             }
+        }
+        for s in &mut self.signals.senders {
+            fix(&mut s.jwks_file);
         }
     }
 

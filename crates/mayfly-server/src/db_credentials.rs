@@ -131,6 +131,7 @@ impl Broker {
             last_error: None,
             ended_at: None,
             end_reason: None,
+            context: caller.issuance_context(p.source_ip),
         };
         let base = json!({"lease_id": lease.id, "database": lease.issuer, "role": lease.role,
                           "username": lease.username, "task_id": lease.task_id, "expires_at": expires_at});

@@ -121,5 +121,6 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> Result<Config, DevSetupEr
             socket: Some(data_dir.join(DEV_WORKLOAD_SOCKET)),
             ..Default::default()
         },
+        signals: Default::default(),
     })
 }

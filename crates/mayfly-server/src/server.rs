@@ -303,6 +303,13 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
             tracing::warn!(error = %e, "orphan sweep failed");
         }
     }
+    let signal_senders = cfg
+        .signals
+        .senders
+        .iter()
+        .map(crate::govern::signals::SignalSender::load)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| StartError::Config(crate::config::ConfigError::Invalid(e)))?;
     let (leadership, election) = replicas::elect(ledger.clone());
     // Long-lived responses (event streams) end when this turns true, so shutdown can drain.
     let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
@@ -332,6 +339,7 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
         admin_cache: Default::default(),
         stopping: stopping_rx.clone(),
         leadership: leadership.clone(),
+        signal_senders: Arc::new(signal_senders),
     });
 
     ledger

@@ -289,6 +289,7 @@ fn svid_facts<'a>(kind: &'a str, spiffe_id: &'a str, audience: &'a str) -> Recor
         client_id: spiffe_id,
         confirmation: None,
         max_uses: None,
+        context: None,
     }
 }
 

@@ -283,6 +283,7 @@ impl Broker {
             client_id: &record.creator,
             confirmation: None,
             max_uses: None,
+            context: None,
         };
         let detail = json!({"attestor": caller.attestor(), "source_ip": p.source_ip.to_string()});
         let (credential, token_event) = self.issued_record(&token, &facts, detail);

@@ -328,6 +328,7 @@ async fn after_a_crash_half_created_and_orphaned_users_are_dropped_on_start() {
             last_error: None,
             ended_at: None,
             end_reason: None,
+            context: None,
         };
         let mut batch = mayfly_server::ledger::StoredBatch { db_leases: vec![lease], ..Default::default() };
         store.append(&mut batch).await.unwrap();
@@ -523,4 +524,36 @@ acl = "~{prefix}* +@read +ping"
     );
     redis::cmd("DEL").arg(&key).query_async::<()>(&mut admin).await.unwrap();
     srv.stop().await;
+}
+
+#[tokio::test]
+async fn a_workload_moved_out_of_prod_loses_its_database_users_and_others_keep_theirs() {
+    let prefix = unique("ps");
+    let schema = format!("mayfly_test_{}", prefix.trim_end_matches('_'));
+    pg_schema(&schema).await;
+    let (srv, k8s) = start(&pg_config(&prefix, &schema, PG_ADMIN)).await;
+    let (web, api) = (k8s.k8s_token("prod", "web"), k8s.k8s_token("prod", "api"));
+    let mut users = Vec::new();
+    for t in [&web, &api] {
+        let r = issue(&srv, (t.as_str(), JWT_TYPE), "pg", "reader", None).await;
+        assert_eq!(r.status(), 201);
+        let v: Value = r.json().await.unwrap();
+        users.push((v["username"].as_str().unwrap().to_owned(), v["lease_id"].as_str().unwrap().to_owned()));
+    }
+    let r = srv
+        .admin_post(
+            "/v1/signals",
+            Some(json!({"kind": "workload_moved", "subject": {"spiffe_id": "spiffe://test.example/ns/prod/sa/web"},
+                        "attributes": {"namespace": "staging"}})),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!((v["matched"].as_u64(), v["revoked"].as_u64()), (Some(1), Some(1)), "{v}");
+    wait_for_state(&srv, &users[0].1, "revoked", Duration::from_secs(10)).await;
+    assert!(!pg_role_exists(&users[0].0).await, "the moved workload's user is dropped");
+    assert!(pg_role_exists(&users[1].0).await, "another workload's user survives");
+    assert_eq!(lease(&srv, &users[1].1).await["state"], "active");
+    srv.stop().await;
+    pg_drop_schema(&schema).await;
 }

@@ -3,6 +3,7 @@
 
 pub mod replicas;
 pub mod revocations;
+pub mod signals;
 pub mod stats;
 pub mod svids;
 pub mod tasks;

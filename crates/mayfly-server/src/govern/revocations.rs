@@ -227,6 +227,31 @@ impl Revocations {
         stored.into_iter().next().ok_or_else(|| RevokeError::Ledger(LedgerError::WriterGone))
     }
 
+    /// Revokes credentials by `jti` (with each one's expiry), all in one commit with one
+    /// audit event, in force before it returns: what a signal decided no longer passes.
+    pub async fn revoke_jtis(&self, jtis: &[(String, i64)], reason: &str, actor: &str) -> Result<(), LedgerError> {
+        if jtis.is_empty() {
+            return Ok(());
+        }
+        let now = crate::clock::now_unix();
+        let reason: String = reason.chars().take(500).collect();
+        let revocations = jtis
+            .iter()
+            .map(|(jti, expires_at)| Revocation {
+                cursor: 0,
+                kind: RevocationKind::Jti,
+                value: jti.clone(),
+                issued_before: now,
+                revoked_at: now,
+                expires_at: (*expires_at).max(now) + KEEP_MARGIN_SECS,
+                reason: Some(reason.clone()),
+            })
+            .collect();
+        let detail = json!({"selector": "jti", "count": jtis.len(), "reason": reason, "actor": actor});
+        self.ledger.revoke(revocations, vec![AuditEvent::new("credential.revoked", None, detail)]).await?;
+        self.catch_up().await
+    }
+
     /// Whether an open database lease falls under a selector (its users are credentials too).
     async fn open_db_lease_matches(&self, kind: RevocationKind, value: &str) -> Result<bool, LedgerError> {
         let open = [DbLeaseState::Creating, DbLeaseState::Active, DbLeaseState::Revoking];

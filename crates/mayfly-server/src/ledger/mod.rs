@@ -141,6 +141,20 @@ pub struct CredentialRecord {
     pub fingerprint: String,
     /// Limited use: how many verifications it allows (counted at introspection).
     pub max_uses: Option<i64>,
+    /// The attested context it was issued under ([`IssuanceContext`] as JSON), when a
+    /// workload asked: what a context-change signal re-decides it with.
+    pub context: Option<String>,
+}
+
+/// What a workload proved when it got a credential, kept with the credential (never a secret).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IssuanceContext {
+    /// Which attestor proved it.
+    pub attestor: String,
+    /// The attested attributes policy saw.
+    pub attributes: std::collections::BTreeMap<String, String>,
+    /// The caller's address.
+    pub source_ip: String,
 }
 
 /// Where a task stands. `expired` is derived from the time, never stored.
@@ -342,6 +356,8 @@ pub struct DbLease {
     pub ended_at: Option<i64>,
     /// Why it ends: `expired`, or what revoked it.
     pub end_reason: Option<String>,
+    /// The attested context it was issued under ([`IssuanceContext`] as JSON).
+    pub context: Option<String>,
 }
 
 /// Which tasks to list.

@@ -27,7 +27,7 @@ macro_rules! portable_store {
         fn push_credentials(q: &mut sqlx::QueryBuilder<$db>, rows: &[$crate::ledger::CredentialRecord]) {
             q.push(
                 " INSERT INTO credentials (jti, kind, subject, audience, scope, task_id, client_id, issued_at, \
-                 expires_at, key_id, binding, fingerprint, max_uses) ",
+                 expires_at, key_id, binding, fingerprint, max_uses, context) ",
             );
             q.push_values(rows, |mut b, c| {
                 b.push_bind(c.jti.clone())
@@ -42,7 +42,8 @@ macro_rules! portable_store {
                     .push_bind(c.key_id.clone())
                     .push_bind(c.binding.clone())
                     .push_bind(c.fingerprint.clone())
-                    .push_bind(c.max_uses);
+                    .push_bind(c.max_uses)
+                    .push_bind(c.context.clone());
             });
         }
 
@@ -88,7 +89,8 @@ macro_rules! portable_store {
         fn push_db_leases(q: &mut sqlx::QueryBuilder<$db>, rows: &[$crate::ledger::DbLease]) {
             q.push(
                 " INSERT INTO db_leases (id, issuer, role, username, subject, task_id, created_at, \
-                 expires_at, max_expires_at, state, attempts, next_attempt_at, last_error, ended_at, end_reason) ",
+                 expires_at, max_expires_at, state, attempts, next_attempt_at, last_error, ended_at, end_reason, \
+                 context) ",
             );
             q.push_values(rows, |mut b, l| {
                 b.push_bind(l.id.clone())
@@ -105,7 +107,8 @@ macro_rules! portable_store {
                     .push_bind(l.next_attempt_at)
                     .push_bind(l.last_error.clone())
                     .push_bind(l.ended_at)
-                    .push_bind(l.end_reason.clone());
+                    .push_bind(l.end_reason.clone())
+                    .push_bind(l.context.clone());
             });
             q.push(
                 " ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at, \

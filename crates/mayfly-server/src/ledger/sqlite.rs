@@ -139,6 +139,7 @@ mod tests {
             binding: None,
             fingerprint: "f".into(),
             max_uses: None,
+            context: None,
         }
     }
 

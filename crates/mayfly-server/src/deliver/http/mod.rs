@@ -8,6 +8,7 @@ mod introspect;
 pub mod metrics;
 mod openapi;
 mod records;
+mod signals;
 mod tasks;
 mod token;
 mod workload;
@@ -66,6 +67,8 @@ pub struct AppInner {
     pub stopping: tokio::sync::watch::Receiver<bool>,
     /// Whether this replica runs background work.
     pub leadership: crate::govern::Leadership,
+    /// Who may push Security Event Tokens.
+    pub signal_senders: Arc<Vec<crate::govern::signals::SignalSender>>,
 }
 
 impl AppState {
@@ -102,6 +105,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/bundle", get(workload::bundle))
         .route("/v1/svid-authorities/rotate", post(workload::rotate_authorities))
         .route("/v1/introspect", post(introspect::introspect))
+        .route("/v1/signals", post(signals::receive))
         .route("/v1/revocations", get(introspect::feed).post(records::revoke))
         .route("/v1/revocations/stream", get(introspect::stream))
         .route("/v1/leases", get(records::leases))

@@ -39,6 +39,7 @@ use utoipa::{Modify, OpenApi};
         super::discovery::openid_configuration,
         super::discovery::healthz,
         super::discovery::readyz,
+        super::signals::receive,
     ),
     modifiers(&AdminToken)
 )]

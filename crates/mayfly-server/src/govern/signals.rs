@@ -1,0 +1,577 @@
+//! Context-change signals: a workload moved, was compromised, changed an attribute, or
+//! its task was cancelled. Signals that mean "kill" revoke at once; the others update
+//! the context and re-decide every live credential of the subject with Cedar, revoking
+//! what no longer passes. Signals come as Mayfly's own JSON (admin) or as Security Event
+//! Tokens (RFC 8417) pushed by a configured sender (RFC 8935), verified against its JWKS.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::attest::WorkloadIdentity;
+use crate::authorize::{ExchangeRequest, IssueRequest, Principal};
+use crate::broker::{Broker, BrokerError};
+use crate::ledger::{AuditEvent, CredentialFilter, CredentialRecord, DbLease, DbLeaseState, IssuanceContext};
+use crate::spiffe::SpiffeId;
+
+/// The CAEP event types Mayfly acts on (OpenID CAEP 1.0).
+pub const CAEP_SESSION_REVOKED: &str = "https://schemas.openid.net/secevent/caep/event-type/session-revoked";
+/// CAEP credential change (`change_type` revoke or delete kills).
+pub const CAEP_CREDENTIAL_CHANGE: &str = "https://schemas.openid.net/secevent/caep/event-type/credential-change";
+/// CAEP device compliance change (`current_status` not-compliant kills).
+pub const CAEP_DEVICE_COMPLIANCE: &str = "https://schemas.openid.net/secevent/caep/event-type/device-compliance-change";
+/// CAEP assurance level change (re-decides with attribute `assurance_level`).
+pub const CAEP_ASSURANCE_LEVEL: &str = "https://schemas.openid.net/secevent/caep/event-type/assurance-level-change";
+/// CAEP token claims change (re-decides with the changed claims as attributes).
+pub const CAEP_TOKEN_CLAIMS: &str = "https://schemas.openid.net/secevent/caep/event-type/token-claims-change";
+/// Mayfly's own event types, usable in a SET as in the JSON form.
+pub const MAYFLY_EVENT_PREFIX: &str = "urn:mayfly:signal:";
+/// How old a SET's `iat` may be.
+const MAX_SET_AGE_SECS: i64 = 300;
+/// How far in the future a SET's `iat` may be (clock skew).
+const MAX_SET_FUTURE_SECS: i64 = 60;
+/// Most live credentials one signal re-decides.
+const MAX_MATCHED: i64 = 100_000;
+
+/// What a signal says happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignalKind {
+    /// The workload runs somewhere else now (namespace, node, …): re-decide with the new attributes.
+    WorkloadMoved,
+    /// An attribute changed: re-decide.
+    AttributeChanged,
+    /// The workload is compromised, its session revoked, its pod deleted: revoke everything at once.
+    WorkloadCompromised,
+    /// The task was cancelled: end it (and everything under it).
+    TaskCancelled,
+}
+
+impl SignalKind {
+    /// The name in audit records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignalKind::WorkloadMoved => "workload_moved",
+            SignalKind::AttributeChanged => "attribute_changed",
+            SignalKind::WorkloadCompromised => "workload_compromised",
+            SignalKind::TaskCancelled => "task_cancelled",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "workload_moved" | "workload-moved" => SignalKind::WorkloadMoved,
+            "attribute_changed" | "attribute-changed" => SignalKind::AttributeChanged,
+            "workload_compromised" | "workload-compromised" => SignalKind::WorkloadCompromised,
+            "task_cancelled" | "task-cancelled" => SignalKind::TaskCancelled,
+            _ => return None,
+        })
+    }
+}
+
+/// Whom a signal is about: exactly one of these.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalSubject {
+    /// A SPIFFE ID.
+    #[serde(default)]
+    pub spiffe_id: Option<String>,
+    /// A SPIFFE ID prefix (the ID and everything below it).
+    #[serde(default)]
+    pub spiffe_prefix: Option<String>,
+    /// A task id.
+    #[serde(default)]
+    pub task: Option<String>,
+    /// Attested attributes every matching credential was issued with (e.g. `pod_uid`).
+    #[serde(default)]
+    pub attributes: Option<BTreeMap<String, String>>,
+}
+
+/// A signal, however it arrived.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Signal {
+    /// What happened.
+    pub kind: SignalKind,
+    /// Whom it concerns.
+    pub subject: SignalSubject,
+    /// The context as it is now (for moves and attribute changes).
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+    /// Why, for the audit trail.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// What a signal did.
+#[derive(Debug, Clone, Default, serde::Serialize, utoipa::ToSchema)]
+pub struct SignalOutcome {
+    /// The signal's kind.
+    pub kind: String,
+    /// Live credentials (tokens and database leases) it concerned.
+    pub matched: usize,
+    /// Of those, revoked.
+    pub revoked: usize,
+    /// Of those, kept: they still pass policy in the new context.
+    pub kept: usize,
+    /// Tasks ended.
+    pub tasks_ended: usize,
+}
+
+/// Why a signal was refused. Nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum SignalError {
+    /// Malformed, names nothing or several things, or an event Mayfly does not know.
+    #[error("{0}")]
+    Invalid(String),
+    /// The SET's issuer is not a configured sender.
+    #[error("{0}")]
+    UnknownSender(String),
+    /// Signature, algorithm or key.
+    #[error("{0}")]
+    BadSignature(String),
+    /// The SET is not addressed to this receiver.
+    #[error("{0}")]
+    WrongAudience(String),
+    /// The SET was delivered before.
+    #[error("{0}")]
+    Replayed(String),
+    /// Applying it failed.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+impl SignalError {
+    /// The RFC 8935 §2.4 error code.
+    pub fn set_error_code(&self) -> &'static str {
+        match self {
+            SignalError::Invalid(_) | SignalError::Replayed(_) => "invalid_request",
+            SignalError::UnknownSender(_) => "invalid_issuer",
+            SignalError::BadSignature(_) => "invalid_key",
+            SignalError::WrongAudience(_) => "invalid_audience",
+            SignalError::Broker(_) => "invalid_request",
+        }
+    }
+}
+
+/// A configured SET sender, its keys loaded.
+pub struct SignalSender {
+    /// Name, for audit records.
+    pub name: String,
+    /// The `iss` of its SETs.
+    pub issuer: String,
+    /// The `aud` its SETs must carry.
+    pub audience: String,
+    keys: JwkSet,
+    algorithms: Vec<Algorithm>,
+}
+
+impl std::fmt::Debug for SignalSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignalSender").field("name", &self.name).field("issuer", &self.issuer).finish_non_exhaustive()
+    }
+}
+
+impl SignalSender {
+    /// Loads a sender's JWKS from a file; `none` and HMAC are never accepted.
+    pub fn load(cfg: &crate::config::SignalSenderConfig) -> Result<Self, String> {
+        let keys = read_jwks(&cfg.jwks_file)?;
+        let mut algorithms = Vec::new();
+        for a in &cfg.algorithms {
+            match a.as_str() {
+                "RS256" => algorithms.push(Algorithm::RS256),
+                "ES256" => algorithms.push(Algorithm::ES256),
+                "EdDSA" => algorithms.push(Algorithm::EdDSA),
+                "PS256" => algorithms.push(Algorithm::PS256),
+                other => return Err(format!("signals.senders {:?}: algorithm {other:?} is not accepted", cfg.name)),
+            }
+        }
+        Ok(Self {
+            name: cfg.name.clone(),
+            issuer: cfg.issuer.clone(),
+            audience: cfg.audience.clone(),
+            keys,
+            algorithms,
+        })
+    }
+}
+
+fn read_jwks(path: &Path) -> Result<JwkSet, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{} is not a JWK Set: {e}", path.display()))
+}
+
+/// A verified SET's claims.
+#[derive(Debug)]
+pub struct VerifiedSet {
+    /// The sender.
+    pub sender: String,
+    /// `jti`.
+    pub jti: String,
+    /// The signals its events mean.
+    pub signals: Vec<Signal>,
+}
+
+/// Verifies a SET (RFC 8417) from one of `senders` and turns its events into signals.
+pub fn verify_set(token: &str, senders: &[SignalSender], now: i64) -> Result<VerifiedSet, SignalError> {
+    if token.len() > 16 * 1024 {
+        return Err(SignalError::Invalid("the SET is larger than 16 KiB".into()));
+    }
+    let header = jsonwebtoken::decode_header(token)
+        .map_err(|_| SignalError::Invalid("the body is not a compact JWS (an unsigned SET is refused)".into()))?;
+    if header.typ.as_deref().map(str::to_ascii_lowercase).as_deref() != Some("secevent+jwt") {
+        return Err(SignalError::Invalid("a SET carries typ \"secevent+jwt\" (RFC 8417 §2.3)".into()));
+    }
+    // The issuer picks the keys; read unverified only to choose them.
+    let unverified: Value = unverified_claims(token)?;
+    let iss = unverified["iss"].as_str().ok_or_else(|| SignalError::Invalid("the SET has no iss".into()))?;
+    let sender = senders
+        .iter()
+        .find(|s| s.issuer == iss)
+        .ok_or_else(|| SignalError::UnknownSender(format!("no signal sender is configured for issuer {iss:?}")))?;
+    if !sender.algorithms.contains(&header.alg) {
+        return Err(SignalError::BadSignature(format!(
+            "algorithm {:?} is not accepted from {}",
+            header.alg, sender.name
+        )));
+    }
+    let candidates: Vec<_> = match &header.kid {
+        Some(kid) => sender.keys.find(kid).into_iter().collect(),
+        None => sender.keys.keys.iter().collect(),
+    };
+    if candidates.is_empty() {
+        return Err(SignalError::BadSignature(format!("no key of {} matches the SET's kid", sender.name)));
+    }
+    let mut validation = Validation::new(header.alg);
+    validation.algorithms = vec![header.alg];
+    validation.validate_exp = false;
+    validation.required_spec_claims = ["iss", "aud"].iter().map(|s| s.to_string()).collect();
+    validation.set_issuer(&[&sender.issuer]);
+    validation.set_audience(&[&sender.audience]);
+    let mut last = None;
+    let claims = candidates.iter().find_map(|jwk| {
+        let key = DecodingKey::from_jwk(jwk).ok()?;
+        match jsonwebtoken::decode::<Value>(token, &key, &validation) {
+            Ok(d) => Some(d.claims),
+            Err(e) => {
+                last = Some(e);
+                None
+            }
+        }
+    });
+    let claims = match claims {
+        Some(c) => c,
+        None => {
+            return Err(match last.map(|e| e.into_kind()) {
+                Some(jsonwebtoken::errors::ErrorKind::InvalidAudience) => {
+                    SignalError::WrongAudience(format!("the SET is not addressed to {}", sender.audience))
+                }
+                _ => SignalError::BadSignature(format!(
+                    "the SET's signature does not verify with {}'s keys",
+                    sender.name
+                )),
+            });
+        }
+    };
+    let iat = claims["iat"].as_i64().ok_or_else(|| SignalError::Invalid("the SET has no iat".into()))?;
+    if iat < now - MAX_SET_AGE_SECS || iat > now + MAX_SET_FUTURE_SECS {
+        return Err(SignalError::Invalid(format!("the SET's iat is more than {MAX_SET_AGE_SECS} s from now")));
+    }
+    let jti = claims["jti"].as_str().filter(|j| !j.is_empty() && j.len() <= 256);
+    let jti = jti.ok_or_else(|| SignalError::Invalid("the SET has no jti (1 to 256 characters)".into()))?.to_owned();
+    let events = claims["events"]
+        .as_object()
+        .filter(|e| !e.is_empty())
+        .ok_or_else(|| SignalError::Invalid("the SET has no events".into()))?;
+    let mut signals = Vec::new();
+    for (event_type, payload) in events {
+        let subject = set_subject(payload.get("subject").or(claims.get("sub_id")))?;
+        if let Some(signal) = event_signal(event_type, payload, subject)? {
+            signals.push(signal);
+        }
+    }
+    Ok(VerifiedSet { sender: sender.name.clone(), jti, signals })
+}
+
+fn unverified_claims(token: &str) -> Result<Value, SignalError> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).ok_or_else(|| SignalError::Invalid("not a compact JWS".into()))?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|_| SignalError::Invalid("the SET's payload is not base64url".into()))?;
+    serde_json::from_slice(&bytes).map_err(|_| SignalError::Invalid("the SET's payload is not JSON".into()))
+}
+
+/// An RFC 9493 subject identifier: `uri` (a SPIFFE ID), or Mayfly's `spiffe_prefix`,
+/// `task` and `attributes` forms.
+fn set_subject(v: Option<&Value>) -> Result<SignalSubject, SignalError> {
+    let v = v.ok_or_else(|| SignalError::Invalid("the event names no subject (sub_id)".into()))?;
+    let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+    let subject = match v.get("format").and_then(Value::as_str) {
+        Some("uri") => SignalSubject { spiffe_id: text("uri"), ..Default::default() },
+        Some("spiffe_prefix") => SignalSubject { spiffe_prefix: text("prefix"), ..Default::default() },
+        Some("mayfly_task") => SignalSubject { task: text("id"), ..Default::default() },
+        Some("mayfly_attributes") => SignalSubject {
+            attributes: v.get("attributes").and_then(|a| serde_json::from_value(a.clone()).ok()),
+            ..Default::default()
+        },
+        other => {
+            return Err(SignalError::Invalid(format!(
+                "subject format {other:?}: use uri (a SPIFFE ID), spiffe_prefix, mayfly_task or mayfly_attributes"
+            )));
+        }
+    };
+    Ok(subject)
+}
+
+/// The signal an event means; `None` for an event that asks nothing of Mayfly (a
+/// credential change that is not a revocation, a device becoming compliant).
+fn event_signal(event_type: &str, payload: &Value, subject: SignalSubject) -> Result<Option<Signal>, SignalError> {
+    let reason = payload.get("reason_admin").map(|r| r.to_string());
+    let signal = |kind, attributes| Some(Signal { kind, subject: subject.clone(), attributes, reason: reason.clone() });
+    let str_of = |k: &str| payload.get(k).and_then(Value::as_str);
+    Ok(match event_type {
+        CAEP_SESSION_REVOKED => signal(SignalKind::WorkloadCompromised, BTreeMap::new()),
+        CAEP_CREDENTIAL_CHANGE => match str_of("change_type") {
+            Some("revoke" | "delete") => signal(SignalKind::WorkloadCompromised, BTreeMap::new()),
+            Some("create" | "update") => None,
+            _ => return Err(SignalError::Invalid("credential-change needs change_type".into())),
+        },
+        CAEP_DEVICE_COMPLIANCE => match str_of("current_status") {
+            Some("not-compliant") => signal(SignalKind::WorkloadCompromised, BTreeMap::new()),
+            Some("compliant") => None,
+            _ => return Err(SignalError::Invalid("device-compliance-change needs current_status".into())),
+        },
+        CAEP_ASSURANCE_LEVEL => {
+            let level = str_of("current_level")
+                .ok_or_else(|| SignalError::Invalid("assurance-level-change needs current_level".into()))?;
+            signal(SignalKind::AttributeChanged, BTreeMap::from([("assurance_level".into(), level.into())]))
+        }
+        CAEP_TOKEN_CLAIMS => {
+            let claims = payload
+                .get("claims")
+                .and_then(Value::as_object)
+                .ok_or_else(|| SignalError::Invalid("token-claims-change needs claims".into()))?;
+            let attributes = claims.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect();
+            signal(SignalKind::AttributeChanged, attributes)
+        }
+        t if t.starts_with(MAYFLY_EVENT_PREFIX) => {
+            let kind = SignalKind::parse(&t[MAYFLY_EVENT_PREFIX.len()..])
+                .ok_or_else(|| SignalError::Invalid(format!("unknown event type {t:?}")))?;
+            let attributes = payload
+                .get("attributes")
+                .map(|a| serde_json::from_value(a.clone()))
+                .transpose()
+                .map_err(|_| SignalError::Invalid("attributes is an object of strings".into()))?
+                .unwrap_or_default();
+            signal(kind, attributes)
+        }
+        other => return Err(SignalError::Invalid(format!("unknown event type {other:?}"))),
+    })
+}
+
+/// Whether a recorded context has every attribute of `wanted`.
+fn context_has(context: &Option<IssuanceContext>, wanted: &BTreeMap<String, String>) -> bool {
+    context.as_ref().is_some_and(|c| wanted.iter().all(|(k, v)| c.attributes.get(k) == Some(v)))
+}
+
+fn parse_context(raw: Option<&str>) -> Option<IssuanceContext> {
+    raw.and_then(|c| serde_json::from_str(c).ok())
+}
+
+impl Broker {
+    /// Applies a signal: kills, or re-decides every live credential of its subject in the
+    /// new context and revokes what no longer passes. Audited with the counts.
+    pub async fn apply_signal(&self, signal: &Signal, sender: &str) -> Result<SignalOutcome, SignalError> {
+        let s = &signal.subject;
+        let named = [s.spiffe_id.is_some(), s.spiffe_prefix.is_some(), s.task.is_some(), s.attributes.is_some()];
+        if named.iter().filter(|n| **n).count() != 1 {
+            return Err(SignalError::Invalid(
+                "a signal names exactly one subject: spiffe_id, spiffe_prefix, task or attributes".into(),
+            ));
+        }
+        if s.attributes.as_ref().is_some_and(BTreeMap::is_empty) {
+            return Err(SignalError::Invalid("subject.attributes names no attribute".into()));
+        }
+        for id in [&s.spiffe_id, &s.spiffe_prefix].into_iter().flatten() {
+            SpiffeId::parse(id).map_err(|e| SignalError::Invalid(format!("subject: {e}")))?;
+        }
+        if matches!(signal.kind, SignalKind::WorkloadMoved | SignalKind::AttributeChanged)
+            && signal.attributes.is_empty()
+        {
+            return Err(SignalError::Invalid(format!("{} needs the new attributes", signal.kind.as_str())));
+        }
+        let actor = format!("signal:{sender}");
+        let mut outcome = SignalOutcome { kind: signal.kind.as_str().into(), ..Default::default() };
+        if signal.kind == SignalKind::TaskCancelled || s.task.is_some() {
+            let task = s.task.as_deref().ok_or_else(|| SignalError::Invalid("task_cancelled names a task".into()))?;
+            let ended =
+                self.end_task(task, &actor, signal.reason.as_deref().or(Some("signal: task cancelled"))).await?;
+            outcome.tasks_ended = 1 + ended.descendants.len();
+        } else {
+            let now = crate::clock::now_unix();
+            let (tokens, leases) = self.signal_matches(s, now).await?;
+            outcome.matched = tokens.len() + leases.len();
+            let kill = signal.kind == SignalKind::WorkloadCompromised;
+            let mut revoke_tokens = Vec::new();
+            for t in &tokens {
+                if kill || !self.still_allowed_token(t, &signal.attributes, now) {
+                    revoke_tokens.push((t.jti.clone(), t.expires_at));
+                }
+            }
+            let mut revoke_leases = Vec::new();
+            for l in &leases {
+                if kill || !self.still_allowed_lease(l, &signal.attributes, now) {
+                    revoke_leases.push(l.id.clone());
+                }
+            }
+            outcome.revoked = revoke_tokens.len() + revoke_leases.len();
+            outcome.kept = outcome.matched - outcome.revoked;
+            let reason = format!("signal {} from {sender}", signal.kind.as_str());
+            self.revocations.revoke_jtis(&revoke_tokens, &reason, &actor).await.map_err(BrokerError::Ledger)?;
+            for id in &revoke_leases {
+                self.revoke_db_lease(id, &actor).await?;
+            }
+            if kill && let Some(id) = &s.spiffe_id {
+                // Tasks the workload started go with it.
+                let live = crate::ledger::TaskFilter {
+                    creator: Some(id.clone()),
+                    live_at: Some(now),
+                    limit: 1000,
+                    ..Default::default()
+                };
+                for t in self.ledger.store().tasks(&live).await.map_err(BrokerError::Ledger)? {
+                    if self.end_task(&t.id, &actor, Some(&reason)).await.is_ok() {
+                        outcome.tasks_ended += 1;
+                    }
+                }
+            }
+        }
+        let detail = json!({
+            "kind": signal.kind.as_str(), "sender": sender, "subject": subject_json(s),
+            "attributes": signal.attributes, "reason": signal.reason, "matched": outcome.matched,
+            "revoked": outcome.revoked, "kept": outcome.kept, "tasks_ended": outcome.tasks_ended,
+        });
+        self.ledger
+            .audit(AuditEvent::new("signal.applied", s.spiffe_id.clone(), detail))
+            .await
+            .map_err(BrokerError::Ledger)?;
+        metrics::counter!("mayfly_signals_total", "kind" => signal.kind.as_str()).increment(1);
+        Ok(outcome)
+    }
+
+    /// Live tokens and open database leases a subject selector names.
+    async fn signal_matches(
+        &self,
+        s: &SignalSubject,
+        now: i64,
+    ) -> Result<(Vec<CredentialRecord>, Vec<DbLease>), SignalError> {
+        let store = self.ledger.store();
+        let filter = CredentialFilter {
+            subject: s.spiffe_id.clone(),
+            subject_prefix: s.spiffe_prefix.clone(),
+            live_at: Some(now),
+            limit: MAX_MATCHED,
+            ..Default::default()
+        };
+        let mut tokens = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store
+                .credentials(&CredentialFilter { after: after.clone(), limit: 5000, ..filter.clone() })
+                .await
+                .map_err(BrokerError::Ledger)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.jti.clone());
+            tokens.extend(page.into_iter().filter(|c| c.kind == "jwt"));
+            if tokens.len() as i64 >= MAX_MATCHED {
+                break;
+            }
+        }
+        let open = [DbLeaseState::Active, DbLeaseState::Creating];
+        let mut leases = store.db_leases(&open, None, MAX_MATCHED).await.map_err(BrokerError::Ledger)?;
+        leases.retain(|l| match (&s.spiffe_id, &s.spiffe_prefix) {
+            (Some(id), _) => &l.subject == id,
+            (_, Some(p)) => crate::ledger::revocation::under_prefix(&l.subject, p),
+            _ => true,
+        });
+        if let Some(wanted) = &s.attributes {
+            tokens.retain(|t| context_has(&parse_context(t.context.as_deref()), wanted));
+            leases.retain(|l| context_has(&parse_context(l.context.as_deref()), wanted));
+        }
+        // Already revoked ones need no decision.
+        tokens.retain(|t| {
+            let facts = crate::ledger::revocation::CredentialFacts {
+                jti: &t.jti,
+                subject: &t.subject,
+                audience: &t.audience,
+                task_id: t.task_id.as_deref(),
+                issued_at: t.issued_at,
+            };
+            self.revocations.revoked_by(&facts).is_none()
+        });
+        Ok((tokens, leases))
+    }
+
+    /// The workload as it is now: its recorded context with the signal's attributes over it.
+    /// `None` when nothing was recorded (a task's credential): such a credential fails closed.
+    fn workload_now(
+        subject: &str,
+        context: Option<&str>,
+        changed: &BTreeMap<String, String>,
+    ) -> Option<(WorkloadIdentity, std::net::IpAddr)> {
+        let ctx = parse_context(context)?;
+        let mut attributes = ctx.attributes;
+        attributes.extend(changed.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let identity =
+            WorkloadIdentity { spiffe_id: SpiffeId::parse(subject).ok()?, attestor: ctx.attestor, attributes };
+        Some((identity, ctx.source_ip.parse().ok()?))
+    }
+
+    fn still_allowed_token(&self, t: &CredentialRecord, changed: &BTreeMap<String, String>, now: i64) -> bool {
+        let Some((identity, source_ip)) = Self::workload_now(&t.subject, t.context.as_deref(), changed) else {
+            return false;
+        };
+        let scopes: Vec<String> = t.scope.split_whitespace().map(str::to_owned).collect();
+        let binding: Value = t.binding.as_deref().and_then(|b| serde_json::from_str(b).ok()).unwrap_or(Value::Null);
+        self.policies
+            .decide_exchange(&ExchangeRequest {
+                principal: Principal::Workload(&identity),
+                audience: &t.audience,
+                scopes: &scopes,
+                ttl_seconds: (t.expires_at - now).max(1),
+                source_ip,
+                now,
+                dpop: binding.get("jkt").is_some(),
+                mtls: binding.get("x5t#S256").is_some(),
+                max_uses: t.max_uses.unwrap_or(0),
+            })
+            .allowed
+    }
+
+    fn still_allowed_lease(&self, l: &DbLease, changed: &BTreeMap<String, String>, now: i64) -> bool {
+        let Some((identity, source_ip)) = Self::workload_now(&l.subject, l.context.as_deref(), changed) else {
+            return false;
+        };
+        let Some(db) = self.databases.get(&l.issuer) else { return false };
+        self.policies
+            .decide_issue(&IssueRequest {
+                principal: Principal::Workload(&identity),
+                database: &l.issuer,
+                kind: &db.config.kind,
+                role: &l.role,
+                ttl_seconds: (l.expires_at - now).max(1),
+                source_ip,
+                now,
+            })
+            .allowed
+    }
+}
+
+fn subject_json(s: &SignalSubject) -> Value {
+    json!({"spiffe_id": s.spiffe_id, "spiffe_prefix": s.spiffe_prefix, "task": s.task, "attributes": s.attributes})
+}

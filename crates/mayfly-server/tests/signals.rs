@@ -1,0 +1,242 @@
+//! Context-change signals: a move out of the allowed namespace revokes what no longer
+//! passes policy and keeps the rest; a CAEP session-revoked SET from a configured sender
+//! kills at once; forged, replayed or malformed signals are refused and change nothing.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+
+const SSF_ISSUER: &str = "https://ssf.test.example";
+const SSF_AUDIENCE: &str = "https://mayfly.test.example/signals";
+const SESSION_REVOKED: &str = "https://schemas.openid.net/secevent/caep/event-type/session-revoked";
+const WEB: &str = "spiffe://test.example/ns/prod/sa/web";
+const API: &str = "spiffe://test.example/ns/prod/sa/api";
+
+struct Setup {
+    srv: TestServer,
+    k8s: TestIssuer,
+    ssf: TestIssuer,
+}
+
+async fn start() -> Setup {
+    let (k8s, gh, ssf) =
+        (TestIssuer::new(K8S_ISSUER), TestIssuer::new(GITHUB_TEST_ISSUER), TestIssuer::new(SSF_ISSUER));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ssf-jwks.json"), ssf.jwks().to_string()).unwrap();
+    let opts = Options {
+        extra_toml: format!(
+            r#"
+[[signals.senders]]
+name = "ssf"
+issuer = "{SSF_ISSUER}"
+audience = "{SSF_AUDIENCE}"
+jwks_file = "ssf-jwks.json"
+"#
+        ),
+        ..Options::default()
+    };
+    let path = write_config(dir.path(), &k8s, &gh, &opts);
+    Setup { srv: TestServer::start_in(dir, &path).await, k8s, ssf }
+}
+
+async fn token(s: &Setup, sa: &str) -> String {
+    let r = s.srv.exchange_jwt(&s.k8s.k8s_token("prod", sa), "https://api.test").await;
+    assert_eq!(r.status(), 200);
+    r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned()
+}
+
+async fn active(s: &Setup, token: &str) -> bool {
+    let r = s
+        .srv
+        .http
+        .post(format!("{}/v1/introspect", s.srv.url))
+        .bearer_auth(&s.srv.admin_token)
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json::<Value>().await.unwrap()["active"] == true
+}
+
+async fn signal(s: &Setup, body: Value) -> reqwest::Response {
+    s.srv.admin_post("/v1/signals", Some(body)).await
+}
+
+async fn push_set(s: &Setup, set: &str) -> reqwest::Response {
+    s.srv
+        .http
+        .post(format!("{}/v1/signals", s.srv.url))
+        .header("content-type", "application/secevent+jwt")
+        .body(set.to_owned())
+        .send()
+        .await
+        .unwrap()
+}
+
+fn set_claims(jti: &str, subject: &str, event: &str) -> Value {
+    json!({
+        "iss": SSF_ISSUER, "aud": SSF_AUDIENCE, "iat": now(), "jti": jti,
+        "sub_id": {"format": "uri", "uri": subject},
+        "events": {event: {"event_timestamp": now(), "reason_admin": {"en": "test"}}}
+    })
+}
+
+fn set_header() -> Value {
+    json!({"typ": "secevent+jwt"})
+}
+
+#[tokio::test]
+async fn a_move_out_of_the_allowed_namespace_revokes_that_workloads_tokens_only() {
+    let s = start().await;
+    let (web, web2, api) = (token(&s, "web").await, token(&s, "web").await, token(&s, "api").await);
+
+    // Still allowed in the new context (another node): kept.
+    let r =
+        signal(&s, json!({"kind": "workload_moved", "subject": {"spiffe_id": WEB}, "attributes": {"node": "node-2"}}))
+            .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!((v["matched"].as_u64(), v["revoked"].as_u64(), v["kept"].as_u64()), (Some(2), Some(0), Some(2)), "{v}");
+    assert!(active(&s, &web).await);
+
+    // Moved to staging, where policy allows nothing: both of web's tokens die, api's lives.
+    let r = signal(
+        &s,
+        json!({"kind": "workload_moved", "subject": {"spiffe_id": WEB}, "attributes": {"namespace": "staging"},
+               "reason": "rescheduled"}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!((v["matched"].as_u64(), v["revoked"].as_u64()), (Some(2), Some(2)), "{v}");
+    assert!(!active(&s, &web).await && !active(&s, &web2).await, "web's tokens are revoked");
+    assert!(active(&s, &api).await, "another workload's token survives");
+
+    // By attribute: every token issued to the pod with this uid (both test workloads share one).
+    let r = signal(
+        &s,
+        json!({"kind": "workload_compromised",
+               "subject": {"attributes": {"pod_uid": "7f0c2a44-0000-4000-8000-000000000002"}}}),
+    )
+    .await;
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["revoked"], 1, "{v}");
+    assert!(!active(&s, &api).await);
+
+    let audit: Vec<Value> = s.srv.admin_get("/v1/audit?kind=signal.applied").await;
+    assert_eq!(audit.len(), 3);
+    assert_eq!(audit[1]["detail"]["revoked"], 2);
+    assert_eq!(audit[1]["detail"]["attributes"]["namespace"], "staging");
+    s.srv.stop().await;
+}
+
+#[tokio::test]
+async fn a_caep_set_from_a_configured_sender_kills_and_forgeries_change_nothing() {
+    let s = start().await;
+    let (web, api) = (token(&s, "web").await, token(&s, "api").await);
+
+    // Forged: another key under the sender's kid, the wrong audience, an unknown sender,
+    // unsigned, not typed as a SET, an unknown event, no subject.
+    let forger = TestIssuer::new(SSF_ISSUER);
+    let cases: Vec<(String, &str)> = vec![
+        (forger.sign_with("ES256", set_header(), &set_claims("f-1", WEB, SESSION_REVOKED)), "invalid_key"),
+        (
+            s.ssf.sign_with("ES256", set_header(), &{
+                let mut c = set_claims("f-2", WEB, SESSION_REVOKED);
+                c["aud"] = json!("https://someone-else.example");
+                c
+            }),
+            "invalid_audience",
+        ),
+        (
+            s.ssf.sign_with("ES256", set_header(), &{
+                let mut c = set_claims("f-3", WEB, SESSION_REVOKED);
+                c["iss"] = json!("https://unknown.example");
+                c
+            }),
+            "invalid_issuer",
+        ),
+        (unsigned(&set_claims("f-4", WEB, SESSION_REVOKED)), "invalid_request"),
+        (s.ssf.sign("ES256", &set_claims("f-5", WEB, SESSION_REVOKED)), "invalid_request"),
+        (
+            s.ssf.sign_with("ES256", set_header(), &set_claims("f-6", WEB, "https://example.com/event/unknown")),
+            "invalid_request",
+        ),
+        (
+            s.ssf.sign_with("ES256", set_header(), &{
+                let mut c = set_claims("f-7", WEB, SESSION_REVOKED);
+                c.as_object_mut().unwrap().remove("sub_id");
+                c
+            }),
+            "invalid_request",
+        ),
+    ];
+    for (i, (set, code)) in cases.iter().enumerate() {
+        let r = push_set(&s, set).await;
+        assert_eq!(r.status(), 400, "case {i}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["err"], *code, "case {i}: {v}");
+        assert!(v["description"].as_str().is_some_and(|d| !d.is_empty()));
+    }
+    assert!(active(&s, &web).await && active(&s, &api).await, "nothing was revoked by a refused SET");
+
+    // The real thing: accepted with 202 and in force at once.
+    let set = s.ssf.sign_with("ES256", set_header(), &set_claims("set-1", WEB, SESSION_REVOKED));
+    let r = push_set(&s, &set).await;
+    assert_eq!(r.status(), 202);
+    assert!(!active(&s, &web).await, "session-revoked kills web's token");
+    assert!(active(&s, &api).await, "api's token survives");
+    // Replayed: refused.
+    let r = push_set(&s, &set).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["err"], "invalid_request");
+
+    let refused: Vec<Value> = s.srv.admin_get("/v1/audit?kind=signal.refused").await;
+    assert_eq!(refused.len(), cases.len() + 1, "every refusal is audited");
+    let applied: Vec<Value> = s.srv.admin_get("/v1/audit?kind=signal.applied").await;
+    assert_eq!(applied.len(), 1);
+    assert_eq!(applied[0]["detail"]["sender"], "ssf");
+    s.srv.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_signals_get_problems_and_revoke_nothing() {
+    let s = start().await;
+    let web = token(&s, "web").await;
+    let anonymous = s
+        .srv
+        .http
+        .post(format!("{}/v1/signals", s.srv.url))
+        .json(&json!({"kind": "workload_compromised", "subject": {"spiffe_id": WEB}}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(anonymous, 401, "unauthorized").await;
+    for body in [
+        json!({"kind": "workload_compromised", "subject": {}}),
+        json!({"kind": "workload_compromised", "subject": {"spiffe_id": WEB, "task": "t1"}}),
+        json!({"kind": "workload_moved", "subject": {"spiffe_id": WEB}}),
+        json!({"kind": "workload_compromised", "subject": {"spiffe_id": "not a spiffe id"}}),
+        json!({"kind": "workload_compromised", "subject": {"attributes": {}}}),
+    ] {
+        let r = signal(&s, body.clone()).await;
+        assert_problem(r, 400, "invalid-signal").await;
+    }
+    for body in [json!({"kind": "pod_sneezed", "subject": {"spiffe_id": WEB}}), json!({"subject": {"spiffe_id": WEB}})]
+    {
+        let r = signal(&s, body).await;
+        assert_eq!(r.status(), 400);
+    }
+    let r = signal(&s, json!({"kind": "task_cancelled", "subject": {"task": "no-such-task"}})).await;
+    assert_problem(r, 404, "not-found").await;
+    assert!(active(&s, &web).await, "nothing was revoked");
+    s.srv.stop().await;
+}
+
+fn unsigned(claims: &Value) -> String {
+    use base64::Engine;
+    let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    format!("{}.{}.", b64(&json!({"alg": "none", "typ": "secevent+jwt"})), b64(claims))
+}
