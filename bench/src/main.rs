@@ -7,6 +7,7 @@
 //!   mayfly-bench-fixture seed DIR N SUBJECT          add N live credentials of SUBJECT to DIR's ledger (server stopped)
 //!   mayfly-bench-fixture feed-latency URL ADMIN_TOKEN JWT_FILE ROUNDS [STREAM_URL]
 //!                                                    time from revoke to the event on the SSE stream
+//!   mayfly-bench-fixture signal [N]                  one signal over N live tokens of one workload
 //!   mayfly-bench-fixture db [N] [CONCURRENCY] [POSTGRES_ADMIN_URL] [SESSIONS]
 //!                                                    issue N PostgreSQL credentials over HTTP, then revoke
 //!                                                    them all (SESSIONS of them with an open session)
@@ -29,7 +30,7 @@ use serde_json::json;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let sub = args.get(1).map(String::as_str);
-    if matches!(sub, Some("seed" | "feed-latency" | "db" | "svid" | "svid-load")) {
+    if matches!(sub, Some("seed" | "feed-latency" | "db" | "svid" | "svid-load" | "signal")) {
         let rt = match tokio::runtime::Runtime::new() {
             Ok(rt) => rt,
             Err(e) => {
@@ -42,6 +43,7 @@ fn main() -> ExitCode {
             Some("db") => rt.block_on(db_credentials(&args[2..])),
             Some("svid") => rt.block_on(svids(&args[2..])),
             Some("svid-load") => rt.block_on(svid_load_command(&args[2..])),
+            Some("signal") => rt.block_on(signal_bench(&args[2..])),
             _ => rt.block_on(feed_latency(&args[2..])),
         };
         return match result {
@@ -224,6 +226,83 @@ async fn feed_latency(args: &[String]) -> Result<(), BoxError> {
         }
         println!("{:.2}", start.elapsed().as_secs_f64() * 1000.0);
     }
+    Ok(())
+}
+
+/// Issues N tokens to one workload (in-process server), then sends one signal that moves
+/// it out of the namespace policy allows, and times until the answer (every token
+/// re-decided and revoked) and until an open feed stream has delivered every revocation.
+async fn signal_bench(args: &[String]) -> Result<(), BoxError> {
+    let n: usize = args.first().map(|a| a.parse()).transpose()?.unwrap_or(10_000);
+    let dir = std::env::temp_dir().join(format!("mayfly-signal-bench-{}", std::process::id()));
+    write_fixture(&dir, 0, "normal")?;
+    let cfg = mayfly_server::config::Config::load(&dir.join("mayfly.toml"))?;
+    let running = mayfly_server::server::start(cfg, None).await?;
+    let admin = running.new_admin_token.clone().ok_or("no admin token")?;
+    let url = running.url.clone();
+    let jwt = std::fs::read_to_string(dir.join("platform.jwt"))?;
+    let http = reqwest::Client::new();
+    let form = [
+        ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange".to_owned()),
+        ("subject_token", jwt.trim().to_owned()),
+        ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt".to_owned()),
+        ("audience", "https://api.bench".to_owned()),
+    ];
+    let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let (http, url, form, limit) = (http.clone(), url.clone(), form.clone(), limit.clone());
+        set.spawn(async move {
+            let _slot = limit.acquire_owned().await;
+            let r = http.post(format!("{url}/v1/token")).form(&form).send().await.ok()?;
+            let v: serde_json::Value = r.json().await.ok()?;
+            v["access_token"].as_str().map(str::to_owned)
+        });
+    }
+    let mut subject = None;
+    let mut issued = 0;
+    while let Some(j) = set.join_next().await {
+        if let Some(t) = j? {
+            issued += 1;
+            if subject.is_none() {
+                let claims: serde_json::Value =
+                    serde_json::from_slice(&B64.decode(t.split('.').nth(1).ok_or("bad token")?)?)?;
+                subject = claims["sub"].as_str().map(str::to_owned);
+            }
+        }
+    }
+    let subject = subject.ok_or("no token issued")?;
+    let mut sse = http.get(format!("{url}/v1/revocations/stream")).bearer_auth(&admin).send().await?;
+    let started = std::time::Instant::now();
+    let r = http
+        .post(format!("{url}/v1/signals"))
+        .bearer_auth(&admin)
+        .json(&json!({"kind": "workload_moved", "subject": {"spiffe_id": subject}, "attributes": {"namespace": "staging"}}))
+        .send()
+        .await?;
+    let decided = started.elapsed();
+    let outcome: serde_json::Value = r.json().await?;
+    let mut seen = 0usize;
+    let mut text = String::new();
+    while seen < issued {
+        let chunk =
+            tokio::time::timeout(std::time::Duration::from_secs(10), sse.chunk()).await??.ok_or("stream ended")?;
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        seen += text.matches("event: revocation").count();
+        // Keep only an unfinished tail so nothing is counted twice.
+        text = text.rsplit_once("event: revocation").map(|(_, tail)| tail.to_owned()).unwrap_or(text);
+    }
+    let in_feed = started.elapsed();
+    println!(
+        "signal over {issued} live tokens of one workload: decided and enforced in {:.0} ms ({} revoked, {} kept); \
+         every revocation on the feed after {:.0} ms",
+        decided.as_secs_f64() * 1e3,
+        outcome["revoked"],
+        outcome["kept"],
+        in_feed.as_secs_f64() * 1e3
+    );
+    running.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
