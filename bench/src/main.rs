@@ -229,6 +229,23 @@ async fn feed_latency(args: &[String]) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// A server started in-process from a fixture directory, with what a load needs.
+struct InProcess {
+    running: mayfly_server::server::RunningServer,
+    admin: String,
+    url: String,
+    jwt: String,
+}
+
+async fn start_in_process(dir: &Path) -> Result<InProcess, BoxError> {
+    let cfg = mayfly_server::config::Config::load(&dir.join("mayfly.toml"))?;
+    let running = mayfly_server::server::start(cfg, None).await?;
+    let admin = running.new_admin_token.clone().ok_or("no admin token")?;
+    let url = running.url.clone();
+    let jwt = std::fs::read_to_string(dir.join("platform.jwt"))?;
+    Ok(InProcess { running, admin, url, jwt })
+}
+
 /// Issues N tokens to one workload (in-process server), then sends one signal that moves
 /// it out of the namespace policy allows, and times until the answer (every token
 /// re-decided and revoked) and until an open feed stream has delivered every revocation.
@@ -236,11 +253,7 @@ async fn signal_bench(args: &[String]) -> Result<(), BoxError> {
     let n: usize = args.first().map(|a| a.parse()).transpose()?.unwrap_or(10_000);
     let dir = std::env::temp_dir().join(format!("mayfly-signal-bench-{}", std::process::id()));
     write_fixture(&dir, 0, "normal")?;
-    let cfg = mayfly_server::config::Config::load(&dir.join("mayfly.toml"))?;
-    let running = mayfly_server::server::start(cfg, None).await?;
-    let admin = running.new_admin_token.clone().ok_or("no admin token")?;
-    let url = running.url.clone();
-    let jwt = std::fs::read_to_string(dir.join("platform.jwt"))?;
+    let InProcess { running, admin, url, jwt } = start_in_process(&dir).await?;
     let http = reqwest::Client::new();
     let form = [
         ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange".to_owned()),
@@ -325,11 +338,7 @@ async fn db_credentials(args: &[String]) -> Result<(), BoxError> {
         dir.join("policies/db.cedar"),
         "permit (principal, action == Mayfly::Action::\"issue\", resource) when { principal.hasTag(\"namespace\") };\n",
     )?;
-    let cfg = mayfly_server::config::Config::load(&dir.join("mayfly.toml"))?;
-    let running = mayfly_server::server::start(cfg, None).await?;
-    let admin = running.new_admin_token.clone().ok_or("no admin token")?;
-    let url = running.url.clone();
-    let jwt = std::fs::read_to_string(dir.join("platform.jwt"))?;
+    let InProcess { running, admin, url, jwt } = start_in_process(&dir).await?;
     let http = reqwest::Client::new();
     let body = serde_json::json!({"subject_token_type": "urn:ietf:params:oauth:token-type:jwt", "subject_token": jwt});
 

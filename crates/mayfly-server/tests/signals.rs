@@ -11,7 +11,6 @@ const SSF_ISSUER: &str = "https://ssf.test.example";
 const SSF_AUDIENCE: &str = "https://mayfly.test.example/signals";
 const SESSION_REVOKED: &str = "https://schemas.openid.net/secevent/caep/event-type/session-revoked";
 const WEB: &str = "spiffe://test.example/ns/prod/sa/web";
-const API: &str = "spiffe://test.example/ns/prod/sa/api";
 
 struct Setup {
     srv: TestServer,
