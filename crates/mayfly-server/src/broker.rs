@@ -347,6 +347,17 @@ impl Broker {
             }
         };
         let client_id = caller.spiffe_id();
+        // The facts a resource server can check its caller against (`ctx`).
+        let bound: Option<std::collections::BTreeMap<String, String>> = match &caller {
+            Caller::Workload(w) => Some(
+                self.tokens
+                    .bound_context
+                    .iter()
+                    .filter_map(|k| w.attributes.get(k).map(|v| (k.clone(), v.clone())))
+                    .collect(),
+            ),
+            Caller::Task(_) => None,
+        };
         let issued = self.issuer.issue(&AccessTokenRequest {
             subject: &subject,
             audience: &p.audience,
@@ -358,6 +369,7 @@ impl Broker {
             act: act.as_ref(),
             cnf: p.confirmation.as_ref(),
             max_uses: p.max_uses,
+            context: bound.as_ref(),
         })?;
         let detail = json!({
             "audience": p.audience, "attestor": caller.attestor(), "policies": decision.policies,

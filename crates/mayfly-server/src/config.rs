@@ -408,11 +408,19 @@ pub struct TokensConfig {
     /// Upper bound on any token's lifetime (default 1h).
     #[serde(default = "one_hour", with = "humantime_serde")]
     pub max_ttl: Duration,
+    /// Attested attributes copied into a token's `ctx` claim, when the caller has them,
+    /// so a resource server can refuse it from elsewhere (default pod_uid, node_name, run_id).
+    #[serde(default = "default_bound_context")]
+    pub bound_context: Vec<String>,
+}
+
+fn default_bound_context() -> Vec<String> {
+    ["pod_uid", "node_name", "run_id"].map(String::from).to_vec()
 }
 
 impl Default for TokensConfig {
     fn default() -> Self {
-        Self { default_ttl: five_minutes(), max_ttl: one_hour() }
+        Self { default_ttl: five_minutes(), max_ttl: one_hour(), bound_context: default_bound_context() }
     }
 }
 

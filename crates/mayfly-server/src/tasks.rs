@@ -273,6 +273,7 @@ impl Broker {
             act: Some(&actor),
             cnf: None,
             max_uses: None,
+            context: None,
         })?;
         let sub = spiffe_id.to_string();
         let facts = RecordFacts {

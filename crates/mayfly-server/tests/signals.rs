@@ -239,3 +239,49 @@ fn unsigned(claims: &Value) -> String {
     let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
     format!("{}.{}.", b64(&json!({"alg": "none", "typ": "secevent+jwt"})), b64(claims))
 }
+
+#[tokio::test]
+async fn a_token_presented_from_another_pod_or_node_is_refused_by_introspection_and_the_sdk() {
+    let s = start().await;
+    let token = token(&s, "web").await;
+    let claims = s.srv.verify(&token, "https://api.test").await;
+    let pod = "7f0c2a44-0000-4000-8000-000000000002";
+    assert_eq!(claims["ctx"], json!({"pod_uid": pod, "node_name": "node-1"}), "the token carries where it was issued");
+
+    let introspect = |ctx: Vec<(&'static str, &'static str)>| {
+        let (http, url, admin, token) =
+            (s.srv.http.clone(), s.srv.url.clone(), s.srv.admin_token.clone(), token.clone());
+        async move {
+            let mut form = vec![("token".to_owned(), token)];
+            form.extend(ctx.into_iter().map(|(k, v)| (format!("context.{k}"), v.to_owned())));
+            let r = http.post(format!("{url}/v1/introspect")).bearer_auth(admin).form(&form).send().await.unwrap();
+            r.json::<Value>().await.unwrap()["active"] == true
+        }
+    };
+    assert!(introspect(vec![]).await, "no context given: not checked");
+    assert!(introspect(vec![("pod_uid", pod), ("node_name", "node-1")]).await, "the same pod");
+    assert!(!introspect(vec![("pod_uid", "11111111-0000-4000-8000-000000000009")]).await, "another pod");
+    assert!(!introspect(vec![("node_name", "node-2")]).await, "another node");
+    assert!(!introspect(vec![("run_id", "42")]).await, "a fact the token cannot confirm fails closed");
+
+    // The SDK, offline, with the presenter's context as the resource server knows it.
+    let verifier =
+        mayfly_verify::Verifier::new(mayfly_verify::VerifierConfig::new(s.srv.url.clone(), "https://api.test"))
+            .await
+            .unwrap();
+    let auth = format!("Bearer {token}");
+    let presented = mayfly_verify::Presented {
+        authorization: Some(&auth),
+        dpop: None,
+        method: "GET",
+        url: "https://api.test/data",
+        client_cert: None,
+    };
+    let here = std::collections::BTreeMap::from([("pod_uid".to_owned(), pod.to_owned())]);
+    assert!(verifier.verify_in_context(&presented, &here).await.is_ok());
+    let elsewhere = std::collections::BTreeMap::from([("pod_uid".to_owned(), "copied-elsewhere".to_owned())]);
+    let err = verifier.verify_in_context(&presented, &elsewhere).await.unwrap_err();
+    assert!(matches!(err, mayfly_verify::VerifyError::ContextMismatch(ref a) if a == "pod_uid"), "{err}");
+    assert_eq!(err.status(), 401);
+    s.srv.stop().await;
+}

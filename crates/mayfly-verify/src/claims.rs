@@ -37,6 +37,10 @@ pub struct AccessClaims {
     /// Limited use: how many times the token may be used (counted by the broker).
     #[serde(default)]
     pub max_uses: Option<u32>,
+    /// Mayfly's `ctx`: attested facts of where the token was issued (`pod_uid`,
+    /// `node_name`, …), so a presenter elsewhere can be refused ([`AccessClaims::check_context`]).
+    #[serde(default)]
+    pub ctx: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// RFC 7800 confirmation claim, as Mayfly issues it.
@@ -51,6 +55,19 @@ pub struct Confirmation {
 }
 
 impl AccessClaims {
+    /// Checks the presenter's current context against the one the token was issued in:
+    /// every attribute the presenter reports must be in `ctx` with the same value, so a
+    /// token copied to another pod or host fails (an attribute the token does not carry
+    /// cannot be confirmed, and fails too). Returns the first attribute that does not match.
+    pub fn check_context(&self, presenter: &std::collections::BTreeMap<String, String>) -> Result<(), String> {
+        for (k, v) in presenter {
+            if self.ctx.as_ref().and_then(|c| c.get(k)) != Some(v) {
+                return Err(k.clone());
+            }
+        }
+        Ok(())
+    }
+
     /// Whether the token carries a scope.
     pub fn has_scope(&self, scope: &str) -> bool {
         self.scope.as_deref().is_some_and(|s| s.split(' ').any(|x| x == scope))

@@ -102,6 +102,9 @@ pub enum VerifyError {
     /// An mTLS-bound token without the matching client certificate.
     #[error("the token is bound to a client certificate that this connection did not present")]
     CertificateMismatch,
+    /// Presented from another context than it was issued in (another pod, node, run).
+    #[error("the token was issued in another context ({0} differs)")]
+    ContextMismatch(String),
     /// A limited-use token that has been used up.
     #[error("the token has been used as many times as it may be")]
     UsedUp,
@@ -408,6 +411,19 @@ impl Verifier {
             self.count_use(token).await?;
         }
         Ok(Verified { claims, binding })
+    }
+
+    /// [`Verifier::verify`], and the presenter's current context (what the resource
+    /// server knows of its caller, e.g. the pod uid behind the connection) must match the
+    /// context the token was issued in.
+    pub async fn verify_in_context(
+        &self,
+        req: &Presented<'_>,
+        presenter: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Verified, VerifyError> {
+        let verified = self.verify(req).await?;
+        verified.claims.check_context(presenter).map_err(VerifyError::ContextMismatch)?;
+        Ok(verified)
     }
 
     /// Limited-use tokens are counted by the broker: its introspection answers

@@ -30,6 +30,8 @@ pub struct AccessTokenRequest<'a> {
     pub cnf: Option<&'a mayfly_verify::Confirmation>,
     /// Limited use: how many verifications it allows.
     pub max_uses: Option<u32>,
+    /// `ctx`: the attested facts it is bound to (pod, node, run), when any.
+    pub context: Option<&'a std::collections::BTreeMap<String, String>>,
 }
 
 /// A minted token and the facts the ledger records about it.
@@ -76,6 +78,8 @@ struct Claims<'a> {
     cnf: Option<&'a mayfly_verify::Confirmation>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_uses: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ctx: Option<&'a std::collections::BTreeMap<String, String>>,
 }
 
 /// Mints RFC 9068 access tokens.
@@ -117,6 +121,7 @@ impl JwtIssuer {
             act: req.act,
             cnf: req.cnf,
             max_uses: req.max_uses,
+            ctx: req.context.filter(|c| !c.is_empty()),
         };
         let token = key.sign_compact(&serde_json::to_vec(&header)?, &serde_json::to_vec(&claims)?)?;
         Ok(IssuedToken { token, jti, issued_at: req.now, expires_at, kid: key.kid().to_owned(), scope })

@@ -47,6 +47,9 @@ pub enum VerifyError {
     /// A limited-use token whose uses are spent.
     #[error("token has been used as many times as it may be")]
     UsedUp,
+    /// Presented from another context than it was issued in.
+    #[error("token was issued in another context ({0} differs)")]
+    ContextMismatch(String),
 }
 
 #[derive(Deserialize)]

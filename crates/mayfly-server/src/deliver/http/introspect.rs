@@ -26,7 +26,7 @@ const MAX_PAGE: i64 = 1000;
 /// token for the audience `urn:mayfly:introspect`.
 #[utoipa::path(
     post, path = "/v1/introspect", tag = "oauth", security(("admin_token" = []), ("verifier_token" = [])),
-    request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "token=…[&token_type_hint=access_token]"),
+    request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "token=…[&token_type_hint=access_token][&context.<attribute>=<value>…]: with context parameters (a Mayfly extension), the token is active only if it was issued in that context (its `ctx` claim)"),
     responses(
         (status = 200, description = "active true with claims, or active false. Each introspection of a limited-use token counts one use.", body = IntrospectionResponse),
         (status = 401, description = "Caller not authenticated", body = mayfly_proto::Problem, content_type = "application/problem+json"),
@@ -42,6 +42,15 @@ pub async fn introspect(
     let token = form.required("token")?;
     let now = crate::clock::now_unix();
     let mut verified = state.verifier.verify(token, None, now);
+    // The presenter's context, when the resource server knows it: a token issued to
+    // another pod or node is inactive here, before any signal about it arrives.
+    let presenter = form.prefixed("context.");
+    if let Ok(c) = &verified
+        && let Err(attribute) = c.check_context(&presenter)
+    {
+        tracing::debug!(%attribute, "introspection: presented from another context");
+        verified = Err(crate::verify::VerifyError::ContextMismatch(attribute));
+    }
     // A limited-use token is used by being verified: each introspection counts one use.
     if let Ok(c) = &verified
         && c.max_uses.is_some()

@@ -48,6 +48,11 @@ impl Form {
         Ok(first.filter(|v| !v.is_empty()))
     }
 
+    /// Every parameter named `<prefix><name>`, as name → value (the last one wins).
+    pub(crate) fn prefixed(&self, prefix: &str) -> std::collections::BTreeMap<String, String> {
+        self.0.iter().filter_map(|(k, v)| Some((k.strip_prefix(prefix)?.to_owned(), v.clone()))).collect()
+    }
+
     /// The value of a required parameter.
     pub(crate) fn required(&self, name: &str) -> Result<&str, ApiError> {
         self.one(name)?.ok_or_else(|| {
