@@ -24,6 +24,10 @@ async fn start() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("ssf-jwks.json"), ssf.jwks().to_string()).unwrap();
     let opts = Options {
+        policies: format!(
+            "{TEST_POLICIES}\n@id(\"prod-may-start-tasks\")\npermit (principal, action == Mayfly::Action::\"start_task\", resource)\n\
+             when {{ principal.hasTag(\"namespace\") && principal.getTag(\"namespace\") == \"prod\" }};\n"
+        ),
         extra_toml: format!(
             r#"
 [[signals.senders]]
@@ -283,5 +287,46 @@ async fn a_token_presented_from_another_pod_or_node_is_refused_by_introspection_
     let err = verifier.verify_in_context(&presented, &elsewhere).await.unwrap_err();
     assert!(matches!(err, mayfly_verify::VerifyError::ContextMismatch(ref a) if a == "pod_uid"), "{err}");
     assert_eq!(err.status(), 401);
+    s.srv.stop().await;
+}
+
+#[tokio::test]
+async fn a_kill_by_prefix_stops_at_the_path_boundary_and_ends_the_workloads_tasks() {
+    let s = start().await;
+    let (web, web2) = (token(&s, "web").await, token(&s, "web2").await);
+    let r = s
+        .srv
+        .http
+        .post(format!("{}/v1/tasks", s.srv.url))
+        .json(&json!({"subject_token_type": JWT_TYPE, "subject_token": s.k8s.k8s_token("prod", "web"),
+                      "purpose": "deploy", "audiences": ["https://api.test"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let task: Value = r.json().await.unwrap();
+    let task_id = task["task"]["id"].as_str().unwrap().to_owned();
+
+    let r = signal(&s, json!({"kind": "workload_compromised", "subject": {"spiffe_prefix": format!("{WEB}/")}})).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!((v["matched"].as_u64(), v["tasks_ended"].as_u64()), (Some(1), Some(1)), "{v}");
+    assert!(!active(&s, &web).await, "web is under the prefix");
+    assert!(active(&s, &web2).await, "web2 is not: prefixes stop at a path segment");
+    let t: Value = s.srv.admin_get(&format!("/v1/tasks/{task_id}")).await;
+    assert_eq!(t["state"], "ended", "{t}");
+
+    // A SET typed with the full media type, carrying an event Mayfly does not know next
+    // to one it does: the known one is applied, the other ignored.
+    let mut claims = set_claims("set-2", "spiffe://test.example/ns/prod/sa/web2", SESSION_REVOKED);
+    claims["events"]["https://example.com/event/unknown"] = json!({});
+    let set = s.ssf.sign_with("ES256", json!({"typ": "application/secevent+jwt"}), &claims);
+    assert_eq!(push_set(&s, &set).await.status(), 202);
+    assert!(!active(&s, &web2).await);
+    // Too old: refused.
+    let mut old = set_claims("set-3", WEB, SESSION_REVOKED);
+    old["iat"] = json!(now() - 3600);
+    let r = push_set(&s, &s.ssf.sign_with("ES256", set_header(), &old)).await;
+    assert_eq!(r.status(), 400);
     s.srv.stop().await;
 }

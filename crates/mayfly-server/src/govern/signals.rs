@@ -15,8 +15,10 @@ use serde_json::{Value, json};
 use crate::attest::WorkloadIdentity;
 use crate::authorize::{ExchangeRequest, IssueRequest, Principal};
 use crate::broker::{Broker, BrokerError};
+use crate::govern::RevokeError;
 use crate::ledger::{AuditEvent, CredentialFilter, CredentialRecord, DbLease, DbLeaseState, IssuanceContext};
 use crate::spiffe::SpiffeId;
+use mayfly_proto::RevokeRequest;
 
 /// The CAEP event types Mayfly acts on (OpenID CAEP 1.0).
 pub const CAEP_SESSION_REVOKED: &str = "https://schemas.openid.net/secevent/caep/event-type/session-revoked";
@@ -28,6 +30,8 @@ pub const CAEP_DEVICE_COMPLIANCE: &str = "https://schemas.openid.net/secevent/ca
 pub const CAEP_ASSURANCE_LEVEL: &str = "https://schemas.openid.net/secevent/caep/event-type/assurance-level-change";
 /// CAEP token claims change (re-decides with the changed claims as attributes).
 pub const CAEP_TOKEN_CLAIMS: &str = "https://schemas.openid.net/secevent/caep/event-type/token-claims-change";
+/// SSF stream verification (answered, nothing to do).
+pub const SSF_VERIFICATION: &str = "https://schemas.openid.net/secevent/ssf/event-type/verification";
 /// Mayfly's own event types, usable in a SET as in the JSON form.
 pub const MAYFLY_EVENT_PREFIX: &str = "urn:mayfly:signal:";
 /// How old a SET's `iat` may be.
@@ -107,6 +111,60 @@ pub struct Signal {
     pub reason: Option<String>,
 }
 
+impl Signal {
+    /// Checks a signal without acting on it: one subject, well-formed, and what its kind needs.
+    pub fn validate(&self) -> Result<(), SignalError> {
+        let s = &self.subject;
+        let named = [s.spiffe_id.is_some(), s.spiffe_prefix.is_some(), s.task.is_some(), s.attributes.is_some()];
+        if named.iter().filter(|n| **n).count() != 1 {
+            return Err(SignalError::Invalid(
+                "a signal names exactly one subject: spiffe_id, spiffe_prefix, task or attributes".into(),
+            ));
+        }
+        if s.attributes.as_ref().is_some_and(BTreeMap::is_empty) {
+            return Err(SignalError::Invalid("subject.attributes names no attribute".into()));
+        }
+        if let Some(id) = &s.spiffe_id {
+            SpiffeId::parse(id).map_err(|e| SignalError::Invalid(format!("subject.spiffe_id: {e}")))?;
+        }
+        if let Some(p) = &s.spiffe_prefix {
+            SpiffeId::parse(p.trim_end_matches('/')).map_err(|e| {
+                SignalError::Invalid(format!("subject.spiffe_prefix (a SPIFFE ID or trust domain): {e}"))
+            })?;
+        }
+        if s.task.as_deref().is_some_and(|t| t.is_empty() || t.len() > 128) {
+            return Err(SignalError::Invalid("subject.task is a task id".into()));
+        }
+        match self.kind {
+            SignalKind::WorkloadMoved | SignalKind::AttributeChanged if self.attributes.is_empty() => {
+                Err(SignalError::Invalid(format!("{} needs the new attributes", self.kind.as_str())))
+            }
+            SignalKind::WorkloadMoved | SignalKind::AttributeChanged if s.task.is_some() => Err(SignalError::Invalid(
+                "a task can be cancelled or killed; its starter's context changes through the starter".into(),
+            )),
+            SignalKind::TaskCancelled if s.task.is_none() => {
+                Err(SignalError::Invalid("task_cancelled names subject.task".into()))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl SignalSubject {
+    /// The same subject with its SPIFFE IDs in canonical form, as the ledger stores them.
+    fn canonical(&self) -> Self {
+        let canon = |v: &Option<String>| {
+            v.as_ref().map(|id| SpiffeId::parse(id).map(|p| p.to_string()).unwrap_or_else(|_| id.clone()))
+        };
+        Self {
+            spiffe_id: canon(&self.spiffe_id),
+            spiffe_prefix: canon(&self.spiffe_prefix.as_ref().map(|p| p.trim_end_matches('/').to_owned())),
+            task: self.task.clone(),
+            attributes: self.attributes.clone(),
+        }
+    }
+}
+
 /// What a signal did.
 #[derive(Debug, Clone, Default, serde::Serialize, utoipa::ToSchema)]
 pub struct SignalOutcome {
@@ -120,6 +178,9 @@ pub struct SignalOutcome {
     pub kept: usize,
     /// Tasks ended.
     pub tasks_ended: usize,
+    /// Database leases whose revocation could not start now (the reaper and later
+    /// signals retry); not counted in `revoked`.
+    pub failed: usize,
 }
 
 /// Why a signal was refused. Nothing was changed.
@@ -223,7 +284,9 @@ pub fn verify_set(token: &str, senders: &[SignalSender], now: i64) -> Result<Ver
     }
     let header = jsonwebtoken::decode_header(token)
         .map_err(|_| SignalError::Invalid("the body is not a compact JWS (an unsigned SET is refused)".into()))?;
-    if header.typ.as_deref().map(str::to_ascii_lowercase).as_deref() != Some("secevent+jwt") {
+    // RFC 7515 §4.1.9: the media type with or without its "application/" prefix.
+    let typ = header.typ.as_deref().map(str::to_ascii_lowercase);
+    if !matches!(typ.as_deref(), Some("secevent+jwt" | "application/secevent+jwt")) {
         return Err(SignalError::Invalid("a SET carries typ \"secevent+jwt\" (RFC 8417 §2.3)".into()));
     }
     // The issuer picks the keys; read unverified only to choose them.
@@ -252,30 +315,27 @@ pub fn verify_set(token: &str, senders: &[SignalSender], now: i64) -> Result<Ver
     validation.required_spec_claims = ["iss", "aud"].iter().map(|s| s.to_string()).collect();
     validation.set_issuer(&[&sender.issuer]);
     validation.set_audience(&[&sender.audience]);
-    let mut last = None;
+    use jsonwebtoken::errors::ErrorKind;
+    let mut audience_wrong = false;
     let claims = candidates.iter().find_map(|jwk| {
         let key = DecodingKey::from_jwk(jwk).ok()?;
         match jsonwebtoken::decode::<Value>(token, &key, &validation) {
             Ok(d) => Some(d.claims),
             Err(e) => {
-                last = Some(e);
+                // The signature verified with this key; only the audience is wrong.
+                let kind = e.into_kind();
+                audience_wrong |= matches!(kind, ErrorKind::InvalidAudience)
+                    || matches!(&kind, ErrorKind::MissingRequiredClaim(c) if c == "aud");
                 None
             }
         }
     });
-    let claims = match claims {
-        Some(c) => c,
-        None => {
-            return Err(match last.map(|e| e.into_kind()) {
-                Some(jsonwebtoken::errors::ErrorKind::InvalidAudience) => {
-                    SignalError::WrongAudience(format!("the SET is not addressed to {}", sender.audience))
-                }
-                _ => SignalError::BadSignature(format!(
-                    "the SET's signature does not verify with {}'s keys",
-                    sender.name
-                )),
-            });
-        }
+    let Some(claims) = claims else {
+        return Err(if audience_wrong {
+            SignalError::WrongAudience(format!("the SET is not addressed to {}", sender.audience))
+        } else {
+            SignalError::BadSignature(format!("the SET's signature does not verify with {}'s keys", sender.name))
+        });
     };
     let iat = claims["iat"].as_i64().ok_or_else(|| SignalError::Invalid("the SET has no iat".into()))?;
     if iat < now - MAX_SET_AGE_SECS || iat > now + MAX_SET_FUTURE_SECS {
@@ -288,11 +348,27 @@ pub fn verify_set(token: &str, senders: &[SignalSender], now: i64) -> Result<Ver
         .filter(|e| !e.is_empty())
         .ok_or_else(|| SignalError::Invalid("the SET has no events".into()))?;
     let mut signals = Vec::new();
+    let mut understood = 0;
     for (event_type, payload) in events {
+        if event_type == SSF_VERIFICATION {
+            understood += 1;
+            continue;
+        }
+        if !is_known_event(event_type) {
+            // RFC 8417 §2.2 leaves events a receiver does not know to be ignored; a SET
+            // with no event Mayfly knows is refused below, so a typo does not pass silently.
+            tracing::info!(event = %event_type.chars().take(200).collect::<String>(), "SET event not acted on");
+            continue;
+        }
+        understood += 1;
         let subject = set_subject(payload.get("subject").or(claims.get("sub_id")))?;
         if let Some(signal) = event_signal(event_type, payload, subject)? {
             signals.push(signal);
         }
+    }
+    if understood == 0 {
+        let names: Vec<String> = events.keys().map(|k| k.chars().take(200).collect()).collect();
+        return Err(SignalError::Invalid(format!("no event Mayfly knows in this SET: unknown event type {names:?}")));
     }
     Ok(VerifiedSet { sender: sender.name.clone(), jti, signals })
 }
@@ -328,6 +404,17 @@ fn set_subject(v: Option<&Value>) -> Result<SignalSubject, SignalError> {
     Ok(subject)
 }
 
+fn is_known_event(t: &str) -> bool {
+    matches!(
+        t,
+        CAEP_SESSION_REVOKED
+            | CAEP_CREDENTIAL_CHANGE
+            | CAEP_DEVICE_COMPLIANCE
+            | CAEP_ASSURANCE_LEVEL
+            | CAEP_TOKEN_CLAIMS
+    ) || t.strip_prefix(MAYFLY_EVENT_PREFIX).is_some_and(|k| SignalKind::parse(k).is_some())
+}
+
 /// The signal an event means; `None` for an event that asks nothing of Mayfly (a
 /// credential change that is not a revocation, a device becoming compliant).
 fn event_signal(event_type: &str, payload: &Value, subject: SignalSubject) -> Result<Option<Signal>, SignalError> {
@@ -356,7 +443,11 @@ fn event_signal(event_type: &str, payload: &Value, subject: SignalSubject) -> Re
                 .get("claims")
                 .and_then(Value::as_object)
                 .ok_or_else(|| SignalError::Invalid("token-claims-change needs claims".into()))?;
-            let attributes = claims.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect();
+            // Policy sees attributes as strings: other JSON values keep their JSON text.
+            let attributes = claims
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())))
+                .collect();
             signal(SignalKind::AttributeChanged, attributes)
         }
         t if t.starts_with(MAYFLY_EVENT_PREFIX) => {
@@ -387,74 +478,69 @@ impl Broker {
     /// Applies a signal: kills, or re-decides every live credential of its subject in the
     /// new context and revokes what no longer passes. Audited with the counts.
     pub async fn apply_signal(&self, signal: &Signal, sender: &str) -> Result<SignalOutcome, SignalError> {
-        let s = &signal.subject;
-        let named = [s.spiffe_id.is_some(), s.spiffe_prefix.is_some(), s.task.is_some(), s.attributes.is_some()];
-        if named.iter().filter(|n| **n).count() != 1 {
-            return Err(SignalError::Invalid(
-                "a signal names exactly one subject: spiffe_id, spiffe_prefix, task or attributes".into(),
-            ));
-        }
-        if s.attributes.as_ref().is_some_and(BTreeMap::is_empty) {
-            return Err(SignalError::Invalid("subject.attributes names no attribute".into()));
-        }
-        for id in [&s.spiffe_id, &s.spiffe_prefix].into_iter().flatten() {
-            SpiffeId::parse(id).map_err(|e| SignalError::Invalid(format!("subject: {e}")))?;
-        }
-        if matches!(signal.kind, SignalKind::WorkloadMoved | SignalKind::AttributeChanged)
-            && signal.attributes.is_empty()
-        {
-            return Err(SignalError::Invalid(format!("{} needs the new attributes", signal.kind.as_str())));
-        }
+        signal.validate()?;
+        let s = &signal.subject.canonical();
         let actor = format!("signal:{sender}");
+        let reason = format!("signal {} from {sender}", signal.kind.as_str());
+        let kill = signal.kind == SignalKind::WorkloadCompromised;
         let mut outcome = SignalOutcome { kind: signal.kind.as_str().into(), ..Default::default() };
-        if signal.kind == SignalKind::TaskCancelled || s.task.is_some() {
-            let task = s.task.as_deref().ok_or_else(|| SignalError::Invalid("task_cancelled names a task".into()))?;
-            let ended =
-                self.end_task(task, &actor, signal.reason.as_deref().or(Some("signal: task cancelled"))).await?;
+        if let Some(task) = &s.task {
+            let why = signal.reason.as_deref().unwrap_or(&reason);
+            let ended = self.end_task(task, &actor, Some(why)).await?;
             outcome.tasks_ended = 1 + ended.descendants.len();
         } else {
             let now = crate::clock::now_unix();
             let (tokens, leases) = self.signal_matches(s, now).await?;
             outcome.matched = tokens.len() + leases.len();
-            let kill = signal.kind == SignalKind::WorkloadCompromised;
-            let mut revoke_tokens = Vec::new();
-            for t in &tokens {
-                if kill || !self.still_allowed_token(t, &signal.attributes, now) {
-                    revoke_tokens.push((t.jti.clone(), t.expires_at));
-                }
-            }
-            let mut revoke_leases = Vec::new();
-            for l in &leases {
-                if kill || !self.still_allowed_lease(l, &signal.attributes, now) {
-                    revoke_leases.push(l.id.clone());
-                }
-            }
-            outcome.revoked = revoke_tokens.len() + revoke_leases.len();
-            outcome.kept = outcome.matched - outcome.revoked;
-            let reason = format!("signal {} from {sender}", signal.kind.as_str());
-            self.revocations.revoke_jtis(&revoke_tokens, &reason, &actor).await.map_err(BrokerError::Ledger)?;
-            for id in &revoke_leases {
-                self.revoke_db_lease(id, &actor).await?;
-            }
-            if kill && let Some(id) = &s.spiffe_id {
-                // Tasks the workload started go with it.
-                let live = crate::ledger::TaskFilter {
-                    creator: Some(id.clone()),
-                    live_at: Some(now),
-                    limit: 1000,
-                    ..Default::default()
-                };
-                for t in self.ledger.store().tasks(&live).await.map_err(BrokerError::Ledger)? {
-                    if self.end_task(&t.id, &actor, Some(&reason)).await.is_ok() {
-                        outcome.tasks_ended += 1;
+            let revoke_tokens: Vec<(String, i64)> = tokens
+                .iter()
+                .filter(|t| kill || !self.still_allowed_token(t, &signal.attributes, now))
+                .map(|t| (t.jti.clone(), t.expires_at))
+                .collect();
+            let revoke_leases: Vec<&DbLease> =
+                leases.iter().filter(|l| kill || !self.still_allowed_lease(l, &signal.attributes, now)).collect();
+            // A kill of a SPIFFE ID (or prefix) is a subject revocation: it also covers SVIDs
+            // and whatever is issued while this runs. By attributes, each credential falls alone.
+            let subject_kill = match (&s.spiffe_id, &s.spiffe_prefix) {
+                (Some(id), _) if kill => Some(RevokeRequest { subject: Some(id.clone()), ..Default::default() }),
+                (_, Some(p)) if kill => Some(RevokeRequest { subject_prefix: Some(p.clone()), ..Default::default() }),
+                _ => None,
+            };
+            match subject_kill {
+                Some(mut req) => {
+                    req.reason = Some(reason.clone());
+                    match self.revocations.revoke(&req, &actor).await {
+                        Ok(_) | Err(RevokeError::NothingMatches(_)) => {}
+                        Err(RevokeError::Ledger(e)) => return Err(BrokerError::Ledger(e).into()),
+                        Err(e) => return Err(SignalError::Invalid(e.to_string())),
                     }
                 }
+                None => {
+                    self.revocations.revoke_jtis(&revoke_tokens, &reason, &actor).await.map_err(BrokerError::Ledger)?
+                }
+            }
+            let mut revoked_leases = 0;
+            for l in &revoke_leases {
+                match self.revoke_db_lease(&l.id, &actor).await {
+                    Ok(_) => revoked_leases += 1,
+                    // Ended meanwhile, or its database is down: the reaper carries on.
+                    Err(e) => {
+                        tracing::warn!(lease = %l.id, error = %e, "signal: lease not revoked now");
+                        outcome.failed += 1;
+                    }
+                }
+            }
+            outcome.revoked = revoke_tokens.len() + revoked_leases;
+            outcome.kept = outcome.matched - revoke_tokens.len() - revoke_leases.len();
+            if kill {
+                outcome.tasks_ended = self.end_tasks_of(s, &tokens, &leases, &actor, &reason, now).await?;
             }
         }
         let detail = json!({
             "kind": signal.kind.as_str(), "sender": sender, "subject": subject_json(s),
             "attributes": signal.attributes, "reason": signal.reason, "matched": outcome.matched,
             "revoked": outcome.revoked, "kept": outcome.kept, "tasks_ended": outcome.tasks_ended,
+            "failed": outcome.failed,
         });
         self.ledger
             .audit(AuditEvent::new("signal.applied", s.spiffe_id.clone(), detail))
@@ -462,6 +548,38 @@ impl Broker {
             .map_err(BrokerError::Ledger)?;
         metrics::counter!("mayfly_signals_total", "kind" => signal.kind.as_str()).increment(1);
         Ok(outcome)
+    }
+
+    /// Ends the live tasks that the killed workloads started: those the subject names, and
+    /// the holders of the matched credentials. Returns how many ended.
+    async fn end_tasks_of(
+        &self,
+        s: &SignalSubject,
+        tokens: &[CredentialRecord],
+        leases: &[DbLease],
+        actor: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<usize, SignalError> {
+        let creators: std::collections::BTreeSet<&str> = tokens
+            .iter()
+            .map(|t| t.subject.as_str())
+            .chain(leases.iter().map(|l| l.subject.as_str()))
+            .chain(s.spiffe_id.as_deref())
+            .collect();
+        let live = crate::ledger::TaskFilter { live_at: Some(now), limit: 10_000, ..Default::default() };
+        let mut ended = 0;
+        for t in self.ledger.store().tasks(&live).await.map_err(BrokerError::Ledger)? {
+            let by_prefix =
+                s.spiffe_prefix.as_deref().is_some_and(|p| crate::ledger::revocation::under_prefix(&t.creator, p));
+            // A sub-task may already have ended with its parent.
+            if (creators.contains(t.creator.as_str()) || by_prefix)
+                && self.end_task(&t.id, actor, Some(reason)).await.is_ok()
+            {
+                ended += 1;
+            }
+        }
+        Ok(ended)
     }
 
     /// Live tokens and open database leases a subject selector names.
@@ -492,7 +610,9 @@ impl Broker {
                 break;
             }
         }
-        let open = [DbLeaseState::Active, DbLeaseState::Creating];
+        // A lease still being created is finished (or undone) by its replica first; it is
+        // revoked by the subject revocation of a kill, or re-decided by the next signal.
+        let open = [DbLeaseState::Active];
         let mut leases = store.db_leases(&open, None, MAX_MATCHED).await.map_err(BrokerError::Ledger)?;
         leases.retain(|l| match (&s.spiffe_id, &s.spiffe_prefix) {
             (Some(id), _) => &l.subject == id,

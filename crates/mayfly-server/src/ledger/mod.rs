@@ -543,6 +543,8 @@ pub trait Store: Send + Sync + 'static {
     async fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, LedgerError>;
     /// Sets a meta value unless it exists; returns whether it was written.
     async fn meta_put_if_absent(&self, key: &str, value: &[u8]) -> Result<bool, LedgerError>;
+    /// Removes a meta value; false when there was none.
+    async fn meta_delete(&self, key: &str) -> Result<bool, LedgerError>;
 
     /// All stored signing keys, oldest first.
     async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>, LedgerError>;

@@ -171,6 +171,11 @@ macro_rules! portable_store {
                 Ok(res.rows_affected() == 1)
             }
 
+            async fn meta_delete(&self, key: &str) -> Result<bool, $crate::ledger::LedgerError> {
+                let res = sqlx::query("DELETE FROM meta WHERE key = $1").bind(key).execute(&self.pool).await?;
+                Ok(res.rows_affected() == 1)
+            }
+
             async fn signing_keys(&self) -> Result<Vec<$crate::ledger::StoredSigningKey>, $crate::ledger::LedgerError> {
                 Ok(sqlx::query_as("SELECT * FROM signing_keys ORDER BY created_at, kid").fetch_all(&self.pool).await?)
             }

@@ -59,13 +59,24 @@ async fn receive_set(state: &AppState, body: &[u8]) -> Response {
     let now = crate::clock::now_unix();
     let result = async {
         let set = verify_set(token.trim(), &state.signal_senders, now)?;
+        // Every event is checked before anything is applied or the jti is spent.
+        for signal in &set.signals {
+            signal.validate()?;
+        }
         // Replays are refused on every replica and after restarts: the ledger remembers.
         let key = format!("set-jti:{}:{}", set.sender, set.jti);
         if !state.store.meta_put_if_absent(&key, b"").await.map_err(|e| SignalError::Broker(e.into()))? {
             return Err(SignalError::Replayed(format!("SET {} was delivered before", set.jti)));
         }
         for signal in &set.signals {
-            state.broker.apply_signal(signal, &set.sender).await?;
+            if let Err(e) = state.broker.apply_signal(signal, &set.sender).await {
+                // Not applied (storage failed): the sender's retry must not count as a replay.
+                // Signals are idempotent, so what an earlier event did is safe to do again.
+                if let Err(err) = state.store.meta_delete(&key).await {
+                    tracing::warn!(error = %err, "could not release the jti of a SET that failed");
+                }
+                return Err(e);
+            }
         }
         Ok(())
     }
