@@ -32,6 +32,7 @@ fn signing(c: &mut Criterion) {
                         act: None,
                         cnf: None,
                         max_uses: None,
+                        context: None,
                     })
                     .unwrap()
             })
