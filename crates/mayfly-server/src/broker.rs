@@ -181,6 +181,8 @@ pub struct BrokerParts {
     pub svids: Arc<crate::issue::svid::SvidAuthorities>,
     /// Workload API registration entries.
     pub entries: Arc<crate::attest::entries::Entries>,
+    /// What signals said about workloads' contexts.
+    pub contexts: Arc<crate::govern::signals::SubjectContexts>,
     /// Workload API settings.
     pub workload_api: crate::config::WorkloadApiConfig,
 }
@@ -205,6 +207,7 @@ pub struct Broker {
     pub(crate) db_transitions: tokio::sync::Mutex<()>,
     pub(crate) svids: Arc<crate::issue::svid::SvidAuthorities>,
     pub(crate) entries: Arc<crate::attest::entries::Entries>,
+    pub(crate) contexts: Arc<crate::govern::signals::SubjectContexts>,
     pub(crate) unix: Arc<crate::attest::unix::UnixAttestor>,
     pub(crate) attestations: Arc<tokio::sync::Semaphore>,
     pub(crate) workload_api: crate::config::WorkloadApiConfig,
@@ -270,6 +273,7 @@ impl Broker {
             db_transitions: tokio::sync::Mutex::new(()),
             svids: parts.svids,
             entries: parts.entries,
+            contexts: parts.contexts,
             unix: Arc::new(crate::attest::unix::UnixAttestor::new(parts.workload_api.max_exe_bytes)),
             attestations: Arc::new(tokio::sync::Semaphore::new(crate::svids::ATTESTATIONS_AT_ONCE)),
             workload_api: parts.workload_api,
@@ -403,7 +407,11 @@ impl Broker {
         let result = if token_type == mayfly_proto::TOKEN_TYPE_TASK {
             self.task_attestor.attest(token, now).await.map(|t| Caller::Task(Box::new(t)))
         } else {
-            self.attestors.attest(token_type, token).await.map(Caller::Workload)
+            self.attestors.attest(token_type, token).await.map(|mut w| {
+                // What signals said since the evidence was minted counts over the evidence.
+                self.contexts.apply(&mut w, now);
+                Caller::Workload(w)
+            })
         };
         let e = match result {
             Ok(caller) => return Ok(caller),

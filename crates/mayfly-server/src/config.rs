@@ -92,12 +92,22 @@ pub struct Config {
 }
 
 /// Who may push Security Event Tokens to `POST /v1/signals`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignalsConfig {
     /// SET transmitters (RFC 8935 push), each verified against its own keys.
     #[serde(default)]
     pub senders: Vec<SignalSenderConfig>,
+    /// How long a signalled context (a move, a changed attribute) is laid over the
+    /// workload's later requests (default 1h: longer than its platform tokens live).
+    #[serde(default = "one_hour", with = "humantime_serde")]
+    pub context_ttl: Duration,
+}
+
+impl Default for SignalsConfig {
+    fn default() -> Self {
+        Self { senders: Vec::new(), context_ttl: one_hour() }
+    }
 }
 
 /// One SET transmitter.

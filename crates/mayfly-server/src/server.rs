@@ -276,6 +276,9 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
         )
         .await?,
     );
+    let contexts = Arc::new(
+        crate::govern::signals::SubjectContexts::load(store.clone(), cfg.signals.context_ttl.as_secs() as i64).await?,
+    );
     let broker = Arc::new(Broker::new(BrokerParts {
         attestors: Attestors::new(oidc, join_tokens),
         task_attestor: TaskAttestor::new(verifier.clone(), store.clone(), cfg.trust_domain.clone()),
@@ -291,6 +294,7 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
         svids: svids.clone(),
         entries,
         workload_api: cfg.workload_api.clone(),
+        contexts: contexts.clone(),
     }));
     // Half-done work from before a crash is finished or undone before anything new is
     // issued. On a shared store other replicas may be mid-creation: the leader does this
@@ -369,6 +373,7 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
         svids: svids.clone(),
         entries: broker.entries.clone(),
         revocations: revocations.clone(),
+        contexts,
     });
     let stats = tokio::spawn(crate::govern::stats::run(
         ledger.clone(),

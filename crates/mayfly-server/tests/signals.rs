@@ -116,6 +116,10 @@ async fn a_move_out_of_the_allowed_namespace_revokes_that_workloads_tokens_only(
     assert_eq!((v["matched"].as_u64(), v["revoked"].as_u64()), (Some(2), Some(2)), "{v}");
     assert!(!active(&s, &web).await && !active(&s, &web2).await, "web's tokens are revoked");
     assert!(active(&s, &api).await, "another workload's token survives");
+    // The move sticks: web's evidence from before it cannot get a new token in the old context.
+    let again = s.srv.exchange_jwt(&s.k8s.k8s_token("prod", "web"), "https://api.test").await;
+    assert_problem(again, 403, "policy-denied").await;
+    assert_eq!(s.srv.exchange_jwt(&s.k8s.k8s_token("prod", "api"), "https://api.test").await.status(), 200);
 
     // By attribute: every token issued to the pod with this uid (both test workloads share one).
     let r = signal(
@@ -125,7 +129,7 @@ async fn a_move_out_of_the_allowed_namespace_revokes_that_workloads_tokens_only(
     )
     .await;
     let v: Value = r.json().await.unwrap();
-    assert_eq!(v["revoked"], 1, "{v}");
+    assert_eq!(v["revoked"], 2, "{v}: api's two live tokens (web's are revoked already)");
     assert!(!active(&s, &api).await);
 
     let audit: Vec<Value> = s.srv.admin_get("/v1/audit?kind=signal.applied").await;

@@ -88,6 +88,8 @@ pub struct SharedState {
     pub entries: Arc<Entries>,
     /// Revocations in force.
     pub revocations: Arc<Revocations>,
+    /// What signals said about workloads' contexts.
+    pub contexts: Arc<crate::govern::signals::SubjectContexts>,
 }
 
 /// Follows other replicas' changes: at once on a notification, and every few seconds
@@ -129,6 +131,11 @@ async fn run_follow(s: SharedState, mut changes: broadcast::Receiver<StoreChange
             && let Err(e) = s.entries.reload().await
         {
             tracing::warn!(error = %e, "registration entry reload failed");
+        }
+        if StoreChange::SubjectContexts.covered_by(change)
+            && let Err(e) = s.contexts.reload().await
+        {
+            tracing::warn!(error = %e, "signalled context reload failed");
         }
     }
 }

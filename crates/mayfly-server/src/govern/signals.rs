@@ -490,6 +490,10 @@ impl Broker {
             outcome.tasks_ended = 1 + ended.descendants.len();
         } else {
             let now = crate::clock::now_unix();
+            // A move sticks to the workload: later requests are decided in the new context.
+            if !kill && let Some(id) = &s.spiffe_id {
+                self.contexts.record(id, &signal.attributes).await.map_err(BrokerError::Ledger)?;
+            }
             let (tokens, leases) = self.signal_matches(s, now).await?;
             outcome.matched = tokens.len() + leases.len();
             let revoke_tokens: Vec<(String, i64)> = tokens
@@ -694,4 +698,77 @@ impl Broker {
 
 fn subject_json(s: &SignalSubject) -> Value {
     json!({"spiffe_id": s.spiffe_id, "spiffe_prefix": s.spiffe_prefix, "task": s.task, "attributes": s.attributes})
+}
+
+/// What signals said about workloads' contexts, by SPIFFE ID: laid over the attested
+/// attributes of each later request from that workload until it expires, so evidence
+/// from before a move cannot get new credentials in the old context. Reads never wait.
+pub struct SubjectContexts {
+    store: std::sync::Arc<dyn crate::ledger::Store>,
+    ttl_secs: i64,
+    by_subject: arc_swap::ArcSwap<std::collections::HashMap<String, (BTreeMap<String, String>, i64)>>,
+}
+
+impl std::fmt::Debug for SubjectContexts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubjectContexts").field("count", &self.by_subject.load().len()).finish_non_exhaustive()
+    }
+}
+
+impl SubjectContexts {
+    /// Loads the contexts in force; a signalled context lasts `ttl_secs`.
+    pub async fn load(
+        store: std::sync::Arc<dyn crate::ledger::Store>,
+        ttl_secs: i64,
+    ) -> Result<Self, crate::ledger::LedgerError> {
+        let this = Self { store, ttl_secs, by_subject: Default::default() };
+        this.reload().await?;
+        Ok(this)
+    }
+
+    /// Re-reads them (another replica may have recorded one).
+    pub async fn reload(&self) -> Result<(), crate::ledger::LedgerError> {
+        let now = crate::clock::now_unix();
+        let rows = self.store.subject_contexts(now).await?;
+        let map = rows
+            .into_iter()
+            .filter_map(|r| Some((r.subject, (serde_json::from_str(&r.attributes).ok()?, r.expires_at))))
+            .collect();
+        self.by_subject.store(std::sync::Arc::new(map));
+        Ok(())
+    }
+
+    /// Lays the signalled context of `w` (if any, and in force) over its attested attributes.
+    pub fn apply(&self, w: &mut WorkloadIdentity, now: i64) {
+        if let Some((attrs, expires_at)) = self.by_subject.load().get(&w.spiffe_id.to_string())
+            && *expires_at > now
+        {
+            w.attributes.extend(attrs.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+    }
+
+    /// Records what a signal said about `subject`, over what earlier signals said.
+    pub async fn record(
+        &self,
+        subject: &str,
+        changed: &BTreeMap<String, String>,
+    ) -> Result<(), crate::ledger::LedgerError> {
+        let now = crate::clock::now_unix();
+        let mut attrs = match self.by_subject.load().get(subject) {
+            Some((a, expires_at)) if *expires_at > now => a.clone(),
+            _ => BTreeMap::new(),
+        };
+        attrs.extend(changed.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let row = crate::ledger::StoredSubjectContext {
+            subject: subject.to_owned(),
+            attributes: serde_json::to_string(&attrs).unwrap_or_else(|_| "{}".into()),
+            updated_at: now,
+            expires_at: now + self.ttl_secs,
+        };
+        self.store.put_subject_context(&row).await?;
+        let mut map = (**self.by_subject.load()).clone();
+        map.insert(subject.to_owned(), (attrs, row.expires_at));
+        self.by_subject.store(std::sync::Arc::new(map));
+        Ok(())
+    }
 }

@@ -84,6 +84,19 @@ pub struct StoredEntry {
     pub created_at: i64,
 }
 
+/// What signals said about a workload's context, as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StoredSubjectContext {
+    /// The SPIFFE ID.
+    pub subject: String,
+    /// JSON object of attribute → value.
+    pub attributes: String,
+    /// Unix seconds.
+    pub updated_at: i64,
+    /// Unix seconds; ignored after this.
+    pub expires_at: i64,
+}
+
 /// A one-time join token as stored (hash only).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct JoinTokenRow {
@@ -460,6 +473,8 @@ pub enum StoreChange {
     SvidAuthorities,
     /// Registration entries were created or deleted.
     Entries,
+    /// A signal changed a workload's context.
+    SubjectContexts,
     /// Notifications may have been missed (the listening connection was lost): refresh everything.
     All,
 }
@@ -472,6 +487,7 @@ impl StoreChange {
             StoreChange::SigningKeys => "signing_keys",
             StoreChange::SvidAuthorities => "svid_authorities",
             StoreChange::Entries => "entries",
+            StoreChange::SubjectContexts => "subject_contexts",
             StoreChange::All => "all",
         }
     }
@@ -483,6 +499,7 @@ impl StoreChange {
             "signing_keys" => StoreChange::SigningKeys,
             "svid_authorities" => StoreChange::SvidAuthorities,
             "entries" => StoreChange::Entries,
+            "subject_contexts" => StoreChange::SubjectContexts,
             _ => StoreChange::All,
         }
     }
@@ -545,6 +562,10 @@ pub trait Store: Send + Sync + 'static {
     async fn meta_put_if_absent(&self, key: &str, value: &[u8]) -> Result<bool, LedgerError>;
     /// Removes a meta value; false when there was none.
     async fn meta_delete(&self, key: &str) -> Result<bool, LedgerError>;
+    /// Workloads' signalled contexts that have not expired at `now`.
+    async fn subject_contexts(&self, now: i64) -> Result<Vec<StoredSubjectContext>, LedgerError>;
+    /// Stores (replaces) a workload's signalled context; drops expired ones.
+    async fn put_subject_context(&self, row: &StoredSubjectContext) -> Result<(), LedgerError>;
 
     /// All stored signing keys, oldest first.
     async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>, LedgerError>;

@@ -176,6 +176,40 @@ macro_rules! portable_store {
                 Ok(res.rows_affected() == 1)
             }
 
+            async fn subject_contexts(
+                &self,
+                now: i64,
+            ) -> Result<Vec<$crate::ledger::StoredSubjectContext>, $crate::ledger::LedgerError> {
+                Ok(sqlx::query_as("SELECT * FROM subject_contexts WHERE expires_at > $1 ORDER BY subject")
+                    .bind(now)
+                    .fetch_all(&self.pool)
+                    .await?)
+            }
+
+            async fn put_subject_context(
+                &self,
+                row: &$crate::ledger::StoredSubjectContext,
+            ) -> Result<(), $crate::ledger::LedgerError> {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("DELETE FROM subject_contexts WHERE expires_at <= $1")
+                    .bind(row.updated_at)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO subject_contexts (subject, attributes, updated_at, expires_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (subject) DO UPDATE SET attributes = excluded.attributes, \
+                     updated_at = excluded.updated_at, expires_at = excluded.expires_at",
+                )
+                .bind(&row.subject)
+                .bind(&row.attributes)
+                .bind(row.updated_at)
+                .bind(row.expires_at)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
             async fn signing_keys(&self) -> Result<Vec<$crate::ledger::StoredSigningKey>, $crate::ledger::LedgerError> {
                 Ok(sqlx::query_as("SELECT * FROM signing_keys ORDER BY created_at, kid").fetch_all(&self.pool).await?)
             }
