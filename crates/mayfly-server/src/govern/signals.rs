@@ -706,8 +706,11 @@ fn subject_json(s: &SignalSubject) -> Value {
 pub struct SubjectContexts {
     store: std::sync::Arc<dyn crate::ledger::Store>,
     ttl_secs: i64,
-    by_subject: arc_swap::ArcSwap<std::collections::HashMap<String, (BTreeMap<String, String>, i64)>>,
+    by_subject: arc_swap::ArcSwap<std::collections::HashMap<String, Overlay>>,
 }
+
+/// A signalled context and when it stops counting.
+type Overlay = (BTreeMap<String, String>, i64);
 
 impl std::fmt::Debug for SubjectContexts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
