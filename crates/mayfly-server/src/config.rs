@@ -125,6 +125,10 @@ pub struct SignalSenderConfig {
     /// Signature algorithms accepted from it (default RS256, ES256, EdDSA; never none or HMAC).
     #[serde(default = "default_set_algorithms")]
     pub algorithms: Vec<String>,
+    /// The SPIFFE IDs it may signal about: this ID and everything below it (default: the
+    /// whole trust domain). Signals about anything else, tasks included, are refused.
+    #[serde(default)]
+    pub subject_prefix: Option<String>,
 }
 
 fn default_set_algorithms() -> Vec<String> {

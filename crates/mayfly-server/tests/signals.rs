@@ -16,13 +16,19 @@ struct Setup {
     srv: TestServer,
     k8s: TestIssuer,
     ssf: TestIssuer,
+    /// A sender that may signal only about the `api` workload.
+    scoped: TestIssuer,
 }
+
+const SCOPED_ISSUER: &str = "https://scoped.test.example";
 
 async fn start() -> Setup {
     let (k8s, gh, ssf) =
         (TestIssuer::new(K8S_ISSUER), TestIssuer::new(GITHUB_TEST_ISSUER), TestIssuer::new(SSF_ISSUER));
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("ssf-jwks.json"), ssf.jwks().to_string()).unwrap();
+    let scoped = TestIssuer::new(SCOPED_ISSUER);
+    std::fs::write(dir.path().join("scoped-jwks.json"), scoped.jwks().to_string()).unwrap();
     let opts = Options {
         policies: format!(
             "{TEST_POLICIES}\n@id(\"prod-may-start-tasks\")\npermit (principal, action == Mayfly::Action::\"start_task\", resource)\n\
@@ -35,12 +41,19 @@ name = "ssf"
 issuer = "{SSF_ISSUER}"
 audience = "{SSF_AUDIENCE}"
 jwks_file = "ssf-jwks.json"
+
+[[signals.senders]]
+name = "scoped"
+issuer = "{SCOPED_ISSUER}"
+audience = "{SSF_AUDIENCE}"
+jwks_file = "scoped-jwks.json"
+subject_prefix = "spiffe://test.example/ns/prod/sa/api"
 "#
         ),
         ..Options::default()
     };
     let path = write_config(dir.path(), &k8s, &gh, &opts);
-    Setup { srv: TestServer::start_in(dir, &path).await, k8s, ssf }
+    Setup { srv: TestServer::start_in(dir, &path).await, k8s, ssf, scoped }
 }
 
 async fn token(s: &Setup, sa: &str) -> String {
@@ -332,5 +345,24 @@ async fn a_kill_by_prefix_stops_at_the_path_boundary_and_ends_the_workloads_task
     old["iat"] = json!(now() - 3600);
     let r = push_set(&s, &s.ssf.sign_with("ES256", set_header(), &old)).await;
     assert_eq!(r.status(), 400);
+    s.srv.stop().await;
+}
+
+#[tokio::test]
+async fn a_scoped_sender_may_signal_only_about_its_own_workloads() {
+    let s = start().await;
+    let (web, api) = (token(&s, "web").await, token(&s, "api").await);
+    let claims = |jti: &str, subject: &str| {
+        let mut c = set_claims(jti, subject, SESSION_REVOKED);
+        c["iss"] = json!(SCOPED_ISSUER);
+        c
+    };
+    let r = push_set(&s, &s.scoped.sign_with("ES256", set_header(), &claims("s-1", WEB))).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["err"], "access_denied");
+    assert!(active(&s, &web).await, "out of the sender's scope: nothing revoked");
+    let api_id = "spiffe://test.example/ns/prod/sa/api";
+    assert_eq!(push_set(&s, &s.scoped.sign_with("ES256", set_header(), &claims("s-2", api_id))).await.status(), 202);
+    assert!(!active(&s, &api).await, "within its scope: revoked");
     s.srv.stop().await;
 }

@@ -201,6 +201,9 @@ pub enum SignalError {
     /// The SET was delivered before.
     #[error("{0}")]
     Replayed(String),
+    /// The sender may not signal about this subject.
+    #[error("{0}")]
+    OutOfScope(String),
     /// Applying it failed.
     #[error(transparent)]
     Broker(#[from] BrokerError),
@@ -214,6 +217,7 @@ impl SignalError {
             SignalError::UnknownSender(_) => "invalid_issuer",
             SignalError::BadSignature(_) => "invalid_key",
             SignalError::WrongAudience(_) => "invalid_audience",
+            SignalError::OutOfScope(_) => "access_denied",
             SignalError::Broker(_) => "invalid_request",
         }
     }
@@ -227,6 +231,8 @@ pub struct SignalSender {
     pub issuer: String,
     /// The `aud` its SETs must carry.
     pub audience: String,
+    /// What it may signal about (`None`: anything in the trust domain).
+    pub subject_prefix: Option<String>,
     keys: JwkSet,
     algorithms: Vec<Algorithm>,
 }
@@ -251,10 +257,15 @@ impl SignalSender {
                 other => return Err(format!("signals.senders {:?}: algorithm {other:?} is not accepted", cfg.name)),
             }
         }
+        let subject_prefix = cfg.subject_prefix.as_ref().map(|p| p.trim_end_matches('/').to_owned());
+        if let Some(p) = &subject_prefix {
+            SpiffeId::parse(p).map_err(|e| format!("signals.senders {:?}: subject_prefix: {e}", cfg.name))?;
+        }
         Ok(Self {
             name: cfg.name.clone(),
             issuer: cfg.issuer.clone(),
             audience: cfg.audience.clone(),
+            subject_prefix,
             keys,
             algorithms,
         })
@@ -364,6 +375,20 @@ pub fn verify_set(token: &str, senders: &[SignalSender], now: i64) -> Result<Ver
         let subject = set_subject(payload.get("subject").or(claims.get("sub_id")))?;
         if let Some(signal) = event_signal(event_type, payload, subject)? {
             signals.push(signal);
+        }
+    }
+    if let Some(scope) = &sender.subject_prefix {
+        for sig in &signals {
+            let s = &sig.subject;
+            let inside = |id: &str| crate::ledger::revocation::under_prefix(id.trim_end_matches('/'), scope);
+            let ok = match (&s.spiffe_id, &s.spiffe_prefix) {
+                (Some(id), _) | (_, Some(id)) => inside(id),
+                // Attribute and task subjects can reach anything: not for a scoped sender.
+                _ => false,
+            };
+            if !ok {
+                return Err(SignalError::OutOfScope(format!("{} may signal only about {scope}", sender.name)));
+            }
         }
     }
     if understood == 0 {
