@@ -529,9 +529,13 @@ impl Broker {
             let revoke_leases: Vec<&DbLease> =
                 leases.iter().filter(|l| kill || !self.still_allowed_lease(l, &signal.attributes, now)).collect();
             // A kill of a SPIFFE ID (or prefix) is a subject revocation: it also covers SVIDs
-            // and whatever is issued while this runs. By attributes, each credential falls alone.
+            // and whatever is issued while this runs. So is a move that nothing of the
+            // subject survives: one row instead of one per token. Otherwise each falls alone.
+            let all_fall = revoke_tokens.len() == tokens.len() && revoke_leases.len() == leases.len();
             let subject_kill = match (&s.spiffe_id, &s.spiffe_prefix) {
-                (Some(id), _) if kill => Some(RevokeRequest { subject: Some(id.clone()), ..Default::default() }),
+                (Some(id), _) if kill || (all_fall && !tokens.is_empty()) => {
+                    Some(RevokeRequest { subject: Some(id.clone()), ..Default::default() })
+                }
                 (_, Some(p)) if kill => Some(RevokeRequest { subject_prefix: Some(p.clone()), ..Default::default() }),
                 _ => None,
             };
