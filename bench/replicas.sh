@@ -78,20 +78,21 @@ wrk_once() { # port concurrency -> "rps p50 p99"
   echo "$(echo "$res" | awk '/Requests\/sec/ {print $2}') $(echo "$res" | awk '$1=="50%" {print $2}') $(echo "$res" | awk '$1=="99%" {print $2}')"
 }
 
+one_replica() { # name port: REPEAT runs at concurrency 16 against one replica
+  local r before res
+  for r in $(seq 1 "$REPEAT"); do
+    before=$(cpu_split)
+    res=$(wrk_once "$2" 16)
+    echo "$1 $r $res $(cpu_line "$before" "$(cpu_split)" "$DURATION")" | tee -a "$out"
+  done
+}
+
 start "$work/sqlite" "$P1"
-for r in $(seq 1 "$REPEAT"); do
-  before=$(cpu_split)
-  res=$(wrk_once "$P1" 16)
-  echo "sqlite-1-replica-c16 $r $res $(cpu_line "$before" "$(cpu_split)" "$DURATION")" | tee -a "$out"
-done
+one_replica sqlite-1-replica-c16 "$P1"
 stop_all
 
 start "$work/a" "$P1"
-for r in $(seq 1 "$REPEAT"); do
-  before=$(cpu_split)
-  res=$(wrk_once "$P1" 16)
-  echo "postgres-1-replica-c16 $r $res $(cpu_line "$before" "$(cpu_split)" "$DURATION")" | tee -a "$out"
-done
+one_replica postgres-1-replica-c16 "$P1"
 start "$work/b" "$P2"
 for r in $(seq 1 "$REPEAT"); do
   before=$(cpu_split)

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::attest::WorkloadIdentity;
-use crate::authorize::{ExchangeRequest, IssueRequest, Principal};
+use crate::authorize::{ExchangeRequest, IssueRequest, PolicyEngine, Principal};
 use crate::broker::{Broker, BrokerError};
 use crate::govern::RevokeError;
 use crate::ledger::{AuditEvent, CredentialFilter, CredentialRecord, DbLease, DbLeaseState, IssuanceContext};
@@ -521,11 +521,18 @@ impl Broker {
             }
             let (tokens, leases) = self.signal_matches(s, now).await?;
             outcome.matched = tokens.len() + leases.len();
-            let revoke_tokens: Vec<(String, i64)> = tokens
-                .iter()
-                .filter(|t| kill || !self.still_allowed_token(t, &signal.attributes, now))
-                .map(|t| (t.jti.clone(), t.expires_at))
-                .collect();
+            let tokens = std::sync::Arc::new(tokens);
+            let denied = if kill {
+                vec![true; tokens.len()]
+            } else {
+                // CPU-bound (a Cedar decision per token): on the blocking pool, across cores.
+                let (policies, changed, all) = (self.policies.clone(), signal.attributes.clone(), tokens.clone());
+                tokio::task::spawn_blocking(move || denied_tokens(&policies, &all, &changed, now))
+                    .await
+                    .map_err(|_| BrokerError::Unavailable("re-deciding credentials failed".into()))?
+            };
+            let revoke_tokens: Vec<(String, i64)> =
+                tokens.iter().zip(&denied).filter(|(_, d)| **d).map(|(t, _)| (t.jti.clone(), t.expires_at)).collect();
             let revoke_leases: Vec<&DbLease> =
                 leases.iter().filter(|l| kill || !self.still_allowed_lease(l, &signal.attributes, now)).collect();
             // A kill of a SPIFFE ID (or prefix) is a subject revocation: it also covers SVIDs
@@ -670,44 +677,8 @@ impl Broker {
         Ok((tokens, leases))
     }
 
-    /// The workload as it is now: its recorded context with the signal's attributes over it.
-    /// `None` when nothing was recorded (a task's credential): such a credential fails closed.
-    fn workload_now(
-        subject: &str,
-        context: Option<&str>,
-        changed: &BTreeMap<String, String>,
-    ) -> Option<(WorkloadIdentity, std::net::IpAddr)> {
-        let ctx = parse_context(context)?;
-        let mut attributes = ctx.attributes;
-        attributes.extend(changed.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let identity =
-            WorkloadIdentity { spiffe_id: SpiffeId::parse(subject).ok()?, attestor: ctx.attestor, attributes };
-        Some((identity, ctx.source_ip.parse().ok()?))
-    }
-
-    fn still_allowed_token(&self, t: &CredentialRecord, changed: &BTreeMap<String, String>, now: i64) -> bool {
-        let Some((identity, source_ip)) = Self::workload_now(&t.subject, t.context.as_deref(), changed) else {
-            return false;
-        };
-        let scopes: Vec<String> = t.scope.split_whitespace().map(str::to_owned).collect();
-        let binding: Value = t.binding.as_deref().and_then(|b| serde_json::from_str(b).ok()).unwrap_or(Value::Null);
-        self.policies
-            .decide_exchange(&ExchangeRequest {
-                principal: Principal::Workload(&identity),
-                audience: &t.audience,
-                scopes: &scopes,
-                ttl_seconds: (t.expires_at - now).max(1),
-                source_ip,
-                now,
-                dpop: binding.get("jkt").is_some(),
-                mtls: binding.get("x5t#S256").is_some(),
-                max_uses: t.max_uses.unwrap_or(0),
-            })
-            .allowed
-    }
-
     fn still_allowed_lease(&self, l: &DbLease, changed: &BTreeMap<String, String>, now: i64) -> bool {
-        let Some((identity, source_ip)) = Self::workload_now(&l.subject, l.context.as_deref(), changed) else {
+        let Some((identity, source_ip)) = workload_now(&l.subject, l.context.as_deref(), changed) else {
             return false;
         };
         let Some(db) = self.databases.get(&l.issuer) else { return false };
@@ -723,6 +694,71 @@ impl Broker {
             })
             .allowed
     }
+}
+
+/// Which of `tokens` policy no longer allows in the changed context (in order), decided
+/// on every core; a decision that could not be made counts as denied.
+fn denied_tokens(
+    policies: &PolicyEngine,
+    tokens: &[CredentialRecord],
+    changed: &BTreeMap<String, String>,
+    now: i64,
+) -> Vec<bool> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    let chunk = tokens.len().div_ceil(threads).max(512);
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = tokens
+            .chunks(chunk)
+            .map(|part| {
+                let handle = scope.spawn(move || {
+                    part.iter().map(|t| !token_still_allowed(policies, t, changed, now)).collect::<Vec<_>>()
+                });
+                (part.len(), handle)
+            })
+            .collect();
+        parts.into_iter().flat_map(|(n, h)| h.join().unwrap_or_else(|_| vec![true; n])).collect()
+    })
+}
+
+/// The workload as it is now: its recorded context with the signal's attributes over it.
+/// `None` when nothing was recorded (a task's credential): such a credential fails closed.
+fn workload_now(
+    subject: &str,
+    context: Option<&str>,
+    changed: &BTreeMap<String, String>,
+) -> Option<(WorkloadIdentity, std::net::IpAddr)> {
+    let ctx = parse_context(context)?;
+    let mut attributes = ctx.attributes;
+    attributes.extend(changed.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let identity = WorkloadIdentity { spiffe_id: SpiffeId::parse(subject).ok()?, attestor: ctx.attestor, attributes };
+    Some((identity, ctx.source_ip.parse().ok()?))
+}
+
+/// Whether the same exchange would still be allowed for this token in the changed context.
+fn token_still_allowed(
+    policies: &PolicyEngine,
+    t: &CredentialRecord,
+    changed: &BTreeMap<String, String>,
+    now: i64,
+) -> bool {
+    let Some((identity, source_ip)) = workload_now(&t.subject, t.context.as_deref(), changed) else {
+        return false;
+    };
+    let scopes: Vec<String> = t.scope.split_whitespace().map(str::to_owned).collect();
+    let binding: Value = t.binding.as_deref().and_then(|b| serde_json::from_str(b).ok()).unwrap_or(Value::Null);
+    policies
+        .decide_exchange(&ExchangeRequest {
+            principal: Principal::Workload(&identity),
+            audience: &t.audience,
+            scopes: &scopes,
+            ttl_seconds: (t.expires_at - now).max(1),
+            source_ip,
+            now,
+            dpop: binding.get("jkt").is_some(),
+            mtls: binding.get("x5t#S256").is_some(),
+            max_uses: t.max_uses.unwrap_or(0),
+        })
+        .allowed
 }
 
 fn subject_json(s: &SignalSubject) -> Value {
