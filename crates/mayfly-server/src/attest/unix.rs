@@ -170,6 +170,39 @@ pub fn still_running(pid: i32, started: u64) -> bool {
 }
 
 /// Field 22 of `/proc/<pid>/stat`: when the process started, in clock ticks since boot.
+/// Re-attests a long-lived caller: it must still be the process that was attested (same
+/// pid and start time), with the same effective uid and gid and the same executable path.
+/// A process that changed user (setuid) or replaced its image (execve keeps pid and start
+/// time) no longer is what its credentials were issued to. Returns what changed.
+pub fn still_the_same(w: &UnixWorkload) -> Result<(), &'static str> {
+    if !still_running(w.pid, w.started) {
+        return Err("the calling process has exited");
+    }
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", w.pid)).map_err(|_| "the calling process has exited")?;
+    // "Uid:\treal\teffective\tsaved\tfs": the effective id is what SO_PEERCRED reported.
+    let effective = |name: &str| {
+        status.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.split_whitespace().nth(1)?.parse::<u32>().ok())
+    };
+    if effective("Uid:") != Some(w.uid) {
+        return Err("the calling process changed its user");
+    }
+    if effective("Gid:") != Some(w.gid) {
+        return Err("the calling process changed its group");
+    }
+    let path = std::fs::read_link(format!("/proc/{}/exe", w.pid)).ok().map(|p| p.to_string_lossy().into_owned());
+    // An upgrade that replaces the file on disk leaves the running image (" (deleted)"):
+    // that is the same program still running, not a new one.
+    let image = |p: Option<&str>| p.map(|p| p.strip_suffix(" (deleted)").unwrap_or(p).to_owned());
+    if image(path.as_deref()) != image(w.path.as_deref()) {
+        return Err("the calling process runs another executable");
+    }
+    if !still_running(w.pid, w.started) {
+        return Err("the calling process has exited");
+    }
+    Ok(())
+}
+
 fn start_time(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) is in parentheses and may hold spaces: count from the last ')'.
@@ -198,6 +231,15 @@ mod tests {
         assert_eq!(w.sha256.as_deref(), Some(expected.as_str()));
         assert!(w.selectors().contains(&format!("unix:uid:{}", me.uid)));
         assert!(w.selectors().contains(&format!("unix:sha256:{expected}")));
+        assert_eq!(still_the_same(&w), Ok(()));
+        let other_user = UnixWorkload { uid: w.uid + 1, ..w.clone() };
+        assert_eq!(still_the_same(&other_user), Err("the calling process changed its user"));
+        let other_group = UnixWorkload { gid: w.gid + 1, ..w.clone() };
+        assert_eq!(still_the_same(&other_group), Err("the calling process changed its group"));
+        let other_image = UnixWorkload { path: Some("/usr/bin/something-else".into()), ..w.clone() };
+        assert_eq!(still_the_same(&other_image), Err("the calling process runs another executable"));
+        let gone = UnixWorkload { started: w.started + 1, ..w };
+        assert_eq!(still_the_same(&gone), Err("the calling process has exited"));
     }
 
     #[test]

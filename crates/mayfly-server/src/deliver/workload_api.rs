@@ -283,11 +283,12 @@ impl SpiffeWorkloadApi for WorkloadApiService {
                 {
                     continue;
                 }
-                // The stream stays with the process it attested: if that pid now names another
-                // process (or none), the stream ends. Its facts are kept, not re-read, so a
-                // binary replaced on disk by an upgrade does not cost a running service its identity.
-                if !crate::attest::unix::still_running(w.pid, w.started) {
-                    yield Err(Status::permission_denied("the calling process has exited"));
+                // Re-attested at every renewal: the stream stays with the process it attested,
+                // as long as it runs the same executable under the same user and group; if not,
+                // it ends. The hash is not re-read, so a binary replaced on disk by an upgrade
+                // does not cost a running service its identity.
+                if let Err(changed) = crate::attest::unix::still_the_same(&w) {
+                    yield Err(Status::permission_denied(changed));
                     break;
                 }
                 if w.sha256.is_none() && this.broker.entries().uses_selector("sha256") {
