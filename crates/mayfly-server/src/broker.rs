@@ -199,7 +199,7 @@ pub struct Broker {
     tokens: TokensConfig,
     pub(crate) tasks: TasksConfig,
     audiences: HashMap<String, AudienceConfig>,
-    pub(crate) failure_audit: RateLimit,
+    failure_audit: RateLimit,
     /// Serialises task state changes (approve, deny, end), so two of them never race.
     pub(crate) task_transitions: tokio::sync::Mutex<()>,
     pub(crate) databases: Arc<crate::issue::db::Databases>,
@@ -214,7 +214,7 @@ pub struct Broker {
 }
 
 /// At most `per_second` events in each wall-clock second.
-pub(crate) struct RateLimit {
+struct RateLimit {
     per_second: u64,
     /// (second, count) packed as second << 20 | count.
     state: std::sync::atomic::AtomicU64,
@@ -225,7 +225,7 @@ impl RateLimit {
         Self { per_second: per_second.min((1 << 20) - 1), state: std::sync::atomic::AtomicU64::new(0) }
     }
 
-    pub(crate) fn admit(&self) -> bool {
+    fn admit(&self) -> bool {
         use std::sync::atomic::Ordering;
         let now = crate::clock::now_unix().max(0) as u64;
         let mut cur = self.state.load(Ordering::Relaxed);
@@ -420,11 +420,7 @@ impl Broker {
         let detail = json!({"reason": e.code(), "message": e.to_string(), "source_ip": source_ip.to_string(),
                             "subject_token_type": token_type});
         metrics::counter!("mayfly_requests_denied_total", "reason" => "attestation").increment(1);
-        if self.failure_audit.admit() {
-            self.audit_best_effort(AuditEvent::new("attest.failed", None, detail)).await;
-        } else {
-            metrics::counter!("mayfly_audit_events_suppressed_total", "kind" => "attest.failed").increment(1);
-        }
+        self.audit_failure(AuditEvent::new("attest.failed", None, detail)).await;
         Err(e.into())
     }
 
@@ -533,6 +529,16 @@ impl Broker {
             _ => "token.issued",
         };
         (record, AuditEvent::new(event_kind, Some(f.subject.to_owned()), detail))
+    }
+
+    /// Audits a refusal anyone can provoke (bad evidence, a forged signal) at a bounded
+    /// rate, so a flood of garbage cannot fill the trail; the rest are counted.
+    pub(crate) async fn audit_failure(&self, event: AuditEvent) {
+        if self.failure_audit.admit() {
+            self.audit_best_effort(event).await;
+        } else {
+            metrics::counter!("mayfly_audit_events_suppressed_total", "kind" => event.kind).increment(1);
+        }
     }
 
     /// Records an audit event; a failure is logged, not returned, because the

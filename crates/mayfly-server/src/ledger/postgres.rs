@@ -10,7 +10,6 @@
 //!   released by PostgreSQL the moment that replica's connection dies.
 
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
@@ -55,7 +54,6 @@ pub struct PostgresStore {
     changes: broadcast::Sender<StoreChange>,
     listener: JoinHandle<()>,
     leadership: Mutex<Leadership>,
-    leading: AtomicBool,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -119,19 +117,7 @@ impl PostgresStore {
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         let (changes, _) = broadcast::channel(1024);
         let listener = tokio::spawn(listen(pool.clone(), changes.clone()));
-        Ok(Self {
-            pool,
-            options,
-            changes,
-            listener,
-            leadership: Mutex::new(Leadership::default()),
-            leading: AtomicBool::new(false),
-        })
-    }
-
-    /// Whether this replica held the leader lock at its last check.
-    pub fn is_leading(&self) -> bool {
-        self.leading.load(Ordering::Relaxed)
+        Ok(Self { pool, options, changes, listener, leadership: Mutex::new(Leadership::default()) })
     }
 
     async fn append_in(&self, batch: &mut StoredBatch) -> Result<(), LedgerError> {
@@ -310,7 +296,6 @@ portable_store!(PostgresStore, Postgres, {
             // The session is gone or unusable, and with it any lock it held.
             *slot = Leadership::default();
         }
-        self.leading.store(matches!(result, Ok(true)), Ordering::Relaxed);
         result
     }
 

@@ -94,12 +94,8 @@ async fn receive_set(state: &AppState, body: &[u8]) -> Response {
     }
 }
 
-/// Refusals are audited, at a bounded rate so a flood of garbage cannot fill the trail.
+/// Refusals are audited (at a bounded rate: anyone can send a forged signal).
 async fn refused(state: &AppState, form: &str, e: &SignalError) {
-    if state.broker.failure_audit.admit() {
-        let detail = json!({"form": form, "error": e.set_error_code(), "description": e.to_string()});
-        if let Err(err) = state.broker.ledger.audit(AuditEvent::new("signal.refused", None, detail)).await {
-            tracing::warn!(error = %err, "audit of a refused signal failed");
-        }
-    }
+    let detail = json!({"form": form, "error": e.set_error_code(), "description": e.to_string()});
+    state.broker.audit_failure(AuditEvent::new("signal.refused", None, detail)).await;
 }
