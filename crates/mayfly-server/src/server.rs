@@ -20,7 +20,7 @@ use crate::govern::Revocations;
 use crate::govern::replicas::{self, SharedState};
 use crate::issue::JwtIssuer;
 use crate::keys::{Kek, KekSource, KeyError, KeyRing, KeyRingError, SigningAlg};
-use crate::ledger::postgres::{PostgresSettings, PostgresStore, redact_url};
+use crate::ledger::postgres::{PostgresStore, redact_url};
 use crate::ledger::sqlite::SqliteStore;
 use crate::ledger::{AuditEvent, Ledger, LedgerError, Store};
 use crate::verify::TokenVerifier;
@@ -142,14 +142,10 @@ pub async fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, StartError> {
     match cfg.storage()? {
         Storage::Sqlite(path) => Ok(Arc::new(SqliteStore::open(&path, cfg.ledger.sync == "full").await?)),
         Storage::Postgres(url) => {
-            let settings = PostgresSettings {
-                max_connections: cfg.postgres.max_connections,
-                acquire_timeout: cfg.postgres.acquire_timeout,
-            };
             let started = std::time::Instant::now();
             let mut backoff = Duration::from_millis(500);
             loop {
-                match PostgresStore::connect(&url, &settings).await {
+                match PostgresStore::connect(&url, &cfg.postgres).await {
                     Ok(store) => return Ok(Arc::new(store)),
                     Err(LedgerError::Database(e)) if is_unreachable(&e) => {
                         let waited = started.elapsed();

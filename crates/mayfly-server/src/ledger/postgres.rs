@@ -25,21 +25,6 @@ const CHANGES_CHANNEL: &str = "mayfly_changes";
 /// The advisory lock whose holder runs background work ("mayfly" in ASCII, then 1).
 const LEADER_LOCK: i64 = 0x6d61_7966_6c79_0001;
 
-/// Connection settings for the shared store.
-#[derive(Debug, Clone)]
-pub struct PostgresSettings {
-    /// Most pooled connections this replica opens.
-    pub max_connections: u32,
-    /// How long a request waits for a connection before it fails (503) instead of hanging.
-    pub acquire_timeout: Duration,
-}
-
-impl Default for PostgresSettings {
-    fn default() -> Self {
-        Self { max_connections: 16, acquire_timeout: Duration::from_secs(5) }
-    }
-}
-
 /// The leader connection and whether it holds the lock.
 #[derive(Default)]
 struct Leadership {
@@ -93,7 +78,7 @@ const LEADER_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl PostgresStore {
     /// Connects, applies migrations and starts listening for other replicas' changes.
-    pub async fn connect(url: &str, settings: &PostgresSettings) -> Result<Self, LedgerError> {
+    pub async fn connect(url: &str, settings: &crate::config::PostgresConfig) -> Result<Self, LedgerError> {
         // Statements carry credential ids and sealed keys: sqlx must never log them.
         let options = PgConnectOptions::from_str(url)?
             .application_name("mayfly")
