@@ -378,6 +378,17 @@ pub struct TaskDecisionRequest {
     pub subject_token: Option<String>,
 }
 
+/// Body of `POST /v1/tasks/{id}/attest`: the task's starter presents fresh evidence,
+/// so a long-lived holder keeps its task only while its identity still verifies.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskAttestRequest {
+    /// The evidence type, as in RFC 8693: a platform JWT (`…:jwt` or `…:id_token`).
+    pub subject_token_type: String,
+    /// The evidence: the starter's platform JWT as it is now (re-read from its source).
+    pub subject_token: String,
+}
+
 /// Body of `DELETE /v1/tasks/{id}` (optional).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

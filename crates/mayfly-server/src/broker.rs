@@ -55,6 +55,15 @@ pub enum BrokerError {
     /// The object is not in a state that allows this.
     #[error("{0}")]
     Conflict(String),
+    /// The task was just ended because its starter's evidence, identity or policy no
+    /// longer holds (re-attestation).
+    #[error("task {task} ended: {why}; everything issued under it is revoked")]
+    TaskEnded {
+        /// The task.
+        task: String,
+        /// What no longer holds.
+        why: String,
+    },
     /// Minting failed.
     #[error(transparent)]
     Issue(#[from] IssueError),
@@ -196,7 +205,7 @@ pub struct Broker {
     pub(crate) ledger: Ledger,
     pub(crate) revocations: Arc<Revocations>,
     pub(crate) kek: Arc<Kek>,
-    tokens: TokensConfig,
+    pub(crate) tokens: TokensConfig,
     pub(crate) tasks: TasksConfig,
     audiences: HashMap<String, AudienceConfig>,
     failure_audit: RateLimit,

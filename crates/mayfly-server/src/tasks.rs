@@ -10,8 +10,8 @@ use std::net::IpAddr;
 
 use serde_json::json;
 
-use crate::attest::WorkloadIdentity;
 use crate::attest::task::{TASK_TOKEN_AUDIENCE, TaskIdentity, task_spiffe_id};
+use crate::attest::{AttestError, WorkloadIdentity};
 use crate::authorize::{ApproveRequest, Principal, StartTaskRequest};
 use crate::broker::{Broker, BrokerError, Caller, RecordFacts, parse_scopes};
 use crate::issue::{AccessTokenRequest, IssuedToken};
@@ -565,6 +565,104 @@ impl Broker {
         match target {
             Some(target) if target.path.starts_with(&format!("{}/", t.task.path)) => Ok(*t),
             _ => Err(BrokerError::Forbidden(format!("task {} may act only on itself and its sub-tasks", t.task.id))),
+        }
+    }
+
+    /// Re-checks a long-lived task against its starter's evidence as it is now (a
+    /// projected token re-read from disk, say): the evidence must still verify, prove
+    /// the same workload with the same bound context, and policy must still allow the
+    /// task. Anything else ends the task, revoking everything issued under it. A
+    /// failure to check (issuer keys or storage unavailable) changes nothing.
+    pub async fn reattest_task(
+        &self,
+        id: &str,
+        task_token: &str,
+        evidence: (&str, &str),
+        source_ip: IpAddr,
+    ) -> Result<TaskRecord, BrokerError> {
+        let (token_type, token) = evidence;
+        let holder = self.task_caller(task_token, id, source_ip).await?;
+        if holder.task.id != id {
+            return Err(BrokerError::Forbidden(format!(
+                "task {id} is re-attested with its own task token, not task {}'s",
+                holder.task.id
+            )));
+        }
+        if let Some(parent) = &holder.task.parent_id {
+            return Err(BrokerError::InvalidRequest(format!(
+                "task {id} is a sub-task of {parent}: only a task started with platform evidence is re-attested"
+            )));
+        }
+        if token_type != mayfly_proto::TOKEN_TYPE_JWT && token_type != mayfly_proto::TOKEN_TYPE_ID_TOKEN {
+            return Err(BrokerError::InvalidRequest(format!(
+                "re-attestation takes a platform JWT ({} or {}); join tokens are single use and task tokens prove nothing new",
+                mayfly_proto::TOKEN_TYPE_JWT,
+                mayfly_proto::TOKEN_TYPE_ID_TOKEN
+            )));
+        }
+        let now = crate::clock::now_unix();
+        let why = match self.attest(token_type, token, source_ip, now).await {
+            Err(BrokerError::Attest(e @ (AttestError::JwksUnavailable { .. } | AttestError::Ledger(_)))) => {
+                metrics::counter!("mayfly_task_reattestations_total", "outcome" => "unavailable").increment(1);
+                return Err(BrokerError::Attest(e));
+            }
+            Err(BrokerError::Attest(e)) => format!("its starter's evidence no longer verifies ({e})"),
+            Err(other) => return Err(other),
+            Ok(Caller::Task(_)) => return Err(BrokerError::InvalidRequest("not platform evidence".into())),
+            Ok(Caller::Workload(w)) => match self.still_the_starter(&holder, &w, source_ip, now) {
+                Ok(policies) => {
+                    let detail = json!({"task_id": id, "attestor": w.attestor, "policies": policies,
+                                        "source_ip": source_ip.to_string()});
+                    self.ledger
+                        .audit(AuditEvent::new("task.reattested", Some(holder.spiffe_id.to_string()), detail))
+                        .await?;
+                    metrics::counter!("mayfly_task_reattestations_total", "outcome" => "ok").increment(1);
+                    return Ok(holder.task);
+                }
+                Err(why) => why,
+            },
+        };
+        metrics::counter!("mayfly_task_reattestations_total", "outcome" => "ended").increment(1);
+        self.end_task(id, "mayfly", Some(&format!("re-attestation failed: {why}"))).await?;
+        Err(BrokerError::TaskEnded { task: id.to_owned(), why })
+    }
+
+    /// Whether freshly attested `w` is still the workload that started `holder`'s task,
+    /// in the same bound context, and still allowed it by policy: the deciding
+    /// policies, or what no longer holds.
+    fn still_the_starter(
+        &self,
+        holder: &TaskIdentity,
+        w: &WorkloadIdentity,
+        source_ip: IpAddr,
+        now: i64,
+    ) -> Result<Vec<String>, String> {
+        let task = &holder.task;
+        if w.spiffe_id.to_string() != task.creator {
+            return Err(format!("the evidence now proves {}, not its starter {}", w.spiffe_id, task.creator));
+        }
+        for key in &self.tokens.bound_context {
+            let (was, is) = (holder.attributes.get(key), w.attributes.get(key));
+            if was.is_some() && was != is {
+                return Err(format!("its starter's {key} changed since the task started"));
+            }
+        }
+        let audiences = task.audience_list().unwrap_or_default();
+        let decision = self.policies.decide_start_task(&StartTaskRequest {
+            principal: Principal::Workload(w),
+            task: holder,
+            ttl_seconds: (task.expires_at - now).max(0),
+            audiences: &audiences,
+            // An approval given stays given; pending tasks are judged as if approved, so
+            // they keep waiting for their approver.
+            approved: task.decided_by.is_some() || task.state == TaskState::Pending,
+            source_ip,
+            now,
+        });
+        if decision.allowed {
+            Ok(decision.policies)
+        } else {
+            Err(format!("policy no longer allows it ({})", decision.reason()))
         }
     }
 }

@@ -356,3 +356,132 @@ async fn time_ends_tasks_an_approval_deadline_denies_and_a_lifetime_expires() {
     assert_eq!(s["end_reason"], "lifetime over");
     srv.stop().await;
 }
+
+async fn reattest(srv: &TestServer, id: &str, task_token: &str, token_type: &str, evidence: &str) -> reqwest::Response {
+    srv.http
+        .post(format!("{}/v1/tasks/{id}/attest", srv.url))
+        .bearer_auth(task_token)
+        .json(&json!({"subject_token_type": token_type, "subject_token": evidence}))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn problem(r: reqwest::Response, status: u16) -> Value {
+    assert_eq!(r.status(), status);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    r.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_task_lives_on_only_while_its_starters_evidence_still_proves_the_same_workload() {
+    let (srv, k8s) = start().await;
+    let (task, task_token) = task_for(&srv, &k8s, "prod", json!({"ttl_seconds": 600})).await;
+    let id = task["id"].as_str().unwrap();
+    let token = access_token(&srv, &task_token, "https://deploy.test", None).await;
+
+    // A freshly minted token for the same pod (a projected token rotated by the kubelet) keeps the task.
+    let mut fresh = k8s.k8s_claims("prod", "worker");
+    fresh["iat"] = json!(now() + 1);
+    let r = reattest(&srv, id, &task_token, JWT_TYPE, &k8s.sign("ES256", &fresh)).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert!(active(&srv, &token).await);
+
+    // Requests that re-attest nothing are refused and change nothing.
+    let join = srv.join_token(None).await;
+    let p = problem(reattest(&srv, id, &task_token, JOIN_TYPE, &join).await, 400).await;
+    assert!(p["detail"].as_str().unwrap().contains("single use"), "{p}");
+    let p = problem(reattest(&srv, id, "not-a-token", JWT_TYPE, &k8s.k8s_token("prod", "worker")).await, 401).await;
+    assert_eq!(p["type"], "urn:mayfly:problem:unauthorized");
+    let r = srv
+        .http
+        .post(format!("{}/v1/tasks/{id}/attest", srv.url))
+        .json(&json!({"subject_token_type": JWT_TYPE, "subject_token": "x"}))
+        .send()
+        .await
+        .unwrap();
+    problem(r, 401).await;
+    let (other, other_token) = task_for(&srv, &k8s, "prod", json!({})).await;
+    let r = reattest(&srv, id, &other_token, JWT_TYPE, &k8s.k8s_token("prod", "worker")).await;
+    problem(r, 403).await;
+    let sub = start_task(&srv, TASK_TYPE, &task_token, json!({})).await;
+    assert_eq!(sub.status(), 201);
+    let sub: Value = sub.json().await.unwrap();
+    let (sub_id, sub_token) = (sub["task"]["id"].as_str().unwrap(), sub["task_token"].as_str().unwrap());
+    let p = problem(reattest(&srv, sub_id, sub_token, JWT_TYPE, &k8s.k8s_token("prod", "worker")).await, 400).await;
+    assert!(p["detail"].as_str().unwrap().contains("sub-task"), "{p}");
+    assert!(active(&srv, &token).await, "refused requests end nothing");
+
+    // The same service account in another pod: the token was copied, or the pod replaced.
+    let mut moved = k8s.k8s_claims("prod", "worker");
+    moved["kubernetes.io"]["pod"]["uid"] = json!("0a0a0a0a-0000-4000-8000-00000000ffff");
+    let p = problem(reattest(&srv, id, &task_token, JWT_TYPE, &k8s.sign("RS256", &moved)).await, 403).await;
+    assert_eq!(p["type"], "urn:mayfly:problem:task-ended");
+    assert!(p["detail"].as_str().unwrap().contains("pod_uid changed"), "{p}");
+    assert!(!active(&srv, &token).await, "everything under the task is revoked");
+    let t: Value = srv.admin_get(&format!("/v1/tasks/{id}")).await;
+    assert_eq!(t["state"], "ended");
+    assert!(t["end_reason"].as_str().unwrap().starts_with("re-attestation failed"), "{t}");
+    assert_eq!(
+        problem(reattest(&srv, sub_id, sub_token, JWT_TYPE, "x").await, 409).await["type"],
+        "urn:mayfly:problem:conflict"
+    );
+    problem(reattest(&srv, id, &task_token, JWT_TYPE, &k8s.k8s_token("prod", "worker")).await, 409).await;
+
+    // Expired evidence ends the task; so does evidence that now proves another workload.
+    let other_id = other["id"].as_str().unwrap();
+    let mut expired = k8s.k8s_claims("prod", "worker");
+    expired["exp"] = json!(now() - 3600);
+    expired["iat"] = json!(now() - 7200);
+    expired["nbf"] = json!(now() - 7200);
+    let p = problem(reattest(&srv, other_id, &other_token, JWT_TYPE, &k8s.sign("RS256", &expired)).await, 403).await;
+    assert!(p["detail"].as_str().unwrap().contains("expired"), "{p}");
+    let (third, third_token) = task_for(&srv, &k8s, "prod", json!({})).await;
+    let r =
+        reattest(&srv, third["id"].as_str().unwrap(), &third_token, JWT_TYPE, &k8s.k8s_token("prod", "intruder")).await;
+    let p = problem(r, 403).await;
+    assert!(p["detail"].as_str().unwrap().contains("not its starter"), "{p}");
+
+    // Every outcome is in the audit trail: the check that passed, and each end with its reason.
+    let audit: Vec<Value> = srv.admin_get("/v1/audit?kind=task.").await;
+    assert_eq!(audit.iter().filter(|e| e["kind"] == "task.reattested").count(), 1);
+    let ends: Vec<&str> = audit
+        .iter()
+        .filter(|e| e["kind"] == "task.ended" && e["detail"]["actor"] == "mayfly")
+        .filter_map(|e| e["detail"]["reason"].as_str())
+        .collect();
+    assert_eq!(ends.len(), 4, "the task, its sub-task, and the two others: {ends:?}");
+    assert!(ends.iter().all(|r| r.starts_with("re-attestation failed") || r.contains("ended")), "{ends:?}");
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn a_task_ends_at_re_attestation_once_policy_no_longer_allows_its_starter() {
+    let (srv, k8s) = start().await;
+    let (task, task_token) = task_for(&srv, &k8s, "prod", json!({})).await;
+    let id = task["id"].as_str().unwrap();
+    assert_eq!(reattest(&srv, id, &task_token, JWT_TYPE, &k8s.k8s_token("prod", "worker")).await.status(), 200);
+
+    // Operators withdraw the worker's right to run tasks; the policy reloads on its own.
+    let file = srv.dir.path().join("policies/withdraw.cedar");
+    std::fs::write(
+        &file,
+        r#"@id("worker-retired") forbid (principal, action == Mayfly::Action::"start_task", resource)
+           when { principal.hasTag("serviceaccount") && principal.getTag("serviceaccount") == "worker" };"#,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let p = loop {
+        let r = reattest(&srv, id, &task_token, JWT_TYPE, &k8s.k8s_token("prod", "worker")).await;
+        if r.status() != 200 {
+            break problem(r, 403).await;
+        }
+        assert!(std::time::Instant::now() < deadline, "the new policy applies within 10 s");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let detail = p["detail"].as_str().unwrap();
+    assert!(detail.contains("policy no longer allows it") && detail.contains("worker-retired"), "{p}");
+    let t: Value = srv.admin_get(&format!("/v1/tasks/{id}")).await;
+    assert_eq!(t["state"], "ended");
+    srv.stop().await;
+}

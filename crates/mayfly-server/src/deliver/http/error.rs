@@ -98,6 +98,7 @@ impl ApiError {
                 BrokerError::Forbidden(_) => (S::FORBIDDEN, "forbidden", "Forbidden", Some("invalid_request")),
                 BrokerError::NotFound(_) => (S::NOT_FOUND, "not-found", "Not found", None),
                 BrokerError::Conflict(_) => (S::CONFLICT, "conflict", "Conflict", Some("invalid_request")),
+                BrokerError::TaskEnded { .. } => (S::FORBIDDEN, "task-ended", "Task ended", None),
                 BrokerError::Issue(_) => {
                     (S::INTERNAL_SERVER_ERROR, "issue-failed", "Issuance failed", Some("server_error"))
                 }

@@ -91,6 +91,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/token", post(token::exchange))
         .route("/v1/tasks", post(tasks::start).get(tasks::list))
         .route("/v1/tasks/{id}", get(tasks::show).delete(tasks::end))
+        .route("/v1/tasks/{id}/attest", post(tasks::attest))
         .route("/v1/tasks/{id}/approve", post(tasks::approve))
         .route("/v1/tasks/{id}/deny", post(tasks::deny))
         .route("/v1/credentials/leases", get(credentials::list))

@@ -13,6 +13,7 @@ use utoipa::{Modify, OpenApi};
         super::tasks::list,
         super::tasks::show,
         super::tasks::end,
+        super::tasks::attest,
         super::tasks::approve,
         super::tasks::deny,
         super::credentials::issue,

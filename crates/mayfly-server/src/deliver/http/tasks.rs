@@ -11,8 +11,8 @@ use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use mayfly_proto::{
-    EndTaskRequest, EndTaskResponse, StartTaskRequest, StartTaskResponse, TOKEN_TYPE_TASK, TaskDecisionRequest,
-    TaskInfo, TaskPage,
+    EndTaskRequest, EndTaskResponse, StartTaskRequest, StartTaskResponse, TOKEN_TYPE_TASK, TaskAttestRequest,
+    TaskDecisionRequest, TaskInfo, TaskPage,
 };
 use serde::Deserialize;
 
@@ -178,6 +178,45 @@ pub async fn end(
     let req: EndTaskRequest = json_body(&headers, body)?;
     let ended = state.broker.end_task(&id, &actor, req.reason.as_deref()).await?;
     Ok(Json(EndTaskResponse { task: info(&state, &ended.task), ended_descendants: ended.descendants }))
+}
+
+/// Re-attests a task: its starter presents its evidence as it is now.
+#[utoipa::path(
+    post, path = "/v1/tasks/{id}/attest", tag = "tasks", security(("task_token" = [])),
+    params(("id" = String, Path, description = "Task id")),
+    request_body(content = TaskAttestRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The evidence still proves the task's starter and policy still allows the task", body = TaskInfo),
+        (status = 400, description = "Not a platform JWT, or a sub-task", body = mayfly_proto::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid task token", body = mayfly_proto::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`task-ended`: the evidence no longer verifies, proves another workload or context, or policy no longer allows the task; the task was ended and everything under it revoked", body = mayfly_proto::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The task has already ended", body = mayfly_proto::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The evidence could not be checked now (issuer keys or storage unavailable); nothing changed", body = mayfly_proto::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn attest(
+    State(state): State<AppState>,
+    Extension(peer): Extension<PeerInfo>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<TaskInfo>, ApiError> {
+    check_id(&id)?;
+    let token = bearer(&headers)
+        .ok_or_else(|| ApiError::Unauthorized("send Authorization: Bearer with the task's own token".into()))?;
+    let req: TaskAttestRequest = json_body_required(&headers, body)?;
+    let task = state
+        .broker
+        .reattest_task(&id, token, (&req.subject_token_type, &req.subject_token), peer.addr.ip())
+        .await
+        .map_err(|e| match e {
+            BrokerError::Attest(AttestError::TaskNotActive(s)) => {
+                BrokerError::Conflict(format!("the task is already {}", s.as_str())).into()
+            }
+            BrokerError::Attest(AttestError::TaskToken(e)) => ApiError::Unauthorized(format!("task token: {e}")),
+            e => ApiError::from(e),
+        })?;
+    Ok(Json(info(&state, &task)))
 }
 
 /// Approves a pending task.
