@@ -97,15 +97,46 @@ pub(crate) async fn call<T: DeserializeOwned>(req: reqwest::RequestBuilder, url:
     }
     match serde_json::from_slice::<Problem>(&body) {
         Ok(p) => {
-            let mut msg = format!("{} ({}): {}", p.title, p.status, p.detail.unwrap_or_default());
+            let mut message = format!("{} ({}): {}", p.title, p.status, p.detail.unwrap_or_default());
             if !p.policies.is_empty() {
-                msg.push_str(&format!(" [policies: {}]", p.policies.join(", ")));
+                message.push_str(&format!(" [policies: {}]", p.policies.join(", ")));
             }
-            Err(anyhow!(msg))
+            Err(ServerProblem { status: status.as_u16(), problem_type: p.problem_type, message }.into())
         }
         Err(_) => Err(anyhow!("{url} answered HTTP {status}")),
     }
 }
+
+/// A problem document the server answered with; callers that must tell problems apart
+/// find it with `downcast_ref`.
+#[derive(Debug)]
+pub(crate) struct ServerProblem {
+    /// The HTTP status.
+    pub status: u16,
+    /// The problem's `type`, e.g. `urn:mayfly:problem:task-ended`.
+    pub problem_type: String,
+    message: String,
+}
+
+impl ServerProblem {
+    /// The problem in an error chain, if the server answered with one.
+    pub(crate) fn of(e: &anyhow::Error) -> Option<&ServerProblem> {
+        e.downcast_ref::<ServerProblem>()
+    }
+
+    /// Whether its type is `urn:mayfly:problem:<slug>`.
+    pub(crate) fn is(&self, slug: &str) -> bool {
+        self.problem_type.strip_prefix("urn:mayfly:problem:") == Some(slug)
+    }
+}
+
+impl std::fmt::Display for ServerProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ServerProblem {}
 
 /// An error and its causes on one line ("a: b: c").
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -259,6 +290,12 @@ impl Evidence {
             return Ok((t.trim().to_owned(), TOKEN_TYPE_TASK));
         }
         bail!("give --subject-token-file, --subject-token-env, --join-token or --task-token")
+    }
+
+    /// Whether the evidence can be presented again as it is now (a platform JWT re-read
+    /// from its file or variable); a join token is single use, a task token proves nothing new.
+    pub(crate) fn can_reattest(&self) -> bool {
+        self.subject_token_file.is_some() || self.subject_token_env.is_some()
     }
 
     /// The environment variable the evidence was read from, if any.

@@ -4,6 +4,10 @@
 //! them to the child (environment, or 0600 files in a private directory), renew
 //! them while it runs (files only: a running process's environment cannot change),
 //! forward signals, and end the task the moment the child exits, however it exits.
+//! While the child runs, the platform evidence is presented again (re-read from its
+//! file or variable) every `--reattest-every` and before every renewal: evidence that no
+//! longer proves the same workload ends the task on the server, and the child is
+//! stopped, as it is when the task ends in any other way (revoked, signalled, expired).
 //! If `mayfly exec` itself is killed, the task's lifetime bounds the exposure.
 
 use std::collections::BTreeMap;
@@ -16,10 +20,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
-use mayfly_proto::{EndTaskRequest, EndTaskResponse, StartTaskResponse, TOKEN_TYPE_TASK, TaskInfo};
+use mayfly_proto::{EndTaskRequest, EndTaskResponse, StartTaskResponse, TOKEN_TYPE_TASK, TaskAttestRequest, TaskInfo};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::client::{Evidence, Remote, call, exchange};
+use crate::client::{Evidence, Remote, ServerProblem, call, exchange};
 use crate::tasks::{TaskSpec, start_task};
 
 /// Exit code when `mayfly exec` itself fails (as `env` and container runtimes do).
@@ -28,6 +32,8 @@ const EXIT_EXEC_FAILED: u8 = 125;
 const EXIT_NOT_EXECUTABLE: u8 = 126;
 /// The command was not found.
 const EXIT_NOT_FOUND: u8 = 127;
+/// How long a command whose task ended has to stop after SIGTERM before it gets SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Variable that receives an audience's token when no name is given.
 const DEFAULT_TOKEN_VAR: &str = "MAYFLY_ACCESS_TOKEN";
 /// Variables the child never inherits: the evidence and admin credentials of its parent.
@@ -64,6 +70,11 @@ pub struct ExecArgs {
     /// Wait up to this long for an approver when policy makes the task wait (default: do not wait).
     #[arg(long, value_parser = humantime::parse_duration)]
     wait_approval: Option<Duration>,
+    /// Present the platform evidence again (re-read from its file or variable) this often
+    /// while the command runs, and before every renewal; evidence that no longer proves
+    /// the same workload ends the task and stops the command. 0s: only before renewals.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1m")]
+    reattest_every: Duration,
     /// Also give the command the task token (MAYFLY_TASK_TOKEN), so it can get more
     /// credentials or sub-tasks under the same task.
     #[arg(long)]
@@ -107,6 +118,10 @@ struct Session {
     client: reqwest::Client,
     task: TaskInfo,
     task_token: String,
+    /// The starter's evidence, when it can be presented again.
+    evidence: Option<Evidence>,
+    /// Why the task ended under the running command (set once, watched by the child's keeper).
+    ended: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl Session {
@@ -117,9 +132,54 @@ impl Session {
     }
 
     async fn token(&self, audience: &str, ttl: Option<Duration>) -> anyhow::Result<(String, u64)> {
-        let resp =
-            exchange(&self.remote, &self.client, (&self.task_token, TOKEN_TYPE_TASK), audience, None, ttl).await?;
+        let resp = exchange(&self.remote, &self.client, (&self.task_token, TOKEN_TYPE_TASK), audience, None, ttl).await;
+        let resp = resp.inspect_err(|e| {
+            // The task token no longer works: the task is over, whoever ended it.
+            if let Some(p) = ServerProblem::of(e)
+                && (p.is("task-not-active") || p.is("invalid-task-token"))
+            {
+                self.mark_ended(p.to_string());
+            }
+        })?;
         Ok((resp.access_token, resp.expires_in))
+    }
+
+    /// Presents the starter's evidence as it is now. An answer that the task is over
+    /// marks it ended; a failure to check (server or issuer unreachable) changes nothing.
+    async fn reattest(&self) {
+        let Some(evidence) = &self.evidence else { return };
+        if self.is_ended() {
+            return;
+        }
+        let (subject_token, subject_token_type) = match evidence.read() {
+            Ok((t, ty)) => (t, ty.to_owned()),
+            // A token file being replaced can be unreadable for a moment: tried again next time.
+            Err(e) => return eprintln!("mayfly exec: cannot re-read the evidence (will retry): {e:#}"),
+        };
+        let url = self.remote.endpoint(&format!("/v1/tasks/{}/attest", self.task.id));
+        let body = TaskAttestRequest { subject_token_type, subject_token };
+        let req = self.client.post(&url).bearer_auth(&self.task_token).json(&body);
+        match call::<TaskInfo>(req, &url).await {
+            Ok(_) => tracing::debug!(task = %self.task.id, "re-attested"),
+            Err(e) => match ServerProblem::of(&e) {
+                Some(p) if p.is("task-ended") || p.status == 409 || p.status == 401 => self.mark_ended(p.to_string()),
+                _ => eprintln!("mayfly exec: re-attestation could not be checked now (will retry): {e:#}"),
+            },
+        }
+    }
+
+    fn mark_ended(&self, why: String) {
+        self.ended.send_if_modified(|e| {
+            if e.is_some() {
+                return false;
+            }
+            *e = Some(why);
+            true
+        });
+    }
+
+    fn is_ended(&self) -> bool {
+        self.ended.borrow().is_some()
     }
 
     /// Waits for an approver, polling the task.
@@ -168,6 +228,10 @@ async fn renew_file(
     loop {
         // Renew at two thirds of the lifetime; retry every few seconds on failure.
         tokio::time::sleep(Duration::from_secs((expires_in * 2 / 3).max(1))).await;
+        session.reattest().await;
+        if session.is_ended() {
+            return;
+        }
         match session.token(&want.audience, ttl).await {
             Ok((token, exp)) => match write_secret(&dir, &want.var, &token) {
                 Ok(_) => expires_in = exp,
@@ -176,11 +240,20 @@ async fn renew_file(
                     expires_in = 6;
                 }
             },
+            Err(_) if session.is_ended() => return,
             Err(e) => {
                 eprintln!("mayfly exec: renewing the token for {} failed: {e:#}", want.audience);
                 expires_in = 6;
             }
         }
+    }
+}
+
+/// Re-attests every `every` until the task ends.
+async fn reattest_periodically(session: std::sync::Arc<Session>, every: Duration) {
+    while !session.is_ended() {
+        tokio::time::sleep(every).await;
+        session.reattest().await;
     }
 }
 
@@ -211,8 +284,16 @@ impl ExecArgs {
         )
         .await
         .context("starting the task")?;
-        let mut session =
-            Session { remote: self.remote.clone(), client, task: started.task, task_token: started.task_token };
+        let (ended, mut ended_rx) = tokio::sync::watch::channel(None);
+        let mut session = Session {
+            remote: self.remote.clone(),
+            client,
+            task: started.task,
+            task_token: started.task_token,
+            // A sub-task (started with a task token) is governed through its root.
+            evidence: self.evidence.can_reattest().then(|| self.evidence.clone()),
+            ended,
+        };
 
         // From here on, any failure ends the task before returning.
         let prepared = self.prepare(&mut session, &wants).await;
@@ -238,7 +319,11 @@ impl ExecArgs {
             }
         }
 
-        let outcome = run_child(&self.command, &env.vars, &self.withheld()).await;
+        if session.evidence.is_some() && !self.reattest_every.is_zero() {
+            renewals.push(tokio::spawn(reattest_periodically(session.clone(), self.reattest_every)));
+        }
+
+        let outcome = run_child(&self.command, &env.vars, &self.withheld(), &mut ended_rx).await;
         for r in renewals {
             r.abort();
         }
@@ -250,15 +335,21 @@ impl ExecArgs {
             eprintln!("mayfly exec: {}", e.message);
         }
         // End first, then remove the files: nothing written outlives the child.
-        match session.end(reason).await {
-            Ok(ended) => {
-                tracing::debug!(task = %ended.task.id, "task ended");
+        let ended_under_it = session.ended.borrow().clone();
+        match ended_under_it {
+            Some(why) => {
+                eprintln!("mayfly exec: task {} ended while {program} ran, so it was stopped: {why}", session.task.id)
             }
-            Err(e) => eprintln!(
-                "mayfly exec: WARNING: could not end task {} ({e:#}); it expires at {}",
-                session.task.id,
-                mayfly_server::clock::rfc3339(session.task.expires_at)
-            ),
+            None => match session.end(reason).await {
+                Ok(ended) => {
+                    tracing::debug!(task = %ended.task.id, "task ended");
+                }
+                Err(e) => eprintln!(
+                    "mayfly exec: WARNING: could not end task {} ({e:#}); it expires at {}",
+                    session.task.id,
+                    mayfly_server::clock::rfc3339(session.task.expires_at)
+                ),
+            },
         }
         if let Some(dir) = dir
             && let Err(e) = dir.close()
@@ -361,11 +452,13 @@ struct ChildError {
     message: String,
 }
 
-/// Runs the child to completion, forwarding signals; its exit code (or 128 + signal).
+/// Runs the child to completion, forwarding signals, and stopping it (SIGTERM) if the
+/// task ends under it; its exit code (or 128 + signal).
 async fn run_child(
     command: &[String],
     vars: &BTreeMap<String, String>,
     withheld: &[String],
+    ended: &mut tokio::sync::watch::Receiver<Option<String>>,
 ) -> Result<Child, ChildError> {
     let mut cmd = tokio::process::Command::new(&command[0]);
     cmd.args(&command[1..]).envs(vars);
@@ -398,14 +491,27 @@ async fn run_child(
             Err(e) => eprintln!("mayfly exec: cannot forward signal {}: {e}", kind.as_raw_value()),
         }
     }
+    let send = |sig| {
+        if let Some(pid) = pid {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+        }
+    };
+    // Once the task has ended under it: SIGTERM, then SIGKILL if it is still there after a grace period.
+    let (mut kill_at, mut killed) = (None, false);
     let status = loop {
         tokio::select! {
             status = child.wait() => break status,
+            Ok(()) = ended.changed(), if kill_at.is_none() => {
+                kill_at = Some(tokio::time::Instant::now() + STOP_GRACE);
+                send(nix::sys::signal::Signal::SIGTERM);
+            }
+            () = tokio::time::sleep_until(kill_at.unwrap_or_else(tokio::time::Instant::now)), if kill_at.is_some() && !killed => {
+                killed = true;
+                send(nix::sys::signal::Signal::SIGKILL);
+            }
             Some(raw) = rx.recv() => {
-                if let Some(pid) = pid
-                    && let Ok(sig) = nix::sys::signal::Signal::try_from(raw)
-                {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+                if let Ok(sig) = nix::sys::signal::Signal::try_from(raw) {
+                    send(sig);
                 }
             }
         }

@@ -201,3 +201,183 @@ fn a_task_that_needs_approval_does_not_run_the_command_unless_approved() {
     assert_eq!(t["state"], "ended");
     assert_eq!(t["decided_by"], "admin");
 }
+
+#[test]
+fn a_task_ended_while_the_command_runs_stops_the_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start_dev(&dir.path().join("dev"));
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    // Join-token evidence cannot be presented again; the renewal is what notices.
+    let join = join_token(&srv);
+    let child = Command::new(BIN)
+        .args(["exec", "--url", &srv.url, "--audience", AUD, "--deliver", "files", "--token-ttl", "3s"])
+        .args(["--", "sh", "-c", r#"echo "$MAYFLY_TASK_ID" > id.tmp; mv id.tmp id; exec sleep 60"#])
+        .current_dir(w)
+        .env("MAYFLY_JOIN_TOKEN", &join)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = wait_for_file(w, "id");
+    let admin = [("MAYFLY_ADMIN_TOKEN", srv.admin_token.as_str())];
+    let out = mayfly(&["tasks", "end", &id, "--reason", "job cancelled", "--url", &srv.url], &admin);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let started = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(128 + 15), "{}", text(&out.stderr));
+    assert!(started.elapsed() < Duration::from_secs(20), "stopped at the next renewal");
+    assert!(text(&out.stderr).contains("ended while"), "{}", text(&out.stderr));
+    assert_eq!(task(&srv, &id)["end_reason"], "job cancelled", "the operator's reason stays");
+}
+
+/// A Kubernetes-like issuer the test controls, and a server that trusts it.
+struct K8sSetup {
+    key: aws_lc_rs::signature::Ed25519KeyPair,
+    server: std::process::Child,
+    url: String,
+    admin_token: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for K8sSetup {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+const K8S_ISSUER: &str = "https://k8s.exec.test";
+
+impl K8sSetup {
+    fn start() -> Self {
+        use aws_lc_rs::signature::KeyPair;
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let key = aws_lc_rs::signature::Ed25519KeyPair::generate().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let jwk = serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "k1", "alg": "EdDSA",
+                                                "x": b64.encode(key.public_key().as_ref())}]});
+        std::fs::write(d.join("jwks.json"), jwk.to_string()).unwrap();
+        std::fs::write(d.join("kek"), "5a".repeat(32)).unwrap();
+        std::fs::create_dir_all(d.join("policies")).unwrap();
+        std::fs::write(
+            d.join("policies/exec.cedar"),
+            format!(
+                r#"permit (principal, action == Mayfly::Action::"start_task", resource)
+                   when {{ principal.hasTag("namespace") && principal.getTag("namespace") == "prod" }};
+                   permit (principal is Mayfly::Task, action == Mayfly::Action::"exchange", resource == Mayfly::Audience::"{AUD}");"#
+            ),
+        )
+        .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let config = format!(
+            r#"
+trust_domain = "exec.test"
+data_dir = "data"
+[listen]
+addr = "127.0.0.1:{port}"
+[keys]
+kek_file = "kek"
+[policy]
+dir = "policies"
+[[attest.oidc]]
+name = "k8s"
+preset = "kubernetes"
+issuer = "{K8S_ISSUER}"
+jwks_file = "jwks.json"
+audiences = ["mayfly"]
+"#
+        );
+        std::fs::write(d.join("mayfly.toml"), config).unwrap();
+        let server = Command::new(BIN)
+            .args(["server", "--config"])
+            .arg(d.join("mayfly.toml"))
+            .env("MAYFLY_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !d.join("data/admin-token").exists() || std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let admin_token = std::fs::read_to_string(d.join("data/admin-token")).unwrap().trim().to_owned();
+        Self { key, server, url, admin_token, _dir: dir }
+    }
+
+    /// A projected service-account token of `prod/worker` in the pod with `pod_uid`.
+    fn token(&self, pod_uid: &str, iat: i64) -> String {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let header = serde_json::json!({"alg": "EdDSA", "typ": "JWT", "kid": "k1"});
+        let claims = serde_json::json!({
+            "iss": K8S_ISSUER, "aud": ["mayfly"], "sub": "system:serviceaccount:prod:worker",
+            "iat": iat, "nbf": iat, "exp": iat + 3600,
+            "kubernetes.io": {"namespace": "prod", "serviceaccount": {"name": "worker", "uid": "sa-1"},
+                              "pod": {"name": "worker-1", "uid": pod_uid}, "node": {"name": "node-1", "uid": "n-1"}}
+        });
+        let input = format!("{}.{}", b64.encode(header.to_string()), b64.encode(claims.to_string()));
+        format!("{input}.{}", b64.encode(self.key.sign(input.as_bytes()).as_ref()))
+    }
+
+    fn task(&self, id: &str) -> Value {
+        let admin = [("MAYFLY_ADMIN_TOKEN", self.admin_token.as_str())];
+        let out = mayfly(&["tasks", "show", id, "--json", "--url", &self.url], &admin);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+fn wait_for_file(dir: &Path, name: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !dir.join(name).exists() {
+        assert!(Instant::now() < deadline, "{name} did not appear: the command did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    read(dir, name)
+}
+
+/// Writes a file the way the kubelet rotates a projected token: atomically.
+fn rotate(path: &Path, token: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, token).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[test]
+fn exec_re_attests_its_evidence_and_stops_the_command_when_it_no_longer_proves_the_starter() {
+    let k8s = K8sSetup::start();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let evidence = w.join("sa-token");
+    let now = mayfly_server::clock::now_unix();
+    rotate(&evidence, &k8s.token("pod-a", now));
+    let child = Command::new(BIN)
+        .args(["exec", "--url", &k8s.url, "--audience", AUD, "--reattest-every", "1s", "--subject-token-file"])
+        .arg(&evidence)
+        .args(["--", "sh", "-c", r#"echo "$MAYFLY_TASK_ID" > id.tmp; mv id.tmp id; exec sleep 60"#])
+        .current_dir(w)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = wait_for_file(w, "id");
+
+    // The kubelet rotates the token for the same pod: the command keeps running.
+    rotate(&evidence, &k8s.token("pod-a", now + 1));
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(k8s.task(&id)["state"], "active");
+
+    // The file now holds another pod's token: the evidence no longer proves the starter.
+    rotate(&evidence, &k8s.token("pod-b", now + 2));
+    let started = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(128 + 15), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(15), "stopped within a few re-attestations");
+    assert!(stderr.contains("ended while") && stderr.contains("pod_uid changed"), "{stderr}");
+    let t = k8s.task(&id);
+    assert_eq!(t["state"], "ended");
+    assert!(t["end_reason"].as_str().unwrap().starts_with("re-attestation failed"), "{t}");
+}

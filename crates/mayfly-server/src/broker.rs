@@ -414,7 +414,13 @@ impl Broker {
         now: i64,
     ) -> Result<Caller, BrokerError> {
         let result = if token_type == mayfly_proto::TOKEN_TYPE_TASK {
-            self.task_attestor.attest(token, now).await.map(|t| Caller::Task(Box::new(t)))
+            self.task_attestor.attest(token, now).await.map(|mut t| {
+                // The starter's attributes, as signals have changed them since the task started.
+                if let Some(root) = t.actors.last() {
+                    self.contexts.apply_to(root, &mut t.attributes, now);
+                }
+                Caller::Task(Box::new(t))
+            })
         } else {
             self.attestors.attest(token_type, token).await.map(|mut w| {
                 // What signals said since the evidence was minted counts over the evidence.

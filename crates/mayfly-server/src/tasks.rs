@@ -276,6 +276,8 @@ impl Broker {
             context: None,
         })?;
         let sub = spiffe_id.to_string();
+        // A root task's token keeps what its starter proved, so a signal can re-decide the task.
+        let context = caller.issuance_context(p.source_ip);
         let facts = RecordFacts {
             kind: "task",
             subject: &sub,
@@ -284,7 +286,7 @@ impl Broker {
             client_id: &record.creator,
             confirmation: None,
             max_uses: None,
-            context: None,
+            context: context.as_deref(),
         };
         let detail = json!({"attestor": caller.attestor(), "source_ip": p.source_ip.to_string()});
         let (credential, token_event) = self.issued_record(&token, &facts, detail);
@@ -627,6 +629,28 @@ impl Broker {
         Err(BrokerError::TaskEnded { task: id.to_owned(), why })
     }
 
+    /// Policy's decision on a live task, were its starter to start it now as `starter`.
+    pub(crate) fn redecide_task(
+        &self,
+        task: &TaskIdentity,
+        starter: &WorkloadIdentity,
+        source_ip: IpAddr,
+        now: i64,
+    ) -> crate::authorize::Decision {
+        let audiences = task.task.audience_list().unwrap_or_default();
+        self.policies.decide_start_task(&StartTaskRequest {
+            principal: Principal::Workload(starter),
+            task,
+            ttl_seconds: (task.task.expires_at - now).max(0),
+            audiences: &audiences,
+            // An approval given stays given; pending tasks are judged as if approved, so
+            // they keep waiting for their approver.
+            approved: task.task.decided_by.is_some() || task.task.state == TaskState::Pending,
+            source_ip,
+            now,
+        })
+    }
+
     /// Whether freshly attested `w` is still the workload that started `holder`'s task,
     /// in the same bound context, and still allowed it by policy: the deciding
     /// policies, or what no longer holds.
@@ -647,18 +671,7 @@ impl Broker {
                 return Err(format!("its starter's {key} changed since the task started"));
             }
         }
-        let audiences = task.audience_list().unwrap_or_default();
-        let decision = self.policies.decide_start_task(&StartTaskRequest {
-            principal: Principal::Workload(w),
-            task: holder,
-            ttl_seconds: (task.expires_at - now).max(0),
-            audiences: &audiences,
-            // An approval given stays given; pending tasks are judged as if approved, so
-            // they keep waiting for their approver.
-            approved: task.decided_by.is_some() || task.state == TaskState::Pending,
-            source_ip,
-            now,
-        });
+        let decision = self.redecide_task(holder, w, source_ip, now);
         if decision.allowed {
             Ok(decision.policies)
         } else {

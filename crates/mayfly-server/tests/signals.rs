@@ -307,6 +307,75 @@ async fn a_token_presented_from_another_pod_or_node_is_refused_by_introspection_
     s.srv.stop().await;
 }
 
+/// Starts a task for a prod workload and returns (task id, a token issued under it).
+async fn task_of(s: &Setup, sa: &str) -> (String, String) {
+    let r = s
+        .srv
+        .http
+        .post(format!("{}/v1/tasks", s.srv.url))
+        .json(&json!({"subject_token_type": JWT_TYPE, "subject_token": s.k8s.k8s_token("prod", sa),
+                      "purpose": "deploy", "audiences": ["https://api.test"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let v: Value = r.json().await.unwrap();
+    let form = [
+        ("grant_type", TOKEN_EXCHANGE),
+        ("subject_token", v["task_token"].as_str().unwrap()),
+        ("subject_token_type", "urn:mayfly:params:oauth:token-type:task"),
+        ("audience", "https://api.test"),
+    ];
+    let r = s.srv.exchange(&form).await;
+    assert_eq!(r.status(), 200, "a token under the task");
+    let token = r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned();
+    (v["task"]["id"].as_str().unwrap().to_owned(), token)
+}
+
+#[tokio::test]
+async fn a_move_re_decides_the_tasks_the_workload_started_and_ends_those_no_longer_allowed() {
+    let s = start().await;
+    let (web_task, web_token) = task_of(&s, "web").await;
+    let (api_task, api_token) = task_of(&s, "api").await;
+
+    // Still allowed where it went (another node): the task lives on.
+    let r =
+        signal(&s, json!({"kind": "workload_moved", "subject": {"spiffe_id": WEB}, "attributes": {"node": "node-2"}}))
+            .await;
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["tasks_ended"], 0, "{v}");
+    assert!(active(&s, &web_token).await);
+
+    // Moved out of prod, where policy lets it start no task: its task ends, and what was
+    // issued under it dies with it; api's task is untouched.
+    let r = signal(
+        &s,
+        json!({"kind": "workload_moved", "subject": {"spiffe_id": WEB}, "attributes": {"namespace": "staging"}}),
+    )
+    .await;
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["tasks_ended"], 1, "{v}");
+    let t: Value = s.srv.admin_get(&format!("/v1/tasks/{web_task}")).await;
+    assert_eq!(t["state"], "ended", "{t}");
+    assert!(t["end_reason"].as_str().unwrap().contains("workload_moved"), "{t}");
+    assert!(!active(&s, &web_token).await, "the token under the ended task is revoked");
+    let t: Value = s.srv.admin_get(&format!("/v1/tasks/{api_task}")).await;
+    assert_eq!(t["state"], "active");
+    assert!(active(&s, &api_token).await);
+
+    // By attribute: a move of the pod both workloads share re-decides api's task too.
+    let r = signal(
+        &s,
+        json!({"kind": "attribute_changed", "subject": {"attributes": {"pod_uid": "7f0c2a44-0000-4000-8000-000000000002"}},
+               "attributes": {"namespace": "quarantine"}}),
+    )
+    .await;
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["tasks_ended"], 1, "{v}");
+    assert!(!active(&s, &api_token).await);
+    s.srv.stop().await;
+}
+
 #[tokio::test]
 async fn a_kill_by_prefix_stops_at_the_path_boundary_and_ends_the_workloads_tasks() {
     let s = start().await;

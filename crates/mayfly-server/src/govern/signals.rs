@@ -565,9 +565,11 @@ impl Broker {
             }
             outcome.revoked = revoke_tokens.len() + revoked_leases;
             outcome.kept = outcome.matched - revoke_tokens.len() - revoke_leases.len();
-            if kill {
-                outcome.tasks_ended = self.end_tasks_of(s, &tokens, &leases, &actor, &reason, now).await?;
-            }
+            outcome.tasks_ended = if kill {
+                self.end_tasks_of(s, &tokens, &leases, &actor, &reason, now).await?
+            } else {
+                self.end_tasks_no_longer_allowed(s, &signal.attributes, &actor, &reason, now).await?
+            };
         }
         let detail = json!({
             "kind": signal.kind.as_str(), "sender": sender, "subject": subject_json(s),
@@ -609,6 +611,57 @@ impl Broker {
             if (creators.contains(t.creator.as_str()) || by_prefix)
                 && self.end_task(&t.id, actor, Some(reason)).await.is_ok()
             {
+                ended += 1;
+            }
+        }
+        Ok(ended)
+    }
+
+    /// Re-decides the live tasks that the subject's workloads started, as if started in
+    /// the changed context, and ends those policy no longer allows (everything under them
+    /// goes with them). A task whose starter's context was not recorded cannot be
+    /// re-decided and ends. Returns how many ended.
+    async fn end_tasks_no_longer_allowed(
+        &self,
+        s: &SignalSubject,
+        changed: &BTreeMap<String, String>,
+        actor: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<usize, SignalError> {
+        let store = self.ledger.store();
+        let live = crate::ledger::TaskFilter { live_at: Some(now), limit: 10_000, ..Default::default() };
+        let mut ended = 0;
+        for t in store.tasks(&live).await.map_err(BrokerError::Ledger)? {
+            // A sub-task is decided with its root and ends with it.
+            let named = t.parent_id.is_none()
+                && match (&s.spiffe_id, &s.spiffe_prefix) {
+                    (Some(id), _) => &t.creator == id,
+                    (_, Some(p)) => crate::ledger::revocation::under_prefix(&t.creator, p),
+                    _ => true,
+                };
+            if !named {
+                continue;
+            }
+            let Ok(task) = crate::attest::task::TaskIdentity::from_record(t, self.task_attestor.trust_domain()) else {
+                continue;
+            };
+            if let Some(wanted) = &s.attributes
+                && !wanted.iter().all(|(k, v)| task.attributes.get(k) == Some(v))
+            {
+                continue;
+            }
+            let filter = CredentialFilter {
+                task_id: Some(task.task.id.clone()),
+                kind: Some("task".into()),
+                limit: 1,
+                ..Default::default()
+            };
+            let token = store.credentials(&filter).await.map_err(BrokerError::Ledger)?;
+            let context = token.first().and_then(|c| c.context.as_deref());
+            let allowed = workload_now(&task.task.creator, context, changed)
+                .is_some_and(|(starter, ip)| self.redecide_task(&task, &starter, ip, now).allowed);
+            if !allowed && self.end_task(&task.task.id, actor, Some(reason)).await.is_ok() {
                 ended += 1;
             }
         }
@@ -801,10 +854,15 @@ impl SubjectContexts {
 
     /// Lays the signalled context of `w` (if any, and in force) over its attested attributes.
     pub fn apply(&self, w: &mut WorkloadIdentity, now: i64) {
-        if let Some((attrs, expires_at)) = self.by_subject.load().get(&w.spiffe_id.to_string())
+        self.apply_to(&w.spiffe_id.to_string(), &mut w.attributes, now);
+    }
+
+    /// Lays the signalled context of `subject` (if any, and in force) over `attributes`.
+    pub fn apply_to(&self, subject: &str, attributes: &mut BTreeMap<String, String>, now: i64) {
+        if let Some((attrs, expires_at)) = self.by_subject.load().get(subject)
             && *expires_at > now
         {
-            w.attributes.extend(attrs.iter().map(|(k, v)| (k.clone(), v.clone())));
+            attributes.extend(attrs.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
     }
 
