@@ -103,6 +103,16 @@ async fn pg_role_exists(name: &str) -> bool {
         .is_some()
 }
 
+/// What PostgreSQL stored as the role's password.
+async fn stored_password(name: &str) -> String {
+    let mut admin = pg_admin().await;
+    sqlx::query_scalar("SELECT rolpassword FROM pg_authid WHERE rolname = $1")
+        .bind(name)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap()
+}
+
 fn pg_user_url(v: &Value) -> String {
     format!(
         "postgres://{}:{}@{}:{}/{}",
@@ -187,6 +197,7 @@ async fn postgres_users_work_while_leased_and_die_with_their_sessions_at_revocat
         .await
         .unwrap();
     assert!(valid_until.is_some(), "VALID UNTIL is set as a backstop");
+    assert!(stored_password(&username).await.starts_with("SCRAM-SHA-256$16:"), "Mayfly's verifier, 16 iterations");
 
     // Renew moves the expiry, within the maximum.
     let lease_id = v["lease_id"].as_str().unwrap().to_owned();
@@ -531,15 +542,19 @@ async fn a_workload_moved_out_of_prod_loses_its_database_users_and_others_keep_t
     let prefix = unique("ps");
     let schema = format!("mayfly_test_{}", prefix.trim_end_matches('_'));
     pg_schema(&schema).await;
-    let (srv, k8s) = start(&pg_config(&prefix, &schema, PG_ADMIN)).await;
+    // Passwords sent as they are: the server hashes them with its own iteration count.
+    let config = pg_config(&prefix, &schema, PG_ADMIN).replace("kind = \"postgres\"\n", "kind = \"postgres\"\nscram_iterations = 0\n");
+    let (srv, k8s) = start(&config).await;
     let (web, api) = (k8s.k8s_token("prod", "web"), k8s.k8s_token("prod", "api"));
     let mut users = Vec::new();
     for t in [&web, &api] {
         let r = issue(&srv, (t.as_str(), JWT_TYPE), "pg", "reader", None).await;
         assert_eq!(r.status(), 201);
         let v: Value = r.json().await.unwrap();
+        sqlx::PgConnection::connect(&pg_user_url(&v)).await.expect("the new user connects");
         users.push((v["username"].as_str().unwrap().to_owned(), v["lease_id"].as_str().unwrap().to_owned()));
     }
+    assert!(stored_password(&users[0].0).await.starts_with("SCRAM-SHA-256$4096:"), "hashed by the server");
     let r = srv
         .admin_post(
             "/v1/signals",

@@ -183,7 +183,7 @@ impl Databases {
             let parsed = reqwest::Url::parse(&url)
                 .map_err(|e| DbError::Config(format!("databases {:?}: the URL does not parse: {e}", cfg.name)))?;
             let driver: Arc<dyn DbDriver> = match cfg.kind.as_str() {
-                "postgres" => Arc::new(postgres::Postgres::new(&url)?),
+                "postgres" => Arc::new(postgres::Postgres::new(&url, cfg.scram_iterations)?),
                 "mysql" => Arc::new(mysql::MySql::new(&url)?),
                 "redis" => Arc::new(redis::Redis::new(&url)?),
                 other => return Err(DbError::Config(format!("databases {:?}: unknown kind {other:?}", cfg.name))),
