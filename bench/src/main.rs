@@ -334,8 +334,10 @@ async fn db_credentials(args: &[String]) -> Result<(), BoxError> {
     let dir = std::env::temp_dir().join(format!("mayfly-db-bench-{}", std::process::id()));
     write_fixture(&dir, 0, "normal")?;
     let mut toml = std::fs::read_to_string(dir.join("mayfly.toml"))?;
+    // MAYFLY_BENCH_SCRAM_ITERATIONS=0 measures the server hashing each password itself.
+    let scram = std::env::var("MAYFLY_BENCH_SCRAM_ITERATIONS").unwrap_or_else(|_| "16".into());
     toml.push_str(&format!(
-        "\n[[databases]]\nname = \"pg\"\nkind = \"postgres\"\nurl = \"{pg}\"\nusername_prefix = \"bn_\"\n\
+        "\n[[databases]]\nname = \"pg\"\nkind = \"postgres\"\nurl = \"{pg}\"\nusername_prefix = \"bn_\"\nscram_iterations = {scram}\n\
          [[databases.roles]]\nname = \"app\"\ndefault_ttl = \"1h\"\nmax_ttl = \"1h\"\n"
     ));
     std::fs::write(dir.join("mayfly.toml"), toml)?;
@@ -387,13 +389,13 @@ async fn db_credentials(args: &[String]) -> Result<(), BoxError> {
     // Some users hold an open session, as live applications would.
     let mut open = Vec::new();
     for v in issued.iter().take(sessions) {
-        let user_url = format!(
-            "postgres://{}:{}@127.0.0.1:5432/postgres",
-            v["username"].as_str().unwrap_or(""),
-            v["password"].as_str().unwrap_or("")
-        );
-        if let Ok(c) = <sqlx::PgConnection as sqlx::Connection>::connect(&user_url).await {
-            open.push(c);
+        // The same server as the admin URL, as each user.
+        let mut user_url = reqwest::Url::parse(&pg)?;
+        let _ = user_url.set_username(v["username"].as_str().unwrap_or(""));
+        let _ = user_url.set_password(v["password"].as_str());
+        match <sqlx::PgConnection as sqlx::Connection>::connect(user_url.as_str()).await {
+            Ok(c) => open.push(c),
+            Err(e) => eprintln!("a credential did not log in: {e}"),
         }
     }
     let started = std::time::Instant::now();

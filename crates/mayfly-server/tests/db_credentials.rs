@@ -543,7 +543,8 @@ async fn a_workload_moved_out_of_prod_loses_its_database_users_and_others_keep_t
     let schema = format!("mayfly_test_{}", prefix.trim_end_matches('_'));
     pg_schema(&schema).await;
     // Passwords sent as they are: the server hashes them with its own iteration count.
-    let config = pg_config(&prefix, &schema, PG_ADMIN).replace("kind = \"postgres\"\n", "kind = \"postgres\"\nscram_iterations = 0\n");
+    let config = pg_config(&prefix, &schema, PG_ADMIN)
+        .replace("kind = \"postgres\"\n", "kind = \"postgres\"\nscram_iterations = 0\n");
     let (srv, k8s) = start(&config).await;
     let (web, api) = (k8s.k8s_token("prod", "web"), k8s.k8s_token("prod", "api"));
     let mut users = Vec::new();

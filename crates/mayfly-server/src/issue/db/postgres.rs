@@ -67,7 +67,16 @@ impl DbDriver for Postgres {
     }
 
     async fn create(&self, user: &NewUser<'_>) -> Result<(), DbError> {
-        let verifier = std::num::NonZeroU32::new(self.scram_iterations).map(|n| scram_verifier(user.password, n));
+        let verifier = match std::num::NonZeroU32::new(self.scram_iterations) {
+            None => None,
+            // Cheap at the default count; a high one (~1 ms at 4,096) must not hold up the runtime's threads.
+            Some(n) if n.get() <= 1024 => Some(scram_verifier(user.password, n)),
+            Some(n) => {
+                let password = user.password.to_owned();
+                let v = tokio::task::spawn_blocking(move || scram_verifier(&password, n)).await;
+                Some(v.map_err(|_| DbError::Refused("computing the SCRAM verifier failed".into()))?)
+            }
+        };
         let sent = NewUser { password: verifier.as_deref().unwrap_or(user.password), ..*user };
         let user = &sent;
         timed(async {
