@@ -106,99 +106,13 @@ impl PostgresStore {
     }
 
     async fn append_in(&self, batch: &mut StoredBatch) -> Result<(), LedgerError> {
-        // Rows locked in id order by every replica: two batches touching the same rows
-        // wait for each other instead of deadlocking.
-        let mut tasks = last_per_id(&batch.tasks, |t| &t.id);
-        tasks.sort_by(|a, b| a.id.cmp(&b.id));
-        let mut db_leases = last_per_id(&batch.db_leases, |l| &l.id);
-        db_leases.sort_by(|a, b| a.id.cmp(&b.id));
         let mut conn = self.pool.acquire().await?;
-        // READ COMMITTED, explicitly: under REPEATABLE READ a commit waiting on the heads
-        // row would fail instead of reading the head another replica just moved.
-        // The commit does not wait for the disk: PostgreSQL holds row locks until a commit
-        // returns, and waiting for the WAL flush under the heads lock would serialise every
-        // replica's group commits on the disk. Durability comes just below, before anyone
-        // is told, and a later commit (another replica's, chained after this one) can only
-        // become durable with everything before it in the WAL, so the chain cannot fork.
-        let mut tx = sqlx::Connection::begin_with(
-            &mut *conn,
-            "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL synchronous_commit = off",
-        )
-        .await?;
-        // Rows that need no ordering go first, outside the heads lock.
-        for chunk in batch.credentials.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<Postgres>::new("");
-            push_credentials(&mut q, chunk);
-            q.build().execute(&mut *tx).await?;
+        let appended = append_on(&mut conn, batch).await;
+        if appended.is_err() {
+            // The session may be left inside a transaction, or in an aborted one: never reused.
+            conn.close_on_drop();
         }
-        for chunk in tasks.chunks(ROWS_PER_STATEMENT / 2) {
-            let mut q = QueryBuilder::<Postgres>::new("");
-            push_tasks(&mut q, chunk);
-            q.build().execute(&mut *tx).await?;
-        }
-        for chunk in db_leases.chunks(ROWS_PER_STATEMENT / 2) {
-            let mut q = QueryBuilder::<Postgres>::new("");
-            push_db_leases(&mut q, chunk);
-            q.build().execute(&mut *tx).await?;
-        }
-        if !batch.events.is_empty() || !batch.revocations.is_empty() {
-            let (mut seq, mut hash, mut cursor): (i64, String, i64) = sqlx::query_as(
-                "SELECT audit_seq, audit_hash, revocation_seq FROM ledger_heads WHERE id = 1 FOR UPDATE",
-            )
-            .fetch_one(&mut *tx)
-            .await?;
-            let in_place = batch.events.first().is_none_or(|e| e.seq == seq + 1 && e.prev_hash == hash);
-            for e in &mut batch.events {
-                if !in_place {
-                    e.rechain(seq, &hash);
-                }
-                (seq, hash) = (e.seq, e.hash.clone());
-            }
-            for r in &mut batch.revocations {
-                cursor += 1;
-                r.cursor = cursor;
-            }
-            // Under the lock, as few round trips as possible: every chunk but the last of
-            // each kind on its own, then the last ones and the heads' move in one statement.
-            let revocation_chunks: Vec<_> = batch.revocations.chunks(ROWS_PER_STATEMENT).collect();
-            let event_chunks: Vec<_> = batch.events.chunks(ROWS_PER_STATEMENT).collect();
-            let (last_revocations, earlier_revocations) = revocation_chunks.split_last().unzip();
-            let (last_events, earlier_events) = event_chunks.split_last().unzip();
-            for chunk in earlier_revocations.unwrap_or_default() {
-                let mut q = QueryBuilder::<Postgres>::new("");
-                push_revocations(&mut q, chunk);
-                q.build().execute(&mut *tx).await?;
-            }
-            for chunk in earlier_events.unwrap_or_default() {
-                let mut q = QueryBuilder::<Postgres>::new("");
-                push_events(&mut q, chunk);
-                q.build().execute(&mut *tx).await?;
-            }
-            let mut q = QueryBuilder::<Postgres>::new("WITH ");
-            if let Some(chunk) = last_revocations {
-                q.push("r AS (");
-                push_revocations(&mut q, chunk);
-                q.push("), ");
-            }
-            if let Some(chunk) = last_events {
-                q.push("e AS (");
-                push_events(&mut q, chunk);
-                q.push("), ");
-            }
-            q.push("h AS (SELECT 1) UPDATE ledger_heads SET audit_seq = ")
-                .push_bind(seq)
-                .push(", audit_hash = ")
-                .push_bind(hash)
-                .push(", revocation_seq = ")
-                .push_bind(cursor)
-                .push(" WHERE id = 1");
-            q.build().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        // A synchronous commit of a transaction with an id flushes the WAL up to its own
-        // commit record, and so past the batch's. One round trip, outside the heads lock.
-        sqlx::raw_sql("BEGIN; SELECT txid_current(); COMMIT").execute(&mut *conn).await?;
-        Ok(())
+        appended
     }
 
     async fn try_lead_in(&self, slot: &mut Leadership) -> Result<bool, LedgerError> {
@@ -216,6 +130,111 @@ impl PostgresStore {
         slot.leading = got;
         Ok(got)
     }
+}
+
+/// One group commit on `conn`, in four round trips: begin; the credentials with the lock
+/// on the chain's head; the events, revocations and the head's move; commit, then wait
+/// for the disk. The transaction is driven by hand so that the last two go in one trip.
+async fn append_on(conn: &mut PgConnection, batch: &mut StoredBatch) -> Result<(), LedgerError> {
+    // Rows locked in id order by every replica: two batches touching the same rows
+    // wait for each other instead of deadlocking.
+    let mut tasks = last_per_id(&batch.tasks, |t| &t.id);
+    tasks.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut db_leases = last_per_id(&batch.db_leases, |l| &l.id);
+    db_leases.sort_by(|a, b| a.id.cmp(&b.id));
+    // READ COMMITTED, explicitly: under REPEATABLE READ a commit waiting on the heads
+    // row would fail instead of reading the head another replica just moved.
+    // The commit does not wait for the disk: PostgreSQL holds row locks until a commit
+    // returns, and waiting for the WAL flush under the heads lock would serialise every
+    // replica's group commits on the disk. Durability comes at the end, before anyone
+    // is told, and a later commit (another replica's, chained after this one) can only
+    // become durable with everything before it in the WAL, so the chain cannot fork.
+    sqlx::raw_sql("BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL synchronous_commit = off")
+        .execute(&mut *conn)
+        .await?;
+    let chained = !batch.events.is_empty() || !batch.revocations.is_empty();
+    let credential_chunks: Vec<_> = batch.credentials.chunks(ROWS_PER_STATEMENT).collect();
+    // When the head is locked, the last credentials ride in the statement that locks it.
+    let (with_lock, alone) = match credential_chunks.split_last() {
+        Some((last, rest)) if chained => (Some(*last), rest),
+        _ => (None, &credential_chunks[..]),
+    };
+    for chunk in alone {
+        let mut q = QueryBuilder::<Postgres>::new("");
+        push_credentials(&mut q, chunk);
+        q.build().execute(&mut *conn).await?;
+    }
+    for chunk in tasks.chunks(ROWS_PER_STATEMENT / 2) {
+        let mut q = QueryBuilder::<Postgres>::new("");
+        push_tasks(&mut q, chunk);
+        q.build().execute(&mut *conn).await?;
+    }
+    for chunk in db_leases.chunks(ROWS_PER_STATEMENT / 2) {
+        let mut q = QueryBuilder::<Postgres>::new("");
+        push_db_leases(&mut q, chunk);
+        q.build().execute(&mut *conn).await?;
+    }
+    if chained {
+        let mut q = QueryBuilder::<Postgres>::new("");
+        if let Some(chunk) = with_lock {
+            q.push("WITH c AS (");
+            push_credentials(&mut q, chunk);
+            q.push(") ");
+        }
+        q.push("SELECT audit_seq, audit_hash, revocation_seq FROM ledger_heads WHERE id = 1 FOR UPDATE");
+        let (mut seq, mut hash, mut cursor): (i64, String, i64) = q.build_query_as().fetch_one(&mut *conn).await?;
+        let in_place = batch.events.first().is_none_or(|e| e.seq == seq + 1 && e.prev_hash == hash);
+        for e in &mut batch.events {
+            if !in_place {
+                e.rechain(seq, &hash);
+            }
+            (seq, hash) = (e.seq, e.hash.clone());
+        }
+        for r in &mut batch.revocations {
+            cursor += 1;
+            r.cursor = cursor;
+        }
+        // Under the lock, as few round trips as possible: every chunk but the last of
+        // each kind on its own, then the last ones and the heads' move in one statement.
+        let revocation_chunks: Vec<_> = batch.revocations.chunks(ROWS_PER_STATEMENT).collect();
+        let event_chunks: Vec<_> = batch.events.chunks(ROWS_PER_STATEMENT).collect();
+        let (last_revocations, earlier_revocations) = revocation_chunks.split_last().unzip();
+        let (last_events, earlier_events) = event_chunks.split_last().unzip();
+        for chunk in earlier_revocations.unwrap_or_default() {
+            let mut q = QueryBuilder::<Postgres>::new("");
+            push_revocations(&mut q, chunk);
+            q.build().execute(&mut *conn).await?;
+        }
+        for chunk in earlier_events.unwrap_or_default() {
+            let mut q = QueryBuilder::<Postgres>::new("");
+            push_events(&mut q, chunk);
+            q.build().execute(&mut *conn).await?;
+        }
+        let mut q = QueryBuilder::<Postgres>::new("WITH ");
+        if let Some(chunk) = last_revocations {
+            q.push("r AS (");
+            push_revocations(&mut q, chunk);
+            q.push("), ");
+        }
+        if let Some(chunk) = last_events {
+            q.push("e AS (");
+            push_events(&mut q, chunk);
+            q.push("), ");
+        }
+        q.push("h AS (SELECT 1) UPDATE ledger_heads SET audit_seq = ")
+            .push_bind(seq)
+            .push(", audit_hash = ")
+            .push_bind(hash)
+            .push(", revocation_seq = ")
+            .push_bind(cursor)
+            .push(" WHERE id = 1");
+        q.build().execute(&mut *conn).await?;
+    }
+    // The commit releases the head at once; then a synchronous commit of a transaction
+    // with an id flushes the WAL up to its own commit record, and so past the batch's.
+    // One round trip: if the first COMMIT fails, nothing after it runs.
+    sqlx::raw_sql("COMMIT; BEGIN; SELECT txid_current(); COMMIT").execute(&mut *conn).await?;
+    Ok(())
 }
 
 /// Forwards notifications from other replicas (and our own) to subscribers; after a lost
