@@ -411,3 +411,30 @@ async fn revoked_lease_pages_are_filled_past_active_rows() {
     assert_eq!(page[0]["id"], jti.as_str());
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn standing_exposure_counts_what_is_live_and_not_what_is_revoked() {
+    let (srv, k8s) = start().await;
+    for sa in ["web", "web", "web", "api", "api"] {
+        token(&srv, &k8s, "prod", sa, "https://api.test").await;
+    }
+    let ledger = srv.running.broker.ledger().clone();
+    let revocations = mayfly_server::govern::Revocations::load(ledger.clone(), 3600).await.unwrap();
+    let scan = |revocations| {
+        let ledger = ledger.clone();
+        async move { mayfly_server::govern::stats::scan(ledger.store().as_ref(), revocations, now()).await.unwrap() }
+    };
+    // No revocation in force: the database's own aggregate.
+    let s = scan(&revocations).await["jwt"].clone();
+    assert_eq!((s.live, s.revoked), (5, 0));
+    assert!((5 * 290..=5 * 300).contains(&s.exposure_seconds), "five tokens of 5 minutes: {s:?}");
+
+    // web's three are revoked: read one by one, and told apart.
+    let r = srv.admin_post("/v1/revocations", Some(json!({"subject": "spiffe://test.example/ns/prod/sa/web"}))).await;
+    assert_eq!(r.status(), 201);
+    revocations.catch_up().await.unwrap();
+    let after = scan(&revocations).await["jwt"].clone();
+    assert_eq!((after.live, after.revoked), (2, 3));
+    assert!((2 * 290..=2 * 300).contains(&after.exposure_seconds), "{after:?}");
+    srv.stop().await;
+}

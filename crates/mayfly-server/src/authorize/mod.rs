@@ -279,8 +279,8 @@ impl PolicyEngine {
             let context = context([
                 ("scopes", RestrictedExpression::new_set(req.scopes.iter().map(|x| string(x)))),
                 ("ttl_seconds", RestrictedExpression::new_long(req.ttl_seconds)),
-                ("source_ip", RestrictedExpression::new_ip(req.source_ip.to_string())),
-                ("now", RestrictedExpression::new_datetime(crate::clock::rfc3339(req.now))),
+                ("source_ip", ip_expr(req.source_ip)),
+                ("now", datetime_expr(req.now)),
                 ("now_unix", RestrictedExpression::new_long(req.now)),
                 ("dpop", RestrictedExpression::new_bool(req.dpop)),
                 ("mtls", RestrictedExpression::new_bool(req.mtls)),
@@ -306,8 +306,8 @@ impl PolicyEngine {
             let context = context([
                 ("scopes", RestrictedExpression::new_set([])),
                 ("ttl_seconds", RestrictedExpression::new_long(req.ttl_seconds)),
-                ("source_ip", RestrictedExpression::new_ip(req.source_ip.to_string())),
-                ("now", RestrictedExpression::new_datetime(crate::clock::rfc3339(req.now))),
+                ("source_ip", ip_expr(req.source_ip)),
+                ("now", datetime_expr(req.now)),
                 ("now_unix", RestrictedExpression::new_long(req.now)),
             ])?;
             Ok((principal, self.issue_action.clone(), resource, context, entities))
@@ -325,8 +325,8 @@ impl PolicyEngine {
                 ("ttl_seconds", RestrictedExpression::new_long(req.ttl_seconds)),
                 ("audiences", RestrictedExpression::new_set(req.audiences.iter().map(|a| string(a)))),
                 ("entry_id", string(req.entry_id)),
-                ("source_ip", RestrictedExpression::new_ip("127.0.0.1")),
-                ("now", RestrictedExpression::new_datetime(crate::clock::rfc3339(req.now))),
+                ("source_ip", ip_expr(IpAddr::from([127, 0, 0, 1]))),
+                ("now", datetime_expr(req.now)),
                 ("now_unix", RestrictedExpression::new_long(req.now)),
             ])?;
             Ok((principal, self.fetch_svid_action.clone(), resource, context, entities))
@@ -344,8 +344,8 @@ impl PolicyEngine {
                 ("ttl_seconds", RestrictedExpression::new_long(req.ttl_seconds)),
                 ("audiences", RestrictedExpression::new_set(req.audiences.iter().map(|x| string(x)))),
                 ("approved", RestrictedExpression::new_bool(req.approved)),
-                ("source_ip", RestrictedExpression::new_ip(req.source_ip.to_string())),
-                ("now", RestrictedExpression::new_datetime(crate::clock::rfc3339(req.now))),
+                ("source_ip", ip_expr(req.source_ip)),
+                ("now", datetime_expr(req.now)),
                 ("now_unix", RestrictedExpression::new_long(req.now)),
             ])?;
             Ok((principal, self.start_task_action.clone(), resource, context, entities))
@@ -361,8 +361,8 @@ impl PolicyEngine {
             let context = context([
                 ("scopes", scope_set(&req.task.task.scope)),
                 ("ttl_seconds", RestrictedExpression::new_long((req.task.task.expires_at - req.now).max(0))),
-                ("source_ip", RestrictedExpression::new_ip(req.source_ip.to_string())),
-                ("now", RestrictedExpression::new_datetime(crate::clock::rfc3339(req.now))),
+                ("source_ip", ip_expr(req.source_ip)),
+                ("now", datetime_expr(req.now)),
                 ("now_unix", RestrictedExpression::new_long(req.now)),
             ])?;
             Ok((principal, self.approve_action.clone(), resource, context, entities))
@@ -373,8 +373,12 @@ impl PolicyEngine {
     /// `forbid` would fail open, so any evaluation error denies.
     fn decide(&self, build: impl FnOnce() -> Result<RequestParts, String>) -> Decision {
         let built = build().and_then(|(principal, action, resource, context, entities)| {
-            let request =
-                Request::new(principal, action, resource, context, Some(&self.schema)).map_err(|e| e.to_string())?;
+            // Requests are built here, by construction of the schema's shape: checking each
+            // against the schema (a tenth of a decision) is left to debug builds, where
+            // every test exercises it. A request that did not fit would fail to evaluate,
+            // and an evaluation error denies.
+            let schema = cfg!(debug_assertions).then_some(&self.schema);
+            let request = Request::new(principal, action, resource, context, schema).map_err(|e| e.to_string())?;
             let entities = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
             Ok((request, entities))
         });
@@ -443,6 +447,46 @@ impl PolicyEngine {
 }
 
 type RequestParts = (EntityUid, EntityUid, EntityUid, Context, Vec<Entity>);
+
+/// Most source addresses remembered per thread before the memo starts over.
+const REMEMBERED_ADDRESSES: usize = 1024;
+
+thread_local! {
+    /// Recent `ip(…)` expressions: building one parses the extension's name with Cedar's
+    /// full parser (a fresh lexer each time), which cost more than the rest of a
+    /// request's context. Callers come from few addresses; bounded all the same.
+    static IP_EXPRS: std::cell::RefCell<std::collections::HashMap<IpAddr, RestrictedExpression>> =
+        Default::default();
+    /// The `datetime(…)` expression of the current second, for the same reason.
+    static NOW_EXPR: std::cell::RefCell<Option<(i64, RestrictedExpression)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// `ip("<addr>")`.
+fn ip_expr(ip: IpAddr) -> RestrictedExpression {
+    IP_EXPRS.with_borrow_mut(|memo| {
+        if let Some(e) = memo.get(&ip) {
+            return e.clone();
+        }
+        if memo.len() >= REMEMBERED_ADDRESSES {
+            memo.clear();
+        }
+        let e = RestrictedExpression::new_ip(ip.to_string());
+        memo.insert(ip, e.clone());
+        e
+    })
+}
+
+/// `datetime("<RFC 3339 of now>")`.
+fn datetime_expr(now: i64) -> RestrictedExpression {
+    NOW_EXPR.with_borrow_mut(|memo| match memo {
+        Some((t, e)) if *t == now => e.clone(),
+        _ => {
+            let e = RestrictedExpression::new_datetime(crate::clock::rfc3339(now));
+            *memo = Some((now, e.clone()));
+            e
+        }
+    })
+}
 
 fn string(v: &str) -> RestrictedExpression {
     RestrictedExpression::new_string(v.to_owned())

@@ -641,6 +641,9 @@ pub trait Store: Send + Sync + 'static {
     async fn credentials(&self, filter: &CredentialFilter) -> Result<Vec<CredentialRecord>, LedgerError>;
     /// How many credentials of each kind expire in `(after, until]`.
     async fn count_expiring(&self, after: i64, until: i64) -> Result<Vec<(String, i64)>, LedgerError>;
+    /// Per kind, the credentials unexpired at `now` (revoked or not): how many, and the
+    /// sum of their remaining lifetimes in seconds. Aggregated by the database.
+    async fn unexpired_totals(&self, now: i64) -> Result<Vec<(String, i64, i64)>, LedgerError>;
     /// Audit events matching a filter, in chain order.
     async fn audit_query(&self, filter: &AuditFilter) -> Result<Vec<ChainedAuditEvent>, LedgerError>;
     /// Audit events with `seq > after`, in order, at most `limit`.

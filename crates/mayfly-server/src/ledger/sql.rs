@@ -494,6 +494,16 @@ macro_rules! portable_store {
                 .await?)
             }
 
+            async fn unexpired_totals(&self, now: i64) -> Result<Vec<(String, i64, i64)>, $crate::ledger::LedgerError> {
+                Ok(sqlx::query_as(
+                    "SELECT kind, COUNT(*) AS n, CAST(COALESCE(SUM(expires_at - $1), 0) AS BIGINT) AS exposure \
+                     FROM credentials WHERE expires_at > $1 GROUP BY kind",
+                )
+                .bind(now)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
             async fn audit_query(
                 &self,
                 f: &$crate::ledger::AuditFilter,
