@@ -26,7 +26,7 @@ pub use oidc::OidcAttestor;
 pub const MAX_SUBJECT_TOKEN_BYTES: usize = 16 * 1024;
 
 /// Who a workload was proven to be.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct WorkloadIdentity {
     /// Its SPIFFE ID.
     pub spiffe_id: SpiffeId,

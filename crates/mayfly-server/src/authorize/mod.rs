@@ -399,23 +399,39 @@ impl PolicyEngine {
     fn principal(&self, p: Principal<'_>) -> Result<(EntityUid, Vec<Entity>), String> {
         match p {
             Principal::Workload(w) => {
-                let id = &w.spiffe_id;
-                let uid = EntityUid::from_type_name_and_id(self.workload_type.clone(), EntityId::new(id.to_string()));
-                let attrs = [
-                    ("spiffe_id".to_owned(), string(&id.to_string())),
-                    ("trust_domain".to_owned(), string(id.trust_domain())),
-                    ("path".to_owned(), string(id.path())),
-                    ("attestor".to_owned(), string(&w.attestor)),
-                ];
-                let tags = w.attributes.iter().map(|(k, v)| (k.clone(), string(v)));
-                let entity = Entity::new_with_tags(uid.clone(), attrs, [], tags).map_err(|e| e.to_string())?;
-                Ok((uid, vec![entity]))
+                let entity = WORKLOAD_ENTITIES.with_borrow_mut(|memo| {
+                    if let Some(e) = memo.get(w) {
+                        return Ok(e.clone());
+                    }
+                    let e = self.workload_entity(w)?;
+                    if memo.len() >= REMEMBERED_IDENTITIES {
+                        memo.clear();
+                    }
+                    memo.insert(w.clone(), e.clone());
+                    Ok::<_, String>(e)
+                })?;
+                Ok((entity.uid(), vec![entity]))
             }
             Principal::Task(t) => {
                 let (uid, entity) = self.task_entity(t)?;
                 Ok((uid, vec![entity]))
             }
         }
+    }
+
+    /// A workload as a Cedar entity: its SPIFFE ID's parts and attestor as attributes,
+    /// its attested attributes as tags.
+    fn workload_entity(&self, w: &WorkloadIdentity) -> Result<Entity, String> {
+        let id = &w.spiffe_id;
+        let uid = EntityUid::from_type_name_and_id(self.workload_type.clone(), EntityId::new(id.to_string()));
+        let attrs = [
+            ("spiffe_id".to_owned(), string(&id.to_string())),
+            ("trust_domain".to_owned(), string(id.trust_domain())),
+            ("path".to_owned(), string(id.path())),
+            ("attestor".to_owned(), string(&w.attestor)),
+        ];
+        let tags = w.attributes.iter().map(|(k, v)| (k.clone(), string(v)));
+        Entity::new_with_tags(uid, attrs, [], tags).map_err(|e| e.to_string())
     }
 
     /// A task as a Cedar entity: a member of every actor in its chain.
@@ -450,8 +466,14 @@ type RequestParts = (EntityUid, EntityUid, EntityUid, Context, Vec<Entity>);
 
 /// Most source addresses remembered per thread before the memo starts over.
 const REMEMBERED_ADDRESSES: usize = 1024;
+/// Most workload entities remembered per thread before the memo starts over.
+const REMEMBERED_IDENTITIES: usize = 1024;
 
 thread_local! {
+    /// Workloads as Cedar entities, by everything they are made of: a workload asks
+    /// again and again with the same attested identity while its evidence lives.
+    static WORKLOAD_ENTITIES: std::cell::RefCell<std::collections::HashMap<WorkloadIdentity, Entity>> =
+        Default::default();
     /// Recent `ip(…)` expressions: building one parses the extension's name with Cedar's
     /// full parser (a fresh lexer each time), which cost more than the rest of a
     /// request's context. Callers come from few addresses; bounded all the same.
