@@ -72,7 +72,8 @@ pub struct ExecArgs {
     wait_approval: Option<Duration>,
     /// Present the platform evidence again (re-read from its file or variable) this often
     /// while the command runs, and before every renewal; evidence that no longer proves
-    /// the same workload ends the task and stops the command. 0s: only before renewals.
+    /// the same workload ends the task and stops the command. Without such evidence (a
+    /// join token), check this often that the task is still active. 0s: only at renewals.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "1m")]
     reattest_every: Duration,
     /// Also give the command the task token (MAYFLY_TASK_TOKEN), so it can get more
@@ -122,6 +123,8 @@ struct Session {
     evidence: Option<Evidence>,
     /// Why the task ended under the running command (set once, watched by the child's keeper).
     ended: tokio::sync::watch::Sender<Option<String>>,
+    /// Whether the user was told that expired evidence is no longer presented.
+    told_stale: std::sync::atomic::AtomicBool,
 }
 
 impl Session {
@@ -136,7 +139,7 @@ impl Session {
         let resp = resp.inspect_err(|e| {
             // The task token no longer works: the task is over, whoever ended it.
             if let Some(p) = ServerProblem::of(e)
-                && (p.is("task-not-active") || p.is("invalid-task-token"))
+                && (p.is("task-not-active") || p.is("invalid-task-token") || p.is("subject-token-expired"))
             {
                 self.mark_ended(p.to_string());
             }
@@ -147,15 +150,32 @@ impl Session {
     /// Presents the starter's evidence as it is now. An answer that the task is over
     /// marks it ended; a failure to check (server or issuer unreachable) changes nothing.
     async fn reattest(&self) {
-        let Some(evidence) = &self.evidence else { return };
         if self.is_ended() {
             return;
         }
+        let now = mayfly_server::clock::now_unix();
+        if self.task.expires_at <= now {
+            return self.mark_ended("its lifetime is over".into());
+        }
+        let Some(evidence) = &self.evidence else { return self.check_alive().await };
         let (subject_token, subject_token_type) = match evidence.read() {
             Ok((t, ty)) => (t, ty.to_owned()),
             // A token file being replaced can be unreadable for a moment: tried again next time.
             Err(e) => return eprintln!("mayfly exec: cannot re-read the evidence (will retry): {e:#}"),
         };
+        // A platform that stopped renewing its token (a variable never changes; a CI token
+        // written once) has not shown that the workload moved: the token is no longer
+        // presented, and the task's own lifetime bounds what it holds.
+        if jwt_expiry(&subject_token).is_some_and(|exp| exp <= now) {
+            if !self.told_stale.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                eprintln!(
+                    "mayfly exec: the evidence has expired and was not renewed; it is no longer presented (task {} ends at {})",
+                    self.task.id,
+                    mayfly_server::clock::rfc3339(self.task.expires_at)
+                );
+            }
+            return;
+        }
         let url = self.remote.endpoint(&format!("/v1/tasks/{}/attest", self.task.id));
         let body = TaskAttestRequest { subject_token_type, subject_token };
         let req = self.client.post(&url).bearer_auth(&self.task_token).json(&body);
@@ -164,6 +184,19 @@ impl Session {
             Err(e) => match ServerProblem::of(&e) {
                 Some(p) if p.is("task-ended") || p.status == 409 || p.status == 401 => self.mark_ended(p.to_string()),
                 _ => eprintln!("mayfly exec: re-attestation could not be checked now (will retry): {e:#}"),
+            },
+        }
+    }
+
+    /// Without evidence to present, asks whether the task is still active.
+    async fn check_alive(&self) {
+        let url = self.remote.endpoint(&format!("/v1/tasks/{}", self.task.id));
+        match call::<TaskInfo>(self.client.get(&url).bearer_auth(&self.task_token), &url).await {
+            Ok(t) if t.state == "active" => {}
+            Ok(t) => self.mark_ended(format!("the task is {}", t.state)),
+            Err(e) => match ServerProblem::of(&e) {
+                Some(p) if p.status == 409 || p.status == 401 => self.mark_ended(p.to_string()),
+                _ => eprintln!("mayfly exec: the task's state could not be checked now (will retry): {e:#}"),
             },
         }
     }
@@ -249,6 +282,14 @@ async fn renew_file(
     }
 }
 
+/// The `exp` of a JWT, read without verifying it: only to decide whether it is worth sending.
+fn jwt_expiry(token: &str) -> Option<i64> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
+    serde_json::from_slice::<serde_json::Value>(&bytes).ok()?.get("exp")?.as_i64()
+}
+
 /// Re-attests every `every` until the task ends.
 async fn reattest_periodically(session: std::sync::Arc<Session>, every: Duration) {
     while !session.is_ended() {
@@ -293,6 +334,7 @@ impl ExecArgs {
             // A sub-task (started with a task token) is governed through its root.
             evidence: self.evidence.can_reattest().then(|| self.evidence.clone()),
             ended,
+            told_stale: Default::default(),
         };
 
         // From here on, any failure ends the task before returning.
@@ -319,7 +361,7 @@ impl ExecArgs {
             }
         }
 
-        if session.evidence.is_some() && !self.reattest_every.is_zero() {
+        if !self.reattest_every.is_zero() {
             renewals.push(tokio::spawn(reattest_periodically(session.clone(), self.reattest_every)));
         }
 
@@ -336,20 +378,20 @@ impl ExecArgs {
         }
         // End first, then remove the files: nothing written outlives the child.
         let ended_under_it = session.ended.borrow().clone();
-        match ended_under_it {
-            Some(why) => {
-                eprintln!("mayfly exec: task {} ended while {program} ran, so it was stopped: {why}", session.task.id)
+        if let Some(why) = &ended_under_it {
+            eprintln!("mayfly exec: task {} ended while {program} ran, so it was stopped: {why}", session.task.id);
+        }
+        // Ended all the same: what looked like the end (a refused token) may not have been one.
+        match session.end(reason).await {
+            Ok(ended) => {
+                tracing::debug!(task = %ended.task.id, "task ended");
             }
-            None => match session.end(reason).await {
-                Ok(ended) => {
-                    tracing::debug!(task = %ended.task.id, "task ended");
-                }
-                Err(e) => eprintln!(
-                    "mayfly exec: WARNING: could not end task {} ({e:#}); it expires at {}",
-                    session.task.id,
-                    mayfly_server::clock::rfc3339(session.task.expires_at)
-                ),
-            },
+            Err(e) if ended_under_it.is_some() && ServerProblem::of(&e).is_some_and(|p| p.status == 409) => {}
+            Err(e) => eprintln!(
+                "mayfly exec: WARNING: could not end task {} ({e:#}); it expires at {}",
+                session.task.id,
+                mayfly_server::clock::rfc3339(session.task.expires_at)
+            ),
         }
         if let Some(dir) = dir
             && let Err(e) = dir.close()

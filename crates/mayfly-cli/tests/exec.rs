@@ -380,4 +380,29 @@ fn exec_re_attests_its_evidence_and_stops_the_command_when_it_no_longer_proves_t
     let t = k8s.task(&id);
     assert_eq!(t["state"], "ended");
     assert!(t["end_reason"].as_str().unwrap().starts_with("re-attestation failed"), "{t}");
+
+    // Evidence in a variable expires and is never renewed: it stops being presented, and
+    // the command runs to its end under its task.
+    let short = k8s.token("pod-a", mayfly_server::clock::now_unix() - 3598);
+    let out = Command::new(BIN)
+        .args([
+            "exec",
+            "--url",
+            &k8s.url,
+            "--audience",
+            AUD,
+            "--reattest-every",
+            "1s",
+            "--subject-token-env",
+            "SA_TOKEN",
+        ])
+        .args(["--", "sh", "-c", r#"echo "$MAYFLY_TASK_ID" > id2; sleep 4"#])
+        .current_dir(w)
+        .env("SA_TOKEN", &short)
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("no longer presented"), "{stderr}");
+    assert_eq!(k8s.task(&read(w, "id2"))["end_reason"], "command exited with status 0");
 }

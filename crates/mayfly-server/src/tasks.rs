@@ -604,9 +604,16 @@ impl Broker {
         }
         let now = crate::clock::now_unix();
         let why = match self.attest(token_type, token, source_ip, now).await {
+            // Cannot be checked now rather than proven wrong: the issuer's keys are out of
+            // reach (an unknown key may be a rotation not yet fetched), the clocks disagree,
+            // or storage failed. Nothing changes; the holder asks again.
             Err(BrokerError::Attest(e @ (AttestError::JwksUnavailable { .. } | AttestError::Ledger(_)))) => {
                 metrics::counter!("mayfly_task_reattestations_total", "outcome" => "unavailable").increment(1);
                 return Err(BrokerError::Attest(e));
+            }
+            Err(BrokerError::Attest(e @ (AttestError::UnknownKey { .. } | AttestError::NotYetValid))) => {
+                metrics::counter!("mayfly_task_reattestations_total", "outcome" => "unavailable").increment(1);
+                return Err(BrokerError::Unavailable(format!("the evidence cannot be checked now ({e}); retry")));
             }
             Err(BrokerError::Attest(e)) => format!("its starter's evidence no longer verifies ({e})"),
             Err(other) => return Err(other),

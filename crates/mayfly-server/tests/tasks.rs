@@ -412,6 +412,16 @@ async fn a_task_lives_on_only_while_its_starters_evidence_still_proves_the_same_
     assert!(p["detail"].as_str().unwrap().contains("sub-task"), "{p}");
     assert!(active(&srv, &token).await, "refused requests end nothing");
 
+    // A key the issuer has not published yet (a rotation not fetched), or a token not
+    // valid yet: cannot be checked now, so nothing changes.
+    let unknown = k8s.sign_with("RS256", json!({"kid": "not-published-yet"}), &k8s.k8s_claims("prod", "worker"));
+    let p = problem(reattest(&srv, id, &task_token, JWT_TYPE, &unknown).await, 503).await;
+    assert!(p["detail"].as_str().unwrap().contains("not-published-yet"), "{p}");
+    let mut early = k8s.k8s_claims("prod", "worker");
+    early["nbf"] = json!(now() + 3600);
+    problem(reattest(&srv, id, &task_token, JWT_TYPE, &k8s.sign("RS256", &early)).await, 503).await;
+    assert!(active(&srv, &token).await, "a check that could not be made ends nothing");
+
     // The same service account in another pod: the token was copied, or the pod replaced.
     let mut moved = k8s.k8s_claims("prod", "worker");
     moved["kubernetes.io"]["pod"]["uid"] = json!("0a0a0a0a-0000-4000-8000-00000000ffff");

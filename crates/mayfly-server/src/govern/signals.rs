@@ -630,9 +630,21 @@ impl Broker {
         now: i64,
     ) -> Result<usize, SignalError> {
         let store = self.ledger.store();
-        let live = crate::ledger::TaskFilter { live_at: Some(now), limit: 10_000, ..Default::default() };
+        let mut live = Vec::new();
+        let mut filter = crate::ledger::TaskFilter {
+            creator: s.spiffe_id.clone(),
+            live_at: Some(now),
+            limit: 1000,
+            ..Default::default()
+        };
+        loop {
+            let page = store.tasks(&filter).await.map_err(BrokerError::Ledger)?;
+            let Some(last) = page.last() else { break };
+            filter.after = Some(last.id.clone());
+            live.extend(page);
+        }
         let mut ended = 0;
-        for t in store.tasks(&live).await.map_err(BrokerError::Ledger)? {
+        for t in live {
             // A sub-task is decided with its root and ends with it.
             let named = t.parent_id.is_none()
                 && match (&s.spiffe_id, &s.spiffe_prefix) {

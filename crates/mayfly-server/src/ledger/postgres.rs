@@ -106,13 +106,13 @@ impl PostgresStore {
     }
 
     async fn append_in(&self, batch: &mut StoredBatch) -> Result<(), LedgerError> {
-        let mut conn = self.pool.acquire().await?;
-        let appended = append_on(&mut conn, batch).await;
-        if appended.is_err() {
-            // The session may be left inside a transaction, or in an aborted one: never reused.
-            conn.close_on_drop();
+        let mut guard = CloseUnlessDone(Some(self.pool.acquire().await?));
+        if let Some(conn) = guard.0.as_mut() {
+            append_on(conn, batch).await?;
         }
-        appended
+        // Only a session whose transaction is over goes back to the pool.
+        guard.0.take();
+        Ok(())
     }
 
     async fn try_lead_in(&self, slot: &mut Leadership) -> Result<bool, LedgerError> {
@@ -129,6 +129,18 @@ impl PostgresStore {
             sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(LEADER_LOCK).fetch_one(&mut *conn).await?;
         slot.leading = got;
         Ok(got)
+    }
+}
+
+/// Holds the connection of a group commit: unless the commit finished, the session may
+/// be inside a transaction (failed, or abandoned mid-way), so it is closed, never reused.
+struct CloseUnlessDone(Option<sqlx::pool::PoolConnection<Postgres>>);
+
+impl Drop for CloseUnlessDone {
+    fn drop(&mut self) {
+        if let Some(conn) = &mut self.0 {
+            conn.close_on_drop();
+        }
     }
 }
 

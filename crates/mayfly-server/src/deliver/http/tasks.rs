@@ -190,8 +190,8 @@ pub async fn end(
         (status = 400, description = "Not a platform JWT, or a sub-task", body = mayfly_proto::Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid task token", body = mayfly_proto::Problem, content_type = "application/problem+json"),
         (status = 403, description = "`task-ended`: the evidence no longer verifies, proves another workload or context, or policy no longer allows the task; the task was ended and everything under it revoked", body = mayfly_proto::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The task has already ended", body = mayfly_proto::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The evidence could not be checked now (issuer keys or storage unavailable); nothing changed", body = mayfly_proto::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The task has already ended or expired", body = mayfly_proto::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The evidence could not be checked now (issuer keys out of reach or not yet fetched, clocks apart, storage unavailable); nothing changed", body = mayfly_proto::Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn attest(
@@ -213,6 +213,8 @@ pub async fn attest(
             BrokerError::Attest(AttestError::TaskNotActive(s)) => {
                 BrokerError::Conflict(format!("the task is already {}", s.as_str())).into()
             }
+            // The task token lives exactly as long as the task.
+            BrokerError::Attest(AttestError::Expired) => BrokerError::Conflict("the task has expired".into()).into(),
             BrokerError::Attest(AttestError::TaskToken(e)) => ApiError::Unauthorized(format!("task token: {e}")),
             e => ApiError::from(e),
         })?;
