@@ -137,12 +137,7 @@ impl Session {
     async fn token(&self, audience: &str, ttl: Option<Duration>) -> anyhow::Result<(String, u64)> {
         let resp = exchange(&self.remote, &self.client, (&self.task_token, TOKEN_TYPE_TASK), audience, None, ttl).await;
         let resp = resp.inspect_err(|e| {
-            // The task token no longer works: the task is over, whoever ended it.
-            if let Some(p) = ServerProblem::of(e)
-                && (p.is("task-not-active") || p.is("invalid-task-token") || p.is("subject-token-expired"))
-            {
-                self.mark_ended(p.to_string());
-            }
+            self.ended_by(e);
         })?;
         Ok((resp.access_token, resp.expires_in))
     }
@@ -181,10 +176,10 @@ impl Session {
         let req = self.client.post(&url).bearer_auth(&self.task_token).json(&body);
         match call::<TaskInfo>(req, &url).await {
             Ok(_) => tracing::debug!(task = %self.task.id, "re-attested"),
-            Err(e) => match ServerProblem::of(&e) {
-                Some(p) if p.is("task-ended") || p.status == 409 || p.status == 401 => self.mark_ended(p.to_string()),
-                _ => eprintln!("mayfly exec: re-attestation could not be checked now (will retry): {e:#}"),
-            },
+            Err(e) if !self.ended_by(&e) => {
+                eprintln!("mayfly exec: re-attestation could not be checked now (will retry): {e:#}")
+            }
+            Err(_) => {}
         }
     }
 
@@ -194,11 +189,26 @@ impl Session {
         match call::<TaskInfo>(self.client.get(&url).bearer_auth(&self.task_token), &url).await {
             Ok(t) if t.state == "active" => {}
             Ok(t) => self.mark_ended(format!("the task is {}", t.state)),
-            Err(e) => match ServerProblem::of(&e) {
-                Some(p) if p.status == 409 || p.status == 401 => self.mark_ended(p.to_string()),
-                _ => eprintln!("mayfly exec: the task's state could not be checked now (will retry): {e:#}"),
-            },
+            Err(e) if !self.ended_by(&e) => {
+                eprintln!("mayfly exec: the task's state could not be checked now (will retry): {e:#}")
+            }
+            Err(_) => {}
         }
+    }
+
+    /// Marks the task ended when the server's answer says it is over (its token no
+    /// longer works, whoever ended it, or re-attestation ended it); whether it did.
+    fn ended_by(&self, e: &anyhow::Error) -> bool {
+        let Some(p) = ServerProblem::of(e) else { return false };
+        let over = ["task-ended", "task-not-active", "invalid-task-token", "subject-token-expired"]
+            .iter()
+            .any(|slug| p.is(slug))
+            || p.status == 409
+            || p.status == 401;
+        if over {
+            self.mark_ended(p.to_string());
+        }
+        over
     }
 
     fn mark_ended(&self, why: String) {

@@ -361,14 +361,8 @@ impl Broker {
         };
         let client_id = caller.spiffe_id();
         // The facts a resource server can check its caller against (`ctx`).
-        let bound: Option<std::collections::BTreeMap<String, String>> = match &caller {
-            Caller::Workload(w) => Some(
-                self.tokens
-                    .bound_context
-                    .iter()
-                    .filter_map(|k| w.attributes.get(k).map(|v| (k.clone(), v.clone())))
-                    .collect(),
-            ),
+        let bound = match &caller {
+            Caller::Workload(w) => Some(self.bound_context(&w.attributes)),
             Caller::Task(_) => None,
         };
         let issued = self.issuer.issue(&AccessTokenRequest {
@@ -544,6 +538,14 @@ impl Broker {
             _ => "token.issued",
         };
         (record, AuditEvent::new(event_kind, Some(f.subject.to_owned()), detail))
+    }
+
+    /// The attributes a credential is bound to (`tokens.bound_context`), of those given.
+    pub(crate) fn bound_context(
+        &self,
+        attributes: &std::collections::BTreeMap<String, String>,
+    ) -> std::collections::BTreeMap<String, String> {
+        self.tokens.bound_context.iter().filter_map(|k| attributes.get(k).map(|v| (k.clone(), v.clone()))).collect()
     }
 
     /// Audits a refusal anyone can provoke (bad evidence, a forged signal) at a bounded

@@ -672,11 +672,10 @@ impl Broker {
         if w.spiffe_id.to_string() != task.creator {
             return Err(format!("the evidence now proves {}, not its starter {}", w.spiffe_id, task.creator));
         }
-        for key in &self.tokens.bound_context {
-            let (was, is) = (holder.attributes.get(key), w.attributes.get(key));
-            if was.is_some() && was != is {
-                return Err(format!("its starter's {key} changed since the task started"));
-            }
+        if let Some((key, _)) =
+            self.bound_context(&holder.attributes).iter().find(|(k, v)| w.attributes.get(*k) != Some(v))
+        {
+            return Err(format!("its starter's {key} changed since the task started"));
         }
         let decision = self.redecide_task(holder, w, source_ip, now);
         if decision.allowed {

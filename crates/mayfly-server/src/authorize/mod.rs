@@ -399,17 +399,8 @@ impl PolicyEngine {
     fn principal(&self, p: Principal<'_>) -> Result<(EntityUid, Vec<Entity>), String> {
         match p {
             Principal::Workload(w) => {
-                let entity = WORKLOAD_ENTITIES.with_borrow_mut(|memo| {
-                    if let Some(e) = memo.get(w) {
-                        return Ok(e.clone());
-                    }
-                    let e = self.workload_entity(w)?;
-                    if memo.len() >= REMEMBERED_IDENTITIES {
-                        memo.clear();
-                    }
-                    memo.insert(w.clone(), e.clone());
-                    Ok::<_, String>(e)
-                })?;
+                let entity =
+                    WORKLOAD_ENTITIES.with_borrow_mut(|memo| remembered(memo, w, || self.workload_entity(w)))?;
                 Ok((entity.uid(), vec![entity]))
             }
             Principal::Task(t) => {
@@ -464,10 +455,29 @@ impl PolicyEngine {
 
 type RequestParts = (EntityUid, EntityUid, EntityUid, Context, Vec<Entity>);
 
-/// Most source addresses remembered per thread before the memo starts over.
-const REMEMBERED_ADDRESSES: usize = 1024;
-/// Most workload entities remembered per thread before the memo starts over.
-const REMEMBERED_IDENTITIES: usize = 1024;
+/// Most entries a per-thread memo holds before it starts over.
+const REMEMBERED: usize = 1024;
+
+/// The memo's value for `key`, built (and kept) if it has none.
+fn remembered<K, V, E>(
+    memo: &mut std::collections::HashMap<K, V>,
+    key: &K,
+    build: impl FnOnce() -> Result<V, E>,
+) -> Result<V, E>
+where
+    K: Clone + Eq + std::hash::Hash,
+    V: Clone,
+{
+    if let Some(v) = memo.get(key) {
+        return Ok(v.clone());
+    }
+    let v = build()?;
+    if memo.len() >= REMEMBERED {
+        memo.clear();
+    }
+    memo.insert(key.clone(), v.clone());
+    Ok(v)
+}
 
 thread_local! {
     /// Workloads as Cedar entities, by everything they are made of: a workload asks
@@ -485,17 +495,10 @@ thread_local! {
 
 /// `ip("<addr>")`.
 fn ip_expr(ip: IpAddr) -> RestrictedExpression {
-    IP_EXPRS.with_borrow_mut(|memo| {
-        if let Some(e) = memo.get(&ip) {
-            return e.clone();
-        }
-        if memo.len() >= REMEMBERED_ADDRESSES {
-            memo.clear();
-        }
-        let e = RestrictedExpression::new_ip(ip.to_string());
-        memo.insert(ip, e.clone());
-        e
-    })
+    let built: Result<_, std::convert::Infallible> =
+        IP_EXPRS.with_borrow_mut(|memo| remembered(memo, &ip, || Ok(RestrictedExpression::new_ip(ip.to_string()))));
+    let Ok(e) = built;
+    e
 }
 
 /// `datetime("<RFC 3339 of now>")`.

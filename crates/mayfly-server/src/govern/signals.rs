@@ -163,6 +163,20 @@ impl SignalSubject {
             attributes: self.attributes.clone(),
         }
     }
+
+    /// Whether its SPIFFE ID or prefix names `id`; true when it names neither.
+    fn names(&self, id: &str) -> bool {
+        match (&self.spiffe_id, &self.spiffe_prefix) {
+            (Some(wanted), _) => wanted == id,
+            (_, Some(p)) => crate::ledger::revocation::under_prefix(id, p),
+            _ => true,
+        }
+    }
+}
+
+/// Whether `attributes` hold every wanted value.
+fn has_all(attributes: &BTreeMap<String, String>, wanted: &BTreeMap<String, String>) -> bool {
+    wanted.iter().all(|(k, v)| attributes.get(k) == Some(v))
 }
 
 /// What a signal did.
@@ -485,7 +499,7 @@ fn event_signal(event_type: &str, payload: &Value, subject: SignalSubject) -> Re
 
 /// Whether a recorded context has every attribute of `wanted`.
 fn context_has(context: &Option<IssuanceContext>, wanted: &BTreeMap<String, String>) -> bool {
-    context.as_ref().is_some_and(|c| wanted.iter().all(|(k, v)| c.attributes.get(k) == Some(v)))
+    context.as_ref().is_some_and(|c| has_all(&c.attributes, wanted))
 }
 
 fn parse_context(raw: Option<&str>) -> Option<IssuanceContext> {
@@ -602,9 +616,8 @@ impl Broker {
             .chain(leases.iter().map(|l| l.subject.as_str()))
             .chain(s.spiffe_id.as_deref())
             .collect();
-        let live = crate::ledger::TaskFilter { live_at: Some(now), limit: 10_000, ..Default::default() };
         let mut ended = 0;
-        for t in self.ledger.store().tasks(&live).await.map_err(BrokerError::Ledger)? {
+        for t in self.live_tasks(None, now).await? {
             let by_prefix =
                 s.spiffe_prefix.as_deref().is_some_and(|p| crate::ledger::revocation::under_prefix(&t.creator, p));
             // A sub-task may already have ended with its parent.
@@ -630,37 +643,16 @@ impl Broker {
         now: i64,
     ) -> Result<usize, SignalError> {
         let store = self.ledger.store();
-        let mut live = Vec::new();
-        let mut filter = crate::ledger::TaskFilter {
-            creator: s.spiffe_id.clone(),
-            live_at: Some(now),
-            limit: 1000,
-            ..Default::default()
-        };
-        loop {
-            let page = store.tasks(&filter).await.map_err(BrokerError::Ledger)?;
-            let Some(last) = page.last() else { break };
-            filter.after = Some(last.id.clone());
-            live.extend(page);
-        }
         let mut ended = 0;
-        for t in live {
+        for t in self.live_tasks(s.spiffe_id.clone(), now).await? {
             // A sub-task is decided with its root and ends with it.
-            let named = t.parent_id.is_none()
-                && match (&s.spiffe_id, &s.spiffe_prefix) {
-                    (Some(id), _) => &t.creator == id,
-                    (_, Some(p)) => crate::ledger::revocation::under_prefix(&t.creator, p),
-                    _ => true,
-                };
-            if !named {
+            if t.parent_id.is_some() || !s.names(&t.creator) {
                 continue;
             }
             let Ok(task) = crate::attest::task::TaskIdentity::from_record(t, self.task_attestor.trust_domain()) else {
                 continue;
             };
-            if let Some(wanted) = &s.attributes
-                && !wanted.iter().all(|(k, v)| task.attributes.get(k) == Some(v))
-            {
+            if s.attributes.as_ref().is_some_and(|wanted| !has_all(&task.attributes, wanted)) {
                 continue;
             }
             let filter = CredentialFilter {
@@ -678,6 +670,23 @@ impl Broker {
             }
         }
         Ok(ended)
+    }
+
+    /// Every task live at `now` (of `creator` only, if given), page by page.
+    async fn live_tasks(
+        &self,
+        creator: Option<String>,
+        now: i64,
+    ) -> Result<Vec<crate::ledger::TaskRecord>, SignalError> {
+        let mut filter = crate::ledger::TaskFilter { creator, live_at: Some(now), limit: 1000, ..Default::default() };
+        let mut live = Vec::new();
+        loop {
+            let page = self.ledger.store().tasks(&filter).await.map_err(BrokerError::Ledger)?;
+            let Some(last) = page.last() else { break };
+            filter.after = Some(last.id.clone());
+            live.extend(page);
+        }
+        Ok(live)
     }
 
     /// Live tokens and open database leases a subject selector names.
@@ -712,11 +721,7 @@ impl Broker {
         // revoked by the subject revocation of a kill, or re-decided by the next signal.
         let open = [DbLeaseState::Active];
         let mut leases = store.db_leases(&open, None, MAX_MATCHED).await.map_err(BrokerError::Ledger)?;
-        leases.retain(|l| match (&s.spiffe_id, &s.spiffe_prefix) {
-            (Some(id), _) => &l.subject == id,
-            (_, Some(p)) => crate::ledger::revocation::under_prefix(&l.subject, p),
-            _ => true,
-        });
+        leases.retain(|l| s.names(&l.subject));
         if let Some(wanted) = &s.attributes {
             tokens.retain(|t| context_has(&parse_context(t.context.as_deref()), wanted));
             leases.retain(|l| context_has(&parse_context(l.context.as_deref()), wanted));
