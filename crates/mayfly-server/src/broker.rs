@@ -127,12 +127,16 @@ impl Caller {
     /// whose own record holds its starter's attributes.
     pub fn issuance_context(&self, source_ip: std::net::IpAddr) -> Option<String> {
         match self {
-            Caller::Workload(w) => serde_json::to_string(&crate::ledger::IssuanceContext {
-                attestor: w.attestor.clone(),
-                attributes: w.attributes.clone(),
-                source_ip: source_ip.to_string(),
-            })
-            .ok(),
+            Caller::Workload(w) => {
+                // `IssuanceContext`'s shape, serialized from borrows: no copy of the attributes.
+                #[derive(serde::Serialize)]
+                struct View<'a> {
+                    attestor: &'a str,
+                    attributes: &'a std::collections::BTreeMap<String, String>,
+                    source_ip: std::net::IpAddr,
+                }
+                serde_json::to_string(&View { attestor: &w.attestor, attributes: &w.attributes, source_ip }).ok()
+            }
             Caller::Task(_) => None,
         }
     }
@@ -649,6 +653,25 @@ mod tests {
         let rl = RateLimit::new(3);
         let admitted = (0..10).filter(|_| rl.admit()).count();
         assert!((3..=6).contains(&admitted), "at most 3 a second (a second boundary may pass): {admitted}");
+    }
+
+    #[test]
+    fn the_issuance_context_reads_back_as_one() {
+        let w = WorkloadIdentity {
+            spiffe_id: crate::spiffe::SpiffeId::parse("spiffe://td/ns/a/sa/b").unwrap(),
+            attestor: "oidc:k8s".into(),
+            attributes: [("namespace".to_owned(), "a\"b".to_owned())].into(),
+        };
+        for ip in [std::net::IpAddr::from([10, 0, 0, 1]), "2001:db8::1".parse().unwrap()] {
+            let json = Caller::Workload(w.clone()).issuance_context(ip).unwrap();
+            let back: crate::ledger::IssuanceContext = serde_json::from_str(&json).unwrap();
+            let expected = crate::ledger::IssuanceContext {
+                attestor: w.attestor.clone(),
+                attributes: w.attributes.clone(),
+                source_ip: ip.to_string(),
+            };
+            assert_eq!(back, expected);
+        }
     }
 
     #[test]

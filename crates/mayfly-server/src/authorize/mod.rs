@@ -15,6 +15,7 @@ use cedar_policy::{
     Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId,
     PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
 };
+use cedar_policy_core::ast::{self as cedar_ast, Value};
 use sha2::{Digest, Sha256};
 
 use crate::attest::WorkloadIdentity;
@@ -277,15 +278,15 @@ impl PolicyEngine {
             let resource = EntityUid::from_type_name_and_id(self.audience_type.clone(), EntityId::new(req.audience));
             entities.push(Entity::new_no_attrs(resource.clone(), Default::default()));
             let context = context([
-                ("scopes", RestrictedExpression::new_set(req.scopes.iter().map(|x| string(x)))),
-                ("ttl_seconds", RestrictedExpression::new_long(req.ttl_seconds)),
-                ("source_ip", ip_expr(req.source_ip)),
-                ("now", datetime_expr(req.now)),
-                ("now_unix", RestrictedExpression::new_long(req.now)),
-                ("dpop", RestrictedExpression::new_bool(req.dpop)),
-                ("mtls", RestrictedExpression::new_bool(req.mtls)),
-                ("max_uses", RestrictedExpression::new_long(req.max_uses)),
-            ])?;
+                ("scopes", texts(req.scopes.iter().map(String::as_str))),
+                ("ttl_seconds", long(req.ttl_seconds)),
+                ("source_ip", ip_value(req.source_ip)?),
+                ("now", now_value(req.now)?),
+                ("now_unix", long(req.now)),
+                ("dpop", boolean(req.dpop)),
+                ("mtls", boolean(req.mtls)),
+                ("max_uses", long(req.max_uses)),
+            ]);
             Ok((principal, self.exchange_action.clone(), resource, context, entities))
         })
     }
@@ -304,12 +305,12 @@ impl PolicyEngine {
             let attrs = attrs.into_iter().collect();
             entities.push(Entity::new(resource.clone(), attrs, Default::default()).map_err(|e| e.to_string())?);
             let context = context([
-                ("scopes", RestrictedExpression::new_set([])),
-                ("ttl_seconds", RestrictedExpression::new_long(req.ttl_seconds)),
-                ("source_ip", ip_expr(req.source_ip)),
-                ("now", datetime_expr(req.now)),
-                ("now_unix", RestrictedExpression::new_long(req.now)),
-            ])?;
+                ("scopes", texts([])),
+                ("ttl_seconds", long(req.ttl_seconds)),
+                ("source_ip", ip_value(req.source_ip)?),
+                ("now", now_value(req.now)?),
+                ("now_unix", long(req.now)),
+            ]);
             Ok((principal, self.issue_action.clone(), resource, context, entities))
         })
     }
@@ -321,14 +322,14 @@ impl PolicyEngine {
             let resource = EntityUid::from_type_name_and_id(self.svid_type.clone(), EntityId::new(req.profile));
             entities.push(Entity::new_no_attrs(resource.clone(), Default::default()));
             let context = context([
-                ("scopes", RestrictedExpression::new_set([])),
-                ("ttl_seconds", RestrictedExpression::new_long(req.ttl_seconds)),
-                ("audiences", RestrictedExpression::new_set(req.audiences.iter().map(|a| string(a)))),
-                ("entry_id", string(req.entry_id)),
-                ("source_ip", ip_expr(IpAddr::from([127, 0, 0, 1]))),
-                ("now", datetime_expr(req.now)),
-                ("now_unix", RestrictedExpression::new_long(req.now)),
-            ])?;
+                ("scopes", texts([])),
+                ("ttl_seconds", long(req.ttl_seconds)),
+                ("audiences", texts(req.audiences.iter().map(String::as_str))),
+                ("entry_id", text(req.entry_id)),
+                ("source_ip", ip_value(IpAddr::from([127, 0, 0, 1]))?),
+                ("now", now_value(req.now)?),
+                ("now_unix", long(req.now)),
+            ]);
             Ok((principal, self.fetch_svid_action.clone(), resource, context, entities))
         })
     }
@@ -340,14 +341,14 @@ impl PolicyEngine {
             let (resource, task) = self.task_entity(req.task)?;
             entities.push(task);
             let context = context([
-                ("scopes", scope_set(&req.task.task.scope)),
-                ("ttl_seconds", RestrictedExpression::new_long(req.ttl_seconds)),
-                ("audiences", RestrictedExpression::new_set(req.audiences.iter().map(|x| string(x)))),
-                ("approved", RestrictedExpression::new_bool(req.approved)),
-                ("source_ip", ip_expr(req.source_ip)),
-                ("now", datetime_expr(req.now)),
-                ("now_unix", RestrictedExpression::new_long(req.now)),
-            ])?;
+                ("scopes", scope_values(&req.task.task.scope)),
+                ("ttl_seconds", long(req.ttl_seconds)),
+                ("audiences", texts(req.audiences.iter().map(String::as_str))),
+                ("approved", boolean(req.approved)),
+                ("source_ip", ip_value(req.source_ip)?),
+                ("now", now_value(req.now)?),
+                ("now_unix", long(req.now)),
+            ]);
             Ok((principal, self.start_task_action.clone(), resource, context, entities))
         })
     }
@@ -359,12 +360,12 @@ impl PolicyEngine {
             let (resource, task) = self.task_entity(req.task)?;
             entities.push(task);
             let context = context([
-                ("scopes", scope_set(&req.task.task.scope)),
-                ("ttl_seconds", RestrictedExpression::new_long((req.task.task.expires_at - req.now).max(0))),
-                ("source_ip", ip_expr(req.source_ip)),
-                ("now", datetime_expr(req.now)),
-                ("now_unix", RestrictedExpression::new_long(req.now)),
-            ])?;
+                ("scopes", scope_values(&req.task.task.scope)),
+                ("ttl_seconds", long((req.task.task.expires_at - req.now).max(0))),
+                ("source_ip", ip_value(req.source_ip)?),
+                ("now", now_value(req.now)?),
+                ("now_unix", long(req.now)),
+            ]);
             Ok((principal, self.approve_action.clone(), resource, context, entities))
         })
     }
@@ -484,33 +485,38 @@ thread_local! {
     /// again and again with the same attested identity while its evidence lives.
     static WORKLOAD_ENTITIES: std::cell::RefCell<std::collections::HashMap<WorkloadIdentity, Entity>> =
         Default::default();
-    /// Recent `ip(…)` expressions: building one parses the extension's name with Cedar's
-    /// full parser (a fresh lexer each time), which cost more than the rest of a
+    /// Recent `ip(…)` values: evaluating one parses the address and, before that, the
+    /// extension's name with Cedar's full parser, which cost more than the rest of a
     /// request's context. Callers come from few addresses; bounded all the same.
-    static IP_EXPRS: std::cell::RefCell<std::collections::HashMap<IpAddr, RestrictedExpression>> =
-        Default::default();
-    /// The `datetime(…)` expression of the current second, for the same reason.
-    static NOW_EXPR: std::cell::RefCell<Option<(i64, RestrictedExpression)>> = const { std::cell::RefCell::new(None) };
+    static IP_VALUES: std::cell::RefCell<std::collections::HashMap<IpAddr, Value>> = Default::default();
+    /// The `datetime(…)` value of the current second, for the same reason.
+    static NOW_VALUE: std::cell::RefCell<Option<(i64, Value)>> = const { std::cell::RefCell::new(None) };
 }
 
-/// `ip("<addr>")`.
-fn ip_expr(ip: IpAddr) -> RestrictedExpression {
-    let built: Result<_, std::convert::Infallible> =
-        IP_EXPRS.with_borrow_mut(|memo| remembered(memo, &ip, || Ok(RestrictedExpression::new_ip(ip.to_string()))));
-    let Ok(e) = built;
-    e
+/// `ip("<addr>")`, evaluated.
+fn ip_value(ip: IpAddr) -> Result<Value, String> {
+    IP_VALUES.with_borrow_mut(|memo| remembered(memo, &ip, || evaluated(RestrictedExpression::new_ip(ip.to_string()))))
 }
 
-/// `datetime("<RFC 3339 of now>")`.
-fn datetime_expr(now: i64) -> RestrictedExpression {
-    NOW_EXPR.with_borrow_mut(|memo| match memo {
-        Some((t, e)) if *t == now => e.clone(),
+/// `datetime("<RFC 3339 of now>")`, evaluated.
+fn now_value(now: i64) -> Result<Value, String> {
+    NOW_VALUE.with_borrow_mut(|memo| match memo {
+        Some((t, v)) if *t == now => Ok(v.clone()),
         _ => {
-            let e = RestrictedExpression::new_datetime(crate::clock::rfc3339(now));
-            *memo = Some((now, e.clone()));
-            e
+            let v = evaluated(RestrictedExpression::new_datetime(crate::clock::rfc3339(now)))?;
+            *memo = Some((now, v.clone()));
+            Ok(v)
         }
     })
+}
+
+/// The value of an extension call, through Cedar's public API (its evaluator checks it).
+fn evaluated(expr: RestrictedExpression) -> Result<Value, String> {
+    let holder = Context::from_pairs([("v".to_owned(), expr)]).map_err(|e| e.to_string())?;
+    match holder.as_ref() {
+        cedar_ast::Context::Value(attrs) => attrs.get("v").cloned().ok_or_else(|| "extension value missing".to_owned()),
+        cedar_ast::Context::RestrictedResidual(_) => Err("extension value did not evaluate".to_owned()),
+    }
 }
 
 fn string(v: &str) -> RestrictedExpression {
@@ -521,8 +527,32 @@ fn scope_set(scope: &str) -> RestrictedExpression {
     RestrictedExpression::new_set(scope.split_whitespace().map(string))
 }
 
-fn context<const N: usize>(pairs: [(&str, RestrictedExpression); N]) -> Result<Context, String> {
-    Context::from_pairs(pairs.into_iter().map(|(k, v)| (k.to_owned(), v))).map_err(|e| e.to_string())
+fn long(v: i64) -> Value {
+    Value::from(v)
+}
+
+fn boolean(v: bool) -> Value {
+    Value::from(v)
+}
+
+fn text(v: &str) -> Value {
+    Value::from(v)
+}
+
+fn texts<'a>(items: impl IntoIterator<Item = &'a str>) -> Value {
+    Value::set_of_lits(items.into_iter().map(cedar_ast::Literal::from), None)
+}
+
+fn scope_values(scope: &str) -> Value {
+    texts(scope.split_whitespace())
+}
+
+/// A request context made of values directly. `Context::from_pairs` would build a record
+/// expression and evaluate it, re-parsing every `ip` and `datetime` string: that was a
+/// third of a decision. Keys are distinct by construction; debug builds check the whole
+/// request against the schema.
+fn context<const N: usize>(pairs: [(&str, Value); N]) -> Context {
+    Context::from(cedar_ast::Context::Value(Arc::new(pairs.into_iter().map(|(k, v)| (k.into(), v)).collect())))
 }
 
 fn read_sources(dir: &Path) -> Result<BTreeMap<String, String>, PolicyError> {
@@ -585,4 +615,41 @@ fn load_dir(dir: &Path, schema: &Schema) -> Result<LoadedPolicies, PolicyError> 
     }
     let count = set.policies().count();
     Ok(LoadedPolicies { set, fingerprint: fingerprint(&files), count })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The context built from values is the one Cedar's evaluator builds from the
+    /// equivalent expressions, extension values included.
+    #[test]
+    fn a_context_of_values_equals_the_evaluated_one() {
+        let now = 1_796_132_944;
+        for ip in [IpAddr::from([10, 1, 2, 3]), "2001:db8::7".parse().unwrap()] {
+            let direct = context([
+                ("scopes", texts(["read", "write"])),
+                ("ttl_seconds", long(300)),
+                ("source_ip", ip_value(ip).unwrap()),
+                ("now", now_value(now).unwrap()),
+                ("dpop", boolean(true)),
+                ("entry_id", text("e-1")),
+                ("audiences", texts([])),
+            ]);
+            let evaluated = Context::from_pairs([
+                ("scopes".to_owned(), RestrictedExpression::new_set([string("read"), string("write")])),
+                ("ttl_seconds".to_owned(), RestrictedExpression::new_long(300)),
+                ("source_ip".to_owned(), RestrictedExpression::new_ip(ip.to_string())),
+                ("now".to_owned(), RestrictedExpression::new_datetime(crate::clock::rfc3339(now))),
+                ("dpop".to_owned(), RestrictedExpression::new_bool(true)),
+                ("entry_id".to_owned(), string("e-1")),
+                ("audiences".to_owned(), RestrictedExpression::new_set([])),
+            ])
+            .unwrap();
+            assert_eq!(direct, evaluated);
+            // Asked again within the second and from the same address: the remembered values.
+            assert_eq!(now_value(now).unwrap(), now_value(now).unwrap());
+            assert_ne!(now_value(now).unwrap(), now_value(now + 1).unwrap());
+        }
+    }
 }
