@@ -274,9 +274,16 @@ impl PolicyEngine {
     /// Decides a token-exchange request.
     pub fn decide_exchange(&self, req: &ExchangeRequest<'_>) -> Decision {
         self.decide(|| {
-            let (principal, mut entities) = self.principal(req.principal)?;
             let resource = EntityUid::from_type_name_and_id(self.audience_type.clone(), EntityId::new(req.audience));
-            entities.push(Entity::new_no_attrs(resource.clone(), Default::default()));
+            let build = || {
+                let (principal, mut entities) = self.principal(req.principal)?;
+                entities.push(Entity::new_no_attrs(resource.clone(), Default::default()));
+                Ok((principal, entity_set(entities)?))
+            };
+            let (principal, entities) = match req.principal {
+                Principal::Workload(w) => remembered_exchange_entities(w, req.audience, build)?,
+                Principal::Task(_) => build()?,
+            };
             let context = context([
                 ("scopes", texts(req.scopes.iter().map(String::as_str))),
                 ("ttl_seconds", long(req.ttl_seconds)),
@@ -311,7 +318,7 @@ impl PolicyEngine {
                 ("now", now_value(req.now)?),
                 ("now_unix", long(req.now)),
             ]);
-            Ok((principal, self.issue_action.clone(), resource, context, entities))
+            Ok((principal, self.issue_action.clone(), resource, context, entity_set(entities)?))
         })
     }
 
@@ -330,7 +337,7 @@ impl PolicyEngine {
                 ("now", now_value(req.now)?),
                 ("now_unix", long(req.now)),
             ]);
-            Ok((principal, self.fetch_svid_action.clone(), resource, context, entities))
+            Ok((principal, self.fetch_svid_action.clone(), resource, context, entity_set(entities)?))
         })
     }
 
@@ -349,7 +356,7 @@ impl PolicyEngine {
                 ("now", now_value(req.now)?),
                 ("now_unix", long(req.now)),
             ]);
-            Ok((principal, self.start_task_action.clone(), resource, context, entities))
+            Ok((principal, self.start_task_action.clone(), resource, context, entity_set(entities)?))
         })
     }
 
@@ -366,7 +373,7 @@ impl PolicyEngine {
                 ("now", now_value(req.now)?),
                 ("now_unix", long(req.now)),
             ]);
-            Ok((principal, self.approve_action.clone(), resource, context, entities))
+            Ok((principal, self.approve_action.clone(), resource, context, entity_set(entities)?))
         })
     }
 
@@ -380,7 +387,6 @@ impl PolicyEngine {
             // and an evaluation error denies.
             let schema = cfg!(debug_assertions).then_some(&self.schema);
             let request = Request::new(principal, action, resource, context, schema).map_err(|e| e.to_string())?;
-            let entities = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
             Ok((request, entities))
         });
         let (request, entities) = match built {
@@ -454,7 +460,7 @@ impl PolicyEngine {
     }
 }
 
-type RequestParts = (EntityUid, EntityUid, EntityUid, Context, Vec<Entity>);
+type RequestParts = (EntityUid, EntityUid, EntityUid, Context, Entities);
 
 /// Most entries a per-thread memo holds before it starts over.
 const REMEMBERED: usize = 1024;
@@ -480,7 +486,51 @@ where
     Ok(v)
 }
 
+/// Entities as one set (Cedar computes the hierarchy's closure here).
+fn entity_set(entities: Vec<Entity>) -> Result<Entities, String> {
+    Entities::from_entities(entities, None).map_err(|e| e.to_string())
+}
+
+/// Most workload and audience pairs [`EXCHANGE_ENTITIES`] holds before it starts over.
+const REMEMBERED_PAIRS: usize = 4096;
+
+/// An exchange's principal and entities (the workload and the audience), remembered by
+/// the workload's whole identity and the audience: a workload exchanges the same
+/// evidence for the same audiences again and again, and building the set (its
+/// hierarchy's closure) was a quarter of a decision.
+fn remembered_exchange_entities(
+    w: &WorkloadIdentity,
+    audience: &str,
+    build: impl FnOnce() -> Result<(EntityUid, Entities), String>,
+) -> Result<(EntityUid, Entities), String> {
+    use std::hash::BuildHasher;
+    EXCHANGE_ENTITIES.with_borrow_mut(|(hasher, memo, held)| {
+        // Keyed by a hash, checked against the whole key: a lookup copies nothing.
+        let key = hasher.hash_one((w, audience));
+        if let Some((_, _, found)) = memo.get(&key).and_then(|b| b.iter().find(|(iw, ia, _)| iw == w && ia == audience)) {
+            return Ok(found.clone());
+        }
+        let built = build()?;
+        if *held >= REMEMBERED_PAIRS {
+            memo.clear();
+            *held = 0;
+        }
+        memo.entry(key).or_default().push((w.clone(), audience.to_owned(), built.clone()));
+        *held += 1;
+        Ok(built)
+    })
+}
+
+/// Remembered exchange entities: (hasher, buckets by hash, entries held).
+type ExchangeEntities = (
+    std::hash::RandomState,
+    std::collections::HashMap<u64, Vec<(WorkloadIdentity, String, (EntityUid, Entities))>>,
+    usize,
+);
+
 thread_local! {
+    /// See [`remembered_exchange_entities`].
+    static EXCHANGE_ENTITIES: std::cell::RefCell<ExchangeEntities> = Default::default();
     /// Workloads as Cedar entities, by everything they are made of: a workload asks
     /// again and again with the same attested identity while its evidence lives.
     static WORKLOAD_ENTITIES: std::cell::RefCell<std::collections::HashMap<WorkloadIdentity, Entity>> =
@@ -650,6 +700,46 @@ mod tests {
             // Asked again within the second and from the same address: the remembered values.
             assert_eq!(now_value(now).unwrap(), now_value(now).unwrap());
             assert_ne!(now_value(now).unwrap(), now_value(now + 1).unwrap());
+        }
+    }
+
+    /// The remembered exchange entities follow the whole identity and the audience:
+    /// a changed attribute or another audience is decided on its own entities.
+    #[test]
+    fn remembered_exchange_entities_follow_attributes_and_audience() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("p.cedar"),
+            "@id(\"prod-a\")\npermit (principal, action == Mayfly::Action::\"exchange\", resource == Mayfly::Audience::\"a\")\n\
+             when { principal.hasTag(\"namespace\") && principal.getTag(\"namespace\") == \"prod\" };\n",
+        )
+        .unwrap();
+        let engine = PolicyEngine::load(dir.path()).unwrap();
+        let workload = |ns: &str| WorkloadIdentity {
+            spiffe_id: crate::spiffe::SpiffeId::parse("spiffe://td/ns/x/sa/web").unwrap(),
+            attestor: "oidc:k8s".into(),
+            attributes: [("namespace".to_owned(), ns.to_owned())].into(),
+        };
+        let decide = |w: &WorkloadIdentity, audience: &str| {
+            engine
+                .decide_exchange(&ExchangeRequest {
+                    principal: Principal::Workload(w),
+                    audience,
+                    scopes: &[],
+                    ttl_seconds: 60,
+                    source_ip: IpAddr::from([127, 0, 0, 1]),
+                    now: 1_800_000_000,
+                    dpop: false,
+                    mtls: false,
+                    max_uses: 0,
+                })
+                .allowed
+        };
+        let (prod, dev) = (workload("prod"), workload("dev"));
+        for _ in 0..2 {
+            assert!(decide(&prod, "a"));
+            assert!(!decide(&dev, "a"), "same SPIFFE ID, another namespace");
+            assert!(!decide(&prod, "b"), "another audience");
         }
     }
 }
