@@ -69,6 +69,8 @@ load() { # name script concurrency
     echo "$name $c $r $(echo "$res" | awk '/Requests\/sec/ {print $2}') $(echo "$res" | awk '$1=="50%" {print $2}') $(echo "$res" | awk '$1=="99%" {print $2}')" | tee -a "$out"
   done
 }
+# The disk alone, first: at sync=full every group commit waits for it, so its stalls are the exchange's tail.
+target/release/mayfly-bench-fixture disk-sync "$work" 5 | tee -a "$out"
 for c in 1 16; do load exchange "$work/exchange.lua" "$c" /v1/token; done
 for c in 1 16; do load introspect "$work/introspect.lua" "$c" /v1/introspect; done
 

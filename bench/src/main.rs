@@ -16,6 +16,8 @@
 //!   mayfly-bench-fixture svid-load ENDPOINT CONCURRENCY SECONDS
 //!                                                    X.509-SVIDs from a running server's socket for SECONDS;
 //!                                                    prints "requests/s p50 p99" (ms)
+//!   mayfly-bench-fixture disk-sync DIR SECONDS       the disk under DIR alone: 48 KiB written and fsynced in a
+//!                                                    loop (a group commit's size); prints the latency spread
 #![forbid(unsafe_code)]
 
 use std::path::Path;
@@ -54,6 +56,15 @@ fn main() -> ExitCode {
             }
         };
     }
+    if sub == Some("disk-sync") {
+        return match disk_sync(&args[2..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let (Some(dir), Some(port)) = (args.get(1), args.get(2).and_then(|p| p.parse::<u16>().ok())) else {
         eprintln!("usage: mayfly-bench-fixture DIR PORT [full|normal]");
         return ExitCode::from(2);
@@ -66,6 +77,47 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// How long the disk itself takes to make a group commit's worth of writes durable: the
+/// floor under the ledger's latency at `sync = full`, and the source of its worst tail.
+fn disk_sync(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+    use std::io::{Seek, SeekFrom, Write};
+    let (Some(dir), Some(seconds)) = (args.first(), args.get(1).and_then(|s| s.parse::<u64>().ok())) else {
+        return Err("usage: mayfly-bench-fixture disk-sync DIR SECONDS".into());
+    };
+    let path = Path::new(dir).join("disk-sync.probe");
+    let mut file = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path)?;
+    const SPAN: u64 = 4 << 20;
+    const CHUNK: usize = 48 << 10;
+    file.write_all(&vec![0u8; SPAN as usize])?;
+    file.sync_all()?;
+    let chunk = vec![0x5au8; CHUNK];
+    let mut latencies = Vec::new();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(seconds.clamp(1, 60));
+    let mut offset = 0;
+    while std::time::Instant::now() < until {
+        let start = std::time::Instant::now();
+        file.seek(SeekFrom::Start(offset))?;
+        file.write_all(&chunk)?;
+        file.sync_all()?;
+        latencies.push(start.elapsed().as_secs_f64() * 1e3);
+        offset = (offset + CHUNK as u64) % (SPAN - CHUNK as u64);
+    }
+    drop(file);
+    std::fs::remove_file(&path)?;
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    let slow = latencies.iter().filter(|&&l| l > 5.0).count();
+    println!(
+        "disk_sync_ms writes {} p50 {:.2} p99 {:.2} p999 {:.2} max {:.1} over_5ms {slow}",
+        latencies.len(),
+        at(0.5),
+        at(0.99),
+        at(0.999),
+        latencies[latencies.len() - 1]
+    );
+    Ok(())
 }
 
 fn write_fixture(dir: &Path, port: u16, sync: &str) -> Result<(), Box<dyn std::error::Error>> {

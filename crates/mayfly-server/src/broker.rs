@@ -353,7 +353,7 @@ impl Broker {
             mtls: p.confirmation.as_ref().is_some_and(|c| c.x5t_s256.is_some()),
             max_uses: p.max_uses.map(i64::from).unwrap_or(0),
         });
-        let detail = json!({"action": "exchange", "audience": p.audience, "scopes": scopes, "ttl_seconds": ttl});
+        let detail = || json!({"action": "exchange", "audience": p.audience, "scopes": scopes, "ttl_seconds": ttl});
         self.check_decision(&caller, &decision, detail, p.source_ip).await?;
 
         let (subject, act, task_id) = match &caller {
@@ -442,7 +442,7 @@ impl Broker {
         &self,
         caller: &Caller,
         decision: &Decision,
-        detail: serde_json::Value,
+        detail: impl FnOnce() -> serde_json::Value,
         source_ip: IpAddr,
     ) -> Result<(), BrokerError> {
         if !decision.errors.is_empty() {
@@ -451,7 +451,8 @@ impl Broker {
         if decision.allowed {
             return Ok(());
         }
-        Err(self.deny(caller, decision, detail, source_ip).await)
+        // The denial's detail is built only for a denial.
+        Err(self.deny(caller, decision, detail(), source_ip).await)
     }
 
     /// Audits a policy denial and returns the error that reports it.

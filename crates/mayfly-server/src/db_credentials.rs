@@ -111,7 +111,7 @@ impl Broker {
             now,
         });
         let detail =
-            json!({"action": "issue", "database": p.database, "role": p.role, "ttl_seconds": expires_at - now});
+            || json!({"action": "issue", "database": p.database, "role": p.role, "ttl_seconds": expires_at - now});
         self.check_decision(&caller, &decision, detail, p.source_ip).await?;
 
         // 1. The intent, durably, before the user exists.

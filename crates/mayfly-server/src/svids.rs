@@ -119,7 +119,7 @@ impl Broker {
             entry_id: &entry.id,
             now,
         });
-        let detail = json!({"action": "fetch_svid", "profile": profile, "entry": entry.id, "audiences": audiences});
+        let detail = || json!({"action": "fetch_svid", "profile": profile, "entry": entry.id, "audiences": audiences});
         let caller = Caller::Workload(identity);
         match self.check_decision(&caller, &decision, detail, IpAddr::V4(Ipv4Addr::LOCALHOST)).await {
             Ok(()) => Ok(Some(decision.policies)),

@@ -420,7 +420,7 @@ impl Broker {
             let decision =
                 self.policies.decide_approve(&ApproveRequest { approver: w, task: &identity, source_ip, now });
             let caller = Caller::Workload(w.clone());
-            let detail = json!({"action": "approve", "task_id": id, "approve": approve});
+            let detail = || json!({"action": "approve", "task_id": id, "approve": approve});
             self.check_decision(&caller, &decision, detail, source_ip).await?;
             policies = decision.policies;
         }

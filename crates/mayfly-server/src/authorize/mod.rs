@@ -507,7 +507,8 @@ fn remembered_exchange_entities(
     EXCHANGE_ENTITIES.with_borrow_mut(|(hasher, memo, held)| {
         // Keyed by a hash, checked against the whole key: a lookup copies nothing.
         let key = hasher.hash_one((w, audience));
-        if let Some((_, _, found)) = memo.get(&key).and_then(|b| b.iter().find(|(iw, ia, _)| iw == w && ia == audience)) {
+        if let Some((_, _, found)) = memo.get(&key).and_then(|b| b.iter().find(|(iw, ia, _)| iw == w && ia == audience))
+        {
             return Ok(found.clone());
         }
         let built = build()?;
