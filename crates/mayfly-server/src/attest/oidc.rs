@@ -32,6 +32,10 @@ pub fn peek_issuer(token: &str) -> Result<String, AttestError> {
         return Err(AttestError::Malformed("a JWT has three dot-separated parts".into()));
     };
     let bytes = B64.decode(payload).map_err(|_| AttestError::Malformed("payload is not base64url".into()))?;
+    // A struct would also take a JSON array; the claims are an object (RFC 7519 §7.2).
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        return Err(AttestError::Malformed("payload is not a JSON object".into()));
+    }
     // Only `iss` is read; the other claims are skipped, not built (verification parses them).
     #[derive(serde::Deserialize)]
     struct Peek {
@@ -456,4 +460,23 @@ async fn fetch_jwks(client: &reqwest::Client, url: &str) -> Result<KeySet, Strin
         body.extend_from_slice(&chunk);
     }
     KeySet::parse(&body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(payload: &str) -> String {
+        format!("e30.{}.sig", B64.encode(payload))
+    }
+
+    #[test]
+    fn the_issuer_is_peeked_from_an_object_only() {
+        assert_eq!(peek_issuer(&token(r#" {"sub":"a","iss":"https://i","aud":["x"]}"#)).unwrap(), "https://i");
+        assert!(matches!(peek_issuer(&token(r#"["https://i"]"#)), Err(AttestError::Malformed(_))));
+        assert!(matches!(peek_issuer(&token("not json")), Err(AttestError::Malformed(_))));
+        assert!(matches!(peek_issuer(&token(r#"{"iss":7}"#)), Err(AttestError::BadClaim(_))));
+        assert!(matches!(peek_issuer(&token(r#"{"sub":"a"}"#)), Err(AttestError::BadClaim(_))));
+        assert!(matches!(peek_issuer("a.b"), Err(AttestError::Malformed(_))));
+    }
 }
