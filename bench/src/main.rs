@@ -32,7 +32,7 @@ use serde_json::json;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let sub = args.get(1).map(String::as_str);
-    if matches!(sub, Some("seed" | "feed-latency" | "db" | "svid" | "svid-load" | "signal")) {
+    if matches!(sub, Some("seed" | "feed-latency" | "db" | "svid" | "svid-load" | "signal" | "disk-sync")) {
         let rt = match tokio::runtime::Runtime::new() {
             Ok(rt) => rt,
             Err(e) => {
@@ -46,18 +46,10 @@ fn main() -> ExitCode {
             Some("svid") => rt.block_on(svids(&args[2..])),
             Some("svid-load") => rt.block_on(svid_load_command(&args[2..])),
             Some("signal") => rt.block_on(signal_bench(&args[2..])),
+            Some("disk-sync") => disk_sync(&args[2..]),
             _ => rt.block_on(feed_latency(&args[2..])),
         };
         return match result {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    if sub == Some("disk-sync") {
-        return match disk_sync(&args[2..]) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -81,7 +73,7 @@ fn main() -> ExitCode {
 
 /// How long the disk itself takes to make a group commit's worth of writes durable: the
 /// floor under the ledger's latency at `sync = full`, and the source of its worst tail.
-fn disk_sync(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+fn disk_sync(args: &[String]) -> Result<(), BoxError> {
     use std::io::{Seek, SeekFrom, Write};
     let (Some(dir), Some(seconds)) = (args.first(), args.get(1).and_then(|s| s.parse::<u64>().ok())) else {
         return Err("usage: mayfly-bench-fixture disk-sync DIR SECONDS".into());

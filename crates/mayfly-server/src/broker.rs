@@ -127,16 +127,7 @@ impl Caller {
     /// whose own record holds its starter's attributes.
     pub fn issuance_context(&self, source_ip: std::net::IpAddr) -> Option<String> {
         match self {
-            Caller::Workload(w) => {
-                // `IssuanceContext`'s shape, serialized from borrows: no copy of the attributes.
-                #[derive(serde::Serialize)]
-                struct View<'a> {
-                    attestor: &'a str,
-                    attributes: &'a std::collections::BTreeMap<String, String>,
-                    source_ip: std::net::IpAddr,
-                }
-                serde_json::to_string(&View { attestor: &w.attestor, attributes: &w.attributes, source_ip }).ok()
-            }
+            Caller::Workload(w) => crate::ledger::IssuanceContext::json(&w.attestor, &w.attributes, source_ip),
             Caller::Task(_) => None,
         }
     }

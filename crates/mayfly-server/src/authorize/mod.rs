@@ -406,8 +406,9 @@ impl PolicyEngine {
     fn principal(&self, p: Principal<'_>) -> Result<(EntityUid, Vec<Entity>), String> {
         match p {
             Principal::Workload(w) => {
-                let entity =
-                    WORKLOAD_ENTITIES.with_borrow_mut(|memo| remembered(memo, w, || self.workload_entity(w)))?;
+                let entity = WORKLOAD_ENTITIES.with_borrow_mut(|memo| {
+                    remembered(memo, REMEMBERED, w, || w.clone(), || self.workload_entity(w))
+                })?;
                 Ok((entity.uid(), vec![entity]))
             }
             Principal::Task(t) => {
@@ -462,27 +463,39 @@ impl PolicyEngine {
 
 type RequestParts = (EntityUid, EntityUid, EntityUid, Context, Entities);
 
-/// Most entries a per-thread memo holds before it starts over.
+/// A per-thread memo: a workload asks again and again with the same attested identity
+/// while its evidence lives, from few addresses, for few audiences. Looked up by a key
+/// equivalent to the stored one, so a lookup copies nothing.
+type Memo<K, V> = hashbrown::HashMap<K, V, std::hash::RandomState>;
+
+/// Most entries a memo holds before it starts over.
 const REMEMBERED: usize = 1024;
 
-/// The memo's value for `key`, built (and kept) if it has none.
-fn remembered<K, V, E>(
-    memo: &mut std::collections::HashMap<K, V>,
-    key: &K,
+/// Most workload and audience pairs [`EXCHANGE_ENTITIES`] holds before it starts over.
+const REMEMBERED_PAIRS: usize = 4096;
+
+/// The memo's value for `key`, built (and kept under the key `owned` makes) if it has none;
+/// a memo holding `most` entries starts over.
+fn remembered<K, Q, V, E>(
+    memo: &mut Memo<K, V>,
+    most: usize,
+    key: &Q,
+    owned: impl FnOnce() -> K,
     build: impl FnOnce() -> Result<V, E>,
 ) -> Result<V, E>
 where
-    K: Clone + Eq + std::hash::Hash,
+    K: Eq + std::hash::Hash,
+    Q: std::hash::Hash + hashbrown::Equivalent<K> + ?Sized,
     V: Clone,
 {
     if let Some(v) = memo.get(key) {
         return Ok(v.clone());
     }
     let v = build()?;
-    if memo.len() >= REMEMBERED {
+    if memo.len() >= most {
         memo.clear();
     }
-    memo.insert(key.clone(), v.clone());
+    memo.insert(owned(), v.clone());
     Ok(v)
 }
 
@@ -491,62 +504,49 @@ fn entity_set(entities: Vec<Entity>) -> Result<Entities, String> {
     Entities::from_entities(entities, None).map_err(|e| e.to_string())
 }
 
-/// Most workload and audience pairs [`EXCHANGE_ENTITIES`] holds before it starts over.
-const REMEMBERED_PAIRS: usize = 4096;
+/// A workload and an audience, borrowed: looks up an [`EXCHANGE_ENTITIES`] key. It hashes
+/// as the owned pair does (a tuple hashes its fields in order; `str` as `String`).
+#[derive(Hash)]
+struct ExchangeKey<'a>(&'a WorkloadIdentity, &'a str);
+
+impl hashbrown::Equivalent<(WorkloadIdentity, String)> for ExchangeKey<'_> {
+    fn equivalent(&self, key: &(WorkloadIdentity, String)) -> bool {
+        *self.0 == key.0 && self.1 == key.1
+    }
+}
 
 /// An exchange's principal and entities (the workload and the audience), remembered by
-/// the workload's whole identity and the audience: a workload exchanges the same
-/// evidence for the same audiences again and again, and building the set (its
-/// hierarchy's closure) was a quarter of a decision.
+/// the workload's whole identity and the audience: building the set (its hierarchy's
+/// closure) was a quarter of a decision.
 fn remembered_exchange_entities(
     w: &WorkloadIdentity,
     audience: &str,
     build: impl FnOnce() -> Result<(EntityUid, Entities), String>,
 ) -> Result<(EntityUid, Entities), String> {
-    use std::hash::BuildHasher;
-    EXCHANGE_ENTITIES.with_borrow_mut(|(hasher, memo, held)| {
-        // Keyed by a hash, checked against the whole key: a lookup copies nothing.
-        let key = hasher.hash_one((w, audience));
-        if let Some((_, _, found)) = memo.get(&key).and_then(|b| b.iter().find(|(iw, ia, _)| iw == w && ia == audience))
-        {
-            return Ok(found.clone());
-        }
-        let built = build()?;
-        if *held >= REMEMBERED_PAIRS {
-            memo.clear();
-            *held = 0;
-        }
-        memo.entry(key).or_default().push((w.clone(), audience.to_owned(), built.clone()));
-        *held += 1;
-        Ok(built)
+    EXCHANGE_ENTITIES.with_borrow_mut(|memo| {
+        remembered(memo, REMEMBERED_PAIRS, &ExchangeKey(w, audience), || (w.clone(), audience.to_owned()), build)
     })
 }
 
-/// Remembered exchange entities: (hasher, buckets by hash, entries held).
-type ExchangeEntities = (
-    std::hash::RandomState,
-    std::collections::HashMap<u64, Vec<(WorkloadIdentity, String, (EntityUid, Entities))>>,
-    usize,
-);
-
 thread_local! {
     /// See [`remembered_exchange_entities`].
-    static EXCHANGE_ENTITIES: std::cell::RefCell<ExchangeEntities> = Default::default();
-    /// Workloads as Cedar entities, by everything they are made of: a workload asks
-    /// again and again with the same attested identity while its evidence lives.
-    static WORKLOAD_ENTITIES: std::cell::RefCell<std::collections::HashMap<WorkloadIdentity, Entity>> =
+    static EXCHANGE_ENTITIES: std::cell::RefCell<Memo<(WorkloadIdentity, String), (EntityUid, Entities)>> =
         Default::default();
+    /// Workloads as Cedar entities, by everything they are made of.
+    static WORKLOAD_ENTITIES: std::cell::RefCell<Memo<WorkloadIdentity, Entity>> = Default::default();
     /// Recent `ip(…)` values: evaluating one parses the address and, before that, the
     /// extension's name with Cedar's full parser, which cost more than the rest of a
-    /// request's context. Callers come from few addresses; bounded all the same.
-    static IP_VALUES: std::cell::RefCell<std::collections::HashMap<IpAddr, Value>> = Default::default();
+    /// request's context.
+    static IP_VALUES: std::cell::RefCell<Memo<IpAddr, Value>> = Default::default();
     /// The `datetime(…)` value of the current second, for the same reason.
     static NOW_VALUE: std::cell::RefCell<Option<(i64, Value)>> = const { std::cell::RefCell::new(None) };
 }
 
 /// `ip("<addr>")`, evaluated.
 fn ip_value(ip: IpAddr) -> Result<Value, String> {
-    IP_VALUES.with_borrow_mut(|memo| remembered(memo, &ip, || evaluated(RestrictedExpression::new_ip(ip.to_string()))))
+    IP_VALUES.with_borrow_mut(|memo| {
+        remembered(memo, REMEMBERED, &ip, || ip, || evaluated(RestrictedExpression::new_ip(ip.to_string())))
+    })
 }
 
 /// `datetime("<RFC 3339 of now>")`, evaluated.
@@ -742,5 +742,15 @@ mod tests {
             assert!(!decide(&dev, "a"), "same SPIFFE ID, another namespace");
             assert!(!decide(&prod, "b"), "another audience");
         }
+        // The borrowed key finds what the owned key stored: built once, then remembered.
+        let builds = std::cell::Cell::new(0);
+        for _ in 0..3 {
+            remembered_exchange_entities(&prod, "c", || {
+                builds.set(builds.get() + 1);
+                Ok((EntityUid::from_str(r#"Mayfly::Audience::"c""#).unwrap(), Entities::empty()))
+            })
+            .unwrap();
+        }
+        assert_eq!(builds.get(), 1);
     }
 }

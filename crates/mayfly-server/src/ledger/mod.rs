@@ -170,6 +170,24 @@ pub struct IssuanceContext {
     pub source_ip: String,
 }
 
+impl IssuanceContext {
+    /// An issuance context as stored (JSON), serialized from borrows: this shape, with no
+    /// copy of the attributes (it is written on every issuance).
+    pub fn json(
+        attestor: &str,
+        attributes: &std::collections::BTreeMap<String, String>,
+        source_ip: std::net::IpAddr,
+    ) -> Option<String> {
+        #[derive(serde::Serialize)]
+        struct Borrowed<'a> {
+            attestor: &'a str,
+            attributes: &'a std::collections::BTreeMap<String, String>,
+            source_ip: std::net::IpAddr,
+        }
+        serde_json::to_string(&Borrowed { attestor, attributes, source_ip }).ok()
+    }
+}
+
 /// Where a task stands. `expired` is derived from the time, never stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
