@@ -5,15 +5,18 @@ use std::process::ExitCode;
 
 use anyhow::{Context, anyhow, bail};
 use clap::{Args, Subcommand};
-use mayfly_proto::RevokeRequest;
+use mayfly_proto::{LiftRequest, RevokeRequest};
 use serde_json::Value;
 
 use crate::client::{AdminRemote, call, print_json};
 
-/// `mayfly revoke`: exactly one selector.
+/// `mayfly revoke`: exactly one selector; or `mayfly revoke lift` to end a block.
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("selector").required(true).multiple(false)))]
+#[command(subcommand_negates_reqs = true, args_conflicts_with_subcommands = true)]
 pub struct RevokeArgs {
+    #[command(subcommand)]
+    lift: Option<RevokeCommand>,
     #[command(flatten)]
     remote: AdminRemote,
     /// One credential by its jti (lease id).
@@ -37,12 +40,80 @@ pub struct RevokeArgs {
     /// Everything issued until now.
     #[arg(long, group = "selector")]
     all: bool,
+    /// Also refuse all new issuance the selector covers (subject, subject prefix, audience
+    /// or all) until `mayfly revoke lift`, or for `--for`.
+    #[arg(long)]
+    block: bool,
+    /// With --block: how long the block lasts, e.g. 24h (default: until lifted).
+    #[arg(long = "for", requires = "block", value_parser = humantime::parse_duration)]
+    block_for: Option<std::time::Duration>,
     /// Why (kept in the audit trail).
     #[arg(long)]
     reason: Option<String>,
     /// Print the recorded revocation as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// `mayfly revoke lift`.
+#[derive(Subcommand)]
+pub enum RevokeCommand {
+    /// End the block on a selector: new issuance resumes; what was revoked stays revoked.
+    Lift(LiftArgs),
+}
+
+/// `mayfly revoke lift`: exactly one selector.
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("lifted").required(true).multiple(false)))]
+pub struct LiftArgs {
+    #[command(flatten)]
+    remote: AdminRemote,
+    /// The SPIFFE ID whose block ends.
+    #[arg(long, group = "lifted")]
+    subject: Option<String>,
+    /// The SPIFFE ID prefix whose block ends.
+    #[arg(long, group = "lifted")]
+    subject_prefix: Option<String>,
+    /// The audience whose block ends.
+    #[arg(long, group = "lifted")]
+    audience: Option<String>,
+    /// The block on all issuance ends.
+    #[arg(long, group = "lifted")]
+    all: bool,
+    /// Why (kept in the audit trail).
+    #[arg(long)]
+    reason: Option<String>,
+    /// Print the recorded lift as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl LiftArgs {
+    async fn run(self) -> anyhow::Result<ExitCode> {
+        let remote = self.remote.resolve()?;
+        let body = LiftRequest {
+            subject: self.subject,
+            subject_prefix: self.subject_prefix,
+            audience: self.audience,
+            all: self.all,
+            reason: self.reason,
+        };
+        let url = remote.remote.endpoint("/v1/revocations/lift");
+        let req = remote.remote.client()?.post(&url).bearer_auth(remote.token()?).json(&body);
+        let lift: Value = call(req, &url).await?;
+        if self.json {
+            print_json(&lift)?;
+        } else {
+            println!(
+                "lifted: {} {} (cursor {}; new issuance resumes; what was issued until {} stays revoked)",
+                lift["kind"].as_str().unwrap_or("?"),
+                lift["value"].as_str().filter(|v| !v.is_empty()).unwrap_or("(everything)"),
+                lift["cursor"],
+                mayfly_server::clock::rfc3339(lift["issued_before"].as_i64().unwrap_or(0)),
+            );
+        }
+        Ok(ExitCode::SUCCESS)
+    }
 }
 
 fn parse_time(s: &str) -> Result<i64, String> {
@@ -56,6 +127,9 @@ fn parse_time(s: &str) -> Result<i64, String> {
 
 impl RevokeArgs {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
+        if let Some(RevokeCommand::Lift(lift)) = self.lift {
+            return lift.run().await;
+        }
         let remote = self.remote.resolve()?;
         let body = RevokeRequest {
             jti: self.jti,
@@ -65,6 +139,8 @@ impl RevokeArgs {
             task: self.task,
             issued_before: self.issued_before,
             all: self.all,
+            block: self.block,
+            block_seconds: self.block_for.map(|d| d.as_secs().max(1)),
             reason: self.reason,
         };
         let url = remote.remote.endpoint("/v1/revocations");
@@ -73,12 +149,19 @@ impl RevokeArgs {
         if self.json {
             print_json(&rev)?;
         } else {
+            let until = rev["issued_before"].as_i64().unwrap_or(0);
+            let reach = if !self.block {
+                format!("covers credentials issued until {}", mayfly_server::clock::rfc3339(until))
+            } else if until == i64::MAX {
+                "new issuance blocked until `mayfly revoke lift`".to_owned()
+            } else {
+                format!("new issuance blocked until {}", mayfly_server::clock::rfc3339(until))
+            };
             println!(
-                "revoked: {} {} (cursor {}; covers credentials issued until {})",
+                "revoked: {} {} (cursor {}; {reach})",
                 rev["kind"].as_str().unwrap_or("?"),
                 rev["value"].as_str().filter(|v| !v.is_empty()).unwrap_or("(everything)"),
                 rev["cursor"],
-                mayfly_server::clock::rfc3339(rev["issued_before"].as_i64().unwrap_or(0)),
             );
         }
         Ok(ExitCode::SUCCESS)

@@ -21,9 +21,18 @@ pub struct TaskSpec {
     /// Lifetime of the task, e.g. 30m (default: the server's, 15m).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub ttl: Option<Duration>,
-    /// The subject the task acts for (delegation: credentials carry it as `sub`, the task as `act`).
+    /// The subject the task acts for (delegation: credentials carry it as `sub`, the task as
+    /// `act`). Without --delegation-token-file, policy must permit it (`act_for`), and it
+    /// cannot be an identity of the server's trust domain.
     #[arg(long)]
     pub on_behalf_of: Option<String>,
+    /// RFC 8693 delegation: a file holding the represented subject's own token (its platform
+    /// JWT, or a Mayfly access token whose audience is your SPIFFE ID). The task acts for it.
+    #[arg(long)]
+    pub delegation_token_file: Option<std::path::PathBuf>,
+    /// The type of that token (default: urn:ietf:params:oauth:token-type:access_token).
+    #[arg(long, requires = "delegation_token_file")]
+    pub delegation_token_type: Option<String>,
     /// Parent task id, for a sub-task started with the parent starter's own evidence.
     #[arg(long)]
     pub parent: Option<String>,
@@ -38,15 +47,30 @@ pub(crate) async fn start_task(
     audiences: Vec<String>,
     default_purpose: &str,
 ) -> anyhow::Result<StartTaskResponse> {
+    // With a delegation, the subject token is the represented subject's and the caller's
+    // evidence becomes the actor token (RFC 8693 §2.1).
+    let (subject, actor) = match &spec.delegation_token_file {
+        Some(path) => {
+            let token = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the delegation token from {}", path.display()))?;
+            let token_type =
+                spec.delegation_token_type.clone().unwrap_or_else(|| mayfly_proto::TOKEN_TYPE_ACCESS_TOKEN.to_owned());
+            ((token_type, token.trim().to_owned()), Some((evidence.1.to_owned(), evidence.0.to_owned())))
+        }
+        None => ((evidence.1.to_owned(), evidence.0.to_owned()), None),
+    };
+    let (actor_token_type, actor_token) = actor.unzip();
     let body = StartTaskRequest {
-        subject_token_type: evidence.1.to_owned(),
-        subject_token: evidence.0.to_owned(),
+        subject_token_type: subject.0,
+        subject_token: subject.1,
         purpose: spec.purpose.clone().unwrap_or_else(|| default_purpose.to_owned()),
         scope: spec.scope.clone(),
         audiences,
         ttl_seconds: spec.ttl.map(|d| d.as_secs()),
         on_behalf_of: spec.on_behalf_of.clone(),
         parent: spec.parent.clone(),
+        actor_token,
+        actor_token_type,
     };
     let url = remote.endpoint("/v1/tasks");
     call(client.post(&url).json(&body), &url).await

@@ -213,6 +213,35 @@ pub struct RevokeRequest {
     /// Every credential issued until now. Must be explicit: an empty selector is refused.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub all: bool,
+    /// Also refuse every new issuance the selector covers (`subject`, `subject_prefix`,
+    /// `audience` or `all`) until the block is lifted, or for `block_seconds`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub block: bool,
+    /// With `block`: how long the block lasts, in seconds (default: until lifted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_seconds: Option<u64>,
+    /// Why (kept in the audit trail).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Body of `POST /v1/revocations/lift` (admin): ends the blocks on exactly one selector
+/// (`subject`, `subject_prefix`, `audience` or `all`). What was revoked stays revoked.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LiftRequest {
+    /// The SPIFFE ID whose block ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// The SPIFFE ID prefix whose block ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_prefix: Option<String>,
+    /// The audience whose block ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// The block on all issuance ends.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all: bool,
     /// Why (kept in the audit trail).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -294,12 +323,21 @@ pub struct StartTaskRequest {
     #[serde(default)]
     pub ttl_seconds: Option<u64>,
     /// The subject the task acts for (RFC 8693 delegation): credentials carry it as `sub`
-    /// and the task as `act`.
+    /// and the task as `act`. Without an `actor_token`, policy must permit it (`act_for`),
+    /// and it cannot be a SPIFFE ID of this trust domain.
     #[serde(default)]
     pub on_behalf_of: Option<String>,
     /// The parent task's id, for a sub-task started with the parent starter's own evidence.
     #[serde(default)]
     pub parent: Option<String>,
+    /// RFC 8693 delegation: the caller's own evidence. With it, `subject_token` is the
+    /// represented subject's proof (its platform JWT, or a Mayfly access token whose `aud`
+    /// is the caller's SPIFFE ID), and the task acts for that subject.
+    #[serde(default)]
+    pub actor_token: Option<String>,
+    /// The type of `actor_token` (a platform JWT or a join token).
+    #[serde(default)]
+    pub actor_token_type: Option<String>,
 }
 
 /// A task as the API shows it.
@@ -471,7 +509,8 @@ pub struct Revocation {
     pub kind: RevocationKind,
     /// The jti, SPIFFE ID, prefix, audience or task id; empty for `issued_before`.
     pub value: String,
-    /// Covers credentials issued at or before this Unix time.
+    /// Covers credentials (and, for subjects, evidence) issued at or before this Unix
+    /// time. Later than `revoked_at` for a block: nothing is issued until then.
     pub issued_before: i64,
     /// When it was made (Unix seconds).
     pub revoked_at: i64,
@@ -480,6 +519,10 @@ pub struct Revocation {
     /// Why, as the operator said.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// A lift: the blocks on this selector end at `issued_before` (what they revoked
+    /// stays revoked). A follower that does not know lifts keeps the block: it fails closed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lift: bool,
 }
 
 /// The SPIFFE Workload API (gRPC), generated from `proto/workload.proto`.

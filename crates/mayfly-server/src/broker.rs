@@ -73,6 +73,9 @@ pub enum BrokerError {
     /// A database refused or could not be reached.
     #[error(transparent)]
     Database(#[from] crate::issue::db::DbError),
+    /// A revocation in force (a block) covers what would be issued.
+    #[error(transparent)]
+    Blocked(#[from] crate::containment::RevokeBlocked),
 }
 
 /// A token-exchange request after parsing.
@@ -203,7 +206,8 @@ pub struct Broker {
     pub(crate) tokens: TokensConfig,
     pub(crate) tasks: TasksConfig,
     audiences: HashMap<String, AudienceConfig>,
-    failure_audit: RateLimit,
+    /// Refusals anyone can provoke, counted until the next summary.
+    pub(crate) failures: crate::govern::failures::FailureTally,
     /// Serialises task state changes (approve, deny, end), so two of them never race.
     pub(crate) task_transitions: tokio::sync::Mutex<()>,
     pub(crate) databases: Arc<crate::issue::db::Databases>,
@@ -216,39 +220,6 @@ pub struct Broker {
     pub(crate) attestations: Arc<tokio::sync::Semaphore>,
     pub(crate) workload_api: crate::config::WorkloadApiConfig,
 }
-
-/// At most `per_second` events in each wall-clock second.
-struct RateLimit {
-    per_second: u64,
-    /// (second, count) packed as second << 20 | count.
-    state: std::sync::atomic::AtomicU64,
-}
-
-impl RateLimit {
-    fn new(per_second: u64) -> Self {
-        Self { per_second: per_second.min((1 << 20) - 1), state: std::sync::atomic::AtomicU64::new(0) }
-    }
-
-    fn admit(&self) -> bool {
-        use std::sync::atomic::Ordering;
-        let now = crate::clock::now_unix().max(0) as u64;
-        let mut cur = self.state.load(Ordering::Relaxed);
-        loop {
-            let (sec, count) = (cur >> 20, cur & ((1 << 20) - 1));
-            let next = if sec == now { (now << 20) | (count + 1) } else { (now << 20) | 1 };
-            if sec == now && count >= self.per_second {
-                return false;
-            }
-            match self.state.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => return true,
-                Err(actual) => cur = actual,
-            }
-        }
-    }
-}
-
-/// Failed attestations audited per second at most; the rest are counted in a metric.
-const FAILED_ATTESTATION_AUDITS_PER_SECOND: u64 = 100;
 
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -271,7 +242,7 @@ impl Broker {
             tokens: parts.tokens,
             tasks: parts.tasks,
             audiences,
-            failure_audit: RateLimit::new(FAILED_ATTESTATION_AUDITS_PER_SECOND),
+            failures: Default::default(),
             task_transitions: tokio::sync::Mutex::new(()),
             databases: parts.databases,
             db_transitions: tokio::sync::Mutex::new(()),
@@ -393,8 +364,10 @@ impl Broker {
         Ok(issued)
     }
 
-    /// Proves who the caller is: a task token, or a workload's platform evidence or join token.
-    /// Failures are audited (at a bounded rate: anyone can send bad evidence).
+    /// Proves who the caller is: a task token, or a workload's platform evidence or join
+    /// token; then admits it: evidence minted before a revocation of its subject (or
+    /// during a block) is refused here, for every issuance path. Failures are audited
+    /// (counted per source and reason: anyone can send bad evidence).
     pub async fn attest(
         &self,
         token_type: &str,
@@ -403,28 +376,16 @@ impl Broker {
         now: i64,
     ) -> Result<Caller, BrokerError> {
         let result = if token_type == mayfly_proto::TOKEN_TYPE_TASK {
-            self.task_attestor.attest(token, now).await.map(|mut t| {
-                // The starter's attributes, as signals have changed them since the task started.
-                if let Some(root) = t.actors.last() {
-                    self.contexts.apply_to(root, &mut t.attributes, now);
-                }
-                Caller::Task(Box::new(t))
-            })
+            self.task_attestor.attest(token, now).await.map(|t| (Caller::Task(Box::new(t)), now))
         } else {
-            self.attestors.attest(token_type, token).await.map(|mut w| {
-                // What signals said since the evidence was minted counts over the evidence.
-                self.contexts.apply(&mut w, now);
-                Caller::Workload(w)
-            })
+            self.attestors.attest(token_type, token).await.map(|(w, minted_at)| (Caller::Workload(w), minted_at))
         };
-        let e = match result {
+        let e = match result.and_then(|(caller, minted_at)| self.admit(&caller, minted_at).map(|()| caller)) {
             Ok(caller) => return Ok(caller),
             Err(e) => e,
         };
-        let detail = json!({"reason": e.code(), "message": e.to_string(), "source_ip": source_ip.to_string(),
-                            "subject_token_type": token_type});
         metrics::counter!("mayfly_requests_denied_total", "reason" => "attestation").increment(1);
-        self.audit_failure(AuditEvent::new("attest.failed", None, detail)).await;
+        self.audit_failure(source_ip, e.code(), "attest.failed");
         Err(e.into())
     }
 
@@ -476,6 +437,7 @@ impl Broker {
             return Ok(());
         }
         let n = records.len() as u64;
+        self.check_not_born_revoked(&records)?;
         self.ledger.record(records, events).await?;
         metrics::counter!("mayfly_credentials_issued_total", "kind" => kind).increment(n);
         Ok(())
@@ -542,16 +504,6 @@ impl Broker {
         attributes: &std::collections::BTreeMap<String, String>,
     ) -> std::collections::BTreeMap<String, String> {
         self.tokens.bound_context.iter().filter_map(|k| attributes.get(k).map(|v| (k.clone(), v.clone()))).collect()
-    }
-
-    /// Audits a refusal anyone can provoke (bad evidence, a forged signal) at a bounded
-    /// rate, so a flood of garbage cannot fill the trail; the rest are counted.
-    pub(crate) async fn audit_failure(&self, event: AuditEvent) {
-        if self.failure_audit.admit() {
-            self.audit_best_effort(event).await;
-        } else {
-            metrics::counter!("mayfly_audit_events_suppressed_total", "kind" => event.kind).increment(1);
-        }
     }
 
     /// Records an audit event; a failure is logged, not returned, because the
@@ -639,13 +591,6 @@ pub(crate) fn parse_scopes(scope: Option<&str>) -> Result<Vec<String>, BrokerErr
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rate_limit_admits_per_second() {
-        let rl = RateLimit::new(3);
-        let admitted = (0..10).filter(|_| rl.admit()).count();
-        assert!((3..=6).contains(&admitted), "at most 3 a second (a second boundary may pass): {admitted}");
-    }
 
     #[test]
     fn the_issuance_context_reads_back_as_one() {

@@ -561,6 +561,14 @@ pub struct LedgerConfig {
     /// Most records written in one group commit (default 1024).
     #[serde(default = "default_batch")]
     pub batch_max: usize,
+    /// Refusals anyone can provoke (bad evidence, forged signals) are audited as one
+    /// summary per source and reason every this often (default 10s), not one event each.
+    #[serde(default = "ten_seconds", with = "humantime_serde")]
+    pub refusal_summary_interval: Duration,
+}
+
+fn ten_seconds() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_sync() -> String {
@@ -572,7 +580,7 @@ fn default_batch() -> usize {
 
 impl Default for LedgerConfig {
     fn default() -> Self {
-        Self { sync: default_sync(), batch_max: default_batch() }
+        Self { sync: default_sync(), batch_max: default_batch(), refusal_summary_interval: ten_seconds() }
     }
 }
 

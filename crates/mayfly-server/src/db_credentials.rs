@@ -115,8 +115,17 @@ impl Broker {
         self.check_decision(&caller, &decision, detail, p.source_ip).await?;
 
         // 1. The intent, durably, before the user exists.
+        let lease_id = crate::ids::time_ordered_id();
+        let target = format!("db:{}/{}", p.database, p.role);
+        self.refuse_if_revoked(&CredentialFacts {
+            jti: &lease_id,
+            subject: &subject,
+            audience: &target,
+            task_id: task_id.as_deref(),
+            issued_at: now,
+        })?;
         let mut lease = DbLease {
-            id: crate::ids::time_ordered_id(),
+            id: lease_id,
             issuer: p.database.clone(),
             role: p.role.clone(),
             username: db.new_username(&p.role),

@@ -13,6 +13,7 @@ pub mod authorize;
 pub mod broker;
 pub mod clock;
 pub mod config;
+pub mod containment;
 pub mod db_credentials;
 pub mod deliver;
 pub mod dev;

@@ -275,6 +275,8 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
     let contexts = Arc::new(
         crate::govern::signals::SubjectContexts::load(store.clone(), cfg.signals.context_ttl.as_secs() as i64).await?,
     );
+    // Every decision also answers to what signals said: they can only take access away.
+    policies.use_signalled_facts(contexts.clone());
     let broker = Arc::new(Broker::new(BrokerParts {
         attestors: Attestors::new(oidc, join_tokens),
         task_attestor: TaskAttestor::new(verifier.clone(), store.clone(), cfg.trust_domain.clone()),
@@ -380,6 +382,10 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
     let task_sweep =
         tokio::spawn(crate::govern::tasks::run(broker.clone(), Duration::from_secs(1), leadership.clone()));
     let svid_rotation = tokio::spawn(crate::govern::svids::run(svids, ledger.clone(), kek.clone(), leadership));
+    let failure_summaries = tokio::spawn(crate::govern::failures::run(
+        broker.clone(),
+        cfg.ledger.refusal_summary_interval.max(Duration::from_millis(100)),
+    ));
     let workload_api = match &cfg.workload_api.socket {
         Some(path) => {
             let handle = crate::deliver::workload_api::serve(broker.clone(), path, stopping_rx.clone())?;
@@ -390,12 +396,16 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
     };
     let (tx, rx) = oneshot::channel::<()>();
     let app = router(state);
+    let flushing = broker.clone();
     let task = tokio::spawn(async move {
         listener::serve(tcp, tls, app, async {
             let _ = rx.await;
             let _ = stopping_tx.send(true);
         })
         .await;
+        failure_summaries.abort();
+        // The refusals counted since the last summary are not lost at shutdown.
+        flushing.flush_failures().await;
         watcher.abort();
         upkeep.abort();
         stats.abort();

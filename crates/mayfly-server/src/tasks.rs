@@ -10,17 +10,16 @@ use std::net::IpAddr;
 
 use serde_json::json;
 
+use crate::attest::delegation::{Delegation, check_named_subject};
 use crate::attest::task::{TASK_TOKEN_AUDIENCE, TaskIdentity, task_spiffe_id};
 use crate::attest::{AttestError, WorkloadIdentity};
-use crate::authorize::{ApproveRequest, Principal, StartTaskRequest};
+use crate::authorize::{ActForRequest, ApproveRequest, Principal, StartTaskRequest};
 use crate::broker::{Broker, BrokerError, Caller, RecordFacts, parse_scopes};
 use crate::issue::{AccessTokenRequest, IssuedToken};
 use crate::ledger::{AuditEvent, Batch, Revocation, RevocationKind, TaskRecord, TaskState};
 
 /// Longest purpose accepted.
 const MAX_PURPOSE_CHARS: usize = 256;
-/// Longest on-behalf-of subject accepted.
-const MAX_SUBJECT_CHARS: usize = 512;
 /// Most audiences a task may be limited to.
 const MAX_AUDIENCES: usize = 16;
 /// Longest audience accepted.
@@ -45,6 +44,9 @@ pub struct StartTaskParams {
     pub on_behalf_of: Option<String>,
     /// The parent task, for a sub-task started with the caller's own evidence.
     pub parent: Option<String>,
+    /// RFC 8693 delegation: the caller's own evidence (`subject_token` is then the
+    /// represented subject's proof), as (type, token). Secret.
+    pub actor: Option<(String, String)>,
     /// The caller's address.
     pub source_ip: IpAddr,
 }
@@ -126,9 +128,6 @@ impl Broker {
     /// approval starts `pending`; one policy does not allow at all is refused.
     pub async fn start_task(&self, p: StartTaskParams) -> Result<StartedTask, BrokerError> {
         check_text("purpose", &p.purpose, MAX_PURPOSE_CHARS)?;
-        if let Some(obo) = &p.on_behalf_of {
-            check_text("on_behalf_of", obo, MAX_SUBJECT_CHARS)?;
-        }
         let mut scopes = parse_scopes(p.scope.as_deref())?;
         let mut audiences = p.audiences.clone();
         audiences.sort();
@@ -151,7 +150,38 @@ impl Broker {
         } as i64;
 
         let now = crate::clock::now_unix();
-        let caller = self.attest(&p.subject_token_type, &p.subject_token, p.source_ip, now).await?;
+        // Checked before any evidence is spent (a join token is single use).
+        if p.actor.is_none()
+            && let Some(obo) = &p.on_behalf_of
+        {
+            check_named_subject(obo, self.task_attestor.trust_domain())
+                .map_err(|e| BrokerError::Forbidden(e.to_string()))?;
+        }
+        let (caller, proven) = match &p.actor {
+            None => (self.attest(&p.subject_token_type, &p.subject_token, p.source_ip, now).await?, None),
+            Some((actor_type, actor_token)) => {
+                if p.parent.is_some() || actor_type == mayfly_proto::TOKEN_TYPE_TASK {
+                    return Err(BrokerError::InvalidRequest(
+                        "delegation starts a root task: the actor_token is a workload's evidence and parent is not set"
+                            .into(),
+                    ));
+                }
+                let caller = self.attest(actor_type, actor_token, p.source_ip, now).await?;
+                let subject = self.delegating_subject(&caller, &p, now).await?;
+                if p.on_behalf_of.as_ref().is_some_and(|obo| *obo != subject) {
+                    return Err(BrokerError::Forbidden(format!(
+                        "on_behalf_of names another subject than the subject_token proves ({subject})"
+                    )));
+                }
+                (caller, Some(subject))
+            }
+        };
+        let delegation = match (&proven, &p.on_behalf_of) {
+            (Some(_), _) => Some(Delegation::Proof),
+            (None, Some(_)) => Some(Delegation::Policy),
+            (None, None) => None,
+        };
+        let on_behalf_of = proven.or_else(|| p.on_behalf_of.clone());
         let parent = self.parent_for(&caller, p.parent.as_deref(), now).await?;
 
         let id = crate::ids::time_ordered_id();
@@ -162,7 +192,7 @@ impl Broker {
                 let Caller::Workload(w) = &caller else {
                     return Err(BrokerError::InvalidRequest("a task token always names its task".into()));
                 };
-                (id.clone(), 1, w.attributes.clone(), json!({"sub": w.spiffe_id.to_string()}), p.on_behalf_of.clone())
+                (id.clone(), 1, w.attributes.clone(), json!({"sub": w.spiffe_id.to_string()}), on_behalf_of.clone())
             }
             Some(parent) => {
                 let t = &parent.task;
@@ -192,7 +222,7 @@ impl Broker {
                         )));
                     }
                 }
-                if p.on_behalf_of.is_some() && p.on_behalf_of != t.on_behalf_of {
+                if on_behalf_of.is_some() && on_behalf_of != t.on_behalf_of {
                     return Err(BrokerError::Forbidden(
                         "a sub-task acts for the same subject as its parent; on_behalf_of cannot change".into(),
                     ));
@@ -236,6 +266,23 @@ impl Broker {
             Some(parent) => Principal::Task(parent),
             None => caller.principal(),
         };
+        // Acting for a subject that gave no proof takes an explicit permission (a sub-task
+        // inherits its root's subject, decided when the root started).
+        if parent.is_none()
+            && delegation == Some(Delegation::Policy)
+            && let Some(subject) = &record.on_behalf_of
+        {
+            let decision = self.policies.decide_act_for(&ActForRequest {
+                principal,
+                subject,
+                scopes: &scopes,
+                ttl_seconds: expires_at - now,
+                source_ip: p.source_ip,
+                now,
+            });
+            let detail = || json!({"action": "act_for", "on_behalf_of": subject, "purpose": record.purpose});
+            self.check_decision(&caller, &decision, detail, p.source_ip).await?;
+        }
         let ask = |approved| StartTaskRequest {
             principal,
             task: &identity,
@@ -290,6 +337,7 @@ impl Broker {
         };
         let detail = json!({"attestor": caller.attestor(), "source_ip": p.source_ip.to_string()});
         let (credential, token_event) = self.issued_record(&token, &facts, detail);
+        self.check_not_born_revoked(std::slice::from_ref(&credential))?;
         // The parent may have ended since it was checked: re-read it under the same lock
         // `end_task` holds, so a sub-task never starts under an ended parent.
         let _serial = self.task_transitions.lock().await;
@@ -304,7 +352,8 @@ impl Broker {
         let event_kind = if record.state == TaskState::Pending { "task.pending" } else { "task.started" };
         let detail = json!({
             "task_id": id, "parent": record.parent_id, "purpose": record.purpose, "scope": record.scope,
-            "audiences": audiences, "expires_at": expires_at, "on_behalf_of": record.on_behalf_of, "act": actor,
+            "audiences": audiences, "expires_at": expires_at, "on_behalf_of": record.on_behalf_of,
+            "delegation": delegation.map(Delegation::as_str), "act": actor,
             "policies": decision.policies, "approval_deadline": record.approval_deadline,
             "source_ip": p.source_ip.to_string(),
         });
@@ -336,6 +385,47 @@ impl Broker {
         }
         metrics::counter!("mayfly_tasks_started_total", "state" => record.state.as_str()).increment(1);
         Ok(StartedTask { task: record, spiffe_id: sub, token })
+    }
+
+    /// The subject that `p.subject_token` proves, delegating to `caller` (RFC 8693): its
+    /// platform evidence, or a Mayfly access token addressed to the caller (`aud` is the
+    /// caller's SPIFFE ID), unbound and not limited-use. Evidence of a revoked subject is
+    /// refused as on every path.
+    async fn delegating_subject(&self, caller: &Caller, p: &StartTaskParams, now: i64) -> Result<String, BrokerError> {
+        let Caller::Workload(actor) = caller else {
+            return Err(BrokerError::InvalidRequest("the actor_token is a workload's evidence".into()));
+        };
+        match p.subject_token_type.as_str() {
+            mayfly_proto::TOKEN_TYPE_JWT | mayfly_proto::TOKEN_TYPE_ID_TOKEN => {
+                match self.attest(&p.subject_token_type, &p.subject_token, p.source_ip, now).await? {
+                    Caller::Workload(w) if w.spiffe_id == actor.spiffe_id => Err(BrokerError::InvalidRequest(
+                        "the subject_token and the actor_token prove the same workload: drop actor_token".into(),
+                    )),
+                    Caller::Workload(w) => Ok(w.spiffe_id.to_string()),
+                    Caller::Task(_) => Err(BrokerError::InvalidRequest("not platform evidence".into())),
+                }
+            }
+            mayfly_proto::TOKEN_TYPE_ACCESS_TOKEN => {
+                let audience = actor.spiffe_id.to_string();
+                let claims =
+                    self.task_attestor.verifier().verify(&p.subject_token, Some(&audience), now).map_err(|e| {
+                        BrokerError::Forbidden(format!(
+                            "the subject_token does not prove a delegation to {audience}: {e}"
+                        ))
+                    })?;
+                if claims.cnf.is_some() || claims.max_uses.is_some() {
+                    return Err(BrokerError::Forbidden(
+                        "the subject_token is bound to its holder (or limited-use): it proves its holder, not a delegation"
+                            .into(),
+                    ));
+                }
+                if let Some(kind) = self.revocations.subject_revoked(&claims.sub, claims.iat) {
+                    return Err(AttestError::SubjectRevoked { subject: claims.sub, kind }.into());
+                }
+                Ok(claims.sub)
+            }
+            other => Err(AttestError::UnsupportedTokenType(other.chars().take(200).collect()).into()),
+        }
     }
 
     /// The parent of a new task: the caller itself when it is a task, or a task the
@@ -497,6 +587,7 @@ impl Broker {
                 // Everything under the task expires with it; a margin covers clock skew.
                 expires_at: t.expires_at + 300,
                 reason: cause.clone(),
+                lift: false,
             });
             let subject = task_spiffe_id(self.task_attestor.trust_domain(), &t.id)?.to_string();
             let detail = json!({"task_id": t.id, "actor": actor, "reason": cause, "root": id});

@@ -2,8 +2,11 @@
 //!
 //! A revocation names a selector (a jti, a subject, a SPIFFE ID prefix, an audience,
 //! a task, or "everything issued before T"), so its cost does not grow with the
-//! number of credentials it covers. The broker and resource servers (through
-//! [`crate::RevocationFollower`]) keep the same index.
+//! number of credentials it covers. It covers what was issued at or before its
+//! `issued_before`; a *block* sets that time in the future, so nothing the selector
+//! covers can be issued until then, and a *lift* brings it back to the moment of the
+//! lift. The broker and resource servers (through [`crate::RevocationFollower`]) keep
+//! the same index, so both hold the same semantics.
 
 use std::collections::HashMap;
 
@@ -30,12 +33,25 @@ pub struct CredentialFacts<'a> {
 struct Reach {
     issued_before: i64,
     expires_at: i64,
+    /// A lift came after the last revocation: the selector's blocks are over.
+    lifted: bool,
 }
 
 impl Reach {
+    const NONE: Reach = Reach { issued_before: i64::MIN, expires_at: i64::MIN, lifted: false };
+
+    /// Applies one entry: a revocation widens the reach, a lift ends what lies past its
+    /// time (a block), and what was issued before it stays covered.
     fn merge(&mut self, r: &Revocation) {
-        self.issued_before = self.issued_before.max(r.issued_before);
-        self.expires_at = self.expires_at.max(r.expires_at);
+        if r.lift {
+            self.issued_before = self.issued_before.min(r.issued_before);
+            self.expires_at = self.expires_at.min(r.expires_at);
+            self.lifted = true;
+        } else {
+            self.issued_before = self.issued_before.max(r.issued_before);
+            self.expires_at = self.expires_at.max(r.expires_at);
+            self.lifted = false;
+        }
     }
 }
 
@@ -53,7 +69,11 @@ pub struct RevocationIndex {
 }
 
 fn merge_into(map: &mut HashMap<String, Reach>, r: &Revocation) {
-    map.entry(r.value.clone()).or_insert(Reach { issued_before: i64::MIN, expires_at: i64::MIN }).merge(r);
+    // A lift of a selector that is not in force has nothing to end.
+    if r.lift && !map.contains_key(&r.value) {
+        return;
+    }
+    map.entry(r.value.clone()).or_insert(Reach::NONE).merge(r);
 }
 
 /// Whether `id` is `prefix` or lies below it on a path-segment boundary.
@@ -77,15 +97,20 @@ impl RevocationIndex {
             RevocationKind::Subject => merge_into(&mut self.subject, r),
             RevocationKind::SubjectPrefix => match self.prefixes.iter_mut().find(|(p, _)| *p == r.value) {
                 Some((_, reach)) => reach.merge(r),
-                None => self
-                    .prefixes
-                    .push((r.value.clone(), Reach { issued_before: r.issued_before, expires_at: r.expires_at })),
+                None if r.lift => {}
+                None => {
+                    let mut reach = Reach::NONE;
+                    reach.merge(r);
+                    self.prefixes.push((r.value.clone(), reach));
+                }
             },
             RevocationKind::Audience => merge_into(&mut self.audience, r),
             RevocationKind::Task => merge_into(&mut self.task, r),
-            RevocationKind::IssuedBefore => {
-                self.issued_before.get_or_insert(Reach { issued_before: i64::MIN, expires_at: i64::MIN }).merge(r);
-            }
+            RevocationKind::IssuedBefore => match &mut self.issued_before {
+                Some(reach) => reach.merge(r),
+                None if r.lift => {}
+                None => self.issued_before.get_or_insert(Reach::NONE).merge(r),
+            },
         }
         self.cursor = r.cursor;
         true
@@ -113,11 +138,27 @@ impl RevocationIndex {
             + usize::from(self.issued_before.is_some())
     }
 
-    /// Whether a subject or subject-prefix revocation in force names `subject`, whenever
-    /// its credentials were issued: identities re-issued on demand (Workload API SVIDs)
-    /// are not re-issued while it stands.
+    /// Whether a subject or subject-prefix revocation in force, not lifted since, names
+    /// `subject`, whenever its credentials were issued: an identity whose evidence is
+    /// always fresh (a Workload API caller, attested by the kernel at each call) is not
+    /// re-issued while it stands.
     pub fn names_subject(&self, subject: &str) -> bool {
-        self.subject.contains_key(subject) || self.prefixes.iter().any(|(p, _)| under_prefix(subject, p))
+        self.subject.get(subject).is_some_and(|r| !r.lifted)
+            || self.prefixes.iter().any(|(p, r)| !r.lifted && under_prefix(subject, p))
+    }
+
+    /// Which subject or subject-prefix revocation covers evidence of `subject` minted at
+    /// `minted_at` (a platform token's `iat`, a join token's creation, a task's start):
+    /// evidence from before a revocation is as dead as the credentials it got, and a
+    /// block covers all evidence until it ends.
+    pub fn subject_revoked(&self, subject: &str, minted_at: i64) -> Option<RevocationKind> {
+        if self.subject.get(subject).is_some_and(|r| minted_at <= r.issued_before) {
+            return Some(RevocationKind::Subject);
+        }
+        self.prefixes
+            .iter()
+            .any(|(p, r)| minted_at <= r.issued_before && under_prefix(subject, p))
+            .then_some(RevocationKind::SubjectPrefix)
     }
 
     /// Whether no revocation is in force.
@@ -164,7 +205,42 @@ mod tests {
             revoked_at: before,
             expires_at: before + 3600,
             reason: None,
+            lift: false,
         }
+    }
+
+    #[test]
+    fn a_block_covers_until_it_is_lifted_and_what_it_revoked_stays_revoked() {
+        let sub = "spiffe://td/ns/prod/sa/web";
+        let c = |issued_at| CredentialFacts { jti: "j", subject: sub, audience: "a", task_id: None, issued_at };
+        let mut idx = RevocationIndex::default();
+        // Revoked at 100, blocked until i64::MAX (until lifted).
+        idx.apply(&Revocation {
+            issued_before: i64::MAX,
+            expires_at: i64::MAX,
+            ..rev(RevocationKind::Subject, sub, 100)
+        });
+        assert_eq!(idx.revoked_by(&c(50)), Some(RevocationKind::Subject));
+        assert_eq!(idx.revoked_by(&c(5000)), Some(RevocationKind::Subject), "nothing is issued during a block");
+        assert_eq!(idx.subject_revoked(sub, 5000), Some(RevocationKind::Subject), "all evidence is refused");
+        assert!(idx.names_subject(sub));
+        // Lifted at 200: what came before stays revoked, what comes after is not.
+        idx.apply(&Revocation { lift: true, expires_at: 200 + 3600, ..rev(RevocationKind::Subject, sub, 200) });
+        assert_eq!(idx.revoked_by(&c(150)), Some(RevocationKind::Subject));
+        assert_eq!(idx.revoked_by(&c(201)), None);
+        assert_eq!(idx.subject_revoked(sub, 201), None);
+        assert_eq!(idx.subject_revoked(sub, 199), Some(RevocationKind::Subject), "old evidence stays dead");
+        assert!(!idx.names_subject(sub), "a lifted block no longer stops fresh identities");
+        idx.prune(200 + 3600);
+        assert!(idx.is_empty(), "the lift brought the entry's end back");
+        // A lift of nothing in force changes nothing; a prefix block covers what lies below.
+        let mut idx = RevocationIndex::default();
+        idx.apply(&Revocation { lift: true, ..rev(RevocationKind::SubjectPrefix, "spiffe://td/ns", 300) });
+        assert!(idx.is_empty());
+        idx.apply(&Revocation { issued_before: 1000, ..rev(RevocationKind::SubjectPrefix, "spiffe://td/ns", 300) });
+        assert_eq!(idx.subject_revoked(sub, 999), Some(RevocationKind::SubjectPrefix));
+        assert_eq!(idx.subject_revoked(sub, 1001), None, "a block for a stated time ends by itself");
+        assert_eq!(idx.subject_revoked("spiffe://td/nsx/a", 999), None);
     }
 
     #[test]

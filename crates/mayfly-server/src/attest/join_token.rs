@@ -85,8 +85,8 @@ impl JoinTokens {
         Ok(CreateJoinTokenResponse { id, token, spiffe_id: spiffe_id.to_string(), expires_at: row.expires_at })
     }
 
-    /// Redeems a token exactly once.
-    pub async fn redeem(&self, token: &str) -> Result<WorkloadIdentity, AttestError> {
+    /// Redeems a token exactly once: the identity it grants, and when it was created.
+    pub async fn redeem(&self, token: &str) -> Result<(WorkloadIdentity, i64), AttestError> {
         if !token.starts_with(JOIN_TOKEN_PREFIX) {
             return Err(AttestError::Malformed(format!("a join token starts with {JOIN_TOKEN_PREFIX}")));
         }
@@ -95,7 +95,7 @@ impl JoinTokens {
                 let spiffe_id = SpiffeId::new(&self.trust_domain, &row.spiffe_path)
                     .map_err(|e| AttestError::Mapping(e.to_string()))?;
                 let attributes = BTreeMap::from([("join_token_id".to_owned(), row.id)]);
-                Ok(WorkloadIdentity { spiffe_id, attestor: "join_token".into(), attributes })
+                Ok((WorkloadIdentity { spiffe_id, attestor: "join_token".into(), attributes }, row.created_at))
             }
             RedeemOutcome::Unknown => Err(AttestError::JoinTokenUnknown),
             RedeemOutcome::AlreadyUsed => Err(AttestError::JoinTokenUsed),

@@ -6,6 +6,7 @@
 //! callers of the Workload API socket and [`entries`] maps them to SPIFFE IDs. [`Attestors`] is the
 //! registry built from configuration.
 
+pub mod delegation;
 pub mod entries;
 pub mod join_token;
 pub mod oidc;
@@ -120,6 +121,18 @@ pub enum AttestError {
     /// Storage failed while attesting.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    /// The evidence proves a subject that was revoked after the evidence was minted (or
+    /// that is blocked): evidence from before a revocation is as dead as its credentials.
+    #[error(
+        "{subject} is revoked ({}): evidence minted before the revocation, or during a block, is refused",
+        kind.as_str()
+    )]
+    SubjectRevoked {
+        /// The revoked SPIFFE ID (the caller, or one in its task's chain).
+        subject: String,
+        /// The selector that revoked it.
+        kind: crate::ledger::RevocationKind,
+    },
 }
 
 impl AttestError {
@@ -145,6 +158,7 @@ impl AttestError {
             AttestError::TaskNotActive(_) => "task-not-active",
             AttestError::Unix(_) => "unix-attestation-failed",
             AttestError::Ledger(_) => "storage-unavailable",
+            AttestError::SubjectRevoked { .. } => "subject-revoked",
         }
     }
 }
@@ -167,8 +181,9 @@ impl Attestors {
         &self.join_tokens
     }
 
-    /// Verifies evidence of the given RFC 8693 token type.
-    pub async fn attest(&self, token_type: &str, token: &str) -> Result<WorkloadIdentity, AttestError> {
+    /// Verifies evidence of the given RFC 8693 token type: who it proves, and when the
+    /// evidence was minted (a JWT's `iat`, a join token's creation), for revocations.
+    pub async fn attest(&self, token_type: &str, token: &str) -> Result<(WorkloadIdentity, i64), AttestError> {
         if token.len() > MAX_SUBJECT_TOKEN_BYTES {
             return Err(AttestError::Malformed(format!("longer than {MAX_SUBJECT_TOKEN_BYTES} bytes")));
         }

@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 use tokio::sync::{Mutex, RwLock};
 
 use super::{AttestError, WorkloadIdentity, template};
+use crate::clock::now_unix;
 use crate::config::{OidcIssuerConfig, OidcPreset};
 use crate::token_cache::TokenCache;
 
@@ -130,7 +131,7 @@ pub struct OidcAttestor {
     /// same platform token many times during its life, and re-verifying an RSA
     /// signature each time is the largest cost of an exchange. Cleared whenever the
     /// key set changes, so a key removed from the JWKS stops vouching at once.
-    verified: TokenCache<WorkloadIdentity>,
+    verified: TokenCache<(WorkloadIdentity, i64)>,
     /// Longest a remembered verification is trusted, whatever the token's `exp`.
     verified_ttl: i64,
 }
@@ -235,19 +236,22 @@ impl OidcAttestor {
         &self.name
     }
 
-    /// Verifies a token (or finds it verified before and unexpired) and maps it to a workload identity.
-    pub async fn attest(&self, token: &str) -> Result<WorkloadIdentity, AttestError> {
+    /// Verifies a token (or finds it verified before and unexpired) and maps it to a
+    /// workload identity; also returns when the token was minted (its `iat`; without one,
+    /// the oldest time possible, so that any revocation of the subject covers it).
+    pub async fn attest(&self, token: &str) -> Result<(WorkloadIdentity, i64), AttestError> {
         let now = crate::clock::now_unix();
-        if let Some(id) = self.verified.get(token, now) {
-            return Ok(id);
+        if let Some(found) = self.verified.get(token, now) {
+            return Ok(found);
         }
-        let (identity, exp) = self.verify(token).await?;
+        let (identity, exp, minted_at) = self.verify(token).await?;
+        let found = (identity, minted_at);
         // Trusted until the token expires or the key set is due for a refresh, whichever is first.
-        self.verified.insert(token, identity.clone(), exp.min(now + self.verified_ttl), now);
-        Ok(identity)
+        self.verified.insert(token, found.clone(), exp.min(now + self.verified_ttl), now);
+        Ok(found)
     }
 
-    async fn verify(&self, token: &str) -> Result<(WorkloadIdentity, i64), AttestError> {
+    async fn verify(&self, token: &str) -> Result<(WorkloadIdentity, i64, i64), AttestError> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
             // An `alg` the JOSE library does not know (including `none`) fails header parsing.
             ErrorKind::Json(_) | ErrorKind::InvalidAlgorithmName => AttestError::AlgorithmNotAllowed {
@@ -277,9 +281,11 @@ impl OidcAttestor {
         v.leeway = self.leeway;
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &v).map_err(|e| self.map_error(e))?;
         let exp = data.claims.get("exp").and_then(Value::as_i64).ok_or_else(|| AttestError::BadClaim("exp".into()))?;
+        // An `iat` in the future cannot move the evidence past a revocation.
+        let minted_at = data.claims.get("iat").and_then(Value::as_i64).map_or(i64::MIN, |iat| iat.min(now_unix()));
         let attributes = self.attributes(&data.claims);
         let spiffe_id = template::render(&self.template, &self.trust_domain, &attributes)?;
-        Ok((WorkloadIdentity { spiffe_id, attestor: format!("oidc:{}", self.name), attributes }, exp))
+        Ok((WorkloadIdentity { spiffe_id, attestor: format!("oidc:{}", self.name), attributes }, exp, minted_at))
     }
 
     fn allowed_names(&self) -> String {

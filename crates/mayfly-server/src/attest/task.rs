@@ -89,6 +89,11 @@ impl TaskAttestor {
         &self.trust_domain
     }
 
+    /// The verifier of Mayfly's own access tokens.
+    pub fn verifier(&self) -> &TokenVerifier {
+        &self.verifier
+    }
+
     /// Verifies a task token; the task may be pending or active, never ended, denied or expired.
     pub async fn attest(&self, token: &str, now: i64) -> Result<TaskIdentity, AttestError> {
         if token.len() > super::MAX_SUBJECT_TOKEN_BYTES {

@@ -179,6 +179,35 @@ pub struct ApproveRequest<'a> {
     pub now: i64,
 }
 
+/// What signals said about subjects' contexts, as policy sees it. Signalled facts can
+/// only take access away: a request is allowed only if policy allows it both on the
+/// attested attributes alone and with the signalled ones laid over them, so no signal
+/// turns a denial into an issuance (a move is decided in the new context, and a
+/// `tier=prod` claim from a signal sender cannot grant what the evidence did not).
+pub trait SignalledFacts: Send + Sync {
+    /// Whether nothing is signalled (the common case: nothing to look up).
+    fn is_empty(&self) -> bool;
+    /// The signalled attributes of `subject` in force at `now`, if any.
+    fn signalled(&self, subject: &str, now: i64) -> Option<BTreeMap<String, String>>;
+}
+
+/// A request to act for a subject that gave no proof, as policy sees it.
+#[derive(Debug, Clone)]
+pub struct ActForRequest<'a> {
+    /// Who would act (the task's starter).
+    pub principal: Principal<'a>,
+    /// The subject named in `on_behalf_of`.
+    pub subject: &'a str,
+    /// The task's scopes.
+    pub scopes: &'a [String],
+    /// The task's lifetime.
+    pub ttl_seconds: i64,
+    /// The caller's address.
+    pub source_ip: IpAddr,
+    /// Unix seconds.
+    pub now: i64,
+}
+
 /// A loaded policy set.
 #[derive(Debug)]
 pub struct LoadedPolicies {
@@ -200,11 +229,15 @@ pub struct PolicyEngine {
     audience_type: EntityTypeName,
     role_type: EntityTypeName,
     svid_type: EntityTypeName,
+    subject_type: EntityTypeName,
     exchange_action: EntityUid,
     fetch_svid_action: EntityUid,
     issue_action: EntityUid,
     start_task_action: EntityUid,
     approve_action: EntityUid,
+    act_for_action: EntityUid,
+    /// Signalled contexts, once the server has them.
+    signalled: std::sync::OnceLock<Arc<dyn SignalledFacts>>,
 }
 
 impl std::fmt::Debug for PolicyEngine {
@@ -236,13 +269,59 @@ impl PolicyEngine {
             audience_type: parse("Mayfly::Audience")?,
             role_type: parse("Mayfly::Role")?,
             svid_type: parse("Mayfly::Svid")?,
+            subject_type: parse("Mayfly::Subject")?,
             exchange_action: action("exchange")?,
             fetch_svid_action: action("fetch_svid")?,
             issue_action: action("issue")?,
             start_task_action: action("start_task")?,
             approve_action: action("approve")?,
+            act_for_action: action("act_for")?,
+            signalled: std::sync::OnceLock::new(),
             schema,
         })
+    }
+
+    /// Makes every decision also answer to what signals said about the principal (see
+    /// [`SignalledFacts`]). Set once, at start-up; later calls are ignored.
+    pub fn use_signalled_facts(&self, facts: Arc<dyn SignalledFacts>) {
+        let _ = self.signalled.set(facts);
+    }
+
+    /// `decide` on the principal as attested and, when signals changed its context, again
+    /// with the signalled facts over it: allowed only if both allow.
+    fn decide_with_signals(
+        &self,
+        principal: Principal<'_>,
+        now: i64,
+        decide: impl Fn(Principal<'_>) -> Decision,
+    ) -> Decision {
+        let attested = decide(principal);
+        let Some(facts) = self.signalled.get().filter(|f| !f.is_empty()) else { return attested };
+        if !attested.allowed {
+            return attested;
+        }
+        let subject = match principal {
+            Principal::Workload(w) => w.spiffe_id.to_string(),
+            // A task's tags are its starter's attributes: what was said about the starter counts.
+            Principal::Task(t) => match t.actors.last() {
+                Some(root) => root.clone(),
+                None => return attested,
+            },
+        };
+        let Some(signalled) = facts.signalled(&subject, now) else { return attested };
+        let in_context = match principal {
+            Principal::Workload(w) => {
+                let mut w = w.clone();
+                w.attributes.extend(signalled);
+                decide(Principal::Workload(&w))
+            }
+            Principal::Task(t) => {
+                let mut t = t.clone();
+                t.attributes.extend(signalled);
+                decide(Principal::Task(&t))
+            }
+        };
+        if in_context.allowed { attested } else { in_context }
     }
 
     /// The directory policies come from.
@@ -273,6 +352,12 @@ impl PolicyEngine {
 
     /// Decides a token-exchange request.
     pub fn decide_exchange(&self, req: &ExchangeRequest<'_>) -> Decision {
+        self.decide_with_signals(req.principal, req.now, |principal| {
+            self.decide_exchange_as(&ExchangeRequest { principal, ..req.clone() })
+        })
+    }
+
+    fn decide_exchange_as(&self, req: &ExchangeRequest<'_>) -> Decision {
         self.decide(|| {
             let resource = EntityUid::from_type_name_and_id(self.audience_type.clone(), EntityId::new(req.audience));
             let build = || {
@@ -300,6 +385,12 @@ impl PolicyEngine {
 
     /// Decides a database-credential request.
     pub fn decide_issue(&self, req: &IssueRequest<'_>) -> Decision {
+        self.decide_with_signals(req.principal, req.now, |principal| {
+            self.decide_issue_as(&IssueRequest { principal, ..req.clone() })
+        })
+    }
+
+    fn decide_issue_as(&self, req: &IssueRequest<'_>) -> Decision {
         self.decide(|| {
             let (principal, mut entities) = self.principal(req.principal)?;
             let id = format!("{}/{}", req.database, req.role);
@@ -324,6 +415,13 @@ impl PolicyEngine {
 
     /// Decides a Workload API caller's request for an SVID.
     pub fn decide_fetch_svid(&self, req: &FetchSvidRequest<'_>) -> Decision {
+        self.decide_with_signals(Principal::Workload(req.principal), req.now, |principal| {
+            let Principal::Workload(w) = principal else { return self.decide_fetch_svid_as(req) };
+            self.decide_fetch_svid_as(&FetchSvidRequest { principal: w, ..req.clone() })
+        })
+    }
+
+    fn decide_fetch_svid_as(&self, req: &FetchSvidRequest<'_>) -> Decision {
         self.decide(|| {
             let (principal, mut entities) = self.principal(Principal::Workload(req.principal))?;
             let resource = EntityUid::from_type_name_and_id(self.svid_type.clone(), EntityId::new(req.profile));
@@ -343,6 +441,12 @@ impl PolicyEngine {
 
     /// Decides whether a task may start (with `approved: false`), or could start once approved.
     pub fn decide_start_task(&self, req: &StartTaskRequest<'_>) -> Decision {
+        self.decide_with_signals(req.principal, req.now, |principal| {
+            self.decide_start_task_as(&StartTaskRequest { principal, ..req.clone() })
+        })
+    }
+
+    fn decide_start_task_as(&self, req: &StartTaskRequest<'_>) -> Decision {
         self.decide(|| {
             let (principal, mut entities) = self.principal(req.principal)?;
             let (resource, task) = self.task_entity(req.task)?;
@@ -360,8 +464,34 @@ impl PolicyEngine {
         })
     }
 
+    /// Decides whether a caller may act for a subject that gave no proof (default deny).
+    pub fn decide_act_for(&self, req: &ActForRequest<'_>) -> Decision {
+        self.decide_with_signals(req.principal, req.now, |principal| {
+            self.decide(|| {
+                let (principal, mut entities) = self.principal(principal)?;
+                let resource = EntityUid::from_type_name_and_id(self.subject_type.clone(), EntityId::new(req.subject));
+                entities.push(Entity::new_no_attrs(resource.clone(), Default::default()));
+                let context = context([
+                    ("scopes", texts(req.scopes.iter().map(String::as_str))),
+                    ("ttl_seconds", long(req.ttl_seconds)),
+                    ("source_ip", ip_value(req.source_ip)?),
+                    ("now", now_value(req.now)?),
+                    ("now_unix", long(req.now)),
+                ]);
+                Ok((principal, self.act_for_action.clone(), resource, context, entity_set(entities)?))
+            })
+        })
+    }
+
     /// Decides whether a workload may approve (or deny) a pending task.
     pub fn decide_approve(&self, req: &ApproveRequest<'_>) -> Decision {
+        self.decide_with_signals(Principal::Workload(req.approver), req.now, |principal| {
+            let Principal::Workload(w) = principal else { return self.decide_approve_as(req) };
+            self.decide_approve_as(&ApproveRequest { approver: w, ..req.clone() })
+        })
+    }
+
+    fn decide_approve_as(&self, req: &ApproveRequest<'_>) -> Decision {
         self.decide(|| {
             let (principal, mut entities) = self.principal(Principal::Workload(req.approver))?;
             let (resource, task) = self.task_entity(req.task)?;

@@ -4,7 +4,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use mayfly_proto::RevokeRequest;
+use mayfly_proto::{LiftRequest, RevokeRequest};
 use serde_json::json;
 use tokio::sync::broadcast;
 
@@ -77,9 +77,19 @@ impl Revocations {
         self.read().revoked_by(facts)
     }
 
-    /// Whether a subject or subject-prefix revocation in force names `subject`.
+    /// Whether a subject or subject-prefix revocation in force (not lifted) names `subject`.
     pub fn names_subject(&self, subject: &str) -> bool {
         self.read().names_subject(subject)
+    }
+
+    /// Which subject or subject-prefix revocation covers evidence of `subject` minted at `minted_at`.
+    pub fn subject_revoked(&self, subject: &str, minted_at: i64) -> Option<RevocationKind> {
+        self.read().subject_revoked(subject, minted_at)
+    }
+
+    /// Whether the index is empty (nothing to check).
+    pub fn is_empty(&self) -> bool {
+        self.read().is_empty()
     }
 
     /// Highest cursor applied, and how many entries are in force.
@@ -138,6 +148,22 @@ impl Revocations {
         if selectors.iter().filter(|s| **s).count() != 1 {
             return Err(RevokeError::Selector);
         }
+        if !req.block && req.block_seconds.is_some() {
+            return Err(RevokeError::Invalid("block_seconds needs block = true".into()));
+        }
+        if req.block && (req.jti.is_some() || req.task.is_some() || req.issued_before.is_some()) {
+            return Err(RevokeError::Invalid(
+                "only subject, subject_prefix, audience and all can block new issuance".into(),
+            ));
+        }
+        // A block moves the end of the revocation's reach into the future: nothing it
+        // covers is issued until then (or until lifted).
+        let blocked_until = match (req.block, req.block_seconds) {
+            (false, _) => None,
+            (true, None) => Some(i64::MAX),
+            (true, Some(0)) => return Err(RevokeError::Invalid("block_seconds must be at least 1".into())),
+            (true, Some(secs)) => Some(now.saturating_add(i64::try_from(secs).unwrap_or(i64::MAX))),
+        };
         let nonempty = |v: &str, what: &str| {
             let v = v.trim();
             if v.is_empty() {
@@ -192,12 +218,16 @@ impl Revocations {
         } else {
             (RevocationKind::IssuedBefore, String::new(), now, keep_until, None)
         };
-        if let Some(probe) = probe
+        // A block is wanted for what is to come, whatever is live now.
+        if blocked_until.is_none()
+            && let Some(probe) = probe
             && self.store().credentials(&probe).await?.is_empty()
             && !self.open_db_lease_matches(kind, &value).await?
+            && !self.live_task_matches(kind, &value, now).await?
         {
             return Err(RevokeError::NothingMatches(format!(
-                "no live credential matches {} {value:?}; nothing was revoked",
+                "no live credential matches {} {value:?}; nothing was revoked (to refuse its evidence and new \
+                 issuance anyway, send block = true)",
                 kind.as_str()
             )));
         }
@@ -205,6 +235,10 @@ impl Revocations {
         // above may have taken a while, and tokens issued meanwhile must be covered.
         let committed_at = crate::clock::now_unix();
         let issued_before = if issued_before == now { committed_at } else { issued_before };
+        let (issued_before, expires_at) = match blocked_until {
+            Some(until) => (until, until.saturating_add(self.max_ttl_secs + KEEP_MARGIN_SECS)),
+            None => (issued_before, expires_at),
+        };
         let rev = Revocation {
             cursor: 0,
             kind,
@@ -213,10 +247,11 @@ impl Revocations {
             revoked_at: committed_at,
             expires_at,
             reason: req.reason.clone().map(|r| r.chars().take(500).collect()),
+            lift: false,
         };
         let detail = json!({
             "selector": kind.as_str(), "value": rev.value, "issued_before": issued_before,
-            "reason": rev.reason, "actor": actor,
+            "blocked_until": blocked_until, "reason": rev.reason, "actor": actor,
         });
         let subject =
             matches!(kind, RevocationKind::Subject | RevocationKind::SubjectPrefix).then(|| rev.value.clone());
@@ -245,11 +280,85 @@ impl Revocations {
                 revoked_at: now,
                 expires_at: (*expires_at).max(now) + KEEP_MARGIN_SECS,
                 reason: Some(reason.clone()),
+                lift: false,
             })
             .collect();
         let detail = json!({"selector": "jti", "count": jtis.len(), "reason": reason, "actor": actor});
         self.ledger.revoke(revocations, vec![AuditEvent::new("credential.revoked", None, detail)]).await?;
         self.catch_up().await
+    }
+
+    /// Ends the blocks on one selector now: new issuance resumes, and what the blocks and
+    /// earlier revocations covered (everything issued until now) stays revoked. Audited.
+    pub async fn lift(&self, req: &LiftRequest, actor: &str) -> Result<Revocation, RevokeError> {
+        let named = [req.subject.is_some(), req.subject_prefix.is_some(), req.audience.is_some(), req.all];
+        if named.iter().filter(|n| **n).count() != 1 {
+            return Err(RevokeError::Invalid("name exactly one of: subject, subject_prefix, audience, all".into()));
+        }
+        let (kind, value) = if let Some(s) = &req.subject {
+            let id = SpiffeId::parse(s.trim()).map_err(|e| RevokeError::Invalid(format!("subject: {e}")))?;
+            (RevocationKind::Subject, id.to_string())
+        } else if let Some(p) = &req.subject_prefix {
+            let p = p.trim().trim_end_matches('/');
+            SpiffeId::parse(p).map_err(|e| RevokeError::Invalid(format!("subject_prefix: {e}")))?;
+            (RevocationKind::SubjectPrefix, p.to_owned())
+        } else if let Some(a) = &req.audience {
+            (RevocationKind::Audience, a.trim().to_owned())
+        } else {
+            (RevocationKind::IssuedBefore, String::new())
+        };
+        let now = crate::clock::now_unix();
+        let keep_until = now + self.max_ttl_secs + KEEP_MARGIN_SECS;
+        // Stored blocks first: a lift recorded without this would leave a block in storage
+        // that returns once the lift's own entry is dropped. Retrying a failed lift is safe.
+        let lifted = self.store().lift_blocks(kind, &value, now, keep_until).await?;
+        let blocked = {
+            let idx = self.read();
+            let probe =
+                CredentialFacts { jti: "", subject: &value, audience: &value, task_id: None, issued_at: now + 1 };
+            match kind {
+                RevocationKind::Subject | RevocationKind::SubjectPrefix => {
+                    idx.subject_revoked(&value, now + 1).is_some()
+                }
+                _ => idx.revoked_by(&probe).is_some(),
+            }
+        };
+        if lifted == 0 && !blocked {
+            return Err(RevokeError::NothingMatches(format!("no block on {} {value:?} is in force", kind.as_str())));
+        }
+        let rev = Revocation {
+            cursor: 0,
+            kind,
+            value,
+            issued_before: now,
+            revoked_at: now,
+            expires_at: keep_until,
+            reason: req.reason.clone().map(|r| r.chars().take(500).collect()),
+            lift: true,
+        };
+        let detail = json!({"selector": kind.as_str(), "value": rev.value, "lifted_at": now, "reason": rev.reason,
+                            "actor": actor});
+        let subject =
+            matches!(kind, RevocationKind::Subject | RevocationKind::SubjectPrefix).then(|| rev.value.clone());
+        let stored = self.ledger.revoke(vec![rev], vec![AuditEvent::new("revocation.lifted", subject, detail)]).await?;
+        self.catch_up().await?;
+        stored.into_iter().next().ok_or_else(|| RevokeError::Ledger(LedgerError::WriterGone))
+    }
+
+    /// Whether a live task falls under a subject selector (its starter or the subject it acts for).
+    async fn live_task_matches(&self, kind: RevocationKind, value: &str, now: i64) -> Result<bool, LedgerError> {
+        if !matches!(kind, RevocationKind::Subject | RevocationKind::SubjectPrefix) {
+            return Ok(false);
+        }
+        let filter = crate::ledger::TaskFilter { live_at: Some(now), limit: 10_000, ..Default::default() };
+        let tasks = self.store().tasks(&filter).await?;
+        Ok(tasks.iter().any(|t| {
+            let hit = |id: &str| match kind {
+                RevocationKind::Subject => id == value,
+                _ => crate::ledger::revocation::under_prefix(id, value),
+            };
+            hit(&t.creator) || t.on_behalf_of.as_deref().is_some_and(hit)
+        }))
     }
 
     /// Whether an open database lease falls under a selector (its users are credentials too).

@@ -556,7 +556,7 @@ impl Broker {
             match subject_kill {
                 Some(mut req) => {
                     req.reason = Some(reason.clone());
-                    match self.revocations.revoke(&req, &actor).await {
+                    match self.revoke(&req, &actor).await {
                         Ok(_) | Err(RevokeError::NothingMatches(_)) => {}
                         Err(RevokeError::Ledger(e)) => return Err(BrokerError::Ledger(e).into()),
                         Err(e) => return Err(SignalError::Invalid(e.to_string())),
@@ -670,23 +670,6 @@ impl Broker {
             }
         }
         Ok(ended)
-    }
-
-    /// Every task live at `now` (of `creator` only, if given), page by page.
-    async fn live_tasks(
-        &self,
-        creator: Option<String>,
-        now: i64,
-    ) -> Result<Vec<crate::ledger::TaskRecord>, SignalError> {
-        let mut filter = crate::ledger::TaskFilter { creator, live_at: Some(now), limit: 1000, ..Default::default() };
-        let mut live = Vec::new();
-        loop {
-            let page = self.ledger.store().tasks(&filter).await.map_err(BrokerError::Ledger)?;
-            let Some(last) = page.last() else { break };
-            filter.after = Some(last.id.clone());
-            live.extend(page);
-        }
-        Ok(live)
     }
 
     /// Live tokens and open database leases a subject selector names.
@@ -846,6 +829,19 @@ impl std::fmt::Debug for SubjectContexts {
     }
 }
 
+impl crate::authorize::SignalledFacts for SubjectContexts {
+    fn is_empty(&self) -> bool {
+        self.by_subject.load().is_empty()
+    }
+
+    fn signalled(&self, subject: &str, now: i64) -> Option<BTreeMap<String, String>> {
+        match self.by_subject.load().get(subject) {
+            Some((attrs, expires_at)) if *expires_at > now => Some(attrs.clone()),
+            _ => None,
+        }
+    }
+}
+
 impl SubjectContexts {
     /// Loads the contexts in force; a signalled context lasts `ttl_secs`.
     pub async fn load(
@@ -867,20 +863,6 @@ impl SubjectContexts {
             .collect();
         self.by_subject.store(std::sync::Arc::new(map));
         Ok(())
-    }
-
-    /// Lays the signalled context of `w` (if any, and in force) over its attested attributes.
-    pub fn apply(&self, w: &mut WorkloadIdentity, now: i64) {
-        self.apply_to(&w.spiffe_id.to_string(), &mut w.attributes, now);
-    }
-
-    /// Lays the signalled context of `subject` (if any, and in force) over `attributes`.
-    pub fn apply_to(&self, subject: &str, attributes: &mut BTreeMap<String, String>, now: i64) {
-        if let Some((attrs, expires_at)) = self.by_subject.load().get(subject)
-            && *expires_at > now
-        {
-            attributes.extend(attrs.iter().map(|(k, v)| (k.clone(), v.clone())));
-        }
     }
 
     /// Records what a signal said about `subject`, over what earlier signals said.

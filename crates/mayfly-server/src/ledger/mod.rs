@@ -456,6 +456,7 @@ struct RevocationRow {
     revoked_at: i64,
     expires_at: i64,
     reason: Option<String>,
+    lift: bool,
 }
 
 impl TryFrom<RevocationRow> for Revocation {
@@ -470,6 +471,7 @@ impl TryFrom<RevocationRow> for Revocation {
             revoked_at: r.revoked_at,
             expires_at: r.expires_at,
             reason: r.reason,
+            lift: r.lift,
         })
     }
 }
@@ -655,6 +657,16 @@ pub trait Store: Send + Sync + 'static {
     async fn revocations_after(&self, after: i64, limit: i64) -> Result<Vec<Revocation>, LedgerError>;
     /// Drops revocations whose `expires_at` is at or before `now`; returns how many.
     async fn drop_expired_revocations(&self, now: i64) -> Result<u64, LedgerError>;
+    /// Ends the blocks stored for one selector at `lifted_at` (what they revoked stays
+    /// revoked) and lets them go at `keep_until`, so that no block outlives its lift in
+    /// storage. Done before the lift itself is recorded; returns how many rows changed.
+    async fn lift_blocks(
+        &self,
+        kind: RevocationKind,
+        value: &str,
+        lifted_at: i64,
+        keep_until: i64,
+    ) -> Result<u64, LedgerError>;
     /// Credentials matching a filter, ordered by `jti`.
     async fn credentials(&self, filter: &CredentialFilter) -> Result<Vec<CredentialRecord>, LedgerError>;
     /// How many credentials of each kind expire in `(after, until]`.

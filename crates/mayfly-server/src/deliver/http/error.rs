@@ -114,6 +114,9 @@ impl ApiError {
                 BrokerError::Unavailable(_) => {
                     (S::SERVICE_UNAVAILABLE, "unavailable", "Unavailable", Some("temporarily_unavailable"))
                 }
+                BrokerError::Blocked(_) => {
+                    (S::FORBIDDEN, "issuance-blocked", "Issuance blocked by a revocation", Some("invalid_target"))
+                }
                 BrokerError::Ledger(_) => (
                     S::SERVICE_UNAVAILABLE,
                     "ledger-unavailable",

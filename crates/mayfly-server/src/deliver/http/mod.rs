@@ -109,6 +109,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/signals", post(signals::receive))
         .route("/v1/revocations", get(introspect::feed).post(records::revoke))
         .route("/v1/revocations/stream", get(introspect::stream))
+        .route("/v1/revocations/lift", post(records::lift))
         .route("/v1/leases", get(records::leases))
         .route("/v1/audit", get(records::audit))
         .route("/v1/audit/verify", get(records::audit_verify))

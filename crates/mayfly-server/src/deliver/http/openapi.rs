@@ -33,6 +33,7 @@ use utoipa::{Modify, OpenApi};
         super::introspect::feed,
         super::introspect::stream,
         super::records::revoke,
+        super::records::lift,
         super::records::leases,
         super::records::audit,
         super::records::audit_verify,

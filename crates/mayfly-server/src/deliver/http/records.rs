@@ -6,7 +6,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use mayfly_proto::RevokeRequest;
+use mayfly_proto::{LiftRequest, RevokeRequest};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -18,7 +18,9 @@ use crate::ledger::{AuditFilter, CredentialFilter, Revocation};
 
 const MAX_LIST: i64 = 1000;
 
-/// Revokes by selector.
+/// Revokes by selector. A subject (or prefix) revocation contains the subject: its
+/// credentials die, evidence it held from before is refused, its tasks end, its database
+/// users are dropped; with `block`, nothing new is issued to it until lifted.
 #[utoipa::path(
     post, path = "/v1/revocations", tag = "revocation", security(("admin_token" = [])),
     request_body(content = RevokeRequest, content_type = "application/json"),
@@ -35,8 +37,28 @@ pub async fn revoke(
 ) -> Result<(StatusCode, Json<Revocation>), ApiError> {
     require_admin(&state, &headers).await?;
     let req: RevokeRequest = json_body(&headers, body)?;
-    let rev = state.revocations.revoke(&req, "admin").await?;
-    metrics::counter!("mayfly_revocations_total", "selector" => rev.kind.as_str()).increment(1);
+    let rev = state.broker.revoke(&req, "admin").await?;
+    Ok((StatusCode::CREATED, Json(rev)))
+}
+
+/// Ends the blocks on a selector: new issuance resumes; what was revoked stays revoked.
+#[utoipa::path(
+    post, path = "/v1/revocations/lift", tag = "revocation", security(("admin_token" = [])),
+    request_body(content = LiftRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The lift, recorded and in force (it is also a feed entry, with `lift: true`)", body = Revocation),
+        (status = 400, description = "No selector, several, or a malformed one", body = mayfly_proto::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No block on that selector is in force", body = mayfly_proto::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn lift(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Revocation>), ApiError> {
+    require_admin(&state, &headers).await?;
+    let req: LiftRequest = json_body(&headers, body)?;
+    let rev = state.broker.lift(&req, "admin").await?;
     Ok((StatusCode::CREATED, Json(rev)))
 }
 

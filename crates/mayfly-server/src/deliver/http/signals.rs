@@ -13,8 +13,8 @@ use serde_json::json;
 
 use super::admin::json_body_required;
 use super::{ApiError, AppState, require_admin};
+use crate::deliver::listener::PeerInfo;
 use crate::govern::signals::{Signal, SignalError, SignalOutcome, verify_set};
-use crate::ledger::AuditEvent;
 
 /// The media type of a pushed SET (RFC 8935 §2).
 const SET_CONTENT_TYPE: &str = "application/secevent+jwt";
@@ -32,20 +32,21 @@ const SET_CONTENT_TYPE: &str = "application/secevent+jwt";
 )]
 pub async fn receive(
     State(state): State<AppState>,
+    axum::extract::Extension(peer): axum::extract::Extension<PeerInfo>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if content_type.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case(SET_CONTENT_TYPE)) {
         let body = super::read_body(body)?;
-        return Ok(receive_set(&state, &body).await);
+        return Ok(receive_set(&state, peer.addr.ip(), &body).await);
     }
     require_admin(&state, &headers).await?;
     let signal: Signal = json_body_required(&headers, body)?;
     match state.broker.apply_signal(&signal, "admin").await {
         Ok(outcome) => Ok((StatusCode::OK, Json(outcome)).into_response()),
         Err(e) => {
-            refused(&state, "admin", &e).await;
+            refused(&state, peer.addr.ip(), "admin", &e);
             Err(match e {
                 SignalError::Broker(b) => ApiError::Broker(b),
                 other => ApiError::bad_request("invalid-signal", other.to_string()),
@@ -54,7 +55,7 @@ pub async fn receive(
     }
 }
 
-async fn receive_set(state: &AppState, body: &[u8]) -> Response {
+async fn receive_set(state: &AppState, source: std::net::IpAddr, body: &[u8]) -> Response {
     let token = String::from_utf8_lossy(body);
     let now = crate::clock::now_unix();
     let result = async {
@@ -84,7 +85,7 @@ async fn receive_set(state: &AppState, body: &[u8]) -> Response {
     match result {
         Ok(()) => StatusCode::ACCEPTED.into_response(),
         Err(e) => {
-            refused(state, "set", &e).await;
+            refused(state, source, "set", &e);
             let status = match e {
                 SignalError::Broker(_) => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::BAD_REQUEST,
@@ -94,8 +95,7 @@ async fn receive_set(state: &AppState, body: &[u8]) -> Response {
     }
 }
 
-/// Refusals are audited (at a bounded rate: anyone can send a forged signal).
-async fn refused(state: &AppState, form: &str, e: &SignalError) {
-    let detail = json!({"form": form, "error": e.set_error_code(), "description": e.to_string()});
-    state.broker.audit_failure(AuditEvent::new("signal.refused", None, detail)).await;
+/// Refusals are audited as counts per source and reason (anyone can send a forged signal).
+fn refused(state: &AppState, source: std::net::IpAddr, form: &str, e: &SignalError) {
+    state.broker.audit_failure(source, &format!("{form}:{}", e.set_error_code()), "signal.refused");
 }

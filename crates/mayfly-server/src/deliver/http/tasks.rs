@@ -117,6 +117,16 @@ pub async fn start(
             ttl_seconds: req.ttl_seconds,
             on_behalf_of: req.on_behalf_of,
             parent: req.parent,
+            actor: match (req.actor_token_type, req.actor_token) {
+                (Some(t), Some(token)) => Some((t, token)),
+                (None, None) => None,
+                _ => {
+                    return Err(BrokerError::InvalidRequest(
+                        "actor_token and actor_token_type are sent together".into(),
+                    )
+                    .into());
+                }
+            },
             source_ip: peer.addr.ip(),
         })
         .await?;
