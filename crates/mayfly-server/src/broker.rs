@@ -73,6 +73,9 @@ pub enum BrokerError {
     /// A database refused or could not be reached.
     #[error(transparent)]
     Database(#[from] crate::issue::db::DbError),
+    /// The DPoP proof was used before (or the replay cache is full).
+    #[error(transparent)]
+    Dpop(#[from] mayfly_verify::DpopError),
     /// A revocation in force (a block) covers what would be issued.
     #[error(transparent)]
     Blocked(#[from] crate::containment::RevokeBlocked),
@@ -95,6 +98,9 @@ pub struct ExchangeParams {
     pub source_ip: IpAddr,
     /// What the token is bound to: the DPoP key (proof already checked) and/or the TLS client certificate.
     pub confirmation: Option<Confirmation>,
+    /// The DPoP proof, checked but not spent: its `jti` is spent once the evidence
+    /// attested, so that callers who prove nothing cannot fill the replay cache.
+    pub dpop_proof: Option<mayfly_verify::CheckedProof>,
     /// Limited use: how many verifications the token allows.
     pub max_uses: Option<u32>,
 }
@@ -162,6 +168,8 @@ impl Caller {
 
 /// The parts the broker is built from.
 pub struct BrokerParts {
+    /// DPoP proofs at the token endpoint: a proof's `jti` is spent once its request attested.
+    pub dpop: Arc<mayfly_verify::DpopVerifier>,
     /// Platform-evidence and join-token attestors.
     pub attestors: Attestors,
     /// Verifies task tokens.
@@ -196,6 +204,7 @@ pub struct BrokerParts {
 
 /// The broker: the parts of the flow, wired together.
 pub struct Broker {
+    dpop: Arc<mayfly_verify::DpopVerifier>,
     pub(crate) attestors: Attestors,
     pub(crate) task_attestor: TaskAttestor,
     pub(crate) policies: Arc<PolicyEngine>,
@@ -232,6 +241,7 @@ impl Broker {
     pub fn new(parts: BrokerParts) -> Self {
         let audiences = parts.audiences.iter().map(|a| (a.name.clone(), a.clone())).collect();
         Self {
+            dpop: parts.dpop,
             attestors: parts.attestors,
             task_attestor: parts.task_attestor,
             policies: parts.policies,
@@ -289,6 +299,9 @@ impl Broker {
         let p = ExchangeParams { max_uses, ..p };
         let now = crate::clock::now_unix();
         let caller = self.attest(&p.subject_token_type, &p.subject_token, p.source_ip, now).await?;
+        if let Some(proof) = p.dpop_proof.clone() {
+            self.dpop.spend(proof, now)?;
+        }
         if let Caller::Task(t) = &caller {
             scopes = narrow_to_task(t, &p.audience, p.scope.is_some(), scopes)?;
             if p.scope.is_none()

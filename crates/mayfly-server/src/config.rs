@@ -89,6 +89,29 @@ pub struct Config {
     /// Context-change signals (`POST /v1/signals`).
     #[serde(default)]
     pub signals: SignalsConfig,
+    /// The revocation feed.
+    #[serde(default)]
+    pub revocations: RevocationsConfig,
+}
+
+/// The revocation feed's limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationsConfig {
+    /// Most revocation event streams (`/v1/revocations/stream`) open at once (default 1024);
+    /// past it a new subscriber gets 503 and polls the feed instead.
+    #[serde(default = "default_max_streams")]
+    pub max_streams: usize,
+}
+
+fn default_max_streams() -> usize {
+    1024
+}
+
+impl Default for RevocationsConfig {
+    fn default() -> Self {
+        Self { max_streams: default_max_streams() }
+    }
 }
 
 /// Who may push Security Event Tokens to `POST /v1/signals`.
@@ -656,6 +679,10 @@ pub struct OidcIssuerConfig {
     /// Template for the SPIFFE ID path, with `{attribute}` placeholders.
     #[serde(default)]
     pub spiffe_id_template: Option<String>,
+    /// A claim value that does not fit in one path segment (it has `/`, say) is `refuse`d
+    /// (the default; the `github` preset `escape`s, since refs hold `/`) or `escape`d.
+    #[serde(default)]
+    pub claim_segments: Option<crate::attest::template::ClaimSegments>,
     /// Clock-skew allowance for `exp`/`nbf` (default 30s).
     #[serde(default = "thirty_seconds", with = "humantime_serde")]
     pub leeway: Duration,

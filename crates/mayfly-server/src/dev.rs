@@ -122,5 +122,6 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> Result<Config, DevSetupEr
             ..Default::default()
         },
         signals: Default::default(),
+        revocations: Default::default(),
     })
 }

@@ -277,7 +277,19 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
     );
     // Every decision also answers to what signals said: they can only take access away.
     policies.use_signalled_facts(contexts.clone());
+    let dpop = Arc::new(mayfly_verify::DpopVerifier::new(
+        cfg.dpop.max_age.as_secs() as i64,
+        DPOP_REPLAY_CAPACITY,
+        // Keyed from the KEK, so every replica accepts the nonces any of them hands out.
+        cfg.dpop.require_nonce.then(|| {
+            mayfly_verify::NonceSource::with_key(
+                kek.fingerprint(b"mayfly dpop nonce key v1").as_bytes(),
+                cfg.dpop.nonce_period.as_secs() as i64,
+            )
+        }),
+    ));
     let broker = Arc::new(Broker::new(BrokerParts {
+        dpop: dpop.clone(),
         attestors: Attestors::new(oidc, join_tokens),
         task_attestor: TaskAttestor::new(verifier.clone(), store.clone(), cfg.trust_domain.clone()),
         policies: policies.clone(),
@@ -322,17 +334,9 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
         store: store.clone(),
         issuer_url: url.clone(),
         trust_domain: cfg.trust_domain.clone(),
-        dpop: mayfly_verify::DpopVerifier::new(
-            cfg.dpop.max_age.as_secs() as i64,
-            DPOP_REPLAY_CAPACITY,
-            // Keyed from the KEK, so every replica accepts the nonces any of them hands out.
-            cfg.dpop.require_nonce.then(|| {
-                mayfly_verify::NonceSource::with_key(
-                    kek.fingerprint(b"mayfly dpop nonce key v1").as_bytes(),
-                    cfg.dpop.nonce_period.as_secs() as i64,
-                )
-            }),
-        ),
+        dpop: dpop.clone(),
+        resource_dpop: mayfly_verify::DpopVerifier::new(cfg.dpop.max_age.as_secs() as i64, DPOP_REPLAY_CAPACITY, None),
+        streams: Arc::new(tokio::sync::Semaphore::new(cfg.revocations.max_streams)),
         signing_alg: alg,
         // Retired keys stay published for the longest token lifetime plus clock-skew margin.
         key_publish_secs: max_ttl_secs + 300,

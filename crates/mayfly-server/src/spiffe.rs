@@ -70,6 +70,17 @@ impl fmt::Display for SpiffeId {
     }
 }
 
+/// The first path segments Mayfly keeps for identities it makes itself: tasks
+/// (`task/<id>`) and node agents (`agent/…`). Templates, join tokens and registration
+/// entries cannot produce IDs under them.
+pub const RESERVED_PREFIXES: [&str; 2] = ["task", "agent"];
+
+/// Whether an ID lies under a reserved prefix.
+pub fn is_reserved(id: &SpiffeId) -> bool {
+    let first = id.path().trim_start_matches('/').split('/').next().unwrap_or("");
+    RESERVED_PREFIXES.contains(&first)
+}
+
 /// Checks a trust domain name against the SPIFFE character set.
 pub fn validate_trust_domain(td: &str) -> Result<(), SpiffeIdError> {
     let ok = !td.is_empty()

@@ -103,6 +103,16 @@ pub struct DpopProof {
     pub iat: i64,
 }
 
+/// A proof that passed every check but single use: its `jti` is not spent yet. The
+/// token endpoint spends it only once the request's evidence attested, so that callers
+/// who prove nothing cannot fill the replay cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedProof {
+    /// The proof as it will be once spent.
+    pub proof: DpopProof,
+    forget_at: i64,
+}
+
 /// What the request looked like, for checking a proof.
 #[derive(Debug, Clone, Copy)]
 pub struct ProofContext<'a> {
@@ -252,8 +262,20 @@ impl DpopVerifier {
         self.nonces.as_ref().map(|n| n.current(now))
     }
 
-    /// Verifies one proof for one request.
+    /// Verifies one proof for one request, and spends its `jti`.
     pub fn verify(&self, proof: &str, cx: &ProofContext<'_>) -> Result<DpopProof, DpopError> {
+        let checked = self.check(proof, cx)?;
+        self.spend(checked, cx.now)
+    }
+
+    /// Spends a checked proof's `jti`: a second use of the same proof is refused.
+    pub fn spend(&self, checked: CheckedProof, now: i64) -> Result<DpopProof, DpopError> {
+        self.replay.insert(format!("{}:{}", checked.proof.jkt, checked.proof.jti), checked.forget_at, now)?;
+        Ok(checked.proof)
+    }
+
+    /// Checks one proof for one request without spending its `jti` (see [`CheckedProof`]).
+    pub fn check(&self, proof: &str, cx: &ProofContext<'_>) -> Result<CheckedProof, DpopError> {
         if proof.len() > MAX_PROOF_BYTES {
             return Err(DpopError::Malformed(format!("longer than {MAX_PROOF_BYTES} bytes")));
         }
@@ -316,10 +338,9 @@ impl DpopVerifier {
                 _ => return Err(DpopError::UseNonce(nonces.current(cx.now))),
             }
         }
-        // Last: only a proof that passed every check consumes its jti.
+        // Only a proof that passed every check may consume its jti.
         let forget_at = cx.now + self.max_age_secs + self.max_future_secs + 1;
-        self.replay.insert(format!("{}:{jti}", key.jkt), forget_at, cx.now)?;
-        Ok(DpopProof { jkt: key.jkt.clone(), jti, iat })
+        Ok(CheckedProof { proof: DpopProof { jkt: key.jkt.clone(), jti, iat }, forget_at })
     }
 }
 

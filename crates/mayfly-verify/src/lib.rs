@@ -30,10 +30,12 @@ pub mod token_cache;
 pub mod verifier;
 
 pub use claims::{AccessClaims, Confirmation};
-pub use dpop::{DpopError, DpopProof, DpopVerifier, NonceSource, ProofContext};
+pub use dpop::{CheckedProof, DpopError, DpopProof, DpopVerifier, NonceSource, ProofContext};
 pub use follow::RevocationFollower;
 pub use layer::{ClientCertificate, RequireMayflyToken};
-pub use verifier::{Binding, Presented, Verified, Verifier, VerifierConfig, VerifyError};
+pub use verifier::{
+    Binding, Presented, Verified, Verifier, VerifierConfig, VerifyError, check_binding, split_authorization,
+};
 
 /// Unix seconds now (0 if the clock is before 1970).
 pub(crate) fn now() -> i64 {

@@ -38,7 +38,9 @@ pub struct VerifierConfig {
     /// path as it arrives, so mount it where paths are not rewritten (not under `nest`).
     pub public_url: Option<String>,
     /// A bearer credential for the revocation feed and use counting: a Mayfly token for
-    /// `urn:mayfly:introspect`, or an admin token. Without it revocations are not followed.
+    /// `urn:mayfly:introspect:<this resource server's audience>` (a verifier introspects
+    /// only tokens of its own audience), or an admin token. Without it revocations are not
+    /// followed.
     pub feed_credential: Option<String>,
     /// How old a DPoP proof may be, in seconds.
     pub dpop_max_age_secs: i64,
@@ -172,6 +174,55 @@ pub struct Verified {
 struct Keys {
     by_kid: HashMap<String, (DecodingKey, Algorithm)>,
     fetched: Option<Instant>,
+}
+
+/// The token of an `Authorization` header, and whether it came with the `DPoP` scheme
+/// (`Bearer` otherwise; any other scheme, or none, is [`VerifyError::Missing`]).
+pub fn split_authorization(authorization: Option<&str>) -> Result<(bool, &str), VerifyError> {
+    let auth = authorization.ok_or(VerifyError::Missing)?;
+    let (scheme, token) = auth.split_once(' ').ok_or(VerifyError::Missing)?;
+    let token = token.trim();
+    let dpop_scheme = scheme.eq_ignore_ascii_case("dpop");
+    if (!dpop_scheme && !scheme.eq_ignore_ascii_case("bearer")) || token.is_empty() {
+        return Err(VerifyError::Missing);
+    }
+    Ok((dpop_scheme, token))
+}
+
+/// Checks that the presenter of a verified token holds what the token is bound to: for
+/// `cnf.jkt`, the `DPoP` scheme and a proof of that key for this request (`htm`, `htu`,
+/// `ath`, single use); for `cnf.x5t#S256`, the same client certificate. An unbound token
+/// must come as `Bearer`. Shared by resource servers and the broker's own endpoints.
+pub fn check_binding(
+    claims: &AccessClaims,
+    token: &str,
+    dpop_scheme: bool,
+    req: &Presented<'_>,
+    dpop: &DpopVerifier,
+    now: i64,
+) -> Result<Binding, VerifyError> {
+    let cnf = claims.cnf.clone().unwrap_or_default();
+    let binding = match (&cnf.jkt, dpop_scheme) {
+        (Some(jkt), true) => {
+            let proof = req.dpop.ok_or(VerifyError::DpopRequired)?;
+            let cx =
+                ProofContext { method: req.method, url: req.url, now, access_token: Some(token), bound_jkt: Some(jkt) };
+            Binding::Dpop(dpop.verify(proof, &cx)?.jkt)
+        }
+        (Some(_), false) => return Err(VerifyError::DpopRequired),
+        (None, true) => return Err(VerifyError::NotDpopBound),
+        (None, false) => Binding::None,
+    };
+    match (&cnf.x5t_s256, binding) {
+        (Some(x5t), b) => {
+            let presented = req.client_cert.map(certificate_thumbprint);
+            if presented.as_deref() != Some(x5t.as_str()) {
+                return Err(VerifyError::CertificateMismatch);
+            }
+            Ok(if b == Binding::None { Binding::Certificate(x5t.clone()) } else { b })
+        }
+        (None, b) => Ok(b),
+    }
 }
 
 /// Verifies Mayfly tokens for one resource server. Cheap to share (`Arc`).
@@ -371,42 +422,10 @@ impl Verifier {
 
     /// Verifies a request: its token, and that the presenter holds what the token is bound to.
     pub async fn verify(&self, req: &Presented<'_>) -> Result<Verified, VerifyError> {
-        let auth = req.authorization.ok_or(VerifyError::Missing)?;
-        let (scheme, token) = auth.split_once(' ').ok_or(VerifyError::Missing)?;
-        let token = token.trim();
-        let dpop_scheme = scheme.eq_ignore_ascii_case("dpop");
-        if !dpop_scheme && !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(VerifyError::Missing);
-        }
+        let (dpop_scheme, token) = split_authorization(req.authorization)?;
         let now = now();
         let claims = self.verify_token(token, now).await?;
-        let cnf = claims.cnf.clone().unwrap_or_default();
-        let binding = match (&cnf.jkt, dpop_scheme) {
-            (Some(jkt), true) => {
-                let proof = req.dpop.ok_or(VerifyError::DpopRequired)?;
-                let cx = ProofContext {
-                    method: req.method,
-                    url: req.url,
-                    now,
-                    access_token: Some(token),
-                    bound_jkt: Some(jkt),
-                };
-                Binding::Dpop(self.dpop.verify(proof, &cx)?.jkt)
-            }
-            (Some(_), false) => return Err(VerifyError::DpopRequired),
-            (None, true) => return Err(VerifyError::NotDpopBound),
-            (None, false) => Binding::None,
-        };
-        let binding = match (&cnf.x5t_s256, binding) {
-            (Some(x5t), b) => {
-                let presented = req.client_cert.map(certificate_thumbprint);
-                if presented.as_deref() != Some(x5t.as_str()) {
-                    return Err(VerifyError::CertificateMismatch);
-                }
-                if b == Binding::None { Binding::Certificate(x5t.clone()) } else { b }
-            }
-            (None, b) => b,
-        };
+        let binding = check_binding(&claims, token, dpop_scheme, req, &self.dpop, now)?;
         if claims.max_uses.is_some() {
             self.count_use(token).await?;
         }

@@ -257,6 +257,9 @@ fn config_entry_id(spec: &EntrySpec) -> String {
 /// Checks an entry and returns it normalised (selectors sorted and deduplicated).
 pub fn validate(spec: &EntrySpec, trust_domain: &str, max_ttl_secs: u64) -> Result<(SpiffeId, EntrySpec), String> {
     let id = SpiffeId::parse(&spec.spiffe_id).map_err(|e| format!("spiffe_id: {e}"))?;
+    if crate::spiffe::is_reserved(&id) {
+        return Err(format!("spiffe_id {id} lies under a reserved prefix (task/, agent/)"));
+    }
     if id.trust_domain() != trust_domain {
         return Err(format!("spiffe_id must be in trust domain {trust_domain:?}"));
     }

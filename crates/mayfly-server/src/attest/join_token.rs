@@ -27,6 +27,9 @@ pub enum CreateJoinTokenError {
     /// The requested SPIFFE path is not valid.
     #[error("spiffe_path is not valid: {0}")]
     BadPath(#[from] SpiffeIdError),
+    /// The requested SPIFFE path lies under a prefix Mayfly keeps for itself.
+    #[error("spiffe_path {0} lies under a reserved prefix (task/, agent/)")]
+    ReservedPath(String),
     /// Storage failed.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
@@ -72,6 +75,9 @@ impl JoinTokens {
         let id = crate::ids::random_hex(8);
         let path = spiffe_path.map(|p| p.trim_start_matches('/').to_owned()).unwrap_or_else(|| format!("join/{id}"));
         let spiffe_id = SpiffeId::new(&self.trust_domain, &path)?;
+        if crate::spiffe::is_reserved(&spiffe_id) {
+            return Err(CreateJoinTokenError::ReservedPath(spiffe_id.to_string()));
+        }
         let token = format!("{JOIN_TOKEN_PREFIX}{}", crate::ids::random_b64(32));
         let now = crate::clock::now_unix();
         let row = JoinTokenRow {

@@ -11,7 +11,7 @@ pub mod entries;
 pub mod join_token;
 pub mod oidc;
 pub mod task;
-mod template;
+pub mod template;
 pub mod unix;
 
 use std::collections::BTreeMap;

@@ -121,6 +121,7 @@ pub struct OidcAttestor {
     audiences: Vec<String>,
     algorithms: Vec<Algorithm>,
     template: String,
+    claim_segments: template::ClaimSegments,
     trust_domain: String,
     leeway: u64,
     source: JwksSource,
@@ -184,10 +185,14 @@ impl OidcAttestor {
         // The generic default names the issuer, so two issuers' `sub`s cannot collide.
         let template = cfg.spiffe_id_template.clone().unwrap_or_else(|| match cfg.preset {
             OidcPreset::Kubernetes => "ns/{namespace}/sa/{serviceaccount}".to_owned(),
-            OidcPreset::Github => "github/{repository}/{ref}".to_owned(),
+            OidcPreset::Github => "github/{repository_owner}/{repository_name}/{ref_type}/{ref_name}".to_owned(),
             OidcPreset::Generic => format!("oidc/{}/{{sub}}", cfg.name),
         });
         template::check(&template).map_err(err)?;
+        let claim_segments = cfg.claim_segments.unwrap_or(match cfg.preset {
+            OidcPreset::Github => template::ClaimSegments::Escape,
+            _ => template::ClaimSegments::Refuse,
+        });
         let jwks_url = cfg.jwks_url.clone().or_else(|| (cfg.preset == OidcPreset::Github).then(|| GITHUB_JWKS.into()));
         let (source, keys) = match (&cfg.jwks_file, jwks_url) {
             (Some(path), _) => {
@@ -216,6 +221,7 @@ impl OidcAttestor {
             audiences: cfg.audiences.clone(),
             algorithms,
             template,
+            claim_segments,
             trust_domain: trust_domain.to_owned(),
             leeway: cfg.leeway.as_secs(),
             source,
@@ -284,7 +290,7 @@ impl OidcAttestor {
         // An `iat` in the future cannot move the evidence past a revocation.
         let minted_at = data.claims.get("iat").and_then(Value::as_i64).map_or(i64::MIN, |iat| iat.min(now_unix()));
         let attributes = self.attributes(&data.claims);
-        let spiffe_id = template::render(&self.template, &self.trust_domain, &attributes)?;
+        let spiffe_id = template::render(&self.template, &self.trust_domain, &attributes, self.claim_segments)?;
         Ok((WorkloadIdentity { spiffe_id, attestor: format!("oidc:{}", self.name), attributes }, exp, minted_at))
     }
 
@@ -407,6 +413,19 @@ impl OidcAttestor {
                 if let Some(v) = out.get(path).cloned() {
                     out.insert(name.to_owned(), v);
                 }
+            }
+        }
+        if self.preset == OidcPreset::Github {
+            // `acme/app` and `refs/heads/main` split into the parts a path segment can hold.
+            let name = out.get("repository").and_then(|r| r.split_once('/')).map(|(_, n)| n.to_owned());
+            if let Some(n) = name {
+                out.insert("repository_name".to_owned(), n);
+            }
+            let short = out.get("ref").map(|r| {
+                r.strip_prefix("refs/heads/").or_else(|| r.strip_prefix("refs/tags/")).unwrap_or(r).to_owned()
+            });
+            if let Some(r) = short {
+                out.insert("ref_name".to_owned(), r);
             }
         }
         out

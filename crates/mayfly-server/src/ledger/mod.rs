@@ -682,4 +682,6 @@ pub trait Store: Send + Sync + 'static {
     async fn credential(&self, jti: &str) -> Result<Option<CredentialRecord>, LedgerError>;
     /// Counts one use of a limited-use credential; false when its uses are spent (or it has no limit).
     async fn use_credential(&self, jti: &str) -> Result<bool, LedgerError>;
+    /// Whether a limited-use credential has uses left, without spending one.
+    async fn has_uses_left(&self, jti: &str) -> Result<bool, LedgerError>;
 }

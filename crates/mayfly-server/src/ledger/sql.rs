@@ -639,6 +639,16 @@ macro_rules! portable_store {
                 Ok(res.rows_affected() == 1)
             }
 
+            async fn has_uses_left(&self, jti: &str) -> Result<bool, $crate::ledger::LedgerError> {
+                let left: Option<i64> = sqlx::query_scalar(
+                    "SELECT max_uses - uses FROM credentials WHERE jti = $1 AND max_uses IS NOT NULL",
+                )
+                .bind(jti)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(left.is_some_and(|n| n > 0))
+            }
+
             async fn credential(&self, jti: &str) -> Result<Option<$crate::ledger::CredentialRecord>, $crate::ledger::LedgerError> {
                 Ok(sqlx::query_as("SELECT * FROM credentials WHERE jti = $1").bind(jti).fetch_optional(&self.pool).await?)
             }

@@ -114,6 +114,12 @@ impl ApiError {
                 BrokerError::Unavailable(_) => {
                     (S::SERVICE_UNAVAILABLE, "unavailable", "Unavailable", Some("temporarily_unavailable"))
                 }
+                BrokerError::Dpop(e @ mayfly_verify::DpopError::UseNonce(_)) => {
+                    (S::BAD_REQUEST, "use-dpop-nonce", "DPoP nonce required", Some(e.error_code()))
+                }
+                BrokerError::Dpop(e) => {
+                    (S::BAD_REQUEST, "invalid-dpop-proof", "Invalid DPoP proof", Some(e.error_code()))
+                }
                 BrokerError::Blocked(_) => {
                     (S::FORBIDDEN, "issuance-blocked", "Issuance blocked by a revocation", Some("invalid_target"))
                 }

@@ -7,8 +7,8 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::extract::{Extension, Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use mayfly_proto::{IntrospectionResponse, RevocationPage};
@@ -16,32 +16,55 @@ use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::token::Form;
-use super::{ApiError, AppState, require_verifier};
+use super::{ApiError, AppState, VerifierCaller, require_verifier};
+use crate::broker::BrokerError;
+use crate::deliver::listener::PeerInfo;
 use crate::ledger::Revocation;
 
 /// Largest page of the feed.
 const MAX_PAGE: i64 = 1000;
 
-/// RFC 7662 token introspection. Callers authenticate with an admin token or a Mayfly
-/// token for the audience `urn:mayfly:introspect`.
+/// RFC 7662 token introspection. Callers authenticate with an admin token, or a Mayfly
+/// token for the audience `urn:mayfly:introspect:<audience>`, which introspects tokens
+/// issued for `<audience>` only (others are `active: false`).
 #[utoipa::path(
     post, path = "/v1/introspect", tag = "oauth", security(("admin_token" = []), ("verifier_token" = [])),
     request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "token=…[&token_type_hint=access_token][&context.<attribute>=<value>…]: with context parameters (a Mayfly extension), the token is active only if it was issued in that context (its `ctx` claim)"),
     responses(
-        (status = 200, description = "active true with claims, or active false. Each introspection of a limited-use token counts one use.", body = IntrospectionResponse),
-        (status = 401, description = "Caller not authenticated", body = mayfly_proto::Problem, content_type = "application/problem+json"),
+        (status = 200, description = "active true with claims, or active false. A verifier's introspection of a limited-use token of its own audience counts one use; nobody else's does.", body = IntrospectionResponse),
+        (status = 401, description = "Caller not authenticated (or its token's binding not proven)", body = mayfly_proto::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A verifier token that names no audience (`urn:mayfly:introspect` alone reads the feed only)", body = mayfly_proto::Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn introspect(
     State(state): State<AppState>,
+    Extension(peer): Extension<PeerInfo>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    require_verifier(&state, &headers).await?;
+    let caller = require_verifier(&state, &headers, &peer, &Method::POST, "/v1/introspect").await?;
+    let own_audience = match &caller {
+        VerifierCaller::Admin => None,
+        VerifierCaller::Verifier { audience: Some(a), .. } => Some(a.clone()),
+        VerifierCaller::Verifier { audience: None, .. } => {
+            return Err(BrokerError::Forbidden(format!(
+                "this verifier token names no audience: a token for {}:<audience> introspects the tokens of that audience",
+                super::VERIFIER_AUDIENCE
+            ))
+            .into());
+        }
+    };
     let form = Form::parse(&headers, body)?;
     let token = form.required("token")?;
     let now = crate::clock::now_unix();
     let mut verified = state.verifier.verify(token, None, now);
+    // A verifier sees the tokens of its own audience only: anything else is inactive to
+    // it, and is not touched (a limited-use token keeps its uses).
+    if let (Ok(c), Some(own)) = (&verified, &own_audience)
+        && c.aud != *own
+    {
+        verified = Err(crate::verify::VerifyError::WrongAudience);
+    }
     // The presenter's context, when the resource server knows it: a token issued to
     // another pod or node is inactive here, before any signal about it arrives.
     let presenter = form.prefixed("context.");
@@ -51,12 +74,18 @@ pub async fn introspect(
         tracing::debug!(%attribute, "introspection: presented from another context");
         verified = Err(crate::verify::VerifyError::ContextMismatch(attribute));
     }
-    // A limited-use token is used by being verified: each introspection counts one use.
+    // A limited-use token is used by being verified at its resource server: each
+    // introspection by its audience's verifier counts one use. An operator only looks.
     if let Ok(c) = &verified
         && c.max_uses.is_some()
-        && !state.store.use_credential(&c.jti).await.map_err(ApiError::storage)?
     {
-        verified = Err(crate::verify::VerifyError::UsedUp);
+        let left = match own_audience {
+            Some(_) => state.store.use_credential(&c.jti).await,
+            None => state.store.has_uses_left(&c.jti).await,
+        };
+        if !left.map_err(ApiError::storage)? {
+            verified = Err(crate::verify::VerifyError::UsedUp);
+        }
     }
     let answer = match verified {
         Ok(c) => IntrospectionResponse {
@@ -127,10 +156,11 @@ fn entry(r: &Revocation) -> serde_json::Value {
 )]
 pub async fn feed(
     State(state): State<AppState>,
+    Extension(peer): Extension<PeerInfo>,
     headers: HeaderMap,
     query: Result<Query<FeedQuery>, QueryRejection>,
 ) -> Result<Json<RevocationPage>, ApiError> {
-    require_verifier(&state, &headers).await?;
+    require_verifier(&state, &headers, &peer, &Method::GET, "/v1/revocations").await?;
     let q = super::read_query(query)?;
     let since = parse_cursor(&state, q.since.as_deref(), &HeaderMap::new())?;
     let limit = match q.limit.as_deref() {
@@ -146,25 +176,47 @@ pub async fn feed(
     Ok(Json(RevocationPage { entries: entries.iter().map(entry).collect(), next_cursor }))
 }
 
-/// The revocation feed as server-sent events: the backlog after the cursor, then live entries.
+/// The revocation feed as server-sent events: the backlog after the cursor, then live
+/// entries. A stream opened with a verifier token ends when that token expires or is
+/// revoked; at most `revocations.max_streams` are open at once.
 #[utoipa::path(
     get, path = "/v1/revocations/stream", tag = "revocation", security(("admin_token" = []), ("verifier_token" = [])),
     params(("since" = Option<i64>, Query, description = "cursor to resume after (or the Last-Event-ID header)")),
-    responses((status = 200, description = "text/event-stream of `revocation` events; the event id is the cursor"))
+    responses(
+        (status = 200, description = "text/event-stream of `revocation` events; the event id is the cursor"),
+        (status = 503, description = "Too many streams are open: poll the feed, or retry later", body = mayfly_proto::Problem, content_type = "application/problem+json"),
+    )
 )]
 pub async fn stream(
     State(state): State<AppState>,
+    Extension(peer): Extension<PeerInfo>,
     headers: HeaderMap,
     query: Result<Query<FeedQuery>, QueryRejection>,
 ) -> Result<Sse<impl futures_core::Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    require_verifier(&state, &headers).await?;
+    let caller = require_verifier(&state, &headers, &peer, &Method::GET, "/v1/revocations/stream").await?;
     let q = super::read_query(query)?;
     let mut cursor = parse_cursor(&state, q.since.as_deref(), &headers)?;
+    let slot = state.streams.clone().try_acquire_owned().map_err(|_| {
+        ApiError::Unavailable("too many revocation streams are open; poll /v1/revocations or retry later".into())
+    })?;
+    // The caller's own token: the stream lasts while it does.
+    let holder = match caller {
+        VerifierCaller::Admin => None,
+        VerifierCaller::Verifier { claims, .. } => Some(claims),
+    };
+    // An admin's stream lasts until shutdown (a year stands for "no end" here).
+    let lasts = holder.as_ref().map_or(365 * 86_400, |c| (c.exp - crate::clock::now_unix()).max(0) as u64);
+    let expires_at = tokio::time::Instant::now() + Duration::from_secs(lasts);
+    let revocations = state.revocations.clone();
+    let still_valid = move || {
+        holder.as_ref().is_none_or(|c| c.exp > crate::clock::now_unix() && revocations.revoked_by(&c.facts()).is_none())
+    };
     // Subscribe before reading the backlog, so nothing falls between the two.
     let mut live = state.revocations.subscribe();
     let store = state.store.clone();
     let mut stopping = state.stopping.clone();
     let stream = async_stream::stream! {
+        let _slot = slot;
         let to_event = |r: &Revocation| Event::default().event("revocation").id(r.cursor.to_string()).data(entry(r).to_string());
         loop {
             // Backlog (and catch-up after a lag) from storage.
@@ -183,12 +235,20 @@ pub async fn stream(
                     continue;
                 }
             }
+            if !still_valid() {
+                break;
+            }
             let next = tokio::select! {
                 next = live.recv() => next,
                 _ = stopping.wait_for(|s| *s) => break,
+                _ = tokio::time::sleep_until(expires_at) => break,
             };
             match next {
                 Ok(r) if r.cursor > cursor => {
+                    // The entry that revokes the holder's own token is the last it gets.
+                    if !still_valid() {
+                        break;
+                    }
                     cursor = r.cursor;
                     yield Ok(to_event(&r));
                 }

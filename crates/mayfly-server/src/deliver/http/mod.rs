@@ -59,8 +59,12 @@ pub struct AppInner {
     pub revocations: Arc<Revocations>,
     /// Verifies Mayfly's own tokens.
     pub verifier: TokenVerifier,
-    /// Checks DPoP proofs at the token endpoint.
-    pub dpop: mayfly_verify::DpopVerifier,
+    /// Checks DPoP proofs at the token endpoint (shared with the broker, which spends them).
+    pub dpop: Arc<mayfly_verify::DpopVerifier>,
+    /// Checks DPoP proofs that come with Mayfly tokens presented to Mayfly's own endpoints.
+    pub resource_dpop: mayfly_verify::DpopVerifier,
+    /// Open revocation streams (bounded).
+    pub streams: Arc<tokio::sync::Semaphore>,
     /// Admin-token hashes seen valid recently (saves a storage read per admin call).
     pub admin_cache: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     /// Turns true when the server is shutting down.
@@ -222,23 +226,125 @@ fn admin_cached(state: &AppState, hash: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// The audience a Mayfly token needs to call introspection and the revocation feed.
+/// The audience a Mayfly token needs to call introspection and the revocation feed. A
+/// verifier token for `urn:mayfly:introspect:<audience>` introspects tokens issued for
+/// `<audience>` only; one for the bare `urn:mayfly:introspect` reads the feed only.
 pub const VERIFIER_AUDIENCE: &str = "urn:mayfly:introspect";
 
-/// Checks that the caller may introspect and read the revocation feed: an admin token,
-/// or a live Mayfly token for the audience [`VERIFIER_AUDIENCE`].
-pub(crate) async fn require_verifier(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let bearer = bearer(headers).ok_or_else(|| {
-        ApiError::Unauthorized(format!(
-            "send Authorization: Bearer with an admin token or a Mayfly token for audience {VERIFIER_AUDIENCE}"
-        ))
-    })?;
-    if bearer.starts_with(crate::server::ADMIN_TOKEN_PREFIX) {
-        return check_admin(state, bearer).await;
+/// Who called a verifier endpoint.
+#[derive(Debug, Clone)]
+pub(crate) enum VerifierCaller {
+    /// An operator's admin token: sees every token, spends no use.
+    Admin,
+    /// A resource server's verifier token: the audience it verifies for, if it names one.
+    Verifier {
+        /// `<audience>` of `urn:mayfly:introspect:<audience>`.
+        audience: Option<String>,
+        /// The verifier token's own claims (its stream ends with it).
+        claims: Box<crate::verify::AccessClaims>,
+    },
+}
+
+/// A Mayfly token presented to one of Mayfly's own endpoints, checked as a resource
+/// server checks it (through `mayfly-verify`): signature, lifetime, revocation, the
+/// audience `audience_ok` accepts, its binding (a DPoP proof for this request with `ath`,
+/// or the same client certificate) and, for a limited-use token, one use spent.
+pub(crate) async fn presented_token(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: &crate::deliver::listener::PeerInfo,
+    method: &axum::http::Method,
+    path: &str,
+    audience_ok: impl Fn(&str) -> bool,
+) -> Result<(String, crate::verify::AccessClaims), ApiError> {
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let unauthorized = |e: &dyn std::fmt::Display| ApiError::Unauthorized(format!("caller token: {e}"));
+    let (dpop_scheme, token) = mayfly_verify::split_authorization(authorization).map_err(|e| unauthorized(&e))?;
+    if token.len() > 16 * 1024 {
+        return Err(unauthorized(&"longer than 16 KiB"));
     }
-    state
-        .verifier
-        .verify(bearer, Some(VERIFIER_AUDIENCE), crate::clock::now_unix())
-        .map(|_| ())
-        .map_err(|e| ApiError::Unauthorized(format!("caller token: {e}")))
+    let now = crate::clock::now_unix();
+    let claims = state.verifier.verify(token, None, now).map_err(|e| unauthorized(&e))?;
+    if !audience_ok(&claims.aud) {
+        return Err(unauthorized(&crate::verify::VerifyError::WrongAudience));
+    }
+    honour_binding(state, headers, peer, method, path, (dpop_scheme, token), &claims).await?;
+    Ok((token.to_owned(), claims))
+}
+
+/// The second half of [`presented_token`], for a token already verified: the presenter
+/// holds what it is bound to, and a limited-use token spends one use.
+pub(crate) async fn honour_binding(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: &crate::deliver::listener::PeerInfo,
+    method: &axum::http::Method,
+    path: &str,
+    (dpop_scheme, token): (bool, &str),
+    claims: &crate::verify::AccessClaims,
+) -> Result<(), ApiError> {
+    let unauthorized = |e: &dyn std::fmt::Display| ApiError::Unauthorized(format!("caller token: {e}"));
+    let mut proofs = headers.get_all("dpop").iter();
+    let proof = proofs.next().and_then(|v| v.to_str().ok());
+    if proofs.next().is_some() {
+        return Err(unauthorized(&"send exactly one DPoP header"));
+    }
+    let url = format!("{}{path}", state.issuer_url);
+    let presented = mayfly_verify::Presented {
+        authorization: headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()),
+        dpop: proof,
+        method: method.as_str(),
+        url: &url,
+        client_cert: peer.client_cert.as_ref().map(|c| c.as_ref()),
+    };
+    let now = crate::clock::now_unix();
+    mayfly_verify::check_binding(claims, token, dpop_scheme, &presented, &state.resource_dpop, now)
+        .map_err(|e| unauthorized(&e))?;
+    if claims.max_uses.is_some() && !state.store.use_credential(&claims.jti).await.map_err(ApiError::storage)? {
+        return Err(unauthorized(&crate::verify::VerifyError::UsedUp));
+    }
+    Ok(())
+}
+
+/// The token of `Authorization: Bearer <token>` or `Authorization: DPoP <token>`, and
+/// whether it came with the DPoP scheme.
+pub(crate) fn authorization_token(headers: &HeaderMap) -> Option<(bool, &str)> {
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    mayfly_verify::split_authorization(authorization).ok().filter(|(_, t)| t.len() <= 16 * 1024)
+}
+
+/// Checks that the caller may introspect and read the revocation feed: an admin token,
+/// or a live Mayfly token for [`VERIFIER_AUDIENCE`] (or `…:<audience>`), presented as
+/// its binding requires.
+pub(crate) async fn require_verifier(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: &crate::deliver::listener::PeerInfo,
+    method: &axum::http::Method,
+    path: &str,
+) -> Result<VerifierCaller, ApiError> {
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let Ok((_, token)) = mayfly_verify::split_authorization(authorization) else {
+        return Err(ApiError::Unauthorized(format!(
+            "send Authorization: Bearer with an admin token, or a Mayfly token for audience \
+             {VERIFIER_AUDIENCE}:<your audience> (Bearer, or DPoP with a proof when it is DPoP-bound)"
+        )));
+    };
+    if token.starts_with(crate::server::ADMIN_TOKEN_PREFIX) {
+        check_admin(state, token).await?;
+        return Ok(VerifierCaller::Admin);
+    }
+    let (_, claims) =
+        presented_token(state, headers, peer, method, path, |aud| verifier_audience(aud).is_some()).await?;
+    let audience = verifier_audience(&claims.aud).flatten().map(str::to_owned);
+    Ok(VerifierCaller::Verifier { audience, claims: Box::new(claims) })
+}
+
+/// `Some(None)` for the bare verifier audience, `Some(Some(aud))` for one naming the
+/// audience it verifies for, `None` for any other audience.
+fn verifier_audience(aud: &str) -> Option<Option<&str>> {
+    match aud.strip_prefix(VERIFIER_AUDIENCE)? {
+        "" => Some(None),
+        rest => rest.strip_prefix(':').filter(|a| !a.is_empty()).map(Some),
+    }
 }

@@ -9,7 +9,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Extension, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use mayfly_proto::{
     EndTaskRequest, EndTaskResponse, StartTaskRequest, StartTaskResponse, TOKEN_TYPE_TASK, TaskAttestRequest,
     TaskDecisionRequest, TaskInfo, TaskPage,
@@ -17,7 +17,7 @@ use mayfly_proto::{
 use serde::Deserialize;
 
 use super::admin::{json_body, json_body_required};
-use super::{ApiError, AppState, bearer, check_admin, require_admin};
+use super::{ApiError, AppState, authorization_token, bearer, check_admin, honour_binding, require_admin};
 use crate::attest::AttestError;
 use crate::broker::{BrokerError, Caller};
 use crate::deliver::listener::PeerInfo;
@@ -68,17 +68,26 @@ enum TaskActor {
     Task(String),
 }
 
-/// An admin token, or a task token of the task or an ancestor.
-async fn task_actor(state: &AppState, headers: &HeaderMap, id: &str, peer: &PeerInfo) -> Result<TaskActor, ApiError> {
-    let token = bearer(headers).ok_or_else(|| {
+/// An admin token, or a task token of the task or an ancestor (presented as its binding requires).
+async fn task_actor(
+    state: &AppState,
+    headers: &HeaderMap,
+    id: &str,
+    peer: &PeerInfo,
+    method: &Method,
+) -> Result<TaskActor, ApiError> {
+    let (dpop_scheme, token) = authorization_token(headers).ok_or_else(|| {
         ApiError::Unauthorized("send Authorization: Bearer with the task's token or an admin token".into())
     })?;
-    if token.starts_with(crate::server::ADMIN_TOKEN_PREFIX) {
+    if token.starts_with(crate::server::ADMIN_TOKEN_PREFIX) && !dpop_scheme {
         check_admin(state, token).await?;
         return Ok(TaskActor::Admin);
     }
     match state.broker.task_caller(token, id, peer.addr.ip()).await {
-        Ok(t) => Ok(TaskActor::Task(t.spiffe_id.to_string())),
+        Ok(t) => {
+            honour_task_token(state, headers, peer, method, &format!("/v1/tasks/{id}"), (dpop_scheme, token)).await?;
+            Ok(TaskActor::Task(t.spiffe_id.to_string()))
+        }
         Err(BrokerError::Attest(AttestError::TaskNotActive(s))) => {
             Err(BrokerError::Conflict(format!("the task is already {}", s.as_str())).into())
         }
@@ -86,6 +95,22 @@ async fn task_actor(state: &AppState, headers: &HeaderMap, id: &str, peer: &Peer
         Err(BrokerError::Attest(e)) => Err(ApiError::Unauthorized(e.to_string())),
         Err(e) => Err(e.into()),
     }
+}
+
+/// A task token that proved its task: its binding and uses, as on every Mayfly endpoint.
+async fn honour_task_token(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: &PeerInfo,
+    method: &Method,
+    path: &str,
+    presented: (bool, &str),
+) -> Result<(), ApiError> {
+    let claims = state
+        .verifier
+        .verify(presented.1, Some(crate::attest::task::TASK_TOKEN_AUDIENCE), crate::clock::now_unix())
+        .map_err(|e| ApiError::Unauthorized(format!("task token: {e}")))?;
+    honour_binding(state, headers, peer, method, path, presented, &claims).await
 }
 
 /// Starts a task.
@@ -156,7 +181,7 @@ pub async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<TaskInfo>, ApiError> {
     check_id(&id)?;
-    task_actor(&state, &headers, &id, &peer).await?;
+    task_actor(&state, &headers, &id, &peer, &Method::GET).await?;
     let task = state.broker.task(&id).await?;
     Ok(Json(info(&state, &task)))
 }
@@ -181,7 +206,7 @@ pub async fn end(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<EndTaskResponse>, ApiError> {
     check_id(&id)?;
-    let actor = match task_actor(&state, &headers, &id, &peer).await? {
+    let actor = match task_actor(&state, &headers, &id, &peer, &Method::DELETE).await? {
         TaskActor::Admin => "admin".to_owned(),
         TaskActor::Task(t) => t,
     };
@@ -212,8 +237,19 @@ pub async fn attest(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<TaskInfo>, ApiError> {
     check_id(&id)?;
-    let token = bearer(&headers)
+    let (dpop_scheme, token) = authorization_token(&headers)
         .ok_or_else(|| ApiError::Unauthorized("send Authorization: Bearer with the task's own token".into()))?;
+    let path = format!("/v1/tasks/{id}/attest");
+    honour_task_token(&state, &headers, &peer, &Method::POST, &path, (dpop_scheme, token)).await.map_err(|e| {
+        // An ended or expired task's token answers as before: the task is over (409).
+        match state.verifier.verify(token, None, crate::clock::now_unix()) {
+            Err(crate::verify::VerifyError::Revoked(crate::ledger::RevocationKind::Task)) => {
+                ApiError::from(BrokerError::Conflict("the task is already ended".into()))
+            }
+            Err(crate::verify::VerifyError::Expired) => BrokerError::Conflict("the task has expired".into()).into(),
+            _ => e,
+        }
+    })?;
     let req: TaskAttestRequest = json_body_required(&headers, body)?;
     let task = state
         .broker

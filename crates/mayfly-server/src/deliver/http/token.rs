@@ -140,9 +140,11 @@ pub async fn exchange(
             ApiError::oauth("invalid-request", "invalid_request", "max_uses is a whole number of uses")
         })?),
     };
-    // The proof is checked before attestation: a bad proof must not spend a join token.
+    // The proof is checked before attestation (a bad proof must not spend a join token)
+    // and spent after it (a caller who proves nothing must not fill the replay cache).
     let now = crate::clock::now_unix();
-    let jkt = dpop_thumbprint(&state, &headers, now)?;
+    let dpop_proof = checked_dpop_proof(&state, &headers, now)?;
+    let jkt = dpop_proof.as_ref().map(|p| p.proof.jkt.clone());
     let x5t_s256 = peer.client_cert.as_ref().map(|c| mayfly_verify::dpop::certificate_thumbprint(c.as_ref()));
     let confirmation =
         (jkt.is_some() || x5t_s256.is_some()).then(|| mayfly_verify::Confirmation { jkt: jkt.clone(), x5t_s256 });
@@ -156,6 +158,7 @@ pub async fn exchange(
             requested_lifetime,
             source_ip: peer.addr.ip(),
             confirmation,
+            dpop_proof,
             max_uses,
         })
         .await?;
@@ -175,8 +178,12 @@ pub async fn exchange(
     Ok(resp)
 }
 
-/// Checks the request's DPoP proof, if any (RFC 9449 §4.3); returns its key's thumbprint.
-fn dpop_thumbprint(state: &AppState, headers: &HeaderMap, now: i64) -> Result<Option<String>, ApiError> {
+/// Checks the request's DPoP proof, if any (RFC 9449 §4.3), without spending it.
+fn checked_dpop_proof(
+    state: &AppState,
+    headers: &HeaderMap,
+    now: i64,
+) -> Result<Option<mayfly_verify::CheckedProof>, ApiError> {
     let mut proofs = headers.get_all("dpop").iter();
     let Some(proof) = proofs.next() else { return Ok(None) };
     if proofs.next().is_some() {
@@ -186,5 +193,5 @@ fn dpop_thumbprint(state: &AppState, headers: &HeaderMap, now: i64) -> Result<Op
         proof.to_str().map_err(|_| mayfly_verify::DpopError::Malformed("the DPoP header is not ASCII".into()))?;
     let url = format!("{}/v1/token", state.issuer_url);
     let cx = mayfly_verify::ProofContext { method: "POST", url: &url, now, access_token: None, bound_jkt: None };
-    Ok(Some(state.dpop.verify(proof, &cx)?.jkt))
+    Ok(Some(state.dpop.check(proof, &cx)?))
 }
