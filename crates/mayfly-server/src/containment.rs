@@ -17,13 +17,22 @@ impl Broker {
     /// database users. Those follow-ups are best effort once the revocation is recorded:
     /// the revocation alone already refuses everything they would stop.
     pub async fn revoke(&self, req: &RevokeRequest, actor: &str) -> Result<Revocation, RevokeError> {
+        self.contain(req, actor).await.map(|(rev, _)| rev)
+    }
+
+    /// [`Broker::revoke`], also answering how many tasks it ended.
+    pub(crate) async fn contain(&self, req: &RevokeRequest, actor: &str) -> Result<(Revocation, usize), RevokeError> {
         let rev = self.revocations.revoke(req, actor).await?;
+        let mut tasks_ended = 0;
         if matches!(rev.kind, RevocationKind::Subject | RevocationKind::SubjectPrefix) {
             let reason = format!("{} {} revoked", rev.kind.as_str(), rev.value);
             let now = crate::clock::now_unix();
             match self.end_tasks_under(rev.kind, &rev.value, actor, &reason, now).await {
                 Ok(0) => {}
-                Ok(n) => tracing::info!(tasks = n, subject = %rev.value, "revocation ended tasks"),
+                Ok(n) => {
+                    tasks_ended = n;
+                    tracing::info!(tasks = n, subject = %rev.value, "revocation ended tasks");
+                }
                 Err(e) => tracing::warn!(error = %e, "revocation: ending the subject's tasks failed"),
             }
             if let Err(e) = self.reap_db_leases(now).await {
@@ -31,7 +40,7 @@ impl Broker {
             }
         }
         metrics::counter!("mayfly_revocations_total", "selector" => rev.kind.as_str()).increment(1);
-        Ok(rev)
+        Ok((rev, tasks_ended))
     }
 
     /// Ends the blocks on a selector. What they revoked stays revoked.

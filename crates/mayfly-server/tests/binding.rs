@@ -6,61 +6,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use common::*;
 use mayfly_verify::{RequireMayflyToken, Verified, Verifier, VerifierConfig};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-
-/// A client's DPoP key and proofs made with jsonwebtoken.
-struct DpopKey {
-    encoding: jsonwebtoken::EncodingKey,
-    jwk: Value,
-}
-
-impl DpopKey {
-    fn new() -> Self {
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new()).unwrap();
-        let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
-        let p = kp.public_key().as_ref();
-        let jwk = json!({"kty": "EC", "crv": "P-256", "x": B64.encode(&p[1..33]), "y": B64.encode(&p[33..65])});
-        Self { encoding: jsonwebtoken::EncodingKey::from_ec_der(pkcs8.as_ref()), jwk }
-    }
-
-    /// RFC 7638 thumbprint, computed here from the members in lexicographic order.
-    fn thumbprint(&self) -> String {
-        let canonical = format!(
-            r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
-            self.jwk["x"].as_str().unwrap(),
-            self.jwk["y"].as_str().unwrap()
-        );
-        B64.encode(Sha256::digest(canonical.as_bytes()))
-    }
-
-    fn proof_with(&self, claims: Value) -> String {
-        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-        header.typ = Some("dpop+jwt".into());
-        header.jwk = Some(serde_json::from_value(self.jwk.clone()).unwrap());
-        jsonwebtoken::encode(&header, &claims, &self.encoding).unwrap()
-    }
-
-    fn proof(&self, method: &str, url: &str, access_token: Option<&str>) -> String {
-        let mut claims = json!({"jti": random_id(), "htm": method, "htu": url, "iat": now()});
-        if let Some(t) = access_token {
-            claims["ath"] = json!(B64.encode(Sha256::digest(t.as_bytes())));
-        }
-        self.proof_with(claims)
-    }
-}
-
-fn random_id() -> String {
-    let mut b = [0u8; 12];
-    aws_lc_rs::rand::fill(&mut b).unwrap();
-    B64.encode(b)
-}
 
 /// An unsigned JWS-shaped proof with a chosen header (for malformed cases).
 fn raw_proof(header: Value, claims: Value) -> String {

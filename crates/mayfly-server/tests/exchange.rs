@@ -72,7 +72,7 @@ async fn github_actions_token_maps_repository_and_ref() {
     let claims = json!({
         "iss": GITHUB_TEST_ISSUER, "aud": MAYFLY_AUDIENCE, "sub": "repo:acme/app:ref:refs/heads/main",
         "iat": t, "nbf": t, "exp": t + 300, "repository": "acme/app", "repository_owner": "acme",
-        "repository_id": "42", "ref": "refs/heads/main", "job_workflow_ref": "acme/app/.github/workflows/deploy.yml@refs/heads/main",
+        "repository_id": "42", "ref": "refs/heads/main", "ref_type": "branch", "job_workflow_ref": "acme/app/.github/workflows/deploy.yml@refs/heads/main",
         "run_id": "123456", "run_attempt": "1", "actor": "octocat", "event_name": "push"
     });
     let jwt = gh.sign("RS256", &claims);
@@ -80,7 +80,8 @@ async fn github_actions_token_maps_repository_and_ref() {
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     let claims = srv.verify(v["access_token"].as_str().unwrap(), "https://deploy.test").await;
-    assert_eq!(claims["sub"], "spiffe://test.example/github/acme/app/refs/heads/main");
+    // Owner, name, ref type and ref name each fill one path segment (a ref with '/' is escaped).
+    assert_eq!(claims["sub"], "spiffe://test.example/github/acme/app/branch/main");
 
     // EdDSA is not on this issuer's allow-list.
     let jwt = gh.sign("EdDSA", &json!({"iss": GITHUB_TEST_ISSUER, "aud": MAYFLY_AUDIENCE, "exp": t + 300, "repository": "acme/app", "ref": "refs/heads/main"}));

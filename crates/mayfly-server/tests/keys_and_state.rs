@@ -115,6 +115,14 @@ async fn every_issued_token_is_recorded_and_the_audit_chain_verifies() {
     let join = srv.join_token(None).await;
 
     let store = srv.running.broker.ledger().store().clone();
+    // Failed attestations reach the trail as per-source summaries, a moment later.
+    for _ in 0..50 {
+        let events = store.audit_events_after(0, 10_000).await.unwrap();
+        if events.iter().any(|e| e.kind == "attest.failed") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     for t in &tokens {
         let jti = srv.verify(t, "https://api.test").await["jti"].as_str().unwrap().to_owned();
         let rec = store.credential(&jti).await.unwrap().expect("recorded before delivery");

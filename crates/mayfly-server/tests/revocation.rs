@@ -10,8 +10,9 @@ use serde_json::{Value, json};
 
 const VERIFIER_POLICY: &str = r#"
 @id("resource-servers-may-introspect")
-permit (principal, action == Mayfly::Action::"exchange", resource == Mayfly::Audience::"urn:mayfly:introspect")
-when { principal.hasTag("namespace") && principal.getTag("namespace") == "infra" };
+permit (principal, action == Mayfly::Action::"exchange", resource)
+when { principal.hasTag("namespace") && principal.getTag("namespace") == "infra" &&
+       resource in [Mayfly::Audience::"urn:mayfly:introspect", Mayfly::Audience::"urn:mayfly:introspect:https://api.test"] };
 "#;
 
 async fn start() -> (TestServer, TestIssuer) {
@@ -62,8 +63,8 @@ async fn introspection_answers_per_rfc7662() {
         assert!(!v[k].is_null(), "{k}");
     }
 
-    // A resource server authenticates with its own Mayfly token for urn:mayfly:introspect.
-    let caller = token(&srv, &k8s, "infra", "gateway", "urn:mayfly:introspect").await;
+    // A resource server authenticates with its own Mayfly token for urn:mayfly:introspect:<its audience>.
+    let caller = token(&srv, &k8s, "infra", "gateway", "urn:mayfly:introspect:https://api.test").await;
     let v: Value = introspect(&srv, &caller, &t).await.json().await.unwrap();
     assert_eq!(v["active"], true);
     // A token for another audience is not a caller credential.

@@ -22,6 +22,10 @@ when {
 permit (principal, action == Mayfly::Action::"approve", resource)
 when { principal.hasTag("namespace") && principal.getTag("namespace") == "release" };
 
+@id("workers-may-act-for-alice")
+permit (principal == Mayfly::Workload::"spiffe://test.example/ns/prod/sa/worker",
+        action == Mayfly::Action::"act_for", resource == Mayfly::Subject::"user:alice");
+
 @id("prod-tasks-may-deploy")
 permit (principal is Mayfly::Task, action == Mayfly::Action::"exchange", resource == Mayfly::Audience::"https://deploy.test")
 when { principal.hasTag("namespace") && principal.getTag("namespace") == "prod" };

@@ -457,7 +457,7 @@ impl Verifier {
             .http
             .post(&url)
             .bearer_auth(cred)
-            .form(&[("token", token)])
+            .form(&[("token", token), ("count_use", "true")])
             .send()
             .await
             .and_then(|r| r.error_for_status())

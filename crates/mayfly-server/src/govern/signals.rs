@@ -553,11 +553,20 @@ impl Broker {
                 (_, Some(p)) if kill => Some(RevokeRequest { subject_prefix: Some(p.clone()), ..Default::default() }),
                 _ => None,
             };
+            // A kill contains the subject (its tasks end with the revocation); a move's
+            // tasks are re-decided below instead.
+            let mut ended_by_revocation = 0;
             match subject_kill {
                 Some(mut req) => {
                     req.reason = Some(reason.clone());
-                    match self.revoke(&req, &actor).await {
-                        Ok(_) | Err(RevokeError::NothingMatches(_)) => {}
+                    let revoked = if kill {
+                        self.contain(&req, &actor).await.map(|(_, ended)| ended)
+                    } else {
+                        self.revocations.revoke(&req, &actor).await.map(|_| 0)
+                    };
+                    match revoked {
+                        Ok(ended) => ended_by_revocation = ended,
+                        Err(RevokeError::NothingMatches(_)) => {}
                         Err(RevokeError::Ledger(e)) => return Err(BrokerError::Ledger(e).into()),
                         Err(e) => return Err(SignalError::Invalid(e.to_string())),
                     }
@@ -579,11 +588,12 @@ impl Broker {
             }
             outcome.revoked = revoke_tokens.len() + revoked_leases;
             outcome.kept = outcome.matched - revoke_tokens.len() - revoke_leases.len();
-            outcome.tasks_ended = if kill {
-                self.end_tasks_of(s, &tokens, &leases, &actor, &reason, now).await?
-            } else {
-                self.end_tasks_no_longer_allowed(s, &signal.attributes, &actor, &reason, now).await?
-            };
+            outcome.tasks_ended = ended_by_revocation
+                + if kill {
+                    self.end_tasks_of(s, &tokens, &leases, &actor, &reason, now).await?
+                } else {
+                    self.end_tasks_no_longer_allowed(s, &signal.attributes, &actor, &reason, now).await?
+                };
         }
         let detail = json!({
             "kind": signal.kind.as_str(), "sender": sender, "subject": subject_json(s),

@@ -13,6 +13,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use mayfly_server::config::Config;
 use mayfly_server::server::{RunningServer, start};
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
 pub const TRUST_DOMAIN: &str = "test.example";
 pub const K8S_ISSUER: &str = "https://k8s.test.example";
@@ -305,6 +306,7 @@ reload_interval = "200ms"
 
 [ledger]
 sync = "normal"
+refusal_summary_interval = "200ms"
 
 {extra}
 {issuers}
@@ -404,6 +406,53 @@ impl TestServer {
         self.running.shutdown().await;
         self.dir
     }
+}
+
+/// A client's DPoP key and proofs made with jsonwebtoken.
+pub struct DpopKey {
+    encoding: jsonwebtoken::EncodingKey,
+    pub jwk: Value,
+}
+
+impl DpopKey {
+    pub fn new() -> Self {
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new()).unwrap();
+        let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
+        let p = kp.public_key().as_ref();
+        let jwk = json!({"kty": "EC", "crv": "P-256", "x": B64.encode(&p[1..33]), "y": B64.encode(&p[33..65])});
+        Self { encoding: jsonwebtoken::EncodingKey::from_ec_der(pkcs8.as_ref()), jwk }
+    }
+
+    /// RFC 7638 thumbprint, computed here from the members in lexicographic order.
+    pub fn thumbprint(&self) -> String {
+        let canonical = format!(
+            r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
+            self.jwk["x"].as_str().unwrap(),
+            self.jwk["y"].as_str().unwrap()
+        );
+        B64.encode(Sha256::digest(canonical.as_bytes()))
+    }
+
+    pub fn proof_with(&self, claims: Value) -> String {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.typ = Some("dpop+jwt".into());
+        header.jwk = Some(serde_json::from_value(self.jwk.clone()).unwrap());
+        jsonwebtoken::encode(&header, &claims, &self.encoding).unwrap()
+    }
+
+    pub fn proof(&self, method: &str, url: &str, access_token: Option<&str>) -> String {
+        let mut claims = json!({"jti": random_id(), "htm": method, "htu": url, "iat": now()});
+        if let Some(t) = access_token {
+            claims["ath"] = json!(B64.encode(Sha256::digest(t.as_bytes())));
+        }
+        self.proof_with(claims)
+    }
+}
+
+pub fn random_id() -> String {
+    let mut b = [0u8; 12];
+    aws_lc_rs::rand::fill(&mut b).unwrap();
+    B64.encode(b)
 }
 
 /// Asserts an RFC 9457 problem with the given status and type slug; returns the body.

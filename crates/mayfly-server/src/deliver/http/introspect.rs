@@ -29,7 +29,7 @@ const MAX_PAGE: i64 = 1000;
 /// issued for `<audience>` only (others are `active: false`).
 #[utoipa::path(
     post, path = "/v1/introspect", tag = "oauth", security(("admin_token" = []), ("verifier_token" = [])),
-    request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "token=…[&token_type_hint=access_token][&context.<attribute>=<value>…]: with context parameters (a Mayfly extension), the token is active only if it was issued in that context (its `ctx` claim)"),
+    request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "token=…[&token_type_hint=access_token][&context.<attribute>=<value>…][&count_use=true]: with context parameters (a Mayfly extension), the token is active only if it was issued in that context (its `ctx` claim); with count_use=true, an admin caller spends one use of a limited-use token (a verifier of the token's audience always does)"),
     responses(
         (status = 200, description = "active true with claims, or active false. A verifier's introspection of a limited-use token of its own audience counts one use; nobody else's does.", body = IntrospectionResponse),
         (status = 401, description = "Caller not authenticated (or its token's binding not proven)", body = mayfly_proto::Problem, content_type = "application/problem+json"),
@@ -75,14 +75,15 @@ pub async fn introspect(
         verified = Err(crate::verify::VerifyError::ContextMismatch(attribute));
     }
     // A limited-use token is used by being verified at its resource server: each
-    // introspection by its audience's verifier counts one use. An operator only looks.
+    // introspection by its audience's verifier counts one use. An operator only looks,
+    // unless it asks to count a use (`count_use=true`: a resource server whose feed
+    // credential is an admin token).
     if let Ok(c) = &verified
         && c.max_uses.is_some()
     {
-        let left = match own_audience {
-            Some(_) => state.store.use_credential(&c.jti).await,
-            None => state.store.has_uses_left(&c.jti).await,
-        };
+        let count = own_audience.is_some() || form.one("count_use")? == Some("true");
+        let left =
+            if count { state.store.use_credential(&c.jti).await } else { state.store.has_uses_left(&c.jti).await };
         if !left.map_err(ApiError::storage)? {
             verified = Err(crate::verify::VerifyError::UsedUp);
         }
