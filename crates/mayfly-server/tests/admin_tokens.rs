@@ -175,6 +175,15 @@ async fn unauthenticated_and_non_admin_callers_cannot_manage_admin_tokens() {
     let r = get(&srv, "/v1/admin-tokens", None).await;
     assert!(r.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer"), "RFC 6750 challenge");
     assert_eq!(names(&list(&srv, &srv.admin_token).await), ["initial"], "nothing was created or removed");
+
+    // Documented in the generated OpenAPI document, as admin-only.
+    let doc: Value = get(&srv, "/v1/openapi.json", None).await.json().await.unwrap();
+    for (path, method) in
+        [("/v1/admin-tokens", "post"), ("/v1/admin-tokens", "get"), ("/v1/admin-tokens/{id}", "delete")]
+    {
+        let op = &doc["paths"][path][method];
+        assert_eq!(op["security"], json!([{"admin_token": []}]), "{method} {path}: {op}");
+    }
     srv.stop().await;
 }
 

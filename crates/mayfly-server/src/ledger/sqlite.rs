@@ -168,16 +168,20 @@ mod tests {
         let mut before = sqlx::migrate!("./migrations/sqlite");
         before.migrations = before.migrations.iter().filter(|m| m.version < 14).cloned().collect();
         before.run(&pool).await.unwrap();
-        sqlx::query("INSERT INTO admin_tokens (token_hash, name, created_at) VALUES ('h1', 'initial', 5)")
-            .execute(&pool)
-            .await
-            .unwrap();
+        // The old table allowed a name twice: the later one gets a suffix.
+        sqlx::query(
+            "INSERT INTO admin_tokens (token_hash, name, created_at) VALUES ('h1', 'initial', 5), ('h0', 'initial', 6)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
         sqlx::migrate!("./migrations/sqlite").run(&pool).await.unwrap();
         let writer = Mutex::new(pool.acquire().await.unwrap().detach());
         let store = SqliteStore { pool, writer };
         let row = store.admin_token_by_hash("h1").await.unwrap().expect("the old token is still known");
         assert_eq!((row.name.as_str(), row.created_at, row.last_used_at), ("initial", 5, None));
         assert_eq!(row.id.len(), 16, "it got an id to be revoked by: {}", row.id);
+        assert_eq!(store.admin_token_by_hash("h0").await.unwrap().unwrap().name, "initial-2");
         let dup = StoredAdminToken { id: "x".into(), token_hash: "h2".into(), ..row.clone() };
         assert!(matches!(store.insert_admin_token(&dup).await, Err(LedgerError::Conflict(_))), "names are unique");
     }
