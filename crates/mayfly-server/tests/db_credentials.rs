@@ -655,8 +655,9 @@ async fn a_lease_whose_subject_is_revoked_cannot_be_renewed() {
     let status = r.status().as_u16();
     let body: Value = r.json().await.unwrap_or(Value::Null);
     // 409: refused because the revocation covers it, or because the reaper already
-    // started revoking it. Either way, nothing was extended.
-    assert_eq!(status, 409, "the renewal is refused: {body}");
+    // started revoking it (400/403 if attestation itself comes to refuse evidence of a
+    // revoked subject). Either way, nothing was extended.
+    assert!(matches!(status, 400 | 403 | 409), "the renewal is refused: {status} {body}");
     let l = lease(&srv, &id).await;
     assert_eq!(l["expires_at"].as_i64().unwrap(), expires_at, "the expiry did not move: {l}");
     wait_for_state(&srv, &id, "revoked", Duration::from_secs(10)).await;
