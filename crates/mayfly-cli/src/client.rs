@@ -7,8 +7,9 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use clap::{Args, Subcommand};
 use mayfly_proto::{
-    CreateJoinTokenRequest, CreateJoinTokenResponse, GRANT_TYPE_TOKEN_EXCHANGE, Problem, SigningKeyInfo,
-    TOKEN_TYPE_JOIN_TOKEN, TOKEN_TYPE_JWT, TOKEN_TYPE_TASK, TokenExchangeResponse,
+    AdminTokenInfo, CreateAdminTokenRequest, CreateAdminTokenResponse, CreateJoinTokenRequest, CreateJoinTokenResponse,
+    GRANT_TYPE_TOKEN_EXCHANGE, Problem, SigningKeyInfo, TOKEN_TYPE_JOIN_TOKEN, TOKEN_TYPE_JWT, TOKEN_TYPE_TASK,
+    TokenExchangeResponse,
 };
 use serde::de::DeserializeOwned;
 
@@ -197,6 +198,98 @@ impl JoinTokenCommand {
                 Ok(ExitCode::SUCCESS)
             }
         }
+    }
+}
+
+/// `mayfly admin-token …`
+#[derive(Subcommand)]
+pub enum AdminTokenCommand {
+    /// Create a named admin token (printed once; only its hash is stored).
+    Create {
+        #[command(flatten)]
+        remote: AdminRemote,
+        /// A unique name: 1 to 64 characters of A-Z a-z 0-9 . _ -
+        #[arg(long)]
+        name: String,
+        /// Print the whole answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List admin tokens: ids, names, when created and last used (never the tokens).
+    List {
+        #[command(flatten)]
+        remote: AdminRemote,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke an admin token by id: refused from the next request on. The last one cannot be revoked.
+    Revoke {
+        #[command(flatten)]
+        remote: AdminRemote,
+        /// The token's id, as `list` shows it.
+        id: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+impl AdminTokenCommand {
+    pub async fn run(self) -> anyhow::Result<ExitCode> {
+        match self {
+            AdminTokenCommand::Create { remote, name, json } => {
+                let remote = remote.resolve()?;
+                let url = remote.remote.endpoint("/v1/admin-tokens");
+                let body = CreateAdminTokenRequest { name };
+                let req = remote.remote.client()?.post(&url).bearer_auth(remote.token()?).json(&body);
+                let created: CreateAdminTokenResponse = call(req, &url).await?;
+                if json {
+                    print_json(&created)?;
+                } else {
+                    println!("{}", created.token);
+                    eprintln!(
+                        "admin token {} named {:?}: shown only now, store it (only its hash is kept)",
+                        created.info.id, created.info.name
+                    );
+                }
+            }
+            AdminTokenCommand::List { remote, json } => {
+                let remote = remote.resolve()?;
+                let url = remote.remote.endpoint("/v1/admin-tokens");
+                let req = remote.remote.client()?.get(&url).bearer_auth(remote.token()?);
+                let tokens: Vec<AdminTokenInfo> = call(req, &url).await?;
+                if json {
+                    print_json(&tokens)?;
+                } else {
+                    println!("{:<16} {:<32} {:<21} LAST USED", "ID", "NAME", "CREATED");
+                    for t in tokens {
+                        println!(
+                            "{:<16} {:<32} {:<21} {}",
+                            t.id,
+                            t.name,
+                            mayfly_server::clock::rfc3339(t.created_at),
+                            t.last_used_at.map(mayfly_server::clock::rfc3339).unwrap_or_else(|| "never".into())
+                        );
+                    }
+                }
+            }
+            AdminTokenCommand::Revoke { remote, id, json } => {
+                let remote = remote.resolve()?;
+                let mut url = reqwest::Url::parse(&remote.remote.endpoint("/v1/admin-tokens"))
+                    .with_context(|| format!("bad server URL {}", remote.remote.url))?;
+                url.path_segments_mut().map_err(|()| anyhow!("bad server URL {}", remote.remote.url))?.push(&id);
+                let shown = url.to_string();
+                let req = remote.remote.client()?.delete(url).bearer_auth(remote.token()?);
+                let revoked: AdminTokenInfo = call(req, &shown).await?;
+                if json {
+                    print_json(&revoked)?;
+                } else {
+                    println!("revoked admin token {} ({})", revoked.id, revoked.name);
+                }
+            }
+        }
+        Ok(ExitCode::SUCCESS)
     }
 }
 

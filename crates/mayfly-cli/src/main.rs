@@ -34,6 +34,9 @@ enum Command {
     /// One-time join tokens for bootstrapping workloads.
     #[command(subcommand, name = "join-token")]
     JoinToken(client::JoinTokenCommand),
+    /// Admin tokens: create, list and revoke the tokens of the admin API.
+    #[command(subcommand, name = "admin-token")]
+    AdminToken(client::AdminTokenCommand),
     /// Signing keys.
     #[command(subcommand)]
     Keys(client::KeysCommand),
@@ -45,7 +48,7 @@ enum Command {
     Tasks(tasks::TasksCommand),
     /// Run a command under a task that ends when it exits, with its credentials.
     Exec(exec::ExecArgs),
-    /// Revoke credentials by selector (jti, subject, prefix, audience, task, time, all).
+    /// Revoke credentials by selector (jti, subject, prefix, audience, task, time, all), or a database lease.
     Revoke(ops::RevokeArgs),
     /// List leases (issued credentials) with their state.
     Leases(ops::LeasesArgs),
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Server(args) => serve::run(args).await,
             Command::JoinToken(cmd) => cmd.run().await,
+            Command::AdminToken(cmd) => cmd.run().await,
             Command::Keys(cmd) => cmd.run().await,
             Command::Token(cmd) => cmd.run().await,
             Command::Tasks(cmd) => cmd.run().await,

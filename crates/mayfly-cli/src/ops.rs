@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use mayfly_proto::{LiftRequest, RevokeRequest};
 use serde_json::Value;
 
-use crate::client::{AdminRemote, call, print_json};
+use crate::client::{AdminRemote, ServerProblem, call, print_json};
 
 /// `mayfly revoke`: exactly one selector; or `mayfly revoke lift` to end a block.
 #[derive(Args)]
@@ -19,9 +19,13 @@ pub struct RevokeArgs {
     lift: Option<RevokeCommand>,
     #[command(flatten)]
     remote: AdminRemote,
-    /// One credential by its jti (lease id).
-    #[arg(long, group = "selector", visible_alias = "lease")]
+    /// One token by its jti (the id `mayfly leases` shows).
+    #[arg(long, group = "selector")]
     jti: Option<String>,
+    /// One database lease by its id: its sessions are ended and its user dropped now.
+    /// An id that no database lease has is revoked as a token's jti.
+    #[arg(long, group = "selector")]
+    lease: Option<String>,
     /// Everything a SPIFFE ID holds now.
     #[arg(long, group = "selector")]
     subject: Option<String>,
@@ -42,15 +46,15 @@ pub struct RevokeArgs {
     all: bool,
     /// Also refuse all new issuance the selector covers (subject, subject prefix, audience
     /// or all) until `mayfly revoke lift`, or for `--for`.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "lease")]
     block: bool,
     /// With --block: how long the block lasts, e.g. 24h (default: until lifted).
     #[arg(long = "for", requires = "block", value_parser = humantime::parse_duration)]
     block_for: Option<std::time::Duration>,
-    /// Why (kept in the audit trail).
-    #[arg(long)]
+    /// Why (kept in the audit trail; not with --lease).
+    #[arg(long, conflicts_with = "lease")]
     reason: Option<String>,
-    /// Print the recorded revocation as JSON.
+    /// Print the recorded revocation (or the database lease) as JSON.
     #[arg(long)]
     json: bool,
 }
@@ -126,11 +130,21 @@ fn parse_time(s: &str) -> Result<i64, String> {
 }
 
 impl RevokeArgs {
-    pub async fn run(self) -> anyhow::Result<ExitCode> {
-        if let Some(RevokeCommand::Lift(lift)) = self.lift {
+    pub async fn run(mut self) -> anyhow::Result<ExitCode> {
+        if let Some(RevokeCommand::Lift(lift)) = self.lift.take() {
             return lift.run().await;
         }
         let remote = self.remote.resolve()?;
+        if let Some(id) = self.lease.take() {
+            match revoke_db_lease(&remote, &id, self.json).await {
+                Err(e) if ServerProblem::of(&e).is_some_and(|p| p.status == 404) => {
+                    // Not a database lease: a token's lease (jti), as `mayfly leases` lists them.
+                    eprintln!("no database lease has id {id}; revoking the token with jti {id}");
+                    self.jti = Some(id);
+                }
+                other => return other,
+            }
+        }
         let body = RevokeRequest {
             jti: self.jti,
             subject: self.subject,
@@ -166,6 +180,32 @@ impl RevokeArgs {
         }
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// `DELETE /v1/credentials/leases/{id}`: the database user is dropped before the answer,
+/// or the lease stays `revoking` and the server retries.
+async fn revoke_db_lease(remote: &AdminRemote, id: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let mut url = reqwest::Url::parse(&remote.remote.endpoint("/v1/credentials/leases"))
+        .with_context(|| format!("bad server URL {}", remote.remote.url))?;
+    url.path_segments_mut().map_err(|()| anyhow!("bad server URL {}", remote.remote.url))?.push(id);
+    let shown = url.to_string();
+    let req = remote.remote.client()?.delete(url).bearer_auth(remote.token()?);
+    let lease: Value = call(req, &shown).await?;
+    if json {
+        print_json(&lease)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (user, database) = (lease["username"].as_str().unwrap_or("?"), lease["database"].as_str().unwrap_or("?"));
+    if lease["state"] == "revoked" {
+        println!("revoked database lease {id}: user {user} dropped from {database}, its sessions ended");
+    } else {
+        println!(
+            "database lease {id} is {}: user {user} on {database} is not dropped yet ({}); the server retries until it is",
+            lease["state"].as_str().unwrap_or("?"),
+            lease["last_error"].as_str().unwrap_or("no error recorded"),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `mayfly leases`.

@@ -111,6 +111,38 @@ pub struct CreateJoinTokenResponse {
     pub expires_at: i64,
 }
 
+/// Body of `POST /v1/admin-tokens` (admin).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAdminTokenRequest {
+    /// A unique name: 1 to 64 characters of `A-Z a-z 0-9 . _ -`, e.g. `ci-deployer`.
+    pub name: String,
+}
+
+/// An admin token as the admin API lists it: never the token, never its hash.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AdminTokenInfo {
+    /// Non-secret id, to revoke it by.
+    pub id: String,
+    /// Its unique name.
+    pub name: String,
+    /// Unix time it was created.
+    pub created_at: i64,
+    /// Unix time it was last used (recorded at most about once a minute); absent if never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<i64>,
+}
+
+/// A freshly created admin token. The token itself is shown once and stored only as a hash.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreateAdminTokenResponse {
+    /// Its record.
+    #[serde(flatten)]
+    pub info: AdminTokenInfo,
+    /// The admin token (`mfa_…`): send it as `Authorization: Bearer`.
+    pub token: String,
+}
+
 /// A public signing key as the admin API lists it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SigningKeyInfo {

@@ -213,7 +213,9 @@ impl Broker {
         self.drop_lease_user(lease, crate::clock::now_unix()).await
     }
 
-    /// Extends a lease within its maximum lifetime; the caller must be its holder.
+    /// Extends a lease within its maximum lifetime. The caller must be its holder, no
+    /// revocation in force may cover the lease, and policy must still allow the role
+    /// for the new lifetime (decided again now, as at issuance); otherwise nothing changes.
     pub async fn renew_db_lease(
         &self,
         id: &str,
@@ -232,10 +234,50 @@ impl Broker {
         if lease.state != DbLeaseState::Active || lease.expires_at <= now {
             return Err(BrokerError::Conflict(format!("lease {id} is {} and cannot be renewed", lease.state.as_str())));
         }
+        // A revocation that covers the lease (its subject, task, audience, …) ends it; the
+        // reaper drops the user soon, and a renewal meanwhile must not keep it alive.
+        let audience = lease_audience(&lease);
+        let facts = CredentialFacts {
+            jti: &lease.id,
+            subject: &lease.subject,
+            audience: &audience,
+            task_id: lease.task_id.as_deref(),
+            issued_at: lease.created_at,
+        };
+        if let Some(kind) = self.revocations.revoked_by(&facts) {
+            let detail = json!({"lease_id": lease.id, "database": lease.issuer, "role": lease.role,
+                                "reason": format!("revoked ({})", kind.as_str()),
+                                "source_ip": source_ip.to_string()});
+            self.audit_best_effort(AuditEvent::new("db_credential.renew_refused", Some(lease.subject.clone()), detail))
+                .await;
+            return Err(BrokerError::Conflict(format!(
+                "lease {id} is revoked (a {} revocation covers it) and cannot be renewed",
+                kind.as_str()
+            )));
+        }
         let db = self.database(&lease.issuer)?;
         let role = db.role(&lease.role).map(|r| r.default_ttl.as_secs()).unwrap_or(300);
         let wanted = ttl_seconds.unwrap_or(role).max(1) as i64;
-        let expires_at = (now + wanted).min(lease.max_expires_at);
+        let mut expires_at = (now + wanted).min(lease.max_expires_at);
+        if let Caller::Task(t) = &caller {
+            // Nothing issued under a task outlives it.
+            expires_at = expires_at.min(t.task.expires_at);
+        }
+        // Policy decides again, as for issuance: what it no longer allows is not extended.
+        let decision = self.policies.decide_issue(&IssueRequest {
+            principal: caller.principal(),
+            database: &lease.issuer,
+            kind: &db.config.kind,
+            role: &lease.role,
+            ttl_seconds: expires_at - now,
+            source_ip,
+            now,
+        });
+        let detail = || {
+            json!({"action": "issue", "renewal": true, "lease_id": lease.id, "database": lease.issuer,
+                   "role": lease.role, "ttl_seconds": expires_at - now})
+        };
+        self.check_decision(&caller, &decision, detail, source_ip).await?;
         db.driver.renew(&lease.username, &crate::clock::rfc3339(expires_at)).await.map_err(BrokerError::Database)?;
         lease.expires_at = expires_at;
         self.commit_lease(&lease, "db_credential.renewed", json!({"expires_at": expires_at})).await?;

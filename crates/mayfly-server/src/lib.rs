@@ -8,6 +8,7 @@
 //! SVIDs to local processes (the Workload API). [`broker`] wires the steps together; [`server`] starts everything.
 #![forbid(unsafe_code)]
 
+pub mod admin_tokens;
 pub mod attest;
 pub mod authorize;
 pub mod broker;

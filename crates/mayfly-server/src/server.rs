@@ -14,7 +14,7 @@ use crate::attest::{Attestors, JoinTokens, OidcAttestor, oidc::OidcConfigError};
 use crate::authorize::{PolicyEngine, PolicyError};
 use crate::broker::{Broker, BrokerParts};
 use crate::config::{Config, Storage};
-use crate::deliver::http::{AppInner, AppState, admin_token_hash, router};
+use crate::deliver::http::{AppInner, AppState, router};
 use crate::deliver::listener::{self, TlsSetupError};
 use crate::govern::Revocations;
 use crate::govern::replicas::{self, SharedState};
@@ -26,7 +26,7 @@ use crate::ledger::{AuditEvent, Ledger, LedgerError, Store};
 use crate::verify::TokenVerifier;
 
 /// Prefix that makes an admin token recognisable.
-pub const ADMIN_TOKEN_PREFIX: &str = "mfa_";
+pub const ADMIN_TOKEN_PREFIX: &str = crate::admin_tokens::TOKEN_PREFIX;
 /// File in the data directory holding the first admin token (mode 0600).
 pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 const KEK_CHECK_KEY: &str = "kek_check";
@@ -342,7 +342,6 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
         key_publish_secs: max_ttl_secs + 300,
         revocations: revocations.clone(),
         verifier,
-        admin_cache: Default::default(),
         stopping: stopping_rx.clone(),
         leadership: leadership.clone(),
         signal_senders: Arc::new(signal_senders),
@@ -428,18 +427,30 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
     Ok(RunningServer { addr, url, new_admin_token, broker, keys, shutdown: Some(tx), task })
 }
 
+/// The name of the admin token made at first start.
+pub const INITIAL_ADMIN_TOKEN_NAME: &str = "initial";
+
 /// Creates the first admin token when none exists, writing it to the data directory (0600).
 async fn ensure_admin_token(cfg: &Config, store: &dyn Store) -> Result<Option<String>, StartError> {
     if store.admin_token_count().await? > 0 {
         return Ok(None);
     }
-    let token = format!("{ADMIN_TOKEN_PREFIX}{}", crate::ids::random_b64(32));
+    let token = crate::admin_tokens::new_token();
     // File first: a token stored but never written down would lock everyone out.
     let path = cfg.data_dir.join(ADMIN_TOKEN_FILE);
     crate::fsutil::write_private(&path, format!("{token}\n").as_bytes())
         .map_err(io_err(format!("cannot write {}", path.display())))?;
-    store.insert_admin_token(&admin_token_hash(&token), "initial", crate::clock::now_unix()).await?;
-    Ok(Some(token))
+    let row = crate::admin_tokens::new_row(&token, INITIAL_ADMIN_TOKEN_NAME, crate::clock::now_unix());
+    match store.insert_admin_token(&row).await {
+        Ok(()) => Ok(Some(token)),
+        // Another replica starting on the same empty database stored its own first: that
+        // one is the admin token, and this file would hold a token that works nowhere.
+        Err(crate::ledger::LedgerError::Conflict(_)) => {
+            let _ = std::fs::remove_file(&path);
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Reloads policies on SIGHUP and when the directory's contents change.

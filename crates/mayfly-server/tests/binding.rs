@@ -11,7 +11,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use common::*;
 use mayfly_verify::{RequireMayflyToken, Verified, Verifier, VerifierConfig};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 /// An unsigned JWS-shaped proof with a chosen header (for malformed cases).
 fn raw_proof(header: Value, claims: Value) -> String {

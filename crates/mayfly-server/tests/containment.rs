@@ -537,11 +537,11 @@ async fn a_revocation_stream_ends_with_its_holders_token_and_streams_are_bounded
         .await,
     )
     .await;
-    let mut expiring = stream(short).await;
+    let expiring = stream(short).await;
     assert_eq!(expiring.status(), 200);
     // Ends when it is revoked.
     let held = access_token(srv.exchange_jwt(&k8s.k8s_token("infra", "gateway2"), "urn:mayfly:introspect").await).await;
-    let mut revoked = stream(held.clone()).await;
+    let revoked = stream(held.clone()).await;
     assert_eq!(revoked.status(), 200);
     // Bounded: a third subscriber is turned away while two are open.
     assert_problem(stream(srv.admin_token.clone()).await, 503, "unavailable").await;

@@ -573,3 +573,95 @@ async fn a_workload_moved_out_of_prod_loses_its_database_users_and_others_keep_t
     srv.stop().await;
     pg_drop_schema(&schema).await;
 }
+
+/// `POST /v1/credentials/leases/{id}/renew` with a platform token.
+async fn renew(srv: &TestServer, id: &str, token: &str, ttl: u64) -> reqwest::Response {
+    srv.http
+        .post(format!("{}/v1/credentials/leases/{id}/renew", srv.url))
+        .json(&json!({"subject_token_type": JWT_TYPE, "subject_token": token, "ttl_seconds": ttl}))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_renewal_is_decided_again_by_policy_and_refused_once_policy_no_longer_allows_the_role() {
+    let prefix = unique("pr");
+    let schema = format!("mayfly_test_{}", prefix.trim_end_matches('_'));
+    pg_schema(&schema).await;
+    let (srv, k8s) = start(&pg_config(&prefix, &schema, PG_ADMIN)).await;
+    let prod = k8s.k8s_token("prod", "api");
+    let r = issue(&srv, (&prod, JWT_TYPE), "pg", "reader", Some(300)).await;
+    assert_eq!(r.status(), 201);
+    let v: Value = r.json().await.unwrap();
+    let id = v["lease_id"].as_str().unwrap().to_owned();
+
+    // Allowed now: renewed.
+    let r = renew(&srv, &id, &prod, 600).await;
+    assert_eq!(r.status(), 200);
+    let renewed: Value = r.json().await.unwrap();
+    assert!(renewed["expires_at"].as_i64().unwrap() > v["expires_at"].as_i64().unwrap());
+    // The operator withdraws the permission: policies reload from the directory. A
+    // marker policy for another audience shows when the new set is in force.
+    let expires_at = lease(&srv, &id).await["expires_at"].as_i64().unwrap();
+    let reloaded = r#"
+@id("reloaded-marker")
+permit (principal, action == Mayfly::Action::"exchange", resource == Mayfly::Audience::"https://reloaded.test");
+"#;
+    std::fs::write(srv.dir.path().join("policies/test.cedar"), format!("{TEST_POLICIES}\n{reloaded}")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while srv.exchange_jwt(&prod, "https://reloaded.test").await.status() != 200 {
+        assert!(Instant::now() < deadline, "the new policies were not loaded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The holder asks to renew: denied by policy, audited like an issuance's denial, and
+    // the lease's expiry is what it was.
+    let p = assert_problem(renew(&srv, &id, &prod, 600).await, 403, "policy-denied").await;
+    assert!(p["detail"].as_str().is_some(), "{p}");
+    let l = lease(&srv, &id).await;
+    assert_eq!(l["expires_at"].as_i64().unwrap(), expires_at, "the expiry did not move: {l}");
+    assert_eq!(l["state"], "active", "a refused renewal leaves the lease as it was");
+    let denied: Vec<Value> = srv.admin_get("/v1/audit?kind=policy.denied").await;
+    let d = denied.iter().find(|e| e["detail"]["lease_id"] == id.as_str()).expect("the denial is audited");
+    assert_eq!(d["detail"]["renewal"], true);
+    assert_eq!(d["detail"]["action"], "issue");
+    assert_eq!(d["subject"], "spiffe://test.example/ns/prod/sa/api");
+
+    assert_eq!(revoke_lease(&srv, &id).await.status(), 200);
+    srv.stop().await;
+    pg_drop_schema(&schema).await;
+}
+
+#[tokio::test]
+async fn a_lease_whose_subject_is_revoked_cannot_be_renewed() {
+    let prefix = unique("pv");
+    let schema = format!("mayfly_test_{}", prefix.trim_end_matches('_'));
+    pg_schema(&schema).await;
+    let (srv, k8s) = start(&pg_config(&prefix, &schema, PG_ADMIN)).await;
+    let held = k8s.k8s_token("prod", "held");
+    let r = issue(&srv, (&held, JWT_TYPE), "pg", "reader", Some(300)).await;
+    assert_eq!(r.status(), 201);
+    let v: Value = r.json().await.unwrap();
+    let (id, user) = (v["lease_id"].as_str().unwrap().to_owned(), v["username"].as_str().unwrap().to_owned());
+    let expires_at = v["expires_at"].as_i64().unwrap();
+
+    // The subject is revoked; the holder renews at once, before the reaper (every
+    // second) has dropped the user. Without the check the renewal succeeded and moved
+    // the expiry (and the user's VALID UNTIL) of a credential its revocation covers.
+    let r = srv.admin_post("/v1/revocations", Some(json!({"subject": "spiffe://test.example/ns/prod/sa/held"}))).await;
+    assert_eq!(r.status(), 201);
+    let r = renew(&srv, &id, &held, 3000).await;
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.unwrap_or(Value::Null);
+    // 409: refused because the revocation covers it, or because the reaper already
+    // started revoking it (400/403 if attestation itself comes to refuse evidence of a
+    // revoked subject). Either way, nothing was extended.
+    assert!(matches!(status, 400 | 403 | 409), "the renewal is refused: {status} {body}");
+    let l = lease(&srv, &id).await;
+    assert_eq!(l["expires_at"].as_i64().unwrap(), expires_at, "the expiry did not move: {l}");
+    wait_for_state(&srv, &id, "revoked", Duration::from_secs(10)).await;
+    assert!(!pg_role_exists(&user).await, "the user is dropped");
+    srv.stop().await;
+    pg_drop_schema(&schema).await;
+}

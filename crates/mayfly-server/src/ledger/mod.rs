@@ -84,6 +84,32 @@ pub struct StoredEntry {
     pub created_at: i64,
 }
 
+/// An admin token as stored: only its hash, never the token.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StoredAdminToken {
+    /// Non-secret id, for listing and revocation.
+    pub id: String,
+    /// Hex SHA-256 of the token.
+    pub token_hash: String,
+    /// Unique name the operator gave it.
+    pub name: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds of its last use, recorded at most about once a minute.
+    pub last_used_at: Option<i64>,
+}
+
+/// The outcome of removing an admin token.
+#[derive(Debug, Clone)]
+pub enum AdminTokenRemoval {
+    /// Removed; it authenticates nothing from now on.
+    Removed(StoredAdminToken),
+    /// No token has that id.
+    NotFound,
+    /// It is the only token left: removing it would lock every operator out.
+    LastOne,
+}
+
 /// What signals said about a workload's context, as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct StoredSubjectContext {
@@ -615,12 +641,19 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_workload_entry(&self, entry: &StoredEntry) -> Result<(), LedgerError>;
     /// Deletes a registration entry; false when there was none.
     async fn delete_workload_entry(&self, id: &str) -> Result<bool, LedgerError>;
-    /// Stores an admin token's hash.
-    async fn insert_admin_token(&self, token_hash: &str, name: &str, created_at: i64) -> Result<(), LedgerError>;
-    /// Whether an admin token hash is known.
-    async fn admin_token_exists(&self, token_hash: &str) -> Result<bool, LedgerError>;
+    /// Stores an admin token (its hash); a name or id already taken is a `Conflict`.
+    async fn insert_admin_token(&self, row: &StoredAdminToken) -> Result<(), LedgerError>;
+    /// The admin token with this hash, if it exists (one indexed read).
+    async fn admin_token_by_hash(&self, token_hash: &str) -> Result<Option<StoredAdminToken>, LedgerError>;
+    /// Every admin token, oldest first.
+    async fn admin_tokens(&self) -> Result<Vec<StoredAdminToken>, LedgerError>;
     /// How many admin tokens exist.
     async fn admin_token_count(&self) -> Result<i64, LedgerError>;
+    /// Records that an admin token was used at `now`.
+    async fn touch_admin_token(&self, id: &str, now: i64) -> Result<(), LedgerError>;
+    /// Removes an admin token by id, unless it is the last one; atomic against
+    /// concurrent removals on every replica, so at least one token always remains.
+    async fn remove_admin_token(&self, id: &str) -> Result<AdminTokenRemoval, LedgerError>;
 
     /// Stores a new join token.
     async fn insert_join_token(&self, row: &JoinTokenRow) -> Result<(), LedgerError>;

@@ -18,7 +18,7 @@ use tokio::sync::{Mutex, broadcast};
 use tokio::task::JoinHandle;
 
 use super::sql::{ROWS_PER_STATEMENT, last_per_id, portable_store};
-use super::{LedgerError, StoreChange, StoredBatch};
+use super::{AdminTokenRemoval, LedgerError, StoreChange, StoredAdminToken, StoredBatch};
 
 /// The channel every replica listens on.
 const CHANGES_CHANNEL: &str = "mayfly_changes";
@@ -330,5 +330,28 @@ portable_store!(PostgresStore, Postgres, {
             return Ok(());
         }
         self.append_in(batch).await
+    }
+
+    async fn remove_admin_token(&self, id: &str) -> Result<AdminTokenRemoval, LedgerError> {
+        let mut tx = self.pool.begin().await?;
+        // Every token row locked, in the same order on every replica: two removals take
+        // turns, and the second counts what the first left (READ COMMITTED skips the row
+        // the first deleted), so the last token is never removed.
+        let ids: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM admin_tokens ORDER BY id FOR UPDATE").fetch_all(&mut *tx).await?;
+        if !ids.iter().any(|i| i == id) {
+            return Ok(AdminTokenRemoval::NotFound);
+        }
+        if ids.len() < 2 {
+            return Ok(AdminTokenRemoval::LastOne);
+        }
+        let removed: StoredAdminToken = sqlx::query_as(
+            "DELETE FROM admin_tokens WHERE id = $1 RETURNING id, token_hash, name, created_at, last_used_at",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(AdminTokenRemoval::Removed(removed))
     }
 });

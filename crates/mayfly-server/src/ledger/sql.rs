@@ -343,29 +343,59 @@ macro_rules! portable_store {
 
             async fn insert_admin_token(
                 &self,
-                token_hash: &str,
-                name: &str,
-                created_at: i64,
+                row: &$crate::ledger::StoredAdminToken,
             ) -> Result<(), $crate::ledger::LedgerError> {
-                sqlx::query("INSERT INTO admin_tokens (token_hash, name, created_at) VALUES ($1, $2, $3)")
-                    .bind(token_hash)
-                    .bind(name)
-                    .bind(created_at)
-                    .execute(&self.pool)
-                    .await?;
-                Ok(())
+                let res = sqlx::query(
+                    "INSERT INTO admin_tokens (id, token_hash, name, created_at, last_used_at) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(&row.id)
+                .bind(&row.token_hash)
+                .bind(&row.name)
+                .bind(row.created_at)
+                .bind(row.last_used_at)
+                .execute(&self.pool)
+                .await;
+                match res {
+                    Ok(_) => Ok(()),
+                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(
+                        $crate::ledger::LedgerError::Conflict(format!("an admin token named {:?} exists", row.name)),
+                    ),
+                    Err(e) => Err(e.into()),
+                }
             }
 
-            async fn admin_token_exists(&self, token_hash: &str) -> Result<bool, $crate::ledger::LedgerError> {
-                let row: Option<i64> = sqlx::query_scalar("SELECT created_at FROM admin_tokens WHERE token_hash = $1")
-                    .bind(token_hash)
-                    .fetch_optional(&self.pool)
-                    .await?;
-                Ok(row.is_some())
+            async fn admin_token_by_hash(
+                &self,
+                token_hash: &str,
+            ) -> Result<Option<$crate::ledger::StoredAdminToken>, $crate::ledger::LedgerError> {
+                Ok(sqlx::query_as(
+                    "SELECT id, token_hash, name, created_at, last_used_at FROM admin_tokens WHERE token_hash = $1",
+                )
+                .bind(token_hash)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn admin_tokens(&self) -> Result<Vec<$crate::ledger::StoredAdminToken>, $crate::ledger::LedgerError> {
+                Ok(sqlx::query_as(
+                    "SELECT id, token_hash, name, created_at, last_used_at FROM admin_tokens ORDER BY created_at, id",
+                )
+                .fetch_all(&self.pool)
+                .await?)
             }
 
             async fn admin_token_count(&self) -> Result<i64, $crate::ledger::LedgerError> {
                 Ok(sqlx::query_scalar("SELECT COUNT(*) FROM admin_tokens").fetch_one(&self.pool).await?)
+            }
+
+            async fn touch_admin_token(&self, id: &str, now: i64) -> Result<(), $crate::ledger::LedgerError> {
+                sqlx::query("UPDATE admin_tokens SET last_used_at = $1 WHERE id = $2")
+                    .bind(now)
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
             }
 
             async fn insert_join_token(&self, row: &$crate::ledger::JoinTokenRow) -> Result<(), $crate::ledger::LedgerError> {

@@ -9,7 +9,7 @@ use sqlx::{Connection, QueryBuilder, Sqlite, SqliteConnection};
 use tokio::sync::Mutex;
 
 use super::sql::{ROWS_PER_STATEMENT, last_per_id, portable_store};
-use super::{LedgerError, StoredBatch};
+use super::{AdminTokenRemoval, LedgerError, StoredAdminToken, StoredBatch};
 
 /// SQLite-backed [`Store`].
 #[derive(Debug)]
@@ -71,6 +71,24 @@ portable_store!(SqliteStore, Sqlite, {
             .fetch_optional(&self.pool)
             .await?;
         Ok(seq.unwrap_or(0))
+    }
+
+    async fn remove_admin_token(&self, id: &str) -> Result<AdminTokenRemoval, LedgerError> {
+        // One statement holds SQLite's single write lock from the count to the delete:
+        // two removals cannot both see another token left.
+        let removed: Option<StoredAdminToken> = sqlx::query_as(
+            "DELETE FROM admin_tokens WHERE id = $1 AND (SELECT COUNT(*) FROM admin_tokens) > 1 \
+             RETURNING id, token_hash, name, created_at, last_used_at",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(row) = removed {
+            return Ok(AdminTokenRemoval::Removed(row));
+        }
+        let exists: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM admin_tokens WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
+        Ok(if exists.is_some() { AdminTokenRemoval::LastOne } else { AdminTokenRemoval::NotFound })
     }
 
     async fn append(&self, batch: &mut StoredBatch) -> Result<(), LedgerError> {
@@ -141,6 +159,31 @@ mod tests {
             max_uses: None,
             context: None,
         }
+    }
+
+    #[tokio::test]
+    async fn an_admin_token_made_before_named_tokens_existed_keeps_working_with_an_id() {
+        // A database as the previous version left it: migrations before 0014, one token.
+        let pool = SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await.unwrap();
+        let mut before = sqlx::migrate!("./migrations/sqlite");
+        before.migrations = before.migrations.iter().filter(|m| m.version < 14).cloned().collect();
+        before.run(&pool).await.unwrap();
+        // The old table allowed a name twice: the later one gets a suffix.
+        sqlx::query(
+            "INSERT INTO admin_tokens (token_hash, name, created_at) VALUES ('h1', 'initial', 5), ('h0', 'initial', 6)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await.unwrap();
+        let writer = Mutex::new(pool.acquire().await.unwrap().detach());
+        let store = SqliteStore { pool, writer };
+        let row = store.admin_token_by_hash("h1").await.unwrap().expect("the old token is still known");
+        assert_eq!((row.name.as_str(), row.created_at, row.last_used_at), ("initial", 5, None));
+        assert_eq!(row.id.len(), 16, "it got an id to be revoked by: {}", row.id);
+        assert_eq!(store.admin_token_by_hash("h0").await.unwrap().unwrap().name, "initial-2");
+        let dup = StoredAdminToken { id: "x".into(), token_hash: "h2".into(), ..row.clone() };
+        assert!(matches!(store.insert_admin_token(&dup).await, Err(LedgerError::Conflict(_))), "names are unique");
     }
 
     #[tokio::test]

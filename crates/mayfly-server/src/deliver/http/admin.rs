@@ -1,15 +1,19 @@
-//! Admin endpoints (bearer admin token): join tokens and signing keys.
+//! Admin endpoints (bearer admin token): join tokens, admin tokens and signing keys.
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use mayfly_proto::{CreateJoinTokenRequest, CreateJoinTokenResponse, SigningKeyInfo};
+use mayfly_proto::{
+    AdminTokenInfo, CreateAdminTokenRequest, CreateAdminTokenResponse, CreateJoinTokenRequest, CreateJoinTokenResponse,
+    SigningKeyInfo,
+};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use super::{ApiError, AppState, audit_admin, require_admin};
+use super::{AdminCaller, ApiError, AppState, audit_admin, require_admin};
+use crate::ledger::StoredAdminToken;
 
 /// Parses an optional JSON body: empty means defaults.
 pub(crate) fn json_body<T: DeserializeOwned + Default>(
@@ -64,6 +68,84 @@ pub async fn create_join_token(
     let detail = json!({"join_token_id": created.id, "expires_at": created.expires_at});
     audit_admin(&state, "admin.join_token.created", Some(created.spiffe_id.clone()), detail).await?;
     Ok((StatusCode::CREATED, [(header::CACHE_CONTROL, "no-store")], Json(created)))
+}
+
+fn admin_token_info(row: &StoredAdminToken) -> AdminTokenInfo {
+    AdminTokenInfo {
+        id: row.id.clone(),
+        name: row.name.clone(),
+        created_at: row.created_at,
+        last_used_at: row.last_used_at,
+    }
+}
+
+/// What an admin-token audit event says: which token, and which token acted (never a secret or a hash).
+fn admin_token_detail(row: &StoredAdminToken, by: &AdminCaller) -> serde_json::Value {
+    json!({"admin_token_id": row.id, "name": row.name, "by": by.id, "by_name": by.name})
+}
+
+/// Creates a named admin token; the token is in this answer only.
+#[utoipa::path(
+    post, path = "/v1/admin-tokens", tag = "admin", security(("admin_token" = [])),
+    request_body(content = CreateAdminTokenRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created; the token is shown only now", body = CreateAdminTokenResponse),
+        (status = 400, description = "Bad name", body = mayfly_proto::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong admin token", body = mayfly_proto::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A token with that name exists", body = mayfly_proto::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn create_admin_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, [(header::HeaderName, &'static str); 1], Json<CreateAdminTokenResponse>), ApiError> {
+    let caller = require_admin(&state, &headers).await?;
+    let req: CreateAdminTokenRequest = json_body_required(&headers, body)?;
+    let created = crate::admin_tokens::create(state.store.as_ref(), &req.name, crate::clock::now_unix()).await?;
+    audit_admin(&state, "admin.admin_token.created", None, admin_token_detail(&created.row, &caller)).await?;
+    let body = CreateAdminTokenResponse { info: admin_token_info(&created.row), token: created.token };
+    Ok((StatusCode::CREATED, [(header::CACHE_CONTROL, "no-store")], Json(body)))
+}
+
+/// Lists the admin tokens (names and ids; never a token or its hash).
+#[utoipa::path(
+    get, path = "/v1/admin-tokens", tag = "admin", security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Admin tokens, oldest first", body = Vec<AdminTokenInfo>),
+        (status = 401, description = "Missing or wrong admin token", body = mayfly_proto::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_admin_tokens(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<AdminTokenInfo>>, ApiError> {
+    require_admin(&state, &headers).await?;
+    let rows = crate::admin_tokens::list(state.store.as_ref()).await?;
+    Ok(Json(rows.iter().map(admin_token_info).collect()))
+}
+
+/// Revokes an admin token: refused from the next request on, on every replica. The
+/// last remaining token cannot be revoked (create another first).
+#[utoipa::path(
+    delete, path = "/v1/admin-tokens/{id}", tag = "admin", security(("admin_token" = [])),
+    params(("id" = String, Path, description = "The token's id, as listed")),
+    responses(
+        (status = 200, description = "Revoked", body = AdminTokenInfo),
+        (status = 401, description = "Missing or wrong admin token", body = mayfly_proto::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No token has this id", body = mayfly_proto::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "It is the last admin token", body = mayfly_proto::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn revoke_admin_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<AdminTokenInfo>, ApiError> {
+    let caller = require_admin(&state, &headers).await?;
+    let removed = crate::admin_tokens::revoke(state.store.as_ref(), &id).await?;
+    audit_admin(&state, "admin.admin_token.revoked", None, admin_token_detail(&removed, &caller)).await?;
+    Ok(Json(admin_token_info(&removed)))
 }
 
 /// Lists the published signing keys.

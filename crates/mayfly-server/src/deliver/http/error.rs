@@ -4,6 +4,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use mayfly_proto::{PROBLEM_CONTENT_TYPE, Problem};
 
+use crate::admin_tokens::AdminTokenError;
 use crate::attest::AttestError;
 use crate::attest::join_token::CreateJoinTokenError;
 use crate::broker::BrokerError;
@@ -47,6 +48,9 @@ pub enum ApiError {
     /// Key rotation failed.
     #[error(transparent)]
     Keys(#[from] KeyRingError),
+    /// An admin-token operation was refused.
+    #[error(transparent)]
+    AdminToken(#[from] AdminTokenError),
     /// A revocation was refused.
     #[error(transparent)]
     Revoke(#[from] RevokeError),
@@ -145,6 +149,16 @@ impl ApiError {
             }
             ApiError::JoinToken(_) => (S::BAD_REQUEST, "invalid-request", "Invalid request", None),
             ApiError::Keys(_) => (S::INTERNAL_SERVER_ERROR, "key-rotation-failed", "Key rotation failed", None),
+            ApiError::AdminToken(AdminTokenError::InvalidName(_)) => {
+                (S::BAD_REQUEST, "invalid-request", "Invalid request", None)
+            }
+            ApiError::AdminToken(AdminTokenError::NameTaken(_) | AdminTokenError::LastOne(_)) => {
+                (S::CONFLICT, "conflict", "Conflict", None)
+            }
+            ApiError::AdminToken(AdminTokenError::NotFound(_)) => (S::NOT_FOUND, "not-found", "Not found", None),
+            ApiError::AdminToken(AdminTokenError::Ledger(_)) => {
+                (S::SERVICE_UNAVAILABLE, "ledger-unavailable", "Ledger unavailable", None)
+            }
             ApiError::Revoke(RevokeError::Selector | RevokeError::Invalid(_)) => {
                 (S::BAD_REQUEST, "invalid-selector", "Invalid revocation selector", None)
             }
@@ -189,6 +203,7 @@ impl IntoResponse for ApiError {
             ApiError::Broker(BrokerError::Attest(AttestError::Ledger(e)))
             | ApiError::JoinToken(CreateJoinTokenError::Ledger(e))
             | ApiError::Keys(KeyRingError::Ledger(e))
+            | ApiError::AdminToken(AdminTokenError::Ledger(e))
             | ApiError::Revoke(RevokeError::Ledger(e)) => {
                 tracing::error!(error = %e, "storage failed");
                 "storage is unavailable; retry".to_owned()

@@ -19,7 +19,6 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderMap, header};
 use axum::routing::{get, post};
-use sha2::{Digest, Sha256};
 
 use crate::broker::Broker;
 use crate::govern::Revocations;
@@ -65,8 +64,6 @@ pub struct AppInner {
     pub resource_dpop: mayfly_verify::DpopVerifier,
     /// Open revocation streams (bounded).
     pub streams: Arc<tokio::sync::Semaphore>,
-    /// Admin-token hashes seen valid recently (saves a storage read per admin call).
-    pub admin_cache: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     /// Turns true when the server is shutting down.
     pub stopping: tokio::sync::watch::Receiver<bool>,
     /// Whether this replica runs background work.
@@ -103,6 +100,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/credentials/leases/{id}/renew", post(credentials::renew))
         .route("/v1/credentials/{database}/{role}", post(credentials::issue))
         .route("/v1/join-tokens", post(admin::create_join_token))
+        .route("/v1/admin-tokens", get(admin::list_admin_tokens).post(admin::create_admin_token))
+        .route("/v1/admin-tokens/{id}", axum::routing::delete(admin::revoke_admin_token))
         .route("/v1/keys", get(admin::list_keys))
         .route("/v1/keys/rotate", post(admin::rotate_keys))
         .route("/v1/entries", get(workload::list_entries).post(workload::create_entry))
@@ -159,12 +158,6 @@ pub(crate) fn read_query<T>(
     query.map(|q| q.0).map_err(|rej| ApiError::bad_request("invalid-request", rej.body_text()))
 }
 
-/// Hex SHA-256 of an admin token; only hashes are stored.
-pub fn admin_token_hash(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
-
-/// Checks `Authorization: Bearer <admin token>`.
 /// Records an admin action in the audit trail; a failure is a 503 (the action is done, its record is not).
 pub(crate) async fn audit_admin(
     state: &AppState,
@@ -175,7 +168,8 @@ pub(crate) async fn audit_admin(
     state.broker.ledger().audit(crate::ledger::AuditEvent::new(kind, subject, detail)).await.map_err(ApiError::storage)
 }
 
-pub(crate) async fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Checks `Authorization: Bearer <admin token>`; answers which token it is.
+pub(crate) async fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<AdminCaller, ApiError> {
     let token = bearer(headers).ok_or_else(|| {
         ApiError::Unauthorized("an admin token is required (Authorization: Bearer <admin token>)".into())
     })?;
@@ -192,38 +186,20 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty() && t.len() <= 16 * 1024)
 }
 
-pub(crate) async fn check_admin(state: &AppState, token: &str) -> Result<(), ApiError> {
-    if token.len() > 512 {
-        return Err(ApiError::Unauthorized("the admin token is not valid".into()));
-    }
-    let hash = admin_token_hash(token);
-    if admin_cached(state, &hash) {
-        return Ok(());
-    }
-    match state.store.admin_token_exists(&hash).await {
-        Ok(true) => {
-            if let Ok(mut c) = state.admin_cache.lock() {
-                c.insert(hash, std::time::Instant::now());
-            }
-            Ok(())
-        }
-        Ok(false) => Err(ApiError::Unauthorized("the admin token is not valid".into())),
+/// The admin token a request was authenticated with (never the secret).
+pub(crate) type AdminCaller = crate::ledger::StoredAdminToken;
+
+/// Checks an admin token against the store on every call: no cache, so a revoked token
+/// is refused from the next request on, on every replica.
+pub(crate) async fn check_admin(state: &AppState, token: &str) -> Result<AdminCaller, ApiError> {
+    match crate::admin_tokens::authenticate(state.store.as_ref(), token, crate::clock::now_unix()).await {
+        Ok(Some(caller)) => Ok(caller),
+        Ok(None) => Err(ApiError::Unauthorized("the admin token is not valid".into())),
         Err(e) => {
             tracing::error!(error = %e, "admin token lookup failed");
             Err(ApiError::Unavailable("storage is unavailable".into()))
         }
     }
-}
-
-/// How long a verified admin token is trusted without a storage read.
-const ADMIN_CACHE_SECS: u64 = 30;
-
-fn admin_cached(state: &AppState, hash: &str) -> bool {
-    state
-        .admin_cache
-        .lock()
-        .map(|c| c.get(hash).is_some_and(|t| t.elapsed().as_secs() < ADMIN_CACHE_SECS))
-        .unwrap_or(false)
 }
 
 /// The audience a Mayfly token needs to call introspection and the revocation feed. A
