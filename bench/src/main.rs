@@ -116,7 +116,8 @@ fn write_fixture(dir: &Path, port: u16, sync: &str) -> Result<(), Box<dyn std::e
     std::fs::create_dir_all(dir.join("policies"))?;
     let mut kek = [0u8; 32];
     aws_lc_rs::rand::fill(&mut kek).map_err(|_| "random")?;
-    std::fs::write(dir.join("kek"), hex::encode(kek))?;
+    // 0600: the server refuses a KEK file open to group or others.
+    mayfly_server::fsutil::write_private(&dir.join("kek"), hex::encode(kek).as_bytes())?;
 
     // The platform issuer (think: a Kubernetes API server) signs with RS256, as most do.
     let key = RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).map_err(|_| "rsa keygen")?;

@@ -11,8 +11,9 @@
 //! If `mayfly exec` itself is killed, the task's lifetime bounds the exposure.
 
 use std::collections::BTreeMap;
+use std::fs::Permissions;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -27,7 +28,7 @@ use crate::client::{Evidence, Remote, ServerProblem, call, exchange};
 use crate::tasks::{TaskSpec, start_task};
 
 /// Exit code when `mayfly exec` itself fails (as `env` and container runtimes do).
-const EXIT_EXEC_FAILED: u8 = 125;
+pub const EXIT_EXEC_FAILED: u8 = 125;
 /// The command exists but cannot be run.
 const EXIT_NOT_EXECUTABLE: u8 = 126;
 /// The command was not found.
@@ -249,14 +250,30 @@ impl Session {
     }
 }
 
+/// Makes this process non-dumpable (`PR_SET_DUMPABLE` 0), as the first thing `mayfly exec`
+/// does, before any secret is read: the command it runs has the same uid and could
+/// otherwise read its environment (`MAYFLY_ADMIN_TOKEN`, `MAYFLY_JOIN_TOKEN`) and memory
+/// through `/proc/<pid>/environ` and `/proc/<pid>/mem`, and no core dump holds them.
+pub fn keep_secrets_from_the_command() -> nix::Result<()> {
+    nix::sys::prctl::set_dumpable(false)
+}
+
 /// Writes a file only the owner can read, replacing any previous version atomically.
+///
+/// The command can write into the credentials directory (same uid): the new version is
+/// written to a fresh file of a random name, created exclusively (so a link planted there
+/// cannot be followed), with its mode 0600 applied again, then renamed over `name` (which
+/// replaces a link planted at `name` rather than writing through it).
 fn write_secret(dir: &Path, name: &str, value: &str) -> std::io::Result<PathBuf> {
     let path = dir.join(name);
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    let mut f = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .permissions(Permissions::from_mode(0o600))
+        .tempfile_in(dir)?;
+    f.as_file().set_permissions(Permissions::from_mode(0o600))?;
     f.write_all(value.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
+    f.as_file().sync_all()?;
+    f.persist(&path).map_err(|e| e.error)?;
     Ok(path)
 }
 
@@ -605,5 +622,25 @@ mod tests {
         write_secret(dir.path(), "T", "two").unwrap();
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "two");
         assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn links_the_command_plants_in_the_credentials_directory_are_not_written_through() {
+        // The command shares the uid: it can put links where renewed tokens go, pointing at
+        // a file others can read (or that does not exist yet).
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let public = outside.path().join("public");
+        std::fs::write(&public, "nothing").unwrap();
+        let fresh = outside.path().join("fresh");
+        std::os::unix::fs::symlink(&public, dir.path().join("T")).unwrap();
+        std::os::unix::fs::symlink(&fresh, dir.path().join(".T.tmp")).unwrap();
+        let p = write_secret(dir.path(), "T", "secret").unwrap();
+        assert_eq!(std::fs::read_to_string(&public).unwrap(), "nothing", "the link's target is untouched");
+        assert!(!fresh.exists(), "nothing was created through a link");
+        let meta = std::fs::symlink_metadata(&p).unwrap();
+        assert!(meta.file_type().is_file(), "the link was replaced by the file itself");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "secret");
     }
 }

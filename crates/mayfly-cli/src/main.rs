@@ -69,6 +69,14 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Before clap reads a single variable (MAYFLY_ADMIN_TOKEN, MAYFLY_JOIN_TOKEN are read
+    // while parsing): `mayfly exec`'s command must not read them back through /proc.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "exec")
+        && let Err(e) = exec::keep_secrets_from_the_command()
+    {
+        eprintln!("error: mayfly exec cannot keep its secrets from the command (prctl PR_SET_DUMPABLE): {e}");
+        return ExitCode::from(exec::EXIT_EXEC_FAILED);
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

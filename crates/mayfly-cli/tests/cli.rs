@@ -171,7 +171,7 @@ fn database_admin_urls_are_sealed_from_standard_input() {
     use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("policies")).unwrap();
-    std::fs::write(dir.path().join("kek"), "11".repeat(32)).unwrap();
+    mayfly_server::fsutil::write_private(&dir.path().join("kek"), "11".repeat(32).as_bytes()).unwrap();
     let config = dir.path().join("mayfly.toml");
     std::fs::write(
         &config,

@@ -110,6 +110,68 @@ fn exec_ends_the_task_on_success_on_failure_and_when_the_command_is_killed() {
     assert_eq!(live["tasks"].as_array().unwrap().len(), 0, "no task outlives its command: {live}");
 }
 
+/// A command that runs `mayfly exec` (and so its child) as an unprivileged user when the
+/// test runs as root: root's CAP_SYS_PTRACE reads any process's /proc entries, whatever
+/// it made itself. None (with the reason printed) when that cannot be arranged here.
+fn unprivileged_mayfly(scratch: &Path) -> Option<Command> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some(Command::new(BIN));
+    }
+    let setpriv = |program: &Path| {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]).arg(program).current_dir("/");
+        c
+    };
+    if !Command::new("setpriv").arg("--version").output().is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIPPED: running as root without setpriv (util-linux): cannot run mayfly exec unprivileged");
+        return None;
+    }
+    if setpriv(Path::new(BIN)).arg("--version").output().is_ok_and(|o| o.status.success()) {
+        return Some(setpriv(Path::new(BIN)));
+    }
+    // The build directory is out of the unprivileged user's reach: a copy it can run.
+    use std::os::unix::fs::PermissionsExt;
+    let copy = scratch.join("mayfly");
+    std::fs::set_permissions(scratch, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::copy(BIN, &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    if !setpriv(&copy).arg("--version").output().is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIPPED: uid 65534 cannot run a copy of mayfly in {}", scratch.display());
+        return None;
+    }
+    Some(setpriv(&copy))
+}
+
+#[test]
+fn the_command_cannot_read_the_secrets_of_mayfly_exec_through_proc() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start_dev(&dir.path().join("dev"));
+    let scratch = tempfile::tempdir().unwrap();
+    let Some(mut cmd) = unprivileged_mayfly(scratch.path()) else { return };
+    let join = join_token(&srv);
+    // The command is the attacker: same uid as its parent, it tries the parent's
+    // environment (where the admin and join tokens are), its memory, and its memory map.
+    let script = r#"for f in environ mem maps; do
+                        if (: < /proc/$PPID/$f) 2>/dev/null; then echo "opened $f"; else echo "denied $f"; fi
+                    done
+                    tr '\0' '\n' 2>/dev/null < /proc/$PPID/environ; true"#;
+    let out = cmd
+        .args(["exec", "--url", &srv.url, "--audience", AUD, "--", "sh", "-c", script])
+        .env("MAYFLY_JOIN_TOKEN", &join)
+        .env("MAYFLY_ADMIN_TOKEN", &srv.admin_token)
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Only the verdicts in messages: the rest is the environment the command could read.
+    let verdicts: Vec<&str> = stdout.lines().filter(|l| l.starts_with("opened ") || l.starts_with("denied ")).collect();
+    for f in ["environ", "mem", "maps"] {
+        assert!(verdicts.contains(&format!("denied {f}").as_str()), "/proc/$PPID/{f}: {verdicts:?}");
+    }
+    assert!(!stdout.contains(&srv.admin_token), "the command read MAYFLY_ADMIN_TOKEN from its parent");
+    assert!(!stdout.contains(&join), "the command read MAYFLY_JOIN_TOKEN from its parent");
+}
+
 #[test]
 fn signals_reach_the_command_and_files_do_not_outlive_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -259,7 +321,7 @@ impl K8sSetup {
         let jwk = serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "k1", "alg": "EdDSA",
                                                 "x": b64.encode(key.public_key().as_ref())}]});
         std::fs::write(d.join("jwks.json"), jwk.to_string()).unwrap();
-        std::fs::write(d.join("kek"), "5a".repeat(32)).unwrap();
+        mayfly_server::fsutil::write_private(&d.join("kek"), "5a".repeat(32).as_bytes()).unwrap();
         std::fs::create_dir_all(d.join("policies")).unwrap();
         std::fs::write(
             d.join("policies/exec.cedar"),

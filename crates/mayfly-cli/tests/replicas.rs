@@ -75,7 +75,7 @@ fn write_config(dir: &Path, name: &str, storage: &str, port: u16, acquire_timeou
     std::fs::create_dir_all(dir.join("policies")).unwrap();
     std::fs::write(dir.join("policies/replicas.cedar"), POLICY).unwrap();
     if !dir.join("kek").exists() {
-        std::fs::write(dir.join("kek"), hex::encode([0x5au8; 32])).unwrap();
+        mayfly_server::fsutil::write_private(&dir.join("kek"), hex::encode([0x5au8; 32]).as_bytes()).unwrap();
     }
     // Every replica has the same public URL (the load balancer's): tokens name one issuer.
     let toml = format!(

@@ -694,6 +694,26 @@ pub struct OidcIssuerConfig {
     pub jwks_refresh_min_interval: Duration,
 }
 
+/// Whether keys may be fetched from this JWKS URL: `https://`, or `http://` to a loopback
+/// host (127.0.0.0/8, ::1, localhost: a sidecar or a test issuer). Keys fetched in clear
+/// over a network could be swapped on the way, and whoever swaps them mints identities.
+pub fn check_jwks_url(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+    // The URL parser has normalised the host: IPv4 in dotted form, IPv6 in brackets, names in lower case.
+    let loopback = parsed.host_str().is_some_and(|h| {
+        h == "localhost"
+            || h.trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    });
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        _ => Err("use https:// (http:// only to a loopback address: 127.0.0.0/8, ::1, localhost)".into()),
+    }
+}
+
 fn default_preset() -> OidcPreset {
     OidcPreset::Generic
 }
@@ -844,6 +864,11 @@ impl Config {
             if o.jwks_url.is_some() && o.jwks_file.is_some() {
                 return bad(format!("attest.oidc {:?}: set jwks_url or jwks_file, not both", o.name));
             }
+            if let Some(url) = &o.jwks_url
+                && let Err(e) = check_jwks_url(url)
+            {
+                return bad(format!("attest.oidc {:?}: jwks_url {url:?}: {e}", o.name));
+            }
         }
         Ok(())
     }
@@ -888,6 +913,35 @@ impl Config {
         } else {
             // Never echo the value: it may be a URL with a password in it.
             Err(ConfigError::Invalid("storage: use \"sqlite\" or a postgres:// URL".into()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_jwks_url;
+
+    #[test]
+    fn jwks_urls_are_https_unless_on_loopback() {
+        for ok in [
+            "https://issuer.example/keys",
+            "http://127.0.0.1:8080/jwks",
+            "http://127.9.9.9/jwks",
+            "http://[::1]:80/jwks",
+            "http://LOCALHOST/jwks",
+        ] {
+            assert!(check_jwks_url(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://issuer.example/keys",
+            "http://10.0.0.1/jwks",
+            "http://localhost.evil.example/jwks",
+            "http://[::ffff:10.0.0.1]/jwks",
+            "ftp://127.0.0.1/jwks",
+            "file:///etc/jwks.json",
+            "issuer.example/keys",
+        ] {
+            assert!(check_jwks_url(bad).is_err(), "{bad}");
         }
     }
 }

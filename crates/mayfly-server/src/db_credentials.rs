@@ -481,7 +481,8 @@ impl Broker {
                 .store()
                 .db_leases(&[DbLeaseState::Creating, DbLeaseState::Active, DbLeaseState::Revoking], None, 100_000)
                 .await?;
-            for user in users {
+            // Only names Mayfly could have made: others with the prefix are someone else's.
+            for user in users.into_iter().filter(|u| crate::issue::db::is_own_username(u)) {
                 if open.iter().any(|l| l.issuer == db.config.name && l.username == user) {
                     continue;
                 }

@@ -664,4 +664,133 @@ async fn a_lease_whose_subject_is_revoked_cannot_be_renewed() {
     assert!(!pg_role_exists(&user).await, "the user is dropped");
     srv.stop().await;
     pg_drop_schema(&schema).await;
+
+/// A MariaDB string literal for any text (backslashes and quotes escaped).
+fn maria_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+async fn maria_admin() -> sqlx::MySqlConnection {
+    sqlx::MySqlConnection::connect(MARIADB_ADMIN).await.expect("MariaDB on 127.0.0.1:3306")
+}
+
+async fn maria_user_exists(admin: &mut sqlx::MySqlConnection, user: &str, host: &str) -> bool {
+    sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM mysql.user WHERE User = ? AND Host = ?")
+        .bind(user)
+        .bind(host)
+        .fetch_one(admin)
+        .await
+        .unwrap()
+        > 0
+}
+
+#[tokio::test]
+async fn the_orphan_sweep_leaves_mariadb_users_mayfly_could_not_have_made() {
+    let prefix = unique("mo");
+    let victim = unique("mv");
+    let toml = format!(
+        r#"
+[[databases]]
+name = "maria"
+kind = "mysql"
+url = "{MARIADB_ADMIN}"
+username_prefix = "{prefix}"
+
+[[databases.roles]]
+name = "app"
+"#
+    );
+    let (srv, _k8s) = start(&toml).await;
+    // Users with the prefix that Mayfly never makes, among them a pair built so that the
+    // old quoting ('' for ', but a backslash still escapes) runs the attacker's SQL as
+    // Mayfly's admin: `ALTER USER '<p>\''@localhost; DROP USER <victim>; -- …`.
+    let orphan = format!("{prefix}orphan");
+    let anchor = format!("{prefix}'");
+    let injection = format!("{prefix}\\'@localhost; DROP USER {victim}; -- ");
+    let odd = [format!("{prefix}x'"), format!("{prefix}x`"), format!("{prefix}X"), injection.clone()];
+    let accounts: Vec<(String, &str)> = [(orphan.clone(), "%"), (victim.clone(), "%"), (anchor.clone(), "localhost")]
+        .into_iter()
+        .chain(odd.iter().map(|u| (u.clone(), "%")))
+        .collect();
+    let mut admin = maria_admin().await;
+    for (user, host) in &accounts {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE USER {}@{}", maria_quote(user), maria_quote(host))))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+
+    let swept = srv.running.broker.sweep_db_users().await;
+    assert!(swept.is_ok(), "{swept:?}");
+    assert!(maria_user_exists(&mut admin, &victim, "%").await, "the sweep ran SQL hidden in a username");
+    for u in &odd {
+        assert!(maria_user_exists(&mut admin, u, "%").await, "{u:?} is not Mayfly's and was dropped");
+    }
+    assert!(!maria_user_exists(&mut admin, &orphan, "%").await, "an orphan of Mayfly's shape is still swept");
+
+    for (user, host) in &accounts {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP USER IF EXISTS {}@{}", maria_quote(user), maria_quote(host))))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn the_orphan_sweep_leaves_postgres_and_redis_users_mayfly_could_not_have_made() {
+    let prefix = unique("po");
+    let toml = format!(
+        r#"
+[[databases]]
+name = "pg"
+kind = "postgres"
+url = "{PG_ADMIN}"
+username_prefix = "{prefix}"
+
+[[databases.roles]]
+name = "reader"
+
+[[databases]]
+name = "cache"
+kind = "redis"
+url = "{REDIS_ADMIN}"
+username_prefix = "{prefix}"
+
+[[databases.roles]]
+name = "reader"
+"#
+    );
+    let (srv, _k8s) = start(&toml).await;
+    let orphan = format!("{prefix}orphan");
+    let odd = [format!("{prefix}x\""), format!("{prefix}x'"), format!("{prefix}X")];
+    let mut pg = pg_admin().await;
+    let mut redis = redis::Client::open(REDIS_ADMIN).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let pg_quote = |u: &str| format!("\"{}\"", u.replace('"', "\"\""));
+    for u in odd.iter().chain([&orphan]) {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE ROLE {} LOGIN", pg_quote(u))))
+            .execute(&mut pg)
+            .await
+            .unwrap();
+        redis::cmd("ACL").arg("SETUSER").arg(u).arg("off").query_async::<()>(&mut redis).await.unwrap();
+    }
+
+    let swept = srv.running.broker.sweep_db_users().await;
+    assert!(swept.is_ok(), "{swept:?}");
+    let redis_users: Vec<String> = redis::cmd("ACL").arg("USERS").query_async(&mut redis).await.unwrap();
+    for u in &odd {
+        assert!(pg_role_exists(u).await, "PostgreSQL role {u:?} is not Mayfly's and was dropped");
+        assert!(redis_users.contains(u), "Redis user {u:?} is not Mayfly's and was dropped");
+    }
+    assert!(!pg_role_exists(&orphan).await, "a PostgreSQL orphan of Mayfly's shape is still swept");
+    assert!(!redis_users.contains(&orphan), "a Redis orphan of Mayfly's shape is still swept");
+
+    for u in &odd {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP ROLE IF EXISTS {}", pg_quote(u))))
+            .execute(&mut pg)
+            .await
+            .unwrap();
+        redis::cmd("ACL").arg("DELUSER").arg(u).query_async::<i64>(&mut redis).await.unwrap();
+    }
+    srv.stop().await;
 }

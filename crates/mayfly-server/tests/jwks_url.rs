@@ -120,3 +120,39 @@ async fn unreachable_jwks_is_a_503() {
     assert_eq!(srv.exchange_jwt(&k8s.k8s_token("prod", "web"), "https://api.test").await.status(), 200);
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn a_jwks_url_in_clear_off_loopback_is_refused_at_load() {
+    let (k8s, gh) = (TestIssuer::new(K8S_ISSUER), TestIssuer::new(GITHUB_TEST_ISSUER));
+    let dir = tempfile::tempdir().unwrap();
+    let section = url_issuer_section("http://jwks.example/keys", "1s");
+    let path = write_config(dir.path(), &k8s, &gh, &Options { issuer_section: Some(section), ..Options::default() });
+    let err = mayfly_server::config::Config::load(&path).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("jwks_url") && err.contains("https://") && err.contains("\"k8s\""), "{err}");
+}
+
+#[tokio::test]
+async fn a_redirecting_jwks_url_is_not_followed() {
+    let (k8s, gh) = (TestIssuer::new(K8S_ISSUER), TestIssuer::new(GITHUB_TEST_ISSUER));
+    // The configured URL answers 302 to another URL that holds the keys the tokens are signed
+    // with: following it would let whoever controls the first URL choose the keys.
+    let target = jwks_server(Some(k8s.jwks())).await;
+    let location = target.url.clone();
+    let app = axum::Router::new().route(
+        "/jwks",
+        get(move || {
+            let location = location.clone();
+            async move { (axum::http::StatusCode::FOUND, [(axum::http::header::LOCATION, location)], "") }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let opts = Options { issuer_section: Some(url_issuer_section(&url, "1s")), ..Options::default() };
+    let srv = TestServer::start_with(&k8s, &gh, opts).await;
+    assert_problem(srv.exchange_jwt(&k8s.k8s_token("prod", "web"), "https://api.test").await, 503, "jwks-unavailable")
+        .await;
+    assert_eq!(target.fetches.load(Ordering::SeqCst), 0, "the redirect was not followed");
+    srv.stop().await;
+}

@@ -102,6 +102,29 @@ async fn private_keys_are_sealed_and_a_wrong_kek_stops_startup() {
 }
 
 #[tokio::test]
+async fn a_kek_file_open_to_group_or_others_stops_startup() {
+    use std::os::unix::fs::PermissionsExt;
+    let (k8s, gh) = (TestIssuer::new(K8S_ISSUER), TestIssuer::new(GITHUB_TEST_ISSUER));
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &k8s, &gh, &Options::default());
+    let kek = dir.path().join("kek");
+    for mode in [0o644, 0o640, 0o604, 0o620] {
+        std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(mode)).unwrap();
+        let cfg = Config::load(&path).unwrap();
+        let err = match mayfly_server::server::start(cfg, None).await {
+            Ok(_) => panic!("started with a KEK file of mode {mode:o}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(&kek.display().to_string()), "names the file: {err}");
+        assert!(err.contains(&format!("chmod 600 {}", kek.display())), "says the fix: {err}");
+    }
+    // Made private, it starts.
+    std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let srv = TestServer::start_in(dir, &path).await;
+    srv.stop().await;
+}
+
+#[tokio::test]
 async fn every_issued_token_is_recorded_and_the_audit_chain_verifies() {
     let (k8s, gh) = (TestIssuer::new(K8S_ISSUER), TestIssuer::new(GITHUB_TEST_ISSUER));
     let srv = TestServer::start(&k8s, &gh).await;

@@ -200,8 +200,11 @@ impl OidcAttestor {
                 (JwksSource::Static, Arc::new(KeySet::parse(&doc).map_err(err)?))
             }
             (None, Some(url)) => {
+                crate::config::check_jwks_url(&url).map_err(|e| err(format!("jwks_url {url:?}: {e}")))?;
+                // A redirect is not followed: the keys come from the URL configured, or not at all.
                 let client = reqwest::Client::builder()
                     .timeout(Duration::from_secs(5))
+                    .redirect(reqwest::redirect::Policy::none())
                     .build()
                     .map_err(|e| err(format!("HTTP client: {e}")))?;
                 let src = JwksSource::Remote {
@@ -474,6 +477,9 @@ fn raw_header_alg(token: &str) -> Option<String> {
 
 async fn fetch_jwks(client: &reqwest::Client, url: &str) -> Result<KeySet, String> {
     let mut resp = client.get(url).send().await.map_err(|e| format!("request failed: {e}"))?;
+    if resp.status().is_redirection() {
+        return Err(format!("HTTP {}: redirects are not followed; set jwks_url to the final URL", resp.status()));
+    }
     if !resp.status().is_success() {
         return Err(format!("HTTP {}", resp.status()));
     }

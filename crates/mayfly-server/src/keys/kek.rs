@@ -36,8 +36,7 @@ impl Kek {
     pub fn load(source: &KekSource) -> Result<Self, KeyError> {
         let bytes = match source {
             KekSource::File(path) => {
-                let raw = std::fs::read(path)
-                    .map_err(|e| KeyError::MissingKek(format!("cannot read {}: {e}", path.display())))?;
+                let raw = read_private(path)?;
                 decode_kek(&raw).map_err(|m| KeyError::BadKek(format!("{}: {m}", path.display())))?
             }
             KekSource::Env(var) => {
@@ -95,6 +94,22 @@ impl Kek {
     pub fn fingerprint(&self, secret: &[u8]) -> String {
         hex::encode(hmac::sign(&self.fingerprint_key, secret).as_ref())
     }
+}
+
+/// Reads the KEK file, refusing one that its group or others may read or write (its
+/// mode is that of the file opened, so a symlinked file is judged by its target).
+fn read_private(path: &Path) -> Result<Vec<u8>, KeyError> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let cannot_read = |e: std::io::Error| KeyError::MissingKek(format!("cannot read {}: {e}", path.display()));
+    let mut f = std::fs::File::open(path).map_err(cannot_read)?;
+    let mode = f.metadata().map_err(cannot_read)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(KeyError::LooseKekFile { path: path.display().to_string(), mode });
+    }
+    let mut raw = Vec::new();
+    f.read_to_end(&mut raw).map_err(cannot_read)?;
+    Ok(raw)
 }
 
 fn decode_kek(raw: &[u8]) -> Result<[u8; 32], String> {

@@ -21,6 +21,17 @@ pub enum KeyError {
     /// The KEK is malformed.
     #[error("key-encryption key is malformed: {0}")]
     BadKek(String),
+    /// The KEK file is open to its group or to others: whoever can read it can open every sealed key.
+    #[error(
+        "key-encryption key file {path} is open to group or others (mode {mode:03o}); \
+         make it private to the user mayfly runs as: chmod 600 {path}"
+    )]
+    LooseKekFile {
+        /// The file.
+        path: String,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// The KEK does not open what is stored: it is not the key the data directory was created with.
     #[error(
         "the key-encryption key does not match the one this data directory was sealed with; \

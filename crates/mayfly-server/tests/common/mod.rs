@@ -252,8 +252,9 @@ impl Default for Options {
     }
 }
 
+/// Writes a KEK file as an operator must: 0600 (the server refuses one open to others).
 pub fn write_kek(path: &Path, byte: u8) {
-    std::fs::write(path, hex::encode([byte; 32])).unwrap();
+    mayfly_server::fsutil::write_private(path, hex::encode([byte; 32]).as_bytes()).unwrap();
 }
 
 /// Writes a config with a Kubernetes issuer and a GitHub-preset issuer (JWKS from files).

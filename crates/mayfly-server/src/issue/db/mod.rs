@@ -98,6 +98,13 @@ impl Database {
     }
 }
 
+/// Whether a username has the shape of the ones Mayfly makes (`[a-z0-9_]`, see
+/// `new_username`). Others that merely share the prefix are not Mayfly's to drop, and
+/// their names cannot be trusted inside a statement.
+pub fn is_own_username(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
 /// A high-entropy password (32 random bytes, base64url: no quoting needed anywhere).
 pub fn new_password() -> String {
     crate::ids::random_b64(32)

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use sqlx::ConnectOptions;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 
-use super::{DbDriver, DbError, NewUser, audited, render, scrub, sql_error, timed};
+use super::{DbDriver, DbError, NewUser, audited, is_own_username, render, scrub, sql_error, timed};
 
 /// Default creation statement.
 const CREATE: &str = "CREATE USER '{{name}}'@'%' IDENTIFIED BY '{{password}}'";
@@ -54,9 +54,13 @@ impl DbDriver for MySql {
     }
 
     async fn drop_user(&self, username: &str) -> Result<(), DbError> {
+        // Only Mayfly's own usernames ([a-z0-9_]) go into a statement: with MySQL's
+        // backslash escapes, no quoting of an arbitrary name is safe.
+        if !is_own_username(username) {
+            return Err(DbError::Config("a username outside [a-z0-9_] is not one Mayfly made; not dropped".into()));
+        }
         timed(async {
-            // Usernames are Mayfly's own ([a-z0-9_]), so quoting them is safe.
-            let account = format!("'{}'@'%'", username.replace('\'', "''"));
+            let account = format!("'{username}'@'%'");
             let exists: Option<i64> =
                 sqlx::query_scalar("SELECT CAST(1 AS SIGNED) FROM mysql.user WHERE User = ? LIMIT 1")
                     .bind(username)
@@ -99,7 +103,8 @@ impl DbDriver for MySql {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(|e| sql_error(e, ""))?;
-            Ok(users.into_iter().filter(|u| u.starts_with(prefix)).collect())
+            // Names outside [a-z0-9_] are skipped, not quoted: Mayfly never makes them.
+            Ok(users.into_iter().filter(|u| u.starts_with(prefix) && is_own_username(u)).collect())
         })
         .await
     }
