@@ -664,6 +664,7 @@ async fn a_lease_whose_subject_is_revoked_cannot_be_renewed() {
     assert!(!pg_role_exists(&user).await, "the user is dropped");
     srv.stop().await;
     pg_drop_schema(&schema).await;
+}
 
 /// A MariaDB string literal for any text (backslashes and quotes escaped).
 fn maria_quote(s: &str) -> String {
