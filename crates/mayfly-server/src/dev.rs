@@ -122,5 +122,6 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> Result<Config, DevSetupEr
             ..Default::default()
         },
         signals: Default::default(),
+        audit: Default::default(),
     })
 }
