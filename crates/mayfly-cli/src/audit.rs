@@ -26,18 +26,20 @@ pub async fn checkpoint(remote: AdminRemote, as_json: bool) -> anyhow::Result<Ex
     let req = remote.remote.client()?.get(&url).bearer_auth(remote.token()?);
     let latest: Value = call(req, &url).await?;
     let jws = latest["checkpoint"].as_str().ok_or_else(|| anyhow!("unexpected answer from {url}"))?.to_owned();
-    let claims = checkpoints::peek(&jws).with_context(|| format!("the server's latest checkpoint ({url})"))?;
-    let kid = latest["kid"].as_str().unwrap_or_default().to_owned();
+    // Checked before it is handed out: a checkpoint planted in the database (or one whose
+    // key is gone) is refused now rather than kept as evidence that cannot hold.
+    let mut keys = published_keys(&remote).await?;
+    keys.extend(stored_keys(&remote).await?);
+    let verified =
+        checkpoints::verify(&jws, &keys).map_err(|e| anyhow!("the server's latest checkpoint is refused: {e}"))?;
+    let (claims, kid) = (verified.claims, verified.kid);
     if as_json {
         // The key, so that the file can be verified once the key has left the JWKS too
         // (with --jwk: a key is trusted only when the operator says so).
-        let mut jwk = Value::Null;
-        for keys in [published_keys(&remote).await?, stored_keys(&remote).await?] {
-            if let Some(k) = keys.into_iter().find(|k| mayfly_server::keys::jwk_thumbprint(k).as_deref() == Some(&kid)) {
-                jwk = k;
-                break;
-            }
-        }
+        let jwk = keys
+            .into_iter()
+            .find(|k| mayfly_server::keys::jwk_thumbprint(k).as_deref() == Some(kid.as_str()))
+            .unwrap_or(Value::Null);
         print_json(&json!({
             "checkpoint": jws, "iss": claims.iss, "seq": claims.seq, "hash": claims.hash, "iat": claims.iat,
             "kid": kid, "jwk": jwk,
@@ -55,7 +57,11 @@ pub async fn checkpoint(remote: AdminRemote, as_json: bool) -> anyhow::Result<Ex
 }
 
 /// `mayfly audit verify [--checkpoint FILE [--jwk FILE]]`.
-pub async fn verify(remote: AdminRemote, checkpoint: Option<PathBuf>, jwk: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+pub async fn verify(
+    remote: AdminRemote,
+    checkpoint: Option<PathBuf>,
+    jwk: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
     let exported = checkpoint.as_deref().map(|p| read_checkpoint(p).map(|jws| (p, jws))).transpose()?;
     let given = jwk.as_deref().map(read_keys).transpose()?.unwrap_or_default();
     let (report, verified) = match &remote.config {
@@ -106,12 +112,11 @@ async fn offline<'a>(
     let store =
         mayfly_server::server::open_store(&cfg).await.with_context(|| format!("opening storage {storage:?}"))?;
     // The KEK is what vouches for the stored keys; without it they cannot be opened.
-    let stored: Result<Vec<Value>, String> = match mayfly_server::server::kek_source(&cfg)
-        .and_then(|s| mayfly_server::keys::Kek::load(&s))
-    {
-        Ok(kek) => mayfly_server::keys::stored_public_keys(store.as_ref(), &kek).await.map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
+    let stored: Result<Vec<Value>, String> =
+        match mayfly_server::server::kek_source(&cfg).and_then(|s| mayfly_server::keys::Kek::load(&s)) {
+            Ok(kek) => mayfly_server::keys::stored_public_keys(store.as_ref(), &kek).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
     let verified = match exported {
         Some((path, jws)) => {
             let mut found = first_match(jws, path, given, "given with --jwk")?;

@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-
 use clap::{Args, Subcommand};
 use mayfly_proto::RevokeRequest;
 use serde_json::Value;

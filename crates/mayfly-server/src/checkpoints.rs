@@ -172,8 +172,7 @@ pub fn verify(jws: &str, keys: &[serde_json::Value]) -> Result<VerifiedCheckpoin
     let p = parse(jws)?;
     let kid = p.header.kid.clone().unwrap_or_default();
     // Matched by thumbprint, not by a `kid` member: a JWK file kept by an operator may have none.
-    let Some(jwk) = keys.iter().find(|k| !kid.is_empty() && jwk_thumbprint(k).as_deref() == Some(kid.as_str()))
-    else {
+    let Some(jwk) = keys.iter().find(|k| !kid.is_empty() && jwk_thumbprint(k).as_deref() == Some(kid.as_str())) else {
         return Err(CheckpointError::UnknownKey { kid });
     };
     if !signature_verifies(jwk, &p.header.alg, p.signing_input.as_bytes(), &p.signature) {

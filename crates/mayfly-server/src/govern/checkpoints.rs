@@ -46,8 +46,11 @@ impl CheckpointWriter {
             if seq < l.seq {
                 // Events were removed since the last checkpoint: say so loudly. The new
                 // checkpoint records the chain as it is; the earlier ones still show the cut.
-                tracing::error!(head = seq, checkpoint = l.seq,
-                    "the audit chain's head is below its last checkpoint: events were removed from the chain");
+                tracing::error!(
+                    head = seq,
+                    checkpoint = l.seq,
+                    "the audit chain's head is below its last checkpoint: events were removed from the chain"
+                );
             }
             let grown = seq.abs_diff(l.seq) >= self.every_events;
             let waited = now_ms.saturating_sub(l.at_ms) >= self.interval.as_millis() as i64;

@@ -383,7 +383,12 @@ mod tests {
         // The third event edited and everything after it re-hashed: every link holds.
         let mut forged = events[..2].to_vec();
         for (i, e) in events[2..].iter().enumerate() {
-            let ev = AuditEvent { ts_ms: e.ts_ms, kind: e.kind.clone(), subject: e.subject.clone(), detail: serde_json::json!({"i": 100 + i}) };
+            let ev = AuditEvent {
+                ts_ms: e.ts_ms,
+                kind: e.kind.clone(),
+                subject: e.subject.clone(),
+                detail: serde_json::json!({"i": 100 + i}),
+            };
             let prev = forged.last().unwrap();
             forged.push(ChainedAuditEvent::chain(&ev, prev.seq, &prev.hash.clone()));
         }

@@ -284,7 +284,9 @@ pub async fn audit_verify(
     let exported = match (q.seq, q.hash) {
         (None, None) => None,
         (Some(seq), Some(hash))
-            if seq >= 1 && hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
+            if seq >= 1
+                && hash.len() == 64
+                && hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
         {
             Some(Anchor { seq, hash, source: format!("the given checkpoint of event {seq}") })
         }
