@@ -1,6 +1,7 @@
 //! `mayfly`: runs the broker (`mayfly server`) and talks to it.
 #![forbid(unsafe_code)]
 
+mod audit;
 mod client;
 mod databases;
 mod exec;
@@ -52,7 +53,7 @@ enum Command {
     Revoke(ops::RevokeArgs),
     /// List leases (issued credentials) with their state.
     Leases(ops::LeasesArgs),
-    /// Read the audit trail, or verify its hash chain (`audit verify`).
+    /// Read the audit trail, verify its hash chain (`audit verify`), export a signed checkpoint (`audit checkpoint`).
     Audit(ops::AuditArgs),
     /// Database issuers, offline: seal an admin URL for the config.
     #[command(subcommand)]

@@ -1,9 +1,10 @@
 //! Operator commands over the ledger: `revoke`, `leases`, `audit`. They work remotely
 //! (`--url` and an admin token) and on the server's own box (`--config`).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, anyhow};
 use clap::{Args, Subcommand};
 use mayfly_proto::{LiftRequest, RevokeRequest};
 use serde_json::Value;
@@ -302,21 +303,46 @@ pub struct AuditArgs {
     json: bool,
 }
 
-/// `mayfly audit verify`.
+/// `mayfly audit verify`, `mayfly audit checkpoint`.
 #[derive(Subcommand)]
 pub enum AuditCommand {
-    /// Walk the hash chain and name the first broken link. With --config the database
-    /// is read directly (the server need not run).
+    /// Walk the hash chain and name the first broken link; check it against the latest
+    /// stored checkpoints and, with --checkpoint, against one exported earlier. With
+    /// --config the database is read directly (the server need not run).
     Verify {
         #[command(flatten)]
         remote: AdminRemote,
+        /// A checkpoint exported earlier (`mayfly audit checkpoint > cp.jws`, or its --json
+        /// output): its signature must verify with a key of this server (or --jwk), and the
+        /// chain must still hold the event it anchors, with the same hash.
+        #[arg(long, value_name = "FILE")]
+        checkpoint: Option<PathBuf>,
+        /// Public keys to trust for the checkpoint's signature besides the server's: a JWK,
+        /// a JWK Set (e.g. the JWKS saved when the checkpoint was exported), or the --json
+        /// output of `mayfly audit checkpoint`. A key inside the checkpoint file itself is
+        /// never trusted unless given here.
+        #[arg(long, value_name = "FILE", requires = "checkpoint")]
+        jwk: Option<PathBuf>,
+    },
+    /// Print the latest signed checkpoint of the chain's head (a compact JWS), to keep
+    /// where the database's writers cannot reach: `mayfly audit checkpoint > cp.jws`.
+    Checkpoint {
+        #[command(flatten)]
+        remote: AdminRemote,
+        /// Print it as JSON with its claims and the public JWK of the key that signed it.
+        #[arg(long)]
+        json: bool,
     },
 }
 
 impl AuditArgs {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
-        if let Some(AuditCommand::Verify { remote }) = self.command {
-            return verify(remote).await;
+        match self.command {
+            Some(AuditCommand::Verify { remote, checkpoint, jwk }) => {
+                return crate::audit::verify(remote, checkpoint, jwk).await;
+            }
+            Some(AuditCommand::Checkpoint { remote, json }) => return crate::audit::checkpoint(remote, json).await,
+            None => {}
         }
         let remote = self.remote.resolve()?;
         let url = remote.remote.endpoint("/v1/audit");
@@ -349,39 +375,5 @@ impl AuditArgs {
             }
         }
         Ok(ExitCode::SUCCESS)
-    }
-}
-
-async fn verify(remote: AdminRemote) -> anyhow::Result<ExitCode> {
-    let report: Value = if let Some(path) = &remote.config {
-        let mut cfg = mayfly_server::config::Config::load(path)?;
-        let storage = cfg.storage()?;
-        if let mayfly_server::config::Storage::Sqlite(db) = &storage
-            && !db.exists()
-        {
-            bail!("no database at {}", db.display());
-        }
-        // An offline check should fail, not wait forever, when the database is down.
-        if cfg.postgres.start_timeout.is_zero() {
-            cfg.postgres.start_timeout = std::time::Duration::from_secs(10);
-        }
-        let store =
-            mayfly_server::server::open_store(&cfg).await.with_context(|| format!("opening storage {storage:?}"))?;
-        let r = mayfly_server::ledger::audit::verify_chain(store.as_ref()).await?;
-        serde_json::to_value(r)?
-    } else {
-        let url = remote.remote.endpoint("/v1/audit/verify");
-        let req = remote.remote.client()?.get(&url).bearer_auth(remote.token()?);
-        call(req, &url).await?
-    };
-    let checked = report["checked"].as_u64().unwrap_or(0);
-    if report["ok"].as_bool() == Some(true) {
-        println!("audit chain intact: {checked} events verified");
-        Ok(ExitCode::SUCCESS)
-    } else {
-        Err(anyhow!(
-            "audit chain broken after {checked} good events: {}",
-            report["first_break"].as_str().unwrap_or("unknown")
-        ))
     }
 }

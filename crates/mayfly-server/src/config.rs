@@ -92,6 +92,9 @@ pub struct Config {
     /// The revocation feed.
     #[serde(default)]
     pub revocations: RevocationsConfig,
+    /// The audit trail's signed checkpoints.
+    #[serde(default)]
+    pub audit: AuditConfig,
 }
 
 /// The revocation feed's limits.
@@ -111,6 +114,28 @@ fn default_max_streams() -> usize {
 impl Default for RevocationsConfig {
     fn default() -> Self {
         Self { max_streams: default_max_streams() }
+    }
+}
+
+/// Signed checkpoints of the audit chain's head (see `checkpoints`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// A checkpoint once this many events were appended since the last one (default 1000).
+    #[serde(default = "default_checkpoint_events")]
+    pub checkpoint_every_events: u64,
+    /// A checkpoint once this long has passed since the last one, if the chain moved (default 5m).
+    #[serde(default = "five_minutes", with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+}
+
+fn default_checkpoint_events() -> u64 {
+    1000
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self { checkpoint_every_events: default_checkpoint_events(), checkpoint_interval: five_minutes() }
     }
 }
 
@@ -826,6 +851,12 @@ impl Config {
         }
         if self.postgres.max_connections < 2 {
             return bad("postgres.max_connections must be at least 2 (one listens for other replicas)".into());
+        }
+        if self.audit.checkpoint_every_events == 0 {
+            return bad("audit.checkpoint_every_events must be at least 1".into());
+        }
+        if self.audit.checkpoint_interval < Duration::from_millis(100) {
+            return bad("audit.checkpoint_interval must be at least 100ms".into());
         }
         if self.ledger.batch_max == 0 {
             return bad("ledger.batch_max must be at least 1".into());

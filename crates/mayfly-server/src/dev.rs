@@ -123,5 +123,6 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> Result<Config, DevSetupEr
         },
         signals: Default::default(),
         revocations: Default::default(),
+        audit: Default::default(),
     })
 }

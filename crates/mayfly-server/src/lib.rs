@@ -5,13 +5,15 @@
 //! credential, [`ledger`] records it before [`deliver`] hands it out.
 //! [`govern`] revokes and keeps house afterwards; [`verify`] checks Mayfly's own
 //! tokens. [`tasks`] provisions identities that live for one job; [`svids`] serves SPIFFE
-//! SVIDs to local processes (the Workload API). [`broker`] wires the steps together; [`server`] starts everything.
+//! SVIDs to local processes (the Workload API). [`checkpoints`] anchors the audit chain
+//! with signed checkpoints of its head. [`broker`] wires the steps together; [`server`] starts everything.
 #![forbid(unsafe_code)]
 
 pub mod admin_tokens;
 pub mod attest;
 pub mod authorize;
 pub mod broker;
+pub mod checkpoints;
 pub mod clock;
 pub mod config;
 pub mod containment;

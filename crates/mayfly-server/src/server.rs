@@ -384,6 +384,16 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
     ));
     let task_sweep =
         tokio::spawn(crate::govern::tasks::run(broker.clone(), Duration::from_secs(1), leadership.clone()));
+    let checkpoints = tokio::spawn(
+        crate::govern::checkpoints::CheckpointWriter {
+            store: store.clone(),
+            keys: keys.clone(),
+            issuer: url.clone(),
+            every_events: cfg.audit.checkpoint_every_events,
+            interval: cfg.audit.checkpoint_interval,
+        }
+        .run(leadership.clone()),
+    );
     let svid_rotation = tokio::spawn(crate::govern::svids::run(svids, ledger.clone(), kek.clone(), leadership));
     let failure_summaries = tokio::spawn(crate::govern::failures::run(
         broker.clone(),
@@ -414,6 +424,7 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
         stats.abort();
         task_sweep.abort();
         svid_rotation.abort();
+        checkpoints.abort();
         for t in [election, follower].into_iter().flatten() {
             t.abort();
         }

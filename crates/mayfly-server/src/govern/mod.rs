@@ -1,6 +1,7 @@
 //! Governance after issuance: revocation (and its feed), expiry housekeeping, task retirement,
-//! SVID authority rotation.
+//! SVID authority rotation, audit checkpoints.
 
+pub mod checkpoints;
 pub mod failures;
 pub mod replicas;
 pub mod revocations;

@@ -9,7 +9,7 @@ mod ring;
 mod signing;
 
 pub use kek::{Kek, KekSource};
-pub use ring::{KeyRing, KeyRingError};
+pub use ring::{KeyRing, KeyRingError, stored_public_keys};
 pub use signing::{SigningAlg, SigningKey, jwk_thumbprint};
 
 /// Why keys could not be loaded, sealed or used.

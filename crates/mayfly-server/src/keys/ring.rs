@@ -178,6 +178,26 @@ impl KeyRing {
     }
 }
 
+/// The public keys (JWKs with `kid`, `alg`, `use`) of every signing key in storage,
+/// published or not. Retired keys leave the JWKS once their tokens have expired, but
+/// what they signed that lives longer (audit checkpoints) must stay verifiable. The KEK
+/// vouches for them: a row it does not open is skipped (and logged), and if it opens
+/// none of the rows it is the wrong KEK.
+pub async fn stored_public_keys(store: &dyn Store, kek: &Kek) -> Result<Vec<serde_json::Value>, KeyRingError> {
+    let rows = store.signing_keys().await?;
+    let mut keys = Vec::with_capacity(rows.len());
+    for row in &rows {
+        match open_stored_key(kek, row) {
+            Ok(k) => keys.push(k.public_jwk().clone()),
+            Err(e) => tracing::warn!(kid = %row.kid, error = %e, "a stored signing key does not open; ignored"),
+        }
+    }
+    if keys.is_empty() && !rows.is_empty() {
+        return Err(KeyError::WrongKek.into());
+    }
+    Ok(keys)
+}
+
 /// The keys still published at `now` and the active one, reusing keys in `known`;
 /// `None` when no stored key is active.
 fn open_rows(

@@ -157,33 +157,162 @@ impl ChainVerifier {
     }
 }
 
+/// What kind of break a chain report names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakKind {
+    /// An event's hash does not match its contents.
+    Altered,
+    /// An event does not point at its predecessor's hash.
+    Unlinked,
+    /// Sequence numbers skip.
+    Gap,
+    /// The chain ends before an event a checkpoint anchors: its tail was removed.
+    Truncated,
+    /// The event a checkpoint anchors has another hash: the chain was rewritten and re-hashed.
+    Rewritten,
+    /// A stored checkpoint is not one Mayfly signed (forged, or its key is gone).
+    BadCheckpoint,
+}
+
+impl From<&ChainBreak> for BreakKind {
+    fn from(b: &ChainBreak) -> Self {
+        match b {
+            ChainBreak::Altered { .. } => BreakKind::Altered,
+            ChainBreak::Unlinked { .. } => BreakKind::Unlinked,
+            ChainBreak::Gap { .. } => BreakKind::Gap,
+        }
+    }
+}
+
+/// A point the chain must still pass through: event `seq` with hash `hash`, as a
+/// signed checkpoint recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Anchor {
+    /// The event's sequence number.
+    pub seq: i64,
+    /// The hash it had when the checkpoint was signed.
+    pub hash: String,
+    /// Where it comes from, for messages (e.g. "the checkpoint signed at 2026-12-01T10:00:00Z").
+    pub source: String,
+}
+
 /// The result of walking the audit chain.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChainReport {
-    /// Whether every link holds.
+    /// Whether every link holds (and every checkpoint checked matches).
     pub ok: bool,
     /// Events checked.
     pub checked: u64,
     /// The first broken link, when not ok.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_break: Option<String>,
+    /// What kind of break, when not ok.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub break_kind: Option<BreakKind>,
+    /// The last event checked: the chain's head when the walk completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_seq: Option<i64>,
+    /// That event's hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_hash: Option<String>,
+    /// Checkpoints the chain was checked against (stored ones and any given).
+    #[serde(default)]
+    pub checkpoints_checked: u64,
+}
+
+impl ChainReport {
+    /// Marks the report broken, unless an earlier break is already named.
+    pub fn fail(&mut self, kind: BreakKind, message: String) {
+        if self.ok {
+            self.ok = false;
+            self.break_kind = Some(kind);
+            self.first_break = Some(message);
+        }
+    }
 }
 
 /// Walks the whole audit chain and names the first broken link.
 pub async fn verify_chain(store: &dyn super::Store) -> Result<ChainReport, super::LedgerError> {
+    verify_chain_against(store, &[]).await
+}
+
+/// Walks the whole audit chain, names the first broken link, and checks that the chain
+/// still passes through every anchor: an anchor past the head means the tail was cut
+/// off; another hash at an anchor's `seq` means the chain was rewritten and re-hashed
+/// (which the links alone cannot show).
+pub async fn verify_chain_against(
+    store: &dyn super::Store,
+    anchors: &[Anchor],
+) -> Result<ChainReport, super::LedgerError> {
+    let mut anchors: Vec<&Anchor> = anchors.iter().collect();
+    anchors.sort_by_key(|a| a.seq);
+    let mut next_anchor = 0;
+    let mut report = ChainReport {
+        ok: true,
+        checked: 0,
+        first_break: None,
+        break_kind: None,
+        head_seq: None,
+        head_hash: None,
+        checkpoints_checked: 0,
+    };
     let mut v = ChainVerifier::default();
     let mut after = 0;
-    loop {
+    'walk: loop {
         let batch = store.audit_events_after(after, 5000).await?;
         let Some(last) = batch.last() else { break };
         after = last.seq;
         for e in &batch {
             if let Err(b) = v.push(e) {
-                return Ok(ChainReport { ok: false, checked: v.checked, first_break: Some(b.to_string()) });
+                report.fail(BreakKind::from(&b), b.to_string());
+                break 'walk;
+            }
+            while let Some(a) = anchors.get(next_anchor).filter(|a| a.seq <= e.seq) {
+                next_anchor += 1;
+                report.checkpoints_checked += 1;
+                // Events come without gaps (checked above), so an anchor is passed only
+                // at its own event, unless it names no event at all (seq below 1).
+                if a.seq != e.seq || a.hash != e.hash {
+                    report.fail(
+                        BreakKind::Rewritten,
+                        format!(
+                            "event {}: its hash {} is not the {} that {} signed (the chain was rewritten \
+                             and re-hashed from this event or before it)",
+                            a.seq,
+                            short(&e.hash),
+                            short(&a.hash),
+                            a.source
+                        ),
+                    );
+                    break 'walk;
+                }
             }
         }
     }
-    Ok(ChainReport { ok: true, checked: v.checked, first_break: None })
+    report.checked = v.checked;
+    if v.last_seq > 0 {
+        report.head_seq = Some(v.last_seq);
+        report.head_hash = Some(v.last_hash.clone());
+    }
+    if report.ok
+        && let Some(a) = anchors.get(next_anchor)
+    {
+        report.checkpoints_checked += 1;
+        report.fail(
+            BreakKind::Truncated,
+            format!(
+                "the chain ends at event {} but {} anchors event {} (events were removed from the end of the chain)",
+                v.last_seq, a.source, a.seq
+            ),
+        );
+    }
+    Ok(report)
+}
+
+/// The first 16 hex digits of a hash: enough to tell two apart in a message.
+fn short(hash: &str) -> &str {
+    hash.get(..16).unwrap_or(hash)
 }
 
 #[cfg(test)]
@@ -222,5 +351,53 @@ mod tests {
         let mut v = ChainVerifier::default();
         let err = events.iter().try_for_each(|e| v.push(e)).unwrap_err();
         assert_eq!(err, ChainBreak::Gap { seq: 3, expected: 2 });
+    }
+
+    async fn store_with(events: &[ChainedAuditEvent]) -> crate::ledger::sqlite::SqliteStore {
+        use crate::ledger::Store;
+        let store = crate::ledger::sqlite::SqliteStore::in_memory().await.unwrap();
+        let mut batch = crate::ledger::StoredBatch { events: events.to_vec(), ..Default::default() };
+        store.append(&mut batch).await.unwrap();
+        store
+    }
+
+    fn anchor(e: &ChainedAuditEvent) -> Anchor {
+        Anchor { seq: e.seq, hash: e.hash.clone(), source: "the test checkpoint".into() }
+    }
+
+    #[tokio::test]
+    async fn anchors_catch_a_cut_tail_and_a_rehashed_chain() {
+        let events = chain(6);
+        let store = store_with(&events).await;
+        let r = verify_chain_against(&store, &[anchor(&events[3]), anchor(&events[5])]).await.unwrap();
+        assert!(r.ok, "{r:?}");
+        assert_eq!((r.checked, r.checkpoints_checked, r.head_seq), (6, 2, Some(6)));
+
+        // The tail cut off: the first four events alone, against a checkpoint of the sixth.
+        let store = store_with(&events[..4]).await;
+        let r = verify_chain_against(&store, &[anchor(&events[5])]).await.unwrap();
+        assert_eq!(r.break_kind, Some(BreakKind::Truncated), "{r:?}");
+        assert!(r.first_break.unwrap().contains("ends at event 4"));
+        assert!(verify_chain(&store).await.unwrap().ok, "the links alone cannot tell");
+
+        // The third event edited and everything after it re-hashed: every link holds.
+        let mut forged = events[..2].to_vec();
+        for (i, e) in events[2..].iter().enumerate() {
+            let ev = AuditEvent {
+                ts_ms: e.ts_ms,
+                kind: e.kind.clone(),
+                subject: e.subject.clone(),
+                detail: serde_json::json!({"i": 100 + i}),
+            };
+            let prev = forged.last().unwrap();
+            forged.push(ChainedAuditEvent::chain(&ev, prev.seq, &prev.hash.clone()));
+        }
+        let store = store_with(&forged).await;
+        assert!(verify_chain(&store).await.unwrap().ok, "the links alone cannot tell");
+        let r = verify_chain_against(&store, &[anchor(&events[4])]).await.unwrap();
+        assert_eq!(r.break_kind, Some(BreakKind::Rewritten), "{r:?}");
+        assert!(r.first_break.unwrap().starts_with("event 5:"));
+        // An anchor before the edit still holds.
+        assert!(verify_chain_against(&store, &[anchor(&events[1])]).await.unwrap().ok);
     }
 }

@@ -123,6 +123,22 @@ pub struct StoredSubjectContext {
     pub expires_at: i64,
 }
 
+/// A signed checkpoint of the audit chain's head, as stored. The JWS is the checkpoint;
+/// `seq`, `hash` and `kid` repeat what it says, for lookups, and are never trusted alone.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct StoredCheckpoint {
+    /// The sequence number of the event it anchors.
+    pub seq: i64,
+    /// That event's hash.
+    pub hash: String,
+    /// When it was signed (Unix seconds; its `iat`).
+    pub created_at: i64,
+    /// The signing key's id.
+    pub kid: String,
+    /// The compact JWS (`typ: mayfly-audit-checkpoint+jwt`).
+    pub jws: String,
+}
+
 /// A one-time join token as stored (hash only).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct JoinTokenRow {
@@ -711,6 +727,12 @@ pub trait Store: Send + Sync + 'static {
     async fn audit_query(&self, filter: &AuditFilter) -> Result<Vec<ChainedAuditEvent>, LedgerError>;
     /// Audit events with `seq > after`, in order, at most `limit`.
     async fn audit_events_after(&self, after: i64, limit: i64) -> Result<Vec<ChainedAuditEvent>, LedgerError>;
+    /// Stores a signed checkpoint of the audit chain; false when one for that `seq` exists.
+    async fn insert_audit_checkpoint(&self, checkpoint: &StoredCheckpoint) -> Result<bool, LedgerError>;
+    /// Checkpoints with `seq > after`, in order, at most `limit`.
+    async fn audit_checkpoints_after(&self, after: i64, limit: i64) -> Result<Vec<StoredCheckpoint>, LedgerError>;
+    /// The `limit` checkpoints with the highest `seq`, highest first.
+    async fn latest_audit_checkpoints(&self, limit: i64) -> Result<Vec<StoredCheckpoint>, LedgerError>;
     /// A credential record by `jti`.
     async fn credential(&self, jti: &str) -> Result<Option<CredentialRecord>, LedgerError>;
     /// Counts one use of a limited-use credential; false when its uses are spent (or it has no limit).

@@ -454,6 +454,46 @@ macro_rules! portable_store {
                     .await?)
             }
 
+            async fn insert_audit_checkpoint(
+                &self,
+                c: &$crate::ledger::StoredCheckpoint,
+            ) -> Result<bool, $crate::ledger::LedgerError> {
+                let res = sqlx::query(
+                    "INSERT INTO audit_checkpoints (seq, hash, created_at, kid, jws) VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (seq) DO NOTHING",
+                )
+                .bind(c.seq)
+                .bind(&c.hash)
+                .bind(c.created_at)
+                .bind(&c.kid)
+                .bind(&c.jws)
+                .execute(&self.pool)
+                .await?;
+                Ok(res.rows_affected() == 1)
+            }
+
+            async fn audit_checkpoints_after(
+                &self,
+                after: i64,
+                limit: i64,
+            ) -> Result<Vec<$crate::ledger::StoredCheckpoint>, $crate::ledger::LedgerError> {
+                Ok(sqlx::query_as("SELECT * FROM audit_checkpoints WHERE seq > $1 ORDER BY seq LIMIT $2")
+                    .bind(after)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?)
+            }
+
+            async fn latest_audit_checkpoints(
+                &self,
+                limit: i64,
+            ) -> Result<Vec<$crate::ledger::StoredCheckpoint>, $crate::ledger::LedgerError> {
+                Ok(sqlx::query_as("SELECT * FROM audit_checkpoints ORDER BY seq DESC LIMIT $1")
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?)
+            }
+
             async fn revocations_after(
                 &self,
                 after: i64,

@@ -1,6 +1,7 @@
 //! The HTTP API: OAuth token exchange, discovery, admin endpoints, health.
 
 mod admin;
+mod checkpoints;
 mod credentials;
 mod discovery;
 pub mod error;
@@ -116,6 +117,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/leases", get(records::leases))
         .route("/v1/audit", get(records::audit))
         .route("/v1/audit/verify", get(records::audit_verify))
+        .route("/v1/audit/checkpoints", get(checkpoints::list))
+        .route("/v1/audit/checkpoints/latest", get(checkpoints::latest))
+        .route("/v1/audit/keys", get(checkpoints::keys))
         .route("/metrics", get(metrics::render))
         .route("/v1/openapi.json", get(openapi::document))
         .route("/.well-known/jwks.json", get(discovery::jwks))

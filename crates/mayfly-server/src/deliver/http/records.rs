@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 
 use super::admin::json_body;
 use super::{ApiError, AppState, require_admin};
-use crate::ledger::audit::{ChainReport, verify_chain};
+use crate::ledger::audit::{Anchor, ChainReport};
 use crate::ledger::revocation::CredentialFacts;
 use crate::ledger::{AuditFilter, CredentialFilter, Revocation};
 
@@ -277,13 +277,51 @@ pub async fn audit(
     ))
 }
 
-/// Verifies the audit chain.
+/// What to check the chain against besides the stored checkpoints.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct VerifyQuery {
+    /// With `hash`: the chain must still hold event `seq` with this hash (an exported checkpoint's claims).
+    seq: Option<i64>,
+    /// The hash event `seq` must have (64 hex digits).
+    hash: Option<String>,
+}
+
+/// Verifies the audit chain: every link, and the latest stored checkpoints (their
+/// signatures, and that the chain still passes through the events they anchor); with
+/// `seq` and `hash`, an exported checkpoint too.
 #[utoipa::path(
-    get, path = "/v1/audit/verify", tag = "ledger", security(("admin_token" = [])),
-    responses((status = 200, description = "The chain report", body = ChainReport))
+    get, path = "/v1/audit/verify", tag = "ledger", security(("admin_token" = [])), params(VerifyQuery),
+    responses(
+        (status = 200, description = "The chain report", body = ChainReport),
+        (status = 400, description = "seq without hash, or a malformed one", body = mayfly_proto::Problem, content_type = "application/problem+json"),
+    )
 )]
-pub async fn audit_verify(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<ChainReport>, ApiError> {
+pub async fn audit_verify(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<VerifyQuery>, QueryRejection>,
+) -> Result<Json<ChainReport>, ApiError> {
     require_admin(&state, &headers).await?;
-    let report = verify_chain(state.store.as_ref()).await.map_err(ApiError::storage)?;
+    let q = super::read_query(query)?;
+    let exported = match (q.seq, q.hash) {
+        (None, None) => None,
+        (Some(seq), Some(hash))
+            if seq >= 1
+                && hash.len() == 64
+                && hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
+        {
+            Some(Anchor { seq, hash, source: format!("the given checkpoint of event {seq}") })
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid-request",
+                "seq (1 or more) and hash (64 lowercase hex digits) go together",
+            ));
+        }
+    };
+    let keys = super::checkpoints::stored_keys(&state).await?;
+    let report = crate::checkpoints::verify_chain(state.store.as_ref(), Some(&keys), exported)
+        .await
+        .map_err(ApiError::storage)?;
     Ok(Json(report))
 }

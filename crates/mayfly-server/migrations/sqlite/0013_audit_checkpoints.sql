@@ -1,0 +1,19 @@
+-- Signed checkpoints of the audit chain's head: the leader signs (seq, hash) of the last
+-- event every N events or T seconds, with Mayfly's own signing key, as a compact JWS
+-- (`typ: mayfly-audit-checkpoint+jwt`). The JWS is the checkpoint; the other columns
+-- repeat its claims for lookups and are never trusted on their own. Writing one is not
+-- an audit event (it would move the head it anchors).
+CREATE TABLE audit_checkpoints (
+    seq        INTEGER PRIMARY KEY,
+    hash       TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    kid        TEXT NOT NULL,
+    jws        TEXT NOT NULL
+);
+
+-- Append-only, as the chain it anchors: an accident cannot rewrite one (an attacker who
+-- can drop triggers can, which is why operators keep exported checkpoints elsewhere).
+CREATE TRIGGER audit_checkpoints_no_update BEFORE UPDATE ON audit_checkpoints
+BEGIN SELECT RAISE(ABORT, 'audit_checkpoints is append-only'); END;
+CREATE TRIGGER audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
+BEGIN SELECT RAISE(ABORT, 'audit_checkpoints is append-only'); END;
