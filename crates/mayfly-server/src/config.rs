@@ -445,6 +445,63 @@ pub struct ListenConfig {
     /// Serve plain HTTP on a non-loopback address. Tokens then cross the network in clear text.
     #[serde(default)]
     pub dangerously_allow_plaintext: bool,
+    /// A connection must complete its TLS handshake, and then send a whole request head, within
+    /// this time each (default 10s); an HTTP/1 keep-alive connection waits this long for its next head.
+    #[serde(default = "ten_seconds", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A connection with no request in progress and no byte moving either way for this long is
+    /// closed (default 60s). A streaming response (the revocation stream) is cut only after
+    /// nothing moved for this or 60s, whichever is longer.
+    #[serde(default = "sixty_seconds", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Longest time from a complete request head to the response head, reading the body
+    /// included (default 30s); the client then gets 408. Streaming bodies are not cut by it.
+    #[serde(default = "thirty_seconds", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Most connections served at once (default 4096); further ones wait in the kernel's accept queue.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Largest request head (request line and header fields) in bytes, HTTP/1 and HTTP/2
+    /// (default 32768: room for a 16 KiB bearer token or DPoP proof; 8192 to 1048576).
+    /// Larger heads get 431 (HTTP/2 may reset the connection instead).
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Most header fields in one request, HTTP/1 and HTTP/2 (default 100). More get 431.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+}
+
+impl ListenConfig {
+    /// Plain HTTP on `addr` with every limit at its default.
+    pub fn plain(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            tls_cert: None,
+            tls_key: None,
+            client_ca: None,
+            require_client_cert: false,
+            dangerously_allow_plaintext: false,
+            header_read_timeout: ten_seconds(),
+            idle_timeout: sixty_seconds(),
+            request_timeout: thirty_seconds(),
+            max_connections: default_max_connections(),
+            max_header_bytes: default_max_header_bytes(),
+            max_headers: default_max_headers(),
+        }
+    }
+}
+
+fn ten_seconds() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_connections() -> usize {
+    4096
+}
+fn default_max_header_bytes() -> usize {
+    32 * 1024
+}
+fn default_max_headers() -> usize {
+    100
 }
 
 /// Signing-key settings.
@@ -613,10 +670,6 @@ pub struct LedgerConfig {
     /// summary per source and reason every this often (default 10s), not one event each.
     #[serde(default = "ten_seconds", with = "humantime_serde")]
     pub refusal_summary_interval: Duration,
-}
-
-fn ten_seconds() -> Duration {
-    Duration::from_secs(10)
 }
 
 fn default_sync() -> String {
@@ -860,6 +913,27 @@ impl Config {
         }
         if self.ledger.batch_max == 0 {
             return bad("ledger.batch_max must be at least 1".into());
+        }
+        let l = &self.listen;
+        let hour = Duration::from_secs(3600);
+        for (name, d) in [
+            ("header_read_timeout", l.header_read_timeout),
+            ("idle_timeout", l.idle_timeout),
+            ("request_timeout", l.request_timeout),
+        ] {
+            if d < Duration::from_millis(100) || d > hour {
+                return bad(format!("listen.{name} is between 100ms and 1h"));
+            }
+        }
+        if !(1..=1 << 20).contains(&l.max_connections) {
+            return bad("listen.max_connections is between 1 and 1048576".into());
+        }
+        // hyper refuses (panics on) an HTTP/1 buffer below 8 KiB.
+        if !(8 * 1024..=1 << 20).contains(&l.max_header_bytes) {
+            return bad("listen.max_header_bytes is between 8192 and 1048576".into());
+        }
+        if !(8..=1000).contains(&l.max_headers) {
+            return bad("listen.max_headers is between 8 and 1000".into());
         }
         if self.listen.tls_cert.is_some() != self.listen.tls_key.is_some() {
             return bad("listen.tls_cert and listen.tls_key go together".into());

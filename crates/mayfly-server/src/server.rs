@@ -410,8 +410,9 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
     let (tx, rx) = oneshot::channel::<()>();
     let app = router(state);
     let flushing = broker.clone();
+    let limits = listener::Limits::from(&cfg.listen);
     let task = tokio::spawn(async move {
-        listener::serve(tcp, tls, app, async {
+        listener::serve(tcp, tls, app, limits, async {
             let _ = rx.await;
             let _ = stopping_tx.send(true);
         })

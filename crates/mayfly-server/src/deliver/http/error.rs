@@ -60,6 +60,12 @@ pub enum ApiError {
     /// The server cannot serve now (storage down, shutting down).
     #[error("{0}")]
     Unavailable(String),
+    /// The request (its body included) was not answered within `listen.request_timeout`.
+    #[error("the request was not completed within {0:?}")]
+    RequestTimeout(std::time::Duration),
+    /// More header fields than `listen.max_headers` allows.
+    #[error("the request has more than {0} header fields")]
+    HeaderFieldsTooLarge(usize),
 }
 
 impl ApiError {
@@ -173,6 +179,10 @@ impl ApiError {
             }
             ApiError::Dpop(e) => (S::BAD_REQUEST, "invalid-dpop-proof", "Invalid DPoP proof", Some(e.error_code())),
             ApiError::Unavailable(_) => (S::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", None),
+            ApiError::RequestTimeout(_) => (S::REQUEST_TIMEOUT, "request-timeout", "Request timeout", None),
+            ApiError::HeaderFieldsTooLarge(_) => {
+                (S::REQUEST_HEADER_FIELDS_TOO_LARGE, "header-fields-too-large", "Request header fields too large", None)
+            }
         }
     }
 }
