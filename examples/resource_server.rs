@@ -12,7 +12,7 @@
 //! curl -H "Authorization: Bearer $TOKEN" http://127.0.0.1:8280/hello
 //! ```
 //! `MAYFLY_VERIFIER_TOKEN` may also be a Mayfly token for the audience
-//! `urn:mayfly:introspect` (resource servers are workloads too).
+//! `urn:mayfly:introspect:<this server's audience>` (resource servers are workloads too).
 
 use axum::Extension;
 use axum::routing::get;

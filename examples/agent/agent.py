@@ -14,7 +14,7 @@ Standard library only. Run it against a dev server (`mayfly server --dev`):
 
     MAYFLY_URL=http://127.0.0.1:8270 \
     MAYFLY_JOIN_TOKEN=<a join token> \
-    MAYFLY_VERIFIER_TOKEN=<the admin token, or a token for urn:mayfly:introspect> \
+    MAYFLY_VERIFIER_TOKEN=<the admin token, or a token for urn:mayfly:introspect:<the tool's audience>> \
     python3 examples/agent/agent.py
 
 In a real deployment the agent's evidence would be its platform identity token

@@ -93,7 +93,7 @@ impl DbServer {
     fn start(prefix: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        std::fs::write(d.join("kek"), "4b".repeat(32)).unwrap();
+        mayfly_server::fsutil::write_private(&d.join("kek"), "4b".repeat(32).as_bytes()).unwrap();
         std::fs::create_dir_all(d.join("policies")).unwrap();
         std::fs::write(
             d.join("policies/db.cedar"),

@@ -42,7 +42,7 @@ impl Server {
 fn write_config(dir: &Path) -> PathBuf {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     std::fs::create_dir_all(dir.join("policies")).unwrap();
-    std::fs::write(dir.join("kek"), "42".repeat(32)).unwrap();
+    mayfly_server::fsutil::write_private(&dir.join("kek"), "42".repeat(32).as_bytes()).unwrap();
     let path = dir.join("mayfly.toml");
     std::fs::write(
         &path,

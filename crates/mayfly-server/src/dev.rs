@@ -43,6 +43,19 @@ when {
   (!resource.scopes.contains("admin") || context.approved)
 };
 
+// A dev task may act for people (on_behalf_of "user:…") without their proof. A
+// workload of the trust domain is acted for only with its own token (actor_token).
+@id("dev-act-for-users")
+permit (
+  principal,
+  action == Mayfly::Action::"act_for",
+  resource
+)
+when {
+  principal.trust_domain == "dev.mayfly.local" &&
+  resource.name like "user:*"
+};
+
 // Local processes with a registration entry (`mayfly entries create`) may fetch
 // X.509- and JWT-SVIDs from the Workload API socket, for at most a day.
 @id("dev-fetch-svid")

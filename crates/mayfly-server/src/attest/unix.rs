@@ -1,7 +1,16 @@
 //! Unix workload attestation for the Workload API socket: the kernel tells us the
-//! caller's pid, uid and gid (`SO_PEERCRED`); `/proc/<pid>` adds its executable's
+//! caller's pid, uid and gid (`SO_PEERCRED`) and, where it can (Linux 6.5+), a pidfd of
+//! the very process that connected (`SO_PEERPIDFD`); `/proc/<pid>` adds its executable's
 //! path and SHA-256. As SPIRE's unix attestor does, selectors are strings such as
 //! `unix:uid:1000` or `unix:sha256:<hex>`.
+//!
+//! What these prove, and what they do not: the uid and gid are the kernel's, at connect
+//! time. The pidfd (or, without one, the process's start time) makes sure the pid still
+//! names the process that connected, not another one that got its pid. `unix:path` and
+//! `unix:sha256` describe the program that process runs *when it is attested*: a process
+//! that connected and then `exec`ed another program is attested as the program it became
+//! (the pid, pidfd and start time survive `exec`; SPIRE has the same limit). Long-lived
+//! streams are re-checked (`still_the_same`), so a change of program or user ends them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read;
@@ -15,7 +24,7 @@ const HASH_CACHE_CAPACITY: usize = 1024;
 type FileVersion = (u64, u64, u64, i128, i128);
 
 /// What the kernel reports about the peer of a unix socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerCredentials {
     /// Process id (0 when the kernel did not report one).
     pub pid: i32,
@@ -23,6 +32,17 @@ pub struct PeerCredentials {
     pub uid: u32,
     /// Effective group id.
     pub gid: u32,
+    /// A pidfd of the process that connected (`SO_PEERPIDFD`), where the kernel gives one:
+    /// it names that process only, whatever becomes of its pid.
+    pub pidfd: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
+}
+
+/// The pid a pidfd names now: `None` once that process has exited (or if unreadable).
+fn pidfd_pid(fd: &std::os::fd::OwnedFd) -> Option<i32> {
+    use std::os::fd::AsRawFd;
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
+    let pid: i32 = info.lines().find_map(|l| l.strip_prefix("Pid:"))?.trim().parse().ok()?;
+    (pid > 0).then_some(pid)
 }
 
 /// A local process, attested.
@@ -101,12 +121,18 @@ impl UnixAttestor {
             return Err(UnixAttestError::NoPeerProcess);
         }
         let pid = peer.pid;
-        // The start time pins the process: if it differs afterwards, the pid now names another process.
+        // The process that connected, by its pidfd when the kernel gave one: it must be
+        // alive and still hold this pid before /proc/<pid> is read, and after.
+        let same_process = || peer.pidfd.as_deref().is_none_or(|fd| pidfd_pid(fd) == Some(pid));
+        if !same_process() {
+            return Err(UnixAttestError::ProcessGone(pid));
+        }
+        // The start time pins the process too: if it differs afterwards, the pid now names another process.
         let started = start_time(pid).ok_or(UnixAttestError::ProcessGone(pid))?;
         let exe = format!("/proc/{pid}/exe");
         let path = std::fs::read_link(&exe).ok().map(|p| p.to_string_lossy().into_owned());
         let sha256 = if hash { path.as_ref().and_then(|_| self.hash_executable(&exe)) } else { None };
-        if start_time(pid) != Some(started) {
+        if start_time(pid) != Some(started) || !same_process() {
             return Err(UnixAttestError::ProcessGone(pid));
         }
         Ok(UnixWorkload {
@@ -220,8 +246,9 @@ mod tests {
             pid: std::process::id() as i32,
             uid: nix::unistd::geteuid().as_raw(),
             gid: nix::unistd::getegid().as_raw(),
+            pidfd: None,
         };
-        let w = UnixAttestor::new(1 << 40).attest(me, true).unwrap();
+        let w = UnixAttestor::new(1 << 40).attest(me.clone(), true).unwrap();
         assert!(still_running(w.pid, w.started));
         assert!(!still_running(w.pid, w.started + 1));
         let exe = std::env::current_exe().unwrap();
@@ -244,15 +271,15 @@ mod tests {
 
     #[test]
     fn large_executables_are_not_hashed_and_gone_processes_are_refused() {
-        let me = PeerCredentials { pid: std::process::id() as i32, uid: 0, gid: 0 };
+        let me = PeerCredentials { pid: std::process::id() as i32, uid: 0, gid: 0, pidfd: None };
         let w = UnixAttestor::new(16).attest(me, true).unwrap();
         assert!(w.path.is_some());
         assert_eq!(w.sha256, None);
-        let gone = PeerCredentials { pid: i32::MAX - 7, uid: 0, gid: 0 };
+        let gone = PeerCredentials { pid: i32::MAX - 7, uid: 0, gid: 0, pidfd: None };
         assert!(matches!(UnixAttestor::new(16).attest(gone, true), Err(UnixAttestError::ProcessGone(_))));
         assert_eq!(UnixAttestor::new(1 << 40).attest(me, false).unwrap().sha256, None, "hashed only when asked");
         assert!(matches!(
-            UnixAttestor::new(16).attest(PeerCredentials { pid: 0, uid: 0, gid: 0 }, true),
+            UnixAttestor::new(16).attest(PeerCredentials { pid: 0, uid: 0, gid: 0, pidfd: None }, true),
             Err(UnixAttestError::NoPeerProcess)
         ));
     }

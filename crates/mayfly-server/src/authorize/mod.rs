@@ -470,7 +470,8 @@ impl PolicyEngine {
             self.decide(|| {
                 let (principal, mut entities) = self.principal(principal)?;
                 let resource = EntityUid::from_type_name_and_id(self.subject_type.clone(), EntityId::new(req.subject));
-                entities.push(Entity::new_no_attrs(resource.clone(), Default::default()));
+                let attrs = [("name".to_owned(), string(req.subject))].into_iter().collect();
+                entities.push(Entity::new(resource.clone(), attrs, Default::default()).map_err(|e| e.to_string())?);
                 let context = context([
                     ("scopes", texts(req.scopes.iter().map(String::as_str))),
                     ("ttl_seconds", long(req.ttl_seconds)),

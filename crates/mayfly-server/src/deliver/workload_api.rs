@@ -15,7 +15,6 @@ use mayfly_proto::workload::{
 };
 use tokio::sync::{broadcast, watch};
 use tokio_stream::Stream;
-use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
 use crate::attest::unix::{PeerCredentials, UnixWorkload};
@@ -79,7 +78,9 @@ pub fn serve(
     }
     let service = SpiffeWorkloadApiServer::new(WorkloadApiService { broker, stopping: stopping.clone() })
         .max_decoding_message_size(MAX_REQUEST_BYTES);
-    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::UnixListenerStream::new(listener), |conn| {
+        conn.map(PeerStream::new)
+    });
     let socket: PathBuf = path.to_owned();
     let bound = file_identity(path);
     let mut stop = stopping;
@@ -117,12 +118,81 @@ fn check_metadata<T>(req: &Request<T>) -> Result<(), Status> {
 }
 
 fn peer_of<T>(req: &Request<T>) -> Result<PeerCredentials, Status> {
-    let cred = req
-        .extensions()
-        .get::<UdsConnectInfo>()
-        .and_then(|i| i.peer_cred)
+    let info = req.extensions().get::<PeerConnectInfo>();
+    let cred = info
+        .and_then(|i| i.cred)
         .ok_or_else(|| Status::permission_denied("the caller's process could not be identified"))?;
-    Ok(PeerCredentials { pid: cred.pid().unwrap_or(0), uid: cred.uid(), gid: cred.gid() })
+    Ok(PeerCredentials {
+        pid: cred.pid().unwrap_or(0),
+        uid: cred.uid(),
+        gid: cred.gid(),
+        pidfd: info.and_then(|i| i.pidfd.clone()),
+    })
+}
+
+/// A Workload API connection, with what the kernel said of its peer when it connected:
+/// its credentials (`SO_PEERCRED`) and, where the kernel has it (Linux 6.5+), a pidfd of
+/// the very process that connected (`SO_PEERPIDFD`).
+struct PeerStream {
+    inner: tokio::net::UnixStream,
+    info: PeerConnectInfo,
+}
+
+/// What [`PeerStream`] hands to each request.
+#[derive(Debug, Clone)]
+struct PeerConnectInfo {
+    cred: Option<tokio::net::unix::UCred>,
+    pidfd: Option<Arc<std::os::fd::OwnedFd>>,
+}
+
+impl PeerStream {
+    fn new(inner: tokio::net::UnixStream) -> Self {
+        let pidfd = nix::sys::socket::getsockopt(&inner, nix::sys::socket::sockopt::PeerPidfd).ok().map(Arc::new);
+        let info = PeerConnectInfo { cred: inner.peer_cred().ok(), pidfd };
+        Self { inner, info }
+    }
+}
+
+impl tonic::transport::server::Connected for PeerStream {
+    type ConnectInfo = PeerConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.info.clone()
+    }
+}
+
+impl tokio::io::AsyncRead for PeerStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for PeerStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// The one mapping from broker errors to gRPC status codes.
@@ -161,7 +231,7 @@ impl WorkloadApiService {
     /// Attests the caller (the security header already checked).
     async fn attest_caller<T>(&self, req: &Request<T>) -> Result<(PeerCredentials, UnixWorkload), Status> {
         let peer = peer_of(req)?;
-        let w = self.broker.attest_local(peer).await.map_err(status)?;
+        let w = self.broker.attest_local(peer.clone()).await.map_err(status)?;
         Ok((peer, w))
     }
 
@@ -292,7 +362,7 @@ impl SpiffeWorkloadApi for WorkloadApiService {
                     break;
                 }
                 if w.sha256.is_none() && this.broker.entries().uses_selector("sha256") {
-                    match this.broker.attest_local(peer).await {
+                    match this.broker.attest_local(peer.clone()).await {
                         Ok(again) if again.started == w.started => w = again,
                         Ok(_) => { yield Err(Status::permission_denied("the calling process has exited")); break; }
                         Err(e) => { yield Err(status(e)); break; }

@@ -64,7 +64,7 @@ impl FailureTally {
             })
             .collect();
         // A stable order keeps the trail readable.
-        events.sort_by(|a, b| a.detail.to_string().cmp(&b.detail.to_string()));
+        events.sort_by_key(|e| e.detail.to_string());
         events
     }
 }
