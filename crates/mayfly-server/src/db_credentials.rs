@@ -61,6 +61,18 @@ fn backoff(attempts: i64) -> i64 {
 }
 
 impl Broker {
+    /// Which revocation in force covers a lease, if any (its users are credentials too).
+    fn lease_revoked_by(&self, lease: &DbLease) -> Option<crate::ledger::RevocationKind> {
+        let audience = lease_audience(lease);
+        self.revocations.revoked_by(&CredentialFacts {
+            jti: &lease.id,
+            subject: &lease.subject,
+            audience: &audience,
+            task_id: lease.task_id.as_deref(),
+            issued_at: lease.created_at,
+        })
+    }
+
     fn database(&self, name: &str) -> Result<Arc<Database>, BrokerError> {
         self.databases.get(name).cloned().ok_or_else(|| BrokerError::NotFound(format!("no database is named {name:?}")))
     }
@@ -236,15 +248,7 @@ impl Broker {
         }
         // A revocation that covers the lease (its subject, task, audience, …) ends it; the
         // reaper drops the user soon, and a renewal meanwhile must not keep it alive.
-        let audience = lease_audience(&lease);
-        let facts = CredentialFacts {
-            jti: &lease.id,
-            subject: &lease.subject,
-            audience: &audience,
-            task_id: lease.task_id.as_deref(),
-            issued_at: lease.created_at,
-        };
-        if let Some(kind) = self.revocations.revoked_by(&facts) {
+        if let Some(kind) = self.lease_revoked_by(&lease) {
             let detail = json!({"lease_id": lease.id, "database": lease.issuer, "role": lease.role,
                                 "reason": format!("revoked ({})", kind.as_str()),
                                 "source_ip": source_ip.to_string()});
@@ -393,18 +397,10 @@ impl Broker {
         let mut waiting = 0;
         for mut lease in open {
             if lease.state == DbLeaseState::Active {
-                let audience = lease_audience(&lease);
-                let facts = CredentialFacts {
-                    jti: &lease.id,
-                    subject: &lease.subject,
-                    audience: &audience,
-                    task_id: lease.task_id.as_deref(),
-                    issued_at: lease.created_at,
-                };
                 let reason = if lease.expires_at <= now {
                     Some("expired".to_owned())
                 } else {
-                    self.revocations.revoked_by(&facts).map(|k| format!("revoked ({})", k.as_str()))
+                    self.lease_revoked_by(&lease).map(|k| format!("revoked ({})", k.as_str()))
                 };
                 let Some(reason) = reason else { continue };
                 lease.state = DbLeaseState::Revoking;

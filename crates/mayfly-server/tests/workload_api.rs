@@ -180,6 +180,19 @@ async fn no_entry_no_identity_and_deleting_or_revoking_removes_it_from_the_strea
     let ended = tokio::time::timeout(Duration::from_secs(2), stream.next()).await.expect("pushed at once");
     assert!(matches!(ended, Some(Err(_))), "{ended:?}");
     assert!(client.fetch_x509_svid().await.is_err(), "not re-issued while the revocation stands");
+    // A block keeps it away too; lifting serves the identity again (a new SVID: the old ones stay revoked).
+    let resp = s.admin_post("/v1/revocations", Some(json!({"subject": id, "block": true}))).await;
+    assert_eq!(resp.status(), 201);
+    assert!(client.fetch_x509_svid().await.is_err(), "not issued while blocked");
+    let resp = s.admin_post("/v1/revocations/lift", Some(json!({"subject": id}))).await;
+    let lifted_at = resp.json::<Value>().await.unwrap()["issued_before"].as_i64().unwrap();
+    // Whole seconds: what is minted in the second of the lift is still covered.
+    while mayfly_server::clock::now_unix() <= lifted_at {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let again = client.fetch_x509_svid().await.expect("served again after the lift");
+    assert_eq!(again.spiffe_id().to_string(), id);
+    assert_ne!(hex::encode(parse(again.leaf().as_bytes()).raw_serial()), serial);
     s.stop().await;
 }
 

@@ -161,6 +161,19 @@ impl RevocationIndex {
             .then_some(RevocationKind::SubjectPrefix)
     }
 
+    /// Whether a revocation of exactly this selector is in force and not lifted since.
+    pub fn in_force(&self, kind: RevocationKind, value: &str) -> bool {
+        let live = |r: Option<&Reach>| r.is_some_and(|r| !r.lifted);
+        match kind {
+            RevocationKind::Jti => self.jti.contains_key(value),
+            RevocationKind::Subject => live(self.subject.get(value)),
+            RevocationKind::SubjectPrefix => live(self.prefixes.iter().find(|(p, _)| p == value).map(|(_, r)| r)),
+            RevocationKind::Audience => live(self.audience.get(value)),
+            RevocationKind::Task => live(self.task.get(value)),
+            RevocationKind::IssuedBefore => live(self.issued_before.as_ref()),
+        }
+    }
+
     /// Whether no revocation is in force.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

@@ -24,7 +24,7 @@ const HASH_CACHE_CAPACITY: usize = 1024;
 type FileVersion = (u64, u64, u64, i128, i128);
 
 /// What the kernel reports about the peer of a unix socket.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct PeerCredentials {
     /// Process id (0 when the kernel did not report one).
     pub pid: i32,
@@ -272,7 +272,7 @@ mod tests {
     #[test]
     fn large_executables_are_not_hashed_and_gone_processes_are_refused() {
         let me = PeerCredentials { pid: std::process::id() as i32, uid: 0, gid: 0, pidfd: None };
-        let w = UnixAttestor::new(16).attest(me, true).unwrap();
+        let w = UnixAttestor::new(16).attest(me.clone(), true).unwrap();
         assert!(w.path.is_some());
         assert_eq!(w.sha256, None);
         let gone = PeerCredentials { pid: i32::MAX - 7, uid: 0, gid: 0, pidfd: None };

@@ -289,7 +289,9 @@ impl Revocations {
     }
 
     /// Ends the blocks on one selector now: new issuance resumes, and what the blocks and
-    /// earlier revocations covered (everything issued until now) stays revoked. Audited.
+    /// earlier revocations covered (everything issued until now) stays revoked. A subject
+    /// revocation without a block can be lifted too: Workload API identities, which it
+    /// keeps from being re-issued, are served again. Audited.
     pub async fn lift(&self, req: &LiftRequest, actor: &str) -> Result<Revocation, RevokeError> {
         let named = [req.subject.is_some(), req.subject_prefix.is_some(), req.audience.is_some(), req.all];
         if named.iter().filter(|n| **n).count() != 1 {
@@ -312,19 +314,11 @@ impl Revocations {
         // Stored blocks first: a lift recorded without this would leave a block in storage
         // that returns once the lift's own entry is dropped. Retrying a failed lift is safe.
         let lifted = self.store().lift_blocks(kind, &value, now, keep_until).await?;
-        let blocked = {
-            let idx = self.read();
-            let probe =
-                CredentialFacts { jti: "", subject: &value, audience: &value, task_id: None, issued_at: now + 1 };
-            match kind {
-                RevocationKind::Subject | RevocationKind::SubjectPrefix => {
-                    idx.subject_revoked(&value, now + 1).is_some()
-                }
-                _ => idx.revoked_by(&probe).is_some(),
-            }
-        };
-        if lifted == 0 && !blocked {
-            return Err(RevokeError::NothingMatches(format!("no block on {} {value:?} is in force", kind.as_str())));
+        if lifted == 0 && !self.read().in_force(kind, &value) {
+            return Err(RevokeError::NothingMatches(format!(
+                "no revocation of {} {value:?} is in force",
+                kind.as_str()
+            )));
         }
         let rev = Revocation {
             cursor: 0,
