@@ -201,6 +201,7 @@ fn status(e: BrokerError) -> Status {
         BrokerError::Attest(e) => Status::permission_denied(e.to_string()),
         BrokerError::Denied(d) => Status::permission_denied(format!("denied by policy: {}", d.reason())),
         BrokerError::Forbidden(m) => Status::permission_denied(m),
+        BrokerError::Blocked(b) => Status::permission_denied(b.to_string()),
         BrokerError::InvalidTarget(m) | BrokerError::InvalidRequest(m) | BrokerError::InvalidScope(m) => {
             Status::invalid_argument(m)
         }
