@@ -98,8 +98,9 @@ pub struct ExchangeParams {
     pub source_ip: IpAddr,
     /// What the token is bound to: the DPoP key (proof already checked) and/or the TLS client certificate.
     pub confirmation: Option<Confirmation>,
-    /// The DPoP proof, checked but not spent: its `jti` is spent once the evidence
-    /// attested, so that callers who prove nothing cannot fill the replay cache.
+    /// The DPoP proof, checked but not spent: its `jti` is spent once the evidence attested
+    /// and policy allowed the request, so that callers who prove nothing cannot fill the
+    /// replay cache.
     pub dpop_proof: Option<mayfly_verify::CheckedProof>,
     /// Limited use: how many verifications the token allows.
     pub max_uses: Option<u32>,
@@ -200,11 +201,14 @@ pub struct BrokerParts {
     pub contexts: Arc<crate::govern::signals::SubjectContexts>,
     /// Workload API settings.
     pub workload_api: crate::config::WorkloadApiConfig,
+    /// Evidence older than this is refused (`attest.max_evidence_age`).
+    pub max_evidence_age_secs: i64,
 }
 
 /// The broker: the parts of the flow, wired together.
 pub struct Broker {
     dpop: Arc<mayfly_verify::DpopVerifier>,
+    pub(crate) max_evidence_age_secs: i64,
     pub(crate) attestors: Attestors,
     pub(crate) task_attestor: TaskAttestor,
     pub(crate) policies: Arc<PolicyEngine>,
@@ -242,6 +246,7 @@ impl Broker {
         let audiences = parts.audiences.iter().map(|a| (a.name.clone(), a.clone())).collect();
         Self {
             dpop: parts.dpop,
+            max_evidence_age_secs: parts.max_evidence_age_secs,
             attestors: parts.attestors,
             task_attestor: parts.task_attestor,
             policies: parts.policies,
@@ -299,9 +304,6 @@ impl Broker {
         let p = ExchangeParams { max_uses, ..p };
         let now = crate::clock::now_unix();
         let caller = self.attest(&p.subject_token_type, &p.subject_token, p.source_ip, now).await?;
-        if let Some(proof) = p.dpop_proof.clone() {
-            self.dpop.spend(proof, now)?;
-        }
         if let Caller::Task(t) = &caller {
             scopes = narrow_to_task(t, &p.audience, p.scope.is_some(), scopes)?;
             if p.scope.is_none()
@@ -330,6 +332,11 @@ impl Broker {
         });
         let detail = || json!({"action": "exchange", "audience": p.audience, "scopes": scopes, "ttl_seconds": ttl});
         self.check_decision(&caller, &decision, detail, p.source_ip).await?;
+        // Spent once the caller has attested and policy allowed it: a caller who proves
+        // nothing, or may get nothing, cannot fill the replay cache.
+        if let Some(proof) = p.dpop_proof.clone() {
+            self.dpop.spend(proof, now)?;
+        }
 
         let (subject, act, task_id) = match &caller {
             Caller::Workload(w) => (w.spiffe_id.to_string(), None, None),
@@ -435,7 +442,12 @@ impl Broker {
             d.insert("source_ip".into(), source_ip.to_string().into());
         }
         metrics::counter!("mayfly_requests_denied_total", "reason" => "policy").increment(1);
-        self.audit_best_effort(AuditEvent::new("policy.denied", Some(caller.spiffe_id()), detail)).await;
+        let subject = caller.spiffe_id();
+        if self.failures.detailed_denial(&subject) {
+            self.audit_best_effort(AuditEvent::new("policy.denied", Some(subject), detail)).await;
+        } else {
+            self.audit_failure(source_ip, &decision.reason(), "policy.denied");
+        }
         BrokerError::Denied(decision.clone())
     }
 

@@ -105,6 +105,18 @@ pub struct RevocationsConfig {
     /// past it a new subscriber gets 503 and polls the feed instead.
     #[serde(default = "default_max_streams")]
     pub max_streams: usize,
+    /// Most streams one verifier (one `sub`) may hold open (default 8).
+    #[serde(default = "default_streams_per_subject")]
+    pub max_streams_per_subject: usize,
+    /// How far past its commit a revocation reaches (subject, prefix, audience, all):
+    /// what a replica that has not applied it yet issues meanwhile is still covered.
+    /// Default 0 on SQLite (one node), 5s on a shared store.
+    #[serde(default, with = "humantime_serde")]
+    pub propagation_margin: Option<Duration>,
+}
+
+fn default_streams_per_subject() -> usize {
+    8
 }
 
 fn default_max_streams() -> usize {
@@ -113,7 +125,11 @@ fn default_max_streams() -> usize {
 
 impl Default for RevocationsConfig {
     fn default() -> Self {
-        Self { max_streams: default_max_streams() }
+        Self {
+            max_streams: default_max_streams(),
+            max_streams_per_subject: default_streams_per_subject(),
+            propagation_margin: None,
+        }
     }
 }
 
@@ -461,6 +477,10 @@ pub struct ListenConfig {
     /// Most connections served at once (default 4096); further ones wait in the kernel's accept queue.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Most connections one client address holds at once (default 256): one client cannot
+    /// take every slot of `max_connections`. Past it, its new connections are closed at once.
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
     /// Largest request head (request line and header fields) in bytes, HTTP/1 and HTTP/2
     /// (default 32768: room for a 16 KiB bearer token or DPoP proof; 8192 to 1048576).
     /// Larger heads get 431 (HTTP/2 may reset the connection instead).
@@ -485,6 +505,7 @@ impl ListenConfig {
             idle_timeout: sixty_seconds(),
             request_timeout: thirty_seconds(),
             max_connections: default_max_connections(),
+            max_connections_per_ip: default_max_connections_per_ip(),
             max_header_bytes: default_max_header_bytes(),
             max_headers: default_max_headers(),
         }
@@ -493,6 +514,9 @@ impl ListenConfig {
 
 fn ten_seconds() -> Duration {
     Duration::from_secs(10)
+}
+fn default_max_connections_per_ip() -> usize {
+    256
 }
 fn default_max_connections() -> usize {
     4096
@@ -711,12 +735,23 @@ impl Default for JoinTokensConfig {
 }
 
 /// Attestors.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AttestConfig {
     /// OIDC/JWT issuers whose tokens Mayfly accepts as identity evidence.
     #[serde(default)]
     pub oidc: Vec<OidcIssuerConfig>,
+    /// Evidence older than this (a platform token's `iat`, a join token's creation) is
+    /// refused, and subject revocations are kept at least this long: a stolen token
+    /// cannot outlive the revocation that refuses it. Default 24h.
+    #[serde(default = "one_day", with = "humantime_serde")]
+    pub max_evidence_age: Duration,
+}
+
+impl Default for AttestConfig {
+    fn default() -> Self {
+        Self { oidc: Vec::new(), max_evidence_age: one_day() }
+    }
 }
 
 /// Presets fill in claim mapping (and, for GitHub, the issuer and JWKS URL).
@@ -927,6 +962,9 @@ impl Config {
         }
         if !(1..=1 << 20).contains(&l.max_connections) {
             return bad("listen.max_connections is between 1 and 1048576".into());
+        }
+        if l.max_connections_per_ip == 0 {
+            return bad("listen.max_connections_per_ip is at least 1".into());
         }
         // hyper refuses (panics on) an HTTP/1 buffer below 8 KiB.
         if !(8 * 1024..=1 << 20).contains(&l.max_header_bytes) {

@@ -76,6 +76,35 @@ impl Broker {
         Ok(ended)
     }
 
+    /// Ends the live tasks that admission now refuses: a starter, an actor or the subject
+    /// they act for was revoked after they started. The revoking replica ends them at
+    /// once; this pass (run by the leader whenever new revocations arrive) catches what
+    /// that missed: tasks started on a replica that had not applied the revocation yet,
+    /// or an ending that failed. Returns how many ended.
+    pub async fn end_tasks_of_revoked_subjects(&self, now: i64) -> Result<usize, crate::broker::BrokerError> {
+        if self.revocations.is_empty() {
+            return Ok(0);
+        }
+        let mut ended = 0;
+        for t in self.live_tasks(None, now).await? {
+            let id = t.id.clone();
+            let Ok(identity) = crate::attest::task::TaskIdentity::from_record(t, self.task_attestor.trust_domain())
+            else {
+                continue;
+            };
+            if let Err(AttestError::SubjectRevoked { subject, kind }) =
+                self.admit(&Caller::Task(Box::new(identity)), now)
+            {
+                let reason = format!("{} {subject} revoked", kind.as_str());
+                // A sub-task may already have ended with its parent.
+                if self.end_task(&id, "mayfly", Some(&reason)).await.is_ok() {
+                    ended += 1;
+                }
+            }
+        }
+        Ok(ended)
+    }
+
     /// Every task live at `now` (of `creator` only, if given), page by page.
     pub(crate) async fn live_tasks(
         &self,
@@ -98,6 +127,13 @@ impl Broker {
     /// everyone in its chain, minted when it started: a task started by a workload revoked
     /// since (or acting for a subject revoked since) issues nothing more.
     pub(crate) fn admit(&self, caller: &Caller, minted_at: i64) -> Result<(), AttestError> {
+        // Revocations are kept as long as evidence is accepted: older evidence could
+        // outlive the revocation that refuses it.
+        if matches!(caller, Caller::Workload(_))
+            && crate::clock::now_unix().saturating_sub(minted_at) > self.max_evidence_age_secs
+        {
+            return Err(AttestError::EvidenceTooOld(self.max_evidence_age_secs));
+        }
         if self.revocations.is_empty() {
             return Ok(());
         }

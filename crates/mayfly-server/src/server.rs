@@ -241,7 +241,17 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
     };
 
     let max_ttl_secs = cfg.longest_token_ttl().as_secs() as i64;
-    let revocations = Revocations::load(ledger.clone(), max_ttl_secs).await?;
+    let retention = crate::govern::revocations::Retention {
+        credentials_secs: max_ttl_secs,
+        // Join tokens are evidence too, as old as their lifetime allows.
+        evidence_secs: cfg.attest.max_evidence_age.max(cfg.join_tokens.max_ttl).as_secs() as i64,
+        propagation_secs: match cfg.revocations.propagation_margin {
+            Some(m) => m.as_secs() as i64,
+            None if store.is_shared() => 5,
+            None => 0,
+        },
+    };
+    let revocations = Revocations::load(ledger.clone(), retention).await?;
     let verifier = TokenVerifier::new(keys.clone(), revocations.clone(), url.clone());
     crate::deliver::http::metrics::install();
     let issuer = JwtIssuer::new(keys.clone(), url.clone());
@@ -305,6 +315,7 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
         entries,
         workload_api: cfg.workload_api.clone(),
         contexts: contexts.clone(),
+        max_evidence_age_secs: cfg.attest.max_evidence_age.as_secs() as i64,
     }));
     // Half-done work from before a crash is finished or undone before anything new is
     // issued. On a shared store other replicas may be mid-creation: the leader does this
@@ -337,6 +348,7 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
         dpop: dpop.clone(),
         resource_dpop: mayfly_verify::DpopVerifier::new(cfg.dpop.max_age.as_secs() as i64, DPOP_REPLAY_CAPACITY, None),
         streams: Arc::new(tokio::sync::Semaphore::new(cfg.revocations.max_streams)),
+        streams_per_subject: crate::deliver::quota::Quota::new(cfg.revocations.max_streams_per_subject),
         signing_alg: alg,
         // Retired keys stay published for the longest token lifetime plus clock-skew margin.
         key_publish_secs: max_ttl_secs + 300,

@@ -216,6 +216,16 @@ impl Broker {
             let Some(policies) = self.allow_svid(identity, &entry, "jwt", ttl, audiences, now).await? else {
                 continue;
             };
+            // The record holds one audience; a revocation (a block) of any of them refuses the SVID.
+            for audience in audiences {
+                self.refuse_if_revoked(&CredentialFacts {
+                    jti: "",
+                    subject: &entry.spec.spiffe_id,
+                    audience,
+                    task_id: None,
+                    issued_at: now,
+                })?;
+            }
             let svid = self
                 .svids
                 .mint_jwt(&entry.spec.spiffe_id, audiences, ttl, now)

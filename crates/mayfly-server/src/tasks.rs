@@ -157,6 +157,8 @@ impl Broker {
             check_named_subject(obo, self.task_attestor.trust_domain())
                 .map_err(|e| BrokerError::Forbidden(e.to_string()))?;
         }
+        // A delegation lasts no longer than the proof of it.
+        let mut proof_expires_at = None;
         let (caller, proven) = match &p.actor {
             None => (self.attest(&p.subject_token_type, &p.subject_token, p.source_ip, now).await?, None),
             Some((actor_type, actor_token)) => {
@@ -166,13 +168,25 @@ impl Broker {
                             .into(),
                     ));
                 }
+                // Checked before the actor's evidence is spent (a join token is single use).
+                let proof_types = [
+                    mayfly_proto::TOKEN_TYPE_JWT,
+                    mayfly_proto::TOKEN_TYPE_ID_TOKEN,
+                    mayfly_proto::TOKEN_TYPE_ACCESS_TOKEN,
+                ];
+                if !proof_types.contains(&p.subject_token_type.as_str()) {
+                    return Err(
+                        AttestError::UnsupportedTokenType(p.subject_token_type.chars().take(200).collect()).into()
+                    );
+                }
                 let caller = self.attest(actor_type, actor_token, p.source_ip, now).await?;
-                let subject = self.delegating_subject(&caller, &p, now).await?;
+                let (subject, proof_expires) = self.delegating_subject(&caller, &p, now).await?;
                 if p.on_behalf_of.as_ref().is_some_and(|obo| *obo != subject) {
                     return Err(BrokerError::Forbidden(format!(
                         "on_behalf_of names another subject than the subject_token proves ({subject})"
                     )));
                 }
+                proof_expires_at = proof_expires;
                 (caller, Some(subject))
             }
         };
@@ -186,7 +200,7 @@ impl Broker {
 
         let id = crate::ids::time_ordered_id();
         let spiffe_id = task_spiffe_id(self.task_attestor.trust_domain(), &id)?;
-        let mut expires_at = now + ttl;
+        let mut expires_at = proof_expires_at.map_or(now + ttl, |exp: i64| exp.min(now + ttl));
         let (path, depth, attributes, actor, on_behalf_of) = match &parent {
             None => {
                 let Caller::Workload(w) = &caller else {
@@ -387,11 +401,18 @@ impl Broker {
         Ok(StartedTask { task: record, spiffe_id: sub, token })
     }
 
-    /// The subject that `p.subject_token` proves, delegating to `caller` (RFC 8693): its
-    /// platform evidence, or a Mayfly access token addressed to the caller (`aud` is the
-    /// caller's SPIFFE ID), unbound and not limited-use. Evidence of a revoked subject is
-    /// refused as on every path.
-    async fn delegating_subject(&self, caller: &Caller, p: &StartTaskParams, now: i64) -> Result<String, BrokerError> {
+    /// The subject that `p.subject_token` proves, delegating to `caller` (RFC 8693), and
+    /// when the proof expires: the subject's platform evidence, or a Mayfly access token
+    /// the subject got for itself, addressed to the caller (`aud` is the caller's SPIFFE
+    /// ID), unbound, not limited-use, used once. A token that was itself issued under a
+    /// task or a delegation (`task_id`, `act`) proves nothing here: delegations are not
+    /// laundered through a second one. Evidence of a revoked subject is refused as on every path.
+    async fn delegating_subject(
+        &self,
+        caller: &Caller,
+        p: &StartTaskParams,
+        now: i64,
+    ) -> Result<(String, Option<i64>), BrokerError> {
         let Caller::Workload(actor) = caller else {
             return Err(BrokerError::InvalidRequest("the actor_token is a workload's evidence".into()));
         };
@@ -401,7 +422,7 @@ impl Broker {
                     Caller::Workload(w) if w.spiffe_id == actor.spiffe_id => Err(BrokerError::InvalidRequest(
                         "the subject_token and the actor_token prove the same workload: drop actor_token".into(),
                     )),
-                    Caller::Workload(w) => Ok(w.spiffe_id.to_string()),
+                    Caller::Workload(w) => Ok((w.spiffe_id.to_string(), None)),
                     Caller::Task(_) => Err(BrokerError::InvalidRequest("not platform evidence".into())),
                 }
             }
@@ -419,10 +440,22 @@ impl Broker {
                             .into(),
                     ));
                 }
+                if claims.task_id.is_some() || claims.act.is_some() || claims.sub != claims.client_id {
+                    return Err(BrokerError::Forbidden(
+                        "the subject_token was issued under a task or a delegation: only a subject's own token proves \
+                         that it delegates"
+                            .into(),
+                    ));
+                }
                 if let Some(kind) = self.revocations.subject_revoked(&claims.sub, claims.iat) {
                     return Err(AttestError::SubjectRevoked { subject: claims.sub, kind }.into());
                 }
-                Ok(claims.sub)
+                // One task per proof: a copied proof starts nothing more.
+                let key = format!("delegation-proof:{}", claims.jti);
+                if !self.ledger.store().meta_put_if_absent(&key, b"").await? {
+                    return Err(BrokerError::Forbidden("this subject_token was used as a proof before".into()));
+                }
+                Ok((claims.sub, Some(claims.exp)))
             }
             other => Err(AttestError::UnsupportedTokenType(other.chars().take(200).collect()).into()),
         }

@@ -40,6 +40,10 @@ const DPOP_POLICY: &str = r#"
 permit (principal, action == Mayfly::Action::"exchange", resource == Mayfly::Audience::"https://once.test")
 when { principal.hasTag("namespace") && principal.getTag("namespace") == "prod" };
 
+@id("infra-verifies-api")
+permit (principal, action == Mayfly::Action::"exchange", resource == Mayfly::Audience::"urn:mayfly:introspect:https://api.test")
+when { principal.hasTag("namespace") && principal.getTag("namespace") == "infra" };
+
 @id("payments-needs-dpop")
 forbid (principal, action == Mayfly::Action::"exchange", resource == Mayfly::Audience::"https://api.test")
 when { context.scopes.contains("pay") && !context.dpop };
@@ -281,4 +285,89 @@ async fn limited_use_tokens_fail_on_the_use_after_the_last() {
         assert_problem(r, 400, "invalid-request").await;
     }
     srv.stop().await;
+}
+
+#[tokio::test]
+async fn the_sdk_renews_its_feed_credential_learns_a_revocation_of_all_and_refuses_a_stale_feed() {
+    let (srv, k8s) = start("").await;
+    // The resource server's own evidence, exchanged for short verifier tokens on demand.
+    let evidence = k8s.k8s_token("infra", "gateway");
+    let fetched = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let source = {
+        let (http, url, fetched) = (srv.http.clone(), format!("{}/v1/token", srv.url), fetched.clone());
+        mayfly_verify::CredentialSource::new(move || {
+            let (http, url, evidence, fetched) = (http.clone(), url.clone(), evidence.clone(), fetched.clone());
+            async move {
+                fetched.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let form = [
+                    ("grant_type", TOKEN_EXCHANGE),
+                    ("subject_token", evidence.as_str()),
+                    ("subject_token_type", JWT_TYPE),
+                    ("audience", "urn:mayfly:introspect:https://api.test"),
+                    ("requested_lifetime", "2"),
+                ];
+                let v: Value = http
+                    .post(url)
+                    .form(&form)
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .json()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                v["access_token"].as_str().map(str::to_owned).ok_or_else(|| format!("no token: {v}"))
+            }
+        })
+    };
+    let mut cfg = VerifierConfig::new(srv.url.clone(), "https://api.test");
+    cfg.feed_credential_source = Some(source);
+    cfg.max_feed_staleness = Some(Duration::from_secs(2));
+    let verifier = Verifier::new(cfg).await.unwrap();
+    let rs = resource_server(verifier).await;
+    let (http, data) = (srv.http.clone(), format!("{rs}/data"));
+    let get = |token: String| {
+        let (http, url) = (http.clone(), data.clone());
+        async move { http.get(url).bearer_auth(token).send().await.unwrap().status().as_u16() }
+    };
+    let issue = || async {
+        let r = srv.exchange_jwt(&k8s.k8s_token("prod", "web"), "https://api.test").await;
+        r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned()
+    };
+    let until = |want: u16, token: String| {
+        let get = get.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let got = get(token.clone()).await;
+                if got == want {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "still {got}, not {want}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let before = issue().await;
+    assert_eq!(get(before.clone()).await, 200);
+    // The panic button revokes the verifier's own token too: the SDK still learns of it.
+    let all = srv.admin_post("/v1/revocations", Some(json!({"all": true}))).await;
+    assert_eq!(all.status(), 201);
+    let at = all.json::<Value>().await.unwrap()["issued_before"].as_i64().unwrap();
+    until(401, before).await;
+    while now() <= at {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Its verifier tokens live 2 s: past them, it follows the feed with fresh ones.
+    let after = issue().await;
+    until(200, after.clone()).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let jti = srv.verify(&after, "https://api.test").await["jti"].as_str().unwrap().to_owned();
+    assert_eq!(srv.admin_post("/v1/revocations", Some(json!({"jti": jti}))).await.status(), 201);
+    until(401, after).await;
+    assert!(fetched.load(std::sync::atomic::Ordering::SeqCst) >= 2, "the source was asked again");
+    // The broker goes away: past the staleness bound, tokens are refused, not trusted blindly.
+    let fresh = issue().await;
+    assert_eq!(get(fresh.clone()).await, 200);
+    srv.stop().await;
+    until(503, fresh).await;
 }

@@ -113,10 +113,10 @@ async fn exchange_task(srv: &TestServer, task_token: &str, audience: &str) -> re
     .await
 }
 
-/// Waits until the wall clock is in a later second than `t`: evidence minted then is
-/// newer than a revocation made at `t`.
+/// Waits until evidence minted now is newer than a revocation that covers what was
+/// issued until `t`: a later second, past the issuer's leeway (1 s in the test kit).
 async fn after_second(t: i64) {
-    while now() <= t {
+    while now() <= t + 1 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -354,8 +354,9 @@ async fn delegation_needs_the_subjects_proof_or_an_explicit_permission() {
     .await;
     assert_eq!(r.status(), 201, "policy permits delegate to act for alice");
     let t: Value = r.json().await.unwrap();
-    let tok = access_token(exchange_task(&srv, t["task_token"].as_str().unwrap(), "https://api.test").await).await;
-    assert_eq!(srv.verify(&tok, "https://api.test").await["sub"], "user:alice");
+    let alice_tok =
+        access_token(exchange_task(&srv, t["task_token"].as_str().unwrap(), "https://api.test").await).await;
+    assert_eq!(srv.verify(&alice_tok, "https://api.test").await["sub"], "user:alice");
 
     // RFC 8693 delegation: web hands delegate a token addressed to it; delegate acts for web.
     let delegate = subject("prod", "delegate");
@@ -363,16 +364,43 @@ async fn delegation_needs_the_subjects_proof_or_an_explicit_permission() {
     let delegated = json!({
         "subject_token_type": "urn:ietf:params:oauth:token-type:access_token", "subject_token": proof,
         "actor_token_type": JWT_TYPE, "actor_token": k8s.k8s_token("prod", "delegate"), "purpose": "for web",
+        "ttl_seconds": 3600,
     });
     let r = start_task(&srv, delegated.clone()).await;
     assert_eq!(r.status(), 201);
     let t: Value = r.json().await.unwrap();
     assert_eq!(t["task"]["on_behalf_of"], victim);
     assert_eq!(t["task"]["creator"], delegate);
+    // It lasts no longer than its proof (a token of 5 minutes by default), whatever it asked.
+    let proof_exp = srv.verify(delegated["subject_token"].as_str().unwrap(), &delegate).await["exp"].as_i64().unwrap();
+    assert!(t["task"]["expires_at"].as_i64().unwrap() <= proof_exp, "{t}");
     let tok = access_token(exchange_task(&srv, t["task_token"].as_str().unwrap(), "https://api.test").await).await;
     let claims = srv.verify(&tok, "https://api.test").await;
     assert_eq!(claims["sub"], victim);
     assert_eq!(claims["act"]["act"]["sub"], delegate);
+    // A proof is used once.
+    assert_problem(start_task(&srv, delegated.clone()).await, 403, "forbidden").await;
+    // A token issued under a task (or a delegation) is no proof: delegations are not laundered.
+    let alice_task = start_task(
+        &srv,
+        json!({"subject_token_type": JWT_TYPE, "subject_token": k8s.k8s_token("prod", "delegate"),
+                                             "purpose": "for alice", "on_behalf_of": "user:alice"}),
+    )
+    .await
+    .json::<Value>()
+    .await
+    .unwrap();
+    let via_task = exchange_task(&srv, alice_task["task_token"].as_str().unwrap(), &subject("prod", "other")).await;
+    let laundered = access_token(via_task).await;
+    let r = start_task(
+        &srv,
+        json!({
+            "subject_token_type": "urn:ietf:params:oauth:token-type:access_token", "subject_token": laundered,
+            "actor_token_type": JWT_TYPE, "actor_token": k8s.k8s_token("prod", "other"), "purpose": "laundered",
+        }),
+    )
+    .await;
+    assert_problem(r, 403, "forbidden").await;
     // A proof addressed to someone else proves nothing for this actor.
     let other = access_token(srv.exchange_jwt(&k8s.k8s_token("prod", "web"), &subject("prod", "other")).await).await;
     let mut stolen = delegated.clone();
@@ -382,9 +410,14 @@ async fn delegation_needs_the_subjects_proof_or_an_explicit_permission() {
     let mut mismatch = delegated.clone();
     mismatch["on_behalf_of"] = json!(subject("prod", "admin"));
     assert_problem(start_task(&srv, mismatch).await, 403, "forbidden").await;
-    // A revoked subject's proof is refused.
+    // A revoked subject's proof is refused, and a subject acted for by policy can be revoked too.
+    let fresh_proof = access_token(srv.exchange_jwt(&k8s.k8s_token("prod", "web"), &delegate).await).await;
     revoke(&srv, json!({"subject": victim})).await;
-    assert_problem(start_task(&srv, delegated).await, 403, "forbidden").await;
+    let mut after = delegated.clone();
+    after["subject_token"] = json!(fresh_proof);
+    assert_problem(start_task(&srv, after).await, 403, "forbidden").await;
+    revoke(&srv, json!({"subject": "user:alice"})).await;
+    assert!(!active(&srv, &alice_tok).await, "tokens issued for alice die with her revocation");
     srv.stop().await;
 }
 
@@ -521,7 +554,7 @@ async fn mayfly_honours_its_own_bindings_and_verifiers_see_their_own_audience_on
 
 #[tokio::test]
 async fn a_revocation_stream_ends_with_its_holders_token_and_streams_are_bounded() {
-    let (srv, k8s) = start_with("[revocations]\nmax_streams = 2\n").await;
+    let (srv, k8s) = start_with("[revocations]\nmax_streams = 3\nmax_streams_per_subject = 1\n").await;
     let stream = |token: String| {
         let url = format!("{}/v1/revocations/stream", srv.url);
         let http = srv.http.clone();
@@ -543,8 +576,13 @@ async fn a_revocation_stream_ends_with_its_holders_token_and_streams_are_bounded
     let held = access_token(srv.exchange_jwt(&k8s.k8s_token("infra", "gateway2"), "urn:mayfly:introspect").await).await;
     let revoked = stream(held.clone()).await;
     assert_eq!(revoked.status(), 200);
-    // Bounded: a third subscriber is turned away while two are open.
+    // One verifier holds one stream here; and a third subscriber is turned away while
+    // three are open.
+    assert_problem(stream(held.clone()).await, 503, "unavailable").await;
+    let third = stream(srv.admin_token.clone()).await;
+    assert_eq!(third.status(), 200);
     assert_problem(stream(srv.admin_token.clone()).await, 503, "unavailable").await;
+    drop(third);
     let jti = srv.verify(&held, "urn:mayfly:introspect").await["jti"].as_str().unwrap().to_owned();
     revoke(&srv, json!({"jti": jti})).await;
     let closed = |r: reqwest::Response| async move {
@@ -710,5 +748,54 @@ spiffe_id_template = "{{sub}}/x"
         let r = srv.admin_post("/v1/join-tokens", Some(json!({"spiffe_path": path}))).await;
         assert_problem(r, 400, "invalid-request").await;
     }
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn evidence_too_old_or_without_iat_is_refused_and_an_issuer_ahead_in_time_does_not_slip_past_a_revocation() {
+    let (srv, k8s) = start().await;
+    let mut claims = k8s.k8s_claims("prod", "old");
+    claims["iat"] = json!(now() - 90_000);
+    let r = srv.exchange_jwt(&k8s.sign("RS256", &claims), "https://api.test").await;
+    assert_problem(r, 400, "subject-token-too-old").await;
+    let mut claims = k8s.k8s_claims("prod", "old");
+    claims.as_object_mut().unwrap().remove("iat");
+    let r = srv.exchange_jwt(&k8s.sign("RS256", &claims), "https://api.test").await;
+    assert_problem(r, 400, "subject-token-too-old").await;
+    // A token minted before the revocation by an issuer whose clock runs ahead (iat later
+    // than the revocation) is still refused.
+    let mut ahead = k8s.k8s_claims("prod", "ahead");
+    ahead["iat"] = json!(now() + 20);
+    let ahead = k8s.sign("RS256", &ahead);
+    access_token(srv.exchange_jwt(&ahead, "https://api.test").await).await;
+    revoke(&srv, json!({"subject": subject("prod", "ahead")})).await;
+    assert_problem(srv.exchange_jwt(&ahead, "https://api.test").await, 400, "subject-revoked").await;
+    // Revocations are stored as the canonical ID: a spelling with '//' blocks the real one.
+    revoke(&srv, json!({"subject_prefix": format!("spiffe://{TRUST_DOMAIN}//ns/staging"), "block": true})).await;
+    let r = srv.exchange_jwt(&k8s.k8s_token("staging", "x"), "https://api.test").await;
+    assert_problem(r, 400, "subject-revoked").await;
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn policy_denials_are_recorded_a_few_at_a_time_then_counted() {
+    let (srv, k8s) = start().await;
+    let staging = k8s.k8s_token("staging", "noisy");
+    for _ in 0..30 {
+        assert_problem(srv.exchange_jwt(&staging, "https://api.test").await, 403, "policy-denied").await;
+    }
+    let mut detailed = 0;
+    let mut counted = 0;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let events: Vec<Value> = srv.admin_get("/v1/audit?kind=policy.denied&limit=1000").await;
+        detailed = events.iter().filter(|e| e["subject"] == subject("staging", "noisy")).count();
+        counted = events.iter().filter_map(|e| e["detail"]["count"].as_u64()).sum::<u64>() as usize;
+        if detailed + counted >= 30 {
+            break;
+        }
+    }
+    assert_eq!(detailed + counted, 30, "every denial is accounted for");
+    assert!((1..=10).contains(&detailed), "the first denials in full, the rest counted: {detailed}");
     srv.stop().await;
 }

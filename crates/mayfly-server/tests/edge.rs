@@ -324,6 +324,33 @@ async fn connections_beyond_the_limit_wait_for_a_free_slot() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_take_every_connection() {
+    // A client holding its share keeps it alive with requests; its next connection is
+    // closed at once, and the slots it does not hold stay free for others.
+    let (srv, _) = start_edge(
+        "max_connections = 10
+max_connections_per_ip = 2",
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = connect(&srv).await;
+        s.write_all(HEALTHZ).await.unwrap();
+        assert!(read_response(&mut s, Duration::from_secs(5)).await.expect("served").starts_with("HTTP/1.1 200"));
+        held.push(s);
+    }
+    let mut third = connect(&srv).await;
+    let _ = third.write_all(HEALTHZ).await;
+    assert!(closed_within(&mut third, Duration::from_secs(5)).await, "the third connection of one address is closed");
+    drop(held.pop());
+    let mut again = connect(&srv).await;
+    again.write_all(HEALTHZ).await.unwrap();
+    let resp = read_response(&mut again, Duration::from_secs(5)).await.expect("served once it holds fewer");
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_methods_and_paths_do_not_grow_metrics() {
     let (srv, _) = start_edge("").await;
     let metrics_len = || async {

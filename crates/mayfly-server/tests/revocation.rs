@@ -119,8 +119,9 @@ async fn revocation_by_each_selector() {
     revoke(&srv, json!({"subject": "spiffe://test.example/ns/prod/sa/web"})).await.error_for_status().unwrap();
     assert!(!active(&srv, &web2).await);
     assert!(active(&srv, &worker).await);
-    // Tokens issued after the revocation are not covered.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Tokens issued after the revocation, with evidence minted after it (past the test
+    // issuer's 1 s leeway), are not covered.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     let fresh = token(&srv, &k8s, "prod", "web", "https://api.test").await;
     assert!(active(&srv, &fresh).await);
 
@@ -420,7 +421,16 @@ async fn standing_exposure_counts_what_is_live_and_not_what_is_revoked() {
         token(&srv, &k8s, "prod", sa, "https://api.test").await;
     }
     let ledger = srv.running.broker.ledger().clone();
-    let revocations = mayfly_server::govern::Revocations::load(ledger.clone(), 3600).await.unwrap();
+    let revocations = mayfly_server::govern::Revocations::load(
+        ledger.clone(),
+        mayfly_server::govern::revocations::Retention {
+            credentials_secs: 3600,
+            evidence_secs: 3600,
+            propagation_secs: 0,
+        },
+    )
+    .await
+    .unwrap();
     let scan = |revocations| {
         let ledger = ledger.clone();
         async move { mayfly_server::govern::stats::scan(ledger.store().as_ref(), revocations, now()).await.unwrap() }

@@ -193,6 +193,12 @@ async fn no_entry_no_identity_and_deleting_or_revoking_removes_it_from_the_strea
     let again = client.fetch_x509_svid().await.expect("served again after the lift");
     assert_eq!(again.spiffe_id().to_string(), id);
     assert_ne!(hex::encode(parse(again.leaf().as_bytes()).raw_serial()), serial);
+    // A blocked audience gets no JWT-SVID, even asked for beside an allowed one.
+    client.fetch_jwt_svid(["https://ok.test"], None).await.expect("an allowed audience");
+    let resp = s.admin_post("/v1/revocations", Some(json!({"audience": "https://blocked.test", "block": true}))).await;
+    assert_eq!(resp.status(), 201);
+    assert!(client.fetch_jwt_svid(["https://ok.test", "https://blocked.test"], None).await.is_err());
+    assert!(client.fetch_jwt_svid(["https://blocked.test", "https://ok.test"], None).await.is_err());
     s.stop().await;
 }
 

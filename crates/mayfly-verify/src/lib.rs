@@ -31,7 +31,7 @@ pub mod verifier;
 
 pub use claims::{AccessClaims, Confirmation};
 pub use dpop::{CheckedProof, DpopError, DpopProof, DpopVerifier, NonceSource, ProofContext};
-pub use follow::RevocationFollower;
+pub use follow::{CredentialSource, FeedCredential, RevocationFollower};
 pub use layer::{ClientCertificate, RequireMayflyToken};
 pub use verifier::{
     Binding, Presented, Verified, Verifier, VerifierConfig, VerifyError, check_binding, split_authorization,

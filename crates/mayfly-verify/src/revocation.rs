@@ -35,21 +35,25 @@ struct Reach {
     expires_at: i64,
     /// A lift came after the last revocation: the selector's blocks are over.
     lifted: bool,
+    /// What no lift takes back: everything issued until each revocation was made (a lift
+    /// stamped by a clock behind the revoking one must not lower a revocation itself).
+    floor: i64,
 }
 
 impl Reach {
-    const NONE: Reach = Reach { issued_before: i64::MIN, expires_at: i64::MIN, lifted: false };
+    const NONE: Reach = Reach { issued_before: i64::MIN, expires_at: i64::MIN, lifted: false, floor: i64::MIN };
 
     /// Applies one entry: a revocation widens the reach, a lift ends what lies past its
     /// time (a block), and what was issued before it stays covered.
     fn merge(&mut self, r: &Revocation) {
         if r.lift {
-            self.issued_before = self.issued_before.min(r.issued_before);
+            self.issued_before = self.issued_before.min(r.issued_before).max(self.floor);
             self.expires_at = self.expires_at.min(r.expires_at);
             self.lifted = true;
         } else {
             self.issued_before = self.issued_before.max(r.issued_before);
             self.expires_at = self.expires_at.max(r.expires_at);
+            self.floor = self.floor.max(r.issued_before.min(r.revoked_at));
             self.lifted = false;
         }
     }
@@ -254,6 +258,11 @@ mod tests {
         assert_eq!(idx.subject_revoked(sub, 999), Some(RevocationKind::SubjectPrefix));
         assert_eq!(idx.subject_revoked(sub, 1001), None, "a block for a stated time ends by itself");
         assert_eq!(idx.subject_revoked("spiffe://td/nsx/a", 999), None);
+        // A lift stamped before the revocation itself (a clock behind) cannot lower it.
+        let mut idx = RevocationIndex::default();
+        idx.apply(&rev(RevocationKind::Subject, sub, 500));
+        idx.apply(&Revocation { lift: true, ..rev(RevocationKind::Subject, sub, 400) });
+        assert_eq!(idx.subject_revoked(sub, 450), Some(RevocationKind::Subject));
     }
 
     #[test]

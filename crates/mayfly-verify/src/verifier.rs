@@ -11,7 +11,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
 use crate::claims::AccessClaims;
 use crate::dpop::{DpopError, DpopVerifier, ProofContext, certificate_thumbprint};
-use crate::follow::RevocationFollower;
+use crate::follow::{FeedCredential, RevocationFollower};
 use crate::now;
 use crate::revocation::RevocationKind;
 use crate::token_cache::TokenCache;
@@ -39,9 +39,18 @@ pub struct VerifierConfig {
     pub public_url: Option<String>,
     /// A bearer credential for the revocation feed and use counting: a Mayfly token for
     /// `urn:mayfly:introspect:<this resource server's audience>` (a verifier introspects
-    /// only tokens of its own audience), or an admin token. Without it revocations are not
-    /// followed.
+    /// only tokens of its own audience), or an admin token. Without it (or a
+    /// `feed_credential_source`) revocations are not followed.
     pub feed_credential: Option<String>,
+    /// Where fresh feed credentials come from, asked again whenever the broker refuses
+    /// the current one: a verifier token expires (and its stream ends) with
+    /// `tokens.max_ttl`, and is revoked with everything else by a revocation of `all`.
+    /// Takes precedence over `feed_credential`.
+    pub feed_credential_source: Option<crate::follow::CredentialSource>,
+    /// With a feed: how long the index may go without hearing from the feed before
+    /// tokens are refused (`BrokerUnavailable`, 503) rather than verified against
+    /// revocations that may be stale. Default 5 minutes; `None` keeps verifying (fails open).
+    pub max_feed_staleness: Option<Duration>,
     /// How old a DPoP proof may be, in seconds.
     pub dpop_max_age_secs: i64,
     /// The HTTP client (add the broker's CA for https).
@@ -56,6 +65,8 @@ impl VerifierConfig {
             audience: audience.into(),
             public_url: None,
             feed_credential: None,
+            feed_credential_source: None,
+            max_feed_staleness: Some(Duration::from_secs(300)),
             dpop_max_age_secs: 60,
             http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default(),
         }
@@ -260,13 +271,13 @@ impl Verifier {
             verified: TokenCache::new(VERIFIED_CACHE_ENTRIES),
         });
         this.refresh_keys().await?;
-        if let Some(cred) = this.cfg.feed_credential.clone() {
+        if let Some(feed) = this.feed() {
             // Caught up before the first request is verified; then followed live.
             this.revocations
-                .poll(&this.cfg.http, &this.cfg.issuer, &cred)
+                .poll_with(&this.cfg.http, &this.cfg.issuer, &feed)
                 .await
                 .map_err(|e| VerifyError::BrokerUnavailable(format!("revocation feed: {e}")))?;
-            tokio::spawn(this.revocations.clone().run(this.cfg.http.clone(), this.cfg.issuer.clone(), cred));
+            tokio::spawn(this.revocations.clone().run(this.cfg.http.clone(), this.cfg.issuer.clone(), feed));
         }
         Ok(this)
     }
@@ -285,6 +296,15 @@ impl Verifier {
         });
         this.install_keys(set);
         this
+    }
+
+    /// How the revocation feed is authenticated, if it is followed.
+    fn feed(&self) -> Option<FeedCredential> {
+        match (&self.cfg.feed_credential_source, &self.cfg.feed_credential) {
+            (Some(source), _) => Some(FeedCredential::Source(source.clone())),
+            (None, Some(c)) => Some(FeedCredential::Fixed(c.clone())),
+            (None, None) => None,
+        }
     }
 
     /// The revocations followed so far.
@@ -380,6 +400,18 @@ impl Verifier {
         if claims.nbf.is_some_and(|nbf| nbf > now + LEEWAY_SECS) {
             return Err(VerifyError::NotYetValid);
         }
+        // A feed that has not answered for too long may hide revocations: refuse rather
+        // than trust a stale index.
+        if !self.fixed_keys
+            && self.feed().is_some()
+            && let Some(bound) = self.cfg.max_feed_staleness
+            && self.revocations.synced_ago().is_none_or(|ago| ago > bound)
+        {
+            return Err(VerifyError::BrokerUnavailable(format!(
+                "the revocation feed has not answered for more than {} s",
+                bound.as_secs()
+            )));
+        }
         if let Some(kind) = self.revocations.revoked_by(&claims.facts()) {
             return Err(VerifyError::Revoked(kind));
         }
@@ -448,9 +480,10 @@ impl Verifier {
     /// Limited-use tokens are counted by the broker: its introspection answers
     /// `active: false` once the uses are spent.
     async fn count_use(&self, token: &str) -> Result<(), VerifyError> {
-        let cred = self.cfg.feed_credential.as_deref().ok_or_else(|| {
+        let feed = self.feed().ok_or_else(|| {
             VerifyError::BrokerUnavailable("a limited-use token needs a feed credential to count its use".into())
         })?;
+        let cred = self.revocations.credential(&feed, false).await.map_err(VerifyError::BrokerUnavailable)?;
         let url = format!("{}/v1/introspect", self.cfg.issuer);
         let answer: mayfly_proto::IntrospectionResponse = self
             .cfg

@@ -121,6 +121,9 @@ pub enum AttestError {
     /// Storage failed while attesting.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    /// The evidence was minted longer ago than `attest.max_evidence_age` (or says not when).
+    #[error("the evidence is older than the {0} s it may be (or has no iat): present evidence minted since")]
+    EvidenceTooOld(i64),
     /// The evidence proves a subject that was revoked after the evidence was minted (or
     /// that is blocked): evidence from before a revocation is as dead as its credentials.
     #[error(
@@ -159,6 +162,7 @@ impl AttestError {
             AttestError::Unix(_) => "unix-attestation-failed",
             AttestError::Ledger(_) => "storage-unavailable",
             AttestError::SubjectRevoked { .. } => "subject-revoked",
+            AttestError::EvidenceTooOld(_) => "subject-token-too-old",
         }
     }
 }

@@ -290,8 +290,15 @@ impl OidcAttestor {
         v.leeway = self.leeway;
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &v).map_err(|e| self.map_error(e))?;
         let exp = data.claims.get("exp").and_then(Value::as_i64).ok_or_else(|| AttestError::BadClaim("exp".into()))?;
-        // An `iat` in the future cannot move the evidence past a revocation.
-        let minted_at = data.claims.get("iat").and_then(Value::as_i64).map_or(i64::MIN, |iat| iat.min(now_unix()));
+        // When the issuer minted it, by Mayfly's clock: an `iat` in the future cannot move the
+        // evidence past a revocation, and the issuer's clock may run ahead of ours by as
+        // much as the leeway allows, so the evidence counts as that much older. No `iat`:
+        // the oldest time possible (refused as too old).
+        let minted_at = data
+            .claims
+            .get("iat")
+            .and_then(Value::as_i64)
+            .map_or(i64::MIN, |iat| iat.min(now_unix()).saturating_sub(self.leeway as i64));
         let attributes = self.attributes(&data.claims);
         let spiffe_id = template::render(&self.template, &self.trust_domain, &attributes, self.claim_segments)?;
         Ok((WorkloadIdentity { spiffe_id, attestor: format!("oidc:{}", self.name), attributes }, exp, minted_at))

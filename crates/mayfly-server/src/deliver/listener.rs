@@ -100,6 +100,8 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// Connections served at once; further ones wait in the kernel's accept queue.
     pub max_connections: usize,
+    /// Connections one client address may hold at once; past it, new ones are closed.
+    pub max_connections_per_ip: usize,
     /// Largest request head in bytes.
     pub max_header_bytes: usize,
     /// Most header fields in one request.
@@ -113,6 +115,7 @@ impl From<&ListenConfig> for Limits {
             idle_timeout: l.idle_timeout,
             request_timeout: l.request_timeout,
             max_connections: l.max_connections,
+            max_connections_per_ip: l.max_connections_per_ip,
             max_header_bytes: l.max_header_bytes,
             max_headers: l.max_headers,
         }
@@ -143,8 +146,10 @@ pub async fn serve(
     let builder = http_builder(&limits);
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let slots = Arc::new(Semaphore::new(limits.max_connections.clamp(1, Semaphore::MAX_PERMITS)));
+    let per_ip = super::quota::Quota::new(limits.max_connections_per_ip);
     let limits = Arc::new(limits);
     let mut warned_full: Option<Instant> = None;
+    let mut warned_ip: Option<Instant> = None;
     tokio::pin!(shutdown);
     loop {
         // A slot before accepting: at the limit, new connections wait in the kernel's queue
@@ -177,6 +182,16 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
+        // One client address cannot hold every slot.
+        let Some(per_ip) = per_ip.take(addr.ip()) else {
+            if warned_ip.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                tracing::warn!(ip = %addr.ip(), max = limits.max_connections_per_ip,
+                               "a client holds as many connections as one may; closing its new ones");
+                warned_ip = Some(Instant::now());
+            }
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let builder = builder.clone();
@@ -185,6 +200,7 @@ pub async fn serve(
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _slot = slot;
+            let _per_ip = per_ip;
             match acceptor {
                 Some(acceptor) => {
                     let tls = match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {

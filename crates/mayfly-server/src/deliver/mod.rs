@@ -4,4 +4,5 @@
 
 pub mod http;
 pub mod listener;
+pub mod quota;
 pub mod workload_api;

@@ -16,6 +16,8 @@ use crate::ledger::{AuditEvent, Batch};
 const MAX_SOURCES: usize = 1024;
 /// Most reasons counted apart per source.
 const MAX_REASONS: usize = 32;
+/// Policy denials of one subject recorded one by one in an interval; the rest are counted.
+const DETAILED_DENIALS_PER_SUBJECT: u32 = 10;
 
 /// One interval's refusals, by (audit kind, source) and reason.
 #[derive(Debug, Default)]
@@ -27,6 +29,8 @@ pub struct FailureTally {
 struct Tally {
     since: i64,
     by_source: HashMap<(&'static str, Option<IpAddr>), BTreeMap<String, u64>>,
+    /// Denials recorded in full this interval, per subject.
+    detailed: HashMap<String, u32>,
 }
 
 impl FailureTally {
@@ -47,9 +51,26 @@ impl FailureTally {
         *reasons.entry(reason.chars().take(64).collect()).or_default() += 1;
     }
 
+    /// Whether a policy denial of `subject` is recorded in full: the first few per
+    /// interval are (they name the deciding policies); the rest are counted, so an
+    /// attested caller that policy refuses cannot fill the trail by asking again and again.
+    pub fn detailed_denial(&self, subject: &str) -> bool {
+        let mut t = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        if t.by_source.is_empty() && t.detailed.is_empty() {
+            t.since = crate::clock::now_unix();
+        }
+        if t.detailed.len() >= MAX_SOURCES && !t.detailed.contains_key(subject) {
+            return false;
+        }
+        let n = t.detailed.entry(subject.chars().take(256).collect()).or_default();
+        *n += 1;
+        *n <= DETAILED_DENIALS_PER_SUBJECT
+    }
+
     /// The counts so far, as summary events; the tally starts again.
     pub fn drain(&self) -> Vec<AuditEvent> {
         let t = std::mem::take(&mut *self.counts.lock().unwrap_or_else(PoisonError::into_inner));
+        // `detailed` starts again with the interval; what it let through is in the trail already.
         let until = crate::clock::now_unix();
         let mut events: Vec<AuditEvent> = t
             .by_source

@@ -34,11 +34,39 @@ pub enum RevokeError {
     Ledger(#[from] LedgerError),
 }
 
+/// How long revocations are kept, and how far past their commit they reach.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// The longest lifetime any credential has: every revocation is kept this long.
+    pub credentials_secs: i64,
+    /// The oldest evidence accepted: subject revocations are kept at least this long, so
+    /// that evidence minted before one is refused for as long as it could be presented.
+    pub evidence_secs: i64,
+    /// Covered past the commit (subject, prefix, audience, all): what another replica
+    /// issues before it has applied the revocation is still covered.
+    pub propagation_secs: i64,
+}
+
+/// A subject as revocations store it: a SPIFFE ID in canonical form, or an opaque
+/// subject a task acts for (`user:alice`), which must not pass for a SPIFFE ID.
+fn canonical_subject(s: &str) -> Result<String, RevokeError> {
+    if s.to_ascii_lowercase().contains("spiffe:") {
+        return SpiffeId::parse(s).map(|id| id.to_string()).map_err(|e| RevokeError::Invalid(format!("subject: {e}")));
+    }
+    if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(RevokeError::Invalid(
+            "subject: a SPIFFE ID, or a subject without spaces or control characters".into(),
+        ));
+    }
+    Ok(s.to_owned())
+}
+
 /// Revocations in force, and the feed of new ones.
 pub struct Revocations {
     index: RwLock<RevocationIndex>,
     feed: broadcast::Sender<Revocation>,
     ledger: Ledger,
+    retention: Retention,
     /// The longest lifetime any credential has: revocations are kept this long.
     max_ttl_secs: i64,
 }
@@ -51,9 +79,15 @@ impl std::fmt::Debug for Revocations {
 
 impl Revocations {
     /// Loads every revocation still in force.
-    pub async fn load(ledger: Ledger, max_ttl_secs: i64) -> Result<Arc<Self>, LedgerError> {
+    pub async fn load(ledger: Ledger, retention: Retention) -> Result<Arc<Self>, LedgerError> {
         let (feed, _) = broadcast::channel(4096);
-        let this = Arc::new(Self { index: RwLock::new(RevocationIndex::default()), feed, ledger, max_ttl_secs });
+        let this = Arc::new(Self {
+            index: RwLock::new(RevocationIndex::default()),
+            feed,
+            ledger,
+            max_ttl_secs: retention.credentials_secs,
+            retention,
+        });
         this.catch_up().await?;
         Ok(this)
     }
@@ -135,7 +169,10 @@ impl Revocations {
     /// Validates a request, records the revocation durably with an audit event, and applies it.
     pub async fn revoke(&self, req: &RevokeRequest, actor: &str) -> Result<Revocation, RevokeError> {
         let now = crate::clock::now_unix();
-        let keep_until = now + self.max_ttl_secs + KEEP_MARGIN_SECS;
+        let reach = self.retention.propagation_secs.max(0);
+        let keep_until = now + reach + self.max_ttl_secs + KEEP_MARGIN_SECS;
+        // A subject's evidence is refused as long as it could be presented.
+        let keep_subject = now + reach + self.max_ttl_secs.max(self.retention.evidence_secs) + KEEP_MARGIN_SECS;
         let selectors = [
             req.jti.is_some(),
             req.subject.is_some(),
@@ -189,17 +226,17 @@ impl Revocations {
             // Kept as long as the credential lives, so a verifier learns of it in time.
             (RevocationKind::Jti, jti, now, rec.expires_at.max(now) + KEEP_MARGIN_SECS, None)
         } else if let Some(s) = &req.subject {
-            let s = nonempty(s, "subject")?;
-            SpiffeId::parse(&s).map_err(|e| RevokeError::Invalid(format!("subject: {e}")))?;
+            let s = canonical_subject(&nonempty(s, "subject")?)?;
             let probe = live(CredentialFilter { subject: Some(s.clone()), ..Default::default() });
-            (RevocationKind::Subject, s, now, keep_until, Some(probe))
+            (RevocationKind::Subject, s, now, keep_subject, Some(probe))
         } else if let Some(p) = &req.subject_prefix {
-            let p = nonempty(p, "subject_prefix")?.trim_end_matches('/').to_owned();
-            SpiffeId::parse(&p).map_err(|e| {
-                RevokeError::Invalid(format!("subject_prefix must be a SPIFFE ID or trust domain ({e})"))
-            })?;
+            let p = nonempty(p, "subject_prefix")?;
+            // Stored as the canonical ID, so the index matches what credentials carry.
+            let p = SpiffeId::parse(p.trim_end_matches('/'))
+                .map_err(|e| RevokeError::Invalid(format!("subject_prefix must be a SPIFFE ID or trust domain ({e})")))?
+                .to_string();
             let probe = live(CredentialFilter { subject_prefix: Some(p.clone()), ..Default::default() });
-            (RevocationKind::SubjectPrefix, p, now, keep_until, Some(probe))
+            (RevocationKind::SubjectPrefix, p, now, keep_subject, Some(probe))
         } else if let Some(a) = &req.audience {
             let a = nonempty(a, "audience")?;
             let probe = live(CredentialFilter { audience: Some(a.clone()), ..Default::default() });
@@ -232,9 +269,14 @@ impl Revocations {
             )));
         }
         // "Until now" means until the commit, not until the request arrived: the probe
-        // above may have taken a while, and tokens issued meanwhile must be covered.
+        // above may have taken a while, and tokens issued meanwhile must be covered; and
+        // past it by the propagation margin, for replicas that apply it a moment later.
         let committed_at = crate::clock::now_unix();
-        let issued_before = if issued_before == now { committed_at } else { issued_before };
+        let issued_before = match kind {
+            _ if issued_before != now => issued_before,
+            RevocationKind::Jti | RevocationKind::Task => committed_at,
+            _ => committed_at + reach,
+        };
         let (issued_before, expires_at) = match blocked_until {
             Some(until) => (until, until.saturating_add(self.max_ttl_secs + KEEP_MARGIN_SECS)),
             None => (issued_before, expires_at),
@@ -298,12 +340,11 @@ impl Revocations {
             return Err(RevokeError::Invalid("name exactly one of: subject, subject_prefix, audience, all".into()));
         }
         let (kind, value) = if let Some(s) = &req.subject {
-            let id = SpiffeId::parse(s.trim()).map_err(|e| RevokeError::Invalid(format!("subject: {e}")))?;
-            (RevocationKind::Subject, id.to_string())
+            (RevocationKind::Subject, canonical_subject(s.trim())?)
         } else if let Some(p) = &req.subject_prefix {
             let p = p.trim().trim_end_matches('/');
-            SpiffeId::parse(p).map_err(|e| RevokeError::Invalid(format!("subject_prefix: {e}")))?;
-            (RevocationKind::SubjectPrefix, p.to_owned())
+            let id = SpiffeId::parse(p).map_err(|e| RevokeError::Invalid(format!("subject_prefix: {e}")))?;
+            (RevocationKind::SubjectPrefix, id.to_string())
         } else if let Some(a) = &req.audience {
             (RevocationKind::Audience, a.trim().to_owned())
         } else {

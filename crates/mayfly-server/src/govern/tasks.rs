@@ -1,6 +1,7 @@
 //! Housekeeping by time: tasks whose lifetime or approval deadline is over are recorded
 //! as expired or denied (their state is already right before that: it is derived from
-//! the time when read); database users whose lease expired or was revoked are dropped,
+//! the time when read); tasks whose starter (or subject) was revoked end, whichever
+//! replica took the revocation; database users whose lease expired or was revoked are dropped,
 //! and failed drops retried; users no lease accounts for are swept. With several
 //! replicas, only the leader does this; it also finishes what a dead replica left half-done.
 
@@ -21,6 +22,7 @@ pub async fn run(broker: Arc<Broker>, every: Duration, leadership: Leadership) {
     let shared = broker.ledger.store().is_shared();
     let mut last_orphan_sweep = std::time::Instant::now();
     let mut was_leading = !shared;
+    let mut revocations_seen = -1;
     loop {
         tokio::time::sleep(every).await;
         if !leadership.is_leading() {
@@ -34,6 +36,18 @@ pub async fn run(broker: Arc<Broker>, every: Duration, leadership: Leadership) {
             Ok(0) => {}
             Ok(n) => tracing::info!(tasks = n, "tasks retired by time"),
             Err(e) => tracing::warn!(error = %e, "task sweep failed"),
+        }
+        // New revocations: end the tasks they contain that no replica ended yet.
+        let cursor = broker.revocations.status().0;
+        if cursor != revocations_seen {
+            match broker.end_tasks_of_revoked_subjects(now).await {
+                Ok(0) => revocations_seen = cursor,
+                Ok(n) => {
+                    revocations_seen = cursor;
+                    tracing::info!(tasks = n, "tasks of revoked subjects ended");
+                }
+                Err(e) => tracing::warn!(error = %e, "ending the tasks of revoked subjects failed"),
+            }
         }
         match broker.reap_db_leases(now).await {
             Ok(0) => {}

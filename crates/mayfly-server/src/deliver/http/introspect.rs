@@ -205,6 +205,15 @@ pub async fn stream(
         VerifierCaller::Admin => None,
         VerifierCaller::Verifier { claims, .. } => Some(claims),
     };
+    let place = match &holder {
+        Some(c) => Some(state.streams_per_subject.take(c.sub.clone()).ok_or_else(|| {
+            ApiError::Unavailable(format!(
+                "{} holds as many revocation streams as one verifier may; close one, or poll /v1/revocations",
+                c.sub
+            ))
+        })?),
+        None => None,
+    };
     // An admin's stream lasts until shutdown (a year stands for "no end" here).
     let lasts = holder.as_ref().map_or(365 * 86_400, |c| (c.exp - crate::clock::now_unix()).max(0) as u64);
     let expires_at = tokio::time::Instant::now() + Duration::from_secs(lasts);
@@ -218,6 +227,7 @@ pub async fn stream(
     let mut stopping = state.stopping.clone();
     let stream = async_stream::stream! {
         let _slot = slot;
+        let _place = place;
         let to_event = |r: &Revocation| Event::default().event("revocation").id(r.cursor.to_string()).data(entry(r).to_string());
         loop {
             // Backlog (and catch-up after a lag) from storage.
@@ -246,12 +256,13 @@ pub async fn stream(
             };
             match next {
                 Ok(r) if r.cursor > cursor => {
-                    // The entry that revokes the holder's own token is the last it gets.
+                    cursor = r.cursor;
+                    yield Ok(to_event(&r));
+                    // The entry that revokes the holder's own token is the last it gets (it
+                    // gets that one: a verifier must learn of the revocation that ends it).
                     if !still_valid() {
                         break;
                     }
-                    cursor = r.cursor;
-                    yield Ok(to_event(&r));
                 }
                 Ok(_) => {}
                 Err(RecvError::Lagged(_)) => {} // read the gap from storage

@@ -65,6 +65,8 @@ pub struct AppInner {
     pub resource_dpop: mayfly_verify::DpopVerifier,
     /// Open revocation streams (bounded).
     pub streams: Arc<tokio::sync::Semaphore>,
+    /// Open revocation streams per verifier (`sub`), and the most one may hold.
+    pub streams_per_subject: Arc<crate::deliver::quota::Quota<String>>,
     /// Turns true when the server is shutting down.
     pub stopping: tokio::sync::watch::Receiver<bool>,
     /// Whether this replica runs background work.
