@@ -25,9 +25,10 @@ const POLL_EVERY: Duration = Duration::from_millis(500);
 /// resource server exchanging its own platform evidence for a Mayfly token for
 /// `urn:mayfly:introspect:<its audience>`.
 #[derive(Clone)]
-pub struct CredentialSource(
-    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>> + Send + Sync>,
-);
+pub struct CredentialSource(Arc<dyn Fn() -> CredentialFuture + Send + Sync>);
+
+/// What a [`CredentialSource`] answers: a new credential, or why there is none.
+type CredentialFuture = Pin<Box<dyn Future<Output = Result<String, String>> + Send>>;
 
 impl CredentialSource {
     /// A source that calls `fetch` for each new credential.

@@ -274,10 +274,10 @@ name = "k8s"
 preset = "kubernetes"
 issuer = "{k8s}"
 jwks_file = "k8s-jwks.json"
-audiences = ["{aud}"]
 # The test issuer shares this machine's clock: evidence counts as minted at most 1 s
 # before its iat (tests of revocation wait that long for evidence newer than one).
 leeway = "1s"
+audiences = ["{aud}"]
 
 [[attest.oidc]]
 name = "github"
