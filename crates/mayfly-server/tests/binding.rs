@@ -334,7 +334,6 @@ async fn the_sdk_renews_its_feed_credential_learns_a_revocation_of_all_and_refus
         r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned()
     };
     let until = |want: u16, token: String| {
-        let get = get;
         async move {
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
