@@ -17,3 +17,8 @@ pub fn rfc3339(unix: i64) -> String {
     let t = UNIX_EPOCH + std::time::Duration::from_secs(unix.max(0) as u64);
     humantime::format_rfc3339_seconds(t).to_string()
 }
+
+/// `N` seconds: a serde default for durations (`#[serde(default = "crate::clock::secs::<30>")]`).
+pub fn secs<const N: u64>() -> std::time::Duration {
+    std::time::Duration::from_secs(N)
+}

@@ -16,17 +16,17 @@ use crate::broker::{Broker, BrokerParts};
 use crate::config::{Config, Storage};
 use crate::deliver::http::{AppInner, AppState, router};
 use crate::deliver::listener::{self, TlsSetupError};
-use crate::govern::Revocations;
 use crate::govern::replicas::{self, SharedState};
 use crate::issue::JwtIssuer;
 use crate::keys::{Kek, KekSource, KeyError, KeyRing, KeyRingError, SigningAlg};
+use crate::ledger::Revocations;
 use crate::ledger::postgres::{PostgresStore, redact_url};
 use crate::ledger::sqlite::SqliteStore;
 use crate::ledger::{AuditEvent, Ledger, LedgerError, Store};
 use crate::verify::TokenVerifier;
 
 /// Prefix that makes an admin token recognisable.
-pub const ADMIN_TOKEN_PREFIX: &str = crate::admin_tokens::TOKEN_PREFIX;
+pub const ADMIN_TOKEN_PREFIX: &str = crate::broker::admin_tokens::TOKEN_PREFIX;
 /// File in the data directory holding the first admin token (mode 0600).
 pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 const KEK_CHECK_KEY: &str = "kek_check";
@@ -241,7 +241,7 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
     };
 
     let max_ttl_secs = cfg.longest_token_ttl().as_secs() as i64;
-    let retention = crate::govern::revocations::Retention {
+    let retention = crate::ledger::revocations::Retention {
         credentials_secs: max_ttl_secs,
         // Join tokens are evidence too, as old as their lifetime allows.
         evidence_secs: cfg.attest.max_evidence_age.max(cfg.join_tokens.max_ttl).as_secs() as i64,
@@ -283,7 +283,7 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
         .await?,
     );
     let contexts = Arc::new(
-        crate::govern::signals::SubjectContexts::load(store.clone(), cfg.signals.context_ttl.as_secs() as i64).await?,
+        crate::attest::contexts::SubjectContexts::load(store.clone(), cfg.signals.context_ttl.as_secs() as i64).await?,
     );
     // Every decision also answers to what signals said: they can only take access away.
     policies.use_signalled_facts(contexts.clone());
@@ -332,7 +332,7 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
         .signals
         .senders
         .iter()
-        .map(crate::govern::signals::SignalSender::load)
+        .map(crate::broker::signals::SignalSender::load)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| StartError::Config(crate::config::ConfigError::Invalid(e)))?;
     let (leadership, election) = replicas::elect(ledger.clone());
@@ -407,7 +407,7 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
         .run(leadership.clone()),
     );
     let svid_rotation = tokio::spawn(crate::govern::svids::run(svids, ledger.clone(), kek.clone(), leadership));
-    let failure_summaries = tokio::spawn(crate::govern::failures::run(
+    let failure_summaries = tokio::spawn(crate::govern::refusals::run(
         broker.clone(),
         cfg.ledger.refusal_summary_interval.max(Duration::from_millis(100)),
     ));
@@ -459,12 +459,12 @@ async fn ensure_admin_token(cfg: &Config, store: &dyn Store) -> Result<Option<St
     if store.admin_token_count().await? > 0 {
         return Ok(None);
     }
-    let token = crate::admin_tokens::new_token();
+    let token = crate::broker::admin_tokens::new_token();
     // File first: a token stored but never written down would lock everyone out.
     let path = cfg.data_dir.join(ADMIN_TOKEN_FILE);
     crate::fsutil::write_private(&path, format!("{token}\n").as_bytes())
         .map_err(io_err(format!("cannot write {}", path.display())))?;
-    let row = crate::admin_tokens::new_row(&token, INITIAL_ADMIN_TOKEN_NAME, crate::clock::now_unix());
+    let row = crate::broker::admin_tokens::new_row(&token, INITIAL_ADMIN_TOKEN_NAME, crate::clock::now_unix());
     match store.insert_admin_token(&row).await {
         Ok(()) => Ok(Some(token)),
         // Another replica starting on the same empty database stored its own first: that

@@ -333,17 +333,15 @@ async fn the_sdk_renews_its_feed_credential_learns_a_revocation_of_all_and_refus
         let r = srv.exchange_jwt(&k8s.k8s_token("prod", "web"), "https://api.test").await;
         r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned()
     };
-    let until = |want: u16, token: String| {
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                let got = get(token.clone()).await;
-                if got == want {
-                    return;
-                }
-                assert!(Instant::now() < deadline, "still {got}, not {want}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+    let until = |want: u16, token: String| async move {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = get(token.clone()).await;
+            if got == want {
+                return;
             }
+            assert!(Instant::now() < deadline, "still {got}, not {want}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
     let before = issue().await;

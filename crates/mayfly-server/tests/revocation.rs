@@ -425,9 +425,9 @@ async fn standing_exposure_counts_what_is_live_and_not_what_is_revoked() {
         token(&srv, &k8s, "prod", sa, "https://api.test").await;
     }
     let ledger = srv.running.broker.ledger().clone();
-    let revocations = mayfly_server::govern::Revocations::load(
+    let revocations = mayfly_server::ledger::Revocations::load(
         ledger.clone(),
-        mayfly_server::govern::revocations::Retention {
+        mayfly_server::ledger::revocations::Retention {
             credentials_secs: 3600,
             evidence_secs: 3600,
             propagation_secs: 0,

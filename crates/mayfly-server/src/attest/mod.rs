@@ -6,6 +6,8 @@
 //! callers of the Workload API socket and [`entries`] maps them to SPIFFE IDs. [`Attestors`] is the
 //! registry built from configuration.
 
+pub mod config;
+pub mod contexts;
 pub mod delegation;
 pub mod entries;
 pub mod join_token;

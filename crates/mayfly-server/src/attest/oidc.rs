@@ -15,8 +15,9 @@ use serde_json::{Map, Value};
 use tokio::sync::{Mutex, RwLock};
 
 use super::{AttestError, WorkloadIdentity, template};
+use crate::attest::config::OidcIssuerConfig;
+use crate::attest::config::OidcPreset;
 use crate::clock::now_unix;
-use crate::config::{OidcIssuerConfig, OidcPreset};
 use crate::token_cache::TokenCache;
 
 const GITHUB_ISSUER: &str = "https://token.actions.githubusercontent.com";
@@ -200,7 +201,7 @@ impl OidcAttestor {
                 (JwksSource::Static, Arc::new(KeySet::parse(&doc).map_err(err)?))
             }
             (None, Some(url)) => {
-                crate::config::check_jwks_url(&url).map_err(|e| err(format!("jwks_url {url:?}: {e}")))?;
+                crate::attest::config::check_jwks_url(&url).map_err(|e| err(format!("jwks_url {url:?}: {e}")))?;
                 // A redirect is not followed: the keys come from the URL configured, or not at all.
                 let client = reqwest::Client::builder()
                     .timeout(Duration::from_secs(5))

@@ -4,6 +4,7 @@
 //! [`SCHEMA`] when they load. Default deny. A reload that fails keeps the
 //! policies in force and reports why.
 
+pub mod config;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ use cedar_policy_core::ast::{self as cedar_ast, Value};
 use sha2::{Digest, Sha256};
 
 use crate::attest::WorkloadIdentity;
+pub use crate::attest::contexts::SignalledFacts;
 use crate::attest::task::TaskIdentity;
 
 /// The Cedar schema every policy is validated against.
@@ -177,18 +179,6 @@ pub struct ApproveRequest<'a> {
     pub source_ip: IpAddr,
     /// Unix seconds.
     pub now: i64,
-}
-
-/// What signals said about subjects' contexts, as policy sees it. Signalled facts can
-/// only take access away: a request is allowed only if policy allows it both on the
-/// attested attributes alone and with the signalled ones laid over them, so no signal
-/// turns a denial into an issuance (a move is decided in the new context, and a
-/// `tier=prod` claim from a signal sender cannot grant what the evidence did not).
-pub trait SignalledFacts: Send + Sync {
-    /// Whether nothing is signalled (the common case: nothing to look up).
-    fn is_empty(&self) -> bool;
-    /// The signalled attributes of `subject` in force at `now`, if any.
-    fn signalled(&self, subject: &str, now: i64) -> Option<BTreeMap<String, String>>;
 }
 
 /// A request to act for a subject that gave no proof, as policy sees it.

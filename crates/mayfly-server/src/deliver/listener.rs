@@ -33,7 +33,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 use tower::ServiceExt;
 
-use crate::config::ListenConfig;
+use crate::deliver::config::ListenConfig;
 use crate::deliver::http::ApiError;
 
 /// Who is on the other end of a connection.

@@ -2,6 +2,7 @@
 //! OAuth endpoints and discovery documents; `listener` accepts TCP/TLS connections; `workload_api` serves the
 //! SPIFFE Workload API on a unix socket.
 
+pub mod config;
 pub mod http;
 pub mod listener;
 pub mod quota;

@@ -18,8 +18,8 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::attest::unix::{PeerCredentials, UnixWorkload};
+use crate::broker::svids::HeldX509Svid;
 use crate::broker::{Broker, BrokerError};
-use crate::svids::HeldX509Svid;
 
 /// Largest request message accepted (a JWT-SVID to validate is the largest legitimate one).
 const MAX_REQUEST_BYTES: usize = 64 * 1024;

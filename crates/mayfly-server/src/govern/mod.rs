@@ -1,14 +1,12 @@
-//! Governance after issuance: revocation (and its feed), expiry housekeeping, task retirement,
-//! SVID authority rotation, audit checkpoints.
+//! Background work after issuance, and only that: revocation upkeep, expiry housekeeping,
+//! task retirement, SVID authority rotation, audit checkpoints, refusal summaries, the
+//! replicas' leadership. It depends on the broker, never the reverse.
 
 pub mod checkpoints;
-pub mod failures;
+pub mod refusals;
 pub mod replicas;
-pub mod revocations;
-pub mod signals;
 pub mod stats;
 pub mod svids;
 pub mod tasks;
 
 pub use replicas::Leadership;
-pub use revocations::{Revocations, RevokeError};

@@ -9,10 +9,10 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::sync::{broadcast, watch};
 
-use super::Revocations;
 use crate::attest::entries::Entries;
 use crate::issue::svid::SvidAuthorities;
 use crate::keys::{Kek, KeyRing};
+use crate::ledger::Revocations;
 use crate::ledger::{AuditEvent, Ledger, Store, StoreChange};
 
 /// How often leadership is claimed (or, by the leader, confirmed).
@@ -89,7 +89,7 @@ pub struct SharedState {
     /// Revocations in force.
     pub revocations: Arc<Revocations>,
     /// What signals said about workloads' contexts.
-    pub contexts: Arc<crate::govern::signals::SubjectContexts>,
+    pub contexts: Arc<crate::attest::contexts::SubjectContexts>,
 }
 
 /// Follows other replicas' changes: at once on a notification, and every few seconds

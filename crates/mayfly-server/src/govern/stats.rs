@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Leadership, Revocations};
-use crate::ledger::revocation::CredentialFacts;
+use super::Leadership;
+use crate::ledger::Revocations;
+use crate::ledger::revocations::CredentialFacts;
 use crate::ledger::{AuditEvent, CredentialFilter, Ledger, LedgerError, Store};
 
 /// Live counts by credential kind.

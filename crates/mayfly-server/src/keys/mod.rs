@@ -4,6 +4,7 @@
 //! under the KEK, with the key id as associated data so a sealed blob cannot be
 //! swapped onto another key's row.
 
+pub mod config;
 mod kek;
 mod ring;
 mod signing;

@@ -6,14 +6,15 @@
 //! batches concurrent writes into one transaction (group commit).
 
 pub mod audit;
+pub mod config;
 pub mod postgres;
-pub mod revocation;
+pub mod revocations;
 mod sql;
 pub mod sqlite;
 mod writer;
 
 pub use audit::{AuditEvent, ChainedAuditEvent};
-pub use revocation::{Revocation, RevocationIndex, RevocationKind};
+pub use revocations::{Revocation, RevocationIndex, RevocationKind, Revocations, RevokeError};
 pub use writer::{Batch, Ledger};
 
 use async_trait::async_trait;
@@ -431,6 +432,13 @@ pub struct DbLease {
     pub end_reason: Option<String>,
     /// The attested context it was issued under ([`IssuanceContext`] as JSON).
     pub context: Option<String>,
+}
+
+impl DbLease {
+    /// The audience a database lease has for revocation selectors: `db:<database>/<role>`.
+    pub fn audience(&self) -> String {
+        format!("db:{}/{}", self.issuer, self.role)
+    }
 }
 
 /// Which tasks to list.

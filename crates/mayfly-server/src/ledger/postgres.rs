@@ -78,7 +78,7 @@ const LEADER_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl PostgresStore {
     /// Connects, applies migrations and starts listening for other replicas' changes.
-    pub async fn connect(url: &str, settings: &crate::config::PostgresConfig) -> Result<Self, LedgerError> {
+    pub async fn connect(url: &str, settings: &crate::ledger::config::PostgresConfig) -> Result<Self, LedgerError> {
         // Statements carry credential ids and sealed keys: sqlx must never log them.
         let options = PgConnectOptions::from_str(url)?
             .application_name("mayfly")

@@ -7,9 +7,9 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde::Deserialize;
 
-use crate::govern::Revocations;
 use crate::keys::KeyRing;
 use crate::ledger::RevocationKind;
+use crate::ledger::Revocations;
 use crate::token_cache::TokenCache;
 
 /// Clock skew allowed on `nbf`.

@@ -102,7 +102,8 @@ pub async fn create_admin_token(
 ) -> Result<(StatusCode, [(header::HeaderName, &'static str); 1], Json<CreateAdminTokenResponse>), ApiError> {
     let caller = require_admin(&state, &headers).await?;
     let req: CreateAdminTokenRequest = json_body_required(&headers, body)?;
-    let created = crate::admin_tokens::create(state.store.as_ref(), &req.name, crate::clock::now_unix()).await?;
+    let created =
+        crate::broker::admin_tokens::create(state.store.as_ref(), &req.name, crate::clock::now_unix()).await?;
     audit_admin(&state, "admin.admin_token.created", None, admin_token_detail(&created.row, &caller)).await?;
     let body = CreateAdminTokenResponse { info: admin_token_info(&created.row), token: created.token };
     Ok((StatusCode::CREATED, [(header::CACHE_CONTROL, "no-store")], Json(body)))
@@ -121,7 +122,7 @@ pub async fn list_admin_tokens(
     headers: HeaderMap,
 ) -> Result<Json<Vec<AdminTokenInfo>>, ApiError> {
     require_admin(&state, &headers).await?;
-    let rows = crate::admin_tokens::list(state.store.as_ref()).await?;
+    let rows = crate::broker::admin_tokens::list(state.store.as_ref()).await?;
     Ok(Json(rows.iter().map(admin_token_info).collect()))
 }
 
@@ -143,7 +144,7 @@ pub async fn revoke_admin_token(
     Path(id): Path<String>,
 ) -> Result<Json<AdminTokenInfo>, ApiError> {
     let caller = require_admin(&state, &headers).await?;
-    let removed = crate::admin_tokens::revoke(state.store.as_ref(), &id).await?;
+    let removed = crate::broker::admin_tokens::revoke(state.store.as_ref(), &id).await?;
     audit_admin(&state, "admin.admin_token.revoked", None, admin_token_detail(&removed, &caller)).await?;
     Ok(Json(admin_token_info(&removed)))
 }

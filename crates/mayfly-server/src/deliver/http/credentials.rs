@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 
 use super::admin::json_body_required;
 use super::{ApiError, AppState, require_admin};
-use crate::db_credentials::DbCredentialParams;
+use crate::broker::db_credentials::DbCredentialParams;
 use crate::deliver::listener::PeerInfo;
 use crate::ledger::{DbLease, DbLeaseState};
 

@@ -4,12 +4,12 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use mayfly_proto::{PROBLEM_CONTENT_TYPE, Problem};
 
-use crate::admin_tokens::AdminTokenError;
 use crate::attest::AttestError;
 use crate::attest::join_token::CreateJoinTokenError;
 use crate::broker::BrokerError;
-use crate::govern::RevokeError;
+use crate::broker::admin_tokens::AdminTokenError;
 use crate::keys::KeyRingError;
+use crate::ledger::RevokeError;
 
 /// An error on its way to becoming an HTTP problem.
 #[derive(Debug, thiserror::Error)]

@@ -22,8 +22,8 @@ use axum::http::{HeaderMap, header};
 use axum::routing::{get, post};
 
 use crate::broker::Broker;
-use crate::govern::Revocations;
 use crate::keys::{Kek, KeyRing, SigningAlg};
+use crate::ledger::Revocations;
 use crate::ledger::Store;
 use crate::verify::TokenVerifier;
 pub use error::ApiError;
@@ -72,7 +72,7 @@ pub struct AppInner {
     /// Whether this replica runs background work.
     pub leadership: crate::govern::Leadership,
     /// Who may push Security Event Tokens.
-    pub signal_senders: Arc<Vec<crate::govern::signals::SignalSender>>,
+    pub signal_senders: Arc<Vec<crate::broker::signals::SignalSender>>,
 }
 
 impl AppState {
@@ -198,7 +198,7 @@ pub(crate) type AdminCaller = crate::ledger::StoredAdminToken;
 /// Checks an admin token against the store on every call: no cache, so a revoked token
 /// is refused from the next request on, on every replica.
 pub(crate) async fn check_admin(state: &AppState, token: &str) -> Result<AdminCaller, ApiError> {
-    match crate::admin_tokens::authenticate(state.store.as_ref(), token, crate::clock::now_unix()).await {
+    match crate::broker::admin_tokens::authenticate(state.store.as_ref(), token, crate::clock::now_unix()).await {
         Ok(Some(caller)) => Ok(caller),
         Ok(None) => Err(ApiError::Unauthorized("the admin token is not valid".into())),
         Err(e) => {
@@ -312,7 +312,7 @@ pub(crate) async fn require_verifier(
              {VERIFIER_AUDIENCE}:<your audience> (Bearer, or DPoP with a proof when it is DPoP-bound)"
         )));
     };
-    if token.starts_with(crate::server::ADMIN_TOKEN_PREFIX) {
+    if token.starts_with(crate::broker::admin_tokens::TOKEN_PREFIX) {
         check_admin(state, token).await?;
         return Ok(VerifierCaller::Admin);
     }

@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 use super::admin::json_body;
 use super::{ApiError, AppState, require_admin};
 use crate::ledger::audit::{Anchor, ChainReport};
-use crate::ledger::revocation::CredentialFacts;
+use crate::ledger::revocations::CredentialFacts;
 use crate::ledger::{AuditFilter, CredentialFilter, Revocation};
 
 const MAX_LIST: i64 = 1000;

@@ -13,8 +13,8 @@ use serde_json::json;
 
 use super::admin::json_body_required;
 use super::{ApiError, AppState, require_admin};
+use crate::broker::signals::{Signal, SignalError, SignalOutcome, verify_set};
 use crate::deliver::listener::PeerInfo;
-use crate::govern::signals::{Signal, SignalError, SignalOutcome, verify_set};
 
 /// The media type of a pushed SET (RFC 8935 §2).
 const SET_CONTENT_TYPE: &str = "application/secevent+jwt";

@@ -19,10 +19,10 @@ use serde::Deserialize;
 use super::admin::{json_body, json_body_required};
 use super::{ApiError, AppState, authorization_token, bearer, check_admin, honour_binding, require_admin};
 use crate::attest::AttestError;
+use crate::broker::tasks::{Approver, StartTaskParams};
 use crate::broker::{BrokerError, Caller};
 use crate::deliver::listener::PeerInfo;
 use crate::ledger::{TaskFilter, TaskRecord, TaskState};
-use crate::tasks::{Approver, StartTaskParams};
 
 const MAX_LIST: i64 = 1000;
 
@@ -79,7 +79,7 @@ async fn task_actor(
     let (dpop_scheme, token) = authorization_token(headers).ok_or_else(|| {
         ApiError::Unauthorized("send Authorization: Bearer with the task's token or an admin token".into())
     })?;
-    if token.starts_with(crate::server::ADMIN_TOKEN_PREFIX) && !dpop_scheme {
+    if token.starts_with(crate::broker::admin_tokens::TOKEN_PREFIX) && !dpop_scheme {
         check_admin(state, token).await?;
         return Ok(TaskActor::Admin);
     }

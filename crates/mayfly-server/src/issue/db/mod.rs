@@ -1,6 +1,7 @@
 //! Dynamic database credentials: a user created at the moment of use, dropped at
 //! expiry or revocation with its sessions. One module per database kind.
 
+pub mod config;
 pub mod mysql;
 pub mod postgres;
 pub mod redis;
@@ -11,7 +12,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::config::{DatabaseConfig, DatabaseRoleConfig};
+use crate::issue::db::config::DatabaseConfig;
+use crate::issue::db::config::DatabaseRoleConfig;
 use crate::keys::Kek;
 
 /// How long one database operation may take before it counts as failed.

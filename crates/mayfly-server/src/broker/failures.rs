@@ -4,8 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::{Mutex, PoisonError};
 
 use serde_json::json;
 
@@ -105,13 +104,5 @@ impl Broker {
         if let Err(e) = self.ledger.commit(Batch { events, ..Batch::default() }).await {
             tracing::error!(error = %e, "refusal summaries could not be recorded");
         }
-    }
-}
-
-/// Flushes the refusal counts every `every` until the process stops.
-pub async fn run(broker: Arc<Broker>, every: Duration) {
-    loop {
-        tokio::time::sleep(every).await;
-        broker.flush_failures().await;
     }
 }

@@ -15,7 +15,7 @@ use serde_json::json;
 use crate::authorize::IssueRequest;
 use crate::broker::{Broker, BrokerError, Caller};
 use crate::issue::db::{Database, NewUser, new_password};
-use crate::ledger::revocation::CredentialFacts;
+use crate::ledger::revocations::CredentialFacts;
 use crate::ledger::{AuditEvent, Batch, DbLease, DbLeaseState};
 
 /// Users dropped at once per database in a reaping round (a database pool has 8 connections).
@@ -51,11 +51,6 @@ pub struct IssuedDbCredential {
     pub database: Arc<Database>,
 }
 
-/// The audience a database lease has for revocation selectors: `db:<database>/<role>`.
-pub fn lease_audience(lease: &DbLease) -> String {
-    format!("db:{}/{}", lease.issuer, lease.role)
-}
-
 fn backoff(attempts: i64) -> i64 {
     1i64.checked_shl(attempts.clamp(0, 6) as u32).unwrap_or(MAX_BACKOFF_SECS).min(MAX_BACKOFF_SECS)
 }
@@ -63,7 +58,7 @@ fn backoff(attempts: i64) -> i64 {
 impl Broker {
     /// Which revocation in force covers a lease, if any (its users are credentials too).
     fn lease_revoked_by(&self, lease: &DbLease) -> Option<crate::ledger::RevocationKind> {
-        let audience = lease_audience(lease);
+        let audience = lease.audience();
         self.revocations.revoked_by(&CredentialFacts {
             jti: &lease.id,
             subject: &lease.subject,
@@ -106,7 +101,7 @@ impl Broker {
                     return Err(BrokerError::TaskPending(t.task.id.clone()));
                 }
                 // A task limited to audiences gets database roles only if it names them.
-                crate::tasks::check_task_audience(&t.task, &format!("db:{}/{}", p.database, p.role))?;
+                crate::broker::tasks::check_task_audience(&t.task, &format!("db:{}/{}", p.database, p.role))?;
                 // Nothing issued under a task outlives it.
                 expires_at = expires_at.min(t.task.expires_at);
                 max_expires_at = max_expires_at.min(t.task.expires_at);

@@ -15,7 +15,7 @@ use crate::authorize::FetchSvidRequest;
 use crate::broker::{Broker, BrokerError, Caller, RecordFacts};
 use crate::issue::IssuedToken;
 use crate::issue::svid::{MintedJwtSvid, MintedX509Svid};
-use crate::ledger::revocation::CredentialFacts;
+use crate::ledger::revocations::CredentialFacts;
 
 /// Most attestations (each may read and hash an executable) running at once.
 pub const ATTESTATIONS_AT_ONCE: usize = 8;

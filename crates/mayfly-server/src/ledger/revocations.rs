@@ -1,5 +1,7 @@
 //! Revocation: selectors recorded in the ledger, an in-memory index that answers
-//! "is this credential revoked?" in O(1), and a broadcast feed for subscribers.
+//! "is this credential revoked?" in O(1), and a broadcast feed for subscribers. The
+//! selector types and the index are shared with resource servers: the wire types live in
+//! `mayfly-proto`, the index in `mayfly-verify`.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -8,11 +10,9 @@ use mayfly_proto::{LiftRequest, RevokeRequest};
 use serde_json::json;
 use tokio::sync::broadcast;
 
-use crate::ledger::revocation::CredentialFacts;
-use crate::ledger::{
-    AuditEvent, CredentialFilter, DbLeaseState, Ledger, LedgerError, Revocation, RevocationIndex, RevocationKind, Store,
-};
+use crate::ledger::{AuditEvent, CredentialFilter, DbLeaseState, Ledger, LedgerError, Store};
 use crate::spiffe::SpiffeId;
+pub use mayfly_verify::revocation::{CredentialFacts, Revocation, RevocationIndex, RevocationKind, under_prefix};
 
 /// Extra time a revocation is kept past the longest lifetime it covers (clock skew).
 const KEEP_MARGIN_SECS: i64 = 300;
@@ -390,7 +390,7 @@ impl Revocations {
         Ok(tasks.iter().any(|t| {
             let hit = |id: &str| match kind {
                 RevocationKind::Subject => id == value,
-                _ => crate::ledger::revocation::under_prefix(id, value),
+                _ => crate::ledger::revocations::under_prefix(id, value),
             };
             hit(&t.creator) || t.on_behalf_of.as_deref().is_some_and(hit)
         }))
@@ -402,8 +402,8 @@ impl Revocations {
         let leases = self.store().db_leases(&open, None, 100_000).await?;
         Ok(leases.iter().any(|l| match kind {
             RevocationKind::Subject => l.subject == value,
-            RevocationKind::SubjectPrefix => crate::ledger::revocation::under_prefix(&l.subject, value),
-            RevocationKind::Audience => crate::db_credentials::lease_audience(l) == value,
+            RevocationKind::SubjectPrefix => crate::ledger::revocations::under_prefix(&l.subject, value),
+            RevocationKind::Audience => l.audience() == value,
             RevocationKind::Task => l.task_id.as_deref() == Some(value),
             RevocationKind::Jti | RevocationKind::IssuedBefore => false,
         }))

@@ -7,8 +7,8 @@ use mayfly_proto::{LiftRequest, RevokeRequest};
 
 use crate::attest::AttestError;
 use crate::broker::{Broker, Caller};
-use crate::govern::RevokeError;
-use crate::ledger::revocation::{CredentialFacts, under_prefix};
+use crate::ledger::RevokeError;
+use crate::ledger::revocations::{CredentialFacts, under_prefix};
 use crate::ledger::{CredentialRecord, Revocation, RevocationKind, TaskFilter, TaskRecord};
 
 impl Broker {

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use crate::attest::WorkloadIdentity;
 use crate::authorize::{ExchangeRequest, IssueRequest, PolicyEngine, Principal};
 use crate::broker::{Broker, BrokerError};
-use crate::govern::RevokeError;
+use crate::ledger::RevokeError;
 use crate::ledger::{AuditEvent, CredentialFilter, CredentialRecord, DbLease, DbLeaseState, IssuanceContext};
 use crate::spiffe::SpiffeId;
 use mayfly_proto::RevokeRequest;
@@ -168,7 +168,7 @@ impl SignalSubject {
     fn names(&self, id: &str) -> bool {
         match (&self.spiffe_id, &self.spiffe_prefix) {
             (Some(wanted), _) => wanted == id,
-            (_, Some(p)) => crate::ledger::revocation::under_prefix(id, p),
+            (_, Some(p)) => crate::ledger::revocations::under_prefix(id, p),
             _ => true,
         }
     }
@@ -259,7 +259,7 @@ impl std::fmt::Debug for SignalSender {
 
 impl SignalSender {
     /// Loads a sender's JWKS from a file; `none` and HMAC are never accepted.
-    pub fn load(cfg: &crate::config::SignalSenderConfig) -> Result<Self, String> {
+    pub fn load(cfg: &crate::broker::config::SignalSenderConfig) -> Result<Self, String> {
         let keys = read_jwks(&cfg.jwks_file)?;
         let mut algorithms = Vec::new();
         for a in &cfg.algorithms {
@@ -396,7 +396,7 @@ pub fn verify_set(token: &str, senders: &[SignalSender], now: i64) -> Result<Ver
     if let Some(scope) = &sender.subject_prefix {
         for sig in &signals {
             let s = &sig.subject;
-            let inside = |id: &str| crate::ledger::revocation::under_prefix(id.trim_end_matches('/'), scope);
+            let inside = |id: &str| crate::ledger::revocations::under_prefix(id.trim_end_matches('/'), scope);
             let ok = match (&s.spiffe_id, &s.spiffe_prefix) {
                 (Some(id), _) | (_, Some(id)) => inside(id),
                 // Attribute and task subjects can reach anything: not for a scoped sender.
@@ -629,7 +629,7 @@ impl Broker {
         let mut ended = 0;
         for t in self.live_tasks(None, now).await? {
             let by_prefix =
-                s.spiffe_prefix.as_deref().is_some_and(|p| crate::ledger::revocation::under_prefix(&t.creator, p));
+                s.spiffe_prefix.as_deref().is_some_and(|p| crate::ledger::revocations::under_prefix(&t.creator, p));
             // A sub-task may already have ended with its parent.
             if (creators.contains(t.creator.as_str()) || by_prefix)
                 && self.end_task(&t.id, actor, Some(reason)).await.is_ok()
@@ -721,7 +721,7 @@ impl Broker {
         }
         // Already revoked ones need no decision.
         tokens.retain(|t| {
-            let facts = crate::ledger::revocation::CredentialFacts {
+            let facts = crate::ledger::revocations::CredentialFacts {
                 jti: &t.jti,
                 subject: &t.subject,
                 audience: &t.audience,
@@ -819,84 +819,4 @@ fn token_still_allowed(
 
 fn subject_json(s: &SignalSubject) -> Value {
     json!({"spiffe_id": s.spiffe_id, "spiffe_prefix": s.spiffe_prefix, "task": s.task, "attributes": s.attributes})
-}
-
-/// What signals said about workloads' contexts, by SPIFFE ID: laid over the attested
-/// attributes of each later request from that workload until it expires, so evidence
-/// from before a move cannot get new credentials in the old context. Reads never wait.
-pub struct SubjectContexts {
-    store: std::sync::Arc<dyn crate::ledger::Store>,
-    ttl_secs: i64,
-    by_subject: arc_swap::ArcSwap<std::collections::HashMap<String, Overlay>>,
-}
-
-/// A signalled context and when it stops counting.
-type Overlay = (BTreeMap<String, String>, i64);
-
-impl std::fmt::Debug for SubjectContexts {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SubjectContexts").field("count", &self.by_subject.load().len()).finish_non_exhaustive()
-    }
-}
-
-impl crate::authorize::SignalledFacts for SubjectContexts {
-    fn is_empty(&self) -> bool {
-        self.by_subject.load().is_empty()
-    }
-
-    fn signalled(&self, subject: &str, now: i64) -> Option<BTreeMap<String, String>> {
-        match self.by_subject.load().get(subject) {
-            Some((attrs, expires_at)) if *expires_at > now => Some(attrs.clone()),
-            _ => None,
-        }
-    }
-}
-
-impl SubjectContexts {
-    /// Loads the contexts in force; a signalled context lasts `ttl_secs`.
-    pub async fn load(
-        store: std::sync::Arc<dyn crate::ledger::Store>,
-        ttl_secs: i64,
-    ) -> Result<Self, crate::ledger::LedgerError> {
-        let this = Self { store, ttl_secs, by_subject: Default::default() };
-        this.reload().await?;
-        Ok(this)
-    }
-
-    /// Re-reads them (another replica may have recorded one).
-    pub async fn reload(&self) -> Result<(), crate::ledger::LedgerError> {
-        let now = crate::clock::now_unix();
-        let rows = self.store.subject_contexts(now).await?;
-        let map = rows
-            .into_iter()
-            .filter_map(|r| Some((r.subject, (serde_json::from_str(&r.attributes).ok()?, r.expires_at))))
-            .collect();
-        self.by_subject.store(std::sync::Arc::new(map));
-        Ok(())
-    }
-
-    /// Records what a signal said about `subject`, over what earlier signals said.
-    pub async fn record(
-        &self,
-        subject: &str,
-        changed: &BTreeMap<String, String>,
-    ) -> Result<(), crate::ledger::LedgerError> {
-        let now = crate::clock::now_unix();
-        let mut attrs = match self.by_subject.load().get(subject) {
-            Some((a, expires_at)) if *expires_at > now => a.clone(),
-            _ => BTreeMap::new(),
-        };
-        attrs.extend(changed.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let row = crate::ledger::StoredSubjectContext {
-            subject: subject.to_owned(),
-            attributes: serde_json::to_string(&attrs).unwrap_or_else(|_| "{}".into()),
-            updated_at: now,
-            expires_at: now + self.ttl_secs,
-        };
-        self.store.put_subject_context(&row).await?;
-        let mut map = (**self.by_subject.load()).clone();
-        map.insert(subject.to_owned(), (attrs, row.expires_at));
-        self.by_subject.store(std::sync::Arc::new(map));
-        Ok(())
-    }
 }

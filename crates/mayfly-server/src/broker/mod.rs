@@ -1,6 +1,15 @@
 //! The flow of one request: attest → authorize → issue → record, then deliver.
 //! This module knows nothing of HTTP; `deliver::http` maps its errors to problems.
 
+pub mod admin_tokens;
+pub mod config;
+pub mod containment;
+pub mod db_credentials;
+pub mod failures;
+pub mod signals;
+pub mod svids;
+pub mod tasks;
+
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -10,10 +19,12 @@ use serde_json::json;
 use crate::attest::task::{TaskAttestor, TaskIdentity};
 use crate::attest::{AttestError, Attestors, WorkloadIdentity};
 use crate::authorize::{Decision, ExchangeRequest, PolicyEngine, Principal};
-use crate::config::{AudienceConfig, TasksConfig, TokensConfig};
-use crate::govern::Revocations;
+use crate::broker::config::AudienceConfig;
+use crate::broker::config::TasksConfig;
+use crate::broker::config::TokensConfig;
 use crate::issue::{AccessTokenRequest, IssueError, IssuedToken, JwtIssuer};
 use crate::keys::Kek;
+use crate::ledger::Revocations;
 use crate::ledger::{AuditEvent, CredentialRecord, Ledger, LedgerError, TaskState};
 use mayfly_verify::Confirmation;
 
@@ -78,7 +89,7 @@ pub enum BrokerError {
     Dpop(#[from] mayfly_verify::DpopError),
     /// A revocation in force (a block) covers what would be issued.
     #[error(transparent)]
-    Blocked(#[from] crate::containment::RevokeBlocked),
+    Blocked(#[from] crate::broker::containment::RevokeBlocked),
 }
 
 /// A token-exchange request after parsing.
@@ -198,9 +209,9 @@ pub struct BrokerParts {
     /// Workload API registration entries.
     pub entries: Arc<crate::attest::entries::Entries>,
     /// What signals said about workloads' contexts.
-    pub contexts: Arc<crate::govern::signals::SubjectContexts>,
+    pub contexts: Arc<crate::attest::contexts::SubjectContexts>,
     /// Workload API settings.
-    pub workload_api: crate::config::WorkloadApiConfig,
+    pub workload_api: crate::broker::config::WorkloadApiConfig,
     /// Evidence older than this is refused (`attest.max_evidence_age`).
     pub max_evidence_age_secs: i64,
 }
@@ -220,7 +231,7 @@ pub struct Broker {
     pub(crate) tasks: TasksConfig,
     audiences: HashMap<String, AudienceConfig>,
     /// Refusals anyone can provoke, counted until the next summary.
-    pub(crate) failures: crate::govern::failures::FailureTally,
+    pub(crate) failures: crate::broker::failures::FailureTally,
     /// Serialises task state changes (approve, deny, end), so two of them never race.
     pub(crate) task_transitions: tokio::sync::Mutex<()>,
     pub(crate) databases: Arc<crate::issue::db::Databases>,
@@ -228,10 +239,10 @@ pub struct Broker {
     pub(crate) db_transitions: tokio::sync::Mutex<()>,
     pub(crate) svids: Arc<crate::issue::svid::SvidAuthorities>,
     pub(crate) entries: Arc<crate::attest::entries::Entries>,
-    pub(crate) contexts: Arc<crate::govern::signals::SubjectContexts>,
+    pub(crate) contexts: Arc<crate::attest::contexts::SubjectContexts>,
     pub(crate) unix: Arc<crate::attest::unix::UnixAttestor>,
     pub(crate) attestations: Arc<tokio::sync::Semaphore>,
-    pub(crate) workload_api: crate::config::WorkloadApiConfig,
+    pub(crate) workload_api: crate::broker::config::WorkloadApiConfig,
 }
 
 impl std::fmt::Debug for Broker {
@@ -265,7 +276,7 @@ impl Broker {
             entries: parts.entries,
             contexts: parts.contexts,
             unix: Arc::new(crate::attest::unix::UnixAttestor::new(parts.workload_api.max_exe_bytes)),
-            attestations: Arc::new(tokio::sync::Semaphore::new(crate::svids::ATTESTATIONS_AT_ONCE)),
+            attestations: Arc::new(tokio::sync::Semaphore::new(crate::broker::svids::ATTESTATIONS_AT_ONCE)),
             workload_api: parts.workload_api,
         }
     }
@@ -341,7 +352,7 @@ impl Broker {
         let (subject, act, task_id) = match &caller {
             Caller::Workload(w) => (w.spiffe_id.to_string(), None, None),
             Caller::Task(t) => {
-                let (sub, act) = crate::tasks::delegated_subject(t)?;
+                let (sub, act) = crate::broker::tasks::delegated_subject(t)?;
                 (sub, Some(act), Some(t.task.id.as_str()))
             }
         };
@@ -576,7 +587,7 @@ fn narrow_to_task(
     if t.task.state == TaskState::Pending {
         return Err(BrokerError::TaskPending(t.task.id.clone()));
     }
-    crate::tasks::check_task_audience(&t.task, audience)?;
+    crate::broker::tasks::check_task_audience(&t.task, audience)?;
     let allowed: Vec<&str> = t.task.scope.split_whitespace().collect();
     if !asked {
         return Ok(allowed.into_iter().map(str::to_owned).collect());
