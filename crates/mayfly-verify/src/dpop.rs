@@ -187,7 +187,8 @@ impl NonceSource {
 }
 
 /// Remembers proof `jti`s for the acceptance window, so each proof is used once.
-/// Bounded: when full of live entries it refuses new proofs instead of forgetting.
+/// Bounded: when full of live entries it refuses new proofs instead of forgetting. Not an
+/// evicting cache on purpose: a forgotten `jti` is a proof that can be replayed.
 #[derive(Debug)]
 pub struct ReplayCache {
     inner: Mutex<ReplayInner>,

@@ -20,6 +20,8 @@ use crate::revocation::{CredentialFacts, Revocation, RevocationIndex, Revocation
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 /// How often to poll while the stream is down.
 const POLL_EVERY: Duration = Duration::from_millis(500);
+/// Largest event accepted from the stream.
+const MAX_EVENT_BYTES: usize = 1 << 20;
 
 /// A fresh feed credential, asked for when the broker refuses the last one: typically the
 /// resource server exchanging its own platform evidence for a Mayfly token for
@@ -148,8 +150,10 @@ impl RevocationFollower {
 
     /// Follows the event stream until it ends or fails; entries apply as they arrive.
     async fn stream(&self, http: &reqwest::Client, base: &str, credential: &str) -> Result<(), String> {
+        use eventsource_stream::Eventsource;
+        use futures_util::StreamExt;
         let url = format!("{base}/v1/revocations/stream?since={}", self.cursor());
-        let mut resp = http
+        let resp = http
             .get(&url)
             .bearer_auth(credential)
             .header("accept", "text/event-stream")
@@ -158,19 +162,26 @@ impl RevocationFollower {
             .and_then(|r| r.error_for_status())
             .map_err(|e| e.to_string())?;
         self.mark_synced();
-        let mut buf: Vec<u8> = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+        // Any bytes (keep-alive comments included) show the feed is alive; an event that
+        // does not end within 1 MiB is refused rather than buffered without bound.
+        let pending = std::sync::atomic::AtomicUsize::new(0);
+        let bytes = resp.bytes_stream().map(|chunk| {
             self.mark_synced();
-            buf.extend_from_slice(&chunk);
-            // Events end with a blank line.
-            while let Some(end) = find_event_end(&buf) {
-                let event: Vec<u8> = buf.drain(..end).collect();
-                if let Some(r) = parse_event(&event) {
-                    self.apply(std::slice::from_ref(&r), now());
-                }
+            if let Ok(c) = &chunk {
+                pending.fetch_add(c.len(), std::sync::atomic::Ordering::Relaxed);
             }
-            if buf.len() > 1 << 20 {
+            chunk
+        });
+        let mut events = bytes.eventsource();
+        while let Some(event) = events.next().await {
+            let event = event.map_err(|e| e.to_string())?;
+            if pending.swap(0, std::sync::atomic::Ordering::Relaxed) > MAX_EVENT_BYTES {
                 return Err("an event larger than 1 MiB".into());
+            }
+            if event.event == "revocation"
+                && let Ok(r) = serde_json::from_str::<Revocation>(&event.data)
+            {
+                self.apply(std::slice::from_ref(&r), now());
             }
         }
         Ok(())
@@ -199,47 +210,27 @@ impl RevocationFollower {
     }
 }
 
-/// The length of the first complete event (including its blank line), if any.
-fn find_event_end(buf: &[u8]) -> Option<usize> {
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-/// A `revocation` event's entry; other events and comments are ignored.
-fn parse_event(event: &[u8]) -> Option<Revocation> {
-    let text = std::str::from_utf8(event).ok()?;
-    let mut kind = "message";
-    let mut data = String::new();
-    for line in text.lines() {
-        if let Some(v) = line.strip_prefix("event:") {
-            kind = v.trim();
-        } else if let Some(v) = line.strip_prefix("data:") {
-            if !data.is_empty() {
-                data.push('\n');
-            }
-            data.push_str(v.strip_prefix(' ').unwrap_or(v));
-        }
-    }
-    (kind == "revocation").then(|| serde_json::from_str(&data).ok()).flatten()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn events_are_split_and_parsed() {
-        let stream = b": keep-alive\n\nevent: revocation\nid: 3\ndata: {\"cursor\":3,\"kind\":\"jti\",\"value\":\"j\",\"issued_before\":1,\"revoked_at\":1,\"expires_at\":9999999999}\n\nevent: rev";
-        let first = find_event_end(stream).unwrap();
-        assert!(parse_event(&stream[..first]).is_none(), "a comment is not an entry");
-        let rest = &stream[first..];
-        let second = find_event_end(rest).unwrap();
-        let r = parse_event(&rest[..second]).unwrap();
-        assert_eq!((r.cursor, r.kind, r.value.as_str()), (3, RevocationKind::Jti, "j"));
-        assert!(find_event_end(&rest[second..]).is_none(), "an incomplete event waits for more bytes");
+    #[tokio::test]
+    async fn the_stream_applies_revocation_events_and_skips_the_rest() {
+        use eventsource_stream::Eventsource;
+        use futures_util::StreamExt;
+        let body = ": keep-alive\n\nevent: revocation\nid: 3\ndata: {\"cursor\":3,\"kind\":\"jti\",\"value\":\"j\",\"issued_before\":1,\"revoked_at\":1,\"expires_at\":9999999999}\n\nevent: other\ndata: x\n\n";
+        let chunks = futures_util::stream::iter(body.as_bytes().chunks(7).map(|c| Ok::<_, std::io::Error>(c.to_vec())));
+        let events: Vec<_> = chunks.eventsource().collect().await;
+        let revocations: Vec<Revocation> = events
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter(|e| e.event == "revocation")
+            .filter_map(|e| serde_json::from_str(&e.data).ok())
+            .collect();
+        assert_eq!(revocations.len(), 1, "the comment and the other event are not entries");
+        assert_eq!(
+            (revocations[0].cursor, revocations[0].kind, revocations[0].value.as_str()),
+            (3, RevocationKind::Jti, "j")
+        );
     }
 }

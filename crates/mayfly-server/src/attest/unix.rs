@@ -12,10 +12,9 @@
 //! (the pid, pidfd and start time survive `exec`; SPIRE has the same limit). Long-lived
 //! streams are re-checked (`still_the_same`), so a change of program or user ends them.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
-use std::sync::Mutex;
 
 /// Entries cached in the executable-hash cache before it is cleared.
 const HASH_CACHE_CAPACITY: usize = 1024;
@@ -105,13 +104,13 @@ pub struct UnixAttestor {
     /// is work a caller could otherwise make the server do at will.
     max_exe_bytes: u64,
     /// (device, inode, size, mtime, ctime) → hex SHA-256, so a binary is hashed once.
-    hashes: Mutex<HashMap<FileVersion, String>>,
+    hashes: quick_cache::sync::Cache<FileVersion, String>,
 }
 
 impl UnixAttestor {
     /// An attestor that hashes executables up to `max_exe_bytes`.
     pub fn new(max_exe_bytes: u64) -> Self {
-        Self { max_exe_bytes, hashes: Mutex::new(HashMap::new()) }
+        Self { max_exe_bytes, hashes: quick_cache::sync::Cache::new(HASH_CACHE_CAPACITY) }
     }
 
     /// Attests a caller; hashes its executable only when `hash` (some entry selects on it).
@@ -163,8 +162,8 @@ impl UnixAttestor {
             nanos(meta.mtime(), meta.mtime_nsec()),
             nanos(meta.ctime(), meta.ctime_nsec()),
         );
-        if let Some(h) = self.cache().get(&key) {
-            return Some(h.clone());
+        if let Some(h) = self.hashes.get(&key) {
+            return Some(h);
         }
         let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
         let mut reader = file.take(self.max_exe_bytes);
@@ -177,16 +176,8 @@ impl UnixAttestor {
             }
         }
         let hex = hex::encode(ctx.finish().as_ref());
-        let mut cache = self.cache();
-        if cache.len() >= HASH_CACHE_CAPACITY {
-            cache.clear();
-        }
-        cache.insert(key, hex.clone());
+        self.hashes.insert(key, hex.clone());
         Some(hex)
-    }
-
-    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<FileVersion, String>> {
-        self.hashes.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

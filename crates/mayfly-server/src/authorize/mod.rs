@@ -589,7 +589,9 @@ type RequestParts = (EntityUid, EntityUid, EntityUid, Context, Entities);
 /// equivalent to the stored one, so a lookup copies nothing.
 type Memo<K, V> = hashbrown::HashMap<K, V, std::hash::RandomState>;
 
-/// Most entries a memo holds before it starts over.
+/// Most entries a memo holds before it starts over. These memos are per thread and
+/// lock-free on the hottest path; starting a small one over costs a few rebuilt entries,
+/// so a shared evicting cache (with its locking) would cost more than it saves.
 const REMEMBERED: usize = 1024;
 
 /// Most workload and audience pairs [`EXCHANGE_ENTITIES`] holds before it starts over.
