@@ -142,29 +142,35 @@ pub async fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, StartError> {
     match cfg.storage()? {
         Storage::Sqlite(path) => Ok(Arc::new(SqliteStore::open(&path, cfg.ledger.sync == "full").await?)),
         Storage::Postgres(url) => {
+            use backon::{ExponentialBuilder, Retryable};
             let started = std::time::Instant::now();
-            let mut backoff = Duration::from_millis(500);
-            loop {
-                match PostgresStore::connect(&url, &cfg.postgres).await {
-                    Ok(store) => return Ok(Arc::new(store)),
-                    Err(LedgerError::Database(e)) if is_unreachable(&e) => {
-                        let waited = started.elapsed();
-                        let limit = cfg.postgres.start_timeout;
-                        if !limit.is_zero() && waited + backoff > limit {
-                            return Err(StartError::StorageUnreachable {
-                                storage: redact_url(&url),
-                                waited,
-                                cause: e.to_string(),
-                            });
-                        }
-                        tracing::warn!(storage = %redact_url(&url), error = %e, retry_in = ?backoff,
-                            "storage is unreachable; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
-                    }
-                    // Wrong password, no such database, a failed migration: retrying cannot help.
-                    Err(e) => return Err(e.into()),
-                }
+            let limit = cfg.postgres.start_timeout;
+            // Doubling from half a second to ten, for as long as `start_timeout` allows (0: no end).
+            let backoff = ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(500))
+                .with_max_delay(Duration::from_secs(10))
+                .with_factor(2.0)
+                .without_max_times()
+                .with_total_delay((!limit.is_zero()).then_some(limit));
+            let connect = || PostgresStore::connect(&url, &cfg.postgres);
+            let unreachable = |e: &LedgerError| matches!(e, LedgerError::Database(e) if is_unreachable(e));
+            let store = connect
+                .retry(backoff)
+                .when(unreachable)
+                .notify(|e, retry_in| {
+                    tracing::warn!(storage = %redact_url(&url), error = %e, ?retry_in, "storage is unreachable; retrying");
+                })
+                .await;
+            match store {
+                Ok(store) => Ok(Arc::new(store)),
+                // Gave up on an unreachable database: say how long it was waited for.
+                Err(LedgerError::Database(e)) if is_unreachable(&e) => Err(StartError::StorageUnreachable {
+                    storage: redact_url(&url),
+                    waited: started.elapsed(),
+                    cause: e.to_string(),
+                }),
+                // Wrong password, no such database, a failed migration: retrying cannot help.
+                Err(e) => Err(e.into()),
             }
         }
     }
