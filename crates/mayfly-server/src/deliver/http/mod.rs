@@ -19,7 +19,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderMap, header};
-use axum::routing::{get, post};
+use axum::routing::get;
 
 use crate::broker::Broker;
 use crate::keys::{Kek, KeyRing, SigningAlg};
@@ -89,46 +89,55 @@ impl std::ops::Deref for AppState {
     }
 }
 
-/// Builds the router.
+/// Every documented route, each once: the router and the OpenAPI document are both made
+/// from this list, so a handler cannot be served undocumented (or documented unserved).
+pub(crate) fn api() -> utoipa_axum::router::OpenApiRouter<AppState> {
+    use utoipa::OpenApi;
+    use utoipa_axum::routes;
+    utoipa_axum::router::OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(token::exchange))
+        .routes(routes!(tasks::start, tasks::list))
+        .routes(routes!(tasks::show, tasks::end))
+        .routes(routes!(tasks::attest))
+        .routes(routes!(tasks::approve))
+        .routes(routes!(tasks::deny))
+        .routes(routes!(credentials::list))
+        .routes(routes!(credentials::revoke))
+        .routes(routes!(credentials::renew))
+        .routes(routes!(credentials::issue))
+        .routes(routes!(admin::create_join_token))
+        .routes(routes!(admin::list_admin_tokens, admin::create_admin_token))
+        .routes(routes!(admin::revoke_admin_token))
+        .routes(routes!(admin::list_keys))
+        .routes(routes!(admin::rotate_keys))
+        .routes(routes!(workload::list_entries, workload::create_entry))
+        .routes(routes!(workload::show_entry, workload::delete_entry))
+        .routes(routes!(workload::bundle))
+        .routes(routes!(workload::rotate_authorities))
+        .routes(routes!(introspect::introspect))
+        .routes(routes!(signals::receive))
+        .routes(routes!(introspect::feed, records::revoke))
+        .routes(routes!(introspect::stream))
+        .routes(routes!(records::lift))
+        .routes(routes!(records::leases))
+        .routes(routes!(records::audit))
+        .routes(routes!(records::audit_verify))
+        .routes(routes!(checkpoints::list))
+        .routes(routes!(checkpoints::latest))
+        .routes(routes!(checkpoints::keys))
+        .routes(routes!(discovery::jwks))
+        .routes(routes!(discovery::openid_configuration))
+        .routes(routes!(discovery::healthz))
+        .routes(routes!(discovery::readyz))
+}
+
+/// Builds the router: the documented API, plus what is not part of the API document
+/// (Prometheus metrics, the document itself, RFC 8414's alias of the discovery document).
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/token", post(token::exchange))
-        .route("/v1/tasks", post(tasks::start).get(tasks::list))
-        .route("/v1/tasks/{id}", get(tasks::show).delete(tasks::end))
-        .route("/v1/tasks/{id}/attest", post(tasks::attest))
-        .route("/v1/tasks/{id}/approve", post(tasks::approve))
-        .route("/v1/tasks/{id}/deny", post(tasks::deny))
-        .route("/v1/credentials/leases", get(credentials::list))
-        .route("/v1/credentials/leases/{id}", axum::routing::delete(credentials::revoke))
-        .route("/v1/credentials/leases/{id}/renew", post(credentials::renew))
-        .route("/v1/credentials/{database}/{role}", post(credentials::issue))
-        .route("/v1/join-tokens", post(admin::create_join_token))
-        .route("/v1/admin-tokens", get(admin::list_admin_tokens).post(admin::create_admin_token))
-        .route("/v1/admin-tokens/{id}", axum::routing::delete(admin::revoke_admin_token))
-        .route("/v1/keys", get(admin::list_keys))
-        .route("/v1/keys/rotate", post(admin::rotate_keys))
-        .route("/v1/entries", get(workload::list_entries).post(workload::create_entry))
-        .route("/v1/entries/{id}", get(workload::show_entry).delete(workload::delete_entry))
-        .route("/v1/bundle", get(workload::bundle))
-        .route("/v1/svid-authorities/rotate", post(workload::rotate_authorities))
-        .route("/v1/introspect", post(introspect::introspect))
-        .route("/v1/signals", post(signals::receive))
-        .route("/v1/revocations", get(introspect::feed).post(records::revoke))
-        .route("/v1/revocations/stream", get(introspect::stream))
-        .route("/v1/revocations/lift", post(records::lift))
-        .route("/v1/leases", get(records::leases))
-        .route("/v1/audit", get(records::audit))
-        .route("/v1/audit/verify", get(records::audit_verify))
-        .route("/v1/audit/checkpoints", get(checkpoints::list))
-        .route("/v1/audit/checkpoints/latest", get(checkpoints::latest))
-        .route("/v1/audit/keys", get(checkpoints::keys))
-        .route("/metrics", get(metrics::render))
+    let (api, _) = api().split_for_parts();
+    api.route("/metrics", get(metrics::render))
         .route("/v1/openapi.json", get(openapi::document))
-        .route("/.well-known/jwks.json", get(discovery::jwks))
-        .route("/.well-known/openid-configuration", get(discovery::openid_configuration))
         .route("/.well-known/oauth-authorization-server", get(discovery::openid_configuration))
-        .route("/healthz", get(discovery::healthz))
-        .route("/readyz", get(discovery::readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

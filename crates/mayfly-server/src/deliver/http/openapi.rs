@@ -4,54 +4,14 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+/// What the document says besides its paths: those come from the router's own list
+/// (`super::api`), so a route cannot be served without being documented.
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Mayfly", description = "Runtime credential broker for non-human identities."),
-    paths(
-        super::token::exchange,
-        super::tasks::start,
-        super::tasks::list,
-        super::tasks::show,
-        super::tasks::end,
-        super::tasks::attest,
-        super::tasks::approve,
-        super::tasks::deny,
-        super::credentials::issue,
-        super::credentials::renew,
-        super::credentials::revoke,
-        super::credentials::list,
-        super::admin::create_join_token,
-        super::admin::create_admin_token,
-        super::admin::list_admin_tokens,
-        super::admin::revoke_admin_token,
-        super::admin::list_keys,
-        super::admin::rotate_keys,
-        super::workload::list_entries,
-        super::workload::create_entry,
-        super::workload::show_entry,
-        super::workload::delete_entry,
-        super::workload::bundle,
-        super::workload::rotate_authorities,
-        super::introspect::introspect,
-        super::introspect::feed,
-        super::introspect::stream,
-        super::records::revoke,
-        super::records::lift,
-        super::records::leases,
-        super::records::audit,
-        super::records::audit_verify,
-        super::checkpoints::list,
-        super::checkpoints::latest,
-        super::checkpoints::keys,
-        super::discovery::jwks,
-        super::discovery::openid_configuration,
-        super::discovery::healthz,
-        super::discovery::readyz,
-        super::signals::receive,
-    ),
     modifiers(&AdminToken)
 )]
-struct ApiDoc;
+pub(super) struct ApiDoc;
 
 struct AdminToken;
 
@@ -85,12 +45,13 @@ impl Modify for AdminToken {
     }
 }
 
-/// The OpenAPI 3.1 document of this API.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    ApiDoc::openapi()
+/// The OpenAPI 3.1 document of this API, built once from the routes.
+pub fn openapi() -> &'static utoipa::openapi::OpenApi {
+    static DOC: std::sync::OnceLock<utoipa::openapi::OpenApi> = std::sync::OnceLock::new();
+    DOC.get_or_init(|| super::api().split_for_parts().1)
 }
 
 /// `GET /v1/openapi.json`.
-pub async fn document() -> Json<utoipa::openapi::OpenApi> {
+pub async fn document() -> Json<&'static utoipa::openapi::OpenApi> {
     Json(openapi())
 }
