@@ -5,7 +5,11 @@
 //! policies in force and reports why.
 
 pub mod config;
-use std::collections::BTreeMap;
+mod entities;
+mod loading;
+mod requests;
+mod values;
+
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -13,15 +17,18 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use cedar_policy::{
-    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId,
-    PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
+    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicySet,
+    Request, Schema,
 };
-use cedar_policy_core::ast::{self as cedar_ast, Value};
-use sha2::{Digest, Sha256};
 
 use crate::attest::WorkloadIdentity;
 pub use crate::attest::contexts::SignalledFacts;
 use crate::attest::task::TaskIdentity;
+use entities::{entity_set, remembered_exchange_entities};
+pub use loading::schema;
+use loading::{fingerprint, load_dir, read_sources};
+pub use requests::{ActForRequest, ApproveRequest, ExchangeRequest, FetchSvidRequest, IssueRequest, StartTaskRequest};
+use values::{boolean, context, ip_value, long, now_value, scope_values, string, text, texts};
 
 /// The Cedar schema every policy is validated against.
 pub const SCHEMA: &str = include_str!("schema.cedarschema");
@@ -90,114 +97,6 @@ pub enum Principal<'a> {
     Task(&'a TaskIdentity),
 }
 
-/// What a token-exchange request asks for, as policy sees it.
-#[derive(Debug, Clone)]
-pub struct ExchangeRequest<'a> {
-    /// The attested caller.
-    pub principal: Principal<'a>,
-    /// The audience asked for.
-    pub audience: &'a str,
-    /// The scopes asked for.
-    pub scopes: &'a [String],
-    /// The lifetime that would be granted.
-    pub ttl_seconds: i64,
-    /// The caller's address.
-    pub source_ip: IpAddr,
-    /// Unix seconds.
-    pub now: i64,
-    /// Whether the token will be bound to a DPoP key.
-    pub dpop: bool,
-    /// Whether the token will be bound to the TLS client certificate.
-    pub mtls: bool,
-    /// Limited use: how many verifications it allows (0: unlimited).
-    pub max_uses: i64,
-}
-
-/// A request to start a task, as policy sees it.
-#[derive(Debug, Clone)]
-pub struct StartTaskRequest<'a> {
-    /// The starter (a task for a sub-task).
-    pub principal: Principal<'a>,
-    /// The task that would be created.
-    pub task: &'a TaskIdentity,
-    /// Requested lifetime.
-    pub ttl_seconds: i64,
-    /// Audiences it is limited to.
-    pub audiences: &'a [String],
-    /// Whether to decide as if an approver had approved it.
-    pub approved: bool,
-    /// The caller's address.
-    pub source_ip: IpAddr,
-    /// Unix seconds.
-    pub now: i64,
-}
-
-/// A request for a database credential, as policy sees it.
-#[derive(Debug, Clone)]
-pub struct IssueRequest<'a> {
-    /// The caller.
-    pub principal: Principal<'a>,
-    /// The configured database.
-    pub database: &'a str,
-    /// Its kind.
-    pub kind: &'a str,
-    /// The role.
-    pub role: &'a str,
-    /// Lease lifetime.
-    pub ttl_seconds: i64,
-    /// The caller's address.
-    pub source_ip: IpAddr,
-    /// Unix seconds.
-    pub now: i64,
-}
-
-/// A Workload API caller asking for an SVID, as policy sees it.
-#[derive(Debug, Clone)]
-pub struct FetchSvidRequest<'a> {
-    /// The workload its registration entry names.
-    pub principal: &'a WorkloadIdentity,
-    /// `x509` or `jwt`.
-    pub profile: &'a str,
-    /// The SVID's lifetime.
-    pub ttl_seconds: i64,
-    /// JWT-SVIDs: the audiences.
-    pub audiences: &'a [String],
-    /// The entry that matched.
-    pub entry_id: &'a str,
-    /// Unix seconds.
-    pub now: i64,
-}
-
-/// A request to approve or deny a pending task, as policy sees it.
-#[derive(Debug, Clone)]
-pub struct ApproveRequest<'a> {
-    /// The approver.
-    pub approver: &'a WorkloadIdentity,
-    /// The pending task.
-    pub task: &'a TaskIdentity,
-    /// The caller's address.
-    pub source_ip: IpAddr,
-    /// Unix seconds.
-    pub now: i64,
-}
-
-/// A request to act for a subject that gave no proof, as policy sees it.
-#[derive(Debug, Clone)]
-pub struct ActForRequest<'a> {
-    /// Who would act (the task's starter).
-    pub principal: Principal<'a>,
-    /// The subject named in `on_behalf_of`.
-    pub subject: &'a str,
-    /// The task's scopes.
-    pub scopes: &'a [String],
-    /// The task's lifetime.
-    pub ttl_seconds: i64,
-    /// The caller's address.
-    pub source_ip: IpAddr,
-    /// Unix seconds.
-    pub now: i64,
-}
-
 /// A loaded policy set.
 #[derive(Debug)]
 pub struct LoadedPolicies {
@@ -234,11 +133,6 @@ impl std::fmt::Debug for PolicyEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PolicyEngine").field("dir", &self.dir).finish_non_exhaustive()
     }
-}
-
-/// Parses the built-in schema.
-pub fn schema() -> Result<Schema, PolicyError> {
-    Schema::from_cedarschema_str(SCHEMA).map(|(s, _)| s).map_err(|e| PolicyError::Schema(e.to_string()))
 }
 
 impl PolicyEngine {
@@ -522,278 +416,14 @@ impl PolicyEngine {
         let errors = resp.diagnostics().errors().map(|e| e.to_string()).collect();
         Decision { allowed, policies: decided, errors }
     }
-
-    /// The principal's uid and the entities that describe it.
-    fn principal(&self, p: Principal<'_>) -> Result<(EntityUid, Vec<Entity>), String> {
-        match p {
-            Principal::Workload(w) => {
-                let entity = WORKLOAD_ENTITIES.with_borrow_mut(|memo| {
-                    remembered(memo, REMEMBERED, w, || w.clone(), || self.workload_entity(w))
-                })?;
-                Ok((entity.uid(), vec![entity]))
-            }
-            Principal::Task(t) => {
-                let (uid, entity) = self.task_entity(t)?;
-                Ok((uid, vec![entity]))
-            }
-        }
-    }
-
-    /// A workload as a Cedar entity: its SPIFFE ID's parts and attestor as attributes,
-    /// its attested attributes as tags.
-    fn workload_entity(&self, w: &WorkloadIdentity) -> Result<Entity, String> {
-        let id = &w.spiffe_id;
-        let uid = EntityUid::from_type_name_and_id(self.workload_type.clone(), EntityId::new(id.to_string()));
-        let attrs = [
-            ("spiffe_id".to_owned(), string(&id.to_string())),
-            ("trust_domain".to_owned(), string(id.trust_domain())),
-            ("path".to_owned(), string(id.path())),
-            ("attestor".to_owned(), string(&w.attestor)),
-        ];
-        let tags = w.attributes.iter().map(|(k, v)| (k.clone(), string(v)));
-        Entity::new_with_tags(uid, attrs, [], tags).map_err(|e| e.to_string())
-    }
-
-    /// A task as a Cedar entity: a member of every actor in its chain.
-    fn task_entity(&self, t: &TaskIdentity) -> Result<(EntityUid, Entity), String> {
-        let id = t.spiffe_id.to_string();
-        let uid = EntityUid::from_type_name_and_id(self.task_type.clone(), EntityId::new(&id));
-        let mut attrs = vec![
-            ("spiffe_id".to_owned(), string(&id)),
-            ("trust_domain".to_owned(), string(t.spiffe_id.trust_domain())),
-            ("path".to_owned(), string(t.spiffe_id.path())),
-            ("attestor".to_owned(), string("task")),
-            ("task_id".to_owned(), string(&t.task.id)),
-            ("purpose".to_owned(), string(&t.task.purpose)),
-            ("creator".to_owned(), string(&t.task.creator)),
-            ("depth".to_owned(), RestrictedExpression::new_long(t.task.depth)),
-            ("scopes".to_owned(), scope_set(&t.task.scope)),
-        ];
-        if let Some(obo) = &t.task.on_behalf_of {
-            attrs.push(("on_behalf_of".to_owned(), string(obo)));
-        }
-        let parents = t.actors.iter().map(|actor| {
-            let ty = if TaskIdentity::is_task_id(actor) { &self.task_type } else { &self.workload_type };
-            EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(actor))
-        });
-        let tags = t.attributes.iter().map(|(k, v)| (k.clone(), string(v)));
-        let entity = Entity::new_with_tags(uid.clone(), attrs, parents, tags).map_err(|e| e.to_string())?;
-        Ok((uid, entity))
-    }
 }
 
 type RequestParts = (EntityUid, EntityUid, EntityUid, Context, Entities);
 
-/// A per-thread memo: a workload asks again and again with the same attested identity
-/// while its evidence lives, from few addresses, for few audiences. Looked up by a key
-/// equivalent to the stored one, so a lookup copies nothing.
-type Memo<K, V> = hashbrown::HashMap<K, V, std::hash::RandomState>;
-
-/// Most entries a memo holds before it starts over. These memos are per thread and
-/// lock-free on the hottest path; starting a small one over costs a few rebuilt entries,
-/// so a shared evicting cache (with its locking) would cost more than it saves.
-const REMEMBERED: usize = 1024;
-
-/// Most workload and audience pairs [`EXCHANGE_ENTITIES`] holds before it starts over.
-const REMEMBERED_PAIRS: usize = 4096;
-
-/// The memo's value for `key`, built (and kept under the key `owned` makes) if it has none;
-/// a memo holding `most` entries starts over.
-fn remembered<K, Q, V, E>(
-    memo: &mut Memo<K, V>,
-    most: usize,
-    key: &Q,
-    owned: impl FnOnce() -> K,
-    build: impl FnOnce() -> Result<V, E>,
-) -> Result<V, E>
-where
-    K: Eq + std::hash::Hash,
-    Q: std::hash::Hash + hashbrown::Equivalent<K> + ?Sized,
-    V: Clone,
-{
-    if let Some(v) = memo.get(key) {
-        return Ok(v.clone());
-    }
-    let v = build()?;
-    if memo.len() >= most {
-        memo.clear();
-    }
-    memo.insert(owned(), v.clone());
-    Ok(v)
-}
-
-/// Entities as one set (Cedar computes the hierarchy's closure here).
-fn entity_set(entities: Vec<Entity>) -> Result<Entities, String> {
-    Entities::from_entities(entities, None).map_err(|e| e.to_string())
-}
-
-/// A workload and an audience, borrowed: looks up an [`EXCHANGE_ENTITIES`] key. It hashes
-/// as the owned pair does (a tuple hashes its fields in order; `str` as `String`).
-#[derive(Hash)]
-struct ExchangeKey<'a>(&'a WorkloadIdentity, &'a str);
-
-impl hashbrown::Equivalent<(WorkloadIdentity, String)> for ExchangeKey<'_> {
-    fn equivalent(&self, key: &(WorkloadIdentity, String)) -> bool {
-        *self.0 == key.0 && self.1 == key.1
-    }
-}
-
-/// An exchange's principal and entities (the workload and the audience), remembered by
-/// the workload's whole identity and the audience: building the set (its hierarchy's
-/// closure) was a quarter of a decision.
-fn remembered_exchange_entities(
-    w: &WorkloadIdentity,
-    audience: &str,
-    build: impl FnOnce() -> Result<(EntityUid, Entities), String>,
-) -> Result<(EntityUid, Entities), String> {
-    EXCHANGE_ENTITIES.with_borrow_mut(|memo| {
-        remembered(memo, REMEMBERED_PAIRS, &ExchangeKey(w, audience), || (w.clone(), audience.to_owned()), build)
-    })
-}
-
-thread_local! {
-    /// See [`remembered_exchange_entities`].
-    static EXCHANGE_ENTITIES: std::cell::RefCell<Memo<(WorkloadIdentity, String), (EntityUid, Entities)>> =
-        Default::default();
-    /// Workloads as Cedar entities, by everything they are made of.
-    static WORKLOAD_ENTITIES: std::cell::RefCell<Memo<WorkloadIdentity, Entity>> = Default::default();
-    /// Recent `ip(…)` values: evaluating one parses the address and, before that, the
-    /// extension's name with Cedar's full parser, which cost more than the rest of a
-    /// request's context.
-    static IP_VALUES: std::cell::RefCell<Memo<IpAddr, Value>> = Default::default();
-    /// The `datetime(…)` value of the current second, for the same reason.
-    static NOW_VALUE: std::cell::RefCell<Option<(i64, Value)>> = const { std::cell::RefCell::new(None) };
-}
-
-/// `ip("<addr>")`, evaluated.
-fn ip_value(ip: IpAddr) -> Result<Value, String> {
-    IP_VALUES.with_borrow_mut(|memo| {
-        remembered(memo, REMEMBERED, &ip, || ip, || evaluated(RestrictedExpression::new_ip(ip.to_string())))
-    })
-}
-
-/// `datetime("<RFC 3339 of now>")`, evaluated.
-fn now_value(now: i64) -> Result<Value, String> {
-    NOW_VALUE.with_borrow_mut(|memo| match memo {
-        Some((t, v)) if *t == now => Ok(v.clone()),
-        _ => {
-            let v = evaluated(RestrictedExpression::new_datetime(crate::clock::rfc3339(now)))?;
-            *memo = Some((now, v.clone()));
-            Ok(v)
-        }
-    })
-}
-
-/// The value of an extension call, through Cedar's public API (its evaluator checks it).
-fn evaluated(expr: RestrictedExpression) -> Result<Value, String> {
-    let holder = Context::from_pairs([("v".to_owned(), expr)]).map_err(|e| e.to_string())?;
-    match holder.as_ref() {
-        cedar_ast::Context::Value(attrs) => attrs.get("v").cloned().ok_or_else(|| "extension value missing".to_owned()),
-        cedar_ast::Context::RestrictedResidual(_) => Err("extension value did not evaluate".to_owned()),
-    }
-}
-
-fn string(v: &str) -> RestrictedExpression {
-    RestrictedExpression::new_string(v.to_owned())
-}
-
-fn scope_set(scope: &str) -> RestrictedExpression {
-    RestrictedExpression::new_set(scope.split_whitespace().map(string))
-}
-
-fn long(v: i64) -> Value {
-    Value::from(v)
-}
-
-fn boolean(v: bool) -> Value {
-    Value::from(v)
-}
-
-fn text(v: &str) -> Value {
-    Value::from(v)
-}
-
-fn texts<'a>(items: impl IntoIterator<Item = &'a str>) -> Value {
-    Value::set_of_lits(items.into_iter().map(cedar_ast::Literal::from), None)
-}
-
-fn scope_values(scope: &str) -> Value {
-    texts(scope.split_whitespace())
-}
-
-/// A request context made of values directly. `Context::from_pairs` would build a record
-/// expression and evaluate it, re-parsing every `ip` and `datetime` string: that was a
-/// third of a decision. Keys are distinct by construction; debug builds check the whole
-/// request against the schema.
-fn context<const N: usize>(pairs: [(&str, Value); N]) -> Context {
-    Context::from(cedar_ast::Context::Value(Arc::new(pairs.into_iter().map(|(k, v)| (k.into(), v)).collect())))
-}
-
-fn read_sources(dir: &Path) -> Result<BTreeMap<String, String>, PolicyError> {
-    let rd = std::fs::read_dir(dir).map_err(|cause| PolicyError::Read { path: dir.to_owned(), cause })?;
-    let mut files = BTreeMap::new();
-    for entry in rd {
-        let entry = entry.map_err(|cause| PolicyError::Read { path: dir.to_owned(), cause })?;
-        let path = entry.path();
-        if path.extension().and_then(|e| e.to_str()) != Some("cedar") || !path.is_file() {
-            continue;
-        }
-        let text = std::fs::read_to_string(&path).map_err(|cause| PolicyError::Read { path: path.clone(), cause })?;
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        files.insert(name, text);
-    }
-    Ok(files)
-}
-
-fn fingerprint(files: &BTreeMap<String, String>) -> String {
-    let mut h = Sha256::new();
-    for (name, text) in files {
-        h.update((name.len() as u64).to_be_bytes());
-        h.update(name.as_bytes());
-        h.update((text.len() as u64).to_be_bytes());
-        h.update(text.as_bytes());
-    }
-    hex::encode(h.finalize())
-}
-
-/// Parses every `*.cedar` file; a policy's id is its `@id("…")` annotation, else `<file>:<n>`.
-fn load_dir(dir: &Path, schema: &Schema) -> Result<LoadedPolicies, PolicyError> {
-    let files = read_sources(dir)?;
-    let mut set = PolicySet::new();
-    for (name, text) in &files {
-        let parsed =
-            PolicySet::from_str(text).map_err(|e| PolicyError::Parse { file: name.clone(), message: e.to_string() })?;
-        if parsed.templates().next().is_some() {
-            return Err(PolicyError::Parse {
-                file: name.clone(),
-                message: "policy templates are not supported".into(),
-            });
-        }
-        // `PolicySet` iterates in no fixed order; its default ids are `policy<N>` in
-        // source order, so sort by N for stable `<file>:<n>` ids.
-        let mut policies: Vec<_> = parsed.policies().collect();
-        policies.sort_by_key(|p| p.id().to_string().trim_start_matches("policy").parse::<usize>().unwrap_or(0));
-        for (i, p) in policies.into_iter().enumerate() {
-            let id = p.annotation("id").map(str::to_owned).unwrap_or_else(|| format!("{name}:{}", i + 1));
-            let policy = p.new_id(PolicyId::new(id.clone()));
-            set.add(policy).map_err(|_| PolicyError::Parse {
-                file: name.clone(),
-                message: format!("policy id {id:?} is used twice"),
-            })?;
-        }
-    }
-    let result = Validator::new(schema.clone()).validate(&set, ValidationMode::Strict);
-    if !result.validation_passed() {
-        let msgs: Vec<String> = result.validation_errors().map(|e| format!("  - {e}")).collect();
-        return Err(PolicyError::Invalid(msgs.join("\n")));
-    }
-    let count = set.policies().count();
-    Ok(LoadedPolicies { set, fingerprint: fingerprint(&files), count })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cedar_policy::RestrictedExpression;
 
     /// The context built from values is the one Cedar's evaluator builds from the
     /// equivalent expressions, extension values included.
