@@ -244,3 +244,73 @@ fn panicked(job: &'static str, panic: &(dyn Any + Send)) {
     tracing::error!(job, panic = message, "background job panicked; it carries on");
     metrics::counter!(PANICS_METRIC, "job" => job).increment(1);
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Counts its runs and its periods standing by.
+    struct Counting {
+        runs: Arc<AtomicUsize>,
+        standing_by: Arc<AtomicUsize>,
+    }
+
+    impl Periodic for Counting {
+        async fn run(&mut self) {
+            self.runs.fetch_add(1, Ordering::SeqCst);
+        }
+
+        fn standing_by(&mut self) {
+            self.standing_by.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    async fn wait_until(done: impl Fn() -> bool) {
+        for _ in 0..500 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("timed out");
+    }
+
+    #[tokio::test]
+    async fn a_leader_only_job_stands_by_until_its_replica_leads() {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let jobs = Jobs::new(Leadership::following(rx));
+        let (runs, standing_by) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let job = Counting { runs: runs.clone(), standing_by: standing_by.clone() };
+        jobs.every(Schedule::every("test-leader-only", Duration::from_millis(5)).on_leader(), job);
+        wait_until(|| standing_by.load(Ordering::SeqCst) >= 3).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 0, "no run while another replica leads");
+        tx.send_replace(true);
+        wait_until(|| runs.load(Ordering::SeqCst) >= 3).await;
+        assert!(jobs.shutdown(Duration::from_secs(5)).await);
+        assert!(jobs.is_stopped());
+    }
+
+    /// A run that outlasts any reasonable shutdown.
+    struct Stuck;
+
+    impl Periodic for Stuck {
+        async fn run(&mut self) {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn shutdown_is_bounded_and_names_the_late_jobs() {
+        let jobs = Jobs::new(Leadership::always());
+        jobs.every(Schedule::every("test-stuck", Duration::from_secs(1)).at_once(), Stuck);
+        let runs = Arc::new(AtomicUsize::new(0));
+        let job = Counting { runs: runs.clone(), standing_by: Arc::new(AtomicUsize::new(0)) };
+        jobs.every(Schedule::every("test-quick", Duration::from_millis(5)), job);
+        wait_until(|| runs.load(Ordering::SeqCst) >= 1).await;
+        assert!(!jobs.shutdown(Duration::from_millis(200)).await, "the stuck run keeps its job alive");
+        assert_eq!(*jobs.running.lock().unwrap(), ["test-stuck"], "the quick job stopped, the stuck one is named");
+        assert!(!jobs.is_stopped());
+    }
+}

@@ -31,6 +31,12 @@ impl Leadership {
         Self(watch::channel(true).1)
     }
 
+    /// Leadership as `rx` says, for tests.
+    #[cfg(test)]
+    pub(crate) fn following(rx: watch::Receiver<bool>) -> Self {
+        Self(rx)
+    }
+
     /// Whether this replica leads at the moment.
     pub fn is_leading(&self) -> bool {
         *self.0.borrow()
