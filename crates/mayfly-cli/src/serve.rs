@@ -85,8 +85,15 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     tokio::pin!(stop);
     stop.await;
     tracing::info!("shutting down");
-    running.shutdown().await;
-    Ok(ExitCode::SUCCESS)
+    // The process exits once the background jobs and the ledger writer are joined: every
+    // record queued before the signal is committed. A second signal does not wait.
+    tokio::select! {
+        () = running.shutdown() => Ok(ExitCode::SUCCESS),
+        () = shutdown_signal() => {
+            tracing::warn!("second signal: exiting before shutdown finished");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 async fn shutdown_signal() {

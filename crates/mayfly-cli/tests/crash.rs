@@ -1,6 +1,7 @@
 //! Crash safety: SIGKILL in the middle of a burst of issuance. After a restart every
 //! token a client received is known to the ledger, and the audit chain verifies.
-//! Also the operator commands (`revoke`, `leases`, `audit`) against the restarted server.
+//! A SIGTERM exits cleanly, after the last group commit. Also the operator commands
+//! (`revoke`, `leases`, `audit`) against the restarted server.
 
 mod common;
 
@@ -117,4 +118,60 @@ async fn sigkill_mid_burst_loses_no_delivered_token() {
     assert_eq!(lines[0]["detail"]["reason"], "test");
     let table = mayfly(&["audit", "--kind", "token.issued", "--limit", "3"], &env);
     assert_eq!(text(&table.stdout).lines().count(), 3);
+}
+
+/// `mayfly server` on SIGTERM: it exits by itself, successfully, and only after every
+/// token it delivered is recorded (the restarted server knows each one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_cleanly_after_recording_every_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("dev");
+    let srv = start_dev(&data);
+    let http = reqwest::Client::new();
+    let mut received = Vec::new();
+    for _ in 0..20 {
+        let r = http
+            .post(format!("{}/v1/join-tokens", srv.url))
+            .bearer_auth(&srv.admin_token)
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .unwrap();
+        let join = r.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_owned();
+        let form = [
+            ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+            ("subject_token", join.as_str()),
+            ("subject_token_type", "urn:mayfly:params:oauth:token-type:join-token"),
+            ("audience", "https://api.example"),
+        ];
+        let resp = http.post(format!("{}/v1/token", srv.url)).form(&form).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        received.push(resp.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned());
+    }
+    let mut srv = srv;
+    Command::new("kill").args(["-TERM", &srv.child.id().to_string()]).status().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = srv.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "the server exits within 60 s of SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "a clean shutdown exits with 0: {status:?}");
+
+    let listen = srv.url.trim_start_matches("http://").to_owned();
+    drop(srv);
+    let srv = start_dev_on(&data, &listen);
+    for t in &received {
+        let r = http
+            .post(format!("{}/v1/introspect", srv.url))
+            .bearer_auth(&srv.admin_token)
+            .form(&[("token", t.as_str())])
+            .send()
+            .await
+            .unwrap();
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["active"], true, "a token delivered before SIGTERM is known after it");
+    }
 }

@@ -16,7 +16,16 @@ use crate::broker::{Broker, BrokerParts};
 use crate::config::{Config, Storage};
 use crate::deliver::http::{AppInner, AppState, router};
 use crate::deliver::listener::{self, TlsSetupError};
+use crate::govern::Jobs;
+use crate::govern::checkpoints::CheckpointWriter;
+use crate::govern::jobs::Schedule;
+use crate::govern::policies::PolicyWatcher;
+use crate::govern::refusals::RefusalSummaries;
 use crate::govern::replicas::{self, SharedState};
+use crate::govern::revocations::RevocationUpkeep;
+use crate::govern::stats::Stats;
+use crate::govern::svids::SvidRotation;
+use crate::govern::tasks::TaskSweep;
 use crate::issue::JwtIssuer;
 use crate::keys::{Kek, KekSource, KeyError, KeyRing, KeyRingError, SigningAlg};
 use crate::ledger::Revocations;
@@ -30,6 +39,8 @@ pub const ADMIN_TOKEN_PREFIX: &str = crate::broker::admin_tokens::TOKEN_PREFIX;
 /// File in the data directory holding the first admin token (mode 0600).
 pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 const KEK_CHECK_KEY: &str = "kek_check";
+/// How long shutdown waits for the background jobs to stop (a run in progress ends first).
+const JOBS_STOP_WITHIN: Duration = Duration::from_secs(10);
 /// Most DPoP proofs remembered at once (one per token request in the acceptance window).
 const DPOP_REPLAY_CAPACITY: usize = 500_000;
 
@@ -103,12 +114,15 @@ pub struct RunningServer {
     pub broker: Arc<Broker>,
     /// The signing keys.
     pub keys: Arc<KeyRing>,
+    /// The supervisor of its background work.
+    pub jobs: Jobs,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
 
 impl RunningServer {
-    /// Stops accepting, drains connections, and waits for the server to finish.
+    /// Stops accepting, drains connections, stops and joins the background jobs, then
+    /// the ledger writer once its last group commit is durable, and returns after all that.
     pub async fn shutdown(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -116,7 +130,7 @@ impl RunningServer {
         let _ = (&mut self.task).await;
     }
 
-    /// Waits until the server stops (after SIGINT/SIGTERM when started by `run_until_signal`).
+    /// Waits until the server stops, background work and ledger writer included.
     pub async fn wait(self) {
         let _ = self.task.await;
     }
@@ -383,8 +397,15 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
             None
         }
     };
-    let watcher = tokio::spawn(watch_policies(policies, ledger.clone(), cfg.policy.reload_interval, hup));
-    let upkeep = tokio::spawn(revocations.clone().run_upkeep(Duration::from_millis(500)));
+    let jobs = Jobs::new(leadership.clone());
+    if let Some(election) = election {
+        jobs.service("election", election);
+    }
+    jobs.service("policy-watcher", PolicyWatcher::new(policies, ledger.clone(), cfg.policy.reload_interval, hup));
+    jobs.every(
+        Schedule::every("revocation-upkeep", crate::govern::revocations::EVERY),
+        RevocationUpkeep::new(revocations.clone()),
+    );
     let follower = replicas::follow(SharedState {
         store: store.clone(),
         kek: kek.clone(),
@@ -394,29 +415,30 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
         revocations: revocations.clone(),
         contexts,
     });
-    let stats = tokio::spawn(crate::govern::stats::run(
-        ledger.clone(),
-        revocations,
-        Duration::from_secs(10),
-        leadership.clone(),
-    ));
-    let task_sweep =
-        tokio::spawn(crate::govern::tasks::run(broker.clone(), Duration::from_secs(1), leadership.clone()));
-    let checkpoints = tokio::spawn(
-        crate::govern::checkpoints::CheckpointWriter {
-            store: store.clone(),
-            keys: keys.clone(),
-            issuer: url.clone(),
-            every_events: cfg.audit.checkpoint_every_events,
-            interval: cfg.audit.checkpoint_interval,
-        }
-        .run(leadership.clone()),
+    if let Some(follower) = follower {
+        jobs.service("replica-follower", follower);
+    }
+    jobs.every(
+        Schedule::every("stats", crate::govern::stats::EVERY).at_once(),
+        Stats::new(ledger.clone(), revocations, leadership.clone()),
     );
-    let svid_rotation = tokio::spawn(crate::govern::svids::run(svids, ledger.clone(), kek.clone(), leadership));
-    let failure_summaries = tokio::spawn(crate::govern::refusals::run(
-        broker.clone(),
-        cfg.ledger.refusal_summary_interval.max(Duration::from_millis(100)),
-    ));
+    jobs.every(Schedule::every("task-sweep", crate::govern::tasks::EVERY).on_leader(), TaskSweep::new(broker.clone()));
+    let checkpoints = CheckpointWriter {
+        store: store.clone(),
+        keys: keys.clone(),
+        issuer: url.clone(),
+        every_events: cfg.audit.checkpoint_every_events,
+        interval: cfg.audit.checkpoint_interval,
+    };
+    jobs.every(Schedule::every("audit-checkpoints", checkpoints.period()).on_leader(), checkpoints.job());
+    jobs.every(
+        Schedule::every("svid-rotation", crate::govern::svids::CHECK_EVERY),
+        SvidRotation { authorities: svids, ledger: ledger.clone(), kek: kek.clone(), leadership },
+    );
+    jobs.every(
+        Schedule::every("refusal-summaries", cfg.ledger.refusal_summary_interval.max(Duration::from_millis(100))),
+        RefusalSummaries(broker.clone()),
+    );
     let workload_api = match &cfg.workload_api.socket {
         Some(path) => {
             let handle = crate::deliver::workload_api::serve(broker.clone(), path, stopping_rx.clone())?;
@@ -429,32 +451,28 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
     let app = router(state);
     let flushing = broker.clone();
     let limits = listener::Limits::from(&cfg.listen);
+    let supervised = jobs.clone();
     let task = tokio::spawn(async move {
         listener::serve(tcp, tls, app, limits, async {
             let _ = rx.await;
             let _ = stopping_tx.send(true);
         })
         .await;
-        failure_summaries.abort();
-        // The refusals counted since the last summary are not lost at shutdown.
-        flushing.flush_failures().await;
-        watcher.abort();
-        upkeep.abort();
-        stats.abort();
-        task_sweep.abort();
-        svid_rotation.abort();
-        checkpoints.abort();
-        for t in [election, follower].into_iter().flatten() {
-            t.abort();
-        }
         if let Some(w) = workload_api
             && tokio::time::timeout(Duration::from_secs(5), w).await.is_err()
         {
             tracing::warn!("Workload API did not stop within 5s");
         }
+        // Nothing is served any more: background work stops (a run in progress ends first).
+        supervised.shutdown(JOBS_STOP_WITHIN).await;
+        // The refusals counted since the last summary are not lost at shutdown.
+        flushing.flush_failures().await;
+        // Last: everything above may still have written through the ledger.
+        ledger.close().await;
+        tracing::info!("mayfly stopped: background jobs and the ledger writer are done");
     });
     tracing::info!(%url, "mayfly is serving");
-    Ok(RunningServer { addr, url, new_admin_token, broker, keys, shutdown: Some(tx), task })
+    Ok(RunningServer { addr, url, new_admin_token, broker, keys, jobs, shutdown: Some(tx), task })
 }
 
 /// The name of the admin token made at first start.
@@ -480,57 +498,5 @@ async fn ensure_admin_token(cfg: &Config, store: &dyn Store) -> Result<Option<St
             Ok(None)
         }
         Err(e) => Err(e.into()),
-    }
-}
-
-/// Reloads policies on SIGHUP and when the directory's contents change.
-async fn watch_policies(
-    engine: Arc<PolicyEngine>,
-    ledger: Ledger,
-    interval: Duration,
-    mut hup: Option<tokio::signal::unix::Signal>,
-) {
-    let mut last_failed: Option<String> = None;
-    loop {
-        let forced = tokio::select! {
-            _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending().await } } => true,
-            _ = tokio::time::sleep(interval) => false,
-        };
-        if !forced {
-            // Cheap check first: only parse when the files changed.
-            match engine.fingerprint_on_disk() {
-                Ok(fp) if fp == engine.current().fingerprint || Some(&fp) == last_failed.as_ref() => {
-                    continue;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read policy directory");
-                    continue;
-                }
-            }
-        }
-        match engine.reload() {
-            Ok(Some(loaded)) => {
-                last_failed = None;
-                tracing::info!(policies = loaded.count, "policies reloaded");
-                let ev = AuditEvent::new(
-                    "policy.reloaded",
-                    None,
-                    json!({"policies": loaded.count, "fingerprint": loaded.fingerprint, "trigger": if forced {"SIGHUP"} else {"file change"}}),
-                );
-                if let Err(e) = ledger.audit(ev).await {
-                    tracing::error!(error = %e, "audit of policy reload failed");
-                }
-            }
-            Ok(None) => {}
-            Err(e) => {
-                last_failed = engine.fingerprint_on_disk().ok();
-                tracing::error!(error = %e, "policy reload failed; the policies in force stay");
-                let ev = AuditEvent::new("policy.reload_failed", None, json!({"error": e.to_string()}));
-                if let Err(e) = ledger.audit(ev).await {
-                    tracing::error!(error = %e, "audit of failed policy reload failed");
-                }
-            }
-        }
     }
 }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::Leadership;
+use super::jobs::Periodic;
 use crate::checkpoints::{CheckpointClaims, CheckpointError, sign};
 use crate::keys::KeyRing;
 use crate::ledger::{Store, StoredCheckpoint};
@@ -70,42 +70,55 @@ impl CheckpointWriter {
         Ok(Some(row))
     }
 
-    /// Runs until the process stops: looks at the head every `min(interval, 1s)` while
-    /// this replica leads.
-    pub async fn run(self, leadership: Leadership) {
-        let poll = self.interval.min(MAX_POLL);
-        let mut last: Option<Last> = None;
-        let mut known = false;
-        loop {
-            tokio::time::sleep(poll).await;
-            if !leadership.is_leading() {
-                // Another replica may write meanwhile: read the last one again on taking over.
-                known = false;
-                continue;
-            }
-            if !known {
-                match self.store.latest_audit_checkpoints(1).await {
-                    Ok(rows) => {
-                        last = rows.first().map(|r| Last { seq: r.seq, at_ms: r.created_at.saturating_mul(1000) });
-                        known = true;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot read the last audit checkpoint; will retry");
-                        continue;
-                    }
+    /// How often the head is looked at: `min(interval, 1s)`.
+    pub fn period(&self) -> Duration {
+        self.interval.min(MAX_POLL)
+    }
+
+    /// The job that looks at the head once per [`CheckpointWriter::period`] while this
+    /// replica leads ([`super::jobs::Runs::OnLeader`]).
+    pub fn job(self) -> CheckpointJob {
+        CheckpointJob { writer: self, last: None, known: false }
+    }
+}
+
+/// A [`CheckpointWriter`] with what it knows of the last checkpoint.
+pub struct CheckpointJob {
+    writer: CheckpointWriter,
+    last: Option<Last>,
+    /// Whether `last` was read from the store since this replica took the lead.
+    known: bool,
+}
+
+impl Periodic for CheckpointJob {
+    fn standing_by(&mut self) {
+        // Another replica may write meanwhile: read the last one again on taking over.
+        self.known = false;
+    }
+
+    async fn run(&mut self) {
+        if !self.known {
+            match self.writer.store.latest_audit_checkpoints(1).await {
+                Ok(rows) => {
+                    self.last = rows.first().map(|r| Last { seq: r.seq, at_ms: r.created_at.saturating_mul(1000) });
+                    self.known = true;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the last audit checkpoint; will retry");
+                    return;
                 }
             }
-            let now_ms = crate::clock::now_unix_ms();
-            match self.write_if_due(last, now_ms).await {
-                Ok(Some(row)) => {
-                    tracing::debug!(seq = row.seq, kid = %row.kid, "audit checkpoint written");
-                    metrics::counter!("mayfly_audit_checkpoints_total").increment(1);
-                    metrics::gauge!("mayfly_audit_checkpoint_seq").set(row.seq as f64);
-                    last = Some(Last { seq: row.seq, at_ms: now_ms });
-                }
-                Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "writing an audit checkpoint failed; will retry"),
+        }
+        let now_ms = crate::clock::now_unix_ms();
+        match self.writer.write_if_due(self.last, now_ms).await {
+            Ok(Some(row)) => {
+                tracing::debug!(seq = row.seq, kid = %row.kid, "audit checkpoint written");
+                metrics::counter!("mayfly_audit_checkpoints_total").increment(1);
+                metrics::gauge!("mayfly_audit_checkpoint_seq").set(row.seq as f64);
+                self.last = Some(Last { seq: row.seq, at_ms: now_ms });
             }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "writing an audit checkpoint failed; will retry"),
         }
     }
 }

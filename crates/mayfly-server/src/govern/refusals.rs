@@ -2,14 +2,15 @@
 //! trail once per interval (see [`crate::broker::failures`]).
 
 use std::sync::Arc;
-use std::time::Duration;
 
+use super::jobs::Periodic;
 use crate::broker::Broker;
 
-/// Flushes the refusal counts every `every` until the process stops.
-pub async fn run(broker: Arc<Broker>, every: Duration) {
-    loop {
-        tokio::time::sleep(every).await;
-        broker.flush_failures().await;
+/// Flushes the refusal counts at each run (on every replica: each counts its own).
+pub struct RefusalSummaries(pub Arc<Broker>);
+
+impl Periodic for RefusalSummaries {
+    async fn run(&mut self) {
+        self.0.flush_failures().await;
     }
 }

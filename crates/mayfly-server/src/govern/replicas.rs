@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::sync::{broadcast, watch};
 
+use super::jobs::Service;
 use crate::attest::entries::Entries;
 use crate::issue::svid::SvidAuthorities;
 use crate::keys::{Kek, KeyRing};
@@ -30,47 +31,62 @@ impl Leadership {
         Self(watch::channel(true).1)
     }
 
+    /// Leadership as `rx` says, for tests.
+    #[cfg(test)]
+    pub(crate) fn following(rx: watch::Receiver<bool>) -> Self {
+        Self(rx)
+    }
+
     /// Whether this replica leads at the moment.
     pub fn is_leading(&self) -> bool {
         *self.0.borrow()
     }
 }
 
-/// Starts the election for a shared store (or returns [`Leadership::always`]); the
-/// task ends when the returned handle is aborted.
-pub fn elect(ledger: Ledger) -> (Leadership, Option<tokio::task::JoinHandle<()>>) {
+/// The election for a shared store (run it as a [`Service`]), or [`Leadership::always`]
+/// and no election for a store no other process writes.
+pub fn elect(ledger: Ledger) -> (Leadership, Option<Election>) {
     if !ledger.store().is_shared() {
         metrics::gauge!("mayfly_leader").set(1.0);
         return (Leadership::always(), None);
     }
     let (tx, rx) = watch::channel(false);
     metrics::gauge!("mayfly_leader").set(0.0);
-    (Leadership(rx), Some(tokio::spawn(run_election(ledger, tx))))
+    (Leadership(rx), Some(Election { ledger, tx }))
 }
 
-async fn run_election(ledger: Ledger, tx: watch::Sender<bool>) {
-    loop {
-        let leading = match ledger.store().try_lead().await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot reach storage to claim leadership; background work paused here");
-                false
-            }
-        };
-        if leading != *tx.borrow() {
-            tx.send_replace(leading);
-            metrics::gauge!("mayfly_leader").set(if leading { 1.0 } else { 0.0 });
-            if leading {
-                tracing::info!("this replica now runs background work (expiry, reaping, sweeps, rotation)");
-                let event = AuditEvent::new("replica.leading", None, json!({"pid": std::process::id()}));
-                if let Err(e) = ledger.audit(event).await {
-                    tracing::warn!(error = %e, "audit of leadership failed");
+/// Claims leadership (or, leading, confirms it) every second.
+pub struct Election {
+    ledger: Ledger,
+    tx: watch::Sender<bool>,
+}
+
+impl Service for Election {
+    async fn serve(&mut self) {
+        let Self { ledger, tx } = self;
+        loop {
+            let leading = match ledger.store().try_lead().await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot reach storage to claim leadership; background work paused here");
+                    false
                 }
-            } else {
-                tracing::warn!("this replica no longer runs background work");
+            };
+            if leading != *tx.borrow() {
+                tx.send_replace(leading);
+                metrics::gauge!("mayfly_leader").set(if leading { 1.0 } else { 0.0 });
+                if leading {
+                    tracing::info!("this replica now runs background work (expiry, reaping, sweeps, rotation)");
+                    let event = AuditEvent::new("replica.leading", None, json!({"pid": std::process::id()}));
+                    if let Err(e) = ledger.audit(event).await {
+                        tracing::warn!(error = %e, "audit of leadership failed");
+                    }
+                } else {
+                    tracing::warn!("this replica no longer runs background work");
+                }
             }
+            tokio::time::sleep(ELECTION_EVERY).await;
         }
-        tokio::time::sleep(ELECTION_EVERY).await;
     }
 }
 
@@ -92,50 +108,59 @@ pub struct SharedState {
     pub contexts: Arc<crate::attest::contexts::SubjectContexts>,
 }
 
-/// Follows other replicas' changes: at once on a notification, and every few seconds
-/// regardless, so a notification lost with a connection costs seconds, not correctness.
-/// Returns `None` for a store nobody else writes.
-pub fn follow(state: SharedState) -> Option<tokio::task::JoinHandle<()>> {
+/// Follows other replicas' changes (run it as a [`Service`]): at once on a notification,
+/// and every few seconds regardless, so a notification lost with a connection costs
+/// seconds, not correctness. `None` for a store nobody else writes.
+pub fn follow(state: SharedState) -> Option<Follower> {
     let changes = state.store.changes()?;
-    Some(tokio::spawn(run_follow(state, changes)))
+    Some(Follower { state, changes })
 }
 
-async fn run_follow(s: SharedState, mut changes: broadcast::Receiver<StoreChange>) {
-    let mut tick = tokio::time::interval(RESYNC_EVERY);
-    loop {
-        let change = tokio::select! {
-            c = changes.recv() => match c {
-                Ok(c) => c,
-                // Fell behind: some notifications were dropped, so refresh everything.
-                Err(broadcast::error::RecvError::Lagged(_)) => StoreChange::All,
-                Err(broadcast::error::RecvError::Closed) => return,
-            },
-            _ = tick.tick() => StoreChange::All,
-        };
-        if StoreChange::Revocations.covered_by(change)
-            && let Err(e) = s.revocations.catch_up().await
-        {
-            tracing::warn!(error = %e, "revocation catch-up failed");
-        }
-        if StoreChange::SigningKeys.covered_by(change)
-            && let Err(e) = s.keys.reload(s.store.as_ref(), &s.kek).await
-        {
-            tracing::warn!(error = %e, "signing key reload failed");
-        }
-        if StoreChange::SvidAuthorities.covered_by(change)
-            && let Err(e) = s.svids.reload(s.store.as_ref(), &s.kek).await
-        {
-            tracing::warn!(error = %e, "SVID authority reload failed");
-        }
-        if StoreChange::Entries.covered_by(change)
-            && let Err(e) = s.entries.reload().await
-        {
-            tracing::warn!(error = %e, "registration entry reload failed");
-        }
-        if StoreChange::SubjectContexts.covered_by(change)
-            && let Err(e) = s.contexts.reload().await
-        {
-            tracing::warn!(error = %e, "signalled context reload failed");
+/// Applies other replicas' changes to what this one keeps in memory.
+pub struct Follower {
+    state: SharedState,
+    changes: broadcast::Receiver<StoreChange>,
+}
+
+impl Service for Follower {
+    async fn serve(&mut self) {
+        let Self { state: s, changes } = self;
+        let mut tick = tokio::time::interval(RESYNC_EVERY);
+        loop {
+            let change = tokio::select! {
+                c = changes.recv() => match c {
+                    Ok(c) => c,
+                    // Fell behind: some notifications were dropped, so refresh everything.
+                    Err(broadcast::error::RecvError::Lagged(_)) => StoreChange::All,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = tick.tick() => StoreChange::All,
+            };
+            if StoreChange::Revocations.covered_by(change)
+                && let Err(e) = s.revocations.catch_up().await
+            {
+                tracing::warn!(error = %e, "revocation catch-up failed");
+            }
+            if StoreChange::SigningKeys.covered_by(change)
+                && let Err(e) = s.keys.reload(s.store.as_ref(), &s.kek).await
+            {
+                tracing::warn!(error = %e, "signing key reload failed");
+            }
+            if StoreChange::SvidAuthorities.covered_by(change)
+                && let Err(e) = s.svids.reload(s.store.as_ref(), &s.kek).await
+            {
+                tracing::warn!(error = %e, "SVID authority reload failed");
+            }
+            if StoreChange::Entries.covered_by(change)
+                && let Err(e) = s.entries.reload().await
+            {
+                tracing::warn!(error = %e, "registration entry reload failed");
+            }
+            if StoreChange::SubjectContexts.covered_by(change)
+                && let Err(e) = s.contexts.reload().await
+            {
+                tracing::warn!(error = %e, "signalled context reload failed");
+            }
         }
     }
 }

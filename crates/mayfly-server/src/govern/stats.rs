@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Leadership;
+use super::jobs::Periodic;
 use crate::ledger::Revocations;
 use crate::ledger::revocations::CredentialFacts;
 use crate::ledger::{AuditEvent, CredentialFilter, Ledger, LedgerError, Store};
@@ -72,38 +73,55 @@ pub async fn scan(
     Ok(out)
 }
 
-/// Publishes the statistics as gauges every `every`, and counts expiries:
-/// `mayfly_credentials_expired_total{kind}` starts from the ledger's count, so it
-/// stays right across restarts. Each interval's expiries are audited as one
+/// How often the statistics are published.
+pub const EVERY: Duration = Duration::from_secs(10);
+
+/// Publishes the statistics as gauges at each run (the first at start), and counts
+/// expiries: `mayfly_credentials_expired_total{kind}` starts from the ledger's count, so
+/// it stays right across restarts. Each interval's expiries are audited as one
 /// `credential.expired` event per kind (one event per token would double the audit
 /// trail's size for no information the ledger does not already hold); with several
 /// replicas, by the leader only.
-pub async fn run(ledger: Ledger, revocations: Arc<Revocations>, every: Duration, leadership: Leadership) {
-    let store = ledger.store().clone();
-    let mut counted_until: Option<i64> = None;
-    loop {
+pub struct Stats {
+    ledger: Ledger,
+    revocations: Arc<Revocations>,
+    leadership: Leadership,
+    counted_until: Option<i64>,
+}
+
+impl Stats {
+    /// Statistics of what `ledger` recorded.
+    pub fn new(ledger: Ledger, revocations: Arc<Revocations>, leadership: Leadership) -> Self {
+        Self { ledger, revocations, leadership, counted_until: None }
+    }
+}
+
+impl Periodic for Stats {
+    async fn run(&mut self) {
+        let store = self.ledger.store().clone();
+        let revocations = &self.revocations;
         let now = crate::clock::now_unix();
-        match store.count_expiring(counted_until.unwrap_or(i64::MIN), now).await {
+        match store.count_expiring(self.counted_until.unwrap_or(i64::MIN), now).await {
             Ok(counts) => {
                 for (kind, n) in counts {
                     metrics::counter!("mayfly_credentials_expired_total", "kind" => kind.clone())
                         .increment(n.max(0) as u64);
                     // The first count after start covers the whole history: already audited before.
-                    if let Some(from) = counted_until
-                        && leadership.is_leading()
+                    if let Some(from) = self.counted_until
+                        && self.leadership.is_leading()
                     {
                         let detail =
                             serde_json::json!({"kind": kind, "count": n, "expired_after": from, "expired_until": now});
-                        if let Err(e) = ledger.audit(AuditEvent::new("credential.expired", None, detail)).await {
+                        if let Err(e) = self.ledger.audit(AuditEvent::new("credential.expired", None, detail)).await {
                             tracing::warn!(error = %e, "audit of expiries failed");
                         }
                     }
                 }
-                counted_until = Some(now);
+                self.counted_until = Some(now);
             }
             Err(e) => tracing::warn!(error = %e, "expiry count failed"),
         }
-        match scan(store.as_ref(), &revocations, now).await {
+        match scan(store.as_ref(), revocations, now).await {
             Ok(mut stats) => {
                 // Always publish the access-token series, even at zero.
                 stats.entry("jwt".to_owned()).or_default();
@@ -117,6 +135,5 @@ pub async fn run(ledger: Ledger, revocations: Arc<Revocations>, every: Duration,
             }
             Err(e) => tracing::warn!(error = %e, "ledger statistics scan failed"),
         }
-        tokio::time::sleep(every).await;
     }
 }

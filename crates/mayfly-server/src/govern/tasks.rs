@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::Leadership;
+use super::jobs::Periodic;
 use crate::broker::Broker;
 
 /// How often users without a lease are looked for.
@@ -17,20 +17,41 @@ const ORPHAN_SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// died mid-creation (a live one finishes within its database timeouts).
 const ABANDONED_AFTER_SECS: i64 = 120;
 
-/// Sweeps every `every`, while this replica leads, until the process stops.
-pub async fn run(broker: Arc<Broker>, every: Duration, leadership: Leadership) {
-    let shared = broker.ledger.store().is_shared();
-    let mut last_orphan_sweep = std::time::Instant::now();
-    let mut was_leading = !shared;
-    let mut revocations_seen = -1;
-    loop {
-        tokio::time::sleep(every).await;
-        if !leadership.is_leading() {
-            was_leading = false;
-            continue;
+/// How often the sweep runs.
+pub const EVERY: Duration = Duration::from_secs(1);
+
+/// The sweep, run on the leader only ([`super::jobs::Runs::OnLeader`]).
+pub struct TaskSweep {
+    broker: Arc<Broker>,
+    shared: bool,
+    last_orphan_sweep: std::time::Instant,
+    was_leading: bool,
+    revocations_seen: i64,
+}
+
+impl TaskSweep {
+    /// A sweep of what `broker` issued.
+    pub fn new(broker: Arc<Broker>) -> Self {
+        let shared = broker.ledger.store().is_shared();
+        Self {
+            broker,
+            shared,
+            last_orphan_sweep: std::time::Instant::now(),
+            was_leading: !shared,
+            revocations_seen: -1,
         }
+    }
+}
+
+impl Periodic for TaskSweep {
+    fn standing_by(&mut self) {
+        self.was_leading = false;
+    }
+
+    async fn run(&mut self) {
+        let broker = &self.broker;
         // A replica that has just taken over finishes what the last leader left at once.
-        let took_over = !std::mem::replace(&mut was_leading, true);
+        let took_over = !std::mem::replace(&mut self.was_leading, true);
         let now = crate::clock::now_unix();
         match broker.retire_due_tasks(now).await {
             Ok(0) => {}
@@ -39,11 +60,11 @@ pub async fn run(broker: Arc<Broker>, every: Duration, leadership: Leadership) {
         }
         // New revocations: end the tasks they contain that no replica ended yet.
         let cursor = broker.revocations.status().0;
-        if cursor != revocations_seen {
+        if cursor != self.revocations_seen {
             match broker.end_tasks_of_revoked_subjects(now).await {
-                Ok(0) => revocations_seen = cursor,
+                Ok(0) => self.revocations_seen = cursor,
                 Ok(n) => {
-                    revocations_seen = cursor;
+                    self.revocations_seen = cursor;
                     tracing::info!(tasks = n, "tasks of revoked subjects ended");
                 }
                 Err(e) => tracing::warn!(error = %e, "ending the tasks of revoked subjects failed"),
@@ -54,9 +75,11 @@ pub async fn run(broker: Arc<Broker>, every: Duration, leadership: Leadership) {
             Ok(n) => tracing::info!(users = n, "database users dropped"),
             Err(e) => tracing::warn!(error = %e, "database lease sweep failed"),
         }
-        if took_over || last_orphan_sweep.elapsed() >= ORPHAN_SWEEP_EVERY {
-            last_orphan_sweep = std::time::Instant::now();
-            if shared && let Err(e) = broker.reconcile_db_leases(Some(now - ABANDONED_AFTER_SECS)).await {
+        if took_over || self.last_orphan_sweep.elapsed() >= ORPHAN_SWEEP_EVERY {
+            self.last_orphan_sweep = std::time::Instant::now();
+            if self.shared
+                && let Err(e) = broker.reconcile_db_leases(Some(now - ABANDONED_AFTER_SECS)).await
+            {
                 tracing::warn!(error = %e, "reconciling abandoned database leases failed");
             }
             if let Err(e) = broker.sweep_db_users().await {

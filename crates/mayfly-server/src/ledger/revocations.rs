@@ -4,7 +4,6 @@
 //! `mayfly-proto`, the index in `mayfly-verify`.
 
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use mayfly_proto::{LiftRequest, RevokeRequest};
 use serde_json::json;
@@ -407,25 +406,5 @@ impl Revocations {
             RevocationKind::Task => l.task_id.as_deref() == Some(value),
             RevocationKind::Jti | RevocationKind::IssuedBefore => false,
         }))
-    }
-
-    /// Background upkeep: picks up revocations made elsewhere every `poll`, and drops
-    /// expired ones every minute.
-    pub async fn run_upkeep(self: Arc<Self>, poll: Duration) {
-        let mut last_gc = std::time::Instant::now();
-        loop {
-            tokio::time::sleep(poll).await;
-            if let Err(e) = self.catch_up().await {
-                tracing::warn!(error = %e, "revocation catch-up failed");
-            }
-            if last_gc.elapsed() >= Duration::from_secs(60) {
-                last_gc = std::time::Instant::now();
-                match self.drop_expired(crate::clock::now_unix()).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(dropped = n, "expired revocations dropped"),
-                    Err(e) => tracing::warn!(error = %e, "revocation garbage collection failed"),
-                }
-            }
-        }
     }
 }

@@ -1,11 +1,14 @@
 //! Group commit: concurrent issuance records are gathered into one transaction,
 //! so a durable record costs one fsync per batch, not per request. The writer is
 //! the only appender of audit events and revocations, which keeps the hash chain
-//! linear and revocation cursors strictly increasing.
+//! linear and revocation cursors strictly increasing. At shutdown it is told to stop
+//! ([`Ledger::close`]): it takes no new request, commits every one already queued, and ends.
 
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::audit::GENESIS_HASH;
 use super::{
@@ -43,6 +46,10 @@ struct WriteRequest {
 pub struct Ledger {
     tx: mpsc::Sender<WriteRequest>,
     store: Arc<dyn Store>,
+    /// Tells the writer to stop.
+    stop: CancellationToken,
+    /// Holds the writer task, to join it.
+    writer: TaskTracker,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -57,8 +64,24 @@ impl Ledger {
         let head = store.audit_head().await?.unwrap_or((0, GENESIS_HASH.to_owned()));
         let revocation_head = store.revocation_head().await?;
         let (tx, rx) = mpsc::channel(65_536);
-        tokio::spawn(run_writer(store.clone(), rx, head, revocation_head, batch_max.max(1)));
-        Ok(Self { tx, store })
+        let (stop, writer) = (CancellationToken::new(), TaskTracker::new());
+        writer.spawn(run_writer(store.clone(), rx, head, revocation_head, batch_max.max(1), stop.clone()));
+        writer.close();
+        Ok(Self { tx, store, stop, writer })
+    }
+
+    /// Stops the writer and waits for it: requests already queued are committed (each
+    /// one answered once its batch is durable, as always), later ones fail with
+    /// [`LedgerError::WriterGone`]. Returns once the last group commit is over. Any clone
+    /// may call it, more than once.
+    pub async fn close(&self) {
+        self.stop.cancel();
+        self.writer.wait().await;
+    }
+
+    /// Whether the writer has ended (after [`Ledger::close`]).
+    pub fn is_closed(&self) -> bool {
+        self.writer.is_empty()
     }
 
     /// The store beneath the writer, for reads.
@@ -116,10 +139,26 @@ async fn run_writer(
     head: (i64, String),
     mut revocation_head: i64,
     batch_max: usize,
+    stop: CancellationToken,
 ) {
     let (mut seq, mut hash) = head;
     let mut batch: Vec<WriteRequest> = Vec::with_capacity(batch_max);
-    while rx.recv_many(&mut batch, batch_max).await > 0 {
+    let mut stopping = false;
+    loop {
+        let received = tokio::select! {
+            biased;
+            () = stop.cancelled(), if !stopping => {
+                // No new request gets in; those already queued are still received, and
+                // `recv_many` answers 0 once they are all committed.
+                stopping = true;
+                rx.close();
+                continue;
+            }
+            n = rx.recv_many(&mut batch, batch_max) => n,
+        };
+        if received == 0 {
+            break;
+        }
         let mut out = StoredBatch::default();
         let (mut s, mut h, mut r) = (seq, hash.clone(), revocation_head);
         for req in &mut batch {
@@ -162,5 +201,45 @@ async fn run_writer(
             };
             let _ = req.done.send(reply);
         }
+    }
+    tracing::debug!("the ledger writer stopped after its last group commit");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::sqlite::SqliteStore;
+
+    #[tokio::test]
+    async fn close_commits_every_queued_request_and_refuses_later_ones() {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().await.unwrap());
+        let ledger = Ledger::start(store.clone(), 16).await.unwrap();
+        // Queued before the writer has run once: close must still commit every one of them.
+        let mut answers = Vec::new();
+        for i in 0..300 {
+            let (done, wait) = oneshot::channel();
+            let event = AuditEvent::new("test.queued", None, serde_json::json!({ "i": i }));
+            let req = WriteRequest {
+                credentials: Vec::new(),
+                tasks: Vec::new(),
+                db_leases: Vec::new(),
+                revocations: Vec::new(),
+                events: vec![event],
+                revocation_count: 0,
+                done,
+            };
+            assert!(ledger.tx.try_send(req).is_ok());
+            answers.push(wait);
+        }
+        assert!(!ledger.is_closed());
+        ledger.close().await;
+        assert!(ledger.is_closed(), "the writer task has ended");
+        for a in answers {
+            assert!(matches!(a.await, Ok(Ok(_))), "each queued request is answered as committed");
+        }
+        assert_eq!(store.audit_head().await.unwrap().map(|h| h.0), Some(300), "every queued event is stored");
+        let late = ledger.audit(AuditEvent::new("test.late", None, serde_json::json!({}))).await;
+        assert!(matches!(late, Err(LedgerError::WriterGone)), "{late:?}");
+        ledger.close().await;
     }
 }
