@@ -16,7 +16,9 @@ pub use crate::broker::config::{
 pub use crate::deliver::config::{DpopConfig, ListenConfig};
 pub use crate::issue::db::config::{DatabaseConfig, DatabaseRoleConfig};
 pub use crate::keys::config::KeysConfig;
-pub use crate::ledger::config::{AuditConfig, LedgerConfig, PostgresConfig, RevocationsConfig, Storage, StorageUrl};
+pub use crate::ledger::config::{
+    AuditConfig, LedgerConfig, PostgresConfig, RevocationsConfig, Storage, StorageUrl, SyncMode,
+};
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -129,10 +131,14 @@ impl Config {
         };
         fix(&mut self.data_dir);
         fix(&mut self.policy.dir);
-        for p in
-            [&mut self.listen.tls_cert, &mut self.listen.tls_key, &mut self.listen.client_ca, &mut self.keys.kek_file]
-                .into_iter()
-                .flatten()
+        let kek_file = match &mut self.keys.kek {
+            Some(crate::keys::KekSource::File(p)) => Some(p),
+            _ => None,
+        };
+        for p in [&mut self.listen.tls_cert, &mut self.listen.tls_key, &mut self.listen.client_ca]
+            .into_iter()
+            .flatten()
+            .chain(kek_file)
         {
             fix(p);
         }
@@ -201,12 +207,6 @@ impl Config {
         }
         if w.socket.as_ref().is_some_and(|p| !p.is_absolute()) {
             return bad("workload_api.socket must be an absolute path".into());
-        }
-        if !matches!(self.keys.algorithm.as_str(), "EdDSA" | "ES256") {
-            return bad(format!("keys.algorithm {:?}: use EdDSA or ES256", self.keys.algorithm));
-        }
-        if !matches!(self.ledger.sync.as_str(), "full" | "normal") {
-            return bad(format!("ledger.sync {:?}: use full or normal", self.ledger.sync));
         }
         if self.storage.is_some() {
             // Also refuses storage together with storage_env.
@@ -337,7 +337,103 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
-    use super::check_jwks_url;
+    use super::{Config, check_jwks_url};
+
+    /// The smallest configuration that validates.
+    const BASE: &str = "trust_domain = \"td.example\"\ndata_dir = \"/tmp/mayfly-config-test\"\n\
+        [listen]\naddr = \"127.0.0.1:8270\"\n[policy]\ndir = \"/tmp\"\n";
+
+    /// The base with `extra` added: top-level keys before its tables, tables after.
+    fn parse(extra: &str) -> Result<Config, String> {
+        let text = if extra.starts_with('[') { format!("{BASE}{extra}") } else { format!("{extra}\n{BASE}") };
+        let cfg: Config = toml::from_str(&text).map_err(|e| e.to_string())?;
+        cfg.validate().map(|()| cfg).map_err(|e| e.to_string())
+    }
+
+    /// Every rule of `validate()` (and of the typed sections) refuses with a message that
+    /// names the setting and what it should be.
+    #[test]
+    fn each_rule_refuses_with_a_message_that_says_what_to_do() {
+        assert!(parse("").is_ok(), "the base configuration validates: {:?}", parse(""));
+        let cases: &[(&str, &str)] = &[
+            ("[tokens]\ndefault_ttl = \"2h\"\nmax_ttl = \"1h\"", "tokens.default_ttl must be at most tokens.max_ttl"),
+            ("[tasks]\ndefault_ttl = \"9h\"", "tasks.default_ttl must be at most tasks.max_ttl"),
+            ("[tasks]\nmax_depth = 0", "tasks.max_depth must be between 1 and 16"),
+            ("[tasks]\nmax_depth = 17", "tasks.max_depth must be between 1 and 16"),
+            ("[tasks]\napproval_timeout = \"0s\"", "tasks.approval_timeout must be above zero"),
+            ("[workload_api]\nmax_svid_ttl = \"8d\"", "workload_api.max_svid_ttl is between 1s and 7d"),
+            (
+                "[workload_api]\nx509_svid_ttl = \"2d\"",
+                "x509_svid_ttl and jwt_svid_ttl are between 1s and max_svid_ttl",
+            ),
+            ("[workload_api]\nca_ttl = \"1d\"", "workload_api.ca_ttl must be at least twice max_svid_ttl"),
+            ("[workload_api]\nsocket = \"relative.sock\"", "workload_api.socket must be an absolute path"),
+            ("[postgres]\nmax_connections = 1", "postgres.max_connections must be at least 2"),
+            ("[audit]\ncheckpoint_every_events = 0", "audit.checkpoint_every_events must be at least 1"),
+            ("[audit]\ncheckpoint_interval = \"10ms\"", "audit.checkpoint_interval must be at least 100ms"),
+            ("[ledger]\nbatch_max = 0", "ledger.batch_max must be at least 1"),
+            ("[ledger]\nsync = \"sometimes\"", "unknown variant `sometimes`, expected `full` or `normal`"),
+            ("[keys]\nalgorithm = \"RS256\"", "keys.algorithm \"RS256\": use EdDSA or ES256"),
+            ("[keys]\nkek_file = \"k\"\nkek_env = \"K\"", "set one of kek_file and kek_env, not both"),
+            ("storage = \"sqlite\"\nstorage_env = \"X\"", "set storage or storage_env, not both"),
+            ("storage = \"mysql://x\"", "storage"),
+            (
+                "[[audiences]]\nname = \"a\"\ndefault_ttl = \"2h\"\nmax_ttl = \"1h\"",
+                "audience \"a\": default_ttl is above max_ttl",
+            ),
+        ];
+        for (extra, expected) in cases {
+            let got = parse(extra).err().unwrap_or_default();
+            assert!(got.contains(expected), "{extra:?}: expected {expected:?} in {got:?}");
+        }
+        // Rules on the listener and the issuers, which the base does not set.
+        let listen =
+            |line: &str| BASE.replace("addr = \"127.0.0.1:8270\"", &format!("addr = \"127.0.0.1:8270\"\n{line}"));
+        let listener_cases: &[(&str, &str)] = &[
+            ("header_read_timeout = \"10ms\"", "listen.header_read_timeout is between 100ms and 1h"),
+            ("idle_timeout = \"2h\"", "listen.idle_timeout is between 100ms and 1h"),
+            ("max_connections = 0", "listen.max_connections is between 1 and 1048576"),
+            ("max_connections_per_ip = 0", "listen.max_connections_per_ip is at least 1"),
+            ("max_header_bytes = 1024", "listen.max_header_bytes is between 8192 and 1048576"),
+            ("max_headers = 2", "listen.max_headers is between 8 and 1000"),
+            ("tls_cert = \"c.pem\"", "listen.tls_cert and listen.tls_key go together"),
+            ("client_ca = \"ca.pem\"", "listen.client_ca needs TLS"),
+        ];
+        for (line, expected) in listener_cases {
+            let got = toml::from_str::<Config>(&listen(line))
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.validate().map_err(|e| e.to_string()));
+            let got = got.err().unwrap_or_default();
+            assert!(got.contains(expected), "{line:?}: expected {expected:?} in {got:?}");
+        }
+        let public = BASE.replace("127.0.0.1:8270", "0.0.0.0:8270");
+        let got = toml::from_str::<Config>(&public).unwrap().validate().unwrap_err().to_string();
+        assert!(got.contains("not a loopback address and TLS is not configured"), "{got}");
+        let bad_td = BASE.replace("td.example", "Bad Domain");
+        assert!(
+            toml::from_str::<Config>(&bad_td).unwrap().validate().unwrap_err().to_string().contains("trust_domain")
+        );
+        let oidc = |body: &str| format!("{BASE}[[attest.oidc]]\nname = \"i\"\nissuer = \"https://i\"\n{body}");
+        let oidc_cases: &[(String, &str)] = &[
+            (oidc("audiences = []\njwks_file = \"k\""), "list at least one accepted audience"),
+            (
+                oidc("audiences = [\"m\"]\njwks_file = \"k\"\njwks_url = \"https://i/k\""),
+                "set jwks_url or jwks_file, not both",
+            ),
+            (oidc("audiences = [\"m\"]\njwks_url = \"http://i.example/k\""), "use https://"),
+            (
+                format!(
+                    "{}\n[[attest.oidc]]\nname = \"i\"\nissuer = \"https://j\"\naudiences = [\"m\"]\njwks_file = \"k\"",
+                    oidc("audiences = [\"m\"]\njwks_file = \"k\"")
+                ),
+                "attest.oidc name \"i\" is used twice",
+            ),
+        ];
+        for (text, expected) in oidc_cases {
+            let got = toml::from_str::<Config>(text).unwrap().validate().unwrap_err().to_string();
+            assert!(got.contains(expected), "expected {expected:?} in {got:?}");
+        }
+    }
 
     #[test]
     fn jwks_urls_are_https_unless_on_loopback() {

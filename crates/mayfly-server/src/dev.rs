@@ -113,7 +113,10 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> Result<Config, DevSetupEr
         postgres: Default::default(),
         public_url: None,
         listen: ListenConfig::plain(listen),
-        keys: KeysConfig { kek_file: Some(kek_file), kek_env: None, algorithm: "EdDSA".into() },
+        keys: KeysConfig {
+            kek: Some(crate::keys::KekSource::File(kek_file)),
+            algorithm: crate::keys::SigningAlg::EdDsa,
+        },
         tokens: TokensConfig::default(),
         audiences: Vec::new(),
         policy: PolicyConfig { dir: policy_dir, reload_interval: std::time::Duration::from_secs(2) },

@@ -27,7 +27,7 @@ use crate::govern::stats::Stats;
 use crate::govern::svids::SvidRotation;
 use crate::govern::tasks::TaskSweep;
 use crate::issue::JwtIssuer;
-use crate::keys::{Kek, KekSource, KeyError, KeyRing, KeyRingError, SigningAlg};
+use crate::keys::{Kek, KekSource, KeyError, KeyRing, KeyRingError};
 use crate::ledger::Revocations;
 use crate::ledger::postgres::{PostgresStore, redact_url};
 use crate::ledger::sqlite::SqliteStore;
@@ -143,18 +143,16 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StartErr
 
 /// The configured KEK source.
 pub fn kek_source(cfg: &Config) -> Result<KekSource, KeyError> {
-    match (&cfg.keys.kek_file, &cfg.keys.kek_env) {
-        (Some(p), _) => Ok(KekSource::File(p.clone())),
-        (None, Some(v)) => Ok(KekSource::Env(v.clone())),
-        (None, None) => Err(KeyError::MissingKek("set keys.kek_file or keys.kek_env in the config".into())),
-    }
+    cfg.keys.kek.clone().ok_or_else(|| KeyError::MissingKek("set keys.kek_file or keys.kek_env in the config".into()))
 }
 
 /// Opens the configured store: the SQLite file in the data directory, or shared
 /// PostgreSQL, retried with backoff while it is unreachable (`postgres.start_timeout`).
 pub async fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, StartError> {
     match cfg.storage()? {
-        Storage::Sqlite(path) => Ok(Arc::new(SqliteStore::open(&path, cfg.ledger.sync == "full").await?)),
+        Storage::Sqlite(path) => {
+            Ok(Arc::new(SqliteStore::open(&path, cfg.ledger.sync == crate::ledger::config::SyncMode::Full).await?))
+        }
         Storage::Postgres(url) => {
             use backon::{ExponentialBuilder, Retryable};
             let started = std::time::Instant::now();
@@ -222,7 +220,7 @@ pub async fn open_state(cfg: &Config) -> Result<(Arc<dyn Store>, Arc<Kek>), Star
 pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<RunningServer, StartError> {
     cfg.validate()?;
     let (store, kek) = open_state(&cfg).await?;
-    let alg = SigningAlg::parse(&cfg.keys.algorithm).unwrap_or(SigningAlg::EdDsa);
+    let alg = cfg.keys.algorithm;
     let keys = Arc::new(KeyRing::load_or_create(store.as_ref(), &kek, alg).await?);
     let new_admin_token = ensure_admin_token(&cfg, store.as_ref()).await?;
     let ledger = Ledger::start(store.clone(), cfg.ledger.batch_max).await?;

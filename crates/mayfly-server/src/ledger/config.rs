@@ -122,8 +122,8 @@ impl Default for PostgresConfig {
 pub struct LedgerConfig {
     /// SQLite `synchronous` mode: `full` (default: a record survives power loss before
     /// the token is delivered) or `normal` (survives a process crash, not power loss).
-    #[serde(default = "default_sync")]
-    pub sync: String,
+    #[serde(default)]
+    pub sync: SyncMode,
     /// Most records written in one group commit (default 1024).
     #[serde(default = "default_batch")]
     pub batch_max: usize,
@@ -133,8 +133,15 @@ pub struct LedgerConfig {
     pub refusal_summary_interval: Duration,
 }
 
-fn default_sync() -> String {
-    "full".into()
+/// How durable a SQLite group commit is before anything in it is delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// It survives power loss.
+    #[default]
+    Full,
+    /// It survives a process crash, not power loss.
+    Normal,
 }
 
 fn default_batch() -> usize {
@@ -143,6 +150,6 @@ fn default_batch() -> usize {
 
 impl Default for LedgerConfig {
     fn default() -> Self {
-        Self { sync: default_sync(), batch_max: default_batch(), refusal_summary_interval: crate::clock::secs::<10>() }
+        Self { sync: SyncMode::Full, batch_max: default_batch(), refusal_summary_interval: crate::clock::secs::<10>() }
     }
 }
