@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod config;
+pub mod guards;
 pub mod postgres;
 pub mod revocations;
 mod sql;
@@ -14,6 +15,7 @@ pub mod sqlite;
 mod writer;
 
 pub use audit::{AuditEvent, ChainedAuditEvent};
+pub use guards::Guard;
 pub use revocations::{Revocation, RevocationIndex, RevocationKind, Revocations, RevokeError};
 pub use writer::{Batch, Ledger};
 
@@ -34,6 +36,9 @@ pub enum LedgerError {
     /// A write was attempted that would break an invariant.
     #[error("storage conflict: {0}")]
     Conflict(String),
+    /// A guarded write found that what it depended on had changed ([`Guard`]); it wrote nothing.
+    #[error("{0}")]
+    Changed(String),
 }
 
 /// A signing key as stored: its private part sealed under the KEK.
@@ -593,6 +598,8 @@ pub struct StoredBatch {
     pub revocations: Vec<Revocation>,
     /// Chained audit events.
     pub events: Vec<ChainedAuditEvent>,
+    /// What must still hold for any of it to be written.
+    pub guards: Vec<Guard>,
 }
 
 impl StoredBatch {

@@ -108,7 +108,14 @@ impl PostgresStore {
     async fn append_in(&self, batch: &mut StoredBatch) -> Result<(), LedgerError> {
         let mut guard = CloseUnlessDone(Some(self.pool.acquire().await?));
         if let Some(conn) = guard.0.as_mut() {
-            append_on(conn, batch).await?;
+            match append_on(conn, batch).await {
+                // Rolled back: the session is clean and goes back to the pool.
+                Err(e @ LedgerError::Changed(_)) => {
+                    guard.0.take();
+                    return Err(e);
+                }
+                other => other?,
+            }
         }
         // Only a session whose transaction is over goes back to the pool.
         guard.0.take();
@@ -164,6 +171,13 @@ async fn append_on(conn: &mut PgConnection, batch: &mut StoredBatch) -> Result<(
     sqlx::raw_sql("BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL synchronous_commit = off")
         .execute(&mut *conn)
         .await?;
+    // A guarded write checks what it depends on first, with those rows locked until it ends.
+    if !batch.guards.is_empty()
+        && let Err(e) = check_guards(conn, &batch.guards, " FOR UPDATE").await
+    {
+        sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await?;
+        return Err(e);
+    }
     let chained = !batch.events.is_empty() || !batch.revocations.is_empty();
     let credential_chunks: Vec<_> = batch.credentials.chunks(ROWS_PER_STATEMENT).collect();
     // When the head is locked, the last credentials ride in the statement that locks it.

@@ -47,6 +47,47 @@ macro_rules! portable_store {
             });
         }
 
+        /// Checks `guards` inside the caller's open transaction on `conn`, reading their
+        /// rows with `lock` appended (` FOR UPDATE` where rows can be locked); the first
+        /// that no longer holds fails with [`LedgerError::Changed`].
+        async fn check_guards(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            guards: &[$crate::ledger::Guard],
+            lock: &str,
+        ) -> Result<(), $crate::ledger::LedgerError> {
+            use $crate::ledger::{Guard, LedgerError, TaskRecord, DbLease};
+            for guard in $crate::ledger::guards::in_lock_order(guards) {
+                match guard {
+                    Guard::Task { id, .. } => {
+                        let mut q = sqlx::QueryBuilder::<$db>::new("SELECT * FROM tasks WHERE id = ");
+                        q.push_bind(id.clone()).push(lock);
+                        let rows: Vec<TaskRecord> = q.build_query_as().fetch_all(&mut *conn).await?;
+                        guard.check_tasks(&rows).map_err(LedgerError::Changed)?;
+                    }
+                    Guard::LiveSubtree { path, .. } => {
+                        // The same range as `task_subtree`, in id order (the lock order).
+                        let mut q = sqlx::QueryBuilder::<$db>::new("SELECT * FROM tasks WHERE path = ");
+                        q.push_bind(path.clone())
+                            .push(" OR (path >= ")
+                            .push_bind(format!("{path}/"))
+                            .push(" AND path < ")
+                            .push_bind(format!("{path}0"))
+                            .push(") ORDER BY id")
+                            .push(lock);
+                        let rows: Vec<TaskRecord> = q.build_query_as().fetch_all(&mut *conn).await?;
+                        guard.check_tasks(&rows).map_err(LedgerError::Changed)?;
+                    }
+                    Guard::Lease { id, .. } => {
+                        let mut q = sqlx::QueryBuilder::<$db>::new("SELECT * FROM db_leases WHERE id = ");
+                        q.push_bind(id.clone()).push(lock);
+                        let row: Option<DbLease> = q.build_query_as().fetch_optional(&mut *conn).await?;
+                        guard.check_lease(row.as_ref()).map_err(LedgerError::Changed)?;
+                    }
+                }
+            }
+            Ok(())
+        }
+
         /// One multi-row upsert of task rows (ids unique within `rows`).
         fn push_tasks(q: &mut sqlx::QueryBuilder<$db>, rows: &[$crate::ledger::TaskRecord]) {
             q.push(

@@ -99,9 +99,19 @@ portable_store!(SqliteStore, Sqlite, {
         // chained and the cursors numbered from the real head already.
         let tasks = last_per_id(&batch.tasks, |t| &t.id);
         let db_leases = last_per_id(&batch.db_leases, |l| &l.id);
+        let mut conn = self.writer.lock().await;
+        // A guarded write checks its guards first, in the same (exclusive) transaction.
+        let guarded = !batch.guards.is_empty();
+        if guarded {
+            sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+            if let Err(e) = check_guards(&mut conn, &batch.guards, "").await {
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                return Err(e);
+            }
+        }
         // The whole group commit is one multi-statement query: one round trip to the
         // SQLite worker thread instead of one per statement (BEGIN, inserts, COMMIT).
-        let mut q = QueryBuilder::<Sqlite>::new("BEGIN IMMEDIATE;");
+        let mut q = QueryBuilder::<Sqlite>::new(if guarded { "" } else { "BEGIN IMMEDIATE;" });
         for chunk in batch.credentials.chunks(ROWS_PER_STATEMENT) {
             push_credentials(&mut q, chunk);
             q.push(";");
@@ -123,7 +133,6 @@ portable_store!(SqliteStore, Sqlite, {
             q.push(";");
         }
         q.push(" COMMIT;");
-        let mut conn = self.writer.lock().await;
         if let Err(e) = q.build().execute(&mut *conn).await {
             // A failed statement leaves the transaction open: end it, keeping nothing.
             let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;

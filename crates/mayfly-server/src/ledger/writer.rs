@@ -3,6 +3,8 @@
 //! the only appender of audit events and revocations, which keeps the hash chain
 //! linear and revocation cursors strictly increasing. At shutdown it is told to stop
 //! ([`Ledger::close`]): it takes no new request, commits every one already queued, and ends.
+//! A request with [`Guard`]s commits in a transaction of its own, so a guard that no
+//! longer holds fails that request only.
 
 use std::sync::Arc;
 
@@ -12,7 +14,8 @@ use tokio_util::task::TaskTracker;
 
 use super::audit::GENESIS_HASH;
 use super::{
-    AuditEvent, ChainedAuditEvent, CredentialRecord, DbLease, LedgerError, Revocation, Store, StoredBatch, TaskRecord,
+    AuditEvent, ChainedAuditEvent, CredentialRecord, DbLease, Guard, LedgerError, Revocation, Store, StoredBatch,
+    TaskRecord,
 };
 
 /// One atomic write: everything in it commits together or not at all.
@@ -28,6 +31,9 @@ pub struct Batch {
     pub revocations: Vec<Revocation>,
     /// Audit events (chained by the writer).
     pub events: Vec<AuditEvent>,
+    /// What must still hold, checked in the same transaction: if one does not, nothing
+    /// is written and the commit fails with [`LedgerError::Changed`].
+    pub guards: Vec<Guard>,
 }
 
 struct WriteRequest {
@@ -36,9 +42,25 @@ struct WriteRequest {
     db_leases: Vec<DbLease>,
     revocations: Vec<Revocation>,
     events: Vec<AuditEvent>,
+    guards: Vec<Guard>,
     /// How many revocations it sent (they are moved into the stored batch).
     revocation_count: usize,
-    done: oneshot::Sender<Result<Vec<Revocation>, String>>,
+    done: oneshot::Sender<Result<Vec<Revocation>, WriteFailure>>,
+}
+
+/// Why a request was not committed, as its sender hears it.
+enum WriteFailure {
+    /// One of its guards no longer held.
+    Changed(String),
+    /// The store failed the transaction.
+    Failed(String),
+}
+
+/// Where the chain and the revocation cursor stand after the last commit.
+struct Heads {
+    seq: i64,
+    hash: String,
+    revocation: i64,
 }
 
 /// Handle to the ledger writer. Cheap to clone.
@@ -91,7 +113,7 @@ impl Ledger {
 
     /// Durably commits a batch; returns its revocations as stored (with cursors).
     pub async fn commit(&self, batch: Batch) -> Result<Vec<Revocation>, LedgerError> {
-        let Batch { credentials, tasks, db_leases, revocations, events } = batch;
+        let Batch { credentials, tasks, db_leases, revocations, events, guards } = batch;
         let (done, wait) = oneshot::channel();
         self.tx
             .send(WriteRequest {
@@ -101,13 +123,15 @@ impl Ledger {
                 revocation_count: revocations.len(),
                 revocations,
                 events,
+                guards,
                 done,
             })
             .await
             .map_err(|_| LedgerError::WriterGone)?;
         match wait.await {
             Ok(Ok(r)) => Ok(r),
-            Ok(Err(msg)) => Err(LedgerError::Conflict(msg)),
+            Ok(Err(WriteFailure::Changed(msg))) => Err(LedgerError::Changed(msg)),
+            Ok(Err(WriteFailure::Failed(msg))) => Err(LedgerError::Conflict(msg)),
             Err(_) => Err(LedgerError::WriterGone),
         }
     }
@@ -137,11 +161,11 @@ async fn run_writer(
     store: Arc<dyn Store>,
     mut rx: mpsc::Receiver<WriteRequest>,
     head: (i64, String),
-    mut revocation_head: i64,
+    revocation_head: i64,
     batch_max: usize,
     stop: CancellationToken,
 ) {
-    let (mut seq, mut hash) = head;
+    let mut heads = Heads { seq: head.0, hash: head.1, revocation: revocation_head };
     let mut batch: Vec<WriteRequest> = Vec::with_capacity(batch_max);
     let mut stopping = false;
     loop {
@@ -159,50 +183,66 @@ async fn run_writer(
         if received == 0 {
             break;
         }
-        let mut out = StoredBatch::default();
-        let (mut s, mut h, mut r) = (seq, hash.clone(), revocation_head);
-        for req in &mut batch {
-            out.credentials.append(&mut req.credentials);
-            out.tasks.append(&mut req.tasks);
-            out.db_leases.append(&mut req.db_leases);
-            for mut rev in req.revocations.drain(..) {
-                r += 1;
-                rev.cursor = r;
-                out.revocations.push(rev);
-            }
-            for ev in &req.events {
-                let c = ChainedAuditEvent::chain(ev, s, &h);
-                s = c.seq;
-                h.clone_from(&c.hash);
-                out.events.push(c);
-            }
-        }
-        tracing::trace!(requests = batch.len(), "ledger group commit");
-        let result = store.append(&mut out).await;
-        match &result {
-            // Heads move only once the batch is committed, to where the store put it
-            // (a shared store may have moved it past other replicas' writes).
-            Ok(()) => {
-                if let Some(last) = out.events.last() {
-                    (seq, hash) = (last.seq, last.hash.clone());
-                }
-                if let Some(last) = out.revocations.last() {
-                    revocation_head = last.cursor;
-                }
-            }
-            Err(e) => tracing::error!(error = %e, records = out.credentials.len(), "ledger batch failed"),
-        }
-        // Each request gets back its own revocations, as stored, in the order it sent them.
-        let mut stored = out.revocations.into_iter();
-        for req in batch.drain(..) {
-            let reply = match &result {
-                Ok(()) => Ok(stored.by_ref().take(req.revocation_count).collect()),
-                Err(e) => Err(e.to_string()),
-            };
-            let _ = req.done.send(reply);
+        // Unguarded requests share one transaction; each guarded one has its own.
+        let (guarded, mut grouped): (Vec<_>, Vec<_>) = batch.drain(..).partition(|r| !r.guards.is_empty());
+        commit_group(store.as_ref(), &mut grouped, &mut heads).await;
+        for req in guarded {
+            commit_group(store.as_ref(), &mut vec![req], &mut heads).await;
         }
     }
     tracing::debug!("the ledger writer stopped after its last group commit");
+}
+
+/// Commits `group` in one transaction and answers each request in it.
+async fn commit_group(store: &dyn Store, group: &mut Vec<WriteRequest>, heads: &mut Heads) {
+    if group.is_empty() {
+        return;
+    }
+    let mut out = StoredBatch::default();
+    let (mut s, mut h, mut r) = (heads.seq, heads.hash.clone(), heads.revocation);
+    for req in group.iter_mut() {
+        out.credentials.append(&mut req.credentials);
+        out.tasks.append(&mut req.tasks);
+        out.db_leases.append(&mut req.db_leases);
+        out.guards.append(&mut req.guards);
+        for mut rev in req.revocations.drain(..) {
+            r += 1;
+            rev.cursor = r;
+            out.revocations.push(rev);
+        }
+        for ev in &req.events {
+            let c = ChainedAuditEvent::chain(ev, s, &h);
+            s = c.seq;
+            h.clone_from(&c.hash);
+            out.events.push(c);
+        }
+    }
+    tracing::trace!(requests = group.len(), "ledger group commit");
+    let result = store.append(&mut out).await;
+    match &result {
+        // Heads move only once the batch is committed, to where the store put it
+        // (a shared store may have moved it past other replicas' writes).
+        Ok(()) => {
+            if let Some(last) = out.events.last() {
+                (heads.seq, heads.hash) = (last.seq, last.hash.clone());
+            }
+            if let Some(last) = out.revocations.last() {
+                heads.revocation = last.cursor;
+            }
+        }
+        Err(LedgerError::Changed(why)) => tracing::debug!(%why, "guarded write refused"),
+        Err(e) => tracing::error!(error = %e, records = out.credentials.len(), "ledger batch failed"),
+    }
+    // Each request gets back its own revocations, as stored, in the order it sent them.
+    let mut stored = out.revocations.into_iter();
+    for req in group.drain(..) {
+        let reply = match &result {
+            Ok(()) => Ok(stored.by_ref().take(req.revocation_count).collect()),
+            Err(LedgerError::Changed(why)) => Err(WriteFailure::Changed(why.clone())),
+            Err(e) => Err(WriteFailure::Failed(e.to_string())),
+        };
+        let _ = req.done.send(reply);
+    }
 }
 
 #[cfg(test)]
@@ -225,6 +265,7 @@ mod tests {
                 db_leases: Vec::new(),
                 revocations: Vec::new(),
                 events: vec![event],
+                guards: Vec::new(),
                 revocation_count: 0,
                 done,
             };
