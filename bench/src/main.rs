@@ -23,8 +23,6 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{KeyPair, RSA_PKCS1_SHA256, RsaKeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde_json::json;
@@ -120,35 +118,14 @@ fn write_fixture(dir: &Path, port: u16, sync: &str) -> Result<(), Box<dyn std::e
     mayfly_server::fsutil::write_private(&dir.join("kek"), hex::encode(kek).as_bytes())?;
 
     // The platform issuer (think: a Kubernetes API server) signs with RS256, as most do.
-    let key = RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).map_err(|_| "rsa keygen")?;
-    let pk = key.public_key();
-    let jwks = json!({"keys": [{
-        "kty": "RSA", "kid": "bench-1", "alg": "RS256", "use": "sig",
-        "n": B64.encode(pk.modulus().big_endian_without_leading_zero()),
-        "e": B64.encode(pk.exponent().big_endian_without_leading_zero()),
-    }]});
-    std::fs::write(dir.join("jwks.json"), jwks.to_string())?;
-    // The same key as PEM (SubjectPublicKeyInfo), for verifiers that take PEM (OpenBao's jwt auth).
-    let spki = aws_lc_rs::encoding::AsDer::<aws_lc_rs::encoding::PublicKeyX509Der>::as_der(pk).map_err(|_| "spki")?;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(spki.as_ref());
-    let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap_or("")).collect();
-    std::fs::write(
-        dir.join("platform.pub.pem"),
-        format!("-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n", lines.join("\n")),
-    )?;
-
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
-    let claims = json!({
-        "iss": "https://k8s.bench.local", "aud": ["mayfly"], "sub": "system:serviceaccount:prod:web",
-        "iat": now, "nbf": now, "exp": now + 4 * 3600,
-        "kubernetes.io": {"namespace": "prod", "serviceaccount": {"name": "web", "uid": "u-1"},
-                          "pod": {"name": "web-1", "uid": "p-1"}, "node": {"name": "n-1", "uid": "n-1"}}
-    });
-    let header = json!({"alg": "RS256", "typ": "JWT", "kid": "bench-1"});
-    let input = format!("{}.{}", B64.encode(header.to_string()), B64.encode(claims.to_string()));
-    let mut sig = vec![0u8; key.public_modulus_len()];
-    key.sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), input.as_bytes(), &mut sig).map_err(|_| "sign")?;
-    let jwt = format!("{input}.{}", B64.encode(sig));
+    let issuer = mayfly_testkit::TestIssuer::new("https://k8s.bench.local");
+    std::fs::write(dir.join("jwks.json"), issuer.jwks().to_string())?;
+    // The same key as PEM, for verifiers that take PEM (OpenBao's jwt auth).
+    std::fs::write(dir.join("platform.pub.pem"), issuer.rsa_public_pem())?;
+    // Valid for the longest benchmark run.
+    let mut claims = issuer.k8s_claims("prod", "web");
+    claims["exp"] = json!(mayfly_testkit::now() + 4 * 3600);
+    let jwt = issuer.sign("RS256", &claims);
     std::fs::write(dir.join("platform.jwt"), &jwt)?;
 
     std::fs::write(

@@ -3,10 +3,8 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
 use common::*;
+use mayfly_testkit::{PG_ADMIN, TestConfig, UserPrefix, block_on};
 use serde_json::Value;
 
 #[test]
@@ -72,48 +70,33 @@ fn admin_tokens_are_created_listed_and_revoked_from_the_cli() {
     assert!(!none.status.success() && text(&none.stderr).contains("admin token"), "{}", text(&none.stderr));
 }
 
-const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-
-/// A server (child process) with a PostgreSQL database configured; join-token workloads may get its role.
+/// A server (a child process) with a PostgreSQL database configured; join-token workloads may get its role.
 struct DbServer {
-    child: std::process::Child,
-    url: String,
-    admin_token: String,
+    server: ServerProcess,
     _dir: tempfile::TempDir,
 }
 
-impl Drop for DbServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl std::ops::Deref for DbServer {
+    type Target = ServerProcess;
+    fn deref(&self) -> &ServerProcess {
+        &self.server
     }
 }
 
 impl DbServer {
     fn start(prefix: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        mayfly_server::fsutil::write_private(&d.join("kek"), "4b".repeat(32).as_bytes()).unwrap();
-        std::fs::create_dir_all(d.join("policies")).unwrap();
-        std::fs::write(
-            d.join("policies/db.cedar"),
-            r#"permit (principal, action == Mayfly::Action::"issue", resource == Mayfly::Role::"pg/reader")
-               when { principal.attestor == "join_token" };
-               permit (principal, action == Mayfly::Action::"exchange", resource == Mayfly::Audience::"https://api.example")
-               when { principal.attestor == "join_token" };"#,
-        )
-        .unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let config = format!(
-            r#"
-trust_domain = "cli.test"
-data_dir = "data"
-[listen]
-addr = "127.0.0.1:{port}"
-[keys]
-kek_file = "kek"
-[policy]
-dir = "policies"
+        let config = TestConfig::new()
+            .trust_domain("cli.test")
+            .free_port()
+            .policies(
+                r#"permit (principal, action == Mayfly::Action::"issue", resource == Mayfly::Role::"pg/reader")
+                   when { principal.attestor == "join_token" };
+                   permit (principal, action == Mayfly::Action::"exchange", resource == Mayfly::Audience::"https://api.example")
+                   when { principal.attestor == "join_token" };"#,
+            )
+            .toml(&format!(
+                r#"
 [[databases]]
 name = "pg"
 kind = "postgres"
@@ -125,27 +108,9 @@ default_ttl = "10m"
 max_ttl = "1h"
 grants = ['GRANT CONNECT ON DATABASE postgres TO "{{{{name}}}}"']
 "#
-        );
-        std::fs::write(d.join("mayfly.toml"), config).unwrap();
-        let mut child = Command::new(BIN)
-            .args(["server", "--config"])
-            .arg(d.join("mayfly.toml"))
-            .env("MAYFLY_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !d.join("data/admin-token").exists() || std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "the server did not start");
-            assert!(child.try_wait().unwrap().is_none(), "the server exited at start (see its log above)");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let admin_token = std::fs::read_to_string(d.join("data/admin-token")).unwrap().trim().to_owned();
-        Self { child, url: format!("http://127.0.0.1:{port}"), admin_token, _dir: dir }
-    }
-
-    fn env(&self) -> [(&'static str, &str); 2] {
-        [("MAYFLY_ADMIN_TOKEN", self.admin_token.as_str()), ("MAYFLY_URL", self.url.as_str())]
+            ));
+        let server = start_server(&config.write(dir.path()));
+        Self { server, _dir: dir }
     }
 
     fn join_token(&self) -> String {
@@ -153,10 +118,6 @@ grants = ['GRANT CONNECT ON DATABASE postgres TO "{{{{name}}}}"']
         assert!(out.status.success(), "{}", text(&out.stderr));
         text(&out.stdout).trim().to_owned()
     }
-}
-
-fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
 }
 
 fn pg_role_exists(name: &str) -> bool {
@@ -174,8 +135,8 @@ fn pg_role_exists(name: &str) -> bool {
 
 #[test]
 fn revoke_lease_drops_the_database_user_of_that_lease() {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    let prefix = format!("cl{:05x}_", nanos & 0xf_ffff);
+    let users = UserPrefix::new("cl");
+    let prefix = users.to_string();
     let srv = DbServer::start(&prefix);
     let issue = |join: &str| -> Value {
         block_on(async {

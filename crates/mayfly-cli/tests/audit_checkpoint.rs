@@ -7,82 +7,25 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use common::{BIN, mayfly, text};
+use common::{ServerProcess, mayfly, start_server, text};
 use mayfly_server::keys::{SigningAlg, SigningKey};
+use mayfly_testkit::TestConfig;
 use serde_json::{Value, json};
 use sqlx::Connection;
 
-struct Server {
-    child: Child,
-    url: String,
-    admin_token: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    fn env(&self) -> [(&'static str, &str); 2] {
-        [("MAYFLY_URL", self.url.as_str()), ("MAYFLY_ADMIN_TOKEN", self.admin_token.as_str())]
-    }
-
-    fn stop(mut self) {
-        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
-        assert!(self.child.wait().unwrap().success(), "clean exit");
-    }
-}
-
 fn write_config(dir: &Path) -> PathBuf {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    std::fs::create_dir_all(dir.join("policies")).unwrap();
-    mayfly_server::fsutil::write_private(&dir.join("kek"), "42".repeat(32).as_bytes()).unwrap();
-    let path = dir.join("mayfly.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "trust_domain = \"audit.test\"\ndata_dir = \"data\"\n[listen]\naddr = \"127.0.0.1:{port}\"\n\
-             [keys]\nkek_file = \"kek\"\n[policy]\ndir = \"policies\"\n[ledger]\nsync = \"normal\"\n\
-             [audit]\ncheckpoint_every_events = 1\ncheckpoint_interval = \"100ms\"\n"
-        ),
-    )
-    .unwrap();
-    path
-}
-
-/// `mayfly server --config`, ready once `/readyz` answers.
-async fn serve(config: &Path) -> Server {
-    let child = Command::new(BIN)
-        .args(["server", "--config"])
-        .arg(config)
-        .env("MAYFLY_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let cfg = mayfly_server::config::Config::load(config).unwrap();
-    let url = cfg.issuer_url();
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        assert!(Instant::now() < deadline, "server ready within 60 s");
-        if http.get(format!("{url}/readyz")).send().await.is_ok_and(|r| r.status() == 200) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let admin_token = std::fs::read_to_string(cfg.data_dir.join("admin-token")).unwrap().trim().to_owned();
-    Server { child, url, admin_token }
+    TestConfig::new()
+        .trust_domain("audit.test")
+        .free_port()
+        .set("audit", "checkpoint_every_events = 1\ncheckpoint_interval = \"100ms\"")
+        .write(dir)
 }
 
 /// Waits (bounded) until the latest checkpoint covers the chain's head; returns its seq.
-async fn wait_for_checkpoint(srv: &Server) -> i64 {
+async fn wait_for_checkpoint(srv: &ServerProcess) -> i64 {
     let http = reqwest::Client::new();
     let get = |path: &str| http.get(format!("{}{path}", srv.url)).bearer_auth(&srv.admin_token).send();
     let head = get("/v1/audit/verify").await.unwrap().json::<Value>().await.unwrap()["head_seq"].as_i64().unwrap();
@@ -163,7 +106,7 @@ fn verify_offline(dir: &Path, extra: &[&str]) -> std::process::Output {
 async fn an_exported_checkpoint_catches_a_cut_or_rewritten_chain() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path());
-    let srv = serve(&config).await;
+    let srv = start_server(&config);
     for _ in 0..10 {
         let out = mayfly(&["join-token", "create"], &srv.env());
         assert!(out.status.success(), "{}", text(&out.stderr));
@@ -194,7 +137,7 @@ async fn an_exported_checkpoint_catches_a_cut_or_rewritten_chain() {
     assert!(said.contains("published in the server's JWKS"), "{said}");
     let out = mayfly(&["audit", "verify", "--checkpoint", json_file.to_str().unwrap()], &srv.env());
     assert!(out.status.success(), "the --json output is accepted too: {}", text(&out.stderr));
-    srv.stop();
+    assert!(srv.stop().success(), "clean exit");
     let out = verify_offline(dir.path(), &["--checkpoint", cp]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("held in the server's storage"), "{}", text(&out.stdout));
@@ -250,7 +193,7 @@ async fn an_exported_checkpoint_catches_a_cut_or_rewritten_chain() {
     assert!(err.contains("(rewritten)") && err.contains(&format!("event {seq}:")), "{err}");
 
     // The same through a server running on the cut state.
-    let srv = serve(&cut.path().join("mayfly.toml")).await;
+    let srv = start_server(&cut.path().join("mayfly.toml"));
     let out = mayfly(&["audit", "verify", "--checkpoint", cp], &srv.env());
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("(truncated)"), "{}", text(&out.stderr));
@@ -274,5 +217,5 @@ async fn an_exported_checkpoint_catches_a_cut_or_rewritten_chain() {
     let out = mayfly(&["audit", "verify"], &srv.env());
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("(bad checkpoint)"), "{}", text(&out.stderr));
-    srv.stop();
+    assert!(srv.stop().success(), "clean exit");
 }

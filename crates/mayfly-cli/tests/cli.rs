@@ -170,15 +170,7 @@ fn example_config_loads() {
 fn database_admin_urls_are_sealed_from_standard_input() {
     use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("policies")).unwrap();
-    mayfly_server::fsutil::write_private(&dir.path().join("kek"), "11".repeat(32).as_bytes()).unwrap();
-    let config = dir.path().join("mayfly.toml");
-    std::fs::write(
-        &config,
-        "trust_domain = \"x.example\"\ndata_dir = \"data\"\n[listen]\naddr = \"127.0.0.1:0\"\n[keys]\nkek_file = \"kek\"\n\
-         [policy]\ndir = \"policies\"\n",
-    )
-    .unwrap();
+    let config = mayfly_testkit::TestConfig::new().trust_domain("x.example").write(dir.path());
     let seal = |input: &str| {
         let mut child = Command::new(BIN)
             .args(["databases", "seal-url", "-c"])

@@ -7,7 +7,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::Value;
+use mayfly_testkit::{K8S_ISSUER, TestConfig, TestIssuer};
+use serde_json::{Value, json};
 
 const AUD: &str = "https://api.example";
 
@@ -292,101 +293,43 @@ fn a_task_ended_while_the_command_runs_stops_the_command() {
     assert_eq!(task(&srv, &id)["end_reason"], "job cancelled", "the operator's reason stays");
 }
 
-/// A Kubernetes-like issuer the test controls, and a server that trusts it.
+/// A Kubernetes-like issuer the test controls, and a server (a child process) that trusts it.
 struct K8sSetup {
-    key: aws_lc_rs::signature::Ed25519KeyPair,
-    server: std::process::Child,
-    url: String,
-    admin_token: String,
+    k8s: TestIssuer,
+    server: ServerProcess,
     _dir: tempfile::TempDir,
 }
 
-impl Drop for K8sSetup {
-    fn drop(&mut self) {
-        let _ = self.server.kill();
-        let _ = self.server.wait();
+impl std::ops::Deref for K8sSetup {
+    type Target = ServerProcess;
+    fn deref(&self) -> &ServerProcess {
+        &self.server
     }
 }
 
-const K8S_ISSUER: &str = "https://k8s.exec.test";
-
 impl K8sSetup {
     fn start() -> Self {
-        use aws_lc_rs::signature::KeyPair;
-        use base64::Engine;
-        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let key = aws_lc_rs::signature::Ed25519KeyPair::generate().unwrap();
+        let k8s = TestIssuer::new(K8S_ISSUER);
         let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        let jwk = serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "k1", "alg": "EdDSA",
-                                                "x": b64.encode(key.public_key().as_ref())}]});
-        std::fs::write(d.join("jwks.json"), jwk.to_string()).unwrap();
-        mayfly_server::fsutil::write_private(&d.join("kek"), "5a".repeat(32).as_bytes()).unwrap();
-        std::fs::create_dir_all(d.join("policies")).unwrap();
-        std::fs::write(
-            d.join("policies/exec.cedar"),
-            format!(
-                r#"permit (principal, action == Mayfly::Action::"start_task", resource)
-                   when {{ principal.hasTag("namespace") && principal.getTag("namespace") == "prod" }};
-                   permit (principal is Mayfly::Task, action == Mayfly::Action::"exchange", resource == Mayfly::Audience::"{AUD}");"#
-            ),
-        )
-        .unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let config = format!(
-            r#"
-trust_domain = "exec.test"
-data_dir = "data"
-[listen]
-addr = "127.0.0.1:{port}"
-[keys]
-kek_file = "kek"
-[policy]
-dir = "policies"
-[[attest.oidc]]
-name = "k8s"
-preset = "kubernetes"
-issuer = "{K8S_ISSUER}"
-jwks_file = "jwks.json"
-audiences = ["mayfly"]
-"#
-        );
-        std::fs::write(d.join("mayfly.toml"), config).unwrap();
-        let server = Command::new(BIN)
-            .args(["server", "--config"])
-            .arg(d.join("mayfly.toml"))
-            .env("MAYFLY_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let url = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !d.join("data/admin-token").exists() || std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "the server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let admin_token = std::fs::read_to_string(d.join("data/admin-token")).unwrap().trim().to_owned();
-        Self { key, server, url, admin_token, _dir: dir }
+        let config = TestConfig::new().trust_domain("exec.test").free_port().kubernetes(&k8s).policies(&format!(
+            r#"permit (principal, action == Mayfly::Action::"start_task", resource)
+               when {{ principal.hasTag("namespace") && principal.getTag("namespace") == "prod" }};
+               permit (principal is Mayfly::Task, action == Mayfly::Action::"exchange", resource == Mayfly::Audience::"{AUD}");"#
+        ));
+        let server = start_server(&config.write(dir.path()));
+        Self { k8s, server, _dir: dir }
     }
 
     /// A projected service-account token of `prod/worker` in the pod with `pod_uid`.
     fn token(&self, pod_uid: &str, iat: i64) -> String {
-        use base64::Engine;
-        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let header = serde_json::json!({"alg": "EdDSA", "typ": "JWT", "kid": "k1"});
-        let claims = serde_json::json!({
-            "iss": K8S_ISSUER, "aud": ["mayfly"], "sub": "system:serviceaccount:prod:worker",
-            "iat": iat, "nbf": iat, "exp": iat + 3600,
-            "kubernetes.io": {"namespace": "prod", "serviceaccount": {"name": "worker", "uid": "sa-1"},
-                              "pod": {"name": "worker-1", "uid": pod_uid}, "node": {"name": "node-1", "uid": "n-1"}}
-        });
-        let input = format!("{}.{}", b64.encode(header.to_string()), b64.encode(claims.to_string()));
-        format!("{input}.{}", b64.encode(self.key.sign(input.as_bytes()).as_ref()))
+        let mut claims = self.k8s.k8s_claims("prod", "worker");
+        (claims["iat"], claims["nbf"], claims["exp"]) = (json!(iat), json!(iat), json!(iat + 3600));
+        claims["kubernetes.io"]["pod"]["uid"] = json!(pod_uid);
+        self.k8s.sign("EdDSA", &claims)
     }
 
     fn task(&self, id: &str) -> Value {
-        let admin = [("MAYFLY_ADMIN_TOKEN", self.admin_token.as_str())];
-        let out = mayfly(&["tasks", "show", id, "--json", "--url", &self.url], &admin);
+        let out = mayfly(&["tasks", "show", id, "--json"], &self.env());
         assert!(out.status.success(), "{}", text(&out.stderr));
         serde_json::from_slice(&out.stdout).unwrap()
     }

@@ -5,19 +5,18 @@
 //! when it is killed; killing a replica under load loses no delivered token; and a
 //! database that is unreachable at start or goes away while serving is survived.
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener as StdListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{BIN, ServerProcess};
+use mayfly_testkit::process::{free_port, signal};
+use mayfly_testkit::{TestConfig, TestDatabase};
+use nix::sys::signal::Signal;
 use serde_json::{Value, json};
-use sqlx::Connection;
-
-const BIN: &str = env!("CARGO_BIN_EXE_mayfly");
-const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
 const AUDIENCE: &str = "https://api.replicas.test";
 const POLICY: &str = r#"
 @id("joined-may-call-api")
@@ -25,85 +24,23 @@ permit (principal, action == Mayfly::Action::"exchange", resource == Mayfly::Aud
 when { principal.attestor == "join_token" };
 "#;
 
-/// A database of the test's own, dropped when the test ends.
-struct TestDatabase {
-    name: String,
-}
-
-impl TestDatabase {
-    async fn create() -> Self {
-        let mut b = [0u8; 6];
-        std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b)).unwrap();
-        let name = format!("mayfly_r_{}", hex::encode(b));
-        let mut admin = sqlx::PgConnection::connect(&format!("{PG_SERVER}/postgres")).await.unwrap();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\""))).execute(&mut admin).await.unwrap();
-        Self { name }
-    }
-
-    fn url(&self) -> String {
-        format!("{PG_SERVER}/{}", self.name)
-    }
-
-    async fn drop_now(self) {
-        let mut admin = sqlx::PgConnection::connect(&format!("{PG_SERVER}/postgres")).await.unwrap();
-        let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
-        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await;
-    }
-}
-
 /// One `mayfly server --config` process.
 struct Replica {
     name: String,
-    child: Child,
-    url: String,
-    logs: Arc<Mutex<Vec<String>>>,
+    server: ServerProcess,
 }
 
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl std::ops::Deref for Replica {
+    type Target = ServerProcess;
+    fn deref(&self) -> &ServerProcess {
+        &self.server
     }
 }
 
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Writes the shared pieces (KEK, policies) and one config per replica.
-fn write_config(dir: &Path, name: &str, storage: &str, port: u16, acquire_timeout: &str) -> PathBuf {
-    std::fs::create_dir_all(dir.join("policies")).unwrap();
-    std::fs::write(dir.join("policies/replicas.cedar"), POLICY).unwrap();
-    if !dir.join("kek").exists() {
-        mayfly_server::fsutil::write_private(&dir.join("kek"), hex::encode([0x5au8; 32]).as_bytes()).unwrap();
+impl std::ops::DerefMut for Replica {
+    fn deref_mut(&mut self) -> &mut ServerProcess {
+        &mut self.server
     }
-    // Every replica has the same public URL (the load balancer's): tokens name one issuer.
-    let toml = format!(
-        r#"
-trust_domain = "replicas.test"
-data_dir = "data-{name}"
-public_url = "http://mayfly.replicas.test"
-storage = "{storage}"
-
-[listen]
-addr = "127.0.0.1:{port}"
-
-[keys]
-kek_file = "kek"
-
-[policy]
-dir = "policies"
-
-[ledger]
-sync = "normal"
-
-[postgres]
-acquire_timeout = "{acquire_timeout}"
-"#
-    );
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, toml).unwrap();
-    path
 }
 
 /// A replica that waits the default 5 s for a database connection.
@@ -111,39 +48,19 @@ fn spawn(dir: &Path, name: &str, storage: &str) -> Replica {
     spawn_with(dir, name, storage, "5s")
 }
 
+/// Writes the replica's config (KEK and policies shared in `dir`) and starts it.
 fn spawn_with(dir: &Path, name: &str, storage: &str, acquire_timeout: &str) -> Replica {
-    let port = free_port();
-    let config = write_config(dir, name, storage, port, acquire_timeout);
-    let mut child = Command::new(BIN)
-        .args(["server", "--config"])
-        .arg(&config)
-        .env("MAYFLY_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let logs = Arc::new(Mutex::new(Vec::new()));
-    let stderr = child.stderr.take().unwrap();
-    let sink = logs.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
-        }
-    });
-    Replica { name: name.into(), child, url: format!("http://127.0.0.1:{port}"), logs }
-}
-
-async fn ready(http: &reqwest::Client, r: &Replica, within: Duration) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Ok(resp) = http.get(format!("{}/readyz", r.url)).send().await
-            && resp.status() == 200
-        {
-            return resp.json().await.unwrap();
-        }
-        assert!(Instant::now() < deadline, "replica {} ready; its log: {:?}", r.name, r.logs.lock().unwrap());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let config = TestConfig::new()
+        .trust_domain("replicas.test")
+        // Every replica has the same public URL (the load balancer's): tokens name one issuer.
+        .set("", &format!("data_dir = \"data-{name}\"\npublic_url = \"http://mayfly.replicas.test\""))
+        .storage(storage)
+        .free_port()
+        .set("postgres", &format!("acquire_timeout = \"{acquire_timeout}\""))
+        .policies(POLICY);
+    let path = dir.join(format!("{name}.toml"));
+    config.write_to(&path);
+    Replica { name: name.into(), server: ServerProcess::spawn(BIN, &path) }
 }
 
 async fn is_leader(http: &reqwest::Client, r: &Replica) -> bool {
@@ -200,14 +117,14 @@ fn admin_token(dir: &Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_issuance_revocation_keys_and_background_work() {
-    let db = TestDatabase::create().await;
+    let db = TestDatabase::create();
     let dir = tempfile::tempdir().unwrap();
     let http = reqwest::Client::new();
-    let a = spawn(dir.path(), "a", &db.url());
-    ready(&http, &a, Duration::from_secs(60)).await;
-    let (b, c) = (spawn(dir.path(), "b", &db.url()), spawn(dir.path(), "c", &db.url()));
-    for r in [&b, &c] {
-        let health = ready(&http, r, Duration::from_secs(60)).await;
+    let mut a = spawn(dir.path(), "a", &db.url());
+    a.wait_ready(Duration::from_secs(60));
+    let (mut b, mut c) = (spawn(dir.path(), "b", &db.url()), spawn(dir.path(), "c", &db.url()));
+    for r in [&mut b, &mut c] {
+        let health = r.wait_ready(Duration::from_secs(60));
         assert_eq!(health["storage"], "postgres");
     }
     let admin = admin_token(dir.path());
@@ -344,7 +261,7 @@ async fn replicas_share_issuance_revocation_keys_and_background_work() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let killed_at = Instant::now();
-    nix_kill(&replicas[leader].child);
+    signal(&replicas[leader].child, Signal::SIGKILL);
     let _ = replicas[leader].child.wait();
     let before_kill = received.lock().unwrap().len();
     // Another replica takes over background work within seconds.
@@ -389,7 +306,6 @@ async fn replicas_share_issuance_revocation_keys_and_background_work() {
     assert!(leading >= 2, "both leaderships are audited ({leading})");
 
     replicas.clear();
-    db.drop_now().await;
 }
 
 async fn audit_kinds(http: &reqwest::Client, r: &Replica, admin: &str, kind: &str) -> usize {
@@ -401,11 +317,6 @@ async fn audit_kinds(http: &reqwest::Client, r: &Replica, admin: &str, kind: &st
 fn b64(s: &str) -> Vec<u8> {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).unwrap()
-}
-
-fn nix_kill(child: &Child) {
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
 }
 
 /// A TCP relay to PostgreSQL that the test can cut and restore, to play an outage.
@@ -453,30 +364,30 @@ impl Relay {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_database_is_waited_for_at_start_and_survived_while_serving() {
-    let db = TestDatabase::create().await;
+    let db = TestDatabase::create();
     let dir = tempfile::tempdir().unwrap();
     let http = reqwest::Client::new();
     let mut relay = Relay::new();
-    let storage = format!("postgres://postgres@127.0.0.1:{}/{}", relay.port, db.name);
+    let storage = format!("postgres://postgres@127.0.0.1:{}/{}", relay.port, db.name());
 
     // Nothing answers yet: the replica says so plainly and keeps trying.
     // Requests give up on the database after 1 s, so the outage answers quickly.
     let mut r = spawn_with(dir.path(), "a", &storage, "1s");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if r.logs.lock().unwrap().iter().any(|l| l.contains("storage is unreachable; retrying")) {
+        if r.logs().iter().any(|l| l.contains("storage is unreachable; retrying")) {
             break;
         }
-        assert!(Instant::now() < deadline, "a clear retry message: {:?}", r.logs.lock().unwrap());
+        assert!(Instant::now() < deadline, "a clear retry message: {:?}", r.logs());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(r.child.try_wait().unwrap().is_none(), "still running, not crash-looping");
-    let logs = r.logs.lock().unwrap().join("\n");
+    let logs = r.logs().join("\n");
     assert!(!logs.contains("panicked") && !logs.contains("backtrace"), "no panic: {logs}");
 
     // The database appears: the replica starts by itself.
     relay.start().await;
-    ready(&http, &r, Duration::from_secs(30)).await;
+    r.wait_ready(Duration::from_secs(30));
     let admin = admin_token(dir.path());
     let join = join_token(&http, &r, &admin).await;
     issue(&http, &r, &join).await;
@@ -515,5 +426,4 @@ async fn an_unreachable_database_is_waited_for_at_start_and_survived_while_servi
     let _ = r.child.kill();
     let _ = r.child.wait();
     relay.cut();
-    db.drop_now().await;
 }

@@ -1,9 +1,7 @@
 //! Admin tokens: several named ones, created, listed and revoked over the admin API,
 //! and a revoked one refused on the very next request (on every replica).
 
-mod common;
-
-use common::*;
+use mayfly_testkit::*;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -141,8 +139,7 @@ async fn a_second_admin_token_works_until_revoked_and_fails_on_the_very_next_req
     let r = create(&srv, "kept", Some(&first)).await;
     let kept = r.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_owned();
     let dir = srv.stop().await;
-    let config = dir.path().join("mayfly.toml");
-    let srv = TestServer::start_in(dir, &config).await;
+    let srv = TestServer::restart(dir).await;
     assert_eq!(srv.admin_token, first, "the first start's token file is kept");
     assert_eq!(get(&srv, "/v1/keys", Some(&kept)).await.status(), 200);
     assert_problem(get(&srv, "/v1/keys", Some(&second)).await, 401, "unauthorized").await;
@@ -187,28 +184,17 @@ async fn unauthenticated_and_non_admin_callers_cannot_manage_admin_tokens() {
     srv.stop().await;
 }
 
-/// A test config whose state is the PostgreSQL database `db`, whatever `MAYFLY_TEST_STORAGE` says.
-fn write_config_on(dir: &std::path::Path, k8s: &TestIssuer, gh: &TestIssuer, db: &str) -> std::path::PathBuf {
-    std::fs::write(dir.join("pg-url"), db).unwrap();
-    let path = write_config(dir, k8s, gh, &Options::default());
-    let text = std::fs::read_to_string(&path).unwrap();
-    if !text.contains("\nstorage = ") {
-        let text = text.replacen("data_dir = \"data\"\n", &format!("data_dir = \"data\"\nstorage = \"{db}\"\n"), 1);
-        std::fs::write(&path, text).unwrap();
-    }
-    path
-}
-
 /// Two replicas on one PostgreSQL database: a token revoked on one is refused by the
 /// other at once (no replica keeps a cache of valid tokens), and two revocations racing
 /// on the two replicas never remove the last token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_revoked_on_one_replica_is_refused_by_the_other_at_once() {
     let (k8s, gh) = (TestIssuer::new(K8S_ISSUER), TestIssuer::new(GITHUB_TEST_ISSUER));
-    let db = create_test_database();
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let config_a = write_config_on(dir_a.path(), &k8s, &gh, &db);
-    let config_b = write_config_on(dir_b.path(), &k8s, &gh, &db);
+    // Both on one database, whatever `MAYFLY_TEST_STORAGE` says.
+    let db = TestDatabase::create();
+    let config = TestConfig::standard(&k8s, &gh).storage(&db.url());
+    let (dir_a, dir_b) = (TestDir::new(), TestDir::new());
+    let (config_a, config_b) = (dir_a.write_config(&config), dir_b.write_config(&config));
     let a = TestServer::start_in(dir_a, &config_a).await;
     // B shares A's database: A's first token is the admin token.
     std::fs::create_dir_all(dir_b.path().join("data")).unwrap();

@@ -5,24 +5,21 @@
 //! signed. A careful attacker removes the stored checkpoints too, which is why only an
 //! exported one settles it. Works on SQLite and, with MAYFLY_TEST_STORAGE=postgres, PostgreSQL.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
 use mayfly_server::checkpoints::{self, CheckpointError};
 use mayfly_server::keys::{Kek, KekSource, SigningAlg, SigningKey};
 use mayfly_server::ledger::audit::{BreakKind, verify_chain};
 use mayfly_server::ledger::{Store, StoredCheckpoint};
+use mayfly_testkit::*;
 use serde_json::{Value, json};
 
 const FAST_CHECKPOINTS: &str = "[audit]\ncheckpoint_every_events = 1\ncheckpoint_interval = \"100ms\"\n";
 
 async fn start() -> (TestServer, TestIssuer, TestIssuer) {
     let (k8s, gh) = (TestIssuer::new(K8S_ISSUER), TestIssuer::new(GITHUB_TEST_ISSUER));
-    let srv =
-        TestServer::start_with(&k8s, &gh, Options { extra_toml: FAST_CHECKPOINTS.into(), ..Default::default() }).await;
+    let srv = TestServer::start_with(TestConfig::standard(&k8s, &gh).toml(FAST_CHECKPOINTS)).await;
     (srv, k8s, gh)
 }
 
@@ -66,14 +63,13 @@ async fn stored_keys(dir: &Path, store: &dyn Store) -> Vec<Value> {
 }
 
 /// Runs SQL on the stopped server's database, whichever the backend.
-async fn tamper(dir: &Path, sql: String) {
+async fn tamper(dir: &TestDir, sql: String) {
     use sqlx::Connection;
-    if storage_is_postgres() {
-        let url = std::fs::read_to_string(dir.join("pg-url")).unwrap();
-        let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+    if let Some(db) = dir.database() {
+        let mut c = sqlx::PgConnection::connect(&db.url()).await.unwrap();
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut c).await.unwrap();
     } else {
-        let url = format!("sqlite://{}", dir.join("data/mayfly.db").display());
+        let url = format!("sqlite://{}", dir.path().join("data/mayfly.db").display());
         let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut c).await.unwrap();
     }
@@ -108,8 +104,8 @@ fn move_head(seq: i64, hash: &str) -> String {
 }
 
 /// Removes every event after `keep`; with `careful`, the checkpoints after it too.
-async fn cut_tail(dir: &Path, keep: i64, careful: bool) {
-    let store = open_store(dir).await;
+async fn cut_tail(dir: &TestDir, keep: i64, careful: bool) {
+    let store = open_store(dir.path()).await;
     let kept = store.audit_events_after(keep - 1, 1).await.unwrap().remove(0);
     drop(store);
     let mut sql = without_guard("audit_events", &format!("DELETE FROM audit_events WHERE seq > {keep}"));
@@ -122,8 +118,8 @@ async fn cut_tail(dir: &Path, keep: i64, careful: bool) {
 
 /// Edits event `seq` and re-hashes it and every event after it, the way the server
 /// chains them; with `careful`, removes the checkpoints from `seq` on too.
-async fn rewrite_from(dir: &Path, seq: i64, careful: bool) {
-    let store = open_store(dir).await;
+async fn rewrite_from(dir: &TestDir, seq: i64, careful: bool) {
+    let store = open_store(dir.path()).await;
     let prev = store.audit_events_after(seq - 2, 1).await.unwrap().remove(0);
     let mut events = store.audit_events_after(seq - 1, 100_000).await.unwrap();
     drop(store);
@@ -147,11 +143,6 @@ async fn rewrite_from(dir: &Path, seq: i64, careful: bool) {
         sql.push_str(&without_guard("audit_checkpoints", &format!("DELETE FROM audit_checkpoints WHERE seq >= {seq}")));
     }
     tamper(dir, sql).await;
-}
-
-async fn restart(dir: tempfile::TempDir) -> TestServer {
-    let config = dir.path().join("mayfly.toml");
-    TestServer::start_in(dir, &config).await
 }
 
 #[tokio::test]
@@ -264,7 +255,7 @@ async fn a_cut_tail_is_caught_by_the_checkpoint() {
     let keep = seq - 6;
 
     // Careless: the events go, the stored checkpoints stay and show the cut.
-    cut_tail(dir.path(), keep, false).await;
+    cut_tail(&dir, keep, false).await;
     let store = open_store(dir.path()).await;
     let keys = stored_keys(dir.path(), store.as_ref()).await;
     assert!(verify_chain(store.as_ref()).await.unwrap().ok, "every remaining link holds");
@@ -273,7 +264,7 @@ async fn a_cut_tail_is_caught_by_the_checkpoint() {
 
     // Careful: the checkpoints after the cut go too; the stored ones are fooled, the exported one is not.
     drop(store);
-    cut_tail(dir.path(), keep, true).await;
+    cut_tail(&dir, keep, true).await;
     let store = open_store(dir.path()).await;
     let r = checkpoints::verify_chain(store.as_ref(), Some(&keys), None).await.unwrap();
     assert!(r.ok, "nothing in the database shows it: {r:?}");
@@ -287,7 +278,7 @@ async fn a_cut_tail_is_caught_by_the_checkpoint() {
     drop(store);
 
     // The restarted server (which appends after the cut) says the same when given the checkpoint.
-    let srv = restart(dir).await;
+    let srv = TestServer::restart(dir).await;
     assert_eq!(verify_report(&srv, "").await["ok"], true);
     let r = verify_report(&srv, &format!("?seq={seq}&hash={}", exported.claims.hash)).await;
     assert_eq!((r["ok"].as_bool(), r["break_kind"].as_str()), (Some(false), Some("truncated")), "{r}");
@@ -305,7 +296,7 @@ async fn a_rewritten_and_rehashed_chain_is_caught_by_the_checkpoint() {
     let edited = seq - 3;
 
     // Careless: the event edited and the chain re-hashed; a stored checkpoint shows it.
-    rewrite_from(dir.path(), edited, false).await;
+    rewrite_from(&dir, edited, false).await;
     let store = open_store(dir.path()).await;
     let keys = stored_keys(dir.path(), store.as_ref()).await;
     assert!(verify_chain(store.as_ref()).await.unwrap().ok, "re-hashed: every link holds");
@@ -316,7 +307,7 @@ async fn a_rewritten_and_rehashed_chain_is_caught_by_the_checkpoint() {
 
     // Careful: the checkpoints from the edit on removed too. Only the exported one tells.
     drop(store);
-    rewrite_from(dir.path(), edited, true).await;
+    rewrite_from(&dir, edited, true).await;
     let store = open_store(dir.path()).await;
     let r = checkpoints::verify_chain(store.as_ref(), Some(&keys), None).await.unwrap();
     assert!(r.ok, "nothing in the database shows it: {r:?}");
@@ -328,7 +319,7 @@ async fn a_rewritten_and_rehashed_chain_is_caught_by_the_checkpoint() {
     assert!(r.first_break.unwrap().starts_with(&format!("event {seq}:")));
     drop(store);
 
-    let srv = restart(dir).await;
+    let srv = TestServer::restart(dir).await;
     assert_eq!(verify_report(&srv, "").await["ok"], true);
     let r = verify_report(&srv, &format!("?seq={seq}&hash={}", exported.claims.hash)).await;
     assert_eq!((r["ok"].as_bool(), r["break_kind"].as_str()), (Some(false), Some("rewritten")), "{r}");
@@ -369,7 +360,7 @@ async fn forged_checkpoints_are_refused_and_retired_keys_still_verify_old_ones()
     let old_kid = good.kid.clone();
     assert_eq!(srv.admin_post("/v1/keys/rotate", None).await.status(), 200);
     let dir = srv.stop().await;
-    tamper(dir.path(), format!("UPDATE signing_keys SET published_until = 1 WHERE kid = '{old_kid}'")).await;
+    tamper(&dir, format!("UPDATE signing_keys SET published_until = 1 WHERE kid = '{old_kid}'")).await;
     let store = open_store(dir.path()).await;
     let head = store.audit_head().await.unwrap().unwrap();
     let keys = stored_keys(dir.path(), store.as_ref()).await;
@@ -393,7 +384,7 @@ async fn forged_checkpoints_are_refused_and_retired_keys_still_verify_old_ones()
 
     // The restarted server no longer publishes the old key, but still holds it: the old
     // checkpoint verifies with /v1/audit/keys, and the planted one is named.
-    let srv = restart(dir).await;
+    let srv = TestServer::restart(dir).await;
     let published: Vec<Value> = serde_json::to_value(srv.jwks().await).unwrap()["keys"].as_array().unwrap().clone();
     assert!(published.iter().all(|k| k["kid"] != old_kid.as_str()), "retired from the JWKS");
     assert!(matches!(checkpoints::verify(&jws, &published), Err(CheckpointError::UnknownKey { .. })));

@@ -1,10 +1,8 @@
 //! Every kind of bad input gets a clear problem answer with a stable type, never a panic.
 
-mod common;
-
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use common::*;
+use mayfly_testkit::*;
 use serde_json::json;
 
 #[tokio::test]

@@ -2,13 +2,11 @@
 //! SDK in a resource server. Proofs are made with `jsonwebtoken` (an independent JOSE
 //! implementation), not with Mayfly's own code.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use common::*;
+use mayfly_testkit::*;
 use mayfly_verify::{RequireMayflyToken, Verified, Verifier, VerifierConfig};
 use serde_json::{Value, json};
 
@@ -51,12 +49,8 @@ when { context.scopes.contains("pay") && !context.dpop };
 
 async fn start(extra_toml: &str) -> (TestServer, TestIssuer) {
     let (k8s, gh) = (TestIssuer::new(K8S_ISSUER), TestIssuer::new(GITHUB_TEST_ISSUER));
-    let opts = Options {
-        policies: format!("{TEST_POLICIES}\n{DPOP_POLICY}"),
-        extra_toml: extra_toml.into(),
-        ..Options::default()
-    };
-    (TestServer::start_with(&k8s, &gh, opts).await, k8s)
+    let config = TestConfig::standard(&k8s, &gh).add_policies(DPOP_POLICY).toml(extra_toml);
+    (TestServer::start_with(config).await, k8s)
 }
 
 #[tokio::test]

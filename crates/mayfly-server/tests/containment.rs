@@ -4,11 +4,9 @@
 //! endpoints accepting a bound token without its proof; SPIFFE IDs from claims leaving
 //! their segment. Every test here failed against the build the review attacked.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use mayfly_testkit::*;
 use serde_json::{Value, json};
 
 const REDIS_ADMIN: &str = "redis://127.0.0.1:6379";
@@ -55,12 +53,8 @@ when { principal.hasTag("tier") && principal.getTag("tier") == "prod" };
 
 async fn start_with(extra_toml: &str) -> (TestServer, TestIssuer) {
     let (k8s, gh) = (TestIssuer::new(K8S_ISSUER), TestIssuer::new(GITHUB_TEST_ISSUER));
-    let opts = Options {
-        policies: format!("{TEST_POLICIES}\n{POLICIES}"),
-        extra_toml: extra_toml.into(),
-        ..Options::default()
-    };
-    (TestServer::start_with(&k8s, &gh, opts).await, k8s)
+    let config = TestConfig::standard(&k8s, &gh).add_policies(POLICIES).toml(extra_toml);
+    (TestServer::start_with(config).await, k8s)
 }
 
 async fn start() -> (TestServer, TestIssuer) {
@@ -663,13 +657,9 @@ async fn unauthenticated_failures_are_audited_as_counts_per_source() {
 
 #[tokio::test]
 async fn spiffe_ids_from_claims_stay_in_their_segment() {
-    let (k8s, gh) = (TestIssuer::new(K8S_ISSUER), TestIssuer::new(GITHUB_TEST_ISSUER));
+    let gh = TestIssuer::new(GITHUB_TEST_ISSUER);
     let generic = TestIssuer::new("https://generic.test");
     let escaped = TestIssuer::new("https://escaped.test");
-    let sections = |dir: &std::path::Path| {
-        std::fs::write(dir.join("generic-jwks.json"), generic.jwks().to_string()).unwrap();
-        std::fs::write(dir.join("escaped-jwks.json"), escaped.jwks().to_string()).unwrap();
-    };
     let issuers = format!(
         r#"
 [[attest.oidc]]
@@ -702,14 +692,16 @@ audiences = ["{MAYFLY_AUDIENCE}"]
 spiffe_id_template = "{{sub}}/x"
 "#
     );
-    let dir = tempfile::tempdir().unwrap();
-    sections(dir.path());
-    let policies = format!(
-        "{TEST_POLICIES}\npermit (principal, action == Mayfly::Action::\"exchange\", resource == Mayfly::Audience::\"https://any.test\");"
-    );
-    let opts = Options { policies, issuer_section: Some(issuers), ..Options::default() };
-    let path = write_config(dir.path(), &k8s, &gh, &opts);
-    let srv = TestServer::start_in(dir, &path).await;
+    let config = TestConfig::new()
+        .jwks_file("generic-jwks.json", &generic)
+        .jwks_file("escaped-jwks.json", &escaped)
+        .jwks_file("gh-jwks.json", &gh)
+        .toml(&issuers)
+        .policies(TEST_POLICIES)
+        .add_policies(
+            r#"permit (principal, action == Mayfly::Action::"exchange", resource == Mayfly::Audience::"https://any.test");"#,
+        );
+    let srv = TestServer::start_with(config).await;
     let t = now();
     let jwt = |issuer: &TestIssuer, sub: &str| {
         issuer

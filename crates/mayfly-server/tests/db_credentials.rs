@@ -1,18 +1,13 @@
 //! Dynamic database credentials against the real PostgreSQL, MariaDB and Redis on
 //! this machine (127.0.0.1). Each test uses its own username prefix (and schema), so
-//! tests running side by side never touch each other's users.
-
-mod common;
+//! tests running side by side never touch each other's users; what is left under the
+//! prefix is removed when the test ends.
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use mayfly_testkit::*;
 use serde_json::{Value, json};
 use sqlx::Connection;
-
-const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-const MARIADB_ADMIN: &str = "mysql://root@127.0.0.1:3306/mysql";
-const REDIS_ADMIN: &str = "redis://127.0.0.1:6379";
 
 const DB_POLICY: &str = r#"
 @id("prod-may-use-databases")
@@ -24,24 +19,10 @@ permit (principal, action == Mayfly::Action::"start_task", resource)
 when { principal.hasTag("namespace") && principal.getTag("namespace") == "prod" };
 "#;
 
-fn unique(prefix: &str) -> String {
-    format!("{prefix}{:04x}_", rand_u16())
-}
-
-fn rand_u16() -> u16 {
-    let mut b = [0u8; 2];
-    aws_lc_rs::rand::fill(&mut b).unwrap();
-    u16::from_be_bytes(b)
-}
-
 async fn start(databases_toml: &str) -> (TestServer, TestIssuer) {
     let (k8s, gh) = (TestIssuer::new(K8S_ISSUER), TestIssuer::new(GITHUB_TEST_ISSUER));
-    let opts = Options {
-        policies: format!("{TEST_POLICIES}\n{DB_POLICY}"),
-        extra_toml: databases_toml.into(),
-        ..Options::default()
-    };
-    (TestServer::start_with(&k8s, &gh, opts).await, k8s)
+    let config = TestConfig::standard(&k8s, &gh).add_policies(DB_POLICY).toml(databases_toml);
+    (TestServer::start_with(config).await, k8s)
 }
 
 async fn issue(srv: &TestServer, evidence: (&str, &str), db: &str, role: &str, ttl: Option<u64>) -> reqwest::Response {
@@ -157,18 +138,10 @@ async fn pg_schema(schema: &str) {
     .unwrap();
 }
 
-async fn pg_drop_schema(schema: &str) {
-    let mut c = pg_admin().await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {schema} CASCADE")))
-        .execute(&mut c)
-        .await
-        .unwrap();
-}
-
 #[tokio::test]
 async fn postgres_users_work_while_leased_and_die_with_their_sessions_at_revocation_and_expiry() {
-    let prefix = unique("pa");
-    let schema = format!("mayfly_test_{}", prefix.trim_end_matches('_'));
+    let users = UserPrefix::new("pa");
+    let (prefix, schema) = (users.to_string(), users.schema());
     pg_schema(&schema).await;
     let (srv, k8s) = start(&pg_config(&prefix, &schema, PG_ADMIN)).await;
     let prod = k8s.k8s_token("prod", "api");
@@ -295,13 +268,12 @@ async fn postgres_users_work_while_leased_and_die_with_their_sessions_at_revocat
     );
 
     srv.stop().await;
-    pg_drop_schema(&schema).await;
 }
 
 #[tokio::test]
 async fn after_a_crash_half_created_and_orphaned_users_are_dropped_on_start() {
-    let prefix = unique("pc");
-    let schema = format!("mayfly_test_{}", prefix.trim_end_matches('_'));
+    let users = UserPrefix::new("pc");
+    let (prefix, schema) = (users.to_string(), users.schema());
     pg_schema(&schema).await;
     let (srv, _k8s) = start(&pg_config(&prefix, &schema, PG_ADMIN)).await;
     let config = srv.dir.path().join("mayfly.toml");
@@ -355,7 +327,6 @@ async fn after_a_crash_half_created_and_orphaned_users_are_dropped_on_start() {
     }
     wait_for_state(&srv, "crash-lease-1", "failed", Duration::from_secs(5)).await;
     srv.stop().await;
-    pg_drop_schema(&schema).await;
 }
 
 /// A TCP relay to PostgreSQL that the test can take down and bring back, standing in
@@ -397,8 +368,8 @@ impl Outage {
 
 #[tokio::test]
 async fn a_revocation_during_a_database_outage_is_retried_until_the_user_is_gone() {
-    let prefix = unique("po");
-    let schema = format!("mayfly_test_{}", prefix.trim_end_matches('_'));
+    let users = UserPrefix::new("po");
+    let (prefix, schema) = (users.to_string(), users.schema());
     pg_schema(&schema).await;
     let relay = Outage::start(0).await;
     let port = relay.port;
@@ -426,7 +397,6 @@ async fn a_revocation_during_a_database_outage_is_retried_until_the_user_is_gone
     wait_for_state(&srv, &id, "revoked", Duration::from_secs(30)).await;
     assert!(!pg_role_exists(&user).await);
     srv.stop().await;
-    pg_drop_schema(&schema).await;
 }
 
 /// The admin URL sealed under a key-encryption key of `byte`s (the test config's KEK is all 0x11).
@@ -440,12 +410,12 @@ fn sealed(url: &str, byte: u8) -> String {
 #[tokio::test]
 async fn a_sealed_admin_url_opens_only_with_the_servers_key() {
     let (k8s, gh) = (TestIssuer::new(K8S_ISSUER), TestIssuer::new(GITHUB_TEST_ISSUER));
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let toml = format!(
         "[[databases]]\nname = \"pg\"\nkind = \"postgres\"\nurl_sealed = \"{}\"\n[[databases.roles]]\nname = \"r\"\n",
         sealed(PG_ADMIN, 0x22)
     );
-    let path = write_config(dir.path(), &k8s, &gh, &Options { extra_toml: toml, ..Options::default() });
+    let path = dir.write_config(&TestConfig::standard(&k8s, &gh).toml(&toml));
     let cfg = mayfly_server::config::Config::load(&path).unwrap();
     let err =
         mayfly_server::server::start(cfg, None).await.err().expect("a URL sealed under another key stops start-up");
@@ -455,7 +425,8 @@ async fn a_sealed_admin_url_opens_only_with_the_servers_key() {
 
 #[tokio::test]
 async fn mariadb_users_are_created_used_and_killed_with_their_sessions() {
-    let prefix = unique("ma");
+    let users = UserPrefix::new("ma");
+    let prefix = users.to_string();
     // The admin URL is sealed under the server's key-encryption key, as in production.
     let toml = format!(
         r#"
@@ -493,7 +464,8 @@ grants = ["GRANT SELECT ON mysql.db TO '{{{{name}}}}'@'%'"]
 
 #[tokio::test]
 async fn redis_acl_users_are_created_used_and_killed_with_their_sessions() {
-    let prefix = unique("ra");
+    let users = UserPrefix::new("ra");
+    let prefix = users.to_string();
     let toml = format!(
         r#"
 [[databases]]
@@ -533,14 +505,13 @@ acl = "~{prefix}* +@read +ping"
         redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.is_err(),
         "cannot log in"
     );
-    redis::cmd("DEL").arg(&key).query_async::<()>(&mut admin).await.unwrap();
     srv.stop().await;
 }
 
 #[tokio::test]
 async fn a_workload_moved_out_of_prod_loses_its_database_users_and_others_keep_theirs() {
-    let prefix = unique("ps");
-    let schema = format!("mayfly_test_{}", prefix.trim_end_matches('_'));
+    let users = UserPrefix::new("ps");
+    let (prefix, schema) = (users.to_string(), users.schema());
     pg_schema(&schema).await;
     // Passwords sent as they are: the server hashes them with its own iteration count.
     let config = pg_config(&prefix, &schema, PG_ADMIN)
@@ -571,7 +542,6 @@ async fn a_workload_moved_out_of_prod_loses_its_database_users_and_others_keep_t
     assert!(pg_role_exists(&users[1].0).await, "another workload's user survives");
     assert_eq!(lease(&srv, &users[1].1).await["state"], "active");
     srv.stop().await;
-    pg_drop_schema(&schema).await;
 }
 
 /// `POST /v1/credentials/leases/{id}/renew` with a platform token.
@@ -586,8 +556,8 @@ async fn renew(srv: &TestServer, id: &str, token: &str, ttl: u64) -> reqwest::Re
 
 #[tokio::test]
 async fn a_renewal_is_decided_again_by_policy_and_refused_once_policy_no_longer_allows_the_role() {
-    let prefix = unique("pr");
-    let schema = format!("mayfly_test_{}", prefix.trim_end_matches('_'));
+    let users = UserPrefix::new("pr");
+    let (prefix, schema) = (users.to_string(), users.schema());
     pg_schema(&schema).await;
     let (srv, k8s) = start(&pg_config(&prefix, &schema, PG_ADMIN)).await;
     let prod = k8s.k8s_token("prod", "api");
@@ -630,13 +600,12 @@ permit (principal, action == Mayfly::Action::"exchange", resource == Mayfly::Aud
 
     assert_eq!(revoke_lease(&srv, &id).await.status(), 200);
     srv.stop().await;
-    pg_drop_schema(&schema).await;
 }
 
 #[tokio::test]
 async fn a_lease_whose_subject_is_revoked_cannot_be_renewed() {
-    let prefix = unique("pv");
-    let schema = format!("mayfly_test_{}", prefix.trim_end_matches('_'));
+    let users = UserPrefix::new("pv");
+    let (prefix, schema) = (users.to_string(), users.schema());
     pg_schema(&schema).await;
     let (srv, k8s) = start(&pg_config(&prefix, &schema, PG_ADMIN)).await;
     let held = k8s.k8s_token("prod", "held");
@@ -663,7 +632,6 @@ async fn a_lease_whose_subject_is_revoked_cannot_be_renewed() {
     wait_for_state(&srv, &id, "revoked", Duration::from_secs(10)).await;
     assert!(!pg_role_exists(&user).await, "the user is dropped");
     srv.stop().await;
-    pg_drop_schema(&schema).await;
 }
 
 /// A MariaDB string literal for any text (backslashes and quotes escaped).
@@ -687,8 +655,10 @@ async fn maria_user_exists(admin: &mut sqlx::MySqlConnection, user: &str, host: 
 
 #[tokio::test]
 async fn the_orphan_sweep_leaves_mariadb_users_mayfly_could_not_have_made() {
-    let prefix = unique("mo");
-    let victim = unique("mv");
+    let users = UserPrefix::new("mo");
+    let prefix = users.to_string();
+    let victim_users = UserPrefix::new("mv");
+    let victim = victim_users.to_string();
     let toml = format!(
         r#"
 [[databases]]
@@ -729,18 +699,13 @@ name = "app"
     }
     assert!(!maria_user_exists(&mut admin, &orphan, "%").await, "an orphan of Mayfly's shape is still swept");
 
-    for (user, host) in &accounts {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP USER IF EXISTS {}@{}", maria_quote(user), maria_quote(host))))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-    }
     srv.stop().await;
 }
 
 #[tokio::test]
 async fn the_orphan_sweep_leaves_postgres_and_redis_users_mayfly_could_not_have_made() {
-    let prefix = unique("po");
+    let users = UserPrefix::new("po");
+    let prefix = users.to_string();
     let toml = format!(
         r#"
 [[databases]]
@@ -786,12 +751,5 @@ name = "reader"
     assert!(!pg_role_exists(&orphan).await, "a PostgreSQL orphan of Mayfly's shape is still swept");
     assert!(!redis_users.contains(&orphan), "a Redis orphan of Mayfly's shape is still swept");
 
-    for u in &odd {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP ROLE IF EXISTS {}", pg_quote(u))))
-            .execute(&mut pg)
-            .await
-            .unwrap();
-        redis::cmd("ACL").arg("DELUSER").arg(u).query_async::<i64>(&mut redis).await.unwrap();
-    }
     srv.stop().await;
 }

@@ -2,11 +2,9 @@
 //! oversized heads, more connections than the limit, and label cardinality in `/metrics`.
 //! Raw TCP on loopback where a client library would hide what the server does.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use mayfly_testkit::*;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -14,13 +12,7 @@ use tokio::net::TcpStream;
 /// A server whose `[listen]` section gets `listen` (one `key = value` a line).
 async fn start_edge(listen: &str) -> (TestServer, TestIssuer) {
     let (k8s, gh) = (TestIssuer::new(K8S_ISSUER), TestIssuer::new(GITHUB_TEST_ISSUER));
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_config(dir.path(), &k8s, &gh, &Options::default());
-    let toml = std::fs::read_to_string(&path).unwrap();
-    let line = "addr = \"127.0.0.1:0\"";
-    assert!(toml.contains(line), "the test kit's [listen] section");
-    std::fs::write(&path, toml.replacen(line, &format!("{line}\n{listen}"), 1)).unwrap();
-    (TestServer::start_in(dir, &path).await, k8s)
+    (TestServer::start_with(TestConfig::standard(&k8s, &gh).set("listen", listen)).await, k8s)
 }
 
 async fn connect(srv: &TestServer) -> TcpStream {
@@ -385,10 +377,7 @@ fn listen_limits_parse_and_out_of_range_values_are_refused() {
     let (k8s, gh) = (TestIssuer::new(K8S_ISSUER), TestIssuer::new(GITHUB_TEST_ISSUER));
     let load = |listen: &str| {
         let dir = tempfile::tempdir().unwrap();
-        let path = write_config(dir.path(), &k8s, &gh, &Options::default());
-        let toml = std::fs::read_to_string(&path).unwrap();
-        let line = "addr = \"127.0.0.1:0\"";
-        std::fs::write(&path, toml.replacen(line, &format!("{line}\n{listen}"), 1)).unwrap();
+        let path = TestConfig::standard(&k8s, &gh).set("listen", listen).write(dir.path());
         mayfly_server::config::Config::load(&path)
     };
     let all = "header_read_timeout = \"5s\"\nidle_timeout = \"2m\"\nrequest_timeout = \"20s\"\n\

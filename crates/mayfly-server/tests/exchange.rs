@@ -1,9 +1,7 @@
 //! The spine end to end: platform evidence → attestation → Cedar → RFC 9068 token,
 //! verified with an independent JOSE implementation.
 
-mod common;
-
-use common::*;
+use mayfly_testkit::*;
 use serde_json::{Value, json};
 
 fn issuers() -> (TestIssuer, TestIssuer) {
@@ -38,11 +36,10 @@ async fn kubernetes_token_is_exchanged_for_a_verifiable_access_token() {
 #[tokio::test]
 async fn lifetime_is_the_smaller_of_request_and_maximum() {
     let (k8s, gh) = issuers();
-    let opts = Options {
-        extra_toml: "[tokens]\ndefault_ttl = \"2m\"\nmax_ttl = \"10m\"\n\n[[audiences]]\nname = \"https://api.test\"\nmax_ttl = \"5m\"\nscopes = [\"read\", \"write\"]\n".into(),
-        ..Options::default()
-    };
-    let srv = TestServer::start_with(&k8s, &gh, opts).await;
+    let config = TestConfig::standard(&k8s, &gh)
+        .set("tokens", "default_ttl = \"2m\"\nmax_ttl = \"10m\"")
+        .toml("[[audiences]]\nname = \"https://api.test\"\nmax_ttl = \"5m\"\nscopes = [\"read\", \"write\"]\n");
+    let srv = TestServer::start_with(config).await;
     let jwt = k8s.k8s_token("prod", "web");
     let ask = |life: &'static str| {
         let jwt = jwt.clone();
@@ -204,14 +201,7 @@ async fn discovery_documents_and_health() {
 #[tokio::test]
 async fn es256_signing_is_an_option() {
     let (k8s, gh) = issuers();
-    let opts = Options { extra_toml: String::new(), ..Options::default() };
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_config(dir.path(), &k8s, &gh, &opts);
-    let text = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace("kek_file = \"kek\"", "kek_file = \"kek\"\nalgorithm = \"ES256\"");
-    std::fs::write(&path, text).unwrap();
-    let srv = TestServer::start_in(dir, &path).await;
+    let srv = TestServer::start_with(TestConfig::standard(&k8s, &gh).set("keys", "algorithm = \"ES256\"")).await;
     let r = srv.exchange_jwt(&k8s.k8s_token("prod", "web"), "https://api.test").await;
     let v: Value = r.json().await.unwrap();
     let token = v["access_token"].as_str().unwrap();

@@ -1,13 +1,11 @@
 //! An issuer's JWKS fetched from a URL: cached, refreshed on an unknown `kid`
 //! (rate-limited), and a clear 503 when it cannot be fetched.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::routing::get;
-use common::*;
+use mayfly_testkit::*;
 use serde_json::{Value, json};
 use tokio::sync::RwLock;
 
@@ -40,8 +38,9 @@ async fn jwks_server(initial: Option<Value>) -> JwksServer {
     JwksServer { url, fetches, doc }
 }
 
-fn url_issuer_section(url: &str, min_refresh: &str) -> String {
-    format!(
+/// The test policies, and the Kubernetes issuer's keys at `url` (fetched again at most once a second).
+fn url_issuer(url: &str) -> TestConfig {
+    TestConfig::new().policies(TEST_POLICIES).toml(&format!(
         r#"
 [[attest.oidc]]
 name = "k8s"
@@ -49,9 +48,9 @@ preset = "kubernetes"
 issuer = "{K8S_ISSUER}"
 jwks_url = "{url}"
 audiences = ["{MAYFLY_AUDIENCE}"]
-jwks_refresh_min_interval = "{min_refresh}"
+jwks_refresh_min_interval = "1s"
 "#
-    )
+    ))
 }
 
 /// `jwks` with every `kid` suffixed, to stand for a rotated key set.
@@ -71,10 +70,9 @@ fn renamed(jwks: Value, suffix: &str) -> Value {
 
 #[tokio::test]
 async fn jwks_is_cached_and_refreshed_on_rotation_with_rate_limit() {
-    let (k8s, gh) = (TestIssuer::new(K8S_ISSUER), TestIssuer::new(GITHUB_TEST_ISSUER));
+    let k8s = TestIssuer::new(K8S_ISSUER);
     let jwks = jwks_server(Some(k8s.jwks())).await;
-    let opts = Options { issuer_section: Some(url_issuer_section(&jwks.url, "1s")), ..Options::default() };
-    let srv = TestServer::start_with(&k8s, &gh, opts).await;
+    let srv = TestServer::start_with(url_issuer(&jwks.url)).await;
 
     let first = k8s.k8s_token("prod", "web");
     for _ in 0..10 {
@@ -103,10 +101,9 @@ async fn jwks_is_cached_and_refreshed_on_rotation_with_rate_limit() {
 
 #[tokio::test]
 async fn unreachable_jwks_is_a_503() {
-    let (k8s, gh) = (TestIssuer::new(K8S_ISSUER), TestIssuer::new(GITHUB_TEST_ISSUER));
+    let k8s = TestIssuer::new(K8S_ISSUER);
     let jwks = jwks_server(None).await;
-    let opts = Options { issuer_section: Some(url_issuer_section(&jwks.url, "1s")), ..Options::default() };
-    let srv = TestServer::start_with(&k8s, &gh, opts).await;
+    let srv = TestServer::start_with(url_issuer(&jwks.url)).await;
     let body = assert_problem(
         srv.exchange_jwt(&k8s.k8s_token("prod", "web"), "https://api.test").await,
         503,
@@ -123,17 +120,15 @@ async fn unreachable_jwks_is_a_503() {
 
 #[tokio::test]
 async fn a_jwks_url_in_clear_off_loopback_is_refused_at_load() {
-    let (k8s, gh) = (TestIssuer::new(K8S_ISSUER), TestIssuer::new(GITHUB_TEST_ISSUER));
     let dir = tempfile::tempdir().unwrap();
-    let section = url_issuer_section("http://jwks.example/keys", "1s");
-    let path = write_config(dir.path(), &k8s, &gh, &Options { issuer_section: Some(section), ..Options::default() });
+    let path = url_issuer("http://jwks.example/keys").write(dir.path());
     let err = mayfly_server::config::Config::load(&path).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(err.contains("jwks_url") && err.contains("https://") && err.contains("\"k8s\""), "{err}");
 }
 
 #[tokio::test]
 async fn a_redirecting_jwks_url_is_not_followed() {
-    let (k8s, gh) = (TestIssuer::new(K8S_ISSUER), TestIssuer::new(GITHUB_TEST_ISSUER));
+    let k8s = TestIssuer::new(K8S_ISSUER);
     // The configured URL answers 302 to another URL that holds the keys the tokens are signed
     // with: following it would let whoever controls the first URL choose the keys.
     let target = jwks_server(Some(k8s.jwks())).await;
@@ -149,8 +144,7 @@ async fn a_redirecting_jwks_url_is_not_followed() {
     let url = format!("http://{}/jwks", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
-    let opts = Options { issuer_section: Some(url_issuer_section(&url, "1s")), ..Options::default() };
-    let srv = TestServer::start_with(&k8s, &gh, opts).await;
+    let srv = TestServer::start_with(url_issuer(&url)).await;
     assert_problem(srv.exchange_jwt(&k8s.k8s_token("prod", "web"), "https://api.test").await, 503, "jwks-unavailable")
         .await;
     assert_eq!(target.fetches.load(Ordering::SeqCst), 0, "the redirect was not followed");

@@ -1,10 +1,8 @@
 //! Signing keys (rotation, sealing under the KEK), restarts, and the audit trail.
 
-mod common;
-
-use common::*;
 use mayfly_server::config::Config;
 use mayfly_server::ledger::audit::ChainVerifier;
+use mayfly_testkit::*;
 use serde_json::Value;
 
 async fn issue(srv: &TestServer, k8s: &TestIssuer) -> String {
@@ -43,8 +41,7 @@ async fn rotation_signs_with_the_new_key_and_keeps_the_old_one_published() {
 
     // Keys survive a restart: the old token still verifies against the new process's JWKS.
     let dir = srv.stop().await;
-    let path = dir.path().join("mayfly.toml");
-    let srv = TestServer::start_in(dir, &path).await;
+    let srv = TestServer::restart(dir).await;
     let jwks = srv.jwks().await;
     assert!(jwks.find(&old_kid).is_some() && jwks.find(&new_kid).is_some());
     let again = issue(&srv, &k8s).await;
@@ -55,8 +52,8 @@ async fn rotation_signs_with_the_new_key_and_keeps_the_old_one_published() {
 #[tokio::test]
 async fn private_keys_are_sealed_and_a_wrong_kek_stops_startup() {
     let (k8s, gh) = (TestIssuer::new(K8S_ISSUER), TestIssuer::new(GITHUB_TEST_ISSUER));
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_config(dir.path(), &k8s, &gh, &Options::default());
+    let dir = TestDir::new();
+    let path = dir.write_config(&TestConfig::standard(&k8s, &gh));
     let srv = TestServer::start_in(dir, &path).await;
     issue(&srv, &k8s).await;
     let dir = srv.stop().await;
@@ -105,8 +102,8 @@ async fn private_keys_are_sealed_and_a_wrong_kek_stops_startup() {
 async fn a_kek_file_open_to_group_or_others_stops_startup() {
     use std::os::unix::fs::PermissionsExt;
     let (k8s, gh) = (TestIssuer::new(K8S_ISSUER), TestIssuer::new(GITHUB_TEST_ISSUER));
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_config(dir.path(), &k8s, &gh, &Options::default());
+    let dir = TestDir::new();
+    let path = dir.write_config(&TestConfig::standard(&k8s, &gh));
     let kek = dir.path().join("kek");
     for mode in [0o644, 0o640, 0o604, 0o620] {
         std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(mode)).unwrap();
@@ -175,8 +172,8 @@ async fn every_issued_token_is_recorded_and_the_audit_chain_verifies() {
 #[tokio::test]
 async fn config_errors_are_clear() {
     let (k8s, gh) = (TestIssuer::new(K8S_ISSUER), TestIssuer::new(GITHUB_TEST_ISSUER));
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_config(dir.path(), &k8s, &gh, &Options::default());
+    let dir = TestDir::new();
+    let path = dir.write_config(&TestConfig::standard(&k8s, &gh));
     let base = std::fs::read_to_string(&path).unwrap();
     let cases = [
         (base.replace("127.0.0.1:0", "0.0.0.0:0"), "not a loopback address and TLS is not configured"),

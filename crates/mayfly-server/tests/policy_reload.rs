@@ -1,10 +1,8 @@
 //! Policies reload on file change and on SIGHUP; a bad file keeps the policies in force.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use mayfly_testkit::*;
 
 const ALLOW_STAGING: &str = r#"
 @id("staging-may-call-api")
@@ -57,17 +55,8 @@ async fn policy_changes_apply_without_restart_and_bad_files_are_rejected() {
 #[tokio::test]
 async fn sighup_reloads_at_once() {
     let (k8s, gh) = (TestIssuer::new(K8S_ISSUER), TestIssuer::new(GITHUB_TEST_ISSUER));
-    let opts = Options {
-        // Polling far slower than the test: only the signal can explain a quick reload.
-        extra_toml: String::new(),
-        ..Options::default()
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_config(dir.path(), &k8s, &gh, &opts);
-    let text =
-        std::fs::read_to_string(&path).unwrap().replace("reload_interval = \"200ms\"", "reload_interval = \"1h\"");
-    std::fs::write(&path, text).unwrap();
-    let srv = TestServer::start_in(dir, &path).await;
+    // Polling far slower than the test: only the signal can explain a quick reload.
+    let srv = TestServer::start_with(TestConfig::standard(&k8s, &gh).set("policy", "reload_interval = \"1h\"")).await;
     let staging = k8s.k8s_token("staging", "web");
     assert_eq!(srv.exchange_jwt(&staging, "https://api.test").await.status(), 403);
     std::fs::write(srv.dir.path().join("policies/staging.cedar"), ALLOW_STAGING).unwrap();

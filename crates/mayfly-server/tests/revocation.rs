@@ -1,11 +1,9 @@
 //! The ledger's revocation side: introspection, revocation by selector, the feed and
 //! its event stream, leases, the audit API and metrics.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use mayfly_testkit::*;
 use serde_json::{Value, json};
 
 const VERIFIER_POLICY: &str = r#"
@@ -17,8 +15,7 @@ when { principal.hasTag("namespace") && principal.getTag("namespace") == "infra"
 
 async fn start() -> (TestServer, TestIssuer) {
     let (k8s, gh) = (TestIssuer::new(K8S_ISSUER), TestIssuer::new(GITHUB_TEST_ISSUER));
-    let opts = Options { policies: format!("{TEST_POLICIES}\n{VERIFIER_POLICY}"), ..Options::default() };
-    (TestServer::start_with(&k8s, &gh, opts).await, k8s)
+    (TestServer::start_with(TestConfig::standard(&k8s, &gh).add_policies(VERIFIER_POLICY)).await, k8s)
 }
 
 async fn token(srv: &TestServer, k8s: &TestIssuer, ns: &str, sa: &str, aud: &str) -> String {
@@ -346,10 +343,9 @@ async fn a_tampered_audit_trail_names_the_first_broken_link() {
     let dir = srv.stop().await;
     // The table refuses edits; an attacker with write access to the database drops the guard first.
     let forge = "UPDATE audit_events SET detail = '{\"jti\":\"forged\"}' WHERE seq = 3";
-    if storage_is_postgres() {
+    if let Some(db) = dir.database() {
         use sqlx::Connection;
-        let url = std::fs::read_to_string(dir.path().join("pg-url")).unwrap();
-        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        let mut conn = sqlx::PgConnection::connect(&db.url()).await.unwrap();
         let refused = sqlx::query("UPDATE audit_events SET detail = '{}' WHERE seq = 3").execute(&mut conn).await;
         assert!(refused.is_err(), "append-only trigger");
         sqlx::query("ALTER TABLE audit_events DISABLE TRIGGER audit_events_no_change")

@@ -2,9 +2,7 @@
 //! passes policy and keeps the rest; a CAEP session-revoked SET from a configured sender
 //! kills at once; forged, replayed or malformed signals are refused and change nothing.
 
-mod common;
-
-use common::*;
+use mayfly_testkit::*;
 use serde_json::{Value, json};
 
 const SSF_ISSUER: &str = "https://ssf.test.example";
@@ -25,16 +23,17 @@ const SCOPED_ISSUER: &str = "https://scoped.test.example";
 async fn start() -> Setup {
     let (k8s, gh, ssf) =
         (TestIssuer::new(K8S_ISSUER), TestIssuer::new(GITHUB_TEST_ISSUER), TestIssuer::new(SSF_ISSUER));
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("ssf-jwks.json"), ssf.jwks().to_string()).unwrap();
     let scoped = TestIssuer::new(SCOPED_ISSUER);
-    std::fs::write(dir.path().join("scoped-jwks.json"), scoped.jwks().to_string()).unwrap();
-    let opts = Options {
-        policies: format!(
-            "{TEST_POLICIES}\n@id(\"prod-may-start-tasks\")\npermit (principal, action == Mayfly::Action::\"start_task\", resource)\n\
-             when {{ principal.hasTag(\"namespace\") && principal.getTag(\"namespace\") == \"prod\" }};\n"
-        ),
-        extra_toml: format!(
+    let config = TestConfig::standard(&k8s, &gh)
+        .add_policies(
+            r#"@id("prod-may-start-tasks")
+permit (principal, action == Mayfly::Action::"start_task", resource)
+when { principal.hasTag("namespace") && principal.getTag("namespace") == "prod" };
+"#,
+        )
+        .jwks_file("ssf-jwks.json", &ssf)
+        .jwks_file("scoped-jwks.json", &scoped)
+        .toml(&format!(
             r#"
 [[signals.senders]]
 name = "ssf"
@@ -49,11 +48,8 @@ audience = "{SSF_AUDIENCE}"
 jwks_file = "scoped-jwks.json"
 subject_prefix = "spiffe://test.example/ns/prod/sa/api"
 "#
-        ),
-        ..Options::default()
-    };
-    let path = write_config(dir.path(), &k8s, &gh, &opts);
-    Setup { srv: TestServer::start_in(dir, &path).await, k8s, ssf, scoped }
+        ));
+    Setup { srv: TestServer::start_with(config).await, k8s, ssf, scoped }
 }
 
 async fn token(s: &Setup, sa: &str) -> String {

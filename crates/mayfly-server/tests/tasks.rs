@@ -1,8 +1,6 @@
 //! Tasks: runtime identities for one job — start, delegate, narrow, approve, end.
 
-mod common;
-
-use common::*;
+use mayfly_testkit::*;
 use serde_json::{Value, json};
 
 const TASK_TYPE: &str = "urn:mayfly:params:oauth:token-type:task";
@@ -33,12 +31,8 @@ when { principal.hasTag("namespace") && principal.getTag("namespace") == "prod" 
 
 async fn start_with(extra_toml: &str) -> (TestServer, TestIssuer) {
     let (k8s, gh) = (TestIssuer::new(K8S_ISSUER), TestIssuer::new(GITHUB_TEST_ISSUER));
-    let opts = Options {
-        policies: format!("{TEST_POLICIES}\n{TASK_POLICIES}"),
-        extra_toml: extra_toml.into(),
-        ..Options::default()
-    };
-    (TestServer::start_with(&k8s, &gh, opts).await, k8s)
+    let config = TestConfig::standard(&k8s, &gh).add_policies(TASK_POLICIES).toml(extra_toml);
+    (TestServer::start_with(config).await, k8s)
 }
 
 async fn start() -> (TestServer, TestIssuer) {

@@ -1,8 +1,6 @@
 //! The rustls listener, with and without client certificates.
 
-mod common;
-
-use common::*;
+use mayfly_testkit::*;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
 use serde_json::Value;
 
@@ -45,19 +43,17 @@ fn pki() -> Pki {
 async fn start_tls(require_client: bool) -> (TestServer, Pki, TestIssuer) {
     let (k8s, gh) = (TestIssuer::new(K8S_ISSUER), TestIssuer::new(GITHUB_TEST_ISSUER));
     let pki = pki();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("server.pem"), &pki.server_cert).unwrap();
-    std::fs::write(dir.path().join("server.key"), &pki.server_key).unwrap();
-    std::fs::write(dir.path().join("ca.pem"), &pki.ca_pem).unwrap();
-    let path = write_config(dir.path(), &k8s, &gh, &Options::default());
-    let text = std::fs::read_to_string(&path).unwrap().replace(
-        "addr = \"127.0.0.1:0\"",
-        &format!(
-            "addr = \"127.0.0.1:0\"\ntls_cert = \"server.pem\"\ntls_key = \"server.key\"\nclient_ca = \"ca.pem\"\nrequire_client_cert = {require_client}"
-        ),
-    );
-    std::fs::write(&path, text).unwrap();
-    let mut srv = TestServer::start_in(dir, &path).await;
+    let config = TestConfig::standard(&k8s, &gh)
+        .file("server.pem", &pki.server_cert)
+        .file("server.key", &pki.server_key)
+        .file("ca.pem", &pki.ca_pem)
+        .set(
+            "listen",
+            &format!(
+                "tls_cert = \"server.pem\"\ntls_key = \"server.key\"\nclient_ca = \"ca.pem\"\nrequire_client_cert = {require_client}"
+            ),
+        );
+    let mut srv = TestServer::start_with(config).await;
     assert!(srv.url.starts_with("https://127.0.0.1:"), "{}", srv.url);
     srv.http = client(&pki, false);
     (srv, pki, k8s)

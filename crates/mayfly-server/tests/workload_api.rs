@@ -2,15 +2,13 @@
 //! from crates.io (and a raw gRPC client for malformed requests), over a real unix
 //! socket, with callers attested by the kernel.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{TestIssuer, TestServer};
 use mayfly_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use mayfly_proto::workload::{JwtsvidRequest, ValidateJwtsvidRequest, X509svidRequest};
+use mayfly_testkit::{GITHUB_TEST_ISSUER, K8S_ISSUER, TestConfig, TestDir, TestIssuer, TestServer};
 use serde_json::{Value, json};
 use spiffe::{WorkloadApiClient, WorkloadApiError};
 use tokio_stream::StreamExt;
@@ -30,16 +28,14 @@ when { context.audiences.contains("https://forbidden.test") };
 const ROLE_ENV: &str = "MAYFLY_TEST_WORKLOAD_ROLE";
 
 async fn start(extra: &str) -> (TestServer, PathBuf) {
-    let k8s = TestIssuer::new(common::K8S_ISSUER);
-    let gh = TestIssuer::new(common::GITHUB_TEST_ISSUER);
-    let dir = tempfile::tempdir().unwrap();
+    let k8s = TestIssuer::new(K8S_ISSUER);
+    let gh = TestIssuer::new(GITHUB_TEST_ISSUER);
+    let dir = TestDir::new();
     let socket = dir.path().join("wl.sock");
-    let opts = common::Options {
-        extra_toml: format!("[workload_api]\nsocket = \"{}\"\n{extra}", socket.display()),
-        policies: POLICIES.into(),
-        issuer_section: None,
-    };
-    let path = common::write_config(dir.path(), &k8s, &gh, &opts);
+    let config = TestConfig::standard(&k8s, &gh)
+        .policies(POLICIES)
+        .toml(&format!("[workload_api]\nsocket = \"{}\"\n{extra}", socket.display()));
+    let path = dir.write_config(&config);
     (TestServer::start_in(dir, &path).await, socket)
 }
 
