@@ -2,17 +2,15 @@
 //! again; shutdown stops and joins every job, then the ledger writer; and nothing
 //! issued before shutdown is lost.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use common::*;
 use mayfly_server::govern::jobs::{Periodic, Schedule, Service};
 use mayfly_server::ledger::{AuditEvent, LedgerError};
+use mayfly_testkit::*;
 use serde_json::{Value, json};
 
 fn issuers() -> (TestIssuer, TestIssuer) {
