@@ -6,6 +6,9 @@
 //! user's sessions are ended and the user dropped, retried with backoff until the
 //! database confirms. On start, half-done work is finished or undone, and users with
 //! Mayfly's prefix that no open lease accounts for are dropped.
+//!
+//! Every transition is written guarded on the state it was decided from ([`Guard::Lease`]),
+//! so two requests or two replicas moving the same lease never both win.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -16,7 +19,7 @@ use crate::authorize::IssueRequest;
 use crate::broker::{Broker, BrokerError, Caller};
 use crate::issue::db::{Database, NewUser, new_password};
 use crate::ledger::revocations::CredentialFacts;
-use crate::ledger::{AuditEvent, Batch, DbLease, DbLeaseState};
+use crate::ledger::{AuditEvent, Batch, DbLease, DbLeaseState, Guard, LedgerError};
 
 /// Users dropped at once per database in a reaping round (a database pool has 8 connections).
 const DROP_CONCURRENCY: usize = 8;
@@ -172,13 +175,22 @@ impl Broker {
             lease.ended_at = undone.is_ok().then_some(now);
             let mut detail = base.clone();
             detail["error"] = json!(e.to_string());
-            self.ledger
+            let creating = Guard::Lease { id: lease.id.clone(), state: DbLeaseState::Creating };
+            let recorded = self
+                .ledger
                 .commit(Batch {
                     db_leases: vec![lease],
                     events: vec![AuditEvent::new("db_credential.failed", Some(subject), detail)],
+                    guards: vec![creating],
                     ..Batch::default()
                 })
-                .await?;
+                .await;
+            // Changed: a replica's reconciler took the lease over, and finishes undoing it.
+            if let Err(e) = recorded
+                && !matches!(e, LedgerError::Changed(_))
+            {
+                return Err(e.into());
+            }
             return Err(BrokerError::Database(e));
         }
 
@@ -188,13 +200,22 @@ impl Broker {
         detail["kind"] = json!(db.config.kind);
         detail["policies"] = json!(decision.policies);
         detail["source_ip"] = json!(p.source_ip.to_string());
+        let creating = Guard::Lease { id: lease.id.clone(), state: DbLeaseState::Creating };
         self.ledger
             .commit(Batch {
                 db_leases: vec![lease.clone()],
                 events: vec![AuditEvent::new("db_credential.issued", Some(subject), detail)],
+                guards: vec![creating],
                 ..Batch::default()
             })
-            .await?;
+            .await
+            .map_err(|e| match e {
+                // A reconciler took it for abandoned and is dropping the user: never handed out.
+                LedgerError::Changed(why) => {
+                    BrokerError::Unavailable(format!("{why} before it could be handed out; retry"))
+                }
+                other => other.into(),
+            })?;
         metrics::counter!("mayfly_credentials_issued_total", "kind" => db.config.kind.clone()).increment(1);
         Ok(IssuedDbCredential { lease, password, database: db })
     }
@@ -207,7 +228,6 @@ impl Broker {
     /// Revokes a lease now: the user is dropped before this returns, or the lease stays
     /// `revoking` and the reaper retries until the database confirms.
     pub async fn revoke_db_lease(&self, id: &str, actor: &str) -> Result<DbLease, BrokerError> {
-        let _serial = self.db_transitions.lock().await;
         let mut lease = self.db_lease(id).await?;
         if !lease.state.is_open() || lease.state == DbLeaseState::Creating {
             return Err(BrokerError::Conflict(format!("lease {id} is {}", lease.state.as_str())));
@@ -215,9 +235,22 @@ impl Broker {
         if lease.state == DbLeaseState::Active {
             lease.state = DbLeaseState::Revoking;
             lease.end_reason = Some(format!("revoked by {actor}"));
-            self.commit_lease(&lease, "db_credential.revoking", json!({"actor": actor})).await?;
+            let revoking =
+                self.commit_lease(&lease, DbLeaseState::Active, "db_credential.revoking", json!({"actor": actor}));
+            if let Err(e) = revoking.await {
+                // Moved meanwhile: the reaper (or another replica) is revoking it, or has.
+                lease = self.db_lease(id).await?;
+                if lease.state != DbLeaseState::Revoking {
+                    return Err(e);
+                }
+            }
         }
-        self.drop_lease_user(lease, crate::clock::now_unix()).await
+        match self.drop_lease_user(lease, crate::clock::now_unix()).await {
+            Ok(lease) => Ok(lease),
+            // Dropped meanwhile by the reaper or another replica: the outcome is recorded.
+            Err(BrokerError::Conflict(_)) => self.db_lease(id).await,
+            Err(e) => Err(e),
+        }
     }
 
     /// Extends a lease within its maximum lifetime. The caller must be its holder, no
@@ -232,7 +265,6 @@ impl Broker {
         source_ip: IpAddr,
     ) -> Result<DbLease, BrokerError> {
         let caller = self.attest(token_type, token, source_ip, crate::clock::now_unix()).await?;
-        let _serial = self.db_transitions.lock().await;
         let now = crate::clock::now_unix();
         let mut lease = self.db_lease(id).await?;
         if caller.spiffe_id() != lease.subject {
@@ -279,11 +311,26 @@ impl Broker {
         self.check_decision(&caller, &decision, detail, source_ip).await?;
         db.driver.renew(&lease.username, &crate::clock::rfc3339(expires_at)).await.map_err(BrokerError::Database)?;
         lease.expires_at = expires_at;
-        self.commit_lease(&lease, "db_credential.renewed", json!({"expires_at": expires_at})).await?;
+        // Revoked meanwhile: the renewal is not recorded, and the reaper drops the user.
+        self.commit_lease(&lease, DbLeaseState::Active, "db_credential.renewed", json!({"expires_at": expires_at}))
+            .await
+            .map_err(|e| match e {
+                BrokerError::Conflict(_) => {
+                    BrokerError::Conflict(format!("lease {id} was revoked while it was being renewed"))
+                }
+                other => other,
+            })?;
         Ok(lease)
     }
 
-    async fn commit_lease(&self, lease: &DbLease, kind: &str, extra: serde_json::Value) -> Result<(), BrokerError> {
+    /// Records one transition of `lease`, decided from the stored state `from`.
+    async fn commit_lease(
+        &self,
+        lease: &DbLease,
+        from: DbLeaseState,
+        kind: &str,
+        extra: serde_json::Value,
+    ) -> Result<(), BrokerError> {
         let mut detail = json!({"lease_id": lease.id, "database": lease.issuer, "role": lease.role,
                                 "username": lease.username, "state": lease.state.as_str()});
         if let (Some(d), Some(e)) = (detail.as_object_mut(), extra.as_object()) {
@@ -293,16 +340,53 @@ impl Broker {
             .commit(Batch {
                 db_leases: vec![lease.clone()],
                 events: vec![AuditEvent::new(kind, Some(lease.subject.clone()), detail)],
+                guards: vec![Guard::Lease { id: lease.id.clone(), state: from }],
                 ..Batch::default()
             })
             .await?;
         Ok(())
     }
 
+    /// Records lease transitions, each decided from the stored state `from`: one write for
+    /// all, or, when one of them moved meanwhile (another request or replica), one write
+    /// each, leaving out those that moved. Returns the leases recorded.
+    async fn commit_lease_transitions(
+        &self,
+        changes: Vec<(DbLease, DbLeaseState, AuditEvent)>,
+    ) -> Result<Vec<DbLease>, BrokerError> {
+        let guard = |l: &DbLease, from: DbLeaseState| Guard::Lease { id: l.id.clone(), state: from };
+        let all = Batch {
+            db_leases: changes.iter().map(|(l, _, _)| l.clone()).collect(),
+            events: changes.iter().map(|(_, _, e)| e.clone()).collect(),
+            guards: changes.iter().map(|(l, from, _)| guard(l, *from)).collect(),
+            ..Batch::default()
+        };
+        match self.ledger.commit(all).await {
+            Ok(_) => return Ok(changes.into_iter().map(|(l, _, _)| l).collect()),
+            Err(LedgerError::Changed(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let mut recorded = Vec::new();
+        for (lease, from, event) in changes {
+            let guards = vec![guard(&lease, from)];
+            let one = Batch { db_leases: vec![lease.clone()], events: vec![event], guards, ..Batch::default() };
+            match self.ledger.commit(one).await {
+                Ok(_) => recorded.push(lease),
+                Err(LedgerError::Changed(why)) => tracing::debug!(%why, "lease moved meanwhile; left to its new owner"),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(recorded)
+    }
+
     /// One attempt to drop a `revoking` lease's user; records the outcome.
     async fn drop_lease_user(&self, lease: DbLease, now: i64) -> Result<DbLease, BrokerError> {
         let mut done = self.drop_lease_users(vec![lease], now).await?;
-        done.pop().ok_or_else(|| BrokerError::Conflict("the lease vanished while being dropped".into()))
+        done.pop().ok_or_else(|| {
+            BrokerError::Conflict(
+                "the lease moved (another replica recorded it) while its user was being dropped".into(),
+            )
+        })
     }
 
     /// One attempt to drop each lease's user, several at a time per database, then one
@@ -331,8 +415,7 @@ impl Broker {
             let e = crate::issue::db::DbError::Config(format!("database {:?} is not configured", lease.issuer));
             attempts.spawn(async move { (lease, Err(e)) });
         }
-        let mut out = Vec::new();
-        let mut events = Vec::new();
+        let mut changes = Vec::new();
         while let Some(joined) = attempts.join_next().await {
             let Ok((mut lease, outcome)) = joined else { continue };
             let detail = |lease: &DbLease, extra: serde_json::Value| {
@@ -352,12 +435,13 @@ impl Broker {
                     };
                     lease.ended_at = Some(now);
                     lease.next_attempt_at = None;
-                    events.push(AuditEvent::new(
+                    let event = AuditEvent::new(
                         "db_credential.dropped",
                         Some(lease.subject.clone()),
                         detail(&lease, json!({})),
-                    ));
+                    );
                     metrics::counter!("mayfly_db_users_dropped_total", "database" => lease.issuer.clone()).increment(1);
+                    changes.push((lease, DbLeaseState::Revoking, event));
                 }
                 Err(e) => {
                     lease.attempts += 1;
@@ -366,17 +450,16 @@ impl Broker {
                     tracing::warn!(lease = %lease.id, database = %lease.issuer, error = %e, attempts = lease.attempts,
                                    "dropping a database user failed; will retry");
                     let extra = json!({"error": e.to_string(), "attempts": lease.attempts});
-                    events.push(AuditEvent::new(
+                    let event = AuditEvent::new(
                         "db_credential.drop_failed",
                         Some(lease.subject.clone()),
                         detail(&lease, extra),
-                    ));
+                    );
+                    changes.push((lease, DbLeaseState::Revoking, event));
                 }
             }
-            out.push(lease);
         }
-        self.ledger.commit(Batch { db_leases: out.clone(), events, ..Batch::default() }).await?;
-        Ok(out)
+        self.commit_lease_transitions(changes).await
     }
 
     /// Ends what is due: expired or revoked leases start revoking, and `revoking` ones
@@ -385,7 +468,6 @@ impl Broker {
         if self.databases.all().next().is_none() {
             return Ok(0);
         }
-        let _serial = self.db_transitions.lock().await;
         let open = self.ledger.store().db_leases(&[DbLeaseState::Active, DbLeaseState::Revoking], None, 10_000).await?;
         let mut starting = Vec::new();
         let mut due = Vec::new();
@@ -400,8 +482,7 @@ impl Broker {
                 let Some(reason) = reason else { continue };
                 lease.state = DbLeaseState::Revoking;
                 lease.end_reason = Some(reason);
-                starting.push(lease.clone());
-                due.push(lease);
+                starting.push(lease);
             } else if lease.next_attempt_at.is_some_and(|t| t > now) {
                 waiting += 1;
             } else {
@@ -410,15 +491,16 @@ impl Broker {
         }
         if !starting.is_empty() {
             // Recorded before any drop: a crash now leaves them `revoking`, and they are retried.
-            let events = starting
-                .iter()
+            let changes = starting
+                .into_iter()
                 .map(|l| {
                     let detail =
                         json!({"lease_id": l.id, "database": l.issuer, "username": l.username, "reason": l.end_reason});
-                    AuditEvent::new("db_credential.revoking", Some(l.subject.clone()), detail)
+                    let event = AuditEvent::new("db_credential.revoking", Some(l.subject.clone()), detail);
+                    (l, DbLeaseState::Active, event)
                 })
                 .collect();
-            self.ledger.commit(Batch { db_leases: starting, events, ..Batch::default() }).await?;
+            due.extend(self.commit_lease_transitions(changes).await?);
         }
         let done = if due.is_empty() { Vec::new() } else { self.drop_lease_users(due, now).await? };
         let dropped = done.iter().filter(|l| !l.state.is_open()).count();
@@ -429,7 +511,6 @@ impl Broker {
     /// On start: a lease left `creating` by a crash is undone (its user dropped). With
     /// `created_before`, only leases created by then (older than any creation in progress).
     pub async fn reconcile_db_leases(&self, created_before: Option<i64>) -> Result<usize, BrokerError> {
-        let _serial = self.db_transitions.lock().await;
         let mut half_done = self.ledger.store().db_leases(&[DbLeaseState::Creating], None, 10_000).await?;
         // On a shared store a recent `creating` lease may be in progress on a live replica.
         if let Some(cutoff) = created_before {
@@ -439,14 +520,25 @@ impl Broker {
         for mut lease in half_done {
             lease.state = DbLeaseState::Revoking;
             lease.end_reason = Some("interrupted while creating".into());
-            self.commit_lease(&lease, "db_credential.reconciled", json!({})).await?;
-            let lease = self.drop_lease_user(lease, crate::clock::now_unix()).await?;
+            // Finished meanwhile (by its request, or another replica's reconciler): not ours.
+            match self.commit_lease(&lease, DbLeaseState::Creating, "db_credential.reconciled", json!({})).await {
+                Ok(()) => {}
+                Err(BrokerError::Conflict(_)) => continue,
+                Err(e) => return Err(e),
+            }
+            let lease = match self.drop_lease_user(lease, crate::clock::now_unix()).await {
+                Ok(lease) => lease,
+                Err(BrokerError::Conflict(_)) => continue,
+                Err(e) => return Err(e),
+            };
             if !lease.state.is_open() {
                 // Never handed out: it failed rather than being revoked.
-                let mut failed = lease;
+                let (mut failed, was) = (lease, DbLeaseState::Revoked);
                 failed.state = DbLeaseState::Failed;
-                self.commit_lease(&failed, "db_credential.failed", json!({"reason": "interrupted while creating"}))
-                    .await?;
+                let reason = json!({"reason": "interrupted while creating"});
+                if let Err(e) = self.commit_lease(&failed, was, "db_credential.failed", reason).await {
+                    tracing::debug!(lease = %failed.id, error = %e, "an undone lease moved meanwhile");
+                }
             }
         }
         Ok(n)
@@ -455,7 +547,6 @@ impl Broker {
     /// Drops users with Mayfly's prefix that no open lease accounts for. Runs at start
     /// (before anything is issued) and periodically, skipping users of leases being created.
     pub async fn sweep_db_users(&self) -> Result<usize, BrokerError> {
-        let _serial = self.db_transitions.lock().await;
         let mut dropped = 0;
         for db in self.databases.all() {
             let users = match db.driver.users_with_prefix(&db.config.username_prefix).await {

@@ -80,7 +80,7 @@ pub enum BrokerError {
     Issue(#[from] IssueError),
     /// The record could not be made durable, so nothing was delivered.
     #[error(transparent)]
-    Ledger(#[from] LedgerError),
+    Ledger(LedgerError),
     /// A database refused or could not be reached.
     #[error(transparent)]
     Database(#[from] crate::issue::db::DbError),
@@ -90,6 +90,16 @@ pub enum BrokerError {
     /// A revocation in force (a block) covers what would be issued.
     #[error(transparent)]
     Blocked(#[from] crate::broker::containment::RevokeBlocked),
+}
+
+impl From<LedgerError> for BrokerError {
+    /// A guarded write that lost a race is a conflict the caller can act on, not an outage.
+    fn from(e: LedgerError) -> Self {
+        match e {
+            LedgerError::Changed(why) => BrokerError::Conflict(why),
+            other => BrokerError::Ledger(other),
+        }
+    }
 }
 
 /// A token-exchange request after parsing.
@@ -232,11 +242,7 @@ pub struct Broker {
     audiences: HashMap<String, AudienceConfig>,
     /// Refusals anyone can provoke, counted until the next summary.
     pub(crate) failures: crate::broker::failures::FailureTally,
-    /// Serialises task state changes (approve, deny, end), so two of them never race.
-    pub(crate) task_transitions: tokio::sync::Mutex<()>,
     pub(crate) databases: Arc<crate::issue::db::Databases>,
-    /// Serialises database lease state changes (revoke, renew, reap, sweep).
-    pub(crate) db_transitions: tokio::sync::Mutex<()>,
     pub(crate) svids: Arc<crate::issue::svid::SvidAuthorities>,
     pub(crate) entries: Arc<crate::attest::entries::Entries>,
     pub(crate) contexts: Arc<crate::attest::contexts::SubjectContexts>,
@@ -269,9 +275,7 @@ impl Broker {
             tasks: parts.tasks,
             audiences,
             failures: Default::default(),
-            task_transitions: tokio::sync::Mutex::new(()),
             databases: parts.databases,
-            db_transitions: tokio::sync::Mutex::new(()),
             svids: parts.svids,
             entries: parts.entries,
             contexts: parts.contexts,

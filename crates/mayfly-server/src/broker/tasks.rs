@@ -16,7 +16,7 @@ use crate::attest::{AttestError, WorkloadIdentity};
 use crate::authorize::{ActForRequest, ApproveRequest, Principal, StartTaskRequest};
 use crate::broker::{Broker, BrokerError, Caller, RecordFacts, parse_scopes};
 use crate::issue::{AccessTokenRequest, IssuedToken};
-use crate::ledger::{AuditEvent, Batch, Revocation, RevocationKind, TaskRecord, TaskState};
+use crate::ledger::{AuditEvent, Batch, Guard, LedgerError, Revocation, RevocationKind, TaskRecord, TaskState};
 
 /// Longest purpose accepted.
 const MAX_PURPOSE_CHARS: usize = 256;
@@ -122,6 +122,9 @@ fn check_text(what: &str, v: &str, max: usize) -> Result<(), BrokerError> {
     }
     Ok(())
 }
+
+/// How many times `end_task` reads and ends a subtree that keeps changing under it.
+const END_TASK_ATTEMPTS: usize = 8;
 
 impl Broker {
     /// Starts a task for the attested caller. A task that policy allows only with
@@ -352,17 +355,16 @@ impl Broker {
         let detail = json!({"attestor": caller.attestor(), "source_ip": p.source_ip.to_string()});
         let (credential, token_event) = self.issued_record(&token, &facts, detail);
         self.check_not_born_revoked(std::slice::from_ref(&credential))?;
-        // The parent may have ended since it was checked: re-read it under the same lock
-        // `end_task` holds, so a sub-task never starts under an ended parent.
-        let _serial = self.task_transitions.lock().await;
-        if let Some(parent_id) = &record.parent_id {
-            let parent = self.ledger.store().task(parent_id).await?;
-            let state = parent.map(|t| t.state_at(crate::clock::now_unix()));
-            if state != Some(TaskState::Active) {
-                let state = state.map(TaskState::as_str).unwrap_or("gone");
-                return Err(BrokerError::Conflict(format!("parent task {parent_id} is {state}")));
+        // The parent may end between the check above and this write, here or on another
+        // replica: the write is guarded on it, so the database decides, and a sub-task
+        // never starts under an ended parent.
+        let guards = match &record.parent_id {
+            Some(parent_id) => {
+                let now = crate::clock::now_unix();
+                vec![Guard::Task { id: parent_id.clone(), stored: TaskState::Active, at_now: TaskState::Active, now }]
             }
-        }
+            None => Vec::new(),
+        };
         let event_kind = if record.state == TaskState::Pending { "task.pending" } else { "task.started" };
         let detail = json!({
             "task_id": id, "parent": record.parent_id, "purpose": record.purpose, "scope": record.scope,
@@ -371,32 +373,22 @@ impl Broker {
             "policies": decision.policies, "approval_deadline": record.approval_deadline,
             "source_ip": p.source_ip.to_string(),
         });
-        self.ledger
+        let written = self
+            .ledger
             .commit(Batch {
                 credentials: vec![credential],
                 tasks: vec![record.clone()],
                 events: vec![AuditEvent::new(event_kind, Some(sub.clone()), detail), token_event],
+                guards,
                 ..Batch::default()
             })
-            .await?;
-        drop(_serial);
-        // On a shared store the parent may have been ended on another replica meanwhile
-        // (its lock is this process's only): checked again after the commit, and the new
-        // task ended if so. See `end_task` for the other half.
-        if self.ledger.store().is_shared()
-            && let Some(parent_id) = &record.parent_id
-        {
-            let parent = self.ledger.store().task(parent_id).await?;
-            let state = parent.map(|t| t.state_at(crate::clock::now_unix()));
-            if state != Some(TaskState::Active) {
-                if let Err(e) = self.end_task(&record.id, "mayfly", Some("its parent ended on another replica")).await {
-                    // Already ended by the parent's second pass, most likely.
-                    tracing::info!(task = %record.id, error = %e, "ending a sub-task of an ended parent");
-                }
-                let state = state.map(TaskState::as_str).unwrap_or("gone");
-                return Err(BrokerError::Conflict(format!("parent task {parent_id} is {state}")));
-            }
+            .await;
+        if let (Err(LedgerError::Changed(why)), Some(parent_id)) = (&written, &record.parent_id) {
+            // `why` names the parent and its state now ("task … is now ended").
+            tracing::debug!(parent = %parent_id, "sub-task refused: its parent changed");
+            return Err(BrokerError::Conflict(format!("parent {why}")));
         }
+        written?;
         metrics::counter!("mayfly_tasks_started_total", "state" => record.state.as_str()).increment(1);
         Ok(StartedTask { task: record, spiffe_id: sub, token })
     }
@@ -515,9 +507,11 @@ impl Broker {
         approve: bool,
         source_ip: IpAddr,
     ) -> Result<TaskRecord, BrokerError> {
-        let _serial = self.task_transitions.lock().await;
         let now = crate::clock::now_unix();
         let mut task = self.task(id).await?;
+        // Decided on this read; the write is guarded on it, so of two approvers (here or on
+        // another replica) one wins and the other is told the task changed.
+        let still_pending = Guard::Task { id: id.to_owned(), stored: task.state, at_now: TaskState::Pending, now };
         match task.state_at(now) {
             TaskState::Pending => {}
             other => {
@@ -557,38 +551,52 @@ impl Broker {
             .commit(Batch {
                 tasks: vec![task.clone()],
                 events: vec![AuditEvent::new(kind, Some(identity.spiffe_id.to_string()), detail)],
+                guards: vec![still_pending],
                 ..Batch::default()
             })
-            .await?;
+            .await
+            .map_err(|e| match e {
+                LedgerError::Changed(why) => BrokerError::Conflict(format!("{why}; it was not decided again")),
+                other => other.into(),
+            })?;
         Ok(task)
     }
 
     /// Ends a task and every live sub-task below it, revoking everything issued under
     /// them: one revocation per task, whatever the number of tokens.
     pub async fn end_task(&self, id: &str, actor: &str, reason: Option<&str>) -> Result<EndedTask, BrokerError> {
-        let _serial = self.task_transitions.lock().await;
-        let now = crate::clock::now_unix();
-        let task = self.task(id).await?;
-        match task.state_at(now) {
-            TaskState::Pending | TaskState::Active => {}
-            other => return Err(BrokerError::Conflict(format!("task {id} is already {}", other.as_str()))),
-        }
         let reason = reason.map(|r| r.chars().take(500).collect::<String>());
-        let mut ended = self.end_live_subtree(&task.path, id, actor, reason.as_deref(), now).await?;
-        // Another replica may have committed a sub-task after the subtree was read: it
-        // re-reads the parent after its commit, and this second pass re-reads the subtree
-        // after this one, so one of the two always sees the other.
-        if self.ledger.store().is_shared() {
-            ended.extend(self.end_live_subtree(&task.path, id, actor, reason.as_deref(), now).await?);
+        // The subtree is read, then ended in one write guarded on what was read: a sub-task
+        // started meanwhile (here or on another replica) fails the guard, and the subtree
+        // is read again. Each retry sees more of the tree, so a few suffice.
+        for _ in 0..END_TASK_ATTEMPTS {
+            let now = crate::clock::now_unix();
+            let task = self.task(id).await?;
+            match task.state_at(now) {
+                TaskState::Pending | TaskState::Active => {}
+                other => return Err(BrokerError::Conflict(format!("task {id} is already {}", other.as_str()))),
+            }
+            match self.end_live_subtree(&task.path, id, actor, reason.as_deref(), now).await {
+                Ok(ended) => {
+                    let descendants = ended.iter().filter(|t| t.id != id).map(|t| t.id.clone()).collect();
+                    let this = ended.iter().find(|t| t.id == id).cloned().unwrap_or(task);
+                    metrics::counter!("mayfly_tasks_ended_total").increment(1);
+                    return Ok(EndedTask { task: this, descendants });
+                }
+                Err(BrokerError::Ledger(LedgerError::Changed(why))) => {
+                    tracing::debug!(task = %id, %why, "the subtree changed while it was being ended; reading it again");
+                }
+                Err(e) => return Err(e),
+            }
         }
-        let descendants = ended.iter().filter(|t| t.id != id).map(|t| t.id.clone()).collect();
-        let this = ended.iter().find(|t| t.id == id).cloned().unwrap_or(task);
-        metrics::counter!("mayfly_tasks_ended_total").increment(1);
-        Ok(EndedTask { task: this, descendants })
+        Err(BrokerError::Unavailable(format!(
+            "task {id} could not be ended: sub-tasks kept starting under it; retry (its parent chain still bounds them)"
+        )))
     }
 
     /// Ends every live task at or below `path` (`id` is the root being ended), with one
-    /// task revocation each, in force before it returns; returns the tasks it ended.
+    /// task revocation each, in force before it returns; returns the tasks it ended. The
+    /// write fails with [`LedgerError::Changed`] if the live subtree is no longer what was read.
     async fn end_live_subtree(
         &self,
         path: &str,
@@ -630,7 +638,12 @@ impl Broker {
         if ended.is_empty() {
             return Ok(ended);
         }
-        self.ledger.commit(Batch { tasks: ended.clone(), revocations, events, ..Batch::default() }).await?;
+        let live =
+            Guard::LiveSubtree { path: path.to_owned(), live: ended.iter().map(|t| t.id.clone()).collect(), now };
+        self.ledger
+            .commit(Batch { tasks: ended.clone(), revocations, events, guards: vec![live], ..Batch::default() })
+            .await
+            .map_err(BrokerError::Ledger)?;
         // The revocations enter the index (and the feed) before the caller hears "ended".
         self.revocations.catch_up().await?;
         Ok(ended)
@@ -640,15 +653,17 @@ impl Broker {
     /// deadline is denied, a task past its lifetime expired. Nothing needs revoking:
     /// everything issued under a task expires with it. Returns how many changed.
     pub async fn retire_due_tasks(&self, now: i64) -> Result<usize, BrokerError> {
-        let _serial = self.task_transitions.lock().await;
         let due = self.ledger.store().tasks_due(now, 500).await?;
         if due.is_empty() {
             return Ok(0);
         }
         let mut tasks = Vec::new();
         let mut events = Vec::new();
+        let mut guards = Vec::new();
         for mut t in due {
             let subject = task_spiffe_id(self.task_attestor.trust_domain(), &t.id)?.to_string();
+            // Retired only as read: a task ended or decided meanwhile keeps that outcome.
+            let as_read = Guard::Task { id: t.id.clone(), stored: t.state, at_now: t.state_at(now), now };
             match t.state_at(now) {
                 TaskState::Denied => {
                     t.state = TaskState::Denied;
@@ -666,11 +681,35 @@ impl Broker {
                 }
                 _ => continue,
             }
+            guards.push(as_read);
             tasks.push(t);
         }
         let n = tasks.len();
-        self.ledger.commit(Batch { tasks, events, ..Batch::default() }).await?;
-        Ok(n)
+        let batch = Batch { tasks: tasks.clone(), events: events.clone(), guards: guards.clone(), ..Batch::default() };
+        match self.ledger.commit(batch).await {
+            Ok(_) => Ok(n),
+            // One of them changed since it was read: each alone, so the others still retire.
+            Err(LedgerError::Changed(_)) => self.retire_one_by_one(tasks, events, guards).await,
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn retire_one_by_one(
+        &self,
+        tasks: Vec<TaskRecord>,
+        events: Vec<AuditEvent>,
+        guards: Vec<Guard>,
+    ) -> Result<usize, BrokerError> {
+        let mut retired = 0;
+        for ((task, event), guard) in tasks.into_iter().zip(events).zip(guards) {
+            let one = Batch { tasks: vec![task], events: vec![event], guards: vec![guard], ..Batch::default() };
+            match self.ledger.commit(one).await {
+                Ok(_) => retired += 1,
+                Err(LedgerError::Changed(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(retired)
     }
 
     /// A task by id.

@@ -66,16 +66,29 @@ macro_rules! portable_store {
                     }
                     Guard::LiveSubtree { path, .. } => {
                         // The same range as `task_subtree`, in id order (the lock order).
-                        let mut q = sqlx::QueryBuilder::<$db>::new("SELECT * FROM tasks WHERE path = ");
-                        q.push_bind(path.clone())
-                            .push(" OR (path >= ")
-                            .push_bind(format!("{path}/"))
-                            .push(" AND path < ")
-                            .push_bind(format!("{path}0"))
-                            .push(") ORDER BY id")
-                            .push(lock);
-                        let rows: Vec<TaskRecord> = q.build_query_as().fetch_all(&mut *conn).await?;
+                        let subtree = |columns: &str, lock: &str| {
+                            let mut q = sqlx::QueryBuilder::<$db>::new(format!("SELECT {columns} FROM tasks WHERE path = "));
+                            q.push_bind(path.clone())
+                                .push(" OR (path >= ")
+                                .push_bind(format!("{path}/"))
+                                .push(" AND path < ")
+                                .push_bind(format!("{path}0"))
+                                .push(") ORDER BY id")
+                                .push(lock.to_owned());
+                            q
+                        };
+                        let rows: Vec<TaskRecord> = subtree("*", lock).build_query_as().fetch_all(&mut *conn).await?;
                         guard.check_tasks(&rows).map_err(LedgerError::Changed)?;
+                        if !lock.is_empty() {
+                            // Under READ COMMITTED a locking read that waited for a sub-task's
+                            // start to commit does not see the row that start inserted (its
+                            // snapshot predates it). Every start locks its parent, and every live
+                            // row is now locked here: a fresh read finds any such row.
+                            let again: Vec<(String,)> = subtree("id", "").build_query_as().fetch_all(&mut *conn).await?;
+                            if again.len() != rows.len() || again.iter().zip(&rows).any(|((id,), row)| *id != row.id) {
+                                return Err(LedgerError::Changed(format!("tasks were started under {path} meanwhile")));
+                            }
+                        }
                     }
                     Guard::Lease { id, .. } => {
                         let mut q = sqlx::QueryBuilder::<$db>::new("SELECT * FROM db_leases WHERE id = ");
