@@ -360,7 +360,6 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
         broker: broker.clone(),
         keys: keys.clone(),
         kek: kek.clone(),
-        store: store.clone(),
         issuer_url: url.clone(),
         trust_domain: cfg.trust_domain.clone(),
         dpop: dpop.clone(),

@@ -123,6 +123,28 @@ pub async fn revoke(store: &dyn Store, id: &str) -> Result<StoredAdminToken, Adm
     }
 }
 
+impl crate::broker::Broker {
+    /// Creates a named admin token ([`create`]).
+    pub async fn create_admin_token(&self, name: &str) -> Result<CreatedAdminToken, AdminTokenError> {
+        create(self.ledger.store().as_ref(), name, crate::clock::now_unix()).await
+    }
+
+    /// The live admin token `token` is, if any ([`authenticate`]).
+    pub async fn authenticate_admin(&self, token: &str) -> Result<Option<StoredAdminToken>, LedgerError> {
+        authenticate(self.ledger.store().as_ref(), token, crate::clock::now_unix()).await
+    }
+
+    /// Every admin token, oldest first.
+    pub async fn admin_tokens(&self) -> Result<Vec<StoredAdminToken>, AdminTokenError> {
+        list(self.ledger.store().as_ref()).await
+    }
+
+    /// Revokes an admin token by id ([`revoke`]).
+    pub async fn revoke_admin_token(&self, id: &str) -> Result<StoredAdminToken, AdminTokenError> {
+        revoke(self.ledger.store().as_ref(), id).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

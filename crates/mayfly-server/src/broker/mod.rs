@@ -6,6 +6,7 @@ pub mod config;
 pub mod containment;
 pub mod db_credentials;
 pub mod failures;
+pub mod queries;
 pub mod signals;
 pub mod svids;
 pub mod tasks;
@@ -258,6 +259,18 @@ impl std::fmt::Debug for Broker {
 }
 
 impl Broker {
+    /// Rotates the token signing key of `keys`: the new key is sealed under `kek` and
+    /// stored before it signs; the old one stays published for `publish_for_secs`.
+    pub async fn rotate_signing_key(
+        &self,
+        keys: &crate::keys::KeyRing,
+        kek: &crate::keys::Kek,
+        alg: crate::keys::SigningAlg,
+        publish_for_secs: i64,
+    ) -> Result<mayfly_proto::SigningKeyInfo, crate::keys::KeyRingError> {
+        keys.rotate(self.ledger.store().as_ref(), kek, alg, publish_for_secs).await
+    }
+
     /// Wires the flow together.
     pub fn new(parts: BrokerParts) -> Self {
         let audiences = parts.audiences.iter().map(|a| (a.name.clone(), a.clone())).collect();

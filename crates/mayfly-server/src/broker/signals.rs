@@ -507,6 +507,32 @@ fn parse_context(raw: Option<&str>) -> Option<IssuanceContext> {
 }
 
 impl Broker {
+    /// Takes in a pushed Security Event Token (RFC 8935) from one of `senders`: verified,
+    /// every event checked before anything is applied, its `jti` spent once for all
+    /// replicas and restarts (a replay is refused), then each event applied. A SET that
+    /// could not be applied releases its `jti`, so the sender's retry is not a replay.
+    pub async fn receive_set(&self, token: &str, senders: &[SignalSender], now: i64) -> Result<(), SignalError> {
+        let set = verify_set(token, senders, now)?;
+        for signal in &set.signals {
+            signal.validate()?;
+        }
+        let store = self.ledger.store();
+        let key = format!("set-jti:{}:{}", set.sender, set.jti);
+        if !store.meta_put_if_absent(&key, b"").await.map_err(|e| SignalError::Broker(e.into()))? {
+            return Err(SignalError::Replayed(format!("SET {} was delivered before", set.jti)));
+        }
+        for signal in &set.signals {
+            if let Err(e) = self.apply_signal(signal, &set.sender).await {
+                // Signals are idempotent: what an earlier event of this SET did is safe to do again.
+                if let Err(err) = store.meta_delete(&key).await {
+                    tracing::warn!(error = %err, "could not release the jti of a SET that failed");
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
     /// Applies a signal: kills, or re-decides every live credential of its subject in the
     /// new context and revokes what no longer passes. Audited with the counts.
     pub async fn apply_signal(&self, signal: &Signal, sender: &str) -> Result<SignalOutcome, SignalError> {

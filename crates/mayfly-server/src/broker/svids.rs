@@ -55,6 +55,11 @@ impl Broker {
         &self.svids
     }
 
+    /// Starts a new SVID authority generation (sealed under `kek`); returns its id.
+    pub async fn rotate_svid_authority(&self, kek: &crate::keys::Kek) -> Result<String, crate::issue::svid::SvidError> {
+        self.svids.rotate(self.ledger.store().as_ref(), kek).await
+    }
+
     /// The registration entries.
     pub fn entries(&self) -> &Arc<crate::attest::entries::Entries> {
         &self.entries

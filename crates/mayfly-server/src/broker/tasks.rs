@@ -499,6 +499,23 @@ impl Broker {
         Ok(t)
     }
 
+    /// The workload that `token` proves, as an approver: approvers are workloads, never
+    /// tasks (a task approving tasks would let a chain approve itself).
+    pub async fn workload_approver(
+        &self,
+        token_type: &str,
+        token: &str,
+        source_ip: IpAddr,
+    ) -> Result<Approver, BrokerError> {
+        if token_type == mayfly_proto::TOKEN_TYPE_TASK {
+            return Err(BrokerError::Forbidden("a task cannot approve tasks; approvers are workloads".into()));
+        }
+        match self.attest(token_type, token, source_ip, crate::clock::now_unix()).await? {
+            Caller::Workload(w) => Ok(Approver::Workload(w)),
+            Caller::Task(_) => Err(BrokerError::Forbidden("a task cannot approve tasks".into())),
+        }
+    }
+
     /// Approves or denies a pending task.
     pub async fn decide_task(
         &self,

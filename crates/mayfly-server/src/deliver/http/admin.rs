@@ -102,8 +102,7 @@ pub async fn create_admin_token(
 ) -> Result<(StatusCode, [(header::HeaderName, &'static str); 1], Json<CreateAdminTokenResponse>), ApiError> {
     let caller = require_admin(&state, &headers).await?;
     let req: CreateAdminTokenRequest = json_body_required(&headers, body)?;
-    let created =
-        crate::broker::admin_tokens::create(state.store.as_ref(), &req.name, crate::clock::now_unix()).await?;
+    let created = state.broker.create_admin_token(&req.name).await?;
     audit_admin(&state, "admin.admin_token.created", None, admin_token_detail(&created.row, &caller)).await?;
     let body = CreateAdminTokenResponse { info: admin_token_info(&created.row), token: created.token };
     Ok((StatusCode::CREATED, [(header::CACHE_CONTROL, "no-store")], Json(body)))
@@ -122,7 +121,7 @@ pub async fn list_admin_tokens(
     headers: HeaderMap,
 ) -> Result<Json<Vec<AdminTokenInfo>>, ApiError> {
     require_admin(&state, &headers).await?;
-    let rows = crate::broker::admin_tokens::list(state.store.as_ref()).await?;
+    let rows = state.broker.admin_tokens().await?;
     Ok(Json(rows.iter().map(admin_token_info).collect()))
 }
 
@@ -144,7 +143,7 @@ pub async fn revoke_admin_token(
     Path(id): Path<String>,
 ) -> Result<Json<AdminTokenInfo>, ApiError> {
     let caller = require_admin(&state, &headers).await?;
-    let removed = crate::broker::admin_tokens::revoke(state.store.as_ref(), &id).await?;
+    let removed = state.broker.revoke_admin_token(&id).await?;
     audit_admin(&state, "admin.admin_token.revoked", None, admin_token_detail(&removed, &caller)).await?;
     Ok(Json(admin_token_info(&removed)))
 }
@@ -176,7 +175,8 @@ pub async fn list_keys(
 pub async fn rotate_keys(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<SigningKeyInfo>, ApiError> {
     require_admin(&state, &headers).await?;
     let old = state.keys.active().kid().to_owned();
-    let info = state.keys.rotate(state.store.as_ref(), &state.kek, state.signing_alg, state.key_publish_secs).await?;
+    let info =
+        state.broker.rotate_signing_key(&state.keys, &state.kek, state.signing_alg, state.key_publish_secs).await?;
     let detail = json!({"new_kid": info.kid, "retired_kid": old, "published_for_seconds": state.key_publish_secs});
     audit_admin(&state, "admin.keys.rotated", None, detail).await?;
     Ok(Json(info))

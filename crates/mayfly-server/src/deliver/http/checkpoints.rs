@@ -62,7 +62,7 @@ pub async fn list(
         return Err(ApiError::bad_request("invalid-request", format!("limit is 1 to {MAX_LIST}")));
     }
     let rows =
-        state.store.audit_checkpoints_after(q.after.unwrap_or(0).max(0), limit).await.map_err(ApiError::storage)?;
+        state.broker.audit_checkpoints_after(q.after.unwrap_or(0).max(0), limit).await.map_err(ApiError::storage)?;
     Ok(Json(rows.into_iter().map(AuditCheckpoint::from).collect()))
 }
 
@@ -76,8 +76,7 @@ pub async fn list(
 )]
 pub async fn latest(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<AuditCheckpoint>, ApiError> {
     require_admin(&state, &headers).await?;
-    let mut rows = state.store.latest_audit_checkpoints(1).await.map_err(ApiError::storage)?;
-    match rows.pop() {
+    match state.broker.latest_audit_checkpoint().await.map_err(ApiError::storage)? {
         Some(r) => Ok(Json(r.into())),
         None => Err(ApiError::NotFound(
             "no audit checkpoint has been written yet: the leader writes one once the chain has events \
@@ -100,7 +99,7 @@ pub async fn keys(State(state): State<AppState>, headers: HeaderMap) -> Result<J
 
 /// Every stored signing key's public JWK, opened under the KEK.
 pub(crate) async fn stored_keys(state: &AppState) -> Result<Vec<serde_json::Value>, ApiError> {
-    crate::keys::stored_public_keys(state.store.as_ref(), &state.kek).await.map_err(|e| match e {
+    state.broker.stored_public_keys(&state.kek).await.map_err(|e| match e {
         crate::keys::KeyRingError::Ledger(e) => ApiError::storage(e),
         other => {
             tracing::error!(error = %other, "stored signing keys cannot be opened");

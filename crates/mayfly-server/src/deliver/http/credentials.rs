@@ -243,6 +243,6 @@ pub async fn list(
             ApiError::bad_request("invalid-request", format!("state {other:?}: use a lease state, open or all"))
         })?],
     };
-    let leases = state.store.db_leases(&states, q.after.as_deref(), limit).await.map_err(ApiError::storage)?;
+    let leases = state.broker.db_leases(&states, q.after.as_deref(), limit).await.map_err(ApiError::storage)?;
     Ok(Json(leases.iter().map(DbLeaseInfo::from).collect()))
 }

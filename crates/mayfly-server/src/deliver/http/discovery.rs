@@ -57,12 +57,13 @@ pub async fn healthz() -> Json<Health> {
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
+    let (backend, answers) = state.broker.storage_health().await;
     let health = |status: &str| Health {
         status: status.into(),
-        storage: Some(state.store.backend().into()),
+        storage: Some(backend.into()),
         leader: Some(state.leadership.is_leading()),
     };
-    match state.store.ping().await {
+    match answers {
         Ok(()) => (StatusCode::OK, Json(health("ok"))),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check: storage does not answer");

@@ -82,8 +82,7 @@ pub async fn introspect(
         && c.max_uses.is_some()
     {
         let count = own_audience.is_some() || form.one("count_use")? == Some("true");
-        let left =
-            if count { state.store.use_credential(&c.jti).await } else { state.store.has_uses_left(&c.jti).await };
+        let left = state.broker.use_of_limited_token(&c.jti, count).await;
         if !left.map_err(ApiError::storage)? {
             verified = Err(crate::verify::VerifyError::UsedUp);
         }
@@ -172,7 +171,7 @@ pub async fn feed(
             .filter(|l| (1..=MAX_PAGE).contains(l))
             .ok_or_else(|| ApiError::bad_request("invalid-request", format!("limit is 1 to {MAX_PAGE}")))?,
     };
-    let entries = state.store.revocations_after(since, limit).await.map_err(ApiError::storage)?;
+    let entries = state.broker.revocations_after(since, limit).await.map_err(ApiError::storage)?;
     let next_cursor = entries.last().map(|r| r.cursor).unwrap_or(since);
     Ok(Json(RevocationPage { entries: entries.iter().map(entry).collect(), next_cursor }))
 }
@@ -223,7 +222,7 @@ pub async fn stream(
     };
     // Subscribe before reading the backlog, so nothing falls between the two.
     let mut live = state.revocations.subscribe();
-    let store = state.store.clone();
+    let broker = state.broker.clone();
     let mut stopping = state.stopping.clone();
     let stream = async_stream::stream! {
         let _slot = slot;
@@ -231,7 +230,7 @@ pub async fn stream(
         let to_event = |r: &Revocation| Event::default().event("revocation").id(r.cursor.to_string()).data(entry(r).to_string());
         loop {
             // Backlog (and catch-up after a lag) from storage.
-            match store.revocations_after(cursor, MAX_PAGE).await {
+            match broker.revocations_after(cursor, MAX_PAGE).await {
                 Ok(batch) if !batch.is_empty() => {
                     for r in &batch {
                         cursor = r.cursor;

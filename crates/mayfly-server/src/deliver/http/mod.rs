@@ -24,7 +24,6 @@ use axum::routing::get;
 use crate::broker::Broker;
 use crate::keys::{Kek, KeyRing, SigningAlg};
 use crate::ledger::Revocations;
-use crate::ledger::Store;
 use crate::verify::TokenVerifier;
 pub use error::ApiError;
 
@@ -45,8 +44,6 @@ pub struct AppInner {
     pub keys: Arc<KeyRing>,
     /// The key-encryption key.
     pub kek: Arc<Kek>,
-    /// Storage.
-    pub store: Arc<dyn Store>,
     /// `iss` of issued tokens and base of discovery URLs.
     pub issuer_url: String,
     /// The trust domain of issued SPIFFE IDs.
@@ -207,7 +204,7 @@ pub(crate) type AdminCaller = crate::ledger::StoredAdminToken;
 /// Checks an admin token against the store on every call: no cache, so a revoked token
 /// is refused from the next request on, on every replica.
 pub(crate) async fn check_admin(state: &AppState, token: &str) -> Result<AdminCaller, ApiError> {
-    match crate::broker::admin_tokens::authenticate(state.store.as_ref(), token, crate::clock::now_unix()).await {
+    match state.broker.authenticate_admin(token).await {
         Ok(Some(caller)) => Ok(caller),
         Ok(None) => Err(ApiError::Unauthorized("the admin token is not valid".into())),
         Err(e) => {
@@ -291,7 +288,9 @@ pub(crate) async fn honour_binding(
     let now = crate::clock::now_unix();
     mayfly_verify::check_binding(claims, token, dpop_scheme, &presented, &state.resource_dpop, now)
         .map_err(|e| unauthorized(&e))?;
-    if claims.max_uses.is_some() && !state.store.use_credential(&claims.jti).await.map_err(ApiError::storage)? {
+    if claims.max_uses.is_some()
+        && !state.broker.use_of_limited_token(&claims.jti, true).await.map_err(ApiError::storage)?
+    {
         return Err(unauthorized(&crate::verify::VerifyError::UsedUp));
     }
     Ok(())

@@ -157,7 +157,7 @@ pub async fn leases(
     let mut filter = filter;
     let mut leases: Vec<Lease> = Vec::new();
     for _ in 0..MAX_SCAN_PAGES {
-        let rows = state.store.credentials(&filter).await.map_err(ApiError::storage)?;
+        let rows = state.broker.credentials(&filter).await.map_err(ApiError::storage)?;
         let exhausted = (rows.len() as i64) < filter.limit;
         filter.after = rows.last().map(|c| c.jti.clone()).or(filter.after);
         for c in rows {
@@ -260,7 +260,7 @@ pub async fn audit(
         after: q.after.unwrap_or(0).max(0),
         limit,
     };
-    let events = state.store.audit_query(&filter).await.map_err(ApiError::storage)?;
+    let events = state.broker.audit_events(&filter).await.map_err(ApiError::storage)?;
     Ok(Json(
         events
             .into_iter()
@@ -320,8 +320,6 @@ pub async fn audit_verify(
         }
     };
     let keys = super::checkpoints::stored_keys(&state).await?;
-    let report = crate::checkpoints::verify_chain(state.store.as_ref(), Some(&keys), exported)
-        .await
-        .map_err(ApiError::storage)?;
+    let report = state.broker.verify_audit_chain(&keys, exported).await.map_err(ApiError::storage)?;
     Ok(Json(report))
 }

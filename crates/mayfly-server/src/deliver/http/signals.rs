@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::admin::json_body_required;
 use super::{ApiError, AppState, require_admin};
-use crate::broker::signals::{Signal, SignalError, SignalOutcome, verify_set};
+use crate::broker::signals::{Signal, SignalError, SignalOutcome};
 use crate::deliver::listener::PeerInfo;
 
 /// The media type of a pushed SET (RFC 8935 §2).
@@ -58,30 +58,7 @@ pub async fn receive(
 async fn receive_set(state: &AppState, source: std::net::IpAddr, body: &[u8]) -> Response {
     let token = String::from_utf8_lossy(body);
     let now = crate::clock::now_unix();
-    let result = async {
-        let set = verify_set(token.trim(), &state.signal_senders, now)?;
-        // Every event is checked before anything is applied or the jti is spent.
-        for signal in &set.signals {
-            signal.validate()?;
-        }
-        // Replays are refused on every replica and after restarts: the ledger remembers.
-        let key = format!("set-jti:{}:{}", set.sender, set.jti);
-        if !state.store.meta_put_if_absent(&key, b"").await.map_err(|e| SignalError::Broker(e.into()))? {
-            return Err(SignalError::Replayed(format!("SET {} was delivered before", set.jti)));
-        }
-        for signal in &set.signals {
-            if let Err(e) = state.broker.apply_signal(signal, &set.sender).await {
-                // Not applied (storage failed): the sender's retry must not count as a replay.
-                // Signals are idempotent, so what an earlier event did is safe to do again.
-                if let Err(err) = state.store.meta_delete(&key).await {
-                    tracing::warn!(error = %err, "could not release the jti of a SET that failed");
-                }
-                return Err(e);
-            }
-        }
-        Ok(())
-    }
-    .await;
+    let result = state.broker.receive_set(token.trim(), &state.signal_senders, now).await;
     match result {
         Ok(()) => StatusCode::ACCEPTED.into_response(),
         Err(e) => {

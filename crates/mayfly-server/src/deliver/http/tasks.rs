@@ -19,10 +19,11 @@ use serde::Deserialize;
 use super::admin::{json_body, json_body_required};
 use super::{ApiError, AppState, authorization_token, bearer, check_admin, honour_binding, require_admin};
 use crate::attest::AttestError;
+use crate::broker::BrokerError;
+use crate::broker::queries::TaskSelection;
 use crate::broker::tasks::{Approver, StartTaskParams};
-use crate::broker::{BrokerError, Caller};
 use crate::deliver::listener::PeerInfo;
-use crate::ledger::{TaskFilter, TaskRecord, TaskState};
+use crate::ledger::{TaskRecord, TaskState};
 
 const MAX_LIST: i64 = 1000;
 
@@ -329,14 +330,7 @@ async fn decide(
                     .into(),
             ));
         };
-        if token_type == TOKEN_TYPE_TASK {
-            return Err(BrokerError::Forbidden("a task cannot approve tasks; approvers are workloads".into()).into());
-        }
-        let now = crate::clock::now_unix();
-        match state.broker.attest(&token_type, &token, peer.addr.ip(), now).await? {
-            Caller::Workload(w) => Approver::Workload(w),
-            Caller::Task(_) => return Err(BrokerError::Forbidden("a task cannot approve tasks".into()).into()),
-        }
+        state.broker.workload_approver(&token_type, &token, peer.addr.ip()).await?
     };
     let task = state.broker.decide_task(&id, approver, approve, peer.addr.ip()).await?;
     Ok(Json(info(&state, &task)))
@@ -374,10 +368,10 @@ pub async fn list(
     if !(1..=MAX_LIST).contains(&limit) {
         return Err(ApiError::bad_request("invalid-request", format!("limit is 1 to {MAX_LIST}")));
     }
-    let want = q.state.as_deref().unwrap_or("live");
-    let wanted: Option<TaskState> = match want {
-        "live" | "all" => None,
-        other => Some(TaskState::parse(other).ok_or_else(|| {
+    let selection = match q.state.as_deref().unwrap_or("live") {
+        "live" => TaskSelection::Live,
+        "all" => TaskSelection::All,
+        other => TaskSelection::In(TaskState::parse(other).ok_or_else(|| {
             ApiError::bad_request(
                 "invalid-request",
                 format!("state {other:?}: use pending, active, denied, ended, expired, live or all"),
@@ -385,39 +379,8 @@ pub async fn list(
         })?),
     };
     let now = crate::clock::now_unix();
-    let mut filter = TaskFilter {
-        creator: q.creator,
-        // Derived states are filtered after reading; stored states narrow the query.
-        state: wanted.filter(|s| matches!(s, TaskState::Ended)),
-        live_at: (want == "live").then_some(now),
-        after: q.after,
-        limit,
-    };
-    let mut tasks = Vec::new();
-    let mut next_after = None;
-    // Filtering on derived state may drop rows: keep reading until the page is full.
-    loop {
-        let rows = state.store.tasks(&filter).await.map_err(ApiError::storage)?;
-        let full = rows.len() as i64 == filter.limit;
-        for t in &rows {
-            let s = t.state_at(now);
-            let keep = match (want, wanted) {
-                ("live", _) => matches!(s, TaskState::Pending | TaskState::Active),
-                (_, Some(w)) => s == w,
-                _ => true,
-            };
-            if keep && (tasks.len() as i64) < limit {
-                tasks.push(info(&state, t));
-            }
-        }
-        filter.after = rows.last().map(|t| t.id.clone());
-        if (tasks.len() as i64) >= limit {
-            next_after = tasks.last().map(|t: &TaskInfo| t.id.clone());
-            break;
-        }
-        if !full {
-            break;
-        }
-    }
+    let page = state.broker.list_tasks(selection, q.creator, q.after, limit, now).await.map_err(ApiError::storage)?;
+    let tasks = page.tasks.iter().map(|t| info(&state, t)).collect();
+    let next_after = page.next_after;
     Ok(Json(TaskPage { tasks, next_after }))
 }

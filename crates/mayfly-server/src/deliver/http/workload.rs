@@ -124,8 +124,7 @@ pub async fn rotate_authorities(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     require_admin(&state, &headers).await?;
-    let id =
-        state.broker.svid_authorities().rotate(state.store.as_ref(), &state.kek).await.map_err(ApiError::storage)?;
+    let id = state.broker.rotate_svid_authority(&state.kek).await.map_err(ApiError::storage)?;
     audit_admin(&state, "admin.svid_authorities.rotated", None, json!({"authority": id})).await?;
     Ok(Json(json!({ "authority": id })))
 }
