@@ -177,12 +177,6 @@ impl Config {
             if !name_ok(&db.name) || db.roles.iter().any(|r| !name_ok(&r.name)) {
                 return bad(format!("databases {:?}: names use letters, digits, '-' and '_'", db.name));
             }
-            if !matches!(db.kind.as_str(), "postgres" | "mysql" | "redis") {
-                return bad(format!("databases {:?}: kind {:?}: use postgres, mysql or redis", db.name, db.kind));
-            }
-            if [db.url.is_some(), db.url_env.is_some(), db.url_sealed.is_some()].iter().filter(|s| **s).count() != 1 {
-                return bad(format!("databases {:?}: set exactly one of url_sealed, url_env and url", db.name));
-            }
             let prefix_ok = !db.username_prefix.is_empty()
                 && db.username_prefix.len() <= 8
                 && db.username_prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');

@@ -771,14 +771,19 @@ async fn evidence_too_old_or_without_iat_is_refused_and_an_issuer_ahead_in_time_
 
 #[tokio::test]
 async fn policy_denials_are_recorded_a_few_at_a_time_then_counted() {
-    let (srv, k8s) = start().await;
+    let (k8s, gh) = (TestIssuer::new(K8S_ISSUER), TestIssuer::new(GITHUB_TEST_ISSUER));
+    // Intervals of 3 s: the 30 denials below take well under that on a loaded machine, so
+    // they fall in one interval, or two when they straddle a flush.
+    let config =
+        TestConfig::standard(&k8s, &gh).add_policies(POLICIES).set("ledger", "refusal_summary_interval = \"3s\"");
+    let srv = TestServer::start_with(config).await;
     let staging = k8s.k8s_token("staging", "noisy");
     for _ in 0..30 {
         assert_problem(srv.exchange_jwt(&staging, "https://api.test").await, 403, "policy-denied").await;
     }
     let mut detailed = 0;
     let mut counted = 0;
-    for _ in 0..50 {
+    for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let events: Vec<Value> = srv.admin_get("/v1/audit?kind=policy.denied&limit=1000").await;
         detailed = events.iter().filter(|e| e["subject"] == subject("staging", "noisy")).count();
@@ -788,6 +793,7 @@ async fn policy_denials_are_recorded_a_few_at_a_time_then_counted() {
         }
     }
     assert_eq!(detailed + counted, 30, "every denial is accounted for");
-    assert!((1..=10).contains(&detailed), "the first denials in full, the rest counted: {detailed}");
+    // At most 10 in full per interval: 10 in one interval, up to 20 across a flush.
+    assert!((1..=20).contains(&detailed) && counted >= 10, "the first denials in full, the rest counted: {detailed}");
     srv.stop().await;
 }

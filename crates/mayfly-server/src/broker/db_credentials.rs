@@ -114,7 +114,7 @@ impl Broker {
         let decision = self.policies.decide_issue(&IssueRequest {
             principal: caller.principal(),
             database: &p.database,
-            kind: &db.config.kind,
+            kind: db.config.kind.as_str(),
             role: &p.role,
             ttl_seconds: expires_at - now,
             source_ip: p.source_ip,
@@ -197,7 +197,7 @@ impl Broker {
         // 3. Active: handed out.
         lease.state = DbLeaseState::Active;
         let mut detail = base;
-        detail["kind"] = json!(db.config.kind);
+        detail["kind"] = json!(db.config.kind.as_str());
         detail["policies"] = json!(decision.policies);
         detail["source_ip"] = json!(p.source_ip.to_string());
         let creating = Guard::Lease { id: lease.id.clone(), state: DbLeaseState::Creating };
@@ -216,7 +216,7 @@ impl Broker {
                 }
                 other => other.into(),
             })?;
-        metrics::counter!("mayfly_credentials_issued_total", "kind" => db.config.kind.clone()).increment(1);
+        metrics::counter!("mayfly_credentials_issued_total", "kind" => db.config.kind.as_str()).increment(1);
         Ok(IssuedDbCredential { lease, password, database: db })
     }
 
@@ -298,7 +298,7 @@ impl Broker {
         let decision = self.policies.decide_issue(&IssueRequest {
             principal: caller.principal(),
             database: &lease.issuer,
-            kind: &db.config.kind,
+            kind: db.config.kind.as_str(),
             role: &lease.role,
             ttl_seconds: expires_at - now,
             source_ip,

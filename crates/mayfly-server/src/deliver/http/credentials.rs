@@ -154,7 +154,7 @@ pub async fn issue(
         lease: DbLeaseInfo::from(&issued.lease),
         password: issued.password,
         connection: ConnectionHints {
-            kind: db.config.kind.clone(),
+            kind: db.config.kind.as_str().to_owned(),
             host: db.host.clone(),
             port: db.port,
             database: db.database.clone(),

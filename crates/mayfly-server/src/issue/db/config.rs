@@ -5,37 +5,125 @@ use std::time::Duration;
 
 /// A database Mayfly issues dynamic credentials for.
 #[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawDatabaseConfig")]
 pub struct DatabaseConfig {
     /// Name in `POST /v1/credentials/{name}/{role}` (letters, digits, '-', '_').
     pub name: String,
+    /// What kind of server it is.
+    pub kind: DatabaseKind,
+    /// Where the admin connection URL comes from.
+    pub admin_url: AdminUrl,
+    /// Host and port clients should connect to, when not the admin URL's.
+    pub client_host: Option<String>,
+    /// Prefix of every user Mayfly creates here; the sweep drops unleased users with it.
+    pub username_prefix: String,
+    /// PostgreSQL: the SCRAM-SHA-256 iteration count of the verifier Mayfly computes and
+    /// sends in place of the password (`{{password}}`), so the server never hashes it; 0
+    /// sends the password itself (the server hashes it with its own count).
+    pub scram_iterations: u32,
+    /// Roles: what a user gets and for how long.
+    pub roles: Vec<DatabaseRoleConfig>,
+}
+
+/// The kind of database server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatabaseKind {
+    /// PostgreSQL.
+    Postgres,
+    /// MySQL and MariaDB.
+    Mysql,
+    /// Redis (ACL users).
+    Redis,
+}
+
+impl DatabaseKind {
+    /// The name used in config, policy (`context.kind`), metrics and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatabaseKind::Postgres => "postgres",
+            DatabaseKind::Mysql => "mysql",
+            DatabaseKind::Redis => "redis",
+        }
+    }
+}
+
+impl std::fmt::Display for DatabaseKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where the admin connection URL comes from: exactly one source per database.
+#[derive(Clone)]
+pub enum AdminUrl {
+    /// Sealed under the key-encryption key (`url_sealed`, base64): encrypted at rest.
+    Sealed(String),
+    /// Read from this environment variable at start (`url_env`).
+    Env(String),
+    /// Written in the config file (`url`): it holds a password, so it never prints.
+    Plain(String),
+}
+
+impl std::fmt::Debug for AdminUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdminUrl::Sealed(_) => f.write_str("Sealed([sealed])"),
+            AdminUrl::Env(var) => f.debug_tuple("Env").field(var).finish(),
+            AdminUrl::Plain(_) => f.write_str("Plain([redacted])"),
+        }
+    }
+}
+
+/// A `[[databases]]` table as written; [`DatabaseConfig`] is what it means.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDatabaseConfig {
+    name: String,
     /// `postgres`, `mysql` (MySQL and MariaDB) or `redis`.
-    pub kind: String,
-    /// Environment variable holding the admin connection URL (preferred).
+    kind: DatabaseKind,
+    /// Environment variable holding the admin connection URL.
     #[serde(default)]
-    pub url_env: Option<String>,
+    url_env: Option<String>,
     /// The admin connection URL itself (it holds a password: prefer `url_sealed` or `url_env`).
     #[serde(default)]
-    pub url: Option<String>,
+    url: Option<String>,
     /// The admin connection URL sealed under the key-encryption key, as printed by
     /// `mayfly databases seal-url` (base64): encrypted at rest like the signing keys.
     #[serde(default)]
-    pub url_sealed: Option<String>,
-    /// Host and port clients should connect to, when not the admin URL's.
+    url_sealed: Option<String>,
     #[serde(default)]
-    pub client_host: Option<String>,
-    /// Prefix of every user Mayfly creates here; the sweep drops unleased users with it.
+    client_host: Option<String>,
     #[serde(default = "default_user_prefix")]
-    pub username_prefix: String,
-    /// PostgreSQL: the SCRAM-SHA-256 iteration count of the verifier Mayfly computes and
-    /// sends in place of the password (`{{password}}`), so the server never hashes it;
+    username_prefix: String,
     /// 0 sends the password itself (the server hashes it with its own count). A password
     /// of 256 random bits gains nothing from key stretching; clients pay the count at
     /// every login. Raise it to 4096 for a client that insists on RFC 7677's minimum.
     #[serde(default = "default_scram_iterations")]
-    pub scram_iterations: u32,
-    /// Roles: what a user gets and for how long.
-    pub roles: Vec<DatabaseRoleConfig>,
+    scram_iterations: u32,
+    roles: Vec<DatabaseRoleConfig>,
+}
+
+impl TryFrom<RawDatabaseConfig> for DatabaseConfig {
+    type Error = String;
+
+    fn try_from(raw: RawDatabaseConfig) -> Result<Self, String> {
+        let admin_url = match (raw.url_sealed, raw.url_env, raw.url) {
+            (Some(sealed), None, None) => AdminUrl::Sealed(sealed),
+            (None, Some(var), None) => AdminUrl::Env(var),
+            (None, None, Some(url)) => AdminUrl::Plain(url),
+            _ => return Err(format!("databases {:?}: set exactly one of url_sealed, url_env and url", raw.name)),
+        };
+        Ok(Self {
+            name: raw.name,
+            kind: raw.kind,
+            admin_url,
+            client_host: raw.client_host,
+            username_prefix: raw.username_prefix,
+            scram_iterations: raw.scram_iterations,
+            roles: raw.roles,
+        })
+    }
 }
 
 /// A role on a database.
@@ -67,9 +155,7 @@ impl std::fmt::Debug for DatabaseConfig {
         f.debug_struct("DatabaseConfig")
             .field("name", &self.name)
             .field("kind", &self.kind)
-            .field("url_env", &self.url_env)
-            .field("url", &self.url.as_ref().map(|_| "[redacted]"))
-            .field("url_sealed", &self.url_sealed.is_some())
+            .field("admin_url", &self.admin_url)
             .field("username_prefix", &self.username_prefix)
             .field("scram_iterations", &self.scram_iterations)
             .field("roles", &self.roles)
@@ -83,4 +169,37 @@ fn default_user_prefix() -> String {
 
 fn default_scram_iterations() -> u32 {
     16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &str) -> Result<DatabaseConfig, String> {
+        let text = format!("name = \"pg\"\nkind = \"postgres\"\n{extra}\n[[roles]]\nname = \"r\"\n");
+        toml::from_str(&text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_admin_url_comes_from_exactly_one_source_and_never_prints() {
+        let cfg = parse("url = \"postgres://admin:hunter2@db/app\"").unwrap();
+        assert!(matches!(cfg.admin_url, AdminUrl::Plain(_)));
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("hunter2") && shown.contains("[redacted]"), "{shown}");
+        assert!(matches!(parse("url_env = \"PG_URL\"").unwrap().admin_url, AdminUrl::Env(v) if v == "PG_URL"));
+        let sealed = parse("url_sealed = \"c2VhbGVk\"").unwrap();
+        assert!(!format!("{sealed:?}").contains("c2VhbGVk"));
+        for two in ["url = \"postgres://x\"\nurl_env = \"E\"", ""] {
+            let err = parse(two).unwrap_err();
+            assert!(err.contains("set exactly one of url_sealed, url_env and url"), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_kind_is_one_of_the_supported_servers() {
+        let text = "name = \"x\"\nkind = \"oracle\"\nurl_env = \"E\"\nroles = []\n";
+        let err = toml::from_str::<DatabaseConfig>(text).map(|_| ()).unwrap_err().to_string();
+        assert!(err.contains("unknown variant `oracle`, expected one of `postgres`, `mysql`, `redis`"), "{err}");
+        assert_eq!(DatabaseKind::Mysql.to_string(), "mysql");
+    }
 }

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::issue::db::config::DatabaseConfig;
 use crate::issue::db::config::DatabaseRoleConfig;
+use crate::issue::db::config::{AdminUrl, DatabaseConfig, DatabaseKind};
 use crate::keys::Kek;
 
 /// How long one database operation may take before it counts as failed.
@@ -180,22 +180,20 @@ impl Databases {
     pub fn from_config(configs: &[DatabaseConfig], kek: &Kek) -> Result<Self, DbError> {
         let mut by_name = HashMap::new();
         for cfg in configs {
-            let url = match (&cfg.url_sealed, &cfg.url_env, &cfg.url) {
-                (Some(sealed), _, _) => open_url(kek, sealed)
+            let url = match &cfg.admin_url {
+                AdminUrl::Sealed(sealed) => open_url(kek, sealed)
                     .map_err(|e| DbError::Config(format!("databases {:?}: url_sealed {e}", cfg.name)))?,
-                (None, Some(var), _) => std::env::var(var).map_err(|_| {
+                AdminUrl::Env(var) => std::env::var(var).map_err(|_| {
                     DbError::Config(format!("databases {:?}: environment variable {var} is not set", cfg.name))
                 })?,
-                (None, None, Some(u)) => u.clone(),
-                (None, None, None) => return Err(DbError::Config(format!("databases {:?}: no URL", cfg.name))),
+                AdminUrl::Plain(u) => u.clone(),
             };
             let parsed = reqwest::Url::parse(&url)
                 .map_err(|e| DbError::Config(format!("databases {:?}: the URL does not parse: {e}", cfg.name)))?;
-            let driver: Arc<dyn DbDriver> = match cfg.kind.as_str() {
-                "postgres" => Arc::new(postgres::Postgres::new(&url, cfg.scram_iterations)?),
-                "mysql" => Arc::new(mysql::MySql::new(&url)?),
-                "redis" => Arc::new(redis::Redis::new(&url)?),
-                other => return Err(DbError::Config(format!("databases {:?}: unknown kind {other:?}", cfg.name))),
+            let driver: Arc<dyn DbDriver> = match cfg.kind {
+                DatabaseKind::Postgres => Arc::new(postgres::Postgres::new(&url, cfg.scram_iterations)?),
+                DatabaseKind::Mysql => Arc::new(mysql::MySql::new(&url)?),
+                DatabaseKind::Redis => Arc::new(redis::Redis::new(&url)?),
             };
             let database = parsed.path().trim_start_matches('/');
             let (host, port) = match &cfg.client_host {
@@ -210,7 +208,7 @@ impl Databases {
                 driver,
                 host,
                 port,
-                database: (!database.is_empty() && cfg.kind != "redis").then(|| database.to_owned()),
+                database: (!database.is_empty() && cfg.kind != DatabaseKind::Redis).then(|| database.to_owned()),
             };
             by_name.insert(cfg.name.clone(), Arc::new(db));
         }
