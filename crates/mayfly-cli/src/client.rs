@@ -8,8 +8,8 @@ use anyhow::{Context, anyhow, bail};
 use clap::{Args, Subcommand};
 use mayfly_proto::{
     AdminTokenInfo, CreateAdminTokenRequest, CreateAdminTokenResponse, CreateJoinTokenRequest, CreateJoinTokenResponse,
-    GRANT_TYPE_TOKEN_EXCHANGE, Problem, SigningKeyInfo, TOKEN_TYPE_JOIN_TOKEN, TOKEN_TYPE_JWT, TOKEN_TYPE_TASK,
-    TokenExchangeResponse,
+    GRANT_TYPE_TOKEN_EXCHANGE, Problem, ProblemKind, SigningKeyInfo, TOKEN_TYPE_JOIN_TOKEN, TOKEN_TYPE_JWT,
+    TOKEN_TYPE_TASK, TokenExchangeResponse,
 };
 use serde::de::DeserializeOwned;
 
@@ -98,11 +98,12 @@ pub(crate) async fn call<T: DeserializeOwned>(req: reqwest::RequestBuilder, url:
     }
     match serde_json::from_slice::<Problem>(&body) {
         Ok(p) => {
+            let kind = p.kind();
             let mut message = format!("{} ({}): {}", p.title, p.status, p.detail.unwrap_or_default());
             if !p.policies.is_empty() {
                 message.push_str(&format!(" [policies: {}]", p.policies.join(", ")));
             }
-            Err(ServerProblem { status: status.as_u16(), problem_type: p.problem_type, message }.into())
+            Err(ServerProblem { status: status.as_u16(), kind, message }.into())
         }
         Err(_) => Err(anyhow!("{url} answered HTTP {status}")),
     }
@@ -114,8 +115,9 @@ pub(crate) async fn call<T: DeserializeOwned>(req: reqwest::RequestBuilder, url:
 pub(crate) struct ServerProblem {
     /// The HTTP status.
     pub status: u16,
-    /// The problem's `type`, e.g. `urn:mayfly:problem:task-ended`.
-    pub problem_type: String,
+    /// The kind its `type` names (e.g. `urn:mayfly:problem:task-ended`), when it is one
+    /// this CLI knows.
+    pub kind: Option<ProblemKind>,
     message: String,
 }
 
@@ -125,9 +127,9 @@ impl ServerProblem {
         e.downcast_ref::<ServerProblem>()
     }
 
-    /// Whether its type is `urn:mayfly:problem:<slug>`.
-    pub(crate) fn is(&self, slug: &str) -> bool {
-        self.problem_type.strip_prefix("urn:mayfly:problem:") == Some(slug)
+    /// Whether it is a problem of this kind.
+    pub(crate) fn is(&self, kind: ProblemKind) -> bool {
+        self.kind == Some(kind)
     }
 }
 

@@ -7,6 +7,9 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+mod problem;
+pub use problem::{PROBLEM_TYPE_PREFIX, ProblemKind, UnknownProblemKind};
+
 /// RFC 8693 grant type for token exchange.
 pub const GRANT_TYPE_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 /// RFC 8693 token type: a JWT (platform identity tokens arrive as this).
@@ -28,7 +31,7 @@ pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 /// `error_description`, so OAuth client libraries find what they look for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Problem {
-    /// A stable URN naming the kind of problem, e.g. `urn:mayfly:problem:invalid-subject-token`.
+    /// A stable URN naming the kind of problem, e.g. `urn:mayfly:problem:policy-denied`; see [`ProblemKind`].
     #[serde(rename = "type")]
     pub problem_type: String,
     /// A short, human-readable summary of the kind of problem.
@@ -47,6 +50,14 @@ pub struct Problem {
     /// For policy denials: the ids of the policies that decided.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<String>,
+}
+
+impl Problem {
+    /// The kind its `type` names, if it is one of Mayfly's (the field stays a string so a
+    /// client reads problems from a newer server whose kinds it does not know yet).
+    pub fn kind(&self) -> Option<ProblemKind> {
+        ProblemKind::from_type_uri(&self.problem_type)
+    }
 }
 
 /// The RFC 8693 token-exchange request, as the form-encoded body of `POST /v1/token`.

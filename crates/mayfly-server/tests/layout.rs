@@ -175,3 +175,22 @@ fn the_readme_points_at_files_that_exist() {
     assert!(named > 20, "the table names its files ({named} found)");
     assert!(missing.is_empty(), "the README names files that do not exist: {missing:?}");
 }
+
+/// The README's table of problem types is `ProblemKind`: it names every kind, and every
+/// slug-like name in it (lowercase words joined by `-`) is a kind.
+#[test]
+fn the_readme_lists_every_problem_kind_and_no_other() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let section = readme.split("### Errors").nth(1).expect("the errors section").split("\n## ").next().unwrap();
+    let rows: Vec<&str> = section.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| Status")).collect();
+    let named: BTreeSet<&str> = rows.iter().flat_map(|row| row.split('`').skip(1).step_by(2)).collect();
+    let slug_like =
+        |t: &&&str| t.contains('-') && t.split('-').all(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase()));
+    let unknown: Vec<_> =
+        named.iter().filter(slug_like).filter(|s| mayfly_proto::ProblemKind::from_slug(s).is_none()).collect();
+    assert!(unknown.is_empty(), "the README names problem types the server does not answer with: {unknown:?}");
+    let missing: Vec<_> =
+        mayfly_proto::ProblemKind::ALL.iter().map(|k| k.slug()).filter(|s| !named.contains(s)).collect();
+    assert!(missing.is_empty(), "the README's table of problem types lacks: {missing:?}");
+}

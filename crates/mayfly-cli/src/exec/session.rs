@@ -1,6 +1,7 @@
 //! The task `mayfly exec` runs its command under, and acting as it: tokens, re-attestation,
 //! the end of the task.
 
+use mayfly_proto::ProblemKind;
 use std::time::Duration;
 
 use super::*;
@@ -92,9 +93,14 @@ impl Session {
     /// longer works, whoever ended it, or re-attestation ended it); whether it did.
     pub(super) fn ended_by(&self, e: &anyhow::Error) -> bool {
         let Some(p) = ServerProblem::of(e) else { return false };
-        let over = ["task-ended", "task-not-active", "invalid-task-token", "subject-token-expired"]
-            .iter()
-            .any(|slug| p.is(slug))
+        let over = [
+            ProblemKind::TaskEnded,
+            ProblemKind::TaskNotActive,
+            ProblemKind::InvalidTaskToken,
+            ProblemKind::SubjectTokenExpired,
+        ]
+        .into_iter()
+        .any(|k| p.is(k))
             || p.status == 409
             || p.status == 401;
         if over {

@@ -19,6 +19,8 @@ pub mod unix;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use mayfly_proto::ProblemKind;
+
 use crate::ledger::LedgerError;
 use crate::spiffe::SpiffeId;
 
@@ -141,31 +143,37 @@ pub enum AttestError {
 }
 
 impl AttestError {
-    /// A short stable code for audit records and problem types.
-    pub fn code(&self) -> &'static str {
+    /// The problem kind this refusal is answered with.
+    pub fn kind(&self) -> ProblemKind {
+        use ProblemKind as K;
         match self {
-            AttestError::Malformed(_) => "malformed-subject-token",
-            AttestError::UnsupportedTokenType(_) => "unsupported-token-type",
-            AttestError::UnknownIssuer(_) => "unknown-issuer",
-            AttestError::AlgorithmNotAllowed { .. } => "algorithm-not-allowed",
-            AttestError::UnknownKey { .. } => "unknown-signing-key",
-            AttestError::BadSignature(_) => "bad-signature",
-            AttestError::Expired => "subject-token-expired",
-            AttestError::NotYetValid => "subject-token-not-yet-valid",
-            AttestError::WrongAudience { .. } => "wrong-audience",
-            AttestError::BadClaim(_) => "bad-claim",
-            AttestError::JwksUnavailable { .. } => "jwks-unavailable",
-            AttestError::Mapping(_) => "identity-mapping-failed",
-            AttestError::JoinTokenUnknown => "join-token-unknown",
-            AttestError::JoinTokenUsed => "join-token-used",
-            AttestError::JoinTokenExpired => "join-token-expired",
-            AttestError::TaskToken(_) => "invalid-task-token",
-            AttestError::TaskNotActive(_) => "task-not-active",
-            AttestError::Unix(_) => "unix-attestation-failed",
-            AttestError::Ledger(_) => "storage-unavailable",
-            AttestError::SubjectRevoked { .. } => "subject-revoked",
-            AttestError::EvidenceTooOld(_) => "subject-token-too-old",
+            AttestError::Malformed(_) => K::MalformedSubjectToken,
+            AttestError::UnsupportedTokenType(_) => K::UnsupportedTokenType,
+            AttestError::UnknownIssuer(_) => K::UnknownIssuer,
+            AttestError::AlgorithmNotAllowed { .. } => K::AlgorithmNotAllowed,
+            AttestError::UnknownKey { .. } => K::UnknownSigningKey,
+            AttestError::BadSignature(_) => K::BadSignature,
+            AttestError::Expired => K::SubjectTokenExpired,
+            AttestError::NotYetValid => K::SubjectTokenNotYetValid,
+            AttestError::WrongAudience { .. } => K::WrongAudience,
+            AttestError::BadClaim(_) => K::BadClaim,
+            AttestError::JwksUnavailable { .. } => K::JwksUnavailable,
+            AttestError::Mapping(_) => K::IdentityMappingFailed,
+            AttestError::JoinTokenUnknown => K::JoinTokenUnknown,
+            AttestError::JoinTokenUsed => K::JoinTokenUsed,
+            AttestError::JoinTokenExpired => K::JoinTokenExpired,
+            AttestError::TaskToken(_) => K::InvalidTaskToken,
+            AttestError::TaskNotActive(_) => K::TaskNotActive,
+            AttestError::Unix(_) => K::UnixAttestationFailed,
+            AttestError::Ledger(_) => K::StorageUnavailable,
+            AttestError::SubjectRevoked { .. } => K::SubjectRevoked,
+            AttestError::EvidenceTooOld(_) => K::SubjectTokenTooOld,
         }
+    }
+
+    /// A short stable code for audit records: the problem kind's slug.
+    pub fn code(&self) -> &'static str {
+        self.kind().slug()
     }
 }
 

@@ -38,12 +38,19 @@ pub enum AdminTokenError {
 }
 
 /// A new admin token: its record, and the token itself, shown once.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CreatedAdminToken {
     /// What is stored.
     pub row: StoredAdminToken,
     /// The secret. Never stored, logged or audited.
     pub token: String,
+}
+
+// Hand-written: the secret never reaches a log through `{:?}`.
+impl std::fmt::Debug for CreatedAdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedAdminToken").field("row", &self.row).finish_non_exhaustive()
+    }
 }
 
 /// Hex SHA-256 of an admin token; only hashes are stored.
@@ -184,5 +191,22 @@ mod tests {
         assert!(matches!(revoke(&store, &second.row.id).await, Err(AdminTokenError::NotFound(_))));
         assert!(matches!(revoke(&store, &first.row.id).await, Err(AdminTokenError::LastOne(_))));
         assert!(authenticate(&store, &first.token, 300).await.unwrap().is_some());
+    }
+
+    #[test]
+    fn debug_hides_the_token() {
+        let created = CreatedAdminToken {
+            row: StoredAdminToken {
+                id: "id-1".into(),
+                token_hash: token_hash("mfa_very-secret"),
+                name: "ci".into(),
+                created_at: 1,
+                last_used_at: None,
+            },
+            token: "mfa_very-secret".into(),
+        };
+        let shown = format!("{created:?}");
+        assert!(!shown.contains("mfa_very-secret"), "{shown}");
+        assert!(shown.contains("id-1"), "{shown}");
     }
 }

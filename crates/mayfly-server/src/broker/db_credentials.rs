@@ -16,7 +16,7 @@ use std::sync::Arc;
 use serde_json::json;
 
 use crate::authorize::IssueRequest;
-use crate::broker::{Broker, BrokerError, Caller};
+use crate::broker::{Broker, BrokerError, Caller, Missing};
 use crate::issue::db::{Database, NewUser, new_password};
 use crate::ledger::revocations::CredentialFacts;
 use crate::ledger::{AuditEvent, Batch, DbLease, DbLeaseState, Guard, LedgerError};
@@ -27,7 +27,7 @@ const DROP_CONCURRENCY: usize = 8;
 const MAX_BACKOFF_SECS: i64 = 60;
 
 /// A request for a database credential.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DbCredentialParams {
     /// The configured database.
     pub database: String,
@@ -43,8 +43,21 @@ pub struct DbCredentialParams {
     pub source_ip: IpAddr,
 }
 
+// Hand-written: the secret never reaches a log through `{:?}`.
+impl std::fmt::Debug for DbCredentialParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbCredentialParams")
+            .field("database", &self.database)
+            .field("role", &self.role)
+            .field("subject_token_type", &self.subject_token_type)
+            .field("ttl_seconds", &self.ttl_seconds)
+            .field("source_ip", &self.source_ip)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A created user and its lease.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct IssuedDbCredential {
     /// The lease.
     pub lease: DbLease,
@@ -52,6 +65,16 @@ pub struct IssuedDbCredential {
     pub password: String,
     /// Where to connect.
     pub database: Arc<Database>,
+}
+
+// Hand-written: the secret never reaches a log through `{:?}`.
+impl std::fmt::Debug for IssuedDbCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedDbCredential")
+            .field("lease", &self.lease)
+            .field("database", &self.database)
+            .finish_non_exhaustive()
+    }
 }
 
 fn backoff(attempts: i64) -> i64 {
@@ -72,7 +95,7 @@ impl Broker {
     }
 
     fn database(&self, name: &str) -> Result<Arc<Database>, BrokerError> {
-        self.databases.get(name).cloned().ok_or_else(|| BrokerError::NotFound(format!("no database is named {name:?}")))
+        self.databases.get(name).cloned().ok_or_else(|| BrokerError::NotFound(Missing::Database(name.to_owned())))
     }
 
     /// Issues a database credential: recorded, then created, then handed out.
@@ -80,7 +103,7 @@ impl Broker {
         let db = self.database(&p.database)?;
         let role = db
             .role(&p.role)
-            .ok_or_else(|| BrokerError::NotFound(format!("database {:?} has no role {:?}", p.database, p.role)))?
+            .ok_or_else(|| BrokerError::NotFound(Missing::Role { database: p.database.clone(), role: p.role.clone() }))?
             .clone();
         let max = role.max_ttl.as_secs();
         let ttl = match p.ttl_seconds {
@@ -101,7 +124,7 @@ impl Broker {
             Caller::Workload(w) => (w.spiffe_id.to_string(), None),
             Caller::Task(t) => {
                 if t.task.state == crate::ledger::TaskState::Pending {
-                    return Err(BrokerError::TaskPending(t.task.id.clone()));
+                    return Err(BrokerError::TaskPending { task: t.task.id.clone() });
                 }
                 // A task limited to audiences gets database roles only if it names them.
                 crate::broker::tasks::check_task_audience(&t.task, &format!("db:{}/{}", p.database, p.role))?;
@@ -222,7 +245,7 @@ impl Broker {
 
     /// A lease by id.
     pub async fn db_lease(&self, id: &str) -> Result<DbLease, BrokerError> {
-        self.ledger.store().db_lease(id).await?.ok_or_else(|| BrokerError::NotFound(format!("no lease has id {id:?}")))
+        self.ledger.store().db_lease(id).await?.ok_or_else(|| BrokerError::NotFound(Missing::Lease(id.to_owned())))
     }
 
     /// Revokes a lease now: the user is dropped before this returns, or the lease stays
@@ -581,5 +604,62 @@ impl Broker {
             }
         }
         Ok(dropped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoDriver;
+
+    #[async_trait::async_trait]
+    impl crate::issue::db::DbDriver for NoDriver {
+        fn max_username_len(&self) -> usize {
+            63
+        }
+        async fn create(&self, _: &NewUser<'_>) -> Result<(), crate::issue::db::DbError> {
+            Ok(())
+        }
+        async fn drop_user(&self, _: &str) -> Result<(), crate::issue::db::DbError> {
+            Ok(())
+        }
+        async fn renew(&self, _: &str, _: &str) -> Result<(), crate::issue::db::DbError> {
+            Ok(())
+        }
+        async fn users_with_prefix(&self, _: &str) -> Result<Vec<String>, crate::issue::db::DbError> {
+            Ok(vec![])
+        }
+    }
+
+    #[test]
+    fn debug_hides_the_subject_token() {
+        let p = DbCredentialParams {
+            database: "pg".into(),
+            role: "reader".into(),
+            subject_token_type: "urn:ietf:params:oauth:token-type:jwt".into(),
+            subject_token: "eyJ-secret-evidence".into(),
+            ttl_seconds: Some(60),
+            source_ip: IpAddr::from([127, 0, 0, 1]),
+        };
+        let shown = format!("{p:?}");
+        assert!(!shown.contains("eyJ-secret-evidence"), "{shown}");
+        assert!(shown.contains("reader"), "{shown}");
+    }
+
+    #[test]
+    fn debug_hides_the_password() {
+        let config =
+            serde_json::from_value(json!({"name": "pg", "kind": "postgres", "url_env": "PG_URL", "roles": []}))
+                .expect("config");
+        let database = Database { config, driver: Arc::new(NoDriver), host: "db".into(), port: None, database: None };
+        let issued = IssuedDbCredential {
+            lease: DbLease::example(),
+            password: "s3cret-password".into(),
+            database: Arc::new(database),
+        };
+        let shown = format!("{issued:?}");
+        assert!(!shown.contains("s3cret-password"), "{shown}");
+        assert!(shown.contains("lease-1"), "{shown}");
     }
 }

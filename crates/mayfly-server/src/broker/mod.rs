@@ -56,14 +56,17 @@ pub enum BrokerError {
     #[error("{0}")]
     Unavailable(String),
     /// The task is waiting for approval; nothing can be issued under it yet.
-    #[error("task {0} is waiting for approval; nothing can be issued under it yet")]
-    TaskPending(String),
+    #[error("task {task} is waiting for approval; nothing can be issued under it yet")]
+    TaskPending {
+        /// The task's id.
+        task: String,
+    },
     /// The caller may not do this to that object (not policy: ownership or a rule of tasks).
     #[error("{0}")]
     Forbidden(String),
     /// No such object.
-    #[error("{0}")]
-    NotFound(String),
+    #[error(transparent)]
+    NotFound(#[from] Missing),
     /// The object is not in a state that allows this.
     #[error("{0}")]
     Conflict(String),
@@ -103,8 +106,33 @@ impl From<LedgerError> for BrokerError {
     }
 }
 
+/// The object a request named that does not exist.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Missing {
+    /// A task, by id.
+    #[error("no task has id {0:?}")]
+    Task(String),
+    /// A database lease, by id.
+    #[error("no lease has id {0:?}")]
+    Lease(String),
+    /// A registration entry, by id.
+    #[error("no registration entry has id {0:?}")]
+    Entry(String),
+    /// A configured database, by name.
+    #[error("no database is named {0:?}")]
+    Database(String),
+    /// A role of a configured database.
+    #[error("database {database:?} has no role {role:?}")]
+    Role {
+        /// The database's name.
+        database: String,
+        /// The role asked for.
+        role: String,
+    },
+}
+
 /// A token-exchange request after parsing.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ExchangeParams {
     /// RFC 8693 `subject_token_type`.
     pub subject_token_type: String,
@@ -126,6 +154,22 @@ pub struct ExchangeParams {
     pub dpop_proof: Option<mayfly_verify::CheckedProof>,
     /// Limited use: how many verifications the token allows.
     pub max_uses: Option<u32>,
+}
+
+// Hand-written: the secret never reaches a log through `{:?}`.
+impl std::fmt::Debug for ExchangeParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExchangeParams")
+            .field("subject_token_type", &self.subject_token_type)
+            .field("audience", &self.audience)
+            .field("scope", &self.scope)
+            .field("requested_lifetime", &self.requested_lifetime)
+            .field("source_ip", &self.source_ip)
+            .field("confirmation", &self.confirmation)
+            .field("dpop_proof", &self.dpop_proof)
+            .field("max_uses", &self.max_uses)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Most uses a limited-use token may allow.
@@ -602,7 +646,7 @@ fn narrow_to_task(
     scopes: Vec<String>,
 ) -> Result<Vec<String>, BrokerError> {
     if t.task.state == TaskState::Pending {
-        return Err(BrokerError::TaskPending(t.task.id.clone()));
+        return Err(BrokerError::TaskPending { task: t.task.id.clone() });
     }
     crate::broker::tasks::check_task_audience(&t.task, audience)?;
     let allowed: Vec<&str> = t.task.scope.split_whitespace().collect();
@@ -669,5 +713,23 @@ mod tests {
         assert_eq!(parse_scopes(Some("read  write read")).unwrap(), vec!["read", "write"]);
         assert!(parse_scopes(Some("bad\"scope")).is_err());
         assert!(parse_scopes(None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn exchange_params_debug_hides_the_subject_token() {
+        let p = ExchangeParams {
+            subject_token_type: "urn:ietf:params:oauth:token-type:jwt".into(),
+            subject_token: "eyJ-subject-secret".into(),
+            audience: "https://api.example".into(),
+            scope: None,
+            requested_lifetime: None,
+            source_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+            confirmation: None,
+            dpop_proof: None,
+            max_uses: None,
+        };
+        let shown = format!("{p:?}");
+        assert!(!shown.contains("eyJ-subject-secret"), "{shown}");
+        assert!(shown.contains("https://api.example"), "{shown}");
     }
 }

@@ -288,7 +288,7 @@ impl From<crate::attest::entries::EntryError> for BrokerError {
         use crate::attest::entries::EntryError as E;
         match e {
             E::Invalid(m) => BrokerError::InvalidRequest(m),
-            E::NotFound(_) => BrokerError::NotFound(e.to_string()),
+            E::NotFound(id) => BrokerError::NotFound(super::Missing::Entry(id)),
             E::Duplicate(_) | E::ReadOnly(_) => BrokerError::Conflict(e.to_string()),
             E::Ledger(l) => BrokerError::Ledger(l),
         }

@@ -205,7 +205,7 @@ fn status(e: BrokerError) -> Status {
         BrokerError::InvalidTarget(m) | BrokerError::InvalidRequest(m) | BrokerError::InvalidScope(m) => {
             Status::invalid_argument(m)
         }
-        BrokerError::NotFound(m) => Status::not_found(m),
+        BrokerError::NotFound(m) => Status::not_found(m.to_string()),
         BrokerError::Unavailable(m) => Status::unavailable(m),
         BrokerError::Ledger(e) => {
             tracing::error!(error = %e, "Workload API: issuance could not be recorded");

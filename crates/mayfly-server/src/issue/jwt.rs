@@ -35,7 +35,7 @@ pub struct AccessTokenRequest<'a> {
 }
 
 /// A minted token and the facts the ledger records about it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct IssuedToken {
     /// The compact JWS. Secret: never logged or stored.
     pub token: String,
@@ -49,6 +49,19 @@ pub struct IssuedToken {
     pub kid: String,
     /// Space-separated granted scopes.
     pub scope: String,
+}
+
+// Hand-written: the secret never reaches a log through `{:?}`.
+impl std::fmt::Debug for IssuedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedToken")
+            .field("jti", &self.jti)
+            .field("issued_at", &self.issued_at)
+            .field("expires_at", &self.expires_at)
+            .field("kid", &self.kid)
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Serialize)]
@@ -125,5 +138,25 @@ impl JwtIssuer {
         };
         let token = key.sign_compact(&serde_json::to_vec(&header)?, &serde_json::to_vec(&claims)?)?;
         Ok(IssuedToken { token, jti, issued_at: req.now, expires_at, kid: key.kid().to_owned(), scope })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issued_token_debug_hides_the_token() {
+        let t = IssuedToken {
+            token: "eyJ-access-token".into(),
+            jti: "jti-1".into(),
+            issued_at: 1,
+            expires_at: 2,
+            kid: "kid-1".into(),
+            scope: String::new(),
+        };
+        let shown = format!("{t:?}");
+        assert!(!shown.contains("eyJ-access-token"), "{shown}");
+        assert!(shown.contains("jti-1"), "{shown}");
     }
 }

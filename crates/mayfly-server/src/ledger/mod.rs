@@ -755,3 +755,28 @@ pub trait Store: Send + Sync + 'static {
     /// Whether a limited-use credential has uses left, without spending one.
     async fn has_uses_left(&self, jti: &str) -> Result<bool, LedgerError>;
 }
+
+#[cfg(test)]
+impl DbLease {
+    /// A lease for unit tests.
+    pub(crate) fn example() -> Self {
+        DbLease {
+            id: "lease-1".into(),
+            issuer: "pg".into(),
+            role: "reader".into(),
+            username: "mf_reader_1".into(),
+            subject: "spiffe://example.org/web".into(),
+            task_id: None,
+            created_at: 1,
+            expires_at: 2,
+            max_expires_at: 3,
+            state: DbLeaseState::Active,
+            attempts: 0,
+            next_attempt_at: None,
+            last_error: None,
+            ended_at: None,
+            end_reason: None,
+            context: None,
+        }
+    }
+}

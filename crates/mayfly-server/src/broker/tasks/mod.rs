@@ -14,7 +14,7 @@ use crate::attest::delegation::{Delegation, check_named_subject};
 use crate::attest::task::{TASK_TOKEN_AUDIENCE, TaskIdentity, task_spiffe_id};
 use crate::attest::{AttestError, WorkloadIdentity};
 use crate::authorize::{ActForRequest, Principal, StartTaskRequest};
-use crate::broker::{Broker, BrokerError, Caller, RecordFacts, parse_scopes};
+use crate::broker::{Broker, BrokerError, Caller, Missing, RecordFacts, parse_scopes};
 use crate::issue::{AccessTokenRequest, IssuedToken};
 use crate::ledger::{AuditEvent, Batch, Guard, LedgerError, TaskRecord, TaskState};
 
@@ -32,7 +32,7 @@ const MAX_AUDIENCES: usize = 16;
 const MAX_AUDIENCE_BYTES: usize = 512;
 
 /// A request to start a task.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StartTaskParams {
     /// RFC 8693 token type of the evidence (a task token starts a sub-task).
     pub subject_token_type: String,
@@ -55,6 +55,23 @@ pub struct StartTaskParams {
     pub actor: Option<(String, String)>,
     /// The caller's address.
     pub source_ip: IpAddr,
+}
+
+// Hand-written: the secret never reaches a log through `{:?}`.
+impl std::fmt::Debug for StartTaskParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StartTaskParams")
+            .field("subject_token_type", &self.subject_token_type)
+            .field("purpose", &self.purpose)
+            .field("scope", &self.scope)
+            .field("audiences", &self.audiences)
+            .field("ttl_seconds", &self.ttl_seconds)
+            .field("on_behalf_of", &self.on_behalf_of)
+            .field("parent", &self.parent)
+            .field("actor_token_type", &self.actor.as_ref().map(|(t, _)| t))
+            .field("source_ip", &self.source_ip)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A started task and its token.
@@ -412,14 +429,14 @@ impl Broker {
 
     fn active_parent(&self, t: TaskIdentity) -> Result<TaskIdentity, BrokerError> {
         if t.task.state == TaskState::Pending {
-            return Err(BrokerError::TaskPending(t.task.id.clone()));
+            return Err(BrokerError::TaskPending { task: t.task.id.clone() });
         }
         Ok(t)
     }
 
     /// A task by id.
     pub async fn task(&self, id: &str) -> Result<TaskRecord, BrokerError> {
-        self.ledger.store().task(id).await?.ok_or_else(|| BrokerError::NotFound(format!("no task has id {id:?}")))
+        self.ledger.store().task(id).await?.ok_or_else(|| BrokerError::NotFound(Missing::Task(id.to_owned())))
     }
 
     /// Proves a task token and checks it may act on task `id`: its own task or one below it.
@@ -458,5 +475,29 @@ impl Broker {
             source_ip,
             now,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_the_evidence_and_the_actor_token() {
+        let p = StartTaskParams {
+            subject_token_type: "urn:ietf:params:oauth:token-type:jwt".into(),
+            subject_token: "eyJ-subject-secret".into(),
+            purpose: "deploy".into(),
+            scope: None,
+            audiences: vec![],
+            ttl_seconds: None,
+            on_behalf_of: None,
+            parent: None,
+            actor: Some(("urn:ietf:params:oauth:token-type:jwt".into(), "eyJ-actor-secret".into())),
+            source_ip: IpAddr::from([127, 0, 0, 1]),
+        };
+        let shown = format!("{p:?}");
+        assert!(!shown.contains("eyJ-subject-secret") && !shown.contains("eyJ-actor-secret"), "{shown}");
+        assert!(shown.contains("deploy"), "{shown}");
     }
 }

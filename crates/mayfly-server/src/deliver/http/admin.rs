@@ -5,6 +5,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use mayfly_proto::ProblemKind;
 use mayfly_proto::{
     AdminTokenInfo, CreateAdminTokenRequest, CreateAdminTokenResponse, CreateJoinTokenRequest, CreateJoinTokenResponse,
     SigningKeyInfo,
@@ -34,7 +35,7 @@ pub(crate) fn json_body_required<T: DeserializeOwned>(
 ) -> Result<T, ApiError> {
     let body = super::read_body(body)?;
     if body.is_empty() {
-        return Err(ApiError::bad_request("invalid-request", "this endpoint needs a JSON body"));
+        return Err(ApiError::bad_request(ProblemKind::InvalidRequest, "this endpoint needs a JSON body"));
     }
     parse_json(headers, &body)
 }
@@ -44,7 +45,8 @@ fn parse_json<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T
     if !ct.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json") {
         return Err(ApiError::UnsupportedMediaType("this endpoint takes application/json".into()));
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request("invalid-json", format!("invalid JSON body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(ProblemKind::InvalidJson, format!("invalid JSON body: {e}")))
 }
 
 /// Creates a one-time join token.

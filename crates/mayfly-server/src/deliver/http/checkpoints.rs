@@ -4,6 +4,7 @@ use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
+use mayfly_proto::ProblemKind;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -59,7 +60,7 @@ pub async fn list(
     let q = super::read_query(query)?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=MAX_LIST).contains(&limit) {
-        return Err(ApiError::bad_request("invalid-request", format!("limit is 1 to {MAX_LIST}")));
+        return Err(ApiError::bad_request(ProblemKind::InvalidRequest, format!("limit is 1 to {MAX_LIST}")));
     }
     let rows =
         state.broker.audit_checkpoints_after(q.after.unwrap_or(0).max(0), limit).await.map_err(ApiError::storage)?;

@@ -5,6 +5,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use mayfly_proto::ProblemKind;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -15,7 +16,7 @@ use crate::deliver::listener::PeerInfo;
 use crate::ledger::{DbLease, DbLeaseState};
 
 /// Body of a request for a database credential (or a renewal).
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DbCredentialRequest {
     /// The caller's evidence type (a platform JWT, a join token, a task token).
@@ -25,6 +26,26 @@ pub struct DbCredentialRequest {
     /// Lease lifetime wanted, in seconds (default: the role's; above its maximum is refused).
     #[serde(default)]
     pub ttl_seconds: Option<u64>,
+}
+
+// Hand-written: the secret never reaches a log through `{:?}`.
+impl std::fmt::Debug for DbCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbCredential")
+            .field("lease", &self.lease)
+            .field("connection", &self.connection)
+            .finish_non_exhaustive()
+    }
+}
+
+// Hand-written: the secret never reaches a log through `{:?}`.
+impl std::fmt::Debug for DbCredentialRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbCredentialRequest")
+            .field("subject_token_type", &self.subject_token_type)
+            .field("ttl_seconds", &self.ttl_seconds)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Where to connect.
@@ -102,7 +123,7 @@ impl From<&DbLease> for DbLeaseInfo {
 }
 
 /// A new database credential.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub struct DbCredential {
     /// The lease.
     #[serde(flatten)]
@@ -234,15 +255,46 @@ pub async fn list(
     let q = super::read_query(query)?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad_request("invalid-request", "limit is 1 to 1000"));
+        return Err(ApiError::bad_request(ProblemKind::InvalidRequest, "limit is 1 to 1000"));
     }
     let states = match q.state.as_deref().unwrap_or("open") {
         "open" => vec![DbLeaseState::Creating, DbLeaseState::Active, DbLeaseState::Revoking],
         "all" => Vec::new(),
         other => vec![DbLeaseState::parse(other).ok_or_else(|| {
-            ApiError::bad_request("invalid-request", format!("state {other:?}: use a lease state, open or all"))
+            ApiError::bad_request(
+                ProblemKind::InvalidRequest,
+                format!("state {other:?}: use a lease state, open or all"),
+            )
         })?],
     };
     let leases = state.broker.db_leases(&states, q.after.as_deref(), limit).await.map_err(ApiError::storage)?;
     Ok(Json(leases.iter().map(DbLeaseInfo::from).collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_debug_hides_the_subject_token() {
+        let req = DbCredentialRequest {
+            subject_token_type: "urn:ietf:params:oauth:token-type:jwt".into(),
+            subject_token: "eyJ-subject-secret".into(),
+            ttl_seconds: None,
+        };
+        let shown = format!("{req:?}");
+        assert!(!shown.contains("eyJ-subject-secret"), "{shown}");
+    }
+
+    #[test]
+    fn credential_debug_hides_the_password() {
+        let cred = DbCredential {
+            lease: DbLeaseInfo::from(&DbLease::example()),
+            password: "s3cret-password".into(),
+            connection: ConnectionHints { kind: "postgres".into(), host: "db".into(), port: None, database: None },
+        };
+        let shown = format!("{cred:?}");
+        assert!(!shown.contains("s3cret-password"), "{shown}");
+        assert!(shown.contains("lease-1"), "{shown}");
+    }
 }

@@ -11,6 +11,7 @@ use axum::extract::{Extension, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use mayfly_proto::ProblemKind;
 use mayfly_proto::{IntrospectionResponse, RevocationPage};
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
@@ -128,12 +129,12 @@ fn parse_cursor(state: &AppState, raw: Option<&str>, headers: &HeaderMap) -> Res
     let raw = raw.or_else(|| headers.get("last-event-id").and_then(|v| v.to_str().ok()));
     let Some(raw) = raw else { return Ok(0) };
     let cursor: i64 = raw.parse().ok().filter(|c| *c >= 0).ok_or_else(|| {
-        ApiError::bad_request("invalid-cursor", "since is a cursor: a whole number from a previous page")
+        ApiError::bad_request(ProblemKind::InvalidCursor, "since is a cursor: a whole number from a previous page")
     })?;
     let head = state.revocations.status().0;
     if cursor > head {
         return Err(ApiError::bad_request(
-            "invalid-cursor",
+            ProblemKind::InvalidCursor,
             format!("cursor {cursor} is ahead of the feed (latest is {head}); it did not come from this server"),
         ));
     }
@@ -163,14 +164,13 @@ pub async fn feed(
     require_verifier(&state, &headers, &peer, &Method::GET, "/v1/revocations").await?;
     let q = super::read_query(query)?;
     let since = parse_cursor(&state, q.since.as_deref(), &HeaderMap::new())?;
-    let limit = match q.limit.as_deref() {
-        None => MAX_PAGE,
-        Some(l) => l
-            .parse::<i64>()
-            .ok()
-            .filter(|l| (1..=MAX_PAGE).contains(l))
-            .ok_or_else(|| ApiError::bad_request("invalid-request", format!("limit is 1 to {MAX_PAGE}")))?,
-    };
+    let limit =
+        match q.limit.as_deref() {
+            None => MAX_PAGE,
+            Some(l) => l.parse::<i64>().ok().filter(|l| (1..=MAX_PAGE).contains(l)).ok_or_else(|| {
+                ApiError::bad_request(ProblemKind::InvalidRequest, format!("limit is 1 to {MAX_PAGE}"))
+            })?,
+        };
     let entries = state.broker.revocations_after(since, limit).await.map_err(ApiError::storage)?;
     let next_cursor = entries.last().map(|r| r.cursor).unwrap_or(since);
     Ok(Json(RevocationPage { entries: entries.iter().map(entry).collect(), next_cursor }))

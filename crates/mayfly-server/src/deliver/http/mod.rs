@@ -20,6 +20,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderMap, header};
 use axum::routing::get;
+use mayfly_proto::ProblemKind;
 
 use crate::broker::Broker;
 use crate::keys::{Kek, KeyRing, SigningAlg};
@@ -158,7 +159,7 @@ pub(crate) fn read_body(
         if rej.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge(MAX_BODY_BYTES)
         } else {
-            ApiError::bad_request("invalid-request", "the request body could not be read")
+            ApiError::bad_request(ProblemKind::InvalidRequest, "the request body could not be read")
         }
     })
 }
@@ -167,7 +168,7 @@ pub(crate) fn read_body(
 pub(crate) fn read_query<T>(
     query: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,
 ) -> Result<T, ApiError> {
-    query.map(|q| q.0).map_err(|rej| ApiError::bad_request("invalid-request", rej.body_text()))
+    query.map(|q| q.0).map_err(|rej| ApiError::bad_request(ProblemKind::InvalidRequest, rej.body_text()))
 }
 
 /// Records an admin action in the audit trail; a failure is a 503 (the action is done, its record is not).
@@ -209,7 +210,7 @@ pub(crate) async fn check_admin(state: &AppState, token: &str) -> Result<AdminCa
         Ok(None) => Err(ApiError::Unauthorized("the admin token is not valid".into())),
         Err(e) => {
             tracing::error!(error = %e, "admin token lookup failed");
-            Err(ApiError::Unavailable("storage is unavailable".into()))
+            Err(ApiError::StorageUnavailable)
         }
     }
 }

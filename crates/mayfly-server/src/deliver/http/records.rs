@@ -6,6 +6,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
+use mayfly_proto::ProblemKind;
 use mayfly_proto::{LiftRequest, RevokeRequest};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -128,7 +129,7 @@ pub async fn leases(
     let want = q.state.as_deref().unwrap_or("active");
     let limit = q.limit.unwrap_or(100);
     if !(1..=MAX_LIST).contains(&limit) {
-        return Err(ApiError::bad_request("invalid-request", format!("limit is 1 to {MAX_LIST}")));
+        return Err(ApiError::bad_request(ProblemKind::InvalidRequest, format!("limit is 1 to {MAX_LIST}")));
     }
     let (live_at, expired_at) = match want {
         "active" | "revoked" => (Some(now), None),
@@ -136,7 +137,7 @@ pub async fn leases(
         "all" => (None, None),
         other => {
             return Err(ApiError::bad_request(
-                "invalid-request",
+                ProblemKind::InvalidRequest,
                 format!("state {other:?}: use active, expired, revoked or all"),
             ));
         }
@@ -250,7 +251,7 @@ pub async fn audit(
     let q = super::read_query(query)?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=MAX_LIST).contains(&limit) {
-        return Err(ApiError::bad_request("invalid-request", format!("limit is 1 to {MAX_LIST}")));
+        return Err(ApiError::bad_request(ProblemKind::InvalidRequest, format!("limit is 1 to {MAX_LIST}")));
     }
     let filter = AuditFilter {
         subject: q.subject,
@@ -314,7 +315,7 @@ pub async fn audit_verify(
         }
         _ => {
             return Err(ApiError::bad_request(
-                "invalid-request",
+                ProblemKind::InvalidRequest,
                 "seq (1 or more) and hash (64 lowercase hex digits) go together",
             ));
         }

@@ -9,6 +9,7 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use mayfly_proto::ProblemKind;
 use serde_json::json;
 
 use super::admin::json_body_required;
@@ -49,7 +50,7 @@ pub async fn receive(
             refused(&state, peer.addr.ip(), "admin", &e);
             Err(match e {
                 SignalError::Broker(b) => ApiError::Broker(b),
-                other => ApiError::bad_request("invalid-signal", other.to_string()),
+                other => ApiError::bad_request(ProblemKind::InvalidSignal, other.to_string()),
             })
         }
     }

@@ -10,6 +10,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
+use mayfly_proto::ProblemKind;
 use mayfly_proto::{
     EndTaskRequest, EndTaskResponse, StartTaskRequest, StartTaskResponse, TOKEN_TYPE_TASK, TaskAttestRequest,
     TaskDecisionRequest, TaskInfo, TaskPage,
@@ -366,14 +367,14 @@ pub async fn list(
     let q = super::read_query(query)?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=MAX_LIST).contains(&limit) {
-        return Err(ApiError::bad_request("invalid-request", format!("limit is 1 to {MAX_LIST}")));
+        return Err(ApiError::bad_request(ProblemKind::InvalidRequest, format!("limit is 1 to {MAX_LIST}")));
     }
     let selection = match q.state.as_deref().unwrap_or("live") {
         "live" => TaskSelection::Live,
         "all" => TaskSelection::All,
         other => TaskSelection::In(TaskState::parse(other).ok_or_else(|| {
             ApiError::bad_request(
-                "invalid-request",
+                ProblemKind::InvalidRequest,
                 format!("state {other:?}: use pending, active, denied, ended, expired, live or all"),
             )
         })?),

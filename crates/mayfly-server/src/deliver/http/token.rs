@@ -5,6 +5,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use mayfly_proto::ProblemKind;
 use mayfly_proto::{GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS_TOKEN, TokenExchangeResponse};
 
 use super::{ApiError, AppState};
@@ -29,7 +30,7 @@ impl Form {
         }
         let body = super::read_body(body)?;
         let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).map_err(|_| {
-            ApiError::oauth("invalid-request", "invalid_request", "the body is not valid form encoding")
+            ApiError::oauth(ProblemKind::InvalidRequest, "invalid_request", "the body is not valid form encoding")
         })?;
         Ok(Self(pairs))
     }
@@ -40,7 +41,7 @@ impl Form {
         let first = values.next();
         if values.next().is_some() {
             return Err(ApiError::oauth(
-                "invalid-request",
+                ProblemKind::InvalidRequest,
                 "invalid_request",
                 format!("parameter {name} is repeated; send it once"),
             ));
@@ -56,7 +57,7 @@ impl Form {
     /// The value of a required parameter.
     pub(crate) fn required(&self, name: &str) -> Result<&str, ApiError> {
         self.one(name)?.ok_or_else(|| {
-            ApiError::oauth("invalid-request", "invalid_request", format!("parameter {name} is required"))
+            ApiError::oauth(ProblemKind::InvalidRequest, "invalid_request", format!("parameter {name} is required"))
         })
     }
 }
@@ -84,7 +85,7 @@ pub async fn exchange(
     let grant_type = form.required("grant_type")?;
     if grant_type != GRANT_TYPE_TOKEN_EXCHANGE {
         return Err(ApiError::oauth(
-            "unsupported-grant-type",
+            ProblemKind::UnsupportedGrantType,
             "unsupported_grant_type",
             format!("only {GRANT_TYPE_TOKEN_EXCHANGE} is supported"),
         ));
@@ -95,27 +96,31 @@ pub async fn exchange(
         && t != TOKEN_TYPE_ACCESS_TOKEN
     {
         return Err(ApiError::oauth(
-            "invalid-request",
+            ProblemKind::InvalidRequest,
             "invalid_request",
             format!("requested_token_type: only {TOKEN_TYPE_ACCESS_TOKEN} is issued"),
         ));
     }
     if form.one("actor_token")?.is_some() {
-        return Err(ApiError::oauth("invalid-request", "invalid_request", "actor_token is not supported here yet"));
+        return Err(ApiError::oauth(
+            ProblemKind::InvalidRequest,
+            "invalid_request",
+            "actor_token is not supported here yet",
+        ));
     }
     let audience = match (form.one("audience")?, form.one("resource")?) {
         (Some(a), None) | (None, Some(a)) => a,
         (Some(a), Some(r)) if a == r => a,
         (Some(_), Some(_)) => {
             return Err(ApiError::oauth(
-                "invalid-target",
+                ProblemKind::InvalidTarget,
                 "invalid_target",
                 "a token has one audience: send audience or resource, not two different ones",
             ));
         }
         (None, None) => {
             return Err(ApiError::oauth(
-                "invalid-request",
+                ProblemKind::InvalidRequest,
                 "invalid_request",
                 "parameter audience (or resource) is required",
             ));
@@ -123,7 +128,7 @@ pub async fn exchange(
     };
     if audience.len() > MAX_AUDIENCE_BYTES || audience.chars().any(char::is_control) {
         return Err(ApiError::oauth(
-            "invalid-target",
+            ProblemKind::InvalidTarget,
             "invalid_target",
             format!("audience must be at most {MAX_AUDIENCE_BYTES} bytes without control characters"),
         ));
@@ -131,13 +136,17 @@ pub async fn exchange(
     let requested_lifetime = match form.one("requested_lifetime")? {
         None => None,
         Some(v) => Some(v.parse::<u64>().map_err(|_| {
-            ApiError::oauth("invalid-request", "invalid_request", "requested_lifetime is a whole number of seconds")
+            ApiError::oauth(
+                ProblemKind::InvalidRequest,
+                "invalid_request",
+                "requested_lifetime is a whole number of seconds",
+            )
         })?),
     };
     let max_uses = match form.one("max_uses")? {
         None => None,
         Some(v) => Some(v.parse::<u32>().map_err(|_| {
-            ApiError::oauth("invalid-request", "invalid_request", "max_uses is a whole number of uses")
+            ApiError::oauth(ProblemKind::InvalidRequest, "invalid_request", "max_uses is a whole number of uses")
         })?),
     };
     // The proof is checked before attestation (a bad proof must not spend a join token)
