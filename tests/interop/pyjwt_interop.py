@@ -71,6 +71,11 @@ def dpop_checks(url, auth, jwks):
                             audience="https://api.example", issuer=url)
         check("cnf.jkt is the RFC 7638 thumbprint of the proof key",
               claims.get("cnf", {}).get("jkt") == thumbprint, claims.get("cnf"))
+    # The replay carries fresh evidence (a join token is single use): what refuses it is
+    # the proof's spent jti, which Mayfly spends only for requests whose evidence attested.
+    status, _, third = post(url + "/v1/join-tokens", {}, auth, json_body=True)
+    check("a third join token", status == 201, third)
+    form = dict(form, subject_token=third["token"])
     status, _, problem = post(url + "/v1/token", form, {"DPoP": proof})
     check("a replayed proof is refused with invalid_dpop_proof",
           status == 400 and problem.get("error") == "invalid_dpop_proof", problem)

@@ -408,7 +408,7 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
         kek: kek.clone(),
         keys: keys.clone(),
         svids: svids.clone(),
-        entries: broker.entries.clone(),
+        entries: broker.entries().clone(),
         revocations: revocations.clone(),
         contexts,
     });

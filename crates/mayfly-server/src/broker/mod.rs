@@ -273,27 +273,28 @@ pub struct BrokerParts {
 
 /// The broker: the parts of the flow, wired together.
 pub struct Broker {
+    // Private: other layers ask through methods; `broker/*` sees them as its own.
     dpop: Arc<mayfly_verify::DpopVerifier>,
-    pub(crate) max_evidence_age_secs: i64,
-    pub(crate) attestors: Attestors,
-    pub(crate) task_attestor: TaskAttestor,
-    pub(crate) policies: Arc<PolicyEngine>,
-    pub(crate) issuer: JwtIssuer,
-    pub(crate) ledger: Ledger,
-    pub(crate) revocations: Arc<Revocations>,
-    pub(crate) kek: Arc<Kek>,
-    pub(crate) tokens: TokensConfig,
-    pub(crate) tasks: TasksConfig,
+    max_evidence_age_secs: i64,
+    attestors: Attestors,
+    task_attestor: TaskAttestor,
+    policies: Arc<PolicyEngine>,
+    issuer: JwtIssuer,
+    ledger: Ledger,
+    revocations: Arc<Revocations>,
+    kek: Arc<Kek>,
+    tokens: TokensConfig,
+    tasks: TasksConfig,
     audiences: HashMap<String, AudienceConfig>,
     /// Refusals anyone can provoke, counted until the next summary.
-    pub(crate) failures: crate::broker::failures::FailureTally,
-    pub(crate) databases: Arc<crate::issue::db::Databases>,
-    pub(crate) svids: Arc<crate::issue::svid::SvidAuthorities>,
-    pub(crate) entries: Arc<crate::attest::entries::Entries>,
-    pub(crate) contexts: Arc<crate::attest::contexts::SubjectContexts>,
-    pub(crate) unix: Arc<crate::attest::unix::UnixAttestor>,
-    pub(crate) attestations: Arc<tokio::sync::Semaphore>,
-    pub(crate) workload_api: crate::broker::config::WorkloadApiConfig,
+    failures: crate::broker::failures::FailureTally,
+    databases: Arc<crate::issue::db::Databases>,
+    svids: Arc<crate::issue::svid::SvidAuthorities>,
+    entries: Arc<crate::attest::entries::Entries>,
+    contexts: Arc<crate::attest::contexts::SubjectContexts>,
+    unix: Arc<crate::attest::unix::UnixAttestor>,
+    attestations: Arc<tokio::sync::Semaphore>,
+    workload_api: crate::broker::config::WorkloadApiConfig,
 }
 
 impl std::fmt::Debug for Broker {
@@ -350,6 +351,11 @@ impl Broker {
     /// The ledger.
     pub fn ledger(&self) -> &Ledger {
         &self.ledger
+    }
+
+    /// The revocation index every issuance and verification consults.
+    pub fn revocations(&self) -> &Arc<Revocations> {
+        &self.revocations
     }
 
     /// The policy engine.

@@ -286,7 +286,7 @@ impl Changes {
         Self {
             entries: broker.entries().subscribe(),
             bundles: broker.svid_authorities().subscribe(),
-            revocations: broker.revocations.subscribe(),
+            revocations: broker.revocations().subscribe(),
             stopping: stopping.clone(),
         }
     }
@@ -350,7 +350,7 @@ impl SpiffeWorkloadApi for WorkloadApiService {
             while let Some(wake) = changes.next(deadline_for(&held)).await {
                 if matches!(wake, Wake::Revocation)
                     && !held.iter().any(|h| this.broker.x509_svid_revoked(h)
-                        || this.broker.revocations.names_subject(&h.entry.spec.spiffe_id))
+                        || this.broker.revocations().names_subject(&h.entry.spec.spiffe_id))
                 {
                     continue;
                 }

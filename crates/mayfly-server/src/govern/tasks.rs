@@ -32,7 +32,7 @@ pub struct TaskSweep {
 impl TaskSweep {
     /// A sweep of what `broker` issued.
     pub fn new(broker: Arc<Broker>) -> Self {
-        let shared = broker.ledger.store().is_shared();
+        let shared = broker.ledger().store().is_shared();
         Self {
             broker,
             shared,
@@ -59,7 +59,7 @@ impl Periodic for TaskSweep {
             Err(e) => tracing::warn!(error = %e, "task sweep failed"),
         }
         // New revocations: end the tasks they contain that no replica ended yet.
-        let cursor = broker.revocations.status().0;
+        let cursor = broker.revocations().status().0;
         if cursor != self.revocations_seen {
             match broker.end_tasks_of_revoked_subjects(now).await {
                 Ok(0) => self.revocations_seen = cursor,
