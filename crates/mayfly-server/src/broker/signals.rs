@@ -42,7 +42,7 @@ const MAX_SET_FUTURE_SECS: i64 = 60;
 const MAX_MATCHED: i64 = 100_000;
 
 /// What a signal says happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SignalKind {
     /// The workload runs somewhere else now (namespace, node, …): re-decide with the new attributes.
@@ -78,7 +78,7 @@ impl SignalKind {
 }
 
 /// Whom a signal is about: exactly one of these.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignalSubject {
     /// A SPIFFE ID.
@@ -96,7 +96,7 @@ pub struct SignalSubject {
 }
 
 /// A signal, however it arrived.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Signal {
     /// What happened.
