@@ -44,7 +44,10 @@ done
 # The admin token goes with every request (it is what the admin operations need). Not
 # printed: schemathesis sanitises it in its output.
 status=0
-timeout "${SCHEMATHESIS_TIMEOUT:-600}" schemathesis --config-file scripts/schemathesis.toml run "$url/v1/openapi.json" \
+# Run from the temp dir: schemathesis keeps a crash cache (.schemathesis/) in its working directory.
+repo=$(pwd)
+cd "$work"
+timeout "${SCHEMATHESIS_TIMEOUT:-600}" schemathesis --config-file "$repo/scripts/schemathesis.toml" run "$url/v1/openapi.json" \
   --url "$url" \
   -H "Authorization: Bearer $admin" \
   --checks all \
@@ -55,5 +58,6 @@ timeout "${SCHEMATHESIS_TIMEOUT:-600}" schemathesis --config-file scripts/schema
   --workers 1 \
   --exclude-path /v1/revocations/stream \
   --no-color "${@:2}" || status=$?
+cd "$repo"
 if [ "$status" -eq 0 ]; then echo "schemathesis: no contract failure"; else echo "schemathesis: failed ($status)" >&2; fi
 exit "$status"
