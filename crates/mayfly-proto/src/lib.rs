@@ -53,13 +53,13 @@ pub struct Problem {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct TokenExchangeRequest {
     /// Must be `urn:ietf:params:oauth:grant-type:token-exchange`.
-    #[schema(required = true, pattern = "^urn:ietf:params:oauth:grant-type:token-exchange$")]
+    #[schema(required = true, value_type = String, pattern = "^urn:ietf:params:oauth:grant-type:token-exchange$")]
     pub grant_type: Option<String>,
     /// The platform identity token (a JWT) or a one-time join token.
-    #[schema(required = true, min_length = 1)]
+    #[schema(required = true, value_type = String, min_length = 1)]
     pub subject_token: Option<String>,
     /// `urn:ietf:params:oauth:token-type:jwt`, `…:id_token` or `urn:mayfly:params:oauth:token-type:join-token`.
-    #[schema(required = true, min_length = 1)]
+    #[schema(required = true, value_type = String, min_length = 1)]
     pub subject_token_type: Option<String>,
     /// The logical name of the service the token is for (this or `resource` is required;
     /// at most 512 bytes without control characters).
