@@ -64,21 +64,33 @@ impl Problem {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct TokenExchangeRequest {
     /// Must be `urn:ietf:params:oauth:grant-type:token-exchange`.
+    #[schema(required = true, value_type = String, pattern = "^urn:ietf:params:oauth:grant-type:token-exchange$")]
     pub grant_type: Option<String>,
     /// The platform identity token (a JWT) or a one-time join token.
+    #[schema(required = true, value_type = String, min_length = 1)]
     pub subject_token: Option<String>,
     /// `urn:ietf:params:oauth:token-type:jwt`, `…:id_token` or `urn:mayfly:params:oauth:token-type:join-token`.
+    #[schema(required = true, value_type = String, min_length = 1)]
     pub subject_token_type: Option<String>,
-    /// The logical name of the service the token is for.
+    /// The logical name of the service the token is for (this or `resource` is required;
+    /// at most 512 bytes without control characters).
+    #[schema(min_length = 1, max_length = 512)]
     pub audience: Option<String>,
     /// The URI of the service the token is for (used when `audience` is absent).
+    #[schema(min_length = 1, max_length = 512)]
     pub resource: Option<String>,
     /// Space-separated scopes requested.
     pub scope: Option<String>,
     /// Only `urn:ietf:params:oauth:token-type:access_token` (the default) is issued.
     pub requested_token_type: Option<String>,
     /// Mayfly extension: the lifetime wanted, in seconds; capped by policy and configuration.
+    #[schema(pattern = "^[0-9]{1,19}$")]
     pub requested_lifetime: Option<String>,
+    /// Mayfly extension: how many times the token may be used (verified at its resource
+    /// server); without it, any number until it expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[0-9]{1,9}$")]
+    pub max_uses: Option<String>,
 }
 
 /// The RFC 8693 §2.2.1 token-exchange response.
@@ -100,12 +112,17 @@ pub struct TokenExchangeResponse {
 /// Body of `POST /v1/join-tokens` (admin).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct CreateJoinTokenRequest {
-    /// Lifetime in seconds (default 600, at most 86400).
+    /// Lifetime in seconds (default 600, at most `join_tokens.max_ttl`: 86400 unless configured).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 86400)]
     pub ttl_seconds: Option<u64>,
-    /// The SPIFFE ID path the redeemer gets, e.g. `node/build-01`;
+    /// The SPIFFE ID path the redeemer gets, e.g. `node/build-01`: segments of
+    /// `A-Z a-z 0-9 . _ -`, none `.` or `..`, not under `task/` or `agent/`;
     /// default `join/<token id>`.
     #[serde(default)]
+    #[schema(
+        pattern = r"^/*(?:[A-Za-z0-9._-]{3,}|[A-Za-z0-9_-][A-Za-z0-9._-]?|\.[A-Za-z0-9_-])(?:/(?:[A-Za-z0-9._-]{3,}|[A-Za-z0-9_-][A-Za-z0-9._-]?|\.[A-Za-z0-9_-]))*$"
+    )]
     pub spiffe_path: Option<String>,
 }
 
@@ -127,6 +144,7 @@ pub struct CreateJoinTokenResponse {
 #[serde(deny_unknown_fields)]
 pub struct CreateAdminTokenRequest {
     /// A unique name: 1 to 64 characters of `A-Z a-z 0-9 . _ -`, e.g. `ci-deployer`.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub name: String,
 }
 
@@ -351,19 +369,26 @@ pub struct RevocationPage {
 #[serde(deny_unknown_fields)]
 pub struct StartTaskRequest {
     /// The caller's evidence type, as in RFC 8693 (`…:task` for a task token, which starts a sub-task).
+    #[schema(min_length = 1)]
     pub subject_token_type: String,
     /// The evidence: a platform JWT, a join token or a task token.
+    #[schema(min_length = 1)]
     pub subject_token: String,
-    /// Why the task exists, e.g. `deploy web@4f2a to prod`.
+    /// Why the task exists, e.g. `deploy web@4f2a to prod`: 1 to 256 characters, not all
+    /// blank, without control characters.
+    #[schema(min_length = 1, max_length = 256)]
     pub purpose: String,
     /// Space-separated scopes: the most anything issued under the task can get.
     #[serde(default)]
     pub scope: Option<String>,
     /// Audiences the task may get credentials for; empty means any that policy allows.
+    /// At most 16, each 1 to 512 bytes without control characters.
     #[serde(default)]
+    #[schema(max_items = 16)]
     pub audiences: Vec<String>,
     /// Lifetime in seconds (default 900; above the maximum is refused).
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub ttl_seconds: Option<u64>,
     /// The subject the task acts for (RFC 8693 delegation): credentials carry it as `sub`
     /// and the task as `act`. Without an `actor_token`, policy must permit it (`act_for`),
@@ -465,8 +490,10 @@ pub struct TaskDecisionRequest {
 #[serde(deny_unknown_fields)]
 pub struct TaskAttestRequest {
     /// The evidence type, as in RFC 8693: a platform JWT (`…:jwt` or `…:id_token`).
+    #[schema(min_length = 1)]
     pub subject_token_type: String,
     /// The evidence: the starter's platform JWT as it is now (re-read from its source).
+    #[schema(min_length = 1)]
     pub subject_token: String,
 }
 

@@ -23,7 +23,7 @@ pub const SSF_VERIFICATION: &str = "https://schemas.openid.net/secevent/ssf/even
 pub const MAYFLY_EVENT_PREFIX: &str = "urn:mayfly:signal:";
 
 /// What a signal says happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SignalKind {
     /// The workload runs somewhere else now (namespace, node, …): re-decide with the new attributes.
@@ -59,7 +59,7 @@ impl SignalKind {
 }
 
 /// Whom a signal is about: exactly one of these.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignalSubject {
     /// A SPIFFE ID.
@@ -77,7 +77,7 @@ pub struct SignalSubject {
 }
 
 /// A signal, however it arrived.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Signal {
     /// What happened.

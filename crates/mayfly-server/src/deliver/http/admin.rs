@@ -13,16 +13,22 @@ use mayfly_proto::{
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
+use super::problems::{AdminAuth, JsonBody};
 use super::{AdminCaller, ApiError, AppState, audit_admin, require_admin};
 use crate::ledger::StoredAdminToken;
 
-/// Parses an optional JSON body: empty means defaults.
+/// Parses an optional JSON body: empty, or JSON `null` (the document's optional bodies
+/// are nullable), means defaults.
 pub(crate) fn json_body<T: DeserializeOwned + Default>(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<T, ApiError> {
     let body = super::read_body(body)?;
     if body.is_empty() {
+        return Ok(T::default());
+    }
+    if body.trim_ascii() == b"null" {
+        check_json_type(headers)?;
         return Ok(T::default());
     }
     parse_json(headers, &body)
@@ -40,10 +46,20 @@ pub(crate) fn json_body_required<T: DeserializeOwned>(
     parse_json(headers, &body)
 }
 
-fn parse_json<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, ApiError> {
+fn check_json_type(headers: &HeaderMap) -> Result<(), ApiError> {
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !ct.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json") {
         return Err(ApiError::UnsupportedMediaType("this endpoint takes application/json".into()));
+    }
+    Ok(())
+}
+
+fn parse_json<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, ApiError> {
+    check_json_type(headers)?;
+    // Every body is a JSON object; serde would also read a struct from an array of its
+    // fields (`[600, "node/a"]`), which the document does not allow.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(ApiError::bad_request(ProblemKind::InvalidJson, "invalid JSON body: the body is a JSON object"));
     }
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(ProblemKind::InvalidJson, format!("invalid JSON body: {e}")))
@@ -54,6 +70,7 @@ fn parse_json<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T
     post, path = "/v1/join-tokens", tag = "admin", security(("admin_token" = [])),
     request_body(content = CreateJoinTokenRequest, content_type = "application/json"),
     responses(
+        AdminAuth, JsonBody,
         (status = 201, description = "Created; the token is shown only now", body = CreateJoinTokenResponse),
         (status = 400, description = "Bad TTL or SPIFFE path", body = mayfly_proto::Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong admin token", body = mayfly_proto::Problem, content_type = "application/problem+json"),
@@ -65,7 +82,15 @@ pub async fn create_join_token(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, [(header::HeaderName, &'static str); 1], Json<CreateJoinTokenResponse>), ApiError> {
     require_admin(&state, &headers).await?;
-    let req: CreateJoinTokenRequest = json_body(&headers, body)?;
+    // The document requires a body (`{}` takes the defaults); a missing one is refused, not guessed.
+    let req: CreateJoinTokenRequest = json_body_required(&headers, body)?;
+    // `""` or `/` would name the bare trust domain, which is no workload's ID.
+    if req.spiffe_path.as_deref().is_some_and(|p| p.trim_start_matches('/').is_empty()) {
+        return Err(ApiError::bad_request(
+            ProblemKind::InvalidRequest,
+            "spiffe_path needs at least one segment, e.g. node/build-01 (or leave it out)",
+        ));
+    }
     let created = state.broker.attestors().join_tokens().create(req.ttl_seconds, req.spiffe_path.as_deref()).await?;
     let detail = json!({"join_token_id": created.id, "expires_at": created.expires_at});
     audit_admin(&state, "admin.join_token.created", Some(created.spiffe_id.clone()), detail).await?;
@@ -91,6 +116,7 @@ fn admin_token_detail(row: &StoredAdminToken, by: &AdminCaller) -> serde_json::V
     post, path = "/v1/admin-tokens", tag = "admin", security(("admin_token" = [])),
     request_body(content = CreateAdminTokenRequest, content_type = "application/json"),
     responses(
+        AdminAuth, JsonBody,
         (status = 201, description = "Created; the token is shown only now", body = CreateAdminTokenResponse),
         (status = 400, description = "Bad name", body = mayfly_proto::Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong admin token", body = mayfly_proto::Problem, content_type = "application/problem+json"),
@@ -114,6 +140,7 @@ pub async fn create_admin_token(
 #[utoipa::path(
     get, path = "/v1/admin-tokens", tag = "admin", security(("admin_token" = [])),
     responses(
+        AdminAuth,
         (status = 200, description = "Admin tokens, oldest first", body = Vec<AdminTokenInfo>),
         (status = 401, description = "Missing or wrong admin token", body = mayfly_proto::Problem, content_type = "application/problem+json"),
     )
@@ -133,6 +160,7 @@ pub async fn list_admin_tokens(
     delete, path = "/v1/admin-tokens/{id}", tag = "admin", security(("admin_token" = [])),
     params(("id" = String, Path, description = "The token's id, as listed")),
     responses(
+        AdminAuth,
         (status = 200, description = "Revoked", body = AdminTokenInfo),
         (status = 401, description = "Missing or wrong admin token", body = mayfly_proto::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No token has this id", body = mayfly_proto::Problem, content_type = "application/problem+json"),
@@ -154,6 +182,7 @@ pub async fn revoke_admin_token(
 #[utoipa::path(
     get, path = "/v1/keys", tag = "admin", security(("admin_token" = [])),
     responses(
+        AdminAuth,
         (status = 200, description = "Published keys", body = Vec<SigningKeyInfo>),
         (status = 401, description = "Missing or wrong admin token", body = mayfly_proto::Problem, content_type = "application/problem+json"),
     )
@@ -170,6 +199,7 @@ pub async fn list_keys(
 #[utoipa::path(
     post, path = "/v1/keys/rotate", tag = "admin", security(("admin_token" = [])),
     responses(
+        AdminAuth,
         (status = 200, description = "The new active key", body = SigningKeyInfo),
         (status = 401, description = "Missing or wrong admin token", body = mayfly_proto::Problem, content_type = "application/problem+json"),
     )

@@ -8,6 +8,7 @@ use mayfly_proto::ProblemKind;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::problems::{AdminAuth, BadQuery};
 use super::{ApiError, AppState, require_admin};
 use crate::ledger::StoredCheckpoint;
 
@@ -36,10 +37,12 @@ impl From<StoredCheckpoint> for AuditCheckpoint {
 
 /// Checkpoint pages.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct CheckpointQuery {
     /// Checkpoints of events after this sequence number.
     after: Option<i64>,
     /// At most this many (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
@@ -47,6 +50,7 @@ pub struct CheckpointQuery {
 #[utoipa::path(
     get, path = "/v1/audit/checkpoints", tag = "ledger", security(("admin_token" = [])), params(CheckpointQuery),
     responses(
+        AdminAuth, BadQuery,
         (status = 200, description = "Checkpoints in chain order", body = Vec<AuditCheckpoint>),
         (status = 400, description = "A bad limit", body = mayfly_proto::Problem, content_type = "application/problem+json"),
     )
@@ -71,6 +75,7 @@ pub async fn list(
 #[utoipa::path(
     get, path = "/v1/audit/checkpoints/latest", tag = "ledger", security(("admin_token" = [])),
     responses(
+        AdminAuth,
         (status = 200, description = "The latest checkpoint", body = AuditCheckpoint),
         (status = 404, description = "None written yet", body = mayfly_proto::Problem, content_type = "application/problem+json"),
     )
@@ -91,7 +96,7 @@ pub async fn latest(State(state): State<AppState>, headers: HeaderMap) -> Result
 /// checkpoints older than the JWKS remembers.
 #[utoipa::path(
     get, path = "/v1/audit/keys", tag = "ledger", security(("admin_token" = [])),
-    responses((status = 200, description = "JWK Set of every stored signing key", content_type = "application/json"))
+    responses(AdminAuth, (status = 200, description = "JWK Set of every stored signing key", content_type = "application/json"))
 )]
 pub async fn keys(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<serde_json::Value>, ApiError> {
     require_admin(&state, &headers).await?;

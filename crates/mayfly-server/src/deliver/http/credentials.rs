@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::admin::json_body_required;
+use super::problems::{AdminAuth, BadQuery, JsonBody, Unavailable};
 use super::{ApiError, AppState, require_admin};
 use crate::broker::db_credentials::DbCredentialParams;
 use crate::deliver::listener::PeerInfo;
@@ -20,8 +21,10 @@ use crate::ledger::{DbLease, DbLeaseState};
 #[serde(deny_unknown_fields)]
 pub struct DbCredentialRequest {
     /// The caller's evidence type (a platform JWT, a join token, a task token).
+    #[schema(min_length = 1)]
     pub subject_token_type: String,
     /// The caller's evidence.
+    #[schema(min_length = 1)]
     pub subject_token: String,
     /// Lease lifetime wanted, in seconds (default: the role's; above its maximum is refused).
     #[serde(default)]
@@ -140,6 +143,7 @@ pub struct DbCredential {
     params(("database" = String, Path), ("role" = String, Path)),
     request_body(content = DbCredentialRequest, content_type = "application/json"),
     responses(
+        JsonBody,
         (status = 201, description = "Created", body = DbCredential),
         (status = 400, description = "Bad evidence or lifetime", body = mayfly_proto::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Denied by policy", body = mayfly_proto::Problem, content_type = "application/problem+json"),
@@ -190,8 +194,11 @@ pub async fn issue(
     params(("id" = String, Path)),
     request_body(content = DbCredentialRequest, content_type = "application/json"),
     responses(
+        JsonBody, Unavailable,
         (status = 200, description = "Renewed", body = DbLeaseInfo),
+        (status = 400, description = "Bad evidence or lifetime", body = mayfly_proto::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not the holder", body = mayfly_proto::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such lease", body = mayfly_proto::Problem, content_type = "application/problem+json"),
         (status = 409, description = "Not active", body = mayfly_proto::Problem, content_type = "application/problem+json"),
     )
 )]
@@ -215,6 +222,7 @@ pub async fn renew(
     delete, path = "/v1/credentials/leases/{id}", tag = "credentials", security(("admin_token" = [])),
     params(("id" = String, Path)),
     responses(
+        AdminAuth,
         (status = 200, description = "Revoked (state revoked), or still being dropped (state revoking, retried)", body = DbLeaseInfo),
         (status = 404, description = "No such lease", body = mayfly_proto::Problem, content_type = "application/problem+json"),
         (status = 409, description = "Already ended", body = mayfly_proto::Problem, content_type = "application/problem+json"),
@@ -232,19 +240,22 @@ pub async fn revoke(
 
 /// Lease list filters.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DbLeaseQuery {
     /// A state, `open` (creating, active or revoking; the default) or `all`.
+    #[param(pattern = "^(creating|active|revoking|revoked|expired|failed|open|all)$")]
     state: Option<String>,
     /// Page after this lease id.
     after: Option<String>,
     /// At most this many (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
 /// Lists database leases (admin).
 #[utoipa::path(
     get, path = "/v1/credentials/leases", tag = "credentials", security(("admin_token" = [])), params(DbLeaseQuery),
-    responses((status = 200, description = "Leases ordered by id", body = Vec<DbLeaseInfo>))
+    responses(AdminAuth, BadQuery, (status = 200, description = "Leases ordered by id", body = Vec<DbLeaseInfo>))
 )]
 pub async fn list(
     State(state): State<AppState>,

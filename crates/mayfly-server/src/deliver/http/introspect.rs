@@ -16,6 +16,7 @@ use mayfly_proto::{IntrospectionResponse, RevocationPage};
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 
+use super::problems::{AdminAuth, FormBody};
 use super::token::Form;
 use super::{ApiError, AppState, VerifierCaller, require_verifier};
 use crate::broker::BrokerError;
@@ -25,13 +26,29 @@ use crate::ledger::Revocation;
 /// Largest page of the feed.
 const MAX_PAGE: i64 = 1000;
 
+/// The form of `POST /v1/introspect`, for the document: the handler reads the form
+/// itself, since `context.<attribute>` parameters are open-ended.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // documentation only
+pub(crate) struct IntrospectForm {
+    /// The token to look at.
+    #[schema(min_length = 1)]
+    token: String,
+    /// `access_token` (the only kind Mayfly issues); not needed.
+    token_type_hint: Option<String>,
+    /// `true`: an admin caller spends one use of a limited-use token (a verifier of the
+    /// token's audience always does).
+    count_use: Option<String>,
+}
+
 /// RFC 7662 token introspection. Callers authenticate with an admin token, or a Mayfly
 /// token for the audience `urn:mayfly:introspect:<audience>`, which introspects tokens
 /// issued for `<audience>` only (others are `active: false`).
 #[utoipa::path(
     post, path = "/v1/introspect", tag = "oauth", security(("admin_token" = []), ("verifier_token" = [])),
-    request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "token=…[&token_type_hint=access_token][&context.<attribute>=<value>…][&count_use=true]: with context parameters (a Mayfly extension), the token is active only if it was issued in that context (its `ctx` claim); with count_use=true, an admin caller spends one use of a limited-use token (a verifier of the token's audience always does)"),
+    request_body(content = IntrospectForm, content_type = "application/x-www-form-urlencoded", description = "token=…[&token_type_hint=access_token][&context.<attribute>=<value>…][&count_use=true]: with context parameters (a Mayfly extension), the token is active only if it was issued in that context (its `ctx` claim); with count_use=true, an admin caller spends one use of a limited-use token (a verifier of the token's audience always does)"),
     responses(
+        AdminAuth, FormBody,
         (status = 200, description = "active true with claims, or active false. A verifier's introspection of a limited-use token of its own audience counts one use; nobody else's does.", body = IntrospectionResponse),
         (status = 401, description = "Caller not authenticated (or its token's binding not proven)", body = mayfly_proto::Problem, content_type = "application/problem+json"),
         (status = 403, description = "A verifier token that names no audience (`urn:mayfly:introspect` alone reads the feed only)", body = mayfly_proto::Problem, content_type = "application/problem+json"),
@@ -148,11 +165,13 @@ fn entry(r: &Revocation) -> serde_json::Value {
 /// The revocation feed: entries after a cursor.
 #[utoipa::path(
     get, path = "/v1/revocations", tag = "revocation", security(("admin_token" = []), ("verifier_token" = [])),
-    params(("since" = Option<i64>, Query, description = "cursor from a previous page (default 0)"),
-           ("limit" = Option<i64>, Query, description = "at most this many (default and maximum 1000)")),
+    params(("since" = Option<i64>, Query, minimum = 0, description = "cursor from a previous page (default 0); not ahead of the feed"),
+           ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "at most this many (default and maximum 1000)")),
     responses(
+        AdminAuth,
         (status = 200, description = "Entries after the cursor", body = RevocationPage),
-        (status = 400, description = "Bad cursor", body = mayfly_proto::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Bad cursor (not a whole number, or ahead of the feed) or limit", body = mayfly_proto::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Caller not authenticated (or its token's binding not proven)", body = mayfly_proto::Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn feed(
@@ -181,9 +200,12 @@ pub async fn feed(
 /// revoked; at most `revocations.max_streams` are open at once.
 #[utoipa::path(
     get, path = "/v1/revocations/stream", tag = "revocation", security(("admin_token" = []), ("verifier_token" = [])),
-    params(("since" = Option<i64>, Query, description = "cursor to resume after (or the Last-Event-ID header)")),
+    params(("since" = Option<i64>, Query, minimum = 0, description = "cursor to resume after (or the Last-Event-ID header); not ahead of the feed")),
     responses(
-        (status = 200, description = "text/event-stream of `revocation` events; the event id is the cursor"),
+        AdminAuth,
+        (status = 200, description = "text/event-stream of `revocation` events; the event id is the cursor", content_type = "text/event-stream"),
+        (status = 400, description = "Bad cursor (not a whole number, or ahead of the feed)", body = mayfly_proto::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Caller not authenticated (or its token's binding not proven)", body = mayfly_proto::Problem, content_type = "application/problem+json"),
         (status = 503, description = "Too many streams are open: poll the feed, or retry later", body = mayfly_proto::Problem, content_type = "application/problem+json"),
     )
 )]

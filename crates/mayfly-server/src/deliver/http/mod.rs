@@ -8,6 +8,7 @@ pub mod error;
 mod introspect;
 pub mod metrics;
 mod openapi;
+mod problems;
 mod records;
 mod signals;
 mod tasks;

@@ -11,13 +11,17 @@ use mayfly_proto::{LiftRequest, RevokeRequest};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::admin::json_body;
+use super::admin::json_body_required;
+use super::problems::{AdminAuth, BadQuery, JsonBody};
 use super::{ApiError, AppState, require_admin};
 use crate::ledger::audit::{Anchor, ChainReport};
 use crate::ledger::revocations::CredentialFacts;
 use crate::ledger::{AuditFilter, CredentialFilter, Revocation};
 
 const MAX_LIST: i64 = 1000;
+
+/// Latest Unix time (seconds) a query may name: 9999-12-31T23:59:59Z, as the document says.
+const MAX_UNIX_SECS: i64 = 253_402_300_799;
 
 /// Revokes by selector. A subject (or prefix) revocation contains the subject: its
 /// credentials die, evidence it held from before is refused, its tasks end, its database
@@ -26,6 +30,7 @@ const MAX_LIST: i64 = 1000;
     post, path = "/v1/revocations", tag = "revocation", security(("admin_token" = [])),
     request_body(content = RevokeRequest, content_type = "application/json"),
     responses(
+        AdminAuth, JsonBody,
         (status = 201, description = "Recorded and in force", body = Revocation),
         (status = 400, description = "No selector, several, or a malformed one", body = mayfly_proto::Problem, content_type = "application/problem+json"),
         (status = 404, description = "The selector matches no credential; nothing was revoked", body = mayfly_proto::Problem, content_type = "application/problem+json"),
@@ -37,7 +42,7 @@ pub async fn revoke(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Revocation>), ApiError> {
     require_admin(&state, &headers).await?;
-    let req: RevokeRequest = json_body(&headers, body)?;
+    let req: RevokeRequest = json_body_required(&headers, body)?;
     let rev = state.broker.revoke(&req, "admin").await?;
     Ok((StatusCode::CREATED, Json(rev)))
 }
@@ -47,6 +52,7 @@ pub async fn revoke(
     post, path = "/v1/revocations/lift", tag = "revocation", security(("admin_token" = [])),
     request_body(content = LiftRequest, content_type = "application/json"),
     responses(
+        AdminAuth, JsonBody,
         (status = 201, description = "The lift, recorded and in force (it is also a feed entry, with `lift: true`)", body = Revocation),
         (status = 400, description = "No selector, several, or a malformed one", body = mayfly_proto::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No block on that selector is in force", body = mayfly_proto::Problem, content_type = "application/problem+json"),
@@ -58,13 +64,14 @@ pub async fn lift(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Revocation>), ApiError> {
     require_admin(&state, &headers).await?;
-    let req: LiftRequest = json_body(&headers, body)?;
+    let req: LiftRequest = json_body_required(&headers, body)?;
     let rev = state.broker.lift(&req, "admin").await?;
     Ok((StatusCode::CREATED, Json(rev)))
 }
 
 /// Lease filters.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LeaseQuery {
     /// Exact SPIFFE ID.
     subject: Option<String>,
@@ -77,10 +84,12 @@ pub struct LeaseQuery {
     /// Audience.
     audience: Option<String>,
     /// `active` (default), `expired`, `revoked` or `all`.
+    #[param(pattern = "^(active|expired|revoked|all)$")]
     state: Option<String>,
     /// Page after this lease id.
     after: Option<String>,
     /// At most this many (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
@@ -116,7 +125,7 @@ pub struct Lease {
 /// Lists leases (issued credentials).
 #[utoipa::path(
     get, path = "/v1/leases", tag = "ledger", security(("admin_token" = [])), params(LeaseQuery),
-    responses((status = 200, description = "Leases ordered by id", body = Vec<Lease>))
+    responses(AdminAuth, BadQuery, (status = 200, description = "Leases ordered by id", body = Vec<Lease>))
 )]
 pub async fn leases(
     State(state): State<AppState>,
@@ -209,18 +218,22 @@ fn lease_of(state: &AppState, c: crate::ledger::CredentialRecord, now: i64) -> L
 
 /// Audit filters.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// Only events about this subject.
     subject: Option<String>,
     /// Event kind, or a prefix ending in `.` (e.g. `policy.`).
     kind: Option<String>,
     /// Events at or after this Unix time (seconds).
+    #[param(minimum = 0, maximum = 253402300799.0)]
     since: Option<i64>,
     /// Events before this Unix time (seconds).
+    #[param(minimum = 0, maximum = 253402300799.0)]
     until: Option<i64>,
     /// Events after this sequence number.
     after: Option<i64>,
     /// At most this many (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
@@ -240,7 +253,7 @@ pub struct AuditEntry {
 /// Reads audit events.
 #[utoipa::path(
     get, path = "/v1/audit", tag = "ledger", security(("admin_token" = [])), params(AuditQuery),
-    responses((status = 200, description = "Events in chain order", body = Vec<AuditEntry>))
+    responses(AdminAuth, BadQuery, (status = 200, description = "Events in chain order", body = Vec<AuditEntry>))
 )]
 pub async fn audit(
     State(state): State<AppState>,
@@ -252,6 +265,14 @@ pub async fn audit(
     let limit = q.limit.unwrap_or(100);
     if !(1..=MAX_LIST).contains(&limit) {
         return Err(ApiError::bad_request(ProblemKind::InvalidRequest, format!("limit is 1 to {MAX_LIST}")));
+    }
+    for (name, value) in [("since", q.since), ("until", q.until)] {
+        if value.is_some_and(|v| !(0..=MAX_UNIX_SECS).contains(&v)) {
+            return Err(ApiError::bad_request(
+                ProblemKind::InvalidRequest,
+                format!("{name} is a Unix time in seconds, 0 to {MAX_UNIX_SECS}"),
+            ));
+        }
     }
     let filter = AuditFilter {
         subject: q.subject,
@@ -280,10 +301,13 @@ pub async fn audit(
 
 /// What to check the chain against besides the stored checkpoints.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct VerifyQuery {
     /// With `hash`: the chain must still hold event `seq` with this hash (an exported checkpoint's claims).
+    #[param(minimum = 1)]
     seq: Option<i64>,
-    /// The hash event `seq` must have (64 hex digits).
+    /// The hash event `seq` must have (64 lowercase hex digits).
+    #[param(pattern = "^[0-9a-f]{64}$")]
     hash: Option<String>,
 }
 
@@ -293,6 +317,7 @@ pub struct VerifyQuery {
 #[utoipa::path(
     get, path = "/v1/audit/verify", tag = "ledger", security(("admin_token" = [])), params(VerifyQuery),
     responses(
+        AdminAuth,
         (status = 200, description = "The chain report", body = ChainReport),
         (status = 400, description = "seq without hash, or a malformed one", body = mayfly_proto::Problem, content_type = "application/problem+json"),
     )

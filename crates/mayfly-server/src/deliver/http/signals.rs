@@ -13,6 +13,7 @@ use mayfly_proto::ProblemKind;
 use serde_json::json;
 
 use super::admin::json_body_required;
+use super::problems::{AdminAuth, JsonBody};
 use super::{ApiError, AppState, require_admin};
 use crate::broker::signals::{Signal, SignalError, SignalOutcome};
 use crate::deliver::listener::PeerInfo;
@@ -23,12 +24,18 @@ const SET_CONTENT_TYPE: &str = "application/secevent+jwt";
 /// Receives a context-change signal.
 #[utoipa::path(
     post, path = "/v1/signals", tag = "governance",
-    request_body(description = "A SET (application/secevent+jwt, from a configured sender) or a Mayfly signal (application/json, admin token)", content = String),
+    request_body(
+        description = "A SET (application/secevent+jwt, from a configured sender) or a Mayfly signal (application/json, admin token)",
+        content((String = "application/secevent+jwt"), (Signal = "application/json")),
+    ),
     responses(
+        AdminAuth, JsonBody,
         (status = 202, description = "SET accepted and applied"),
         (status = 200, description = "Mayfly signal applied", body = SignalOutcome),
         (status = 400, description = "Refused; nothing changed. For a SET an RFC 8935 error object, otherwise a problem"),
         (status = 401, description = "The JSON form without the admin token", body = mayfly_proto::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The JSON form: `task_cancelled` names no task", body = mayfly_proto::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The JSON form: `task_cancelled` names a task that has already ended", body = mayfly_proto::Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn receive(

@@ -18,6 +18,7 @@ use mayfly_proto::{
 use serde::Deserialize;
 
 use super::admin::{json_body, json_body_required};
+use super::problems::{AdminAuth, BadQuery, JsonBody, Unavailable};
 use super::{ApiError, AppState, authorization_token, bearer, check_admin, honour_binding, require_admin};
 use crate::attest::AttestError;
 use crate::broker::BrokerError;
@@ -120,9 +121,11 @@ async fn honour_task_token(
     post, path = "/v1/tasks", tag = "tasks",
     request_body(content = StartTaskRequest, content_type = "application/json"),
     responses(
+        JsonBody, Unavailable,
         (status = 201, description = "Started (state `active`), or waiting for approval (state `pending`)", body = StartTaskResponse),
         (status = 400, description = "Bad evidence, scopes, audiences or lifetime", body = mayfly_proto::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Denied by policy, or the parent is not yours", body = mayfly_proto::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such parent task", body = mayfly_proto::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The parent task is not active", body = mayfly_proto::Problem, content_type = "application/problem+json"),
     )
 )]
@@ -171,9 +174,11 @@ pub async fn start(
     get, path = "/v1/tasks/{id}", tag = "tasks", security(("task_token" = []), ("admin_token" = [])),
     params(("id" = String, Path, description = "Task id")),
     responses(
+        AdminAuth,
         (status = 200, description = "The task", body = TaskInfo),
         (status = 401, description = "No valid task or admin token", body = mayfly_proto::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such task", body = mayfly_proto::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Shown with the task's own token: the task has ended, been denied or expired", body = mayfly_proto::Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn show(
@@ -194,6 +199,7 @@ pub async fn show(
     params(("id" = String, Path, description = "Task id")),
     request_body(content = Option<EndTaskRequest>, content_type = "application/json"),
     responses(
+        AdminAuth, JsonBody,
         (status = 200, description = "Ended; its revocations are in force", body = EndTaskResponse),
         (status = 401, description = "No valid task or admin token", body = mayfly_proto::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such task", body = mayfly_proto::Problem, content_type = "application/problem+json"),
@@ -223,9 +229,11 @@ pub async fn end(
     params(("id" = String, Path, description = "Task id")),
     request_body(content = TaskAttestRequest, content_type = "application/json"),
     responses(
+        JsonBody,
         (status = 200, description = "The evidence still proves the task's starter and policy still allows the task", body = TaskInfo),
         (status = 400, description = "Not a platform JWT, or a sub-task", body = mayfly_proto::Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid task token", body = mayfly_proto::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such task", body = mayfly_proto::Problem, content_type = "application/problem+json"),
         (status = 403, description = "`task-ended`: the evidence no longer verifies, proves another workload or context, or policy no longer allows the task; the task was ended and everything under it revoked", body = mayfly_proto::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The task has already ended or expired", body = mayfly_proto::Problem, content_type = "application/problem+json"),
         (status = 503, description = "The evidence could not be checked now (issuer keys out of reach or not yet fetched, clocks apart, storage unavailable); nothing changed", body = mayfly_proto::Problem, content_type = "application/problem+json"),
@@ -275,7 +283,10 @@ pub async fn attest(
     params(("id" = String, Path, description = "Task id")),
     request_body(content = Option<TaskDecisionRequest>, description = "A workload approver's evidence; not needed with an admin token", content_type = "application/json"),
     responses(
+        AdminAuth, JsonBody,
         (status = 200, description = "Approved: credentials can now be issued under it", body = TaskInfo),
+        (status = 401, description = "Neither a valid admin token nor an approver's evidence", body = mayfly_proto::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such task", body = mayfly_proto::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Approving your own task, or denied by policy", body = mayfly_proto::Problem, content_type = "application/problem+json"),
         (status = 409, description = "Not pending", body = mayfly_proto::Problem, content_type = "application/problem+json"),
     )
@@ -296,7 +307,10 @@ pub async fn approve(
     params(("id" = String, Path, description = "Task id")),
     request_body(content = Option<TaskDecisionRequest>, description = "A workload approver's evidence; not needed with an admin token", content_type = "application/json"),
     responses(
+        AdminAuth, JsonBody,
         (status = 200, description = "Denied: nothing can be issued under it", body = TaskInfo),
+        (status = 401, description = "Neither a valid admin token nor an approver's evidence", body = mayfly_proto::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such task", body = mayfly_proto::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Deciding on your own task, or denied by policy", body = mayfly_proto::Problem, content_type = "application/problem+json"),
         (status = 409, description = "Not pending", body = mayfly_proto::Problem, content_type = "application/problem+json"),
     )
@@ -339,14 +353,17 @@ async fn decide(
 
 /// Task list filters.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct TaskQuery {
     /// `pending`, `active`, `denied`, `ended`, `expired`, `live` (pending or active, the default) or `all`.
+    #[param(pattern = "^(pending|active|denied|ended|expired|live|all)$")]
     state: Option<String>,
     /// Only tasks started by this SPIFFE ID.
     creator: Option<String>,
     /// Page after this task id.
     after: Option<String>,
     /// At most this many (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
@@ -354,6 +371,7 @@ pub struct TaskQuery {
 #[utoipa::path(
     get, path = "/v1/tasks", tag = "tasks", security(("admin_token" = [])), params(TaskQuery),
     responses(
+        AdminAuth, BadQuery,
         (status = 200, description = "Tasks ordered by id", body = TaskPage),
         (status = 400, description = "Bad filter", body = mayfly_proto::Problem, content_type = "application/problem+json"),
     )

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use mayfly_proto::ProblemKind;
 use mayfly_proto::{GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS_TOKEN, TokenExchangeResponse};
 
+use super::problems::FormBody;
 use super::{ApiError, AppState};
 use crate::broker::ExchangeParams;
 use crate::deliver::listener::PeerInfo;
@@ -67,6 +68,7 @@ impl Form {
     post, path = "/v1/token", tag = "oauth",
     request_body(content = mayfly_proto::TokenExchangeRequest, content_type = "application/x-www-form-urlencoded"),
     responses(
+        FormBody,
         (status = 200, description = "Token issued (RFC 8693 §2.2.1)", body = TokenExchangeResponse),
         (status = 400, description = "Invalid request or subject token", body = mayfly_proto::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Denied by policy", body = mayfly_proto::Problem, content_type = "application/problem+json"),

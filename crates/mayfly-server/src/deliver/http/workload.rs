@@ -11,6 +11,7 @@ use mayfly_proto::{EntryInfo, EntryList, EntrySpec};
 use serde_json::json;
 
 use super::admin::json_body_required;
+use super::problems::{AdminAuth, JsonBody};
 use super::{ApiError, AppState, audit_admin, require_admin};
 
 /// How often bundle consumers should refresh, in seconds (`spiffe_refresh_hint`).
@@ -20,6 +21,7 @@ const BUNDLE_REFRESH_HINT_SECS: i64 = 300;
 #[utoipa::path(
     get, path = "/v1/entries", tag = "workload-api", security(("admin_token" = [])),
     responses(
+        AdminAuth,
         (status = 200, description = "Every entry, config-file entries first", body = EntryList),
         (status = 401, description = "Missing or wrong admin token", body = mayfly_proto::Problem, content_type = "application/problem+json"),
     )
@@ -35,6 +37,7 @@ pub async fn list_entries(State(state): State<AppState>, headers: HeaderMap) -> 
     post, path = "/v1/entries", tag = "workload-api", security(("admin_token" = [])),
     request_body(content = EntrySpec, content_type = "application/json"),
     responses(
+        AdminAuth, JsonBody,
         (status = 201, description = "Created", body = EntryInfo),
         (status = 400, description = "Malformed entry", body = mayfly_proto::Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong admin token", body = mayfly_proto::Problem, content_type = "application/problem+json"),
@@ -60,6 +63,7 @@ pub async fn create_entry(
     get, path = "/v1/entries/{id}", tag = "workload-api", security(("admin_token" = [])),
     params(("id" = String, Path, description = "Entry id")),
     responses(
+        AdminAuth,
         (status = 200, description = "The entry", body = EntryInfo),
         (status = 401, description = "Missing or wrong admin token", body = mayfly_proto::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such entry", body = mayfly_proto::Problem, content_type = "application/problem+json"),
@@ -80,6 +84,7 @@ pub async fn show_entry(
     delete, path = "/v1/entries/{id}", tag = "workload-api", security(("admin_token" = [])),
     params(("id" = String, Path, description = "Entry id")),
     responses(
+        AdminAuth,
         (status = 200, description = "Deleted; the entry as it was", body = EntryInfo),
         (status = 401, description = "Missing or wrong admin token", body = mayfly_proto::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such entry", body = mayfly_proto::Problem, content_type = "application/problem+json"),
@@ -115,6 +120,7 @@ pub async fn bundle(State(state): State<AppState>) -> Response {
 #[utoipa::path(
     post, path = "/v1/svid-authorities/rotate", tag = "workload-api", security(("admin_token" = [])),
     responses(
+        AdminAuth,
         (status = 200, description = "The new authority's id", body = serde_json::Value),
         (status = 401, description = "Missing or wrong admin token", body = mayfly_proto::Problem, content_type = "application/problem+json"),
     )
