@@ -365,6 +365,7 @@ impl OidcAttestor {
     }
 
     /// Fetches the JWKS unless another fetch ran within `min_refresh`; one fetch at a time.
+    /// (A single-flight gate with a minimum interval, not a token bucket: `governor` would add nothing.)
     async fn refresh(&self, min_refresh: Duration) -> Result<(), AttestError> {
         let JwksSource::Remote { url, client, cache_ttl, .. } = &self.source else {
             return Ok(());
