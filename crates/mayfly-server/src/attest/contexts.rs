@@ -64,7 +64,10 @@ impl SubjectContexts {
         let rows = self.store.subject_contexts(now).await?;
         let map = rows
             .into_iter()
-            .filter_map(|r| Some((r.subject, (serde_json::from_str(&r.attributes).ok()?, r.expires_at))))
+            .filter_map(|r| {
+                let attributes = r.attribute_map().ok()?;
+                Some((r.subject, (attributes, r.expires_at)))
+            })
             .collect();
         self.by_subject.store(std::sync::Arc::new(map));
         Ok(())

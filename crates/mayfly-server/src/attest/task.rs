@@ -32,10 +32,9 @@ impl TaskIdentity {
     /// The identity of a stored task.
     pub fn from_record(task: TaskRecord, trust_domain: &str) -> Result<Self, AttestError> {
         let spiffe_id = task_spiffe_id(trust_domain, &task.id)?;
-        let attributes = serde_json::from_str(&task.attributes)
-            .map_err(|e| AttestError::BadClaim(format!("stored task attributes: {e}")))?;
-        let actor: serde_json::Value = serde_json::from_str(&task.actor)
-            .map_err(|e| AttestError::BadClaim(format!("stored task actor chain: {e}")))?;
+        let attributes =
+            task.attribute_map().map_err(|e| AttestError::BadClaim(format!("stored task attributes: {e}")))?;
+        let actor = task.actor_json().map_err(|e| AttestError::BadClaim(format!("stored task actor chain: {e}")))?;
         Ok(Self { spiffe_id, attributes, actors: actor_chain(&actor), task })
     }
 

@@ -113,6 +113,20 @@ mod tests {
         }
     }
 
+    #[test]
+    fn task_json_columns_parse_through_their_accessors() {
+        let mut t = task("a", "a", TaskState::Active);
+        t.actor = r#"{"sub":"spiffe://td/w"}"#.into();
+        t.attributes = r#"{"unix:uid":"1000"}"#.into();
+        assert_eq!(t.actor_json().unwrap(), serde_json::json!({"sub": "spiffe://td/w"}));
+        assert_eq!(t.attribute_map().unwrap().get("unix:uid").map(String::as_str), Some("1000"));
+        // A malformed row is an error the caller handles, not a panic or a silent default.
+        t.actor = "not json".into();
+        t.attributes = "[]".into();
+        assert!(t.actor_json().is_err());
+        assert!(t.attribute_map().is_err());
+    }
+
     fn write(tasks: Vec<TaskRecord>, guards: Vec<Guard>) -> Batch {
         let events = vec![AuditEvent::new("test.guarded", None, serde_json::json!({}))];
         Batch { tasks, guards, events, ..Batch::default() }

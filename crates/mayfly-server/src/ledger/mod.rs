@@ -129,6 +129,13 @@ pub struct StoredSubjectContext {
     pub expires_at: i64,
 }
 
+impl StoredSubjectContext {
+    /// The stored attributes, parsed; an error means the row is not the JSON object it should be.
+    pub fn attribute_map(&self) -> Result<std::collections::BTreeMap<String, String>, serde_json::Error> {
+        serde_json::from_str(&self.attributes)
+    }
+}
+
 /// A signed checkpoint of the audit chain's head, as stored. The JWS is the checkpoint;
 /// `seq`, `hash` and `kid` repeat what it says, for lookups, and are never trusted alone.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -328,10 +335,22 @@ pub struct TaskRecord {
     pub end_reason: Option<String>,
 }
 
+// The JSON columns stay `String` here, as stored: each caller decides what a malformed
+// row means (an error, or a fallback), so these accessors parse and the caller handles it.
 impl TaskRecord {
     /// The audiences it is limited to, parsed; `None` means any that policy allows.
     pub fn audience_list(&self) -> Option<Vec<String>> {
         self.audiences.as_deref().map(|a| serde_json::from_str(a).unwrap_or_default())
+    }
+
+    /// The stored `act` claim, parsed.
+    pub fn actor_json(&self) -> Result<serde_json::Value, serde_json::Error> {
+        serde_json::from_str(&self.actor)
+    }
+
+    /// The creator's attested attributes, parsed.
+    pub fn attribute_map(&self) -> Result<std::collections::BTreeMap<String, String>, serde_json::Error> {
+        serde_json::from_str(&self.attributes)
     }
 
     /// The state at `now`, with lifetime and approval deadline applied.

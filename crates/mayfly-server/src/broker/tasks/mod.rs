@@ -116,7 +116,9 @@ pub struct EndedTask {
 /// subject is the one the task acts for and the task is the actor; otherwise the task
 /// is the subject and its starter the actor.
 pub fn delegated_subject(t: &TaskIdentity) -> Result<(String, serde_json::Value), BrokerError> {
-    let actor: serde_json::Value = serde_json::from_str(&t.task.actor)
+    let actor = t
+        .task
+        .actor_json()
         .map_err(|e| BrokerError::InvalidRequest(format!("stored task actor chain is not JSON: {e}")))?;
     Ok(match &t.task.on_behalf_of {
         Some(subject) => (subject.clone(), json!({"sub": t.spiffe_id.to_string(), "act": actor})),
@@ -241,8 +243,7 @@ impl Broker {
                 (scopes, audiences) = narrow_to_parent(t, asked, self.tasks.max_depth)?;
                 // A sub-task never outlives its parent.
                 expires_at = expires_at.min(t.expires_at);
-                let parent_actor: serde_json::Value =
-                    serde_json::from_str(&t.actor).unwrap_or_else(|_| json!({"sub": t.creator}));
+                let parent_actor = t.actor_json().unwrap_or_else(|_| json!({"sub": t.creator}));
                 let actor = json!({"sub": parent.spiffe_id.to_string(), "act": parent_actor});
                 (format!("{}/{id}", t.path), t.depth + 1, parent.attributes.clone(), actor, t.on_behalf_of.clone())
             }

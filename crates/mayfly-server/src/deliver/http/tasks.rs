@@ -42,7 +42,7 @@ pub fn task_info(t: &TaskRecord, trust_domain: &str, now: i64) -> TaskInfo {
         depth: t.depth,
         creator: t.creator.clone(),
         on_behalf_of: t.on_behalf_of.clone(),
-        act: serde_json::from_str(&t.actor).unwrap_or(serde_json::Value::Null),
+        act: t.actor_json().unwrap_or(serde_json::Value::Null),
         created_at: t.created_at,
         expires_at: t.expires_at,
         approval_deadline: t.approval_deadline,
