@@ -60,8 +60,20 @@ impl Problem {
     }
 }
 
+/// `Debug` for a wire type that carries a secret (a token): only the named fields are
+/// shown, so a `{:?}` in a log or an error never prints the secret.
+macro_rules! debug_without_secrets {
+    ($ty:ident { $($field:ident),* $(,)? }) => {
+        impl std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($ty))$(.field(stringify!($field), &self.$field))*.finish_non_exhaustive()
+            }
+        }
+    };
+}
+
 /// The RFC 8693 token-exchange request, as the form-encoded body of `POST /v1/token`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct TokenExchangeRequest {
     /// Must be `urn:ietf:params:oauth:grant-type:token-exchange`.
     #[schema(required = true, value_type = String, pattern = "^urn:ietf:params:oauth:grant-type:token-exchange$")]
@@ -93,8 +105,19 @@ pub struct TokenExchangeRequest {
     pub max_uses: Option<String>,
 }
 
+debug_without_secrets!(TokenExchangeRequest {
+    grant_type,
+    subject_token_type,
+    audience,
+    resource,
+    scope,
+    requested_token_type,
+    requested_lifetime,
+    max_uses
+});
+
 /// The RFC 8693 §2.2.1 token-exchange response.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TokenExchangeResponse {
     /// The issued RFC 9068 JWT access token.
     pub access_token: String,
@@ -108,6 +131,8 @@ pub struct TokenExchangeResponse {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
 }
+
+debug_without_secrets!(TokenExchangeResponse { issued_token_type, token_type, expires_in, scope });
 
 /// Body of `POST /v1/join-tokens` (admin).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
@@ -127,7 +152,7 @@ pub struct CreateJoinTokenRequest {
 }
 
 /// A freshly created join token. The token itself is shown once and stored only as a hash.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct CreateJoinTokenResponse {
     /// Non-secret identifier of the token, for audit and listing.
     pub id: String,
@@ -138,6 +163,8 @@ pub struct CreateJoinTokenResponse {
     /// Unix time (seconds) after which it can no longer be redeemed.
     pub expires_at: i64,
 }
+
+debug_without_secrets!(CreateJoinTokenResponse { id, spiffe_id, expires_at });
 
 /// Body of `POST /v1/admin-tokens` (admin).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -163,7 +190,7 @@ pub struct AdminTokenInfo {
 }
 
 /// A freshly created admin token. The token itself is shown once and stored only as a hash.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct CreateAdminTokenResponse {
     /// Its record.
     #[serde(flatten)]
@@ -171,6 +198,8 @@ pub struct CreateAdminTokenResponse {
     /// The admin token (`mfa_…`): send it as `Authorization: Bearer`.
     pub token: String,
 }
+
+debug_without_secrets!(CreateAdminTokenResponse { info });
 
 /// A public signing key as the admin API lists it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -365,7 +394,7 @@ pub struct RevocationPage {
 }
 
 /// Body of `POST /v1/tasks`: an attested workload (or a task, for a sub-task) starts a task.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartTaskRequest {
     /// The caller's evidence type, as in RFC 8693 (`…:task` for a task token, which starts a sub-task).
@@ -407,6 +436,17 @@ pub struct StartTaskRequest {
     #[serde(default)]
     pub actor_token_type: Option<String>,
 }
+
+debug_without_secrets!(StartTaskRequest {
+    subject_token_type,
+    purpose,
+    scope,
+    audiences,
+    ttl_seconds,
+    on_behalf_of,
+    parent,
+    actor_token_type
+});
 
 /// A task as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -458,7 +498,7 @@ pub struct TaskInfo {
 }
 
 /// Answer to `POST /v1/tasks`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct StartTaskResponse {
     /// The task.
     pub task: TaskInfo,
@@ -471,9 +511,11 @@ pub struct StartTaskResponse {
     pub expires_in: u64,
 }
 
+debug_without_secrets!(StartTaskResponse { task, task_token_type, expires_in });
+
 /// Body of `POST /v1/tasks/{id}/approve` and `…/deny` from a workload approver
 /// (an admin token in `Authorization` needs no body).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskDecisionRequest {
     /// The approver's evidence type.
@@ -484,9 +526,11 @@ pub struct TaskDecisionRequest {
     pub subject_token: Option<String>,
 }
 
+debug_without_secrets!(TaskDecisionRequest { subject_token_type });
+
 /// Body of `POST /v1/tasks/{id}/attest`: the task's starter presents fresh evidence,
 /// so a long-lived holder keeps its task only while its identity still verifies.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskAttestRequest {
     /// The evidence type, as in RFC 8693: a platform JWT (`…:jwt` or `…:id_token`).
@@ -496,6 +540,8 @@ pub struct TaskAttestRequest {
     #[schema(min_length = 1)]
     pub subject_token: String,
 }
+
+debug_without_secrets!(TaskAttestRequest { subject_token_type });
 
 /// Body of `DELETE /v1/tasks/{id}` (optional).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
@@ -600,4 +646,61 @@ pub struct Revocation {
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod workload {
     tonic::include_proto!("_");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Wire types that carry a token never print it through `{:?}`.
+    #[test]
+    fn debug_never_shows_a_token() {
+        let secret = "eyJ-very-secret";
+        let shown = [
+            format!(
+                "{:?}",
+                TokenExchangeRequest {
+                    subject_token: Some(secret.into()),
+                    audience: Some("https://api".into()),
+                    ..Default::default()
+                }
+            ),
+            format!(
+                "{:?}",
+                TokenExchangeResponse {
+                    access_token: secret.into(),
+                    issued_token_type: TOKEN_TYPE_ACCESS_TOKEN.into(),
+                    token_type: "Bearer".into(),
+                    expires_in: 300,
+                    scope: None,
+                }
+            ),
+            format!(
+                "{:?}",
+                CreateJoinTokenResponse { id: "j1".into(), token: secret.into(), spiffe_id: "s".into(), expires_at: 1 }
+            ),
+            format!(
+                "{:?}",
+                CreateAdminTokenResponse {
+                    info: AdminTokenInfo { id: "a1".into(), name: "ci".into(), created_at: 1, last_used_at: None },
+                    token: secret.into(),
+                }
+            ),
+            format!(
+                "{:?}",
+                StartTaskRequest {
+                    subject_token: secret.into(),
+                    actor_token: Some(secret.into()),
+                    purpose: "deploy".into(),
+                    ..Default::default()
+                }
+            ),
+            format!("{:?}", TaskDecisionRequest { subject_token: Some(secret.into()), ..Default::default() }),
+            format!("{:?}", TaskAttestRequest { subject_token: secret.into(), ..Default::default() }),
+        ];
+        for s in &shown {
+            assert!(!s.contains(secret), "{s}");
+        }
+        assert!(shown[0].contains("https://api") && shown[4].contains("deploy"), "the rest is shown");
+    }
 }
