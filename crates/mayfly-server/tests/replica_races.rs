@@ -128,3 +128,49 @@ async fn approving_on_one_replica_while_denying_on_the_other_has_exactly_one_win
     a.stop().await;
     b.stop().await;
 }
+
+/// A holder of a task token that floods sub-task starts (deeper and deeper, on the other
+/// replica) cannot keep its task from ending: the end answers 200 and leaves nothing live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_of_sub_task_starts_cannot_keep_a_task_alive() {
+    let (a, b, k8s, _db) = two_replicas().await;
+    let (root, root_token) = started(start_task(&a, JWT_TYPE, &k8s.k8s_token("prod", "worker"), json!({})).await).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Eight starters, each going one level deeper with every sub-task it gets (bounded:
+    // 60 starts each, and they stop when the end has answered).
+    let floods = (0..8).map(|_| {
+        let (b, stop, mut token) = (&b, stop.clone(), root_token.clone());
+        async move {
+            let mut started_ids = Vec::new();
+            for _ in 0..60 {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let r = start_task(b, TASK_TYPE, &token, json!({})).await;
+                if r.status() == 201 {
+                    let v: Value = r.json().await.unwrap();
+                    started_ids.push(v["task"]["id"].as_str().unwrap().to_owned());
+                    // One level deeper while depth allows; else stay at this parent.
+                    if v["task"]["depth"].as_i64().unwrap() < 4 {
+                        token = v["task_token"].as_str().unwrap().to_owned();
+                    }
+                }
+            }
+            started_ids
+        }
+    });
+    let end = async {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let r = a.http.delete(format!("{}/v1/tasks/{root}", a.url)).bearer_auth(&a.admin_token).send().await.unwrap();
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        r
+    };
+    let (started_ids, ended) = tokio::join!(futures_util::future::join_all(floods), end);
+    assert_eq!(ended.status(), 200, "the end is never refused by a flood: {:?}", ended.text().await);
+    assert_eq!(state(&a, &root).await, "ended");
+    for id in started_ids.into_iter().flatten() {
+        assert_eq!(state(&b, &id).await, "ended", "task {id} started in the flood still runs");
+    }
+    a.stop().await;
+    b.stop().await;
+}

@@ -10,6 +10,22 @@ use crate::ledger::{AuditEvent, Batch, Guard, LedgerError, Revocation, Revocatio
 use serde_json::json;
 use std::net::IpAddr;
 
+/// How `end_live_subtree` guards its write.
+#[derive(Debug, Clone, Copy)]
+enum Whole {
+    /// Only if the live subtree is still exactly what was read.
+    Guarded,
+    /// Each task only from the state it was read in; tasks started meanwhile are left for the next round.
+    AsRead,
+}
+
+fn ended_task(id: &str, task: TaskRecord, ended: Vec<TaskRecord>) -> EndedTask {
+    let descendants = ended.iter().filter(|t| t.id != id).map(|t| t.id.clone()).collect();
+    let this = ended.iter().find(|t| t.id == id).cloned().unwrap_or(task);
+    metrics::counter!("mayfly_tasks_ended_total").increment(1);
+    EndedTask { task: this, descendants }
+}
+
 impl Broker {
     /// The workload that `token` proves, as an approver: approvers are workloads, never
     /// tasks (a task approving tasks would let a chain approve itself).
@@ -97,7 +113,7 @@ impl Broker {
         let reason = reason.map(|r| r.chars().take(500).collect::<String>());
         // The subtree is read, then ended in one write guarded on what was read: a sub-task
         // started meanwhile (here or on another replica) fails the guard, and the subtree
-        // is read again. Each retry sees more of the tree, so a few suffice.
+        // is read again. Each retry sees more of the tree, so a few usually suffice.
         for _ in 0..END_TASK_ATTEMPTS {
             let now = crate::clock::now_unix();
             let task = self.task(id).await?;
@@ -105,22 +121,35 @@ impl Broker {
                 TaskState::Pending | TaskState::Active => {}
                 other => return Err(BrokerError::Conflict(format!("task {id} is already {}", other.as_str()))),
             }
-            match self.end_live_subtree(&task.path, id, actor, reason.as_deref(), now).await {
-                Ok(ended) => {
-                    let descendants = ended.iter().filter(|t| t.id != id).map(|t| t.id.clone()).collect();
-                    let this = ended.iter().find(|t| t.id == id).cloned().unwrap_or(task);
-                    metrics::counter!("mayfly_tasks_ended_total").increment(1);
-                    return Ok(EndedTask { task: this, descendants });
-                }
+            match self.end_live_subtree(&task.path, id, actor, reason.as_deref(), now, Whole::Guarded).await {
+                Ok(ended) => return Ok(ended_task(id, task, ended)),
                 Err(BrokerError::Ledger(LedgerError::Changed(why))) => {
                     tracing::debug!(task = %id, %why, "the subtree changed while it was being ended; reading it again");
                 }
                 Err(e) => return Err(e),
             }
         }
-        Err(BrokerError::Unavailable(format!(
-            "task {id} could not be ended: sub-tasks kept starting under it; retry (its parent chain still bounds them)"
-        )))
+        // A holder of a task token that keeps starting sub-tasks must not keep its task
+        // alive: end what is read without the subtree guard, then what appeared under it,
+        // round after round. A sub-task starts only under a parent still active, so each
+        // round can leave new tasks one level deeper only, and depth is bounded.
+        tracing::warn!(task = %id, "sub-tasks kept starting while the task was being ended; ending it level by level");
+        let task = self.task(id).await?;
+        let mut ended = Vec::new();
+        for _ in 0..(2 * self.tasks.max_depth + 2) {
+            let now = crate::clock::now_unix();
+            match self.end_live_subtree(&task.path, id, actor, reason.as_deref(), now, Whole::AsRead).await {
+                Ok(round) if round.is_empty() => break,
+                Ok(round) => ended.extend(round),
+                // One of them was ended meanwhile by another request: read again.
+                Err(BrokerError::Ledger(LedgerError::Changed(_))) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if ended.is_empty() {
+            return Err(BrokerError::Conflict(format!("task {id} is already ended")));
+        }
+        Ok(ended_task(id, task, ended))
     }
 
     /// Ends every live task at or below `path` (`id` is the root being ended), with one
@@ -133,8 +162,10 @@ impl Broker {
         actor: &str,
         reason: Option<&str>,
         now: i64,
+        whole: Whole,
     ) -> Result<Vec<TaskRecord>, BrokerError> {
         let subtree = self.ledger.store().task_subtree(path).await?;
+        let mut as_read = Vec::new();
         let mut ended = Vec::new();
         let mut revocations = Vec::new();
         let mut events = Vec::new();
@@ -143,6 +174,7 @@ impl Broker {
                 continue;
             }
             let cause = if t.id == id { reason.map(str::to_owned) } else { Some(format!("parent task {id} ended")) };
+            as_read.push(Guard::Task { id: t.id.clone(), stored: t.state, at_now: t.state_at(now), now });
             t.state = TaskState::Ended;
             t.ended_at = Some(now);
             t.end_reason = cause.clone();
@@ -167,10 +199,19 @@ impl Broker {
         if ended.is_empty() {
             return Ok(ended);
         }
-        let live =
-            Guard::LiveSubtree { path: path.to_owned(), live: ended.iter().map(|t| t.id.clone()).collect(), now };
+        let guards = match whole {
+            Whole::Guarded => {
+                vec![Guard::LiveSubtree {
+                    path: path.to_owned(),
+                    live: ended.iter().map(|t| t.id.clone()).collect(),
+                    now,
+                }]
+            }
+            // Each task still only from the state it was read in: two enders never both end one.
+            Whole::AsRead => as_read,
+        };
         self.ledger
-            .commit(Batch { tasks: ended.clone(), revocations, events, guards: vec![live], ..Batch::default() })
+            .commit(Batch { tasks: ended.clone(), revocations, events, guards, ..Batch::default() })
             .await
             .map_err(BrokerError::Ledger)?;
         // The revocations enter the index (and the feed) before the caller hears "ended".
