@@ -148,6 +148,10 @@ impl Entries {
 
     /// Re-reads the stored entries (another replica may have changed them); notifies streams on a change.
     pub async fn reload(&self) -> Result<(), EntryError> {
+        // Serialised with this replica's own writes: a reload that read the store before a
+        // create committed must not publish its older list over the create's (or read the
+        // new row and have the create add it a second time).
+        let _guard = self.writes.lock().await;
         let mut all = self.config.clone();
         for row in self.store.workload_entries().await? {
             match serde_json::from_str::<EntrySpec>(&row.spec)
@@ -226,6 +230,7 @@ impl Entries {
             .await?;
         let entry = Arc::new(entry);
         let mut all = (**self.all.load()).clone();
+        all.retain(|e| e.id != entry.id);
         all.push(entry.clone());
         self.publish(all);
         Ok(entry)
