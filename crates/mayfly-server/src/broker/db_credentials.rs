@@ -377,29 +377,16 @@ impl Broker {
         &self,
         changes: Vec<(DbLease, DbLeaseState, AuditEvent)>,
     ) -> Result<Vec<DbLease>, BrokerError> {
-        let guard = |l: &DbLease, from: DbLeaseState| Guard::Lease { id: l.id.clone(), state: from };
-        let all = Batch {
-            db_leases: changes.iter().map(|(l, _, _)| l.clone()).collect(),
-            events: changes.iter().map(|(_, _, e)| e.clone()).collect(),
-            guards: changes.iter().map(|(l, from, _)| guard(l, *from)).collect(),
-            ..Batch::default()
-        };
-        match self.ledger.commit(all).await {
-            Ok(_) => return Ok(changes.into_iter().map(|(l, _, _)| l).collect()),
-            Err(LedgerError::Changed(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
-        let mut recorded = Vec::new();
-        for (lease, from, event) in changes {
-            let guards = vec![guard(&lease, from)];
-            let one = Batch { db_leases: vec![lease.clone()], events: vec![event], guards, ..Batch::default() };
-            match self.ledger.commit(one).await {
-                Ok(_) => recorded.push(lease),
-                Err(LedgerError::Changed(why)) => tracing::debug!(%why, "lease moved meanwhile; left to its new owner"),
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(recorded)
+        let (leases, writes): (Vec<_>, Vec<_>) = changes
+            .into_iter()
+            .map(|(lease, from, event)| {
+                let guards = vec![Guard::Lease { id: lease.id.clone(), state: from }];
+                let write = Batch { db_leases: vec![lease.clone()], events: vec![event], guards, ..Batch::default() };
+                (lease, write)
+            })
+            .unzip();
+        let committed = self.ledger.commit_each(writes).await?;
+        Ok(leases.into_iter().zip(committed).filter_map(|(lease, c)| c.then_some(lease)).collect())
     }
 
     /// One attempt to drop a `revoking` lease's user; records the outcome.

@@ -184,6 +184,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn commit_each_leaves_out_only_the_writes_whose_guard_failed() {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().await.unwrap());
+        let ledger = Ledger::start(store.clone(), 64).await.unwrap();
+        ledger.commit(write(vec![task("p", "p", TaskState::Pending)], vec![])).await.unwrap();
+        let active = Guard::Task { id: "p".into(), stored: TaskState::Active, at_now: TaskState::Active, now: 10 };
+        let stale = write(vec![task("p", "p", TaskState::Ended)], vec![active]);
+        let fine = write(vec![task("q", "q", TaskState::Active)], vec![]);
+        assert_eq!(ledger.commit_each(vec![stale, fine]).await.unwrap(), vec![false, true]);
+        assert_eq!(store.task("p").await.unwrap().unwrap().state, TaskState::Pending);
+        assert!(store.task("q").await.unwrap().is_some());
+        ledger.close().await;
+    }
+
+    #[tokio::test]
     async fn a_lease_guard_compares_the_stored_state() {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().await.unwrap());
         let ledger = Ledger::start(store.clone(), 64).await.unwrap();

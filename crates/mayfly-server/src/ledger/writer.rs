@@ -19,7 +19,7 @@ use super::{
 };
 
 /// One atomic write: everything in it commits together or not at all.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Batch {
     /// Issued credentials.
     pub credentials: Vec<CredentialRecord>,
@@ -134,6 +134,38 @@ impl Ledger {
             Ok(Err(WriteFailure::Failed(msg))) => Err(LedgerError::Conflict(msg)),
             Err(_) => Err(LedgerError::WriterGone),
         }
+    }
+
+    /// Commits independent guarded `writes` as one batch when every guard holds; when one
+    /// no longer does (another request or replica moved that row), commits each alone,
+    /// leaving out those whose guard fails. Answers, per write, whether it was committed.
+    pub async fn commit_each(&self, writes: Vec<Batch>) -> Result<Vec<bool>, LedgerError> {
+        let mut all = Batch::default();
+        for w in writes.iter().cloned() {
+            all.credentials.extend(w.credentials);
+            all.tasks.extend(w.tasks);
+            all.db_leases.extend(w.db_leases);
+            all.revocations.extend(w.revocations);
+            all.events.extend(w.events);
+            all.guards.extend(w.guards);
+        }
+        match self.commit(all).await {
+            Ok(_) => return Ok(vec![true; writes.len()]),
+            Err(LedgerError::Changed(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let mut committed = Vec::with_capacity(writes.len());
+        for w in writes {
+            match self.commit(w).await {
+                Ok(_) => committed.push(true),
+                Err(LedgerError::Changed(why)) => {
+                    tracing::debug!(%why, "a row moved meanwhile; left to whoever moved it");
+                    committed.push(false);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(committed)
     }
 
     /// Durably records credentials and audit events; returns once they are committed.

@@ -227,58 +227,31 @@ impl Broker {
         if due.is_empty() {
             return Ok(0);
         }
-        let mut tasks = Vec::new();
-        let mut events = Vec::new();
-        let mut guards = Vec::new();
+        let mut writes = Vec::new();
         for mut t in due {
             let subject = task_spiffe_id(self.task_attestor.trust_domain(), &t.id)?.to_string();
             // Retired only as read: a task ended or decided meanwhile keeps that outcome.
             let as_read = Guard::Task { id: t.id.clone(), stored: t.state, at_now: t.state_at(now), now };
-            match t.state_at(now) {
+            let event = match t.state_at(now) {
                 TaskState::Denied => {
                     t.state = TaskState::Denied;
                     t.decided_by = Some("approval deadline".into());
                     t.decided_at = t.approval_deadline;
                     let detail = json!({"task_id": t.id, "approval_deadline": t.approval_deadline});
-                    events.push(AuditEvent::new("task.approval_expired", Some(subject), detail));
+                    AuditEvent::new("task.approval_expired", Some(subject), detail)
                 }
                 TaskState::Expired => {
                     t.state = TaskState::Expired;
                     t.ended_at = Some(t.expires_at);
                     t.end_reason = Some("lifetime over".into());
                     let detail = json!({"task_id": t.id, "expires_at": t.expires_at});
-                    events.push(AuditEvent::new("task.expired", Some(subject), detail));
+                    AuditEvent::new("task.expired", Some(subject), detail)
                 }
                 _ => continue,
-            }
-            guards.push(as_read);
-            tasks.push(t);
+            };
+            writes.push(Batch { tasks: vec![t], events: vec![event], guards: vec![as_read], ..Batch::default() });
         }
-        let n = tasks.len();
-        let batch = Batch { tasks: tasks.clone(), events: events.clone(), guards: guards.clone(), ..Batch::default() };
-        match self.ledger.commit(batch).await {
-            Ok(_) => Ok(n),
-            // One of them changed since it was read: each alone, so the others still retire.
-            Err(LedgerError::Changed(_)) => self.retire_one_by_one(tasks, events, guards).await,
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    async fn retire_one_by_one(
-        &self,
-        tasks: Vec<TaskRecord>,
-        events: Vec<AuditEvent>,
-        guards: Vec<Guard>,
-    ) -> Result<usize, BrokerError> {
-        let mut retired = 0;
-        for ((task, event), guard) in tasks.into_iter().zip(events).zip(guards) {
-            let one = Batch { tasks: vec![task], events: vec![event], guards: vec![guard], ..Batch::default() };
-            match self.ledger.commit(one).await {
-                Ok(_) => retired += 1,
-                Err(LedgerError::Changed(_)) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(retired)
+        let committed = self.ledger.commit_each(writes).await?;
+        Ok(committed.into_iter().filter(|c| *c).count())
     }
 }
