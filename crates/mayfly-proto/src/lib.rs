@@ -206,15 +206,25 @@ debug_without_secrets!(CreateAdminTokenResponse { info });
 pub struct SigningKeyInfo {
     /// The key id (`kid`).
     pub kid: String,
-    /// JOSE algorithm: `EdDSA` or `ES256`.
+    /// JOSE algorithm: `EdDSA`, `ES256` or `RS256`.
     pub alg: String,
-    /// Whether this key signs new tokens.
+    /// Whether this key signs new tokens (of its profile).
     pub active: bool,
     /// Unix time the key was created.
     pub created_at: i64,
     /// Unix time after which the key leaves the JWKS (set once it is retired).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub published_until: Option<i64>,
+    /// The signing profile (`default`, or a configured one such as an RS256 profile for the clouds).
+    #[serde(default = "default_profile")]
+    pub profile: String,
+    /// Unix time a pre-published key starts signing (absent: it signed from its creation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activates_at: Option<i64>,
+}
+
+fn default_profile() -> String {
+    "default".into()
 }
 
 /// A Workload API registration entry: local processes whose attested selectors
@@ -703,4 +713,118 @@ mod tests {
         }
         assert!(shown[0].contains("https://api") && shown[4].contains("deploy"), "the rest is shown");
     }
+}
+
+/// Body of `POST /v1/clouds/{profile}/token` and `POST /v1/credentials/aws/{profile}`: the
+/// caller's evidence (a platform JWT, a join token, or a task token).
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CloudTokenRequest {
+    /// The evidence's type (`urn:ietf:params:oauth:token-type:jwt`, a join token's, a task token's).
+    #[schema(min_length = 1)]
+    pub subject_token_type: String,
+    /// The evidence.
+    #[schema(min_length = 1)]
+    pub subject_token: String,
+}
+debug_without_secrets!(CloudTokenRequest { subject_token_type });
+
+/// What a command needs to use a cloud token with the cloud's own SDK.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum CloudSetup {
+    /// AWS: the SDKs' web-identity provider (`AWS_WEB_IDENTITY_TOKEN_FILE`, `AWS_ROLE_ARN`, …).
+    Aws {
+        /// `AWS_ROLE_ARN`.
+        role_arn: String,
+        /// `AWS_ROLE_SESSION_NAME`.
+        session_name: String,
+        /// `AWS_REGION` / `AWS_DEFAULT_REGION`, when configured.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        region: Option<String>,
+    },
+    /// Google Cloud: an `external_account` credential file with a file-sourced subject token.
+    Gcp {
+        /// The provider's full name, the file's `audience`.
+        audience: String,
+        /// Google's STS token endpoint, the file's `token_url`.
+        token_url: String,
+        /// The file's `service_account_impersonation_url`, when a service account is configured.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        service_account_impersonation_url: Option<String>,
+    },
+    /// Azure: the workload identity variables.
+    Azure {
+        /// `AZURE_TENANT_ID`.
+        tenant_id: String,
+        /// `AZURE_CLIENT_ID`.
+        client_id: String,
+        /// `AZURE_AUTHORITY_HOST`.
+        authority_host: String,
+    },
+}
+
+/// A federation token for one cloud profile.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct CloudTokenResponse {
+    /// The cloud profile.
+    pub profile: String,
+    /// The JWT the cloud exchanges. Secret.
+    pub token: String,
+    /// Its `jti` (the ledger's id for it).
+    pub jti: String,
+    /// Its `sub`.
+    pub subject: String,
+    /// Its `aud`.
+    pub audience: String,
+    /// Unix seconds.
+    pub issued_at: i64,
+    /// Unix seconds.
+    pub expires_at: i64,
+    /// What the cloud's SDK needs beside the token.
+    pub setup: CloudSetup,
+}
+debug_without_secrets!(CloudTokenResponse { profile, jti, subject, audience, issued_at, expires_at, setup });
+
+/// Temporary AWS credentials Mayfly got from STS for the caller.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct AwsCredentialsResponse {
+    /// The cloud profile.
+    pub profile: String,
+    /// `AWS_ACCESS_KEY_ID`.
+    pub access_key_id: String,
+    /// `AWS_SECRET_ACCESS_KEY`. Secret: shown once, never stored.
+    pub secret_access_key: String,
+    /// `AWS_SESSION_TOKEN`. Secret.
+    pub session_token: String,
+    /// When they expire, RFC 3339 (as STS says).
+    pub expiration: String,
+    /// The assumed role session.
+    pub assumed_role_arn: String,
+    /// The `jti` of the web-identity token Mayfly exchanged for them.
+    pub jti: String,
+}
+debug_without_secrets!(AwsCredentialsResponse { profile, access_key_id, expiration, assumed_role_arn, jti });
+
+/// A cloud profile and the values its one-time set-up on the cloud's side needs.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CloudProfileInfo {
+    /// Its name.
+    pub name: String,
+    /// `aws`, `gcp` or `azure`.
+    pub kind: String,
+    /// The issuer the cloud trusts (`public_url`).
+    pub issuer: String,
+    /// Where the cloud fetches the keys.
+    pub jwks_uri: String,
+    /// The `aud` of its tokens.
+    pub audience: String,
+    /// The signing profile and its algorithm.
+    pub signing_profile: String,
+    /// `RS256` or `ES256`.
+    pub algorithm: String,
+    /// Token lifetime in seconds.
+    pub token_ttl_seconds: u64,
+    /// Kind-specific settings (role ARN, pool, tenant, …) as configured.
+    pub settings: std::collections::BTreeMap<String, String>,
 }

@@ -157,6 +157,10 @@ problem_kinds! {
     DatabaseMisconfigured => "database-misconfigured", "Database misconfigured";
     /// A database refused a role's statement.
     DatabaseRefused => "database-refused", "Database refused";
+    /// A cloud (AWS STS) refused the exchange; `detail` holds its error code.
+    CloudRefused => "cloud-refused", "Cloud refused";
+    /// A cloud (AWS STS) could not be reached or answered something unexpected.
+    CloudUnavailable => "cloud-unavailable", "Cloud unavailable";
     /// A database could not be reached.
     DatabaseUnavailable => "database-unavailable", "Database unavailable";
     /// An issuer's keys (JWKS) could not be fetched.

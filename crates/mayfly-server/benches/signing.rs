@@ -5,20 +5,22 @@ use std::sync::Arc;
 use criterion::{Criterion, criterion_group, criterion_main};
 use mayfly_server::issue::svid::{SvidAuthorities, SvidLifetimes};
 use mayfly_server::issue::{AccessTokenRequest, JwtIssuer};
-use mayfly_server::keys::{Kek, KeyRing, SigningAlg};
+use mayfly_server::keys::config::KeysConfig;
+use mayfly_server::keys::{DEFAULT_PROFILE, Kek, KeyRing, KeySpec, RsaBits, SigningProfile};
 use mayfly_server::ledger::sqlite::SqliteStore;
 
 fn signing(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let kek = Kek::from_bytes(&[7u8; 32]).unwrap();
     let scopes = vec!["read".to_owned(), "write".to_owned()];
-    for alg in [SigningAlg::EdDsa, SigningAlg::Es256] {
+    for spec in [KeySpec::EdDsa, KeySpec::Es256, KeySpec::Rs256(RsaBits::Bits2048)] {
         let ring = rt.block_on(async {
             let store = SqliteStore::in_memory().await.unwrap();
-            KeyRing::load_or_create(&store, &kek, alg).await.unwrap()
+            let profile = SigningProfile { name: DEFAULT_PROFILE.into(), spec, lead_secs: 0 };
+            KeyRing::load_or_create(&store, &kek, vec![profile], 3600).await.unwrap()
         });
-        let issuer = JwtIssuer::new(Arc::new(ring), "https://mayfly.example".into());
-        c.bench_function(&format!("issue access token {}", alg.as_str()), |b| {
+        let issuer = JwtIssuer::new(Arc::new(ring), "https://mayfly.example".into(), &KeysConfig::default());
+        c.bench_function(&format!("issue access token {}", spec.alg().as_str()), |b| {
             b.iter(|| {
                 issuer
                     .issue(&AccessTokenRequest {

@@ -74,7 +74,7 @@ pub enum CheckpointError {
     #[error("not an audit checkpoint: its typ is {0:?}, not \"mayfly-audit-checkpoint+jwt\"")]
     WrongType(Option<String>),
     /// An algorithm Mayfly does not sign with.
-    #[error("checkpoint algorithm {0:?} is not one Mayfly signs with (EdDSA, ES256)")]
+    #[error("checkpoint algorithm {0:?} is not one Mayfly signs with (EdDSA, ES256, RS256)")]
     Algorithm(String),
     /// No trusted key has the checkpoint's `kid`.
     #[error(

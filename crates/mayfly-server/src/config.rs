@@ -14,6 +14,7 @@ pub use crate::broker::config::{
     AudienceConfig, SignalSenderConfig, SignalsConfig, TasksConfig, TokensConfig, WorkloadApiConfig,
 };
 pub use crate::deliver::config::{DpopConfig, ListenConfig};
+pub use crate::issue::cloud::config::CloudConfig;
 pub use crate::issue::db::config::{DatabaseConfig, DatabaseRoleConfig};
 pub use crate::keys::config::KeysConfig;
 pub use crate::ledger::config::{
@@ -97,6 +98,9 @@ pub struct Config {
     /// Databases Mayfly creates short-lived users on (PostgreSQL, MySQL/MariaDB, Redis).
     #[serde(default)]
     pub databases: Vec<DatabaseConfig>,
+    /// Cloud profiles: AWS, Google Cloud and Azure accept Mayfly's tokens for them.
+    #[serde(default)]
+    pub clouds: Vec<CloudConfig>,
     /// The SPIFFE Workload API on a unix socket (off unless `socket` is set).
     #[serde(default)]
     pub workload_api: WorkloadApiConfig,
@@ -367,7 +371,7 @@ mod tests {
             ("[audit]\ncheckpoint_interval = \"10ms\"", "audit.checkpoint_interval must be at least 100ms"),
             ("[ledger]\nbatch_max = 0", "ledger.batch_max must be at least 1"),
             ("[ledger]\nsync = \"sometimes\"", "unknown variant `sometimes`, expected `full` or `normal`"),
-            ("[keys]\nalgorithm = \"RS256\"", "keys.algorithm \"RS256\": use EdDSA or ES256"),
+            ("[keys]\nalgorithm = \"RS512\"", "keys.algorithm \"RS512\": use EdDSA, ES256 or RS256"),
             ("[keys]\nkek_file = \"k\"\nkek_env = \"K\"", "set one of kek_file and kek_env, not both"),
             ("storage = \"sqlite\"\nstorage_env = \"X\"", "set storage or storage_env, not both"),
             ("storage = \"mysql://x\"", "storage"),

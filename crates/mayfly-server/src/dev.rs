@@ -113,10 +113,7 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> Result<Config, DevSetupEr
         postgres: Default::default(),
         public_url: None,
         listen: ListenConfig::plain(listen),
-        keys: KeysConfig {
-            kek: Some(crate::keys::KekSource::File(kek_file)),
-            algorithm: crate::keys::SigningAlg::EdDsa,
-        },
+        keys: KeysConfig { kek: Some(crate::keys::KekSource::File(kek_file)), ..KeysConfig::default() },
         tokens: TokensConfig::default(),
         audiences: Vec::new(),
         policy: PolicyConfig { dir: policy_dir, reload_interval: std::time::Duration::from_secs(2) },
@@ -126,6 +123,7 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> Result<Config, DevSetupEr
         tasks: TasksConfig::default(),
         dpop: Default::default(),
         databases: Vec::new(),
+        clouds: Vec::new(),
         workload_api: crate::config::WorkloadApiConfig {
             socket: Some(data_dir.join(DEV_WORKLOAD_SOCKET)),
             ..Default::default()

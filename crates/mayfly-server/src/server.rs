@@ -219,9 +219,13 @@ pub async fn open_state(cfg: &Config) -> Result<(Arc<dyn Store>, Arc<Kek>), Star
 /// Starts the server. With `listener` it serves on that socket instead of binding `listen.addr`.
 pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<RunningServer, StartError> {
     cfg.validate()?;
+    let clouds = crate::issue::cloud::CloudProfiles::new(&cfg.clouds, &cfg.keys, cfg.public_url.as_deref())
+        .map_err(|e| StartError::Config(crate::config::ConfigError::Invalid(e)))?;
     let (store, kek) = open_state(&cfg).await?;
-    let alg = cfg.keys.algorithm;
-    let keys = Arc::new(KeyRing::load_or_create(store.as_ref(), &kek, alg).await?);
+    // Retired keys stay published for the longest token lifetime plus clock-skew margin.
+    let key_publish_secs = cfg.longest_token_ttl().as_secs() as i64 + 300;
+    let keys =
+        Arc::new(KeyRing::load_or_create(store.as_ref(), &kek, cfg.keys.signing_profiles(), key_publish_secs).await?);
     let new_admin_token = ensure_admin_token(&cfg, store.as_ref()).await?;
     let ledger = Ledger::start(store.clone(), cfg.ledger.batch_max).await?;
     let policies = Arc::new(
@@ -272,7 +276,7 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
     let revocations = Revocations::load(ledger.clone(), retention).await?;
     let verifier = TokenVerifier::new(keys.clone(), revocations.clone(), url.clone());
     crate::deliver::http::metrics::install();
-    let issuer = JwtIssuer::new(keys.clone(), url.clone());
+    let issuer = JwtIssuer::new(keys.clone(), url.clone(), &cfg.keys);
     let databases = Arc::new(
         crate::issue::db::Databases::from_config(&cfg.databases, &kek)
             .map_err(|e| StartError::Config(crate::config::ConfigError::Invalid(e.to_string())))?,
@@ -334,6 +338,7 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
         workload_api: cfg.workload_api.clone(),
         contexts: contexts.clone(),
         max_evidence_age_secs: cfg.attest.max_evidence_age.as_secs() as i64,
+        clouds,
     }));
     // Half-done work from before a crash is finished or undone before anything new is
     // issued. On a shared store other replicas may be mid-creation: the leader does this
@@ -366,9 +371,7 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
         resource_dpop: mayfly_verify::DpopVerifier::new(cfg.dpop.max_age.as_secs() as i64, DPOP_REPLAY_CAPACITY, None),
         streams: Arc::new(tokio::sync::Semaphore::new(cfg.revocations.max_streams)),
         streams_per_subject: crate::deliver::quota::Quota::new(cfg.revocations.max_streams_per_subject),
-        signing_alg: alg,
-        // Retired keys stay published for the longest token lifetime plus clock-skew margin.
-        key_publish_secs: max_ttl_secs + 300,
+        key_publish_secs,
         revocations: revocations.clone(),
         verifier,
         stopping: stopping_rx.clone(),

@@ -334,7 +334,7 @@ impl Verifier {
         Ok(())
     }
 
-    /// Replaces the keys with the signing keys of `set` (EdDSA and ES256, the algorithms Mayfly signs with).
+    /// Replaces the keys with the signing keys of `set` (EdDSA, ES256 and RS256, the algorithms Mayfly signs with).
     fn install_keys(&self, set: &JwkSet) {
         let mut by_kid = HashMap::new();
         for jwk in &set.keys {
@@ -342,6 +342,7 @@ impl Verifier {
             let alg = match alg {
                 jsonwebtoken::jwk::KeyAlgorithm::EdDSA => Algorithm::EdDSA,
                 jsonwebtoken::jwk::KeyAlgorithm::ES256 => Algorithm::ES256,
+                jsonwebtoken::jwk::KeyAlgorithm::RS256 => Algorithm::RS256,
                 _ => continue,
             };
             if let Ok(key) = DecodingKey::from_jwk(jwk) {

@@ -27,7 +27,9 @@ use crate::attest::task::TaskIdentity;
 use entities::{entity_set, remembered_exchange_entities};
 pub use loading::schema;
 use loading::{fingerprint, load_dir, read_sources};
-pub use requests::{ActForRequest, ApproveRequest, ExchangeRequest, FetchSvidRequest, IssueRequest, StartTaskRequest};
+pub use requests::{
+    ActForRequest, ApproveRequest, CloudRequest, ExchangeRequest, FetchSvidRequest, IssueRequest, StartTaskRequest,
+};
 use values::{boolean, context, ip_value, long, now_value, scope_values, string, text, texts};
 
 /// The Cedar schema every policy is validated against.
@@ -118,6 +120,7 @@ pub struct PolicyEngine {
     audience_type: EntityTypeName,
     role_type: EntityTypeName,
     svid_type: EntityTypeName,
+    cloud_type: EntityTypeName,
     subject_type: EntityTypeName,
     exchange_action: EntityUid,
     fetch_svid_action: EntityUid,
@@ -125,6 +128,7 @@ pub struct PolicyEngine {
     start_task_action: EntityUid,
     approve_action: EntityUid,
     act_for_action: EntityUid,
+    cloud_action: EntityUid,
     /// Signalled contexts, once the server has them.
     signalled: std::sync::OnceLock<Arc<dyn SignalledFacts>>,
 }
@@ -153,6 +157,7 @@ impl PolicyEngine {
             audience_type: parse("Mayfly::Audience")?,
             role_type: parse("Mayfly::Role")?,
             svid_type: parse("Mayfly::Svid")?,
+            cloud_type: parse("Mayfly::Cloud")?,
             subject_type: parse("Mayfly::Subject")?,
             exchange_action: action("exchange")?,
             fetch_svid_action: action("fetch_svid")?,
@@ -160,6 +165,7 @@ impl PolicyEngine {
             start_task_action: action("start_task")?,
             approve_action: action("approve")?,
             act_for_action: action("act_for")?,
+            cloud_action: action("cloud")?,
             signalled: std::sync::OnceLock::new(),
             schema,
         })
@@ -294,6 +300,36 @@ impl PolicyEngine {
                 ("now_unix", long(req.now)),
             ]);
             Ok((principal, self.issue_action.clone(), resource, context, entity_set(entities)?))
+        })
+    }
+
+    /// Decides a request for a cloud token or cloud credentials.
+    pub fn decide_cloud(&self, req: &CloudRequest<'_>) -> Decision {
+        self.decide_with_signals(req.principal, req.now, |principal| {
+            self.decide_cloud_as(&CloudRequest { principal, ..req.clone() })
+        })
+    }
+
+    fn decide_cloud_as(&self, req: &CloudRequest<'_>) -> Decision {
+        self.decide(|| {
+            let (principal, mut entities) = self.principal(req.principal)?;
+            let resource = EntityUid::from_type_name_and_id(self.cloud_type.clone(), EntityId::new(req.profile));
+            let attrs = [
+                ("kind".to_owned(), string(req.kind)),
+                ("name".to_owned(), string(req.profile)),
+                ("audience".to_owned(), string(req.audience)),
+            ];
+            let attrs = attrs.into_iter().collect();
+            entities.push(Entity::new(resource.clone(), attrs, Default::default()).map_err(|e| e.to_string())?);
+            let context = context([
+                ("scopes", texts([])),
+                ("ttl_seconds", long(req.ttl_seconds)),
+                ("exchange", boolean(req.exchange)),
+                ("source_ip", ip_value(req.source_ip)?),
+                ("now", now_value(req.now)?),
+                ("now_unix", long(req.now)),
+            ]);
+            Ok((principal, self.cloud_action.clone(), resource, context, entity_set(entities)?))
         })
     }
 

@@ -48,6 +48,27 @@ pub struct StartTaskRequest<'a> {
     pub now: i64,
 }
 
+/// A request for a cloud token (or cloud credentials), as policy sees it.
+#[derive(Debug, Clone)]
+pub struct CloudRequest<'a> {
+    /// The caller.
+    pub principal: Principal<'a>,
+    /// The configured cloud profile.
+    pub profile: &'a str,
+    /// `aws`, `gcp` or `azure`.
+    pub kind: &'a str,
+    /// The audience the token carries.
+    pub audience: &'a str,
+    /// Lifetime of the token or credentials.
+    pub ttl_seconds: i64,
+    /// Whether Mayfly exchanges the token with the cloud itself.
+    pub exchange: bool,
+    /// The caller's address.
+    pub source_ip: IpAddr,
+    /// Unix seconds.
+    pub now: i64,
+}
+
 /// A request for a database credential, as policy sees it.
 #[derive(Debug, Clone)]
 pub struct IssueRequest<'a> {

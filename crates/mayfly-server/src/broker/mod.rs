@@ -2,6 +2,7 @@
 //! This module knows nothing of HTTP; `deliver::http` maps its errors to problems.
 
 pub mod admin_tokens;
+pub mod clouds;
 pub mod config;
 pub mod containment;
 pub mod db_credentials;
@@ -94,6 +95,12 @@ pub enum BrokerError {
     /// A revocation in force (a block) covers what would be issued.
     #[error(transparent)]
     Blocked(#[from] crate::broker::containment::RevokeBlocked),
+    /// A cloud token would break the cloud's rules, or could not be signed.
+    #[error(transparent)]
+    Cloud(#[from] crate::issue::cloud::CloudTokenError),
+    /// AWS STS refused or could not be reached.
+    #[error(transparent)]
+    Sts(#[from] crate::issue::cloud::aws_sts::StsError),
 }
 
 impl From<LedgerError> for BrokerError {
@@ -121,6 +128,9 @@ pub enum Missing {
     /// A configured database, by name.
     #[error("no database is named {0:?}")]
     Database(String),
+    /// A configured cloud profile, by name.
+    #[error("no cloud profile is named {0:?}")]
+    Cloud(String),
     /// A role of a configured database.
     #[error("database {database:?} has no role {role:?}")]
     Role {
@@ -269,6 +279,8 @@ pub struct BrokerParts {
     pub workload_api: crate::broker::config::WorkloadApiConfig,
     /// Evidence older than this is refused (`attest.max_evidence_age`).
     pub max_evidence_age_secs: i64,
+    /// Cloud profiles.
+    pub clouds: crate::issue::cloud::CloudProfiles,
 }
 
 /// The broker: the parts of the flow, wired together.
@@ -295,6 +307,9 @@ pub struct Broker {
     unix: Arc<crate::attest::unix::UnixAttestor>,
     attestations: Arc<tokio::sync::Semaphore>,
     workload_api: crate::broker::config::WorkloadApiConfig,
+    clouds: crate::issue::cloud::CloudProfiles,
+    /// Calls AWS STS for `aws` cloud profiles (`None` if the HTTP client could not be built).
+    sts: Option<crate::issue::cloud::aws_sts::StsClient>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -304,16 +319,16 @@ impl std::fmt::Debug for Broker {
 }
 
 impl Broker {
-    /// Rotates the token signing key of `keys`: the new key is sealed under `kek` and
-    /// stored before it signs; the old one stays published for `publish_for_secs`.
+    /// Rotates the signing key of `profile` in `keys`: the new key is sealed under `kek`
+    /// and stored before it signs; the old one stays published for `publish_for_secs`.
     pub async fn rotate_signing_key(
         &self,
         keys: &crate::keys::KeyRing,
         kek: &crate::keys::Kek,
-        alg: crate::keys::SigningAlg,
+        profile: &str,
         publish_for_secs: i64,
     ) -> Result<mayfly_proto::SigningKeyInfo, crate::keys::KeyRingError> {
-        keys.rotate(self.ledger.store().as_ref(), kek, alg, publish_for_secs).await
+        keys.rotate(self.ledger.store().as_ref(), kek, profile, publish_for_secs).await
     }
 
     /// Wires the flow together.
@@ -340,6 +355,10 @@ impl Broker {
             unix: Arc::new(crate::attest::unix::UnixAttestor::new(parts.workload_api.max_exe_bytes)),
             attestations: Arc::new(tokio::sync::Semaphore::new(crate::broker::svids::ATTESTATIONS_AT_ONCE)),
             workload_api: parts.workload_api,
+            clouds: parts.clouds,
+            sts: crate::issue::cloud::aws_sts::StsClient::new()
+                .inspect_err(|e| tracing::error!(error = %e, "no HTTP client for AWS STS"))
+                .ok(),
         }
     }
 

@@ -126,7 +126,8 @@ impl Periodic for CheckpointJob {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::{Kek, SigningAlg};
+    use crate::keys::Kek;
+    use crate::keys::config::KeysConfig;
     use crate::ledger::audit::{AuditEvent, ChainedAuditEvent, GENESIS_HASH};
     use crate::ledger::sqlite::SqliteStore;
     use crate::ledger::{Store, StoredBatch};
@@ -146,7 +147,9 @@ mod tests {
     async fn written_every_n_events_or_t_seconds_and_only_when_the_head_moved() {
         let store = Arc::new(SqliteStore::in_memory().await.unwrap());
         let kek = Kek::from_bytes(&[3; 32]).unwrap();
-        let keys = Arc::new(KeyRing::load_or_create(store.as_ref(), &kek, SigningAlg::EdDsa).await.unwrap());
+        let keys = Arc::new(
+            KeyRing::load_or_create(store.as_ref(), &kek, KeysConfig::default().signing_profiles(), 600).await.unwrap(),
+        );
         let w = CheckpointWriter {
             store: store.clone(),
             keys: keys.clone(),

@@ -1,11 +1,13 @@
 //! RFC 9068 JWT access tokens (`typ: at+jwt`), signed with the key ring's active key.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::Serialize;
 
 use super::IssueError;
-use crate::keys::KeyRing;
+use crate::keys::config::KeysConfig;
+use crate::keys::{KeyRing, SigningKey};
 
 /// What to put in an access token.
 #[derive(Debug, Clone)]
@@ -100,12 +102,30 @@ struct Claims<'a> {
 pub struct JwtIssuer {
     keys: Arc<KeyRing>,
     issuer_url: String,
+    /// Audiences signed by a named profile's key rather than the default one.
+    profile_of_audience: HashMap<String, String>,
 }
 
 impl JwtIssuer {
-    /// An issuer whose tokens carry `iss = issuer_url`.
-    pub fn new(keys: Arc<KeyRing>, issuer_url: String) -> Self {
-        Self { keys, issuer_url }
+    /// An issuer whose tokens carry `iss = issuer_url`, each signed by the profile that
+    /// claims its audience in `keys` (else the default profile).
+    pub fn new(keys: Arc<KeyRing>, issuer_url: String, profiles: &KeysConfig) -> Self {
+        let profile_of_audience =
+            profiles.profiles.iter().flat_map(|p| p.audiences.iter().map(|a| (a.clone(), p.name.clone()))).collect();
+        Self { keys, issuer_url, profile_of_audience }
+    }
+
+    /// The key that signs for a named signing profile now.
+    pub fn key_of_profile(&self, profile: &str) -> Option<Arc<SigningKey>> {
+        self.keys.active_for(profile)
+    }
+
+    /// The key that signs for `audience`.
+    fn key_for(&self, audience: &str) -> Arc<SigningKey> {
+        self.profile_of_audience
+            .get(audience)
+            .and_then(|p| self.keys.active_for(p))
+            .unwrap_or_else(|| self.keys.active())
     }
 
     /// The `iss` of issued tokens.
@@ -115,7 +135,7 @@ impl JwtIssuer {
 
     /// Signs a new access token.
     pub fn issue(&self, req: &AccessTokenRequest<'_>) -> Result<IssuedToken, IssueError> {
-        let key = self.keys.active();
+        let key = self.key_for(req.audience);
         let jti = crate::ids::time_ordered_id();
         let scope = req.scopes.join(" ");
         let expires_at = req.now + req.ttl_seconds;

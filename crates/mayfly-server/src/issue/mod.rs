@@ -1,6 +1,7 @@
 //! Issuance: minting credentials. One module per kind of credential: `jwt` (access
 //! tokens), `svid` (SPIFFE X.509- and JWT-SVIDs), `db` (database users).
 
+pub mod cloud;
 pub mod db;
 pub mod jwt;
 pub mod svid;

@@ -10,8 +10,8 @@ mod ring;
 mod signing;
 
 pub use kek::{Kek, KekSource};
-pub use ring::{KeyRing, KeyRingError, stored_public_keys};
-pub use signing::{SigningAlg, SigningKey, jwk_thumbprint};
+pub use ring::{DEFAULT_PROFILE, KeyRing, KeyRingError, MAX_PUBLISHED_KEYS, SigningProfile, stored_public_keys};
+pub use signing::{KeySpec, RsaBits, SigningAlg, SigningKey, jwk_thumbprint};
 
 /// Why keys could not be loaded, sealed or used.
 #[derive(Debug, thiserror::Error)]

@@ -6,26 +6,65 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use mayfly_proto::SigningKeyInfo;
 
-use super::{Kek, KeyError, SigningAlg, SigningKey};
+use super::{Kek, KeyError, KeySpec, SigningAlg, SigningKey};
 use crate::ledger::{LedgerError, Store, StoredSigningKey};
 
-/// A key and how long it stays in the JWKS.
+/// The profile every configuration has: it signs access tokens unless another profile
+/// claims their audience.
+pub const DEFAULT_PROFILE: &str = "default";
+
+/// At most this many keys are published at once, over every profile: AWS reads only
+/// about 100 keys of a JWKS, and a short set is fetched and searched faster everywhere.
+pub const MAX_PUBLISHED_KEYS: usize = 24;
+
+/// A signing profile: a name, the kind of key it signs with, and how long a new key is
+/// published before it signs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigningProfile {
+    /// `default`, or the name configured in `[[keys.profiles]]`.
+    pub name: String,
+    /// Algorithm and key size.
+    pub spec: KeySpec,
+    /// Seconds between publishing a rotated key and its first signature.
+    pub lead_secs: i64,
+}
+
+/// A key, when it signs, and how long it stays in the JWKS.
 #[derive(Debug, Clone)]
 struct PublishedKey {
     key: Arc<SigningKey>,
+    profile: String,
     created_at: i64,
+    /// Signs from here until its successor's `activates_at`.
+    activates_at: i64,
     published_until: Option<i64>,
+}
+
+impl PublishedKey {
+    fn published_at(&self, now: i64) -> bool {
+        self.published_until.is_none_or(|t| t > now)
+    }
 }
 
 #[derive(Debug)]
 struct RingState {
-    active: Arc<SigningKey>,
     keys: Vec<PublishedKey>,
 }
 
-/// The signing keys in use. Reads are lock-free.
+impl RingState {
+    /// The key of `profile` that signs at `now`: the published one that became active last.
+    fn active(&self, profile: &str, now: i64) -> Option<&PublishedKey> {
+        self.keys
+            .iter()
+            .filter(|k| k.profile == profile && k.activates_at <= now && k.published_at(now))
+            .max_by_key(|k| (k.activates_at, k.created_at))
+    }
+}
+
+/// The signing keys in use, per profile. Reads are lock-free.
 #[derive(Debug)]
 pub struct KeyRing {
+    profiles: Vec<SigningProfile>,
     state: ArcSwap<RingState>,
 }
 
@@ -38,36 +77,64 @@ pub enum KeyRingError {
     /// Storage failed.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    /// No profile has this name.
+    #[error("no signing profile is named {0:?}")]
+    UnknownProfile(String),
+    /// Publishing one more key would make the JWKS too long.
+    #[error(
+        "{published} keys are published already (at most {MAX_PUBLISHED_KEYS}): wait until retired keys \
+         leave the JWKS (their tokens have expired) before rotating again"
+    )]
+    TooManyKeys {
+        /// Keys published now.
+        published: usize,
+    },
 }
 
 impl KeyRing {
-    /// Loads the stored keys (opening them with the KEK), creating the first key if there is none.
-    pub async fn load_or_create(store: &dyn Store, kek: &Kek, alg: SigningAlg) -> Result<Self, KeyRingError> {
+    /// Loads the stored keys (opening them with the KEK), creating each profile's first key
+    /// if it has none. A profile whose active key is of another kind than configured (the
+    /// operator changed its algorithm) is rotated at once; the old key stays published for
+    /// `publish_for_secs`.
+    pub async fn load_or_create(
+        store: &dyn Store,
+        kek: &Kek,
+        profiles: Vec<SigningProfile>,
+        publish_for_secs: i64,
+    ) -> Result<Self, KeyRingError> {
         let now = crate::clock::now_unix();
-        let stored = store.signing_keys().await?;
-        if stored.is_empty() {
-            let (key, row) = new_stored_key(kek, alg, now)?;
-            match store.insert_signing_key(&row).await {
-                Ok(()) => {
-                    let key = Arc::new(key);
-                    let keys =
-                        vec![PublishedKey { key: key.clone(), created_at: row.created_at, published_until: None }];
-                    return Ok(Self { state: ArcSwap::from_pointee(RingState { active: key, keys }) });
+        let ring = Self { profiles, state: ArcSwap::from_pointee(RingState { keys: Vec::new() }) };
+        ring.state.store(Arc::new(open_rows(kek, &store.signing_keys().await?, now, &[])?));
+        for profile in &ring.profiles {
+            let active = ring.state.load().active(&profile.name, now).map(|k| k.key.alg());
+            match active {
+                None => {
+                    let (_, row) = new_stored_key(kek, profile, now, None)?;
+                    // Another replica may have stored the first key a moment earlier (only one
+                    // may be active per profile): then the reload below picks that one up.
+                    if let Err(e) = store.insert_signing_key(&row).await {
+                        tracing::debug!(profile = %profile.name, error = %e, "first key stored by another replica");
+                    }
                 }
-                // Another replica stored the first key a moment earlier (only one may be
-                // active): use that one.
-                Err(e) => match open_rows(kek, &store.signing_keys().await?, now, &[])? {
-                    Some(state) => return Ok(Self { state: ArcSwap::from_pointee(state) }),
-                    None => return Err(e.into()),
-                },
+                Some(alg) if alg != profile.spec.alg() => {
+                    tracing::warn!(profile = %profile.name, from = alg.as_str(), to = profile.spec.alg().as_str(),
+                        "the profile's algorithm changed in the config; rotating its key");
+                    if let Err(e) = ring.rotate_now(store, kek, profile, publish_for_secs, 0).await {
+                        tracing::debug!(profile = %profile.name, error = %e, "rotated by another replica");
+                    }
+                }
+                Some(_) => {}
+            }
+            ring.state.store(Arc::new(open_rows(kek, &store.signing_keys().await?, now, &ring.state.load().keys)?));
+            if ring.state.load().active(&profile.name, now).is_none() {
+                return Err(KeyError::Corrupt {
+                    kid: "-".into(),
+                    reason: format!("no active signing key for profile {:?} in storage", profile.name),
+                }
+                .into());
             }
         }
-        match open_rows(kek, &stored, now, &[])? {
-            Some(state) => Ok(Self { state: ArcSwap::from_pointee(state) }),
-            None => {
-                Err(KeyError::Corrupt { kid: "-".into(), reason: "no active signing key in storage".into() }.into())
-            }
-        }
+        Ok(ring)
     }
 
     /// Re-reads the stored keys (another replica may have rotated them); returns whether
@@ -75,105 +142,148 @@ impl KeyRing {
     pub async fn reload(&self, store: &dyn Store, kek: &Kek) -> Result<bool, KeyRingError> {
         let now = crate::clock::now_unix();
         let current = self.state.load_full();
-        let Some(next) = open_rows(kek, &store.signing_keys().await?, now, &current.keys)? else {
+        let next = open_rows(kek, &store.signing_keys().await?, now, &current.keys)?;
+        if self.profiles.iter().any(|p| next.active(&p.name, now).is_none()) {
             return Ok(false);
-        };
+        }
         let view = |s: &RingState| {
-            (
-                s.active.kid().to_owned(),
-                s.keys.iter().map(|k| (k.key.kid().to_owned(), k.published_until)).collect::<Vec<_>>(),
-            )
+            s.keys.iter().map(|k| (k.key.kid().to_owned(), k.activates_at, k.published_until)).collect::<Vec<_>>()
         };
         if view(&next) == view(&current) {
             return Ok(false);
         }
-        tracing::info!(active = %next.active.kid(), "signing keys changed in storage; reloaded");
+        tracing::info!("signing keys changed in storage; reloaded");
         self.state.store(Arc::new(next));
         Ok(true)
     }
 
-    /// The key that signs new tokens.
-    pub fn active(&self) -> Arc<SigningKey> {
-        self.state.load().active.clone()
+    /// The profiles, as configured.
+    pub fn profiles(&self) -> &[SigningProfile] {
+        &self.profiles
     }
 
-    /// A published key by id (active or retired but still within its publication window).
+    /// The key that signs new tokens of the default profile.
+    pub fn active(&self) -> Arc<SigningKey> {
+        self.active_for(DEFAULT_PROFILE).unwrap_or_else(|| {
+            // Unreachable after load: every profile has an active key, and one is never
+            // dropped from the ring before its successor signs.
+            self.state.load().keys.last().map(|k| k.key.clone()).expect("a loaded key ring holds a key")
+        })
+    }
+
+    /// The key that signs for `profile` now, if the profile exists.
+    pub fn active_for(&self, profile: &str) -> Option<Arc<SigningKey>> {
+        self.state.load().active(profile, crate::clock::now_unix()).map(|k| k.key.clone())
+    }
+
+    /// A published key by id (active, pre-published, or retired but still within its
+    /// publication window).
     pub fn find(&self, kid: &str) -> Option<Arc<SigningKey>> {
         let now = crate::clock::now_unix();
-        self.state
-            .load()
-            .keys
-            .iter()
-            .find(|k| k.key.kid() == kid && k.published_until.is_none_or(|t| t > now))
-            .map(|k| k.key.clone())
+        self.state.load().keys.iter().find(|k| k.key.kid() == kid && k.published_at(now)).map(|k| k.key.clone())
     }
 
-    /// The RFC 7517 JWK Set of every published key.
+    /// The RFC 7517 JWK Set of every published key, of every profile.
     pub fn jwks(&self) -> serde_json::Value {
         let now = crate::clock::now_unix();
-        let keys: Vec<_> = self
-            .state
-            .load()
-            .keys
-            .iter()
-            .filter(|k| k.published_until.is_none_or(|t| t > now))
-            .map(|k| k.key.public_jwk().clone())
-            .collect();
+        let keys: Vec<_> =
+            self.state.load().keys.iter().filter(|k| k.published_at(now)).map(|k| k.key.public_jwk().clone()).collect();
         serde_json::json!({ "keys": keys })
     }
 
     /// The published keys, for the admin API.
     pub fn infos(&self) -> Vec<SigningKeyInfo> {
+        let now = crate::clock::now_unix();
         let state = self.state.load();
         state
             .keys
             .iter()
+            .filter(|k| k.published_at(now))
             .map(|k| SigningKeyInfo {
                 kid: k.key.kid().to_owned(),
                 alg: k.key.alg().as_str().to_owned(),
-                active: Arc::ptr_eq(&k.key, &state.active),
+                active: state.active(&k.profile, now).is_some_and(|a| Arc::ptr_eq(&a.key, &k.key)),
                 created_at: k.created_at,
                 published_until: k.published_until,
+                profile: k.profile.clone(),
+                activates_at: (k.activates_at > k.created_at).then_some(k.activates_at),
             })
             .collect()
     }
 
-    /// Rotates: a new key signs from now on; the old one stays published for
-    /// `publish_for_secs`, long enough for every token it signed to expire.
+    /// Rotates `profile`: a new key is published now and signs after the profile's lead
+    /// time; the old one stops signing then and stays published `publish_for_secs`
+    /// longer, long enough for every token it signed to expire.
     pub async fn rotate(
         &self,
         store: &dyn Store,
         kek: &Kek,
-        alg: SigningAlg,
+        profile: &str,
         publish_for_secs: i64,
     ) -> Result<SigningKeyInfo, KeyRingError> {
+        let profile = self
+            .profiles
+            .iter()
+            .find(|p| p.name == profile)
+            .ok_or_else(|| KeyRingError::UnknownProfile(profile.into()))?;
         let now = crate::clock::now_unix();
-        let (key, row) = new_stored_key(kek, alg, now)?;
-        let old = self.active();
-        let published_until = now + publish_for_secs;
-        store.rotate_signing_key(&row, old.kid(), now, published_until).await?;
+        let published = self.state.load().keys.iter().filter(|k| k.published_at(now)).count();
+        if published >= MAX_PUBLISHED_KEYS {
+            return Err(KeyRingError::TooManyKeys { published });
+        }
+        self.rotate_now(store, kek, profile, publish_for_secs, profile.lead_secs).await
+    }
+
+    async fn rotate_now(
+        &self,
+        store: &dyn Store,
+        kek: &Kek,
+        profile: &SigningProfile,
+        publish_for_secs: i64,
+        lead_secs: i64,
+    ) -> Result<SigningKeyInfo, KeyRingError> {
+        let now = crate::clock::now_unix();
+        let activates_at = now + lead_secs.max(0);
+        let state = self.state.load_full();
+        // The newest key of the profile, even if it is itself still waiting for its turn.
+        let old = state
+            .keys
+            .iter()
+            .filter(|k| k.profile == profile.name && k.published_at(now))
+            .max_by_key(|k| (k.activates_at, k.created_at))
+            .ok_or_else(|| KeyRingError::UnknownProfile(profile.name.clone()))?;
+        let (key, row) = new_stored_key(kek, profile, now, (lead_secs > 0).then_some(activates_at))?;
+        let published_until = activates_at + publish_for_secs;
+        store.rotate_signing_key(&row, old.key.kid(), activates_at, published_until).await?;
         let key = Arc::new(key);
-        let state = self.state.load();
         let mut keys: Vec<PublishedKey> = state
             .keys
             .iter()
-            .filter(|k| k.published_until.is_none_or(|t| t > now))
+            .filter(|k| k.published_at(now))
             .cloned()
             .map(|mut k| {
-                if Arc::ptr_eq(&k.key, &old) {
+                if Arc::ptr_eq(&k.key, &old.key) {
                     k.published_until = Some(published_until);
                 }
                 k
             })
             .collect();
-        keys.push(PublishedKey { key: key.clone(), created_at: now, published_until: None });
-        self.state.store(Arc::new(RingState { active: key.clone(), keys }));
+        keys.push(PublishedKey {
+            key: key.clone(),
+            profile: profile.name.clone(),
+            created_at: now,
+            activates_at,
+            published_until: None,
+        });
+        self.state.store(Arc::new(RingState { keys }));
         Ok(SigningKeyInfo {
             kid: key.kid().to_owned(),
-            alg: alg.as_str().to_owned(),
-            active: true,
+            alg: key.alg().as_str().to_owned(),
+            active: lead_secs <= 0,
             created_at: now,
             published_until: None,
+            profile: profile.name.clone(),
+            activates_at: (lead_secs > 0).then_some(activates_at),
         })
     }
 }
@@ -198,16 +308,9 @@ pub async fn stored_public_keys(store: &dyn Store, kek: &Kek) -> Result<Vec<serd
     Ok(keys)
 }
 
-/// The keys still published at `now` and the active one, reusing keys in `known`;
-/// `None` when no stored key is active.
-fn open_rows(
-    kek: &Kek,
-    rows: &[StoredSigningKey],
-    now: i64,
-    known: &[PublishedKey],
-) -> Result<Option<RingState>, KeyError> {
+/// The keys still published at `now`, reusing keys in `known`.
+fn open_rows(kek: &Kek, rows: &[StoredSigningKey], now: i64, known: &[PublishedKey]) -> Result<RingState, KeyError> {
     let mut keys = Vec::new();
-    let mut active = None;
     for row in rows {
         if row.published_until.is_some_and(|t| t <= now) {
             continue;
@@ -216,24 +319,34 @@ fn open_rows(
             Some(k) => k.key.clone(),
             None => Arc::new(open_stored_key(kek, row)?),
         };
-        if row.retired_at.is_none() {
-            active = Some(key.clone());
-        }
-        keys.push(PublishedKey { key, created_at: row.created_at, published_until: row.published_until });
+        keys.push(PublishedKey {
+            key,
+            profile: row.profile.clone(),
+            created_at: row.created_at,
+            activates_at: row.activates_at.unwrap_or(row.created_at),
+            published_until: row.published_until,
+        });
     }
-    Ok(active.map(|active| RingState { active, keys }))
+    Ok(RingState { keys })
 }
 
-fn new_stored_key(kek: &Kek, alg: SigningAlg, now: i64) -> Result<(SigningKey, StoredSigningKey), KeyError> {
-    let (key, pkcs8) = SigningKey::generate(alg)?;
+fn new_stored_key(
+    kek: &Kek,
+    profile: &SigningProfile,
+    now: i64,
+    activates_at: Option<i64>,
+) -> Result<(SigningKey, StoredSigningKey), KeyError> {
+    let (key, pkcs8) = SigningKey::generate(profile.spec)?;
     let sealed = kek.seal(key.kid().as_bytes(), &pkcs8)?;
     let row = StoredSigningKey {
         kid: key.kid().to_owned(),
-        alg: alg.as_str().to_owned(),
+        alg: profile.spec.alg().as_str().to_owned(),
         sealed_private_key: sealed,
         created_at: now,
         retired_at: None,
         published_until: None,
+        profile: profile.name.clone(),
+        activates_at,
     };
     Ok((key, row))
 }

@@ -56,6 +56,10 @@ pub struct StoredSigningKey {
     pub retired_at: Option<i64>,
     /// When it leaves the JWKS.
     pub published_until: Option<i64>,
+    /// The signing profile it belongs to (`default` for the main key).
+    pub profile: String,
+    /// When it starts signing, if later than `created_at` (pre-published keys).
+    pub activates_at: Option<i64>,
 }
 
 /// One generation of SVID authorities as stored: the X.509 CA and the JWT-SVID key.

@@ -2,18 +2,19 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use mayfly_proto::ProblemKind;
 use mayfly_proto::{
     AdminTokenInfo, CreateAdminTokenRequest, CreateAdminTokenResponse, CreateJoinTokenRequest, CreateJoinTokenResponse,
     SigningKeyInfo,
 };
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use super::problems::{AdminAuth, JsonBody};
+use super::problems::{AdminAuth, BadQuery, JsonBody};
 use super::{AdminCaller, ApiError, AppState, audit_admin, require_admin};
 use crate::ledger::StoredAdminToken;
 
@@ -195,21 +196,40 @@ pub async fn list_keys(
     Ok(Json(state.keys.infos()))
 }
 
-/// Rotates the signing key: the new key signs at once; the old one stays in the JWKS until its tokens expire.
+/// Which signing profile to rotate.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RotateQuery {
+    /// The profile (default: `default`, the key that signs access tokens of unclaimed audiences).
+    #[param(min_length = 1, max_length = 64)]
+    pub profile: Option<String>,
+}
+
+/// Rotates a profile's signing key: the new key is published at once and signs after the
+/// profile's `rotation_lead` (at once by default); the old one stays in the JWKS until its
+/// tokens expire.
 #[utoipa::path(
     post, path = "/v1/keys/rotate", tag = "admin", security(("admin_token" = [])),
+    params(RotateQuery),
     responses(
-        AdminAuth,
-        (status = 200, description = "The new active key", body = SigningKeyInfo),
-        (status = 401, description = "Missing or wrong admin token", body = mayfly_proto::Problem, content_type = "application/problem+json"),
+        AdminAuth, BadQuery,
+        (status = 200, description = "The new key", body = SigningKeyInfo),
+        (status = 404, description = "No such profile", body = mayfly_proto::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Too many keys are published already", body = mayfly_proto::Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn rotate_keys(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<SigningKeyInfo>, ApiError> {
+pub async fn rotate_keys(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<RotateQuery>, QueryRejection>,
+) -> Result<Json<SigningKeyInfo>, ApiError> {
     require_admin(&state, &headers).await?;
-    let old = state.keys.active().kid().to_owned();
-    let info =
-        state.broker.rotate_signing_key(&state.keys, &state.kek, state.signing_alg, state.key_publish_secs).await?;
-    let detail = json!({"new_kid": info.kid, "retired_kid": old, "published_for_seconds": state.key_publish_secs});
+    let q = super::read_query(query)?;
+    let profile = q.profile.as_deref().unwrap_or(crate::keys::DEFAULT_PROFILE);
+    let old = state.keys.active_for(profile).map(|k| k.kid().to_owned());
+    let info = state.broker.rotate_signing_key(&state.keys, &state.kek, profile, state.key_publish_secs).await?;
+    let detail = json!({"profile": profile, "new_kid": info.kid, "retired_kid": old,
+        "activates_at": info.activates_at, "published_for_seconds": state.key_publish_secs});
     audit_admin(&state, "admin.keys.rotated", None, detail).await?;
     Ok(Json(info))
 }

@@ -38,7 +38,9 @@ pub async fn openid_configuration(State(state): State<AppState>) -> Json<serde_j
         "token_endpoint": format!("{base}/v1/token"),
         "grant_types_supported": [GRANT_TYPE_TOKEN_EXCHANGE],
         "token_endpoint_auth_methods_supported": ["none"],
-        "response_types_supported": [],
+        // The shape the clouds read (Kubernetes' issuer has the same): they verify ID-token
+        // style JWTs from this issuer, which is what its cloud tokens are.
+        "response_types_supported": ["id_token"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": algs,
         "token_endpoint_auth_signing_alg_values_supported": algs,

@@ -8,6 +8,8 @@ use crate::attest::AttestError;
 use crate::attest::join_token::CreateJoinTokenError;
 use crate::broker::BrokerError;
 use crate::broker::admin_tokens::AdminTokenError;
+use crate::issue::cloud::CloudTokenError;
+use crate::issue::cloud::aws_sts::StsError;
 use crate::keys::KeyRingError;
 use crate::ledger::RevokeError;
 
@@ -124,6 +126,12 @@ impl ApiError {
                 BrokerError::Ledger(_) => {
                     (S::SERVICE_UNAVAILABLE, K::StorageUnavailable, Some("temporarily_unavailable"))
                 }
+                BrokerError::Cloud(CloudTokenError::SubjectTooLong { .. }) => {
+                    (S::BAD_REQUEST, K::InvalidRequest, Some("invalid_request"))
+                }
+                BrokerError::Cloud(_) => (S::INTERNAL_SERVER_ERROR, K::IssueFailed, Some("server_error")),
+                BrokerError::Sts(StsError::Refused { .. }) => (S::BAD_GATEWAY, K::CloudRefused, None),
+                BrokerError::Sts(StsError::Unavailable(_)) => (S::SERVICE_UNAVAILABLE, K::CloudUnavailable, None),
             },
             ApiError::BadRequest { kind, oauth, .. } => (S::BAD_REQUEST, *kind, *oauth),
             ApiError::UnsupportedMediaType(_) => {
@@ -139,6 +147,8 @@ impl ApiError {
             | ApiError::Revoke(RevokeError::Ledger(_))
             | ApiError::StorageUnavailable => (S::SERVICE_UNAVAILABLE, K::StorageUnavailable, None),
             ApiError::JoinToken(_) => (S::BAD_REQUEST, K::InvalidRequest, None),
+            ApiError::Keys(KeyRingError::UnknownProfile(_)) => (S::NOT_FOUND, K::NotFound, None),
+            ApiError::Keys(KeyRingError::TooManyKeys { .. }) => (S::CONFLICT, K::Conflict, None),
             ApiError::Keys(_) => (S::INTERNAL_SERVER_ERROR, K::KeyRotationFailed, None),
             ApiError::AdminToken(AdminTokenError::InvalidName(_)) => (S::BAD_REQUEST, K::InvalidRequest, None),
             ApiError::AdminToken(AdminTokenError::NameTaken(_) | AdminTokenError::LastOne(_)) => {

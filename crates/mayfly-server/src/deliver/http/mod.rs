@@ -2,6 +2,7 @@
 
 mod admin;
 mod checkpoints;
+mod clouds;
 mod credentials;
 mod discovery;
 pub mod error;
@@ -24,7 +25,7 @@ use axum::routing::get;
 use mayfly_proto::ProblemKind;
 
 use crate::broker::Broker;
-use crate::keys::{Kek, KeyRing, SigningAlg};
+use crate::keys::{Kek, KeyRing};
 use crate::ledger::Revocations;
 use crate::verify::TokenVerifier;
 pub use error::ApiError;
@@ -50,8 +51,6 @@ pub struct AppInner {
     pub issuer_url: String,
     /// The trust domain of issued SPIFFE IDs.
     pub trust_domain: String,
-    /// Algorithm of new signing keys.
-    pub signing_alg: SigningAlg,
     /// How long a retired key stays published, in seconds.
     pub key_publish_secs: i64,
     /// Revocations in force and their feed.
@@ -104,6 +103,9 @@ pub(crate) fn api() -> utoipa_axum::router::OpenApiRouter<AppState> {
         .routes(routes!(credentials::revoke))
         .routes(routes!(credentials::renew))
         .routes(routes!(credentials::issue))
+        .routes(routes!(clouds::token))
+        .routes(routes!(clouds::aws_credentials))
+        .routes(routes!(clouds::list))
         .routes(routes!(admin::create_join_token))
         .routes(routes!(admin::list_admin_tokens, admin::create_admin_token))
         .routes(routes!(admin::revoke_admin_token))

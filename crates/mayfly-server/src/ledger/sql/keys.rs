@@ -17,8 +17,9 @@ macro_rules! key_sql {
                 key: &$crate::ledger::StoredSigningKey,
             ) -> Result<(), $crate::ledger::LedgerError> {
                 sqlx::query(
-                    "INSERT INTO signing_keys (kid, alg, sealed_private_key, created_at, retired_at, published_until) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
+                    "INSERT INTO signing_keys \
+                     (kid, alg, sealed_private_key, created_at, retired_at, published_until, profile, activates_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 )
                 .bind(&key.kid)
                 .bind(&key.alg)
@@ -26,6 +27,8 @@ macro_rules! key_sql {
                 .bind(key.created_at)
                 .bind(key.retired_at)
                 .bind(key.published_until)
+                .bind(&key.profile)
+                .bind(key.activates_at)
                 .execute(&self.pool)
                 .await?;
                 Ok(())
@@ -54,13 +57,16 @@ macro_rules! key_sql {
                     )));
                 }
                 sqlx::query(
-                    "INSERT INTO signing_keys (kid, alg, sealed_private_key, created_at, retired_at, published_until) \
-                     VALUES ($1, $2, $3, $4, NULL, NULL)",
+                    "INSERT INTO signing_keys \
+                     (kid, alg, sealed_private_key, created_at, retired_at, published_until, profile, activates_at) \
+                     VALUES ($1, $2, $3, $4, NULL, NULL, $5, $6)",
                 )
                 .bind(&new.kid)
                 .bind(&new.alg)
                 .bind(&new.sealed_private_key)
                 .bind(new.created_at)
+                .bind(&new.profile)
+                .bind(new.activates_at)
                 .execute(&mut *tx)
                 .await?;
                 tx.commit().await?;
