@@ -298,10 +298,14 @@ impl AdminTokenCommand {
 /// `mayfly keys …`
 #[derive(Subcommand)]
 pub enum KeysCommand {
-    /// Rotate the signing key: the new key signs at once; the old one stays in the JWKS until its tokens expire.
+    /// Rotate a profile's signing key: the new key is published at once and signs after the
+    /// profile's rotation lead; the old one stays in the JWKS until its tokens expire.
     Rotate {
         #[command(flatten)]
         remote: AdminRemote,
+        /// The signing profile (default: `default`).
+        #[arg(long)]
+        profile: Option<String>,
     },
     /// List the published signing keys.
     List {
@@ -316,12 +320,24 @@ pub enum KeysCommand {
 impl KeysCommand {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         match self {
-            KeysCommand::Rotate { remote } => {
+            KeysCommand::Rotate { remote, profile } => {
                 let remote = remote.resolve()?;
                 let url = remote.remote.endpoint("/v1/keys/rotate");
-                let req = remote.remote.client()?.post(&url).bearer_auth(remote.token()?);
+                let mut req = remote.remote.client()?.post(&url).bearer_auth(remote.token()?);
+                if let Some(p) = &profile {
+                    req = req.query(&[("profile", p)]);
+                }
                 let info: SigningKeyInfo = call(req, &url).await?;
-                println!("new signing key {} ({})", info.kid, info.alg);
+                match info.activates_at {
+                    Some(t) => println!(
+                        "new signing key {} ({}, profile {}): published now, signs from {}",
+                        info.kid,
+                        info.alg,
+                        info.profile,
+                        mayfly_server::clock::rfc3339(t)
+                    ),
+                    None => println!("new signing key {} ({}, profile {})", info.kid, info.alg, info.profile),
+                }
             }
             KeysCommand::List { remote, json } => {
                 let remote = remote.resolve()?;
@@ -331,11 +347,15 @@ impl KeysCommand {
                 if json {
                     print_json(&keys)?;
                 } else {
-                    println!("{:<44} {:<6} {:<7} {:<21} PUBLISHED UNTIL", "KID", "ALG", "ACTIVE", "CREATED");
+                    println!(
+                        "{:<44} {:<12} {:<6} {:<7} {:<21} PUBLISHED UNTIL",
+                        "KID", "PROFILE", "ALG", "ACTIVE", "CREATED"
+                    );
                     for k in keys {
                         println!(
-                            "{:<44} {:<6} {:<7} {:<21} {}",
+                            "{:<44} {:<12} {:<6} {:<7} {:<21} {}",
                             k.kid,
+                            k.profile,
                             k.alg,
                             if k.active { "yes" } else { "no" },
                             mayfly_server::clock::rfc3339(k.created_at),

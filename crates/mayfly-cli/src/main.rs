@@ -3,6 +3,7 @@
 
 mod audit;
 mod client;
+mod clouds;
 mod databases;
 mod exec;
 mod ops;
@@ -44,6 +45,12 @@ enum Command {
     /// Access tokens.
     #[command(subcommand)]
     Token(client::TokenCommand),
+    /// Cloud profiles: list them, print the set-up each needs on the cloud's side.
+    #[command(subcommand)]
+    Clouds(clouds::CloudsCommand),
+    /// OpenID Connect: export the discovery document and JWKS as static files.
+    #[command(subcommand)]
+    Oidc(clouds::OidcCommand),
     /// Tasks: runtime identities that live for one job.
     #[command(subcommand)]
     Tasks(tasks::TasksCommand),
@@ -93,6 +100,8 @@ fn main() -> ExitCode {
             Command::AdminToken(cmd) => cmd.run().await,
             Command::Keys(cmd) => cmd.run().await,
             Command::Token(cmd) => cmd.run().await,
+            Command::Clouds(cmd) => cmd.run().await,
+            Command::Oidc(cmd) => cmd.run().await,
             Command::Tasks(cmd) => cmd.run().await,
             Command::Exec(args) => args.run().await,
             Command::Policy(cmd) => cmd.run(),

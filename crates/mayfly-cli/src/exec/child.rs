@@ -22,6 +22,8 @@ pub(super) const FORWARDED: [SignalKind; 6] = [
 pub(super) struct ChildEnv {
     pub(super) vars: BTreeMap<String, String>,
     pub(super) renew: Vec<(Want, u64)>,
+    /// Cloud profiles to renew, with their tokens' lifetime.
+    pub(super) renew_clouds: Vec<(String, u64)>,
 }
 
 /// How the child ended.

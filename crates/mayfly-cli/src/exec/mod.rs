@@ -11,6 +11,7 @@
 //! If `mayfly exec` itself is killed, the task's lifetime bounds the exposure.
 
 mod child;
+mod clouds;
 mod secrets;
 mod session;
 
@@ -81,6 +82,11 @@ pub struct ExecArgs {
     /// join token), check this often that the task is still active. 0s: only at renewals.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "1m")]
     reattest_every: Duration,
+    /// A cloud profile (`[[clouds]]` on the server) to give the command credentials for,
+    /// through the files and variables the cloud's SDKs and CLI read (AWS web identity,
+    /// a Google `external_account` file, Azure workload identity). Repeatable, one per cloud.
+    #[arg(long = "cloud", value_name = "NAME")]
+    clouds: Vec<String>,
     /// Also give the command the task token (MAYFLY_TASK_TOKEN), so it can get more
     /// credentials or sub-tasks under the same task.
     #[arg(long)]
@@ -121,10 +127,16 @@ fn parse_wants(audiences: &[String]) -> anyhow::Result<Vec<Want>> {
 impl ExecArgs {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         let wants = parse_wants(&self.audiences)?;
+        clouds::check_names(&self.clouds)?;
         let evidence = self.evidence.read()?;
         let client = self.remote.client()?;
         let program = self.command[0].clone();
-        let audiences = wants.iter().map(|w| w.audience.clone()).collect();
+        // A task limited to audiences gets cloud tokens only for the clouds it names.
+        let audiences = wants
+            .iter()
+            .map(|w| w.audience.clone())
+            .chain(self.clouds.iter().map(|c| clouds::task_audience(c)))
+            .collect();
         let started: StartTaskResponse = start_task(
             &self.remote,
             &client,
@@ -160,6 +172,16 @@ impl ExecArgs {
         let session = std::sync::Arc::new(session);
         let mut renewals = Vec::new();
         if let Some(dir) = &dir {
+            for (profile, lifetime) in &env.renew_clouds {
+                renewals.push(tokio::spawn(clouds::renew(
+                    session.clone(),
+                    profile.clone(),
+                    dir.path().to_owned(),
+                    *lifetime,
+                )));
+            }
+        }
+        if let Some(dir) = dir.as_ref().filter(|_| self.deliver == Delivery::Files) {
             for (want, expires_in) in &env.renew {
                 renewals.push(tokio::spawn(renew_file(
                     session.clone(),
@@ -244,9 +266,10 @@ impl ExecArgs {
         vars.insert("MAYFLY_TASK_ID".to_owned(), session.task.id.clone());
         vars.insert("MAYFLY_TASK_SPIFFE_ID".to_owned(), session.task.spiffe_id.clone());
         vars.insert("MAYFLY_URL".to_owned(), session.remote.url.clone());
-        let dir = match self.deliver {
-            Delivery::Env => None,
-            Delivery::Files => {
+        // Cloud SDKs read their tokens from files, whatever the delivery of the rest.
+        let dir = match (self.deliver, self.clouds.is_empty()) {
+            (Delivery::Env, true) => None,
+            _ => {
                 let base = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
                 let dir = tempfile::Builder::new()
                     .prefix("mayfly-exec-")
@@ -270,8 +293,16 @@ impl ExecArgs {
         if self.pass_task_token {
             secrets.push(("MAYFLY_TASK_TOKEN".to_owned(), session.task_token.clone()));
         }
+        let mut renew_clouds = Vec::new();
+        if let Some(d) = &dir
+            && !self.clouds.is_empty()
+        {
+            let (cloud_vars, renew) = clouds::prepare(session, d.path(), &self.clouds).await?;
+            vars.extend(cloud_vars);
+            renew_clouds = renew;
+        }
         for (var, value) in secrets {
-            match &dir {
+            match dir.as_ref().filter(|_| self.deliver == Delivery::Files) {
                 None => {
                     vars.insert(var, value);
                 }
@@ -282,7 +313,7 @@ impl ExecArgs {
                 }
             }
         }
-        Ok((ChildEnv { vars, renew }, dir))
+        Ok((ChildEnv { vars, renew, renew_clouds }, dir))
     }
 }
 
