@@ -427,3 +427,77 @@ pub enum Conflict {
     #[error(transparent)]
     Entry(EntryError),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::BrokerError;
+
+    /// The messages callers saw when these were strings, for the cases whose text is
+    /// assembled from their fields: the typed cases must not change what clients read.
+    #[test]
+    fn messages_read_as_before() {
+        let alice = SpiffeId::parse("spiffe://example.org/alice").expect("a SPIFFE ID");
+        let cases: Vec<(BrokerError, &str)> = vec![
+            (
+                InvalidTarget::OutsideTask {
+                    task: "t1".into(),
+                    allowed: vec!["a".into(), "b".into()],
+                    target: "c".into(),
+                }
+                .into(),
+                "task t1 may get credentials for a, b only, not c",
+            ),
+            (
+                InvalidScope::WiderThanParent { scope: "delete".into(), parent: "t1".into() }.into(),
+                "scope \"delete\" is not among parent task t1's scopes; a sub-task only narrows",
+            ),
+            (InvalidScope::BadCharacters.into(), "scopes use printable ASCII without '\"' or '\\'"),
+            (
+                InvalidRequest::ReattestNeedsPlatformJwt.into(),
+                "re-attestation takes a platform JWT (urn:ietf:params:oauth:token-type:jwt or \
+                 urn:ietf:params:oauth:token-type:id_token); join tokens are single use and task tokens prove nothing new",
+            ),
+            (
+                InvalidRequest::SvidRevoked { by: RevocationKind::Subject }.into(),
+                "JWT-SVID has been revoked (by subject)",
+            ),
+            (
+                InvalidRequest::BadText { field: "purpose", max: 9 }.into(),
+                "purpose must be 1 to 9 characters without control characters",
+            ),
+            (
+                Forbidden::NotYourTask { parent: "t1".into(), caller: alice.clone() }.into(),
+                "task \"t1\" was not started by spiffe://example.org/alice: the parent is not yours",
+            ),
+            (
+                Forbidden::OwnTaskDecision { approver: alice, task: "t1".into() }.into(),
+                "spiffe://example.org/alice started task t1 (or acts in its chain) and cannot decide on it",
+            ),
+            (
+                Forbidden::TooDeep { max: 4, parent: "t1".into(), depth: 4 }.into(),
+                "sub-tasks nest at most 4 deep; task t1 is at depth 4",
+            ),
+            (
+                Conflict::NotPending { task: "t1".into(), state: TaskState::Active }.into(),
+                "task t1 is active; only a pending task can be approved or denied",
+            ),
+            (
+                Conflict::LeaseRevoked { lease: "l1".into(), by: RevocationKind::Jti }.into(),
+                "lease l1 is revoked (a jti revocation covers it) and cannot be renewed",
+            ),
+            (
+                Conflict::LeaseNotRenewable { lease: "l1".into(), state: DbLeaseState::Revoking }.into(),
+                "lease l1 is revoking and cannot be renewed",
+            ),
+            (Conflict::ParentChanged { why: "task t1 is now ended".into() }.into(), "parent task t1 is now ended"),
+            (
+                Unavailable::LeaseTakenOver { why: "lease l1 changed".into() }.into(),
+                "lease l1 changed before it could be handed out; retry",
+            ),
+        ];
+        for (error, message) in cases {
+            assert_eq!(error.to_string(), message, "{error:?}");
+        }
+    }
+}
