@@ -287,7 +287,7 @@ impl Broker {
         let now = crate::clock::now_unix();
         let mut lease = self.db_lease(id).await?;
         if caller.spiffe_id() != lease.subject {
-            return Err(Forbidden::NotYourLease { lease: id.to_owned(), caller: caller.spiffe_id() }.into());
+            return Err(Forbidden::NotYourLease { lease: id.to_owned(), caller: caller.spiffe().clone() }.into());
         }
         if lease.state != DbLeaseState::Active || lease.expires_at <= now {
             return Err(Conflict::LeaseNotRenewable { lease: id.to_owned(), state: lease.state }.into());

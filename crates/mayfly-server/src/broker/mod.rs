@@ -221,9 +221,14 @@ impl Caller {
 
     /// Its SPIFFE ID.
     pub fn spiffe_id(&self) -> String {
+        self.spiffe().to_string()
+    }
+
+    /// Its SPIFFE ID, borrowed.
+    pub fn spiffe(&self) -> &crate::spiffe::SpiffeId {
         match self {
-            Caller::Workload(w) => w.spiffe_id.to_string(),
-            Caller::Task(t) => t.spiffe_id.to_string(),
+            Caller::Workload(w) => &w.spiffe_id,
+            Caller::Task(t) => &t.spiffe_id,
         }
     }
 

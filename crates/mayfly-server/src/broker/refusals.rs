@@ -323,8 +323,8 @@ pub enum Forbidden {
     NotYourLease {
         /// The lease's id.
         lease: String,
-        /// The caller's SPIFFE ID.
-        caller: String,
+        /// The caller.
+        caller: SpiffeId,
     },
     /// A verifier token without an audience was used to introspect.
     #[error(
