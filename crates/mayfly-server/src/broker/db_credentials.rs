@@ -16,7 +16,7 @@ use std::sync::Arc;
 use serde_json::json;
 
 use crate::authorize::IssueRequest;
-use crate::broker::{Broker, BrokerError, Caller, Missing};
+use crate::broker::{Broker, BrokerError, Caller, Conflict, Forbidden, InvalidRequest, Missing, Unavailable};
 use crate::issue::db::{Database, NewUser, new_password};
 use crate::ledger::revocations::CredentialFacts;
 use crate::ledger::{AuditEvent, Batch, DbLease, DbLeaseState, Guard, LedgerError};
@@ -107,11 +107,9 @@ impl Broker {
             .clone();
         let max = role.max_ttl.as_secs();
         let ttl = match p.ttl_seconds {
-            Some(0) => return Err(BrokerError::InvalidRequest("ttl_seconds must be at least 1".into())),
+            Some(0) => return Err(InvalidRequest::ZeroTtl.into()),
             Some(t) if t > max => {
-                return Err(BrokerError::InvalidRequest(format!(
-                    "ttl_seconds {t} is above the role's maximum of {max}"
-                )));
+                return Err(InvalidRequest::LeaseTtlAboveMax { ttl: t, max }.into());
             }
             Some(t) => t as i64,
             None => role.default_ttl.as_secs() as i64,
@@ -234,9 +232,7 @@ impl Broker {
             .await
             .map_err(|e| match e {
                 // A reconciler took it for abandoned and is dropping the user: never handed out.
-                LedgerError::Changed(why) => {
-                    BrokerError::Unavailable(format!("{why} before it could be handed out; retry"))
-                }
+                LedgerError::Changed(why) => BrokerError::from(Unavailable::LeaseTakenOver { why }),
                 other => other.into(),
             })?;
         metrics::counter!("mayfly_credentials_issued_total", "kind" => db.config.kind.as_str()).increment(1);
@@ -253,7 +249,7 @@ impl Broker {
     pub async fn revoke_db_lease(&self, id: &str, actor: &str) -> Result<DbLease, BrokerError> {
         let mut lease = self.db_lease(id).await?;
         if !lease.state.is_open() || lease.state == DbLeaseState::Creating {
-            return Err(BrokerError::Conflict(format!("lease {id} is {}", lease.state.as_str())));
+            return Err(Conflict::LeaseState { lease: id.to_owned(), state: lease.state }.into());
         }
         if lease.state == DbLeaseState::Active {
             lease.state = DbLeaseState::Revoking;
@@ -291,10 +287,10 @@ impl Broker {
         let now = crate::clock::now_unix();
         let mut lease = self.db_lease(id).await?;
         if caller.spiffe_id() != lease.subject {
-            return Err(BrokerError::Forbidden(format!("lease {id} was not issued to {}", caller.spiffe_id())));
+            return Err(Forbidden::NotYourLease { lease: id.to_owned(), caller: caller.spiffe().clone() }.into());
         }
         if lease.state != DbLeaseState::Active || lease.expires_at <= now {
-            return Err(BrokerError::Conflict(format!("lease {id} is {} and cannot be renewed", lease.state.as_str())));
+            return Err(Conflict::LeaseNotRenewable { lease: id.to_owned(), state: lease.state }.into());
         }
         // A revocation that covers the lease (its subject, task, audience, …) ends it; the
         // reaper drops the user soon, and a renewal meanwhile must not keep it alive.
@@ -304,10 +300,7 @@ impl Broker {
                                 "source_ip": source_ip.to_string()});
             self.audit_best_effort(AuditEvent::new("db_credential.renew_refused", Some(lease.subject.clone()), detail))
                 .await;
-            return Err(BrokerError::Conflict(format!(
-                "lease {id} is revoked (a {} revocation covers it) and cannot be renewed",
-                kind.as_str()
-            )));
+            return Err(Conflict::LeaseRevoked { lease: id.to_owned(), by: kind }.into());
         }
         let db = self.database(&lease.issuer)?;
         let role = db.role(&lease.role).map(|r| r.default_ttl.as_secs()).unwrap_or(300);
@@ -338,9 +331,7 @@ impl Broker {
         self.commit_lease(&lease, DbLeaseState::Active, "db_credential.renewed", json!({"expires_at": expires_at}))
             .await
             .map_err(|e| match e {
-                BrokerError::Conflict(_) => {
-                    BrokerError::Conflict(format!("lease {id} was revoked while it was being renewed"))
-                }
+                BrokerError::Conflict(_) => Conflict::LeaseRevokedMeanwhile { lease: id.to_owned() }.into(),
                 other => other,
             })?;
         Ok(lease)
@@ -392,11 +383,7 @@ impl Broker {
     /// One attempt to drop a `revoking` lease's user; records the outcome.
     async fn drop_lease_user(&self, lease: DbLease, now: i64) -> Result<DbLease, BrokerError> {
         let mut done = self.drop_lease_users(vec![lease], now).await?;
-        done.pop().ok_or_else(|| {
-            BrokerError::Conflict(
-                "the lease moved (another replica recorded it) while its user was being dropped".into(),
-            )
-        })
+        done.pop().ok_or_else(|| BrokerError::Conflict(Conflict::LeaseMoved))
     }
 
     /// One attempt to drop each lease's user, several at a time per database, then one

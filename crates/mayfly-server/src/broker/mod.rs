@@ -8,6 +8,7 @@ pub mod containment;
 pub mod db_credentials;
 pub mod failures;
 pub mod queries;
+pub mod refusals;
 pub mod signals;
 pub mod svids;
 pub mod tasks;
@@ -17,6 +18,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use serde_json::json;
+
+pub use crate::broker::refusals::{Conflict, Forbidden, InvalidRequest, InvalidScope, InvalidTarget, Unavailable};
 
 use crate::attest::task::{TaskAttestor, TaskIdentity};
 use crate::attest::{AttestError, Attestors, WorkloadIdentity};
@@ -45,17 +48,17 @@ pub enum BrokerError {
     #[error("{}", .0.reason())]
     Denied(Decision),
     /// The audience or resource is missing, repeated or not acceptable.
-    #[error("{0}")]
-    InvalidTarget(String),
+    #[error(transparent)]
+    InvalidTarget(#[from] InvalidTarget),
     /// A scope is malformed or not offered for this audience.
-    #[error("{0}")]
-    InvalidScope(String),
+    #[error(transparent)]
+    InvalidScope(#[from] InvalidScope),
     /// The request is malformed in another way.
-    #[error("{0}")]
-    InvalidRequest(String),
+    #[error(transparent)]
+    InvalidRequest(#[from] InvalidRequest),
     /// The server is too busy to serve this now; retrying later can succeed.
-    #[error("{0}")]
-    Unavailable(String),
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
     /// The task is waiting for approval; nothing can be issued under it yet.
     #[error("task {task} is waiting for approval; nothing can be issued under it yet")]
     TaskPending {
@@ -63,14 +66,14 @@ pub enum BrokerError {
         task: String,
     },
     /// The caller may not do this to that object (not policy: ownership or a rule of tasks).
-    #[error("{0}")]
-    Forbidden(String),
+    #[error(transparent)]
+    Forbidden(#[from] Forbidden),
     /// No such object.
     #[error(transparent)]
     NotFound(#[from] Missing),
     /// The object is not in a state that allows this.
-    #[error("{0}")]
-    Conflict(String),
+    #[error(transparent)]
+    Conflict(#[from] Conflict),
     /// The task was just ended because its starter's evidence, identity or policy no
     /// longer holds (re-attestation).
     #[error("task {task} ended: {why}; everything issued under it is revoked")]
@@ -107,7 +110,7 @@ impl From<LedgerError> for BrokerError {
     /// A guarded write that lost a race is a conflict the caller can act on, not an outage.
     fn from(e: LedgerError) -> Self {
         match e {
-            LedgerError::Changed(why) => BrokerError::Conflict(why),
+            LedgerError::Changed(why) => BrokerError::Conflict(Conflict::Changed { why }),
             other => BrokerError::Ledger(other),
         }
     }
@@ -228,9 +231,14 @@ impl Caller {
 
     /// Its SPIFFE ID.
     pub fn spiffe_id(&self) -> String {
+        self.spiffe().to_string()
+    }
+
+    /// Its SPIFFE ID, borrowed.
+    pub fn spiffe(&self) -> &crate::spiffe::SpiffeId {
         match self {
-            Caller::Workload(w) => w.spiffe_id.to_string(),
-            Caller::Task(t) => t.spiffe_id.to_string(),
+            Caller::Workload(w) => &w.spiffe_id,
+            Caller::Task(t) => &t.spiffe_id,
         }
     }
 
@@ -388,10 +396,10 @@ impl Broker {
         let mut scopes = parse_scopes(p.scope.as_deref())?;
         if p.requested_lifetime == Some(0) {
             // Refused before attestation: a join token must not be spent on a request that cannot succeed.
-            return Err(BrokerError::InvalidRequest("requested_lifetime must be at least 1 second".into()));
+            return Err(InvalidRequest::ZeroLifetime.into());
         }
         if p.max_uses.is_some_and(|n| n == 0 || n > MAX_USES_LIMIT) {
-            return Err(BrokerError::InvalidRequest(format!("max_uses is 1 to {MAX_USES_LIMIT}")));
+            return Err(InvalidRequest::MaxUsesOutOfRange { max: MAX_USES_LIMIT }.into());
         }
         // An audience configured as limited-use caps what the request asks for.
         let max_uses = match (p.max_uses, self.audiences.get(&p.audience).and_then(|a| a.max_uses)) {
@@ -647,13 +655,13 @@ impl Broker {
         if let Some(allowed) = aud.and_then(|a| a.scopes.as_ref())
             && let Some(bad) = scopes.iter().find(|s| !allowed.contains(s))
         {
-            return Err(BrokerError::InvalidScope(format!("scope {bad:?} is not offered for audience {audience:?}")));
+            return Err(InvalidScope::NotOffered { scope: bad.clone(), audience: audience.to_owned() }.into());
         }
         let max = aud.and_then(|a| a.max_ttl).unwrap_or(self.tokens.max_ttl).min(self.tokens.max_ttl).as_secs();
         let default = aud.and_then(|a| a.default_ttl).unwrap_or(self.tokens.default_ttl).as_secs().min(max);
         let ttl = match requested {
             Some(0) => {
-                return Err(BrokerError::InvalidRequest("requested_lifetime must be at least 1 second".into()));
+                return Err(InvalidRequest::ZeroLifetime.into());
             }
             Some(r) => r.min(max),
             None => default,
@@ -679,10 +687,7 @@ fn narrow_to_task(
         return Ok(allowed.into_iter().map(str::to_owned).collect());
     }
     if let Some(bad) = scopes.iter().find(|s| !allowed.contains(&s.as_str())) {
-        return Err(BrokerError::InvalidScope(format!(
-            "scope {bad:?} is not among task {}'s scopes; scopes only narrow under a task",
-            t.task.id
-        )));
+        return Err(InvalidScope::WiderThanTask { scope: bad.clone(), task: t.task.id.clone() }.into());
     }
     Ok(scopes)
 }
@@ -693,19 +698,19 @@ pub(crate) fn parse_scopes(scope: Option<&str>) -> Result<Vec<String>, BrokerErr
         return Ok(Vec::new());
     };
     if scope.len() > MAX_SCOPE_BYTES {
-        return Err(BrokerError::InvalidScope(format!("scope is longer than {MAX_SCOPE_BYTES} bytes")));
+        return Err(InvalidScope::TooLong { max_bytes: MAX_SCOPE_BYTES }.into());
     }
     let mut out: Vec<String> = Vec::new();
     for s in scope.split(' ').filter(|s| !s.is_empty()) {
         if !s.bytes().all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b)) {
-            return Err(BrokerError::InvalidScope("scopes use printable ASCII without '\"' or '\\'".into()));
+            return Err(InvalidScope::BadCharacters.into());
         }
         if !out.iter().any(|o| o == s) {
             out.push(s.to_owned());
         }
     }
     if out.len() > MAX_SCOPES {
-        return Err(BrokerError::InvalidScope(format!("at most {MAX_SCOPES} scopes")));
+        return Err(InvalidScope::TooMany { max: MAX_SCOPES }.into());
     }
     Ok(out)
 }

@@ -12,7 +12,9 @@ use crate::attest::entries::Entry;
 use crate::attest::unix::{PeerCredentials, UnixWorkload};
 use crate::attest::{AttestError, WorkloadIdentity};
 use crate::authorize::FetchSvidRequest;
-use crate::broker::{Broker, BrokerError, Caller, RecordFacts};
+use crate::broker::{
+    Broker, BrokerError, Caller, Conflict, Forbidden, InvalidRequest, InvalidTarget, RecordFacts, Unavailable,
+};
 use crate::issue::IssuedToken;
 use crate::issue::svid::{MintedJwtSvid, MintedX509Svid};
 use crate::ledger::revocations::CredentialFacts;
@@ -69,7 +71,7 @@ impl Broker {
     /// `ATTESTATIONS_AT_ONCE` run together and each gets `ATTESTATION_TIMEOUT`: a caller whose
     /// executable is slow to read (a stalled file system) cannot take every blocking thread.
     pub async fn attest_local(&self, peer: PeerCredentials) -> Result<UnixWorkload, BrokerError> {
-        let busy = || BrokerError::Unavailable("too many callers are being attested; retry".into());
+        let busy = || BrokerError::Unavailable(Unavailable::AttestationsBusy);
         let permit = tokio::time::timeout(ATTESTATION_TIMEOUT, self.attestations.clone().acquire_owned())
             .await
             .map_err(|_| busy())?
@@ -82,8 +84,8 @@ impl Broker {
         });
         match tokio::time::timeout(ATTESTATION_TIMEOUT, work).await {
             Ok(Ok(result)) => result.map_err(|e| BrokerError::Attest(AttestError::from(e))),
-            Ok(Err(_)) => Err(BrokerError::Forbidden("attestation of the caller was interrupted".into())),
-            Err(_) => Err(BrokerError::Unavailable("attesting the caller took too long; retry".into())),
+            Ok(Err(_)) => Err(Forbidden::AttestationInterrupted.into()),
+            Err(_) => Err(Unavailable::AttestationTimedOut.into()),
         }
     }
 
@@ -265,19 +267,18 @@ impl Broker {
         audience: &str,
     ) -> Result<(String, serde_json::Map<String, serde_json::Value>), BrokerError> {
         if audience.is_empty() || audience.len() > MAX_AUDIENCE_BYTES {
-            return Err(BrokerError::InvalidTarget(format!("audience is 1 to {MAX_AUDIENCE_BYTES} bytes")));
+            return Err(InvalidTarget::AudienceLength { max_bytes: MAX_AUDIENCE_BYTES }.into());
         }
         if token.is_empty() || token.len() > crate::attest::MAX_SUBJECT_TOKEN_BYTES {
-            return Err(BrokerError::InvalidRequest("svid is empty or too long".into()));
+            return Err(InvalidRequest::SvidLength.into());
         }
-        let claims =
-            self.svids.validate_jwt(token, audience).map_err(|e| BrokerError::InvalidRequest(e.to_string()))?;
+        let claims = self.svids.validate_jwt(token, audience).map_err(InvalidRequest::SvidInvalid)?;
         let sub = claims.get("sub").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
         let jti = claims.get("jti").and_then(|v| v.as_str()).unwrap_or_default();
         let iat = claims.get("iat").and_then(serde_json::Value::as_i64).unwrap_or(i64::MIN);
         let facts = CredentialFacts { jti, subject: &sub, audience, task_id: None, issued_at: iat };
         if let Some(kind) = self.revocations.revoked_by(&facts) {
-            return Err(BrokerError::InvalidRequest(format!("JWT-SVID has been revoked (by {})", kind.as_str())));
+            return Err(InvalidRequest::SvidRevoked { by: kind }.into());
         }
         Ok((sub, claims))
     }
@@ -287,9 +288,9 @@ impl From<crate::attest::entries::EntryError> for BrokerError {
     fn from(e: crate::attest::entries::EntryError) -> Self {
         use crate::attest::entries::EntryError as E;
         match e {
-            E::Invalid(m) => BrokerError::InvalidRequest(m),
+            e @ E::Invalid(_) => InvalidRequest::Entry(e).into(),
             E::NotFound(id) => BrokerError::NotFound(super::Missing::Entry(id)),
-            E::Duplicate(_) | E::ReadOnly(_) => BrokerError::Conflict(e.to_string()),
+            e @ (E::Duplicate(_) | E::ReadOnly(_)) => Conflict::Entry(e).into(),
             E::Ledger(l) => BrokerError::Ledger(l),
         }
     }
@@ -310,13 +311,13 @@ fn svid_facts<'a>(kind: &'a str, spiffe_id: &'a str, audience: &'a str) -> Recor
 
 fn check_audiences(audiences: &[String]) -> Result<(), BrokerError> {
     if audiences.is_empty() {
-        return Err(BrokerError::InvalidTarget("a JWT-SVID needs at least one audience".into()));
+        return Err(InvalidTarget::NoAudience.into());
     }
     if audiences.len() > MAX_AUDIENCES {
-        return Err(BrokerError::InvalidTarget(format!("at most {MAX_AUDIENCES} audiences")));
+        return Err(InvalidTarget::TooManyAudiences { max: MAX_AUDIENCES }.into());
     }
     if audiences.iter().any(|a| a.is_empty() || a.len() > MAX_AUDIENCE_BYTES || a.chars().any(char::is_control)) {
-        return Err(BrokerError::InvalidTarget(format!("each audience is 1 to {MAX_AUDIENCE_BYTES} printable bytes")));
+        return Err(InvalidTarget::BadAudience { max_bytes: MAX_AUDIENCE_BYTES }.into());
     }
     Ok(())
 }

@@ -200,13 +200,13 @@ fn status(e: BrokerError) -> Status {
     match e {
         BrokerError::Attest(e) => Status::permission_denied(e.to_string()),
         BrokerError::Denied(d) => Status::permission_denied(format!("denied by policy: {}", d.reason())),
-        BrokerError::Forbidden(m) => Status::permission_denied(m),
+        BrokerError::Forbidden(m) => Status::permission_denied(m.to_string()),
         BrokerError::Blocked(b) => Status::permission_denied(b.to_string()),
-        BrokerError::InvalidTarget(m) | BrokerError::InvalidRequest(m) | BrokerError::InvalidScope(m) => {
-            Status::invalid_argument(m)
+        e @ (BrokerError::InvalidTarget(_) | BrokerError::InvalidRequest(_) | BrokerError::InvalidScope(_)) => {
+            Status::invalid_argument(e.to_string())
         }
         BrokerError::NotFound(m) => Status::not_found(m.to_string()),
-        BrokerError::Unavailable(m) => Status::unavailable(m),
+        BrokerError::Unavailable(m) => Status::unavailable(m.to_string()),
         BrokerError::Ledger(e) => {
             tracing::error!(error = %e, "Workload API: issuance could not be recorded");
             Status::unavailable("the ledger is unavailable; nothing was issued, retry")

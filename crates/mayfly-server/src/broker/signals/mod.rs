@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use crate::attest::WorkloadIdentity;
 use crate::authorize::{ExchangeRequest, IssueRequest, PolicyEngine, Principal};
-use crate::broker::{Broker, BrokerError};
+use crate::broker::{Broker, BrokerError, Unavailable};
 use crate::ledger::RevokeError;
 use crate::ledger::{AuditEvent, CredentialFilter, CredentialRecord, DbLease, DbLeaseState, IssuanceContext};
 use crate::spiffe::SpiffeId;
@@ -90,7 +90,7 @@ impl Broker {
                 let (policies, changed, all) = (self.policies.clone(), signal.attributes.clone(), tokens.clone());
                 tokio::task::spawn_blocking(move || denied_tokens(&policies, &all, &changed, now))
                     .await
-                    .map_err(|_| BrokerError::Unavailable("re-deciding credentials failed".into()))?
+                    .map_err(|_| BrokerError::from(Unavailable::RedecideFailed))?
             };
             let revoke_tokens: Vec<(String, i64)> =
                 tokens.iter().zip(&denied).filter(|(_, d)| **d).map(|(t, _)| (t.jti.clone(), t.expires_at)).collect();

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::attest::AttestError;
-use crate::broker::{Broker, BrokerError, Caller};
+use crate::broker::{Broker, BrokerError, Caller, Forbidden, InvalidRequest};
 
 impl Broker {
     /// The subject that `p.subject_token` proves, delegating to `caller` (RFC 8693), and
@@ -19,38 +19,30 @@ impl Broker {
         now: i64,
     ) -> Result<(String, Option<i64>), BrokerError> {
         let Caller::Workload(actor) = caller else {
-            return Err(BrokerError::InvalidRequest("the actor_token is a workload's evidence".into()));
+            return Err(InvalidRequest::ActorNotWorkload.into());
         };
         match p.subject_token_type.as_str() {
             mayfly_proto::TOKEN_TYPE_JWT | mayfly_proto::TOKEN_TYPE_ID_TOKEN => {
                 match self.attest(&p.subject_token_type, &p.subject_token, p.source_ip, now).await? {
-                    Caller::Workload(w) if w.spiffe_id == actor.spiffe_id => Err(BrokerError::InvalidRequest(
-                        "the subject_token and the actor_token prove the same workload: drop actor_token".into(),
-                    )),
+                    Caller::Workload(w) if w.spiffe_id == actor.spiffe_id => {
+                        Err(InvalidRequest::SameWorkloadTwice.into())
+                    }
                     Caller::Workload(w) => Ok((w.spiffe_id.to_string(), None)),
-                    Caller::Task(_) => Err(BrokerError::InvalidRequest("not platform evidence".into())),
+                    Caller::Task(_) => Err(InvalidRequest::NotPlatformEvidence.into()),
                 }
             }
             mayfly_proto::TOKEN_TYPE_ACCESS_TOKEN => {
                 let audience = actor.spiffe_id.to_string();
-                let claims =
-                    self.task_attestor.verifier().verify(&p.subject_token, Some(&audience), now).map_err(|e| {
-                        BrokerError::Forbidden(format!(
-                            "the subject_token does not prove a delegation to {audience}: {e}"
-                        ))
-                    })?;
+                let claims = self
+                    .task_attestor
+                    .verifier()
+                    .verify(&p.subject_token, Some(&audience), now)
+                    .map_err(|source| Forbidden::NotADelegation { actor: actor.spiffe_id.clone(), source })?;
                 if claims.cnf.is_some() || claims.max_uses.is_some() {
-                    return Err(BrokerError::Forbidden(
-                        "the subject_token is bound to its holder (or limited-use): it proves its holder, not a delegation"
-                            .into(),
-                    ));
+                    return Err(Forbidden::ProofBound.into());
                 }
                 if claims.task_id.is_some() || claims.act.is_some() || claims.sub != claims.client_id {
-                    return Err(BrokerError::Forbidden(
-                        "the subject_token was issued under a task or a delegation: only a subject's own token proves \
-                         that it delegates"
-                            .into(),
-                    ));
+                    return Err(Forbidden::ProofNotOwn.into());
                 }
                 if let Some(kind) = self.revocations.subject_revoked(&claims.sub, claims.iat) {
                     return Err(AttestError::SubjectRevoked { subject: claims.sub, kind }.into());
@@ -58,7 +50,7 @@ impl Broker {
                 // One task per proof: a copied proof starts nothing more.
                 let key = format!("delegation-proof:{}", claims.jti);
                 if !self.ledger.store().meta_put_if_absent(&key, b"").await? {
-                    return Err(BrokerError::Forbidden("this subject_token was used as a proof before".into()));
+                    return Err(Forbidden::ProofReused.into());
                 }
                 Ok((claims.sub, Some(claims.exp)))
             }

@@ -5,7 +5,7 @@
 use super::*;
 use crate::attest::task::{TaskIdentity, task_spiffe_id};
 use crate::authorize::ApproveRequest;
-use crate::broker::{Broker, BrokerError, Caller};
+use crate::broker::{Broker, BrokerError, Caller, Conflict, Forbidden};
 use crate::ledger::{AuditEvent, Batch, Guard, LedgerError, Revocation, RevocationKind, TaskRecord, TaskState};
 use serde_json::json;
 use std::net::IpAddr;
@@ -36,11 +36,11 @@ impl Broker {
         source_ip: IpAddr,
     ) -> Result<Approver, BrokerError> {
         if token_type == mayfly_proto::TOKEN_TYPE_TASK {
-            return Err(BrokerError::Forbidden("a task cannot approve tasks; approvers are workloads".into()));
+            return Err(Forbidden::TaskCannotApprove.into());
         }
         match self.attest(token_type, token, source_ip, crate::clock::now_unix()).await? {
             Caller::Workload(w) => Ok(Approver::Workload(w)),
-            Caller::Task(_) => Err(BrokerError::Forbidden("a task cannot approve tasks".into())),
+            Caller::Task(_) => Err(Forbidden::TaskCannotApprove.into()),
         }
     }
 
@@ -59,12 +59,7 @@ impl Broker {
         let still_pending = Guard::Task { id: id.to_owned(), stored: task.state, at_now: TaskState::Pending, now };
         match task.state_at(now) {
             TaskState::Pending => {}
-            other => {
-                return Err(BrokerError::Conflict(format!(
-                    "task {id} is {}; only a pending task can be approved or denied",
-                    other.as_str()
-                )));
-            }
+            state => return Err(Conflict::NotPending { task: id.to_owned(), state }.into()),
         }
         let identity = TaskIdentity::from_record(task.clone(), self.task_attestor.trust_domain())?;
         let mut policies = Vec::new();
@@ -74,10 +69,7 @@ impl Broker {
                 let detail = json!({"task_id": id, "approve": approve, "reason": "self-approval",
                                     "source_ip": source_ip.to_string()});
                 self.audit_best_effort(AuditEvent::new("task.approval_refused", Some(me), detail)).await;
-                return Err(BrokerError::Forbidden(format!(
-                    "{} started task {id} (or acts in its chain) and cannot decide on it",
-                    w.spiffe_id
-                )));
+                return Err(Forbidden::OwnTaskDecision { approver: w.spiffe_id.clone(), task: id.to_owned() }.into());
             }
             let decision =
                 self.policies.decide_approve(&ApproveRequest { approver: w, task: &identity, source_ip, now });
@@ -101,7 +93,7 @@ impl Broker {
             })
             .await
             .map_err(|e| match e {
-                LedgerError::Changed(why) => BrokerError::Conflict(format!("{why}; it was not decided again")),
+                LedgerError::Changed(why) => BrokerError::from(Conflict::DecidedMeanwhile { why }),
                 other => other.into(),
             })?;
         Ok(task)
@@ -119,7 +111,7 @@ impl Broker {
             let task = self.task(id).await?;
             match task.state_at(now) {
                 TaskState::Pending | TaskState::Active => {}
-                other => return Err(BrokerError::Conflict(format!("task {id} is already {}", other.as_str()))),
+                state => return Err(Conflict::TaskOver { task: id.to_owned(), state }.into()),
             }
             match self.end_live_subtree(&task.path, id, actor, reason.as_deref(), now, Whole::Guarded).await {
                 Ok(ended) => return Ok(ended_task(id, task, ended)),
@@ -147,7 +139,7 @@ impl Broker {
             }
         }
         if ended.is_empty() {
-            return Err(BrokerError::Conflict(format!("task {id} is already ended")));
+            return Err(Conflict::TaskOver { task: id.to_owned(), state: TaskState::Ended }.into());
         }
         Ok(ended_task(id, task, ended))
     }

@@ -14,7 +14,9 @@ use crate::attest::delegation::{Delegation, check_named_subject};
 use crate::attest::task::{TASK_TOKEN_AUDIENCE, TaskIdentity, task_spiffe_id};
 use crate::attest::{AttestError, WorkloadIdentity};
 use crate::authorize::{ActForRequest, Principal, StartTaskRequest};
-use crate::broker::{Broker, BrokerError, Caller, Missing, RecordFacts, parse_scopes};
+use crate::broker::{
+    Broker, BrokerError, Caller, Conflict, Forbidden, InvalidRequest, InvalidTarget, Missing, RecordFacts, parse_scopes,
+};
 use crate::issue::{AccessTokenRequest, IssuedToken};
 use crate::ledger::{AuditEvent, Batch, Guard, LedgerError, TaskRecord, TaskState};
 
@@ -116,10 +118,7 @@ pub struct EndedTask {
 /// subject is the one the task acts for and the task is the actor; otherwise the task
 /// is the subject and its starter the actor.
 pub fn delegated_subject(t: &TaskIdentity) -> Result<(String, serde_json::Value), BrokerError> {
-    let actor = t
-        .task
-        .actor_json()
-        .map_err(|e| BrokerError::InvalidRequest(format!("stored task actor chain is not JSON: {e}")))?;
+    let actor = t.task.actor_json().map_err(InvalidRequest::StoredActorChain)?;
     Ok(match &t.task.on_behalf_of {
         Some(subject) => (subject.clone(), json!({"sub": t.spiffe_id.to_string(), "act": actor})),
         None => (t.spiffe_id.to_string(), actor),
@@ -130,20 +129,16 @@ pub fn delegated_subject(t: &TaskIdentity) -> Result<(String, serde_json::Value)
 /// audiences does not name.
 pub fn check_task_audience(task: &TaskRecord, target: &str) -> Result<(), BrokerError> {
     match task.audience_list() {
-        Some(auds) if !auds.iter().any(|a| a == target) => Err(BrokerError::InvalidTarget(format!(
-            "task {} may get credentials for {} only, not {target}",
-            task.id,
-            auds.join(", ")
-        ))),
+        Some(auds) if !auds.iter().any(|a| a == target) => {
+            Err(InvalidTarget::OutsideTask { task: task.id.clone(), allowed: auds, target: target.to_owned() }.into())
+        }
         _ => Ok(()),
     }
 }
 
-fn check_text(what: &str, v: &str, max: usize) -> Result<(), BrokerError> {
+fn check_text(field: &'static str, v: &str, max: usize) -> Result<(), BrokerError> {
     if v.trim().is_empty() || v.chars().count() > max || v.chars().any(char::is_control) {
-        return Err(BrokerError::InvalidRequest(format!(
-            "{what} must be 1 to {max} characters without control characters"
-        )));
+        return Err(InvalidRequest::BadText { field, max }.into());
     }
     Ok(())
 }
@@ -163,15 +158,13 @@ impl Broker {
         if audiences.len() > MAX_AUDIENCES
             || audiences.iter().any(|a| a.is_empty() || a.len() > MAX_AUDIENCE_BYTES || a.chars().any(char::is_control))
         {
-            return Err(BrokerError::InvalidTarget(format!(
-                "at most {MAX_AUDIENCES} audiences, each 1 to {MAX_AUDIENCE_BYTES} bytes without control characters"
-            )));
+            return Err(InvalidTarget::BadTaskAudiences { max: MAX_AUDIENCES, max_bytes: MAX_AUDIENCE_BYTES }.into());
         }
         let max = self.tasks.max_ttl.as_secs();
         let ttl = match p.ttl_seconds {
-            Some(0) => return Err(BrokerError::InvalidRequest("ttl_seconds must be at least 1".into())),
+            Some(0) => return Err(InvalidRequest::ZeroTtl.into()),
             Some(t) if t > max => {
-                return Err(BrokerError::InvalidRequest(format!("ttl_seconds {t} is above the maximum of {max}")));
+                return Err(InvalidRequest::TaskTtlAboveMax { ttl: t, max }.into());
             }
             Some(t) => t,
             None => self.tasks.default_ttl.as_secs(),
@@ -182,8 +175,7 @@ impl Broker {
         if p.actor.is_none()
             && let Some(obo) = &p.on_behalf_of
         {
-            check_named_subject(obo, self.task_attestor.trust_domain())
-                .map_err(|e| BrokerError::Forbidden(e.to_string()))?;
+            check_named_subject(obo, self.task_attestor.trust_domain()).map_err(Forbidden::NamedSubject)?;
         }
         // A delegation lasts no longer than the proof of it.
         let mut proof_expires_at = None;
@@ -191,10 +183,7 @@ impl Broker {
             None => (self.attest(&p.subject_token_type, &p.subject_token, p.source_ip, now).await?, None),
             Some((actor_type, actor_token)) => {
                 if p.parent.is_some() || actor_type == mayfly_proto::TOKEN_TYPE_TASK {
-                    return Err(BrokerError::InvalidRequest(
-                        "delegation starts a root task: the actor_token is a workload's evidence and parent is not set"
-                            .into(),
-                    ));
+                    return Err(InvalidRequest::DelegationNotRoot.into());
                 }
                 // Checked before the actor's evidence is spent (a join token is single use).
                 let proof_types = [
@@ -210,9 +199,7 @@ impl Broker {
                 let caller = self.attest(actor_type, actor_token, p.source_ip, now).await?;
                 let (subject, proof_expires) = self.delegating_subject(&caller, &p, now).await?;
                 if p.on_behalf_of.as_ref().is_some_and(|obo| *obo != subject) {
-                    return Err(BrokerError::Forbidden(format!(
-                        "on_behalf_of names another subject than the subject_token proves ({subject})"
-                    )));
+                    return Err(Forbidden::OtherSubject { proven: subject }.into());
                 }
                 proof_expires_at = proof_expires;
                 (caller, Some(subject))
@@ -232,7 +219,7 @@ impl Broker {
         let (path, depth, attributes, actor, on_behalf_of) = match &parent {
             None => {
                 let Caller::Workload(w) = &caller else {
-                    return Err(BrokerError::InvalidRequest("a task token always names its task".into()));
+                    return Err(InvalidRequest::TaskTokenWithoutTask.into());
                 };
                 (id.clone(), 1, w.attributes.clone(), json!({"sub": w.spiffe_id.to_string()}), on_behalf_of.clone())
             }
@@ -382,7 +369,7 @@ impl Broker {
         if let (Err(LedgerError::Changed(why)), Some(parent_id)) = (&written, &record.parent_id) {
             // `why` names the parent and its state now ("task … is now ended").
             tracing::debug!(parent = %parent_id, "sub-task refused: its parent changed");
-            return Err(BrokerError::Conflict(format!("parent {why}")));
+            return Err(Conflict::ParentChanged { why: why.clone() }.into());
         }
         written?;
         metrics::counter!("mayfly_tasks_started_total", "state" => record.state.as_str()).increment(1);
@@ -403,18 +390,14 @@ impl Broker {
                 return self.active_parent(TaskIdentity::clone(t)).map(Some);
             }
             (Caller::Task(t), Some(id)) => {
-                return Err(BrokerError::Forbidden(format!(
-                    "task {} cannot start a sub-task of task {id:?}: the parent is not yours",
-                    t.task.id
-                )));
+                return Err(Forbidden::NotYourParent { task: t.task.id.clone(), parent: id.to_owned() }.into());
             }
             (Caller::Workload(_), None) => return Ok(None),
             (Caller::Workload(w), Some(id)) => (w, id),
         };
         let (w, id) = parent;
-        let not_yours = || {
-            BrokerError::Forbidden(format!("task {id:?} was not started by {}: the parent is not yours", w.spiffe_id))
-        };
+        let not_yours =
+            || BrokerError::from(Forbidden::NotYourTask { parent: id.to_owned(), caller: w.spiffe_id.clone() });
         // The same answer for "no such task" and "not yours": ids of others' tasks stay private.
         let task = self.ledger.store().task(id).await?.ok_or_else(not_yours)?;
         if task.creator != w.spiffe_id.to_string() {
@@ -422,7 +405,7 @@ impl Broker {
         }
         match task.state_at(now) {
             TaskState::Active => {}
-            other => return Err(BrokerError::Conflict(format!("parent task {id} is {}", other.as_str()))),
+            state => return Err(Conflict::ParentNotActive { parent: id.to_owned(), state }.into()),
         }
         let identity = TaskIdentity::from_record(task, self.task_attestor.trust_domain())?;
         self.active_parent(identity).map(Some)
@@ -444,7 +427,7 @@ impl Broker {
     pub async fn task_caller(&self, token: &str, id: &str, source_ip: IpAddr) -> Result<TaskIdentity, BrokerError> {
         let now = crate::clock::now_unix();
         let Caller::Task(t) = self.attest(mayfly_proto::TOKEN_TYPE_TASK, token, source_ip, now).await? else {
-            return Err(BrokerError::InvalidRequest("not a task token".into()));
+            return Err(InvalidRequest::NotTaskToken.into());
         };
         if t.task.id == id {
             return Ok(*t);
@@ -452,7 +435,7 @@ impl Broker {
         let target = self.ledger.store().task(id).await?;
         match target {
             Some(target) if target.path.starts_with(&format!("{}/", t.task.path)) => Ok(*t),
-            _ => Err(BrokerError::Forbidden(format!("task {} may act only on itself and its sub-tasks", t.task.id))),
+            _ => Err(Forbidden::OutsideSubtree { task: t.task.id }.into()),
         }
     }
 

@@ -1,6 +1,6 @@
 //! A sub-task only narrows: what it may ask of its parent, decided without I/O.
 
-use crate::broker::BrokerError;
+use crate::broker::{BrokerError, Forbidden, InvalidScope, InvalidTarget};
 use crate::ledger::TaskRecord;
 
 /// What a new sub-task asks for.
@@ -22,34 +22,23 @@ pub fn narrow_to_parent(
     max_depth: u32,
 ) -> Result<(Vec<String>, Vec<String>), BrokerError> {
     if parent.depth >= i64::from(max_depth) {
-        return Err(BrokerError::Forbidden(format!(
-            "sub-tasks nest at most {max_depth} deep; task {} is at depth {}",
-            parent.id, parent.depth
-        )));
+        return Err(Forbidden::TooDeep { max: max_depth, parent: parent.id.clone(), depth: parent.depth }.into());
     }
     let parent_scopes: Vec<&str> = parent.scope.split_whitespace().collect();
     let scopes = asked.scopes.unwrap_or_else(|| parent_scopes.iter().map(|s| (*s).to_owned()).collect());
     if let Some(bad) = scopes.iter().find(|s| !parent_scopes.contains(&s.as_str())) {
-        return Err(BrokerError::InvalidScope(format!(
-            "scope {bad:?} is not among parent task {}'s scopes; a sub-task only narrows",
-            parent.id
-        )));
+        return Err(InvalidScope::WiderThanParent { scope: bad.clone(), parent: parent.id.clone() }.into());
     }
     let mut audiences = asked.audiences;
     if let Some(parent_auds) = parent.audience_list() {
         if audiences.is_empty() {
             audiences = parent_auds;
         } else if let Some(bad) = audiences.iter().find(|a| !parent_auds.contains(a)) {
-            return Err(BrokerError::InvalidTarget(format!(
-                "audience {bad:?} is not among parent task {}'s audiences; a sub-task only narrows",
-                parent.id
-            )));
+            return Err(InvalidTarget::WiderThanParent { audience: bad.clone(), parent: parent.id.clone() }.into());
         }
     }
     if asked.on_behalf_of.is_some() && *asked.on_behalf_of != parent.on_behalf_of {
-        return Err(BrokerError::Forbidden(
-            "a sub-task acts for the same subject as its parent; on_behalf_of cannot change".into(),
-        ));
+        return Err(Forbidden::SubjectChanged.into());
     }
     Ok((scopes, audiences))
 }
@@ -109,14 +98,23 @@ mod tests {
     fn a_sub_task_never_widens_nests_too_deep_or_changes_its_subject() {
         let p = parent("read", Some(&["https://a"]), 1, Some("user:alice"));
         let wider = narrow_to_parent(&p, ask(Some(&["read", "delete"]), &[]), 4).unwrap_err();
-        assert!(matches!(&wider, BrokerError::InvalidScope(m) if m.contains("\"delete\"")), "{wider:?}");
+        assert!(
+            matches!(&wider, BrokerError::InvalidScope(InvalidScope::WiderThanParent { scope, parent })
+                if scope == "delete" && *parent == p.id),
+            "{wider:?}"
+        );
         let elsewhere = narrow_to_parent(&p, ask(None, &["https://evil"]), 4).unwrap_err();
-        assert!(matches!(&elsewhere, BrokerError::InvalidTarget(m) if m.contains("https://evil")), "{elsewhere:?}");
+        assert!(
+            matches!(&elsewhere, BrokerError::InvalidTarget(InvalidTarget::WiderThanParent { audience, .. })
+                if audience == "https://evil"),
+            "{elsewhere:?}"
+        );
         let deep = narrow_to_parent(&parent("read", None, 4, None), ask(None, &[]), 4).unwrap_err();
-        assert!(matches!(&deep, BrokerError::Forbidden(m) if m.contains("at most 4 deep")), "{deep:?}");
+        assert!(matches!(&deep, BrokerError::Forbidden(Forbidden::TooDeep { max: 4, depth: 4, .. })), "{deep:?}");
+        assert!(deep.to_string().contains("at most 4 deep"), "{deep}");
         let bob = Some("user:bob".to_owned());
         let other = narrow_to_parent(&p, Asked { on_behalf_of: &bob, ..ask(None, &[]) }, 4).unwrap_err();
-        assert!(matches!(&other, BrokerError::Forbidden(m) if m.contains("on_behalf_of cannot change")), "{other:?}");
+        assert!(matches!(&other, BrokerError::Forbidden(Forbidden::SubjectChanged)), "{other:?}");
         let alice = Some("user:alice".to_owned());
         assert!(narrow_to_parent(&p, Asked { on_behalf_of: &alice, ..ask(None, &[]) }, 4).is_ok());
     }

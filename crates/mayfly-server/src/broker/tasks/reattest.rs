@@ -3,7 +3,7 @@
 
 use crate::attest::task::TaskIdentity;
 use crate::attest::{AttestError, WorkloadIdentity};
-use crate::broker::{Broker, BrokerError, Caller};
+use crate::broker::{Broker, BrokerError, Caller, Forbidden, InvalidRequest, Unavailable};
 use crate::ledger::{AuditEvent, TaskRecord};
 use serde_json::json;
 use std::net::IpAddr;
@@ -24,22 +24,13 @@ impl Broker {
         let (token_type, token) = evidence;
         let holder = self.task_caller(task_token, id, source_ip).await?;
         if holder.task.id != id {
-            return Err(BrokerError::Forbidden(format!(
-                "task {id} is re-attested with its own task token, not task {}'s",
-                holder.task.id
-            )));
+            return Err(Forbidden::ReattestWithOtherToken { task: id.to_owned(), holder: holder.task.id }.into());
         }
         if let Some(parent) = &holder.task.parent_id {
-            return Err(BrokerError::InvalidRequest(format!(
-                "task {id} is a sub-task of {parent}: only a task started with platform evidence is re-attested"
-            )));
+            return Err(InvalidRequest::SubTaskReattested { task: id.to_owned(), parent: parent.clone() }.into());
         }
         if token_type != mayfly_proto::TOKEN_TYPE_JWT && token_type != mayfly_proto::TOKEN_TYPE_ID_TOKEN {
-            return Err(BrokerError::InvalidRequest(format!(
-                "re-attestation takes a platform JWT ({} or {}); join tokens are single use and task tokens prove nothing new",
-                mayfly_proto::TOKEN_TYPE_JWT,
-                mayfly_proto::TOKEN_TYPE_ID_TOKEN
-            )));
+            return Err(InvalidRequest::ReattestNeedsPlatformJwt.into());
         }
         let now = crate::clock::now_unix();
         let why = match self.attest(token_type, token, source_ip, now).await {
@@ -52,11 +43,11 @@ impl Broker {
             }
             Err(BrokerError::Attest(e @ (AttestError::UnknownKey { .. } | AttestError::NotYetValid))) => {
                 metrics::counter!("mayfly_task_reattestations_total", "outcome" => "unavailable").increment(1);
-                return Err(BrokerError::Unavailable(format!("the evidence cannot be checked now ({e}); retry")));
+                return Err(Unavailable::EvidenceUncheckable(e).into());
             }
             Err(BrokerError::Attest(e)) => format!("its starter's evidence no longer verifies ({e})"),
             Err(other) => return Err(other),
-            Ok(Caller::Task(_)) => return Err(BrokerError::InvalidRequest("not platform evidence".into())),
+            Ok(Caller::Task(_)) => return Err(InvalidRequest::NotPlatformEvidence.into()),
             Ok(Caller::Workload(w)) => match self.still_the_starter(&holder, &w, source_ip, now) {
                 Ok(policies) => {
                     let detail = json!({"task_id": id, "attestor": w.attestor, "policies": policies,

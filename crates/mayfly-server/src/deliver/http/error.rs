@@ -270,8 +270,8 @@ mod tests {
 
     use super::*;
     use crate::attest::unix::UnixAttestError;
-    use crate::broker::Missing;
     use crate::broker::containment::RevokeBlocked;
+    use crate::broker::{Conflict, Forbidden, InvalidRequest, InvalidScope, InvalidTarget, Missing, Unavailable};
     use crate::issue::IssueError;
     use crate::issue::db::DbError;
     use crate::keys::KeyError;
@@ -296,13 +296,28 @@ mod tests {
         vec![
             // Broker.
             (broker(BrokerError::Denied(denied)), S::FORBIDDEN, K::PolicyDenied, Some("invalid_target")),
-            (broker(BrokerError::InvalidTarget(s())), S::BAD_REQUEST, K::InvalidTarget, Some("invalid_target")),
-            (broker(BrokerError::InvalidScope(s())), S::BAD_REQUEST, K::InvalidScope, Some("invalid_scope")),
-            (broker(BrokerError::InvalidRequest(s())), S::BAD_REQUEST, K::InvalidRequest, Some("invalid_request")),
+            // The refusals map by their outer variant whatever the case inside; a case that
+            // wraps a lower layer's error maps like any other of its variant.
+            (broker(InvalidTarget::NoAudience), S::BAD_REQUEST, K::InvalidTarget, Some("invalid_target")),
+            (broker(InvalidScope::BadCharacters), S::BAD_REQUEST, K::InvalidScope, Some("invalid_scope")),
+            (broker(InvalidRequest::ZeroLifetime), S::BAD_REQUEST, K::InvalidRequest, Some("invalid_request")),
+            (
+                broker(InvalidRequest::Entry(crate::attest::entries::EntryError::Invalid(s()))),
+                S::BAD_REQUEST,
+                K::InvalidRequest,
+                Some("invalid_request"),
+            ),
             (broker(BrokerError::TaskPending { task: s() }), S::FORBIDDEN, K::TaskPending, Some("invalid_request")),
-            (broker(BrokerError::Forbidden(s())), S::FORBIDDEN, K::Forbidden, Some("invalid_request")),
+            (broker(Forbidden::ProofReused), S::FORBIDDEN, K::Forbidden, Some("invalid_request")),
             (broker(Missing::Task(s())), S::NOT_FOUND, K::NotFound, None),
-            (broker(BrokerError::Conflict(s())), S::CONFLICT, K::Conflict, Some("invalid_request")),
+            (
+                broker(Conflict::TaskOver { task: s(), state: TaskState::Ended }),
+                S::CONFLICT,
+                K::Conflict,
+                Some("invalid_request"),
+            ),
+            // A guarded write that lost a race is a conflict, not an outage.
+            (broker(LedgerError::Changed(s())), S::CONFLICT, K::Conflict, Some("invalid_request")),
             (broker(BrokerError::TaskEnded { task: s(), why: s() }), S::FORBIDDEN, K::TaskEnded, None),
             (
                 broker(IssueError::Signing(KeyError::MissingKek(s()))),
@@ -314,7 +329,7 @@ mod tests {
             (broker(DbError::Refused(s())), S::BAD_GATEWAY, K::DatabaseRefused, None),
             (broker(DbError::Config(s())), S::INTERNAL_SERVER_ERROR, K::DatabaseMisconfigured, None),
             (
-                broker(BrokerError::Unavailable(s())),
+                broker(Unavailable::AttestationsBusy),
                 S::SERVICE_UNAVAILABLE,
                 K::Unavailable,
                 Some("temporarily_unavailable"),

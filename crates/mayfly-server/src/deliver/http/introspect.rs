@@ -19,7 +19,7 @@ use tokio::sync::broadcast::error::RecvError;
 use super::problems::{AdminAuth, FormBody};
 use super::token::Form;
 use super::{ApiError, AppState, VerifierCaller, require_verifier};
-use crate::broker::BrokerError;
+use crate::broker::{BrokerError, Forbidden};
 use crate::deliver::listener::PeerInfo;
 use crate::ledger::Revocation;
 
@@ -65,10 +65,9 @@ pub async fn introspect(
         VerifierCaller::Admin => None,
         VerifierCaller::Verifier { audience: Some(a), .. } => Some(a.clone()),
         VerifierCaller::Verifier { audience: None, .. } => {
-            return Err(BrokerError::Forbidden(format!(
-                "this verifier token names no audience: a token for {}:<audience> introspects the tokens of that audience",
-                super::VERIFIER_AUDIENCE
-            ))
+            return Err(BrokerError::from(Forbidden::VerifierWithoutAudience {
+                verifier_audience: super::VERIFIER_AUDIENCE,
+            })
             .into());
         }
     };

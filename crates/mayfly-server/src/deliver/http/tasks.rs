@@ -21,9 +21,9 @@ use super::admin::{json_body, json_body_required};
 use super::problems::{AdminAuth, BadQuery, JsonBody, Unavailable};
 use super::{ApiError, AppState, authorization_token, bearer, check_admin, honour_binding, require_admin};
 use crate::attest::AttestError;
-use crate::broker::BrokerError;
 use crate::broker::queries::TaskSelection;
 use crate::broker::tasks::{Approver, StartTaskParams};
+use crate::broker::{BrokerError, Conflict, InvalidRequest};
 use crate::deliver::listener::PeerInfo;
 use crate::ledger::{TaskRecord, TaskState};
 
@@ -92,7 +92,7 @@ async fn task_actor(
             Ok(TaskActor::Task(t.spiffe_id.to_string()))
         }
         Err(BrokerError::Attest(AttestError::TaskNotActive(s))) => {
-            Err(BrokerError::Conflict(format!("the task is already {}", s.as_str())).into())
+            Err(BrokerError::from(Conflict::TokenTaskOver { state: s }).into())
         }
         Err(BrokerError::Attest(e @ AttestError::Ledger(_))) => Err(BrokerError::Attest(e).into()),
         Err(BrokerError::Attest(e)) => Err(ApiError::Unauthorized(e.to_string())),
@@ -151,10 +151,7 @@ pub async fn start(
                 (Some(t), Some(token)) => Some((t, token)),
                 (None, None) => None,
                 _ => {
-                    return Err(BrokerError::InvalidRequest(
-                        "actor_token and actor_token_type are sent together".into(),
-                    )
-                    .into());
+                    return Err(BrokerError::from(InvalidRequest::ActorTokenWithoutType).into());
                 }
             },
             source_ip: peer.addr.ip(),
@@ -254,9 +251,9 @@ pub async fn attest(
         // An ended or expired task's token answers as before: the task is over (409).
         match state.verifier.verify(token, None, crate::clock::now_unix()) {
             Err(crate::verify::VerifyError::Revoked(crate::ledger::RevocationKind::Task)) => {
-                ApiError::from(BrokerError::Conflict("the task is already ended".into()))
+                ApiError::from(BrokerError::from(Conflict::TokenTaskOver { state: TaskState::Ended }))
             }
-            Err(crate::verify::VerifyError::Expired) => BrokerError::Conflict("the task has expired".into()).into(),
+            Err(crate::verify::VerifyError::Expired) => BrokerError::from(Conflict::TokenTaskExpired).into(),
             _ => e,
         }
     })?;
@@ -267,10 +264,10 @@ pub async fn attest(
         .await
         .map_err(|e| match e {
             BrokerError::Attest(AttestError::TaskNotActive(s)) => {
-                BrokerError::Conflict(format!("the task is already {}", s.as_str())).into()
+                BrokerError::from(Conflict::TokenTaskOver { state: s }).into()
             }
             // The task token lives exactly as long as the task.
-            BrokerError::Attest(AttestError::Expired) => BrokerError::Conflict("the task has expired".into()).into(),
+            BrokerError::Attest(AttestError::Expired) => BrokerError::from(Conflict::TokenTaskExpired).into(),
             BrokerError::Attest(AttestError::TaskToken(e)) => ApiError::Unauthorized(format!("task token: {e}")),
             e => ApiError::from(e),
         })?;
