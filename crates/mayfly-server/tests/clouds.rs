@@ -193,9 +193,12 @@ async fn cloud_tokens_are_refused_to_whom_policy_or_containment_refuses() {
     srv.stop().await;
 }
 
+/// The forms a fake STS received, each as its fields in order.
+type Received = Arc<Mutex<Vec<Vec<(String, String)>>>>;
+
 /// A loopback STS: records each form it receives, answers `answer`.
-async fn fake_sts(status: u16, answer: &'static str) -> (String, Arc<Mutex<Vec<Vec<(String, String)>>>>) {
-    let seen: Arc<Mutex<Vec<Vec<(String, String)>>>> = Default::default();
+async fn fake_sts(status: u16, answer: &'static str) -> (String, Received) {
+    let seen: Received = Default::default();
     let record = seen.clone();
     let app = axum::Router::new().route(
         "/",

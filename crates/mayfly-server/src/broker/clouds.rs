@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use serde_json::json;
 
 use crate::authorize::CloudRequest;
-use crate::broker::{Broker, BrokerError, Caller, Missing, RecordFacts};
+use crate::broker::{Broker, BrokerError, Caller, Conflict, InvalidTarget, Missing, RecordFacts, Unavailable};
 use crate::issue::IssuedToken;
 use crate::issue::cloud::aws_sts::AwsCredentials;
 use crate::issue::cloud::{AWS_MIN_SESSION, CloudConfig, CloudTarget, CloudTokenRequest, aws_session_name};
@@ -104,9 +104,10 @@ impl Broker {
         let detail = || json!({"action": "cloud", "profile": profile.name, "kind": kind, "ttl_seconds": ttl});
         self.check_decision(&caller, &decision, detail, p.source_ip).await?;
 
-        let key = self.issuer.key_of_profile(&profile.signing_profile).ok_or_else(|| {
-            BrokerError::Unavailable(format!("signing profile {:?} has no active key", profile.signing_profile))
-        })?;
+        let key = self
+            .issuer
+            .key_of_profile(&profile.signing_profile)
+            .ok_or_else(|| BrokerError::from(Unavailable::NoSigningKey { profile: profile.signing_profile.clone() }))?;
         let issued = self.clouds.mint(
             &key,
             &CloudTokenRequest {
@@ -145,11 +146,11 @@ impl Broker {
     pub async fn issue_aws_credentials(&self, p: CloudParams) -> Result<IssuedAwsCredentials, BrokerError> {
         let profile = self.cloud_profile(&p.profile)?;
         let CloudTarget::Aws { role_arn, session_duration, sts_endpoint, .. } = &profile.target else {
-            return Err(BrokerError::InvalidTarget(format!(
-                "cloud profile {:?} is {}, not aws",
-                profile.name,
-                profile.target.kind().as_str()
-            )));
+            return Err(InvalidTarget::NotAnAwsProfile {
+                profile: profile.name.clone(),
+                kind: profile.target.kind().as_str(),
+            }
+            .into());
         };
         let (role_arn, sts_endpoint, mut duration) =
             (role_arn.clone(), sts_endpoint.clone(), session_duration.as_secs());
@@ -160,14 +161,15 @@ impl Broker {
             // and a task too close to its end gets none.
             let left = u64::try_from(task - now).unwrap_or(0);
             if left < AWS_MIN_SESSION.as_secs() {
-                return Err(BrokerError::Conflict(format!(
-                    "the task ends in {left} s; AWS credentials last at least {} s and could not be revoked with it",
-                    AWS_MIN_SESSION.as_secs()
-                )));
+                return Err(Conflict::TaskEndsBeforeAwsSession {
+                    left_secs: left,
+                    min_secs: AWS_MIN_SESSION.as_secs(),
+                }
+                .into());
             }
             duration = duration.min(left);
         }
-        let sts = self.sts.as_ref().ok_or_else(|| BrokerError::Unavailable("no HTTP client for AWS STS".into()))?;
+        let sts = self.sts.as_ref().ok_or_else(|| BrokerError::from(Unavailable::NoStsClient))?;
         let answer = sts
             .assume_role_with_web_identity(&sts_endpoint, &role_arn, &token.session_name, &token.issued.token, duration)
             .await;

@@ -65,6 +65,14 @@ pub enum InvalidTarget {
         /// The audience asked for.
         target: String,
     },
+    /// AWS credentials were asked for with a cloud profile of another kind.
+    #[error("cloud profile {profile:?} is {kind}, not aws")]
+    NotAnAwsProfile {
+        /// The profile.
+        profile: String,
+        /// Its kind.
+        kind: &'static str,
+    },
 }
 
 /// A scope is malformed or not offered for this audience (`invalid_scope`).
@@ -227,6 +235,15 @@ pub enum Unavailable {
     /// Deciding again on the credentials a signal touches did not complete.
     #[error("re-deciding credentials failed")]
     RedecideFailed,
+    /// A signing profile has no key that signs now.
+    #[error("signing profile {profile:?} has no active key")]
+    NoSigningKey {
+        /// The profile.
+        profile: String,
+    },
+    /// The HTTP client for AWS STS could not be built at start-up.
+    #[error("no HTTP client for AWS STS")]
+    NoStsClient,
 }
 
 /// The caller may not do this to that object: not policy, but ownership or a rule of tasks
@@ -426,6 +443,17 @@ pub enum Conflict {
     /// A registration entry is a duplicate or read-only ([`EntryError::Duplicate`], [`EntryError::ReadOnly`]).
     #[error(transparent)]
     Entry(EntryError),
+    /// The task ends before the shortest AWS session would: the credentials could not be
+    /// revoked with it.
+    #[error(
+        "the task ends in {left_secs} s; AWS credentials last at least {min_secs} s and could not be revoked with it"
+    )]
+    TaskEndsBeforeAwsSession {
+        /// Seconds the task has left.
+        left_secs: u64,
+        /// AWS STS's shortest session.
+        min_secs: u64,
+    },
 }
 
 #[cfg(test)]
