@@ -72,6 +72,8 @@ load() { # name script concurrency
 # The disk alone, first: at sync=full every group commit waits for it, so its stalls are the exchange's tail.
 target/release/mayfly-bench-fixture disk-sync "$work" 5 | tee -a "$out"
 for c in 1 16; do load exchange "$work/exchange.lua" "$c" /v1/token; done
+# The same exchange for an audience signed by an RS256 profile, as cloud tokens are.
+for c in 1 16; do load exchange-rs256 "$work/exchange-rs256.lua" "$c" /v1/token; done
 for c in 1 16; do load introspect "$work/introspect.lua" "$c" /v1/introspect; done
 
 echo "feed latency (ms), 20 rounds:" | tee -a "$out"

@@ -133,6 +133,9 @@ fn write_fixture(dir: &Path, port: u16, sync: &str) -> Result<(), Box<dyn std::e
         r#"@id("bench")
 permit (principal, action == Mayfly::Action::"exchange", resource == Mayfly::Audience::"https://api.bench")
 when { principal.hasTag("namespace") && principal.getTag("namespace") == "prod" && context.ttl_seconds <= 900 };
+@id("bench-rs256")
+permit (principal, action == Mayfly::Action::"exchange", resource == Mayfly::Audience::"https://rs256.bench")
+when { principal.hasTag("namespace") && principal.getTag("namespace") == "prod" && context.ttl_seconds <= 900 };
 @id("no-admin")
 forbid (principal, action, resource) when { context.scopes.contains("admin") };
 "#,
@@ -146,6 +149,11 @@ data_dir = "data"
 addr = "127.0.0.1:{port}"
 [keys]
 kek_file = "kek"
+# The clouds take RS256, not EdDSA: this audience is signed as a cloud token would be.
+[[keys.profiles]]
+name = "rs256"
+algorithm = "RS256"
+audiences = ["https://rs256.bench"]
 [policy]
 dir = "policies"
 [ledger]
@@ -159,16 +167,18 @@ audiences = ["mayfly"]
 "#
         ),
     )?;
-    let body = format!(
-        "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Ajwt&audience=https%3A%2F%2Fapi.bench&scope=read&subject_token={jwt}"
-    );
-    std::fs::write(
-        dir.join("exchange.lua"),
-        format!(
-            "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/x-www-form-urlencoded\"\nwrk.body = \"{body}\"\n\
-             function response(status, headers, body)\n  if status ~= 200 then\n    io.stderr:write(\"unexpected status \" .. status .. \"\\n\")\n  end\nend\n"
-        ),
-    )?;
+    for (file, audience) in [("exchange.lua", "api.bench"), ("exchange-rs256.lua", "rs256.bench")] {
+        let body = format!(
+            "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Ajwt&audience=https%3A%2F%2F{audience}&scope=read&subject_token={jwt}"
+        );
+        std::fs::write(
+            dir.join(file),
+            format!(
+                "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/x-www-form-urlencoded\"\nwrk.body = \"{body}\"\n\
+                 function response(status, headers, body)\n  if status ~= 200 then\n    io.stderr:write(\"unexpected status \" .. status .. \"\\n\")\n  end\nend\n"
+            ),
+        )?;
+    }
     Ok(())
 }
 

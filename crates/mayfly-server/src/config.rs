@@ -174,6 +174,9 @@ impl Config {
         if self.tasks.approval_timeout.is_zero() {
             return bad("tasks.approval_timeout must be above zero".into());
         }
+        // Cloud profiles against the signing profiles and the issuer URL the clouds fetch.
+        crate::issue::cloud::CloudProfiles::new(&self.clouds, &self.keys, self.public_url.as_deref())
+            .map_err(ConfigError::Invalid)?;
         for db in &self.databases {
             let name_ok = |n: &str| {
                 !n.is_empty() && n.len() <= 64 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')

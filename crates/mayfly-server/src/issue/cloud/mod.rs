@@ -356,7 +356,8 @@ mod tests {
             "name = \"g\"\nkind = \"gcp\"\nsigning_profile = \"clouds\"\nproject_number = \"1\"\npool = \"pool\"\nprovider = \"prov\"",
         )
         .unwrap();
-        let profiles = CloudProfiles::new(std::slice::from_ref(&gcp), &keys_with("RS256"), Some("https://m.example")).unwrap();
+        let profiles =
+            CloudProfiles::new(std::slice::from_ref(&gcp), &keys_with("RS256"), Some("https://m.example")).unwrap();
         let (key, _) = SigningKey::generate(KeySpec::Rs256(RsaBits::Bits2048)).unwrap();
         let long = format!("spiffe://example.org/{}", "a".repeat(120));
         let req =
