@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use mayfly_proto::CloudProfileInfo;
+use mayfly_proto::{AwsCredentialsResponse, CloudProfileInfo, CloudTokenRequest};
 
-use crate::client::{AdminRemote, Remote, call, print_json};
+use crate::client::{AdminRemote, Evidence, Remote, call, print_json};
 
 /// `mayfly clouds …`
 #[derive(Subcommand)]
@@ -28,6 +28,19 @@ pub enum CloudsCommand {
         /// The cloud profile.
         name: String,
     },
+    /// Temporary AWS credentials for an aws profile, got by Mayfly from STS with the caller's
+    /// evidence; printed as `export AWS_…=…` lines for `eval` (or JSON).
+    AwsCredentials {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(flatten)]
+        evidence: Evidence,
+        /// The cloud profile.
+        name: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 impl CloudsCommand {
@@ -42,6 +55,21 @@ impl CloudsCommand {
                     for p in profiles {
                         println!("{:<20} {:<6} {:<8} {}", p.name, p.kind, p.algorithm, p.audience);
                     }
+                }
+            }
+            CloudsCommand::AwsCredentials { remote, evidence, name, json } => {
+                let (subject_token, subject_token_type) = evidence.read()?;
+                let url = remote.endpoint(&format!("/v1/credentials/aws/{name}"));
+                let body = CloudTokenRequest { subject_token_type: subject_token_type.to_owned(), subject_token };
+                let creds: AwsCredentialsResponse = call(remote.client()?.post(&url).json(&body), &url).await?;
+                if json {
+                    print_json(&creds)?;
+                } else {
+                    // The shape of `aws configure export-credentials --format env`.
+                    println!("export AWS_ACCESS_KEY_ID={}", creds.access_key_id);
+                    println!("export AWS_SECRET_ACCESS_KEY={}", creds.secret_access_key);
+                    println!("export AWS_SESSION_TOKEN={}", creds.session_token);
+                    println!("export AWS_CREDENTIAL_EXPIRATION={}", creds.expiration);
                 }
             }
             CloudsCommand::Setup { remote, name } => {

@@ -223,7 +223,7 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
         .map_err(|e| StartError::Config(crate::config::ConfigError::Invalid(e)))?;
     let (store, kek) = open_state(&cfg).await?;
     // Retired keys stay published for the longest token lifetime plus clock-skew margin.
-    let key_publish_secs = cfg.longest_token_ttl().as_secs() as i64 + 300;
+    let key_publish_secs = (cfg.longest_token_ttl().as_secs() as i64).max(clouds.longest_token_ttl_secs()) + 300;
     let keys =
         Arc::new(KeyRing::load_or_create(store.as_ref(), &kek, cfg.keys.signing_profiles(), key_publish_secs).await?);
     let new_admin_token = ensure_admin_token(&cfg, store.as_ref()).await?;

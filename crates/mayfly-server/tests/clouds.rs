@@ -166,9 +166,11 @@ async fn cloud_tokens_are_refused_to_whom_policy_or_containment_refuses() {
     let forged = TestIssuer::new(K8S_ISSUER).k8s_token("prod", "deployer");
     let r = cloud_token(&srv, "prod-aws", &forged).await;
     assert_eq!(r.status(), 400);
-    // Unknown profile: 404 only after attestation would be nicer, but the name is not a secret.
+    // Unknown profile: 404, but only to a caller who proved who it is.
     let r = cloud_token(&srv, "nope", &k8s.k8s_token("prod", "deployer")).await;
     assert_problem(r, 404, "not-found").await;
+    let r = cloud_token(&srv, "nope", &forged).await;
+    assert_eq!(r.status(), 400, "an unauthenticated caller learns nothing of the profiles");
     // Bad bodies.
     let r = srv
         .http
@@ -181,6 +183,18 @@ async fn cloud_tokens_are_refused_to_whom_policy_or_containment_refuses() {
     assert_eq!(r.status(), 400);
     let r = srv.http.post(format!("{}/v1/clouds/prod-aws/token", srv.url)).send().await.unwrap();
     assert_eq!(r.status(), 400, "a body is required");
+    // The ordinary exchange does not mint what a cloud would take: that goes through a
+    // cloud profile, its policy action and its subject rules.
+    let jwt = k8s.k8s_token("prod", "deployer");
+    for audience in [
+        "sts.amazonaws.com",
+        "api://AzureADTokenExchange",
+        "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/q",
+    ] {
+        let r = srv.exchange_jwt(&jwt, audience).await;
+        let body = assert_problem(r, 400, "invalid-target").await;
+        assert!(body["detail"].as_str().unwrap().contains("through a cloud profile"), "{body}");
+    }
     // A revoked subject's old evidence gets no cloud token either.
     let old = k8s.k8s_token("prod", "deployer");
     assert_eq!(cloud_token(&srv, "prod-gcp", &old).await.status(), 201);

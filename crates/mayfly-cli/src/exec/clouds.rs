@@ -122,6 +122,10 @@ pub(super) async fn prepare(
     let mut kinds: Vec<(&'static str, String)> = Vec::new();
     for p in profiles {
         let resp = session.cloud_token(p).await.with_context(|| format!("getting a token for cloud profile {p}"))?;
+        // File names come from the name asked for, checked above, never from the answer.
+        if resp.profile != *p {
+            bail!("the server answered for cloud profile {:?} when {p:?} was asked for", resp.profile);
+        }
         let kind = match resp.setup {
             CloudSetup::Aws { .. } => "aws",
             CloudSetup::Gcp { .. } => "gcp",
@@ -150,6 +154,10 @@ pub(super) async fn renew(session: std::sync::Arc<Session>, profile: String, dir
             return;
         }
         match session.cloud_token(&profile).await {
+            Ok(resp) if resp.profile != profile => {
+                eprintln!("mayfly exec: the server answered for another cloud profile than {profile}; not written");
+                lifetime = 12;
+            }
             Ok(resp) => match lay_out(&dir, &resp) {
                 Ok(_) => lifetime = u64::try_from(resp.expires_at - resp.issued_at).unwrap_or(12),
                 Err(e) => {

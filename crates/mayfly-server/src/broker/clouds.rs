@@ -13,6 +13,7 @@ use crate::issue::IssuedToken;
 use crate::issue::cloud::aws_sts::AwsCredentials;
 use crate::issue::cloud::{AWS_MIN_SESSION, CloudConfig, CloudTarget, CloudTokenRequest, aws_session_name};
 use crate::ledger::AuditEvent;
+use crate::ledger::revocations::CredentialFacts;
 
 /// A request for a cloud token or cloud credentials.
 #[derive(Clone)]
@@ -49,8 +50,10 @@ pub struct CloudToken {
     pub subject: String,
     /// The AWS role session name for it (the task id, else from the SPIFFE ID).
     pub session_name: String,
-    /// When the task it was issued under ends, if any.
-    pub task_expires_at: Option<i64>,
+    /// The task it was issued under.
+    pub task_id: Option<String>,
+    /// For an exchange at AWS STS: the session's lifetime, within the task's.
+    pub aws_session_secs: Option<u64>,
 }
 
 /// AWS credentials from STS, with the token they were exchanged for.
@@ -72,10 +75,24 @@ impl Broker {
         self.cloud_token(p, false).await
     }
 
+    /// The token for a profile; with `exchange`, for Mayfly to exchange at AWS STS itself
+    /// (then policy decides on the AWS session's lifetime, and `aws_session_secs` is set).
     async fn cloud_token(&self, p: CloudParams, exchange: bool) -> Result<CloudToken, BrokerError> {
-        let profile = self.cloud_profile(&p.profile)?.clone();
         let now = crate::clock::now_unix();
         let caller = self.attest(&p.subject_token_type, &p.subject_token, p.source_ip, now).await?;
+        // Looked up after attestation: an unauthenticated caller learns nothing of the configuration.
+        let profile = self.cloud_profile(&p.profile)?.clone();
+        let aws_session = match (&profile.target, exchange) {
+            (_, false) => None,
+            (CloudTarget::Aws { session_duration, .. }, true) => Some(session_duration.as_secs()),
+            (other, true) => {
+                return Err(InvalidTarget::NotAnAwsProfile {
+                    profile: profile.name.clone(),
+                    kind: other.kind().as_str(),
+                }
+                .into());
+            }
+        };
         // The cloud trusts a stable subject: the workload, also for a task it started
         // (the task is in `task_id` and the session name).
         let (subject, task_id, task_end) = match &caller {
@@ -90,18 +107,36 @@ impl Broker {
             }
         };
         let ttl = crate::issue::cloud::token_lifetime(&profile, task_end, now);
+        // AWS credentials cannot be revoked before they expire: none outlive the task, and a
+        // task too close to its end gets none.
+        let aws_session = match (aws_session, task_end) {
+            (Some(session), Some(end)) => {
+                let left = u64::try_from(end - now).unwrap_or(0);
+                if left < AWS_MIN_SESSION.as_secs() {
+                    return Err(Conflict::TaskEndsBeforeAwsSession {
+                        left_secs: left,
+                        min_secs: AWS_MIN_SESSION.as_secs(),
+                    }
+                    .into());
+                }
+                Some(session.min(left))
+            }
+            (session, _) => session,
+        };
+        // Policy decides on the lifetime of what is handed out: the AWS session for an exchange.
+        let decided_ttl = aws_session.map_or(ttl, |s| i64::try_from(s).unwrap_or(i64::MAX));
         let kind = profile.target.kind().as_str();
         let decision = self.policies.decide_cloud(&CloudRequest {
             principal: caller.principal(),
             profile: &profile.name,
             kind,
             audience: &profile.audience,
-            ttl_seconds: ttl,
+            ttl_seconds: decided_ttl,
             exchange,
             source_ip: p.source_ip,
             now,
         });
-        let detail = || json!({"action": "cloud", "profile": profile.name, "kind": kind, "ttl_seconds": ttl});
+        let detail = || json!({"action": "cloud", "profile": profile.name, "kind": kind, "ttl_seconds": decided_ttl});
         self.check_decision(&caller, &decision, detail, p.source_ip).await?;
 
         let key = self
@@ -137,43 +172,50 @@ impl Broker {
         });
         let (record, event) = self.issued_record(&issued, &facts, detail);
         self.record_issued("cloud", vec![record], vec![event]).await?;
-        Ok(CloudToken { issued, profile, subject, session_name, task_expires_at: task_end })
+        Ok(CloudToken { issued, profile, subject, session_name, task_id, aws_session_secs: aws_session })
     }
 
     /// Gets AWS credentials for an `aws` profile: mints a web-identity token for the caller
     /// (recorded first), calls STS `AssumeRoleWithWebIdentity` with it, and records what
     /// STS handed out (its access key id, never its secrets) before returning it.
     pub async fn issue_aws_credentials(&self, p: CloudParams) -> Result<IssuedAwsCredentials, BrokerError> {
-        let profile = self.cloud_profile(&p.profile)?;
-        let CloudTarget::Aws { role_arn, session_duration, sts_endpoint, .. } = &profile.target else {
+        let token = self.cloud_token(p, true).await?;
+        let CloudTarget::Aws { role_arn, sts_endpoint, .. } = &token.profile.target else {
             return Err(InvalidTarget::NotAnAwsProfile {
-                profile: profile.name.clone(),
-                kind: profile.target.kind().as_str(),
+                profile: token.profile.name.clone(),
+                kind: token.profile.target.kind().as_str(),
             }
             .into());
         };
-        let (role_arn, sts_endpoint, mut duration) =
-            (role_arn.clone(), sts_endpoint.clone(), session_duration.as_secs());
-        let token = self.cloud_token(p, true).await?;
-        let now = crate::clock::now_unix();
-        if let Some(task) = token.task_expires_at {
-            // AWS credentials cannot be revoked before they expire: none outlive the task,
-            // and a task too close to its end gets none.
-            let left = u64::try_from(task - now).unwrap_or(0);
-            if left < AWS_MIN_SESSION.as_secs() {
-                return Err(Conflict::TaskEndsBeforeAwsSession {
-                    left_secs: left,
-                    min_secs: AWS_MIN_SESSION.as_secs(),
-                }
-                .into());
-            }
-            duration = duration.min(left);
-        }
+        let (role_arn, sts_endpoint) = (role_arn.clone(), sts_endpoint.clone());
+        let duration = token.aws_session_secs.unwrap_or(AWS_MIN_SESSION.as_secs());
         let sts = self.sts.as_ref().ok_or_else(|| BrokerError::from(Unavailable::NoStsClient))?;
         let answer = sts
             .assume_role_with_web_identity(&sts_endpoint, &role_arn, &token.session_name, &token.issued.token, duration)
             .await;
         let subject = token.subject.clone();
+        // A revocation (of the token, its task or its subject) or a block that landed while
+        // STS answered: the credentials are not handed out.
+        let facts = CredentialFacts {
+            jti: &token.issued.jti,
+            subject: &token.subject,
+            audience: &token.profile.audience,
+            task_id: token.task_id.as_deref(),
+            issued_at: token.issued.issued_at,
+        };
+        let answer = match (answer, self.revocations.revoked_by(&facts)) {
+            (Ok(_), Some(kind)) => Err(kind),
+            (answer, _) => Ok(answer),
+        };
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(kind) => {
+                let detail =
+                    json!({"profile": token.profile.name, "jti": token.issued.jti, "revoked_by": kind.as_str()});
+                self.audit_best_effort(AuditEvent::new("cloud.aws.withheld", Some(subject), detail)).await;
+                return Err(Conflict::RevokedDuringExchange { by: kind }.into());
+            }
+        };
         match answer {
             Ok(credentials) => {
                 let detail = json!({

@@ -418,6 +418,11 @@ impl Broker {
             }
         }
 
+        // A token a cloud would take is issued only through its cloud profile (policy action
+        // `cloud`, the cloud's subject rules, task limits), never by the ordinary exchange.
+        if self.clouds.is_cloud_audience(&p.audience) {
+            return Err(InvalidTarget::CloudAudience { audience: p.audience.clone() }.into());
+        }
         // Checked after attestation, so an unauthenticated caller learns nothing of the configuration.
         let mut ttl = self.lifetime(&p.audience, p.requested_lifetime, &scopes)?;
         if let Caller::Task(t) = &caller {

@@ -65,6 +65,14 @@ pub enum InvalidTarget {
         /// The audience asked for.
         target: String,
     },
+    /// An access token was asked for with an audience a cloud takes: only a cloud profile issues those.
+    #[error(
+        "audience {audience:?} is a cloud's: ask for it through a cloud profile (POST /v1/clouds/{{profile}}/token)"
+    )]
+    CloudAudience {
+        /// The audience asked for.
+        audience: String,
+    },
     /// AWS credentials were asked for with a cloud profile of another kind.
     #[error("cloud profile {profile:?} is {kind}, not aws")]
     NotAnAwsProfile {
@@ -443,6 +451,12 @@ pub enum Conflict {
     /// A registration entry is a duplicate or read-only ([`EntryError::Duplicate`], [`EntryError::ReadOnly`]).
     #[error(transparent)]
     Entry(EntryError),
+    /// A revocation covering the token landed while AWS STS answered: the credentials were withheld.
+    #[error("the credentials were withheld: a {} revocation covered the request while AWS STS answered", .by.as_str())]
+    RevokedDuringExchange {
+        /// The kind of revocation.
+        by: RevocationKind,
+    },
     /// The task ends before the shortest AWS session would: the credentials could not be
     /// revoked with it.
     #[error(

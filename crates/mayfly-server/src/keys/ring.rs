@@ -35,14 +35,22 @@ struct PublishedKey {
     key: Arc<SigningKey>,
     profile: String,
     created_at: i64,
-    /// Signs from here until its successor's `activates_at`.
+    /// Signs from here until `retired_at` (its successor's `activates_at`).
     activates_at: i64,
+    /// When it stops signing; `None` while it is the newest key of its profile.
+    retired_at: Option<i64>,
     published_until: Option<i64>,
 }
 
 impl PublishedKey {
     fn published_at(&self, now: i64) -> bool {
         self.published_until.is_none_or(|t| t > now)
+    }
+
+    /// Whether it signs at `now`: within `[activates_at, retired_at)`. Times are whole
+    /// seconds, so a key rotated in the second it was created has an empty window.
+    fn signs_at(&self, now: i64) -> bool {
+        self.activates_at <= now && self.retired_at.is_none_or(|r| r > now) && self.published_at(now)
     }
 }
 
@@ -52,12 +60,14 @@ struct RingState {
 }
 
 impl RingState {
-    /// The key of `profile` that signs at `now`: the published one that became active last.
+    /// The key of `profile` that signs at `now`: the one whose window holds `now`; where
+    /// windows overlap (a pending key superseded by one that activates earlier), the
+    /// newest key of the profile, then the one that became active last.
     fn active(&self, profile: &str, now: i64) -> Option<&PublishedKey> {
         self.keys
             .iter()
-            .filter(|k| k.profile == profile && k.activates_at <= now && k.published_at(now))
-            .max_by_key(|k| (k.activates_at, k.created_at))
+            .filter(|k| k.profile == profile && k.signs_at(now))
+            .max_by_key(|k| (k.retired_at.is_none(), k.activates_at, k.created_at))
     }
 }
 
@@ -147,7 +157,10 @@ impl KeyRing {
             return Ok(false);
         }
         let view = |s: &RingState| {
-            s.keys.iter().map(|k| (k.key.kid().to_owned(), k.activates_at, k.published_until)).collect::<Vec<_>>()
+            s.keys
+                .iter()
+                .map(|k| (k.key.kid().to_owned(), k.activates_at, k.retired_at, k.published_until))
+                .collect::<Vec<_>>()
         };
         if view(&next) == view(&current) {
             return Ok(false);
@@ -245,12 +258,12 @@ impl KeyRing {
         let now = crate::clock::now_unix();
         let activates_at = now + lead_secs.max(0);
         let state = self.state.load_full();
-        // The newest key of the profile, even if it is itself still waiting for its turn.
+        // The newest key of the profile (the one not retired), even if it is itself still
+        // waiting for its turn.
         let old = state
             .keys
             .iter()
-            .filter(|k| k.profile == profile.name && k.published_at(now))
-            .max_by_key(|k| (k.activates_at, k.created_at))
+            .find(|k| k.profile == profile.name && k.retired_at.is_none())
             .ok_or_else(|| KeyRingError::UnknownProfile(profile.name.clone()))?;
         let (key, row) = new_stored_key(kek, profile, now, (lead_secs > 0).then_some(activates_at))?;
         let published_until = activates_at + publish_for_secs;
@@ -263,6 +276,7 @@ impl KeyRing {
             .cloned()
             .map(|mut k| {
                 if Arc::ptr_eq(&k.key, &old.key) {
+                    k.retired_at = Some(activates_at);
                     k.published_until = Some(published_until);
                 }
                 k
@@ -273,6 +287,7 @@ impl KeyRing {
             profile: profile.name.clone(),
             created_at: now,
             activates_at,
+            retired_at: None,
             published_until: None,
         });
         self.state.store(Arc::new(RingState { keys }));
@@ -324,6 +339,7 @@ fn open_rows(kek: &Kek, rows: &[StoredSigningKey], now: i64, known: &[PublishedK
             profile: row.profile.clone(),
             created_at: row.created_at,
             activates_at: row.activates_at.unwrap_or(row.created_at),
+            retired_at: row.retired_at,
             published_until: row.published_until,
         });
     }
@@ -361,4 +377,68 @@ fn open_stored_key(kek: &Kek, row: &StoredSigningKey) -> Result<SigningKey, KeyE
         return Err(KeyError::Corrupt { kid: row.kid.clone(), reason: "key does not match its id".into() });
     }
     Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::sqlite::SqliteStore;
+
+    fn profiles(lead_secs: i64) -> Vec<SigningProfile> {
+        vec![
+            SigningProfile { name: DEFAULT_PROFILE.into(), spec: KeySpec::EdDsa, lead_secs: 0 },
+            SigningProfile { name: "clouds".into(), spec: KeySpec::Rs256(crate::keys::RsaBits::Bits2048), lead_secs },
+        ]
+    }
+
+    #[tokio::test]
+    async fn a_key_rotated_in_the_second_it_was_made_stops_signing_at_once() {
+        // Times are whole seconds: the old and the new key share their second here, and
+        // the new one must sign, every time, on this replica and on one that reloads.
+        let store = SqliteStore::in_memory().await.unwrap();
+        let kek = Kek::from_bytes(&[7u8; 32]).unwrap();
+        let ring = KeyRing::load_or_create(&store, &kek, profiles(0), 600).await.unwrap();
+        let other = KeyRing::load_or_create(&store, &kek, profiles(0), 600).await.unwrap();
+        for _ in 0..5 {
+            let info = ring.rotate(&store, &kek, DEFAULT_PROFILE, 600).await.unwrap();
+            assert_eq!(ring.active().kid(), info.kid);
+            other.reload(&store, &kek).await.unwrap();
+            assert_eq!(other.active().kid(), info.kid, "a replica that reloads signs with it too");
+        }
+        assert_eq!(ring.active_for("clouds").unwrap().alg(), SigningAlg::Rs256);
+        assert!(ring.active_for("nope").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_pre_published_key_waits_and_a_superseded_one_never_signs() {
+        let store = SqliteStore::in_memory().await.unwrap();
+        let kek = Kek::from_bytes(&[7u8; 32]).unwrap();
+        let ring = KeyRing::load_or_create(&store, &kek, profiles(3600), 600).await.unwrap();
+        let first = ring.active_for("clouds").unwrap().kid().to_owned();
+        let next = ring.rotate(&store, &kek, "clouds", 600).await.unwrap();
+        assert!(!next.active && next.activates_at.is_some());
+        assert!(ring.find(&next.kid).is_some(), "published before it signs");
+        assert_eq!(ring.active_for("clouds").unwrap().kid(), first, "the old key signs until then");
+        assert_eq!(ring.jwks()["keys"].as_array().unwrap().len(), 3);
+        // Seen from the future: the pending key signs from its time on.
+        let state = ring.state.load();
+        let later = crate::clock::now_unix() + 3601;
+        assert_eq!(state.active("clouds", later).unwrap().key.kid(), next.kid);
+    }
+
+    #[tokio::test]
+    async fn rotation_stops_at_the_published_key_cap() {
+        let store = SqliteStore::in_memory().await.unwrap();
+        let kek = Kek::from_bytes(&[7u8; 32]).unwrap();
+        let ring = KeyRing::load_or_create(&store, &kek, profiles(0), 600).await.unwrap();
+        let mut refused = None;
+        for _ in 0..MAX_PUBLISHED_KEYS + 2 {
+            if let Err(e) = ring.rotate(&store, &kek, DEFAULT_PROFILE, 600).await {
+                refused = Some(e);
+                break;
+            }
+        }
+        assert!(matches!(refused, Some(KeyRingError::TooManyKeys { .. })), "{refused:?}");
+        assert_eq!(ring.jwks()["keys"].as_array().unwrap().len(), MAX_PUBLISHED_KEYS);
+    }
 }

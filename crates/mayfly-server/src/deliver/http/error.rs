@@ -296,6 +296,22 @@ mod tests {
         vec![
             // Broker.
             (broker(BrokerError::Denied(denied)), S::FORBIDDEN, K::PolicyDenied, Some("invalid_target")),
+            // Clouds: a subject the cloud would refuse is the caller's; an algorithm the cloud
+            // takes not is the server's; STS's refusal and absence are the cloud's.
+            (
+                broker(CloudTokenError::SubjectTooLong { cloud: "gcp", length: 200, max: 127 }),
+                S::BAD_REQUEST,
+                K::InvalidRequest,
+                Some("invalid_request"),
+            ),
+            (
+                broker(CloudTokenError::Algorithm { profile: s(), alg: "EdDSA" }),
+                S::INTERNAL_SERVER_ERROR,
+                K::IssueFailed,
+                Some("server_error"),
+            ),
+            (broker(StsError::Refused { code: s(), message: s(), status: 403 }), S::BAD_GATEWAY, K::CloudRefused, None),
+            (broker(StsError::Unavailable(s())), S::SERVICE_UNAVAILABLE, K::CloudUnavailable, None),
             // The refusals map by their outer variant whatever the case inside; a case that
             // wraps a lower layer's error maps like any other of its variant.
             (broker(InvalidTarget::NoAudience), S::BAD_REQUEST, K::InvalidTarget, Some("invalid_target")),

@@ -387,7 +387,7 @@ mod tests {
             (format!("{GCP}service_account = \"deployer\""), "is a service account's e-mail"),
             (
                 AZURE.replace("72f988bf-86f1", "72f988bf86f1"),
-                "tenant_id \"72f988bf86f141af-91ab-2d7cd011db47\" is not a GUID",
+                "tenant_id \"72f988bf86f1-41af-91ab-2d7cd011db47\" is not a GUID",
             ),
             (format!("{AZURE}authority_host = \"ftp://login\""), "use https://"),
             (format!("{AZURE}audience = \"\""), "audience is 1 to 512"),

@@ -73,11 +73,51 @@ impl CloudProfiles {
                 ));
             }
             check_issuer(&what, kind, public_url)?;
+            // Tokens carry no profile name: two profiles of one cloud with one audience would
+            // mint tokens each other's roles accept (a dev token assuming the prod role).
+            if let Some(other) =
+                by_name.values().find(|o: &&CloudConfig| o.target.kind() == kind && o.audience == c.audience)
+            {
+                return Err(format!(
+                    "{what}: cloud profile {:?} is also {} with audience {:?}, so a token for one would be \
+                     accepted wherever the other is; give each its own audience (e.g. audience = \"mayfly:{}\", \
+                     added to the cloud's allowed audiences)",
+                    other.name,
+                    kind.as_str(),
+                    c.audience,
+                    c.name
+                ));
+            }
+            if let Some(p) = keys.profiles.iter().find(|p| p.audiences.contains(&c.audience)) {
+                return Err(format!(
+                    "{what}: signing profile {:?} lists the cloud's audience {:?} among its access-token audiences; \
+                     cloud tokens are issued only through the cloud profile",
+                    p.name, c.audience
+                ));
+            }
             if by_name.insert(c.name.clone(), c.clone()).is_some() {
                 return Err(format!("{what}: two cloud profiles have this name"));
             }
         }
         Ok(Self { by_name, issuer_url })
+    }
+
+    /// Whether an access-token audience is one a cloud would take as a federation token's:
+    /// a configured profile's, or a cloud's well-known one. Such tokens are issued only
+    /// through a cloud profile (its policy action, subject rules and task limits), never by
+    /// the ordinary exchange.
+    pub fn is_cloud_audience(&self, audience: &str) -> bool {
+        let a = audience.trim_end_matches('/').to_ascii_lowercase();
+        self.by_name.values().any(|c| c.audience.eq_ignore_ascii_case(audience))
+            || a == "sts.amazonaws.com"
+            || a.starts_with("api://azureadtokenexchange")
+            || a.starts_with("//iam.googleapis.com/")
+            || a.starts_with("https://iam.googleapis.com/")
+    }
+
+    /// The longest lifetime of any profile's tokens, in seconds: retired keys stay published that long.
+    pub fn longest_token_ttl_secs(&self) -> i64 {
+        self.by_name.values().map(|c| i64::try_from(c.token_ttl.as_secs()).unwrap_or(0)).max().unwrap_or(0)
     }
 
     /// A profile by name.
@@ -332,13 +372,37 @@ mod tests {
     }
 
     #[test]
+    fn two_profiles_a_token_could_cross_between_are_refused() {
+        let k = keys_with("RS256");
+        let https = Some("https://mayfly.example.com");
+        let mut other = aws();
+        other.name = "aw2".into();
+        let err = CloudProfiles::new(&[aws(), other.clone()], &k, https).unwrap_err();
+        assert!(err.contains("a token for one would be accepted wherever the other is"), "{err}");
+        other.audience = "mayfly:aw2".into();
+        let p = CloudProfiles::new(&[aws(), other], &k, https).unwrap();
+        assert!(p.is_cloud_audience("mayfly:aw2") && p.is_cloud_audience("sts.amazonaws.com"));
+        assert!(p.is_cloud_audience("api://AzureADTokenExchange"), "well-known even when not configured");
+        assert!(
+            p.is_cloud_audience("//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/q")
+        );
+        assert!(!p.is_cloud_audience("https://api.example"));
+        let claimed: KeysConfig = toml::from_str(
+            "[[profiles]]\nname = \"clouds\"\nalgorithm = \"RS256\"\naudiences = [\"sts.amazonaws.com\"]",
+        )
+        .unwrap();
+        let err = CloudProfiles::new(&[aws()], &claimed, https).unwrap_err();
+        assert!(err.contains("among its access-token audiences"), "{err}");
+    }
+
+    #[test]
     fn the_issuer_must_be_one_the_clouds_fetch() {
         let k = keys_with("RS256");
         let cases = [
             (None, "set public_url"),
             (Some("http://mayfly.example.com"), "only trust an https:// issuer"),
             (Some("https://mayfly.example.com:8443"), "AWS refuses an issuer URL with a port"),
-            (Some("https://mayfly.example.com/?x=1"), "no query or fragment"),
+            (Some("https://mayfly.example.com/?x=1"), "must not have a query or fragment"),
         ];
         for (url, message) in cases {
             let err = CloudProfiles::new(&[aws()], &k, url).unwrap_err();
