@@ -135,7 +135,7 @@ sleep 34; cp "$AWS_WEB_IDENTITY_TOKEN_FILE" aws2"#;
 fn two_profiles_of_one_cloud_are_refused_and_the_task_ends() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config().toml(
-        "[[clouds]]\nname = \"ci-aws-2\"\nkind = \"aws\"\nsigning_profile = \"clouds\"\nrole_arn = \"arn:aws:iam::123456789012:role/other\"\n",
+        "[[clouds]]\nname = \"ci-aws-2\"\nkind = \"aws\"\nsigning_profile = \"clouds\"\nrole_arn = \"arn:aws:iam::123456789012:role/other\"\naudience = \"mayfly:ci-aws-2\"\n",
     );
     let srv = start_server(&cfg.write(dir.path()));
     let out = Command::new(BIN)
