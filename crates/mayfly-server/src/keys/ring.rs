@@ -286,7 +286,7 @@ impl KeyRing {
             key: key.clone(),
             profile: profile.name.clone(),
             created_at: now,
-            activates_at,
+            activates_at: if lead_secs > 0 { activates_at } else { i64::MIN },
             retired_at: None,
             published_until: None,
         });
@@ -338,7 +338,9 @@ fn open_rows(kek: &Kek, rows: &[StoredSigningKey], now: i64, known: &[PublishedK
             key,
             profile: row.profile.clone(),
             created_at: row.created_at,
-            activates_at: row.activates_at.unwrap_or(row.created_at),
+            // A key that signed from its creation signs from "always": a replica whose clock
+            // is a little behind the one that made it must not find no key at all.
+            activates_at: row.activates_at.unwrap_or(i64::MIN),
             retired_at: row.retired_at,
             published_until: row.published_until,
         });
@@ -424,6 +426,19 @@ mod tests {
         let state = ring.state.load();
         let later = crate::clock::now_unix() + 3601;
         assert_eq!(state.active("clouds", later).unwrap().key.kid(), next.kid);
+    }
+
+    #[tokio::test]
+    async fn a_replica_whose_clock_is_behind_still_finds_a_signing_key() {
+        let store = SqliteStore::in_memory().await.unwrap();
+        let kek = Kek::from_bytes(&[7u8; 32]).unwrap();
+        let ring = KeyRing::load_or_create(&store, &kek, profiles(0), 600).await.unwrap();
+        let info = ring.rotate(&store, &kek, DEFAULT_PROFILE, 600).await.unwrap();
+        let other = KeyRing::load_or_create(&store, &kek, profiles(0), 600).await.unwrap();
+        // Seen five seconds earlier than the key was made: the new key still signs.
+        let behind = crate::clock::now_unix() - 5;
+        assert_eq!(other.state.load().active(DEFAULT_PROFILE, behind).unwrap().key.kid(), info.kid);
+        assert!(other.state.load().active("clouds", behind).is_some());
     }
 
     #[tokio::test]
