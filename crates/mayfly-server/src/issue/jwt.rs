@@ -66,11 +66,12 @@ impl std::fmt::Debug for IssuedToken {
     }
 }
 
+/// A JWS header as Mayfly writes it: algorithm, type and key id (clouds need the `kid`).
 #[derive(Serialize)]
-struct Header<'a> {
-    alg: &'a str,
-    typ: &'a str,
-    kid: &'a str,
+pub(super) struct Header<'a> {
+    pub(super) alg: &'a str,
+    pub(super) typ: &'a str,
+    pub(super) kid: &'a str,
 }
 
 #[derive(Serialize)]

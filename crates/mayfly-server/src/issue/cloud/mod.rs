@@ -13,6 +13,7 @@ use serde::Serialize;
 
 pub use config::{CloudConfig, CloudKind, CloudTarget};
 
+use super::jwt::Header;
 use super::{IssueError, IssuedToken};
 use crate::keys::config::KeysConfig;
 use crate::keys::{SigningAlg, SigningKey};
@@ -229,13 +230,6 @@ pub enum CloudTokenError {
     /// Signing failed.
     #[error(transparent)]
     Issue(#[from] IssueError),
-}
-
-#[derive(Serialize)]
-struct Header<'a> {
-    alg: &'a str,
-    typ: &'a str,
-    kid: &'a str,
 }
 
 #[derive(Serialize)]
