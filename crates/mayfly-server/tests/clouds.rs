@@ -287,6 +287,22 @@ async fn mayfly_gets_aws_credentials_from_sts_and_records_them_without_secrets()
     // Only an aws profile exchanges at STS.
     let r = aws_credentials(&srv, "prod-azure", &k8s.k8s_token("prod", "deployer")).await;
     assert_problem(r, 400, "invalid-target").await;
+    // Forged evidence, and a revoked subject's old evidence, reach no STS call.
+    let calls = seen.lock().unwrap().len();
+    let forged = TestIssuer::new(K8S_ISSUER).k8s_token("prod", "deployer");
+    assert_eq!(aws_credentials(&srv, "prod-aws", &forged).await.status(), 400);
+    let old = k8s.k8s_token("prod", "deployer");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let r =
+        srv.admin_post("/v1/revocations", Some(json!({"subject": "spiffe://test.example/ns/prod/sa/deployer"}))).await;
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    assert_problem(aws_credentials(&srv, "prod-aws", &old).await, 400, "subject-revoked").await;
+    assert_eq!(seen.lock().unwrap().len(), calls, "STS was not called for a refused caller");
+    // The profiles' set-up values are for the admin only.
+    let r = srv.http.get(format!("{}/v1/clouds", srv.url)).send().await.unwrap();
+    assert_problem(r, 401, "unauthorized").await;
+    let profiles: Vec<Value> = srv.admin_get("/v1/clouds").await;
+    assert_eq!(profiles.len(), 3);
     srv.stop().await;
 }
 
