@@ -323,11 +323,13 @@ async fn bad_task_requests_get_clear_problems_and_grant_nothing() {
 
 #[tokio::test]
 async fn time_ends_tasks_an_approval_deadline_denies_and_a_lifetime_expires() {
-    let (srv, k8s) = start_with("[tasks]\napproval_timeout = \"1s\"\n").await;
+    // Deadlines are whole seconds: a 3 s timeout keeps the first task pending for at least 2 s,
+    // however slowly a loaded machine starts the second one.
+    let (srv, k8s) = start_with("[tasks]\napproval_timeout = \"3s\"\n").await;
     let (pending, pending_token) = task_for(&srv, &k8s, "prod", json!({"scope": "deploy"})).await;
     let (short, short_token) = task_for(&srv, &k8s, "prod", json!({"ttl_seconds": 1})).await;
     assert_eq!(pending["state"], "pending");
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(4000)).await;
     let (pid, sid) = (pending["id"].as_str().unwrap(), short["id"].as_str().unwrap());
     let p: Value = srv.admin_get(&format!("/v1/tasks/{pid}")).await;
     assert_eq!(p["state"], "denied");
