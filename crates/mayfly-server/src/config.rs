@@ -14,6 +14,7 @@ pub use crate::broker::config::{
     AudienceConfig, SignalSenderConfig, SignalsConfig, TasksConfig, TokensConfig, WorkloadApiConfig,
 };
 pub use crate::deliver::config::{DpopConfig, ListenConfig};
+pub use crate::deliver::vault_api::config::VaultApiConfig;
 pub use crate::issue::cloud::config::CloudConfig;
 pub use crate::issue::db::config::{DatabaseConfig, DatabaseRoleConfig};
 pub use crate::keys::config::KeysConfig;
@@ -113,6 +114,9 @@ pub struct Config {
     /// The audit trail's signed checkpoints.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// The Vault-compatible HTTP API (off unless `listen` is set).
+    #[serde(default)]
+    pub vault_api: VaultApiConfig,
 }
 
 impl Config {
@@ -177,6 +181,7 @@ impl Config {
         // Cloud profiles against the signing profiles and the issuer URL the clouds fetch.
         crate::issue::cloud::CloudProfiles::new(&self.clouds, &self.keys, self.public_url.as_deref())
             .map_err(ConfigError::Invalid)?;
+        self.vault_api.validate(self).map_err(ConfigError::Invalid)?;
         for db in &self.databases {
             let name_ok = |n: &str| {
                 !n.is_empty() && n.len() <= 64 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')

@@ -131,5 +131,6 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> Result<Config, DevSetupEr
         signals: Default::default(),
         revocations: Default::default(),
         audit: Default::default(),
+        vault_api: Default::default(),
     })
 }

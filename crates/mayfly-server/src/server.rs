@@ -106,6 +106,8 @@ pub enum StartError {
 pub struct RunningServer {
     /// The address it listens on.
     pub addr: SocketAddr,
+    /// The address of the Vault-compatible API, when it is on.
+    pub vault_addr: Option<SocketAddr>,
     /// Its base URL (`iss` of its tokens).
     pub url: String,
     /// The admin token created on this start, when the data directory had none.
@@ -447,6 +449,25 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
         }
         None => None,
     };
+    // The Vault-compatible API: its own listener, the same TLS, limits and broker.
+    let vault_api = match cfg.vault_api.listen {
+        Some(vault_listen) => {
+            let tcp = TcpListener::bind(vault_listen)
+                .await
+                .map_err(io_err(format!("cannot listen on {vault_listen} (vault_api.listen)")))?;
+            let addr = tcp.local_addr().map_err(io_err("vault_api listener address"))?;
+            let app = crate::deliver::vault_api::router(state.clone(), Arc::new(cfg.vault_api.clone()));
+            let mut stopping = stopping_rx.clone();
+            let handle =
+                tokio::spawn(listener::serve(tcp, tls.clone(), app, listener::Limits::from(&cfg.listen), async move {
+                    let _ = stopping.wait_for(|s| *s).await;
+                }));
+            tracing::info!(%addr, "Vault-compatible API is serving");
+            Some((addr, handle))
+        }
+        None => None,
+    };
+    let vault_addr = vault_api.as_ref().map(|(a, _)| *a);
     let (tx, rx) = oneshot::channel::<()>();
     let app = router(state);
     let flushing = broker.clone();
@@ -458,6 +479,11 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
             let _ = stopping_tx.send(true);
         })
         .await;
+        if let Some((_, v)) = vault_api
+            && tokio::time::timeout(Duration::from_secs(5), v).await.is_err()
+        {
+            tracing::warn!("Vault-compatible API did not stop within 5s");
+        }
         if let Some(w) = workload_api
             && tokio::time::timeout(Duration::from_secs(5), w).await.is_err()
         {
@@ -472,7 +498,7 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
         tracing::info!("mayfly stopped: background jobs and the ledger writer are done");
     });
     tracing::info!(%url, "mayfly is serving");
-    Ok(RunningServer { addr, url, new_admin_token, broker, keys, jobs, shutdown: Some(tx), task })
+    Ok(RunningServer { addr, vault_addr, url, new_admin_token, broker, keys, jobs, shutdown: Some(tx), task })
 }
 
 /// The name of the admin token made at first start.

@@ -239,6 +239,43 @@ impl Broker {
         Ok(IssuedDbCredential { lease, password, database: db })
     }
 
+    /// Whether policy would issue `database`/`role` to the caller now, at the role's
+    /// default lifetime (Vault's `sys/capabilities-self`): attested as for issuance, nothing issued.
+    pub async fn may_issue_db_credential(
+        &self,
+        token_type: &str,
+        token: &str,
+        database: &str,
+        role: &str,
+        source_ip: IpAddr,
+    ) -> Result<bool, BrokerError> {
+        let db = self.database(database)?;
+        let r = db.role(role).ok_or_else(|| {
+            BrokerError::NotFound(Missing::Role { database: database.to_owned(), role: role.to_owned() })
+        })?;
+        let now = crate::clock::now_unix();
+        let caller = self.attest(token_type, token, source_ip, now).await?;
+        let mut ttl = r.default_ttl.as_secs() as i64;
+        if let Caller::Task(t) = &caller {
+            if t.task.state == crate::ledger::TaskState::Pending
+                || crate::broker::tasks::check_task_audience(&t.task, &format!("db:{database}/{role}")).is_err()
+            {
+                return Ok(false);
+            }
+            ttl = ttl.min(t.task.expires_at - now);
+        }
+        let decision = self.policies.decide_issue(&IssueRequest {
+            principal: caller.principal(),
+            database,
+            kind: db.config.kind.as_str(),
+            role,
+            ttl_seconds: ttl,
+            source_ip,
+            now,
+        });
+        Ok(decision.allowed)
+    }
+
     /// A lease by id.
     pub async fn db_lease(&self, id: &str) -> Result<DbLease, BrokerError> {
         self.ledger.store().db_lease(id).await?.ok_or_else(|| BrokerError::NotFound(Missing::Lease(id.to_owned())))

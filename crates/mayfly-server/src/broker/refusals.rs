@@ -307,6 +307,14 @@ pub enum Forbidden {
     /// `on_behalf_of` cannot be acted for as written.
     #[error(transparent)]
     NamedSubject(#[from] SubjectError),
+    /// The starter is not what a login role requires.
+    #[error("the caller does not match {rule}: {why}")]
+    StarterRule {
+        /// The rule's name.
+        rule: String,
+        /// What did not match.
+        why: RuleMismatch,
+    },
     /// `on_behalf_of` names another subject than the delegation proves.
     #[error("on_behalf_of names another subject than the subject_token proves ({proven})")]
     OtherSubject {
@@ -358,6 +366,26 @@ pub enum Forbidden {
     VerifierWithoutAudience {
         /// The audience prefix of verifier tokens.
         verifier_audience: &'static str,
+    },
+}
+
+/// What a starter rule found wrong with the caller (never the expected values).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RuleMismatch {
+    /// A task token cannot log in.
+    #[error("a task token cannot log in; present the workload's platform evidence")]
+    NotAWorkload,
+    /// Another attestor verified the evidence.
+    #[error("the evidence was verified by attestor {actual:?}, which the role does not take")]
+    Attestor {
+        /// The attestor that verified it.
+        actual: String,
+    },
+    /// A bound attribute is missing or differs.
+    #[error("attribute {name:?} does not match the role's bound value")]
+    Attribute {
+        /// The attribute.
+        name: String,
     },
 }
 

@@ -57,6 +57,41 @@ pub struct StartTaskParams {
     pub actor: Option<(String, String)>,
     /// The caller's address.
     pub source_ip: IpAddr,
+    /// What the starter must have proven (a Vault-compatible login role's attestor and
+    /// bound attributes); `None`: anything policy allows.
+    pub starter: Option<StarterRule>,
+}
+
+/// A rule on the workload that starts a task, checked right after attestation and
+/// before policy: the Vault-compatible API's login roles (`bound_claims`).
+#[derive(Debug, Clone, Default)]
+pub struct StarterRule {
+    /// The rule's name, for refusals ("vault role jwt/app").
+    pub name: String,
+    /// The attestor that must have verified the evidence.
+    pub attestor: Option<String>,
+    /// Attested attributes that must hold exactly these values.
+    pub attributes: std::collections::BTreeMap<String, String>,
+}
+
+impl StarterRule {
+    /// Refuses a caller the rule does not cover: a task token, another attestor, an
+    /// attribute that is missing or differs (which one, not its expected value).
+    fn check(&self, caller: &Caller) -> Result<(), BrokerError> {
+        let refuse = |why| Err(Forbidden::StarterRule { rule: self.name.clone(), why }.into());
+        let Caller::Workload(w) = caller else {
+            return refuse(crate::broker::refusals::RuleMismatch::NotAWorkload);
+        };
+        if let Some(expected) = &self.attestor
+            && *expected != w.attestor
+        {
+            return refuse(crate::broker::refusals::RuleMismatch::Attestor { actual: w.attestor.clone() });
+        }
+        if let Some((name, _)) = self.attributes.iter().find(|(k, v)| w.attributes.get(*k) != Some(*v)) {
+            return refuse(crate::broker::refusals::RuleMismatch::Attribute { name: name.clone() });
+        }
+        Ok(())
+    }
 }
 
 // Hand-written: the secret never reaches a log through `{:?}`.
@@ -72,6 +107,7 @@ impl std::fmt::Debug for StartTaskParams {
             .field("parent", &self.parent)
             .field("actor_token_type", &self.actor.as_ref().map(|(t, _)| t))
             .field("source_ip", &self.source_ip)
+            .field("starter", &self.starter)
             .finish_non_exhaustive()
     }
 }
@@ -205,6 +241,9 @@ impl Broker {
                 (caller, Some(subject))
             }
         };
+        if let Some(rule) = &p.starter {
+            rule.check(&caller)?;
+        }
         let delegation = match (&proven, &p.on_behalf_of) {
             (Some(_), _) => Some(Delegation::Proof),
             (None, Some(_)) => Some(Delegation::Policy),
@@ -479,6 +518,7 @@ mod tests {
             parent: None,
             actor: Some(("urn:ietf:params:oauth:token-type:jwt".into(), "eyJ-actor-secret".into())),
             source_ip: IpAddr::from([127, 0, 0, 1]),
+            starter: None,
         };
         let shown = format!("{p:?}");
         assert!(!shown.contains("eyJ-subject-secret") && !shown.contains("eyJ-actor-secret"), "{shown}");

@@ -185,10 +185,13 @@ fn attest_parts(a: &AttestError) -> (StatusCode, ProblemKind, Option<&'static st
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The problem document a client is shown: status, kind and a safe detail (storage and
+    /// signing failures are logged here and told in general terms). Other edges (the
+    /// Vault-compatible API) reshape it, so every error is mapped once.
+    pub fn problem(&self) -> (StatusCode, Problem) {
         let (status, kind, oauth) = self.parts();
-        let detail = match &self {
+        let detail = match self {
             // Internal details stay in the log; the client gets a stable, safe message.
             ApiError::Broker(BrokerError::Ledger(e)) => {
                 tracing::error!(error = %e, "ledger write failed; token not delivered");
@@ -212,7 +215,7 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        let policies = match &self {
+        let policies = match self {
             ApiError::Broker(BrokerError::Denied(d)) => d.policies.clone(),
             _ => Vec::new(),
         };
@@ -225,6 +228,13 @@ impl IntoResponse for ApiError {
             detail: Some(detail),
             policies,
         };
+        (status, problem)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, problem) = self.problem();
         let mut resp = problem_response(status, &problem, matches!(self, ApiError::Unauthorized(_)));
         if let ApiError::Dpop(e) = &self
             && let Some(n) = e.nonce().and_then(|n| HeaderValue::from_str(n).ok())

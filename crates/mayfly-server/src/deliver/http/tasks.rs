@@ -155,6 +155,7 @@ pub async fn start(
                 }
             },
             source_ip: peer.addr.ip(),
+            starter: None,
         })
         .await?;
     let body = StartTaskResponse {

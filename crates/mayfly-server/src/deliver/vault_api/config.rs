@@ -1,0 +1,210 @@
+//! `[vault_api]`: the Vault-compatible listener, its login roles and the secrets it maps.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The Vault-compatible HTTP API (off unless `listen` is set).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultApiConfig {
+    /// Where it listens, e.g. `127.0.0.1:8200` (Vault clients' `VAULT_ADDR`). It shares the
+    /// main listener's TLS settings and limits.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// Login methods, each at its mount: `auth/<mount>/login`.
+    #[serde(default)]
+    pub auth: Vec<VaultAuthMount>,
+    /// The mount of the database secrets engine (`<mount>/creds/<role>`; default `database`).
+    #[serde(default = "default_database_mount")]
+    pub database_mount: String,
+    /// Vault database roles, each a Mayfly database and role.
+    #[serde(default)]
+    pub database_roles: Vec<VaultDatabaseRole>,
+    /// `identity/oidc/token/<name>`: roles that hand out a Mayfly access token for an audience.
+    #[serde(default)]
+    pub identity_roles: Vec<VaultIdentityRole>,
+}
+
+fn default_database_mount() -> String {
+    "database".to_owned()
+}
+
+/// A login method at a mount.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultAuthMount {
+    /// The mount path (`jwt`, `kubernetes`, `ci/github`, …).
+    pub mount: String,
+    /// `jwt` (Vault's JWT/OIDC method) or `kubernetes`: both take `role` and `jwt`, checked by
+    /// Mayfly's OIDC attestors.
+    pub method: VaultAuthMethod,
+    /// The roles a login names.
+    #[serde(default)]
+    pub roles: Vec<VaultLoginRole>,
+}
+
+/// Vault's login methods that Mayfly answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VaultAuthMethod {
+    /// `auth/<mount>/login` with `role` and `jwt`.
+    Jwt,
+    /// `auth/<mount>/login` with `role` and `jwt` (a service-account token).
+    Kubernetes,
+}
+
+impl VaultAuthMethod {
+    /// Vault's name of the method (`sys/auth` `type`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VaultAuthMethod::Jwt => "jwt",
+            VaultAuthMethod::Kubernetes => "kubernetes",
+        }
+    }
+}
+
+/// A login role: who may log in with it and what the token is.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultLoginRole {
+    /// The name a login's `role` gives.
+    pub name: String,
+    /// The attestor (an `[[attest.oidc]]` name) that must have verified the JWT; any, if unset.
+    #[serde(default)]
+    pub attestor: Option<String>,
+    /// Attested attributes that must hold exactly these values (Vault's `bound_claims`,
+    /// `bound_service_account_names`, … expressed on Mayfly's attributes).
+    #[serde(default)]
+    pub bound_claims: BTreeMap<String, String>,
+    /// The token's lifetime (Vault's `token_ttl`, which is also its `token_max_ttl`: a login
+    /// token is a Mayfly task token and cannot be extended). Default 15m.
+    #[serde(default = "crate::clock::secs::<900>", with = "humantime_serde")]
+    pub token_ttl: Duration,
+    /// Vault policy names: the task's scopes (`principal.scopes` in Cedar).
+    #[serde(default)]
+    pub token_policies: Vec<String>,
+    /// Audiences (and `db:<database>/<role>` targets) the login may use; none: any policy allows.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+}
+
+/// A Vault database role.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultDatabaseRole {
+    /// The name in `<mount>/creds/<name>`.
+    pub name: String,
+    /// The Mayfly database (`[[databases]]` name).
+    pub database: String,
+    /// The role of that database.
+    pub role: String,
+}
+
+/// An identity token role.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultIdentityRole {
+    /// The name in `identity/oidc/token/<name>`.
+    pub name: String,
+    /// The audience of the tokens.
+    pub audience: String,
+    /// Their lifetime (default: the audience's).
+    #[serde(default, with = "humantime_serde")]
+    pub ttl: Option<Duration>,
+}
+
+fn mount_ok(m: &str) -> bool {
+    !m.is_empty()
+        && m.len() <= 128
+        && m.split('/').all(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+}
+
+fn name_ok(n: &str) -> bool {
+    !n.is_empty() && n.len() <= 128 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+impl VaultApiConfig {
+    /// Checks names, duplicates and references to the rest of the configuration.
+    pub fn validate(&self, cfg: &crate::config::Config) -> Result<(), String> {
+        if self.listen.is_none() {
+            return Ok(());
+        }
+        if let Some(addr) = self.listen
+            && cfg.listen.tls_cert.is_none()
+            && !addr.ip().is_loopback()
+            && !cfg.listen.dangerously_allow_plaintext
+        {
+            return Err(format!(
+                "vault_api.listen {addr} is not loopback and there is no TLS (listen.tls_cert): tokens would cross \
+                 the network in clear text"
+            ));
+        }
+        let reserved = ["sys", "auth", "identity", "token", "cubbyhole"];
+        if !mount_ok(&self.database_mount) || reserved.contains(&self.database_mount.as_str()) {
+            return Err(format!("vault_api.database_mount {:?} is not a usable mount path", self.database_mount));
+        }
+        let mut mounts = std::collections::BTreeSet::new();
+        for a in &self.auth {
+            if !mount_ok(&a.mount) || a.mount == "token" || !mounts.insert(a.mount.as_str()) {
+                return Err(format!(
+                    "vault_api.auth mount {:?}: a path of letters, digits, '-', '_', '.', once",
+                    a.mount
+                ));
+            }
+            let mut names = std::collections::BTreeSet::new();
+            for r in &a.roles {
+                if !name_ok(&r.name) || !names.insert(r.name.as_str()) {
+                    return Err(format!("vault_api.auth {:?}: role {:?} is not a unique name", a.mount, r.name));
+                }
+                if r.token_ttl.is_zero() || r.token_ttl > cfg.tasks.max_ttl {
+                    return Err(format!(
+                        "vault_api.auth {:?} role {:?}: token_ttl is between 1s and tasks.max_ttl",
+                        a.mount, r.name
+                    ));
+                }
+                if let Some(att) = &r.attestor
+                    && !cfg.attest.oidc.iter().any(|o| o.name == *att)
+                {
+                    return Err(format!(
+                        "vault_api.auth {:?} role {:?}: no [[attest.oidc]] named {att:?}",
+                        a.mount, r.name
+                    ));
+                }
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for r in &self.database_roles {
+            if !name_ok(&r.name) || !names.insert(r.name.as_str()) {
+                return Err(format!("vault_api.database_roles: {:?} is not a unique name", r.name));
+            }
+            let known = cfg.databases.iter().any(|d| d.name == r.database && d.roles.iter().any(|x| x.name == r.role));
+            if !known {
+                return Err(format!(
+                    "vault_api.database_roles {:?}: no database {:?} with role {:?}",
+                    r.name, r.database, r.role
+                ));
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for r in &self.identity_roles {
+            if !name_ok(&r.name) || !names.insert(r.name.as_str()) || r.audience.is_empty() {
+                return Err(format!("vault_api.identity_roles: {:?} is not a unique name with an audience", r.name));
+            }
+        }
+        Ok(())
+    }
+
+    /// The login role `name` at `mount`, and the mount.
+    pub fn login_role(&self, mount: &str, name: &str) -> Option<(&VaultAuthMount, Option<&VaultLoginRole>)> {
+        let m = self.auth.iter().find(|a| a.mount == mount)?;
+        Some((m, m.roles.iter().find(|r| r.name == name)))
+    }
+
+    /// The database role `name`.
+    pub fn database_role(&self, name: &str) -> Option<&VaultDatabaseRole> {
+        self.database_roles.iter().find(|r| r.name == name)
+    }
+}

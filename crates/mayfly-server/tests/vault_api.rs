@@ -1,0 +1,399 @@
+//! The Vault-compatible API (`[vault_api]`): Vault's paths and shapes over Mayfly's flow.
+//! A login is a task; its database users die with it; every refusal is in Vault's shape
+//! and issues nothing. (Vault's own clients, hvac and OpenBao's agent, are exercised in
+//! tests/interop/vault_interop.py.)
+
+use std::time::{Duration, Instant};
+
+use mayfly_testkit::*;
+use serde_json::{Value, json};
+use sqlx::Connection;
+
+const POLICY: &str = r#"
+@id("prod-may-log-in")
+permit (principal, action == Mayfly::Action::"start_task", resource)
+when { principal.hasTag("namespace") && principal.getTag("namespace") == "prod" };
+
+@id("prod-logins-may-use-the-database")
+permit (principal is Mayfly::Task, action == Mayfly::Action::"issue", resource)
+when { principal.hasTag("namespace") && principal.getTag("namespace") == "prod" && context.ttl_seconds <= 3600 };
+
+@id("logins-may-get-api-tokens")
+permit (principal is Mayfly::Task, action == Mayfly::Action::"exchange", resource == Mayfly::Audience::"https://api.test");
+"#;
+
+fn config(prefix: &str) -> String {
+    format!(
+        r#"
+[[databases]]
+name = "pg"
+kind = "postgres"
+url = "{PG_ADMIN}"
+username_prefix = "{prefix}"
+
+[[databases.roles]]
+name = "login"
+default_ttl = "2m"
+max_ttl = "10m"
+
+[vault_api]
+listen = "127.0.0.1:0"
+
+[[vault_api.auth]]
+mount = "jwt"
+method = "jwt"
+
+[[vault_api.auth.roles]]
+name = "app"
+attestor = "k8s"
+bound_claims = {{ namespace = "prod" }}
+token_ttl = "5m"
+token_policies = ["app", "reporting"]
+
+[[vault_api.auth]]
+mount = "kubernetes"
+method = "kubernetes"
+
+[[vault_api.auth.roles]]
+name = "any"
+token_ttl = "1m"
+
+[[vault_api.database_roles]]
+name = "app"
+database = "pg"
+role = "login"
+
+[[vault_api.identity_roles]]
+name = "api"
+audience = "https://api.test"
+"#
+    )
+}
+
+struct Vault {
+    srv: TestServer,
+    k8s: TestIssuer,
+    base: String,
+    _users: UserPrefix,
+}
+
+async fn start() -> Vault {
+    let users = UserPrefix::new("va");
+    let (k8s, gh) = (TestIssuer::new(K8S_ISSUER), TestIssuer::new(GITHUB_TEST_ISSUER));
+    let config = TestConfig::standard(&k8s, &gh).policies(POLICY).toml(&config(users.as_str()));
+    let srv = TestServer::start_with(config).await;
+    let base = format!("http://{}", srv.running.vault_addr.expect("the Vault-compatible API listens"));
+    Vault { srv, k8s, base, _users: users }
+}
+
+impl Vault {
+    async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self.srv.http.request(method, format!("{}/v1/{path}", self.base));
+        if let Some(t) = token {
+            req = req.header("X-Vault-Token", t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap() })
+    }
+
+    async fn login(&self, mount: &str, role: &str, jwt: &str) -> (u16, Value) {
+        self.call("PUT", &format!("auth/{mount}/login"), None, Some(json!({"role": role, "jwt": jwt}))).await
+    }
+
+    async fn token(&self, ns: &str) -> Value {
+        let (status, v) = self.login("jwt", "app", &self.k8s.k8s_token(ns, "api")).await;
+        assert_eq!(status, 200, "{v}");
+        v["auth"].clone()
+    }
+}
+
+/// A Vault error: the status, and `errors` a non-empty list of strings.
+fn vault_error(got: (u16, Value), status: u16) -> String {
+    assert_eq!(got.0, status, "{}", got.1);
+    let errors = got.1["errors"].as_array().unwrap_or_else(|| panic!("errors list: {}", got.1));
+    assert!(!errors.is_empty() && errors.iter().all(Value::is_string), "{}", got.1);
+    errors.iter().map(|e| e.as_str().unwrap()).collect::<Vec<_>>().join("; ")
+}
+
+async fn revocations(srv: &TestServer) -> Vec<Value> {
+    let page: Value = srv.admin_get("/v1/revocations?since=0").await;
+    page["entries"].as_array().cloned().unwrap_or_default()
+}
+
+/// RFC 7662 introspection as the operator.
+async fn introspect(srv: &TestServer, token: &str) -> Value {
+    let r = srv
+        .http
+        .post(format!("{}/v1/introspect", srv.url))
+        .bearer_auth(&srv.admin_token)
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+async fn pg_role_exists(name: &str) -> bool {
+    let mut c = sqlx::PgConnection::connect(PG_ADMIN).await.unwrap();
+    sqlx::query_scalar::<_, i32>("SELECT 1 FROM pg_roles WHERE rolname = $1")
+        .bind(name)
+        .fetch_optional(&mut c)
+        .await
+        .unwrap()
+        .is_some()
+}
+
+async fn wait_dropped(name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while pg_role_exists(name).await {
+        assert!(Instant::now() < deadline, "user {name} still exists 15 s after its login ended");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_login_is_a_task_whose_database_users_renew_and_die_with_its_token() {
+    let v = start().await;
+    let auth = v.token("prod").await;
+    let token = auth["client_token"].as_str().unwrap();
+    assert_eq!(auth["policies"], json!(["app", "reporting"]));
+    assert_eq!(auth["renewable"], false, "a login token lasts its role's token_ttl: agents log in again");
+    let ttl = auth["lease_duration"].as_i64().unwrap();
+    assert!((290..=300).contains(&ttl), "{ttl}");
+    let accessor = auth["accessor"].as_str().unwrap();
+
+    // The token is a Mayfly task token: its task is listed, started by the workload.
+    let task: Value = v.srv.admin_get(&format!("/v1/tasks/{accessor}")).await;
+    assert_eq!(task["purpose"], "vault login jwt/app");
+    assert_eq!(task["creator"], "spiffe://test.example/ns/prod/sa/api");
+
+    let (status, me) = v.call("GET", "auth/token/lookup-self", Some(token), None).await;
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(me["data"]["accessor"], accessor);
+    assert_eq!(me["data"]["path"], "auth/jwt/login");
+    assert_eq!(me["data"]["meta"]["role"], "app");
+
+    // Database credentials: a real user, the lease named Vault's way.
+    let (status, creds) = v.call("GET", "database/creds/app", Some(token), None).await;
+    assert_eq!(status, 200, "{creds}");
+    let lease_id = creds["lease_id"].as_str().unwrap();
+    assert!(lease_id.starts_with("database/creds/app/"), "{lease_id}");
+    assert_eq!(creds["renewable"], true);
+    assert_eq!(creds["lease_duration"].as_i64().map(|d| (115..=120).contains(&d)), Some(true), "{creds}");
+    let user = creds["data"]["username"].as_str().unwrap().to_owned();
+    let password = creds["data"]["password"].as_str().unwrap();
+    let url = format!("postgres://{user}:{password}@127.0.0.1:5432/postgres");
+    let mut session = sqlx::PgConnection::connect(&url).await.expect("the user logs in");
+    sqlx::query("SELECT 1").execute(&mut session).await.unwrap();
+
+    let (status, looked) = v.call("PUT", "sys/leases/lookup", Some(token), Some(json!({"lease_id": lease_id}))).await;
+    assert_eq!(status, 200, "{looked}");
+    assert_eq!(looked["data"]["id"], lease_id);
+
+    // Renewal within the role's maximum; beyond it, capped with Vault's warning.
+    let (status, renewed) =
+        v.call("PUT", "sys/leases/renew", Some(token), Some(json!({"lease_id": lease_id, "increment": 300}))).await;
+    assert_eq!(status, 200, "{renewed}");
+    assert_eq!(renewed["lease_id"], lease_id);
+    let d = renewed["lease_duration"].as_i64().unwrap();
+    assert!((295..=300).contains(&d), "{renewed}");
+    let (status, capped) =
+        v.call("PUT", "sys/leases/renew", Some(token), Some(json!({"lease_id": lease_id, "increment": "2h"}))).await;
+    assert_eq!(status, 200, "{capped}");
+    assert!(capped["lease_duration"].as_i64().unwrap() <= 300, "the login ends in 5 min: {capped}");
+    assert!(capped["warnings"][0].as_str().unwrap().contains("capped"), "{capped}");
+
+    // renew-self answers the time left: a login token cannot outlive its task.
+    let (status, r) = v.call("PUT", "auth/token/renew-self", Some(token), Some(json!({"increment": "1h"}))).await;
+    assert_eq!(status, 200, "{r}");
+    assert!(r["auth"]["lease_duration"].as_i64().unwrap() <= 300, "{r}");
+
+    // Identity tokens: a Mayfly access token for the role's audience, under the login's task.
+    let (status, id) = v.call("GET", "identity/oidc/token/api", Some(token), None).await;
+    assert_eq!(status, 200, "{id}");
+    assert_eq!(id["data"]["client_id"], "https://api.test");
+    let introspected = introspect(&v.srv, id["data"]["token"].as_str().unwrap()).await;
+    assert_eq!(introspected["active"], true);
+    assert_eq!(introspected["task_id"], accessor);
+
+    // Revoking the token ends the task: the user is dropped, its session ended, the token dead.
+    assert_eq!(v.call("PUT", "auth/token/revoke-self", Some(token), None).await.0, 204);
+    wait_dropped(&user).await;
+    assert!(sqlx::query("SELECT 1").execute(&mut session).await.is_err(), "the session was ended");
+    vault_error(v.call("GET", "auth/token/lookup-self", Some(token), None).await, 403);
+    vault_error(v.call("GET", "database/creds/app", Some(token), None).await, 403);
+    let introspected = introspect(&v.srv, id["data"]["token"].as_str().unwrap()).await;
+    assert_eq!(introspected["active"], false, "the identity token died with the login");
+    v.srv.stop().await;
+}
+
+#[tokio::test]
+async fn an_operator_revokes_by_accessor_and_by_prefix_with_one_revocation() {
+    let v = start().await;
+    let (a, b) = (v.token("prod").await, v.token("prod").await);
+    let (ta, tb) = (a["client_token"].as_str().unwrap(), b["client_token"].as_str().unwrap());
+    let mut users = Vec::new();
+    for t in [ta, tb, tb] {
+        let (status, creds) = v.call("GET", "database/creds/app", Some(t), None).await;
+        assert_eq!(status, 200, "{creds}");
+        users.push(creds["data"]["username"].as_str().unwrap().to_owned());
+    }
+    // A login token cannot revoke a prefix, nor another login's accessor.
+    vault_error(v.call("PUT", "sys/leases/revoke-prefix/database/creds/app", Some(ta), None).await, 403);
+    let other = json!({"accessor": b["accessor"]});
+    vault_error(v.call("PUT", "auth/token/revoke-accessor", Some(ta), Some(other.clone())).await, 403);
+
+    let admin = v.srv.admin_token.clone();
+    assert_eq!(
+        v.call("PUT", "auth/token/revoke-accessor", Some(&admin), Some(json!({"accessor": a["accessor"]}))).await.0,
+        204
+    );
+    wait_dropped(&users[0]).await;
+    vault_error(v.call("GET", "auth/token/lookup-self", Some(ta), None).await, 403);
+    assert_eq!(v.call("GET", "auth/token/lookup-self", Some(tb), None).await.0, 200, "b is untouched");
+
+    let before = revocations(&v.srv).await;
+    assert_eq!(v.call("PUT", "sys/leases/revoke-prefix/database/creds/app", Some(&admin), None).await.0, 204);
+    let after = revocations(&v.srv).await;
+    assert_eq!(after.len(), before.len() + 1, "one revocation for the role, whatever the number of leases");
+    let last = after.last().unwrap();
+    assert_eq!((&last["kind"], &last["value"]), (&json!("audience"), &json!("db:pg/login")), "{after:?}");
+    for u in &users[1..] {
+        wait_dropped(u).await;
+    }
+    // New leases after the revocation are issued again (a revocation is not a block).
+    let (status, creds) = v.call("GET", "database/creds/app", Some(tb), None).await;
+    assert_eq!(status, 200, "{creds}");
+    v.srv.stop().await;
+}
+
+#[tokio::test]
+async fn refusals_are_in_vaults_shape_audited_and_issue_nothing() {
+    let v = start().await;
+    let prod = v.k8s.k8s_token("prod", "api");
+    // Login: unknown role, no jwt, a mismatched bound claim, expired, wrong audience, forged.
+    assert!(vault_error(v.login("jwt", "nope", &prod).await, 400).contains("could not be found"));
+    vault_error(v.call("PUT", "auth/jwt/login", None, Some(json!({"role": "app"}))).await, 400);
+    let dev = v.k8s.k8s_token("dev", "api");
+    assert!(vault_error(v.login("jwt", "app", &dev).await, 403).contains("namespace"));
+    let mut claims = v.k8s.k8s_claims("prod", "api");
+    claims["exp"] = json!(now() - 600);
+    claims["iat"] = json!(now() - 1200);
+    vault_error(v.login("jwt", "app", &v.k8s.sign("RS256", &claims)).await, 400);
+    let mut claims = v.k8s.k8s_claims("prod", "api");
+    claims["aud"] = json!("someone-else");
+    vault_error(v.login("jwt", "app", &v.k8s.sign("RS256", &claims)).await, 400);
+    let forger = TestIssuer::new(K8S_ISSUER);
+    vault_error(v.login("jwt", "app", &forger.k8s_token("prod", "api")).await, 400);
+    // The kubernetes mount's role takes any attestor; Cedar still refuses namespace dev.
+    assert!(vault_error(v.login("kubernetes", "any", &dev).await, 403).contains("permission denied"));
+    assert_eq!(v.login("kubernetes", "any", &prod).await.0, 200);
+    // An unknown mount, an unknown path, a KV path: 404 in Vault's shape.
+    vault_error(v.login("userpass", "app", &prod).await, 404);
+    assert!(vault_error(v.call("GET", "secret/data/foo", None, None).await, 404).contains("no handler"));
+    vault_error(v.call("GET", "sys/nope", None, None).await, 404);
+    vault_error(v.call("DELETE", "sys/health", None, None).await, 405);
+
+    // Tokens: missing, garbage, an admin token where an identity is needed, a task token bearer of another header.
+    assert!(vault_error(v.call("GET", "database/creds/app", None, None).await, 403).contains("permission denied"));
+    vault_error(v.call("GET", "database/creds/app", Some("hvs.garbage"), None).await, 403);
+    vault_error(v.call("GET", "database/creds/app", Some(&"x".repeat(20_000)), None).await, 403);
+    let admin = v.srv.admin_token.clone();
+    vault_error(v.call("GET", "database/creds/app", Some(&admin), None).await, 403);
+    let token = v.token("prod").await["client_token"].as_str().unwrap().to_owned();
+    assert!(vault_error(v.call("GET", "database/creds/nope", Some(&token), None).await, 400).contains("unknown role"));
+    let r = v.srv.http.get(format!("{}/v1/database/creds/app", v.base)).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 200, "Authorization: Bearer is accepted too");
+    let creds: Value = r.json().await.unwrap();
+    let lease_id = creds["lease_id"].as_str().unwrap();
+
+    // Another login cannot see, renew or revoke the lease (told as if it did not exist).
+    let other = v.token("prod").await["client_token"].as_str().unwrap().to_owned();
+    for path in ["sys/leases/lookup", "sys/leases/renew", "sys/leases/revoke"] {
+        let e = vault_error(v.call("PUT", path, Some(&other), Some(json!({"lease_id": lease_id}))).await, 400);
+        assert!(e.contains("lease not found"), "{path}: {e}");
+    }
+    // A lease id of another role, or made up.
+    let forged = lease_id.replace("creds/app/", "creds/other/");
+    vault_error(v.call("PUT", "sys/leases/lookup", Some(&token), Some(json!({"lease_id": forged}))).await, 400);
+    vault_error(
+        v.call("PUT", "sys/leases/renew", Some(&token), Some(json!({"lease_id": lease_id, "increment": [1]}))).await,
+        400,
+    );
+    // Oversized and malformed bodies.
+    let big = json!({"role": "app", "jwt": "x".repeat(80_000)});
+    assert_eq!(v.call("PUT", "auth/jwt/login", None, Some(big)).await.0, 413);
+    let r = v.srv.http.put(format!("{}/v1/auth/jwt/login", v.base)).body("{not json").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+
+    // A revoked subject's old evidence logs in no more, and its logins ended.
+    let old = v.k8s.k8s_token("prod", "api");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let rev = json!({"subject": "spiffe://test.example/ns/prod/sa/api", "reason": "incident"});
+    let r = v.srv.admin_post("/v1/revocations", Some(rev)).await;
+    assert_eq!(r.status(), 201);
+    vault_error(v.login("jwt", "app", &old).await, 400);
+    vault_error(v.call("GET", "database/creds/app", Some(&token), None).await, 403);
+
+    let denied: Vec<Value> = v.srv.admin_get("/v1/audit?kind=policy.denied").await;
+    assert!(denied.iter().any(|e| e["detail"]["action"] == "start_task"), "the Cedar denial is audited");
+    let audit = serde_json::to_string(&v.srv.admin_get::<Vec<Value>>("/v1/audit").await).unwrap();
+    assert!(!audit.contains(&token) && !audit.contains(&prod), "no token in the audit trail");
+    v.srv.stop().await;
+}
+
+#[tokio::test]
+async fn sys_endpoints_answer_as_vault_and_capabilities_come_from_cedar() {
+    let v = start().await;
+    let (status, health) = v.call("GET", "sys/health", None, None).await;
+    assert_eq!(status, 200);
+    assert_eq!((health["initialized"].as_bool(), health["sealed"].as_bool()), (Some(true), Some(false)));
+    let (status, seal) = v.call("GET", "sys/seal-status", None, None).await;
+    assert_eq!((status, seal["sealed"].as_bool()), (200, Some(false)));
+    vault_error(v.call("GET", "sys/mounts", None, None).await, 403);
+
+    let prod = v.token("prod").await["client_token"].as_str().unwrap().to_owned();
+    let (status, mounts) = v.call("GET", "sys/mounts", Some(&prod), None).await;
+    assert_eq!(status, 200, "{mounts}");
+    assert_eq!(mounts["data"]["database/"]["type"], "database");
+    let (_, auth) = v.call("GET", "sys/auth", Some(&prod), None).await;
+    assert_eq!(auth["data"]["kubernetes/"]["type"], "kubernetes");
+    let (status, ui) = v.call("GET", "sys/internal/ui/mounts/database/creds/app", Some(&prod), None).await;
+    assert_eq!((status, ui["data"]["type"].as_str()), (200, Some("database")), "{ui}");
+
+    let ask = json!({"paths": ["database/creds/app", "secret/data/x", "auth/token/lookup-self"]});
+    let (status, caps) = v.call("POST", "sys/capabilities-self", Some(&prod), Some(ask.clone())).await;
+    assert_eq!(status, 200, "{caps}");
+    assert_eq!(caps["database/creds/app"], json!(["read", "update"]));
+    assert_eq!(caps["secret/data/x"], json!(["deny"]));
+    assert_eq!(caps["auth/token/lookup-self"], json!(["read", "update"]));
+    // A kubernetes-mount login from namespace "ops" is allowed to start (policy below) but
+    // Cedar gives it no database: capabilities say so.
+    let ops_policy = format!(
+        "{POLICY}\n@id(\"ops-may-log-in\")\npermit (principal, action == Mayfly::Action::\"start_task\", resource)\n\
+         when {{ principal.hasTag(\"namespace\") && principal.getTag(\"namespace\") == \"ops\" }};\n"
+    );
+    std::fs::write(v.srv.dir.path().join("policies/test.cedar"), ops_policy).unwrap();
+    let ops = v.k8s.k8s_token("ops", "runner");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ops_token = loop {
+        let (status, body) = v.login("kubernetes", "any", &ops).await;
+        if status == 200 {
+            break body["auth"]["client_token"].as_str().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "policy reload: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (_, caps) =
+        v.call("POST", "sys/capabilities-self", Some(&ops_token), Some(json!({"path": "database/creds/app"}))).await;
+    assert_eq!(caps["capabilities"], json!(["deny"]), "{caps}");
+    vault_error(v.call("GET", "database/creds/app", Some(&ops_token), None).await, 403);
+    v.srv.stop().await;
+}
