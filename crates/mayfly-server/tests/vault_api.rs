@@ -18,6 +18,10 @@ when { principal.hasTag("namespace") && principal.getTag("namespace") == "prod" 
 permit (principal is Mayfly::Task, action == Mayfly::Action::"issue", resource)
 when { principal.hasTag("namespace") && principal.getTag("namespace") == "prod" && context.ttl_seconds <= 3600 };
 
+@id("logins-may-get-web-certificates")
+permit (principal is Mayfly::Task, action == Mayfly::Action::"certificate", resource == Mayfly::CertificateRole::"web")
+when { !context.dns_names.contains("admin.svc.internal") };
+
 @id("logins-may-get-api-tokens")
 permit (principal is Mayfly::Task, action == Mayfly::Action::"exchange", resource == Mayfly::Audience::"https://api.test");
 "#;
@@ -66,6 +70,16 @@ role = "login"
 [[vault_api.identity_roles]]
 name = "api"
 audience = "https://api.test"
+
+[[vault_api.pki_roles]]
+name = "web"
+allowed_domains = ["svc.internal"]
+allow_subdomains = true
+max_ttl = "10m"
+
+[[vault_api.pki_roles]]
+name = "ops"
+allowed_domains = ["ops.internal"]
 "#
     )
 }
@@ -395,5 +409,78 @@ async fn sys_endpoints_answer_as_vault_and_capabilities_come_from_cedar() {
         v.call("POST", "sys/capabilities-self", Some(&ops_token), Some(json!({"path": "database/creds/app"}))).await;
     assert_eq!(caps["capabilities"], json!(["deny"]), "{caps}");
     vault_error(v.call("GET", "database/creds/app", Some(&ops_token), None).await, 403);
+    v.srv.stop().await;
+}
+
+#[tokio::test]
+async fn certificates_name_the_login_its_allowed_domains_only_and_what_cedar_allows() {
+    let v = start().await;
+    let auth = v.token("prod").await;
+    let token = auth["client_token"].as_str().unwrap();
+    let accessor = auth["accessor"].as_str().unwrap();
+    let ask = json!({"common_name": "api.svc.internal", "alt_names": "svc.internal, web.svc.internal", "ttl": "1h"});
+    let (status, issued) = v.call("POST", "pki/issue/web", Some(token), Some(ask)).await;
+    assert_eq!(status, 200, "{issued}");
+    let data = &issued["data"];
+    assert_eq!(data["private_key_type"], "ec");
+    assert!(data["private_key"].as_str().unwrap().starts_with("-----BEGIN PRIVATE KEY-----"));
+    let pem = data["certificate"].as_str().unwrap();
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+    let cert = pem.parse_x509().unwrap();
+    let sans = cert.subject_alternative_name().unwrap().unwrap();
+    let names: Vec<String> = sans.value.general_names.iter().map(|n| n.to_string()).collect();
+    assert!(names.contains(&format!("URI(spiffe://test.example/task/{accessor})")), "{names:?}");
+    for dns in ["api.svc.internal", "svc.internal", "web.svc.internal"] {
+        assert!(names.contains(&format!("DNSName({dns})")), "{names:?}");
+    }
+    let lifetime = cert.validity().not_after.timestamp() - now();
+    assert!((290..=300).contains(&lifetime), "1 h asked, the role allows 10 min, the login ends in 5: {lifetime}");
+    // Signed by the CA that pki/ca/pem publishes.
+    let r = v.srv.http.get(format!("{}/v1/pki/ca/pem", v.base)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let ca_pem = r.text().await.unwrap();
+    let (_, ca) = x509_parser::pem::parse_x509_pem(ca_pem.as_bytes()).unwrap();
+    assert!(cert.verify_signature(Some(ca.parse_x509().unwrap().public_key())).is_ok());
+    // Recorded under the login's task, and listed.
+    let leases: Vec<Value> =
+        v.srv.admin_get(&format!("/v1/leases?kind=x509&subject=spiffe://test.example/task/{accessor}")).await;
+    assert_eq!(leases.len(), 1, "{leases:?}");
+
+    // Refusals: outside the domains, a look-alike, a wildcard, IP SANs, another role's
+    // name, Cedar's forbid on a name, a role Cedar does not permit, an admin token.
+    for (body, status, says) in [
+        (json!({"common_name": "api.example.com"}), 400, "not allowed"),
+        (json!({"common_name": "evilsvc.internal"}), 400, "not allowed"),
+        (json!({"common_name": "*.svc.internal"}), 400, "not a DNS name"),
+        (json!({"common_name": "a.svc.internal", "ip_sans": "10.0.0.1"}), 400, "ip_sans"),
+        (json!({"alt_names": "a.svc.internal"}), 400, "common_name"),
+        (json!({"common_name": "admin.svc.internal"}), 403, "permission denied"),
+    ] {
+        let e = vault_error(v.call("POST", "pki/issue/web", Some(token), Some(body.clone())).await, status);
+        assert!(e.contains(says), "{body}: {e}");
+    }
+    let e = vault_error(
+        v.call("POST", "pki/issue/ops", Some(token), Some(json!({"common_name": "ops.internal"}))).await,
+        403,
+    );
+    assert!(e.contains("permission denied"), "{e}");
+    vault_error(
+        v.call("POST", "pki/issue/nope", Some(token), Some(json!({"common_name": "a.svc.internal"}))).await,
+        400,
+    );
+    let admin = v.srv.admin_token.clone();
+    vault_error(
+        v.call("POST", "pki/issue/web", Some(&admin), Some(json!({"common_name": "a.svc.internal"}))).await,
+        403,
+    );
+    let leases: Vec<Value> =
+        v.srv.admin_get(&format!("/v1/leases?kind=x509&subject=spiffe://test.example/task/{accessor}")).await;
+    assert_eq!(leases.len(), 1, "refusals issued nothing");
+    // After the login ends, no certificate more.
+    assert_eq!(v.call("POST", "auth/token/revoke-self", Some(token), None).await.0, 204);
+    vault_error(
+        v.call("POST", "pki/issue/web", Some(token), Some(json!({"common_name": "a.svc.internal"}))).await,
+        403,
+    );
     v.srv.stop().await;
 }

@@ -28,7 +28,8 @@ use entities::{entity_set, remembered_exchange_entities};
 pub use loading::schema;
 use loading::{fingerprint, load_dir, read_sources};
 pub use requests::{
-    ActForRequest, ApproveRequest, CloudRequest, ExchangeRequest, FetchSvidRequest, IssueRequest, StartTaskRequest,
+    ActForRequest, ApproveRequest, CertificateRequest, CloudRequest, ExchangeRequest, FetchSvidRequest, IssueRequest,
+    StartTaskRequest,
 };
 use values::{boolean, context, ip_value, long, now_value, scope_values, string, text, texts};
 
@@ -121,6 +122,7 @@ pub struct PolicyEngine {
     role_type: EntityTypeName,
     svid_type: EntityTypeName,
     cloud_type: EntityTypeName,
+    certificate_role_type: EntityTypeName,
     subject_type: EntityTypeName,
     exchange_action: EntityUid,
     fetch_svid_action: EntityUid,
@@ -129,6 +131,7 @@ pub struct PolicyEngine {
     approve_action: EntityUid,
     act_for_action: EntityUid,
     cloud_action: EntityUid,
+    certificate_action: EntityUid,
     /// Signalled contexts, once the server has them.
     signalled: std::sync::OnceLock<Arc<dyn SignalledFacts>>,
 }
@@ -158,6 +161,7 @@ impl PolicyEngine {
             role_type: parse("Mayfly::Role")?,
             svid_type: parse("Mayfly::Svid")?,
             cloud_type: parse("Mayfly::Cloud")?,
+            certificate_role_type: parse("Mayfly::CertificateRole")?,
             subject_type: parse("Mayfly::Subject")?,
             exchange_action: action("exchange")?,
             fetch_svid_action: action("fetch_svid")?,
@@ -166,6 +170,7 @@ impl PolicyEngine {
             approve_action: action("approve")?,
             act_for_action: action("act_for")?,
             cloud_action: action("cloud")?,
+            certificate_action: action("certificate")?,
             signalled: std::sync::OnceLock::new(),
             schema,
         })
@@ -330,6 +335,32 @@ impl PolicyEngine {
                 ("now_unix", long(req.now)),
             ]);
             Ok((principal, self.cloud_action.clone(), resource, context, entity_set(entities)?))
+        })
+    }
+
+    /// Decides a request for an X.509 certificate of a certificate role.
+    pub fn decide_certificate(&self, req: &CertificateRequest<'_>) -> Decision {
+        self.decide_with_signals(req.principal, req.now, |principal| {
+            self.decide_certificate_as(&CertificateRequest { principal, ..req.clone() })
+        })
+    }
+
+    fn decide_certificate_as(&self, req: &CertificateRequest<'_>) -> Decision {
+        self.decide(|| {
+            let (principal, mut entities) = self.principal(req.principal)?;
+            let resource =
+                EntityUid::from_type_name_and_id(self.certificate_role_type.clone(), EntityId::new(req.role));
+            let attrs = [("name".to_owned(), string(req.role))].into_iter().collect();
+            entities.push(Entity::new(resource.clone(), attrs, Default::default()).map_err(|e| e.to_string())?);
+            let context = context([
+                ("scopes", texts([])),
+                ("dns_names", texts(req.dns_names.iter().map(String::as_str))),
+                ("ttl_seconds", long(req.ttl_seconds)),
+                ("source_ip", ip_value(req.source_ip)?),
+                ("now", now_value(req.now)?),
+                ("now_unix", long(req.now)),
+            ]);
+            Ok((principal, self.certificate_action.clone(), resource, context, entity_set(entities)?))
         })
     }
 

@@ -69,6 +69,23 @@ pub struct CloudRequest<'a> {
     pub now: i64,
 }
 
+/// A request for an X.509 certificate (the Vault-compatible `pki/issue/<role>`), as policy sees it.
+#[derive(Debug, Clone)]
+pub struct CertificateRequest<'a> {
+    /// The caller.
+    pub principal: Principal<'a>,
+    /// The certificate role.
+    pub role: &'a str,
+    /// The DNS names it would carry.
+    pub dns_names: &'a [String],
+    /// Its lifetime.
+    pub ttl_seconds: i64,
+    /// The caller's address.
+    pub source_ip: IpAddr,
+    /// Unix seconds.
+    pub now: i64,
+}
+
 /// A request for a database credential, as policy sees it.
 #[derive(Debug, Clone)]
 pub struct IssueRequest<'a> {

@@ -2,6 +2,7 @@
 //! This module knows nothing of HTTP; `deliver::http` maps its errors to problems.
 
 pub mod admin_tokens;
+pub mod certificates;
 pub mod clouds;
 pub mod config;
 pub mod containment;
@@ -628,6 +629,7 @@ impl Broker {
         let event_kind = match f.kind {
             "task" => "task_token.issued",
             "x509-svid" | "jwt-svid" => "svid.issued",
+            "x509" => "certificate.issued",
             _ => "token.issued",
         };
         (record, AuditEvent::new(event_kind, Some(f.subject.to_owned()), detail))

@@ -142,6 +142,26 @@ pub enum InvalidRequest {
     /// `ttl_seconds` is 0.
     #[error("ttl_seconds must be at least 1")]
     ZeroTtl,
+    /// A certificate name that is not a DNS name Mayfly issues.
+    #[error("{name:?} is not a DNS name (letters, digits, '-', dots; no wildcard; at most 253 bytes)")]
+    BadDnsName {
+        /// The name asked for (cut to 256 characters).
+        name: String,
+    },
+    /// A certificate name outside the role's allowed domains.
+    #[error("{name:?} is not allowed by certificate role {role:?}")]
+    NameNotAllowed {
+        /// The name asked for.
+        name: String,
+        /// The role.
+        role: String,
+    },
+    /// A certificate with no name, or more than the most.
+    #[error("a certificate carries 1 to {max} DNS names")]
+    CertificateNames {
+        /// The most names.
+        max: usize,
+    },
     /// A task's `ttl_seconds` is above the configured maximum.
     #[error("ttl_seconds {ttl} is above the maximum of {max}")]
     TaskTtlAboveMax {

@@ -88,6 +88,8 @@ pub struct MintedX509Svid {
     pub expires_at: i64,
     /// The generation that signed it.
     pub authority: String,
+    /// That generation's CA certificate, DER.
+    pub issuer_cert: Vec<u8>,
 }
 
 // Hand-written: the private key and the token never reach a log through `{:?}`.
@@ -370,6 +372,7 @@ impl SvidAuthorities {
             issued_at: now,
             expires_at,
             authority: g.id.clone(),
+            issuer_cert: g.ca_cert.clone(),
         })
     }
 

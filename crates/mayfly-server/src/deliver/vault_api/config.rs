@@ -26,6 +26,48 @@ pub struct VaultApiConfig {
     /// `identity/oidc/token/<name>`: roles that hand out a Mayfly access token for an audience.
     #[serde(default)]
     pub identity_roles: Vec<VaultIdentityRole>,
+    /// The mount of the PKI secrets engine (`<mount>/issue/<role>`; default `pki`).
+    #[serde(default = "default_pki_mount")]
+    pub pki_mount: String,
+    /// Certificate roles: X.509 certificates from Mayfly's CA.
+    #[serde(default)]
+    pub pki_roles: Vec<VaultPkiRole>,
+}
+
+fn default_pki_mount() -> String {
+    "pki".to_owned()
+}
+
+/// A certificate role (`<pki mount>/issue/<name>`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultPkiRole {
+    /// The role's name (`Mayfly::CertificateRole::"<name>"` in Cedar).
+    pub name: String,
+    /// Domains the DNS names must be, or be under with `allow_subdomains`.
+    pub allowed_domains: Vec<String>,
+    /// Whether names below an allowed domain are allowed (default false).
+    #[serde(default)]
+    pub allow_subdomains: bool,
+    /// Longest lifetime, and the default (default 1h, at most 7 days).
+    #[serde(default = "crate::clock::secs::<3600>", with = "humantime_serde")]
+    pub max_ttl: Duration,
+}
+
+impl VaultPkiRole {
+    /// The broker's view of the role.
+    pub fn certificate_role(&self) -> crate::broker::certificates::CertificateRole {
+        crate::broker::certificates::CertificateRole {
+            name: self.name.clone(),
+            allowed_domains: self
+                .allowed_domains
+                .iter()
+                .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
+                .collect(),
+            allow_subdomains: self.allow_subdomains,
+            max_ttl: self.max_ttl,
+        }
+    }
 }
 
 fn default_database_mount() -> String {
@@ -186,6 +228,31 @@ impl VaultApiConfig {
                     "vault_api.database_roles {:?}: no database {:?} with role {:?}",
                     r.name, r.database, r.role
                 ));
+            }
+        }
+        if !mount_ok(&self.pki_mount)
+            || reserved.contains(&self.pki_mount.as_str())
+            || self.pki_mount == self.database_mount
+        {
+            return Err(format!("vault_api.pki_mount {:?} is not a usable mount path", self.pki_mount));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for r in &self.pki_roles {
+            let week = Duration::from_secs(7 * 24 * 3600);
+            let domains_ok = !r.allowed_domains.is_empty()
+                && r.allowed_domains.iter().all(|d| {
+                    !d.is_empty()
+                        && d.len() <= 253
+                        && d.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
+                });
+            if !name_ok(&r.name) || !names.insert(r.name.as_str()) || !domains_ok {
+                return Err(format!(
+                    "vault_api.pki_roles {:?}: a unique name, and allowed_domains of DNS names (no wildcards)",
+                    r.name
+                ));
+            }
+            if r.max_ttl.is_zero() || r.max_ttl > week {
+                return Err(format!("vault_api.pki_roles {:?}: max_ttl is between 1s and 7d", r.name));
             }
         }
         let mut names = std::collections::BTreeSet::new();

@@ -14,14 +14,18 @@ use crate::broker::{BrokerError, ExchangeParams};
 use crate::deliver::listener::PeerInfo;
 use crate::ledger::{DbLease, DbLeaseState};
 
-/// `GET|POST <database mount>/creds/<role>`; any other path under `/v1/` is not served.
+/// `GET|POST <database mount>/creds/<role>`, the PKI mount's paths; any other path under `/v1/` is not served.
 pub(super) async fn secrets_or_unknown(
     State(state): State<VaultState>,
     Extension(peer): Extension<PeerInfo>,
     method: Method,
     headers: HeaderMap,
     Path(path): Path<String>,
+    bytes: Bytes,
 ) -> Result<Response, VaultError> {
+    if let Some(rest) = path.strip_prefix(state.cfg.pki_mount.as_str()).and_then(|r| r.strip_prefix('/')) {
+        return super::pki::serve(&state, &peer, &method, &headers, rest, &bytes).await;
+    }
     let role = path
         .strip_prefix(state.cfg.database_mount.as_str())
         .and_then(|r| r.strip_prefix("/creds/"))
@@ -146,7 +150,7 @@ pub(super) async fn lookup_lease(
 }
 
 /// `increment` as seconds, or a duration such as `"1h"`.
-fn increment(v: &Option<Value>) -> Result<Option<u64>, VaultError> {
+pub(super) fn increment(v: &Option<Value>) -> Result<Option<u64>, VaultError> {
     let bad = || VaultError::bad_request("increment is seconds or a duration such as \"1h\"");
     match v {
         None | Some(Value::Null) => Ok(None),

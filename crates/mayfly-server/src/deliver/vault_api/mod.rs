@@ -10,6 +10,7 @@
 pub mod config;
 mod database;
 mod login;
+mod pki;
 mod sys;
 
 use std::sync::Arc;

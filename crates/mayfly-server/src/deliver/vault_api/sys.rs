@@ -60,6 +60,10 @@ fn secret_mounts(state: &VaultState) -> Map<String, Value> {
         format!("{}/", state.cfg.database_mount),
         mount_entry("database", "Mayfly: short-lived database users (PostgreSQL, MySQL/MariaDB, Redis)"),
     );
+    m.insert(
+        format!("{}/", state.cfg.pki_mount),
+        mount_entry("pki", "Mayfly: X.509 certificates from its CA, naming the caller's SPIFFE ID"),
+    );
     m.insert("identity/".into(), mount_entry("identity", "Mayfly: access tokens for an audience"));
     m.insert("sys/".into(), mount_entry("system", "system endpoints (health, leases)"));
     m
@@ -178,6 +182,10 @@ async fn capabilities(
         .strip_prefix(state.cfg.database_mount.as_str())
         .and_then(|r| r.strip_prefix("/creds/"))
         .and_then(|r| state.cfg.database_role(r));
+    let pki_role = path
+        .strip_prefix(state.cfg.pki_mount.as_str())
+        .and_then(|r| r.strip_prefix("/issue/"))
+        .is_some_and(|r| state.cfg.pki_roles.iter().any(|p| p.name == r));
     let own = ["auth/token/lookup-self", "auth/token/renew-self", "auth/token/revoke-self"];
     let caps = match (who, creds) {
         (VaultCaller::Login(token), Some(role)) => {
@@ -195,6 +203,8 @@ async fn capabilities(
             if allowed { vec!["read", "update"] } else { vec!["deny"] }
         }
         (VaultCaller::Admin, Some(_)) => vec!["deny"],
+        // Decided at issuance, with the names asked for: the role exists and takes logins.
+        (VaultCaller::Login(_), None) if pki_role => vec!["update"],
         (VaultCaller::Login(_), None) if own.contains(&path) => vec!["read", "update"],
         (_, None) if path.starts_with("sys/leases/") && !path.starts_with("sys/leases/revoke-prefix") => {
             vec!["update"]
