@@ -18,6 +18,7 @@ REVOKE_TOKENS=${REVOKE_TOKENS:-10000}
 REVOKE_USERS=${REVOKE_USERS:-2000}
 MEMORY_CREDS=${MEMORY_CREDS:-100000}
 MPORT=${MPORT:-18400}
+MVPORT=${MVPORT:-18401} # Mayfly's Vault-compatible listener
 BPORT=${BPORT:-18410}
 MAX_STEP_SECS=900 # no count-limited load runs longer than this
 
@@ -59,6 +60,18 @@ username_prefix = "bm_"
 name = "app"
 default_ttl = "1h"
 max_ttl = "1h"
+[vault_api]
+listen = "127.0.0.1:$MVPORT"
+[[vault_api.auth]]
+mount = "jwt"
+method = "jwt"
+[[vault_api.auth.roles]]
+name = "bench"
+token_ttl = "8h"
+[[vault_api.database_roles]]
+name = "app"
+database = "pg"
+role = "app"
 [workload_api]
 socket = "$m/wl.sock"
 [[workload_api.entries]]
@@ -124,6 +137,13 @@ lua "$work/b_jwt.lua" GET "" "X-Vault-Token=$btoken"
 lua "$work/b_pki.lua" POST '{"uri_sans":"spiffe://bench.local/svid-bench"}' "$json_ct" "X-Vault-Token=$btoken"
 lua "$work/m_db.lua" POST "$(jq -nc --arg t "$jwt" '{subject_token_type:"urn:ietf:params:oauth:token-type:jwt", subject_token:$t}')" "$json_ct"
 lua "$work/b_db.lua" GET "" "X-Vault-Token=$btoken"
+# Mayfly's Vault-compatible API takes exactly OpenBao's requests: b_login.lua as it is, and
+# database/creds/app with a token from its own auth/jwt/login.
+mvurl="http://127.0.0.1:$MVPORT"
+vault_login() { # a fresh Mayfly login (a subject revocation ends the one before, with its task)
+  mvtoken=$(curl -sf "$mvurl/v1/auth/jwt/login" -d "{\"role\":\"bench\",\"jwt\":\"$jwt\"}" | jq -r .auth.client_token)
+  lua "$work/mv_db.lua" GET "" "X-Vault-Token=$mvtoken"
+}
 
 results=bench/results
 mkdir -p "$results"
@@ -180,10 +200,19 @@ for r in $(seq 1 "$REPEAT"); do
     echo "load x509 $c mayfly $r $res" | tee -a "$out"
     wrk_run openbao x509 "$c" "$burl/v1/pki/issue/bench" "$work/b_pki.lua"
   done
+  for c in 1 16; do # the same auth/jwt/login request, both through Vault's API
+    wrk_run mayfly vault_login "$c" "$mvurl/v1/auth/jwt/login" "$work/b_login.lua"
+    wrk_run openbao vault_login "$c" "$burl/v1/auth/jwt/login" "$work/b_login.lua"
+  done
   for c in 1 8; do
     wrk_run mayfly postgres "$c" "$murl/v1/credentials/pg/app" "$work/m_db.lua"
     drop_db_leases
     wrk_run openbao postgres "$c" "$burl/v1/database/creds/app" "$work/b_db.lua"
+    drop_db_leases
+    vault_login
+    wrk_run mayfly vault_postgres "$c" "$mvurl/v1/database/creds/app" "$work/mv_db.lua"
+    drop_db_leases
+    wrk_run openbao vault_postgres "$c" "$burl/v1/database/creds/app" "$work/b_db.lua"
     drop_db_leases
   done
 
@@ -244,12 +273,21 @@ for r in $(seq 1 "$REPEAT"); do
     -d "{\"subject\":\"$msub\",\"reason\":\"bench\"}" >/dev/null
   wait_pg_gone bm
   echo "revoke_users $REVOKE_USERS - mayfly $r $(($(now_ms) - t0)) users=$n" | tee -a "$out"
+  # The same request on both sides: PUT sys/leases/revoke-prefix/database/creds/app.
+  vault_login
+  wrk_count "$mvurl/v1/database/creds/app" "$work/mv_db.lua" "$REVOKE_USERS" 8
+  n=$(pg_count bm)
+  t0=$(now_ms)
+  curl -sf -X PUT "$mvurl/v1/sys/leases/revoke-prefix/database/creds/app" -H "X-Vault-Token: $madmin" >/dev/null
+  wait_pg_gone bm
+  echo "revoke_prefix $REVOKE_USERS - mayfly $r $(($(now_ms) - t0)) users=$n" | tee -a "$out"
   wrk_count "$burl/v1/database/creds/app" "$work/b_db.lua" "$REVOKE_USERS" 8
   n=$(pg_count bnv)
   t0=$(now_ms)
   curl -sf -X PUT "$burl/v1/sys/leases/revoke-prefix/database/creds/app" -H "X-Vault-Token: $broot" >/dev/null
   wait_pg_gone bnv
   echo "revoke_users $REVOKE_USERS - openbao $r $(($(now_ms) - t0)) users=$n" | tee -a "$out"
+  echo "revoke_prefix $REVOKE_USERS - openbao $r $(($(now_ms) - t0)) users=$n" | tee -a "$out"
 done
 
 # Resident memory: idle (configured, before any load) and after MEMORY_CREDS more credentials.

@@ -12,6 +12,8 @@ NAMES = {
     "jwt": "short-lived JWT for an audience",
     "x509": "X.509 leaf (Workload API X.509-SVID / pki/issue)",
     "postgres": "PostgreSQL credential",
+    "vault_login": "auth/jwt/login, the same request to both (Mayfly's Vault-compatible API)",
+    "vault_postgres": "database/creds/app, the same request to both (Mayfly's Vault-compatible API)",
 }
 
 
@@ -39,7 +41,7 @@ def main(path):
         f = line.split()
         if f[0] == "load" and len(f) >= 8:
             load[(f[1], int(f[2]))][f[3]].append((float(f[5]), ms(f[6]), ms(f[7])))
-        elif f[0] in ("revoke_tokens", "revoke_users", "memory_kib") and len(f) >= 6:
+        elif f[0] in ("revoke_tokens", "revoke_users", "revoke_prefix", "memory_kib") and len(f) >= 6:
             timed[(f[0], f[1])][f[3]].append(float(f[5]))
     rate = lambda v: f"{v:,.0f}"
     lat = lambda v: f"{v:.2f}"
@@ -66,7 +68,8 @@ def main(path):
         if kind == "memory_kib":
             label, fmt = f"resident memory, {what.replace('_', ' ')}", lambda v: f"{v / 1024:.0f} MiB"
         else:
-            noun = "tokens of one subject" if kind == "revoke_tokens" else "PostgreSQL users"
+            noun = {"revoke_tokens": "tokens of one subject", "revoke_users": "PostgreSQL users"}.get(
+                kind, "PostgreSQL users with PUT sys/leases/revoke-prefix/database/creds/app on both")
             label, fmt = f"revoke {int(float(what)):,} {noun}, until all are dead", lambda v: f"{v:,.0f} ms"
         cells, meds = [], {}
         for sys_ in ("mayfly", "openbao"):
