@@ -67,6 +67,7 @@ mount = "jwt"
 method = "jwt"
 [[vault_api.auth.roles]]
 name = "bench"
+attestor = "k8s"
 token_ttl = "8h"
 [[vault_api.database_roles]]
 name = "app"

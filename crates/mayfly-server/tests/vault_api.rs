@@ -40,6 +40,9 @@ name = "login"
 default_ttl = "2m"
 max_ttl = "10m"
 
+[[databases.roles]]
+name = "other"
+
 [vault_api]
 listen = "127.0.0.1:0"
 
@@ -60,12 +63,24 @@ method = "kubernetes"
 
 [[vault_api.auth.roles]]
 name = "any"
+attestor = "k8s"
 token_ttl = "1m"
+
+[[vault_api.auth.roles]]
+name = "api-only"
+attestor = "k8s"
+token_ttl = "1m"
+audiences = ["https://api.test"]
 
 [[vault_api.database_roles]]
 name = "app"
 database = "pg"
 role = "login"
+
+[[vault_api.database_roles]]
+name = "other"
+database = "pg"
+role = "other"
 
 [[vault_api.identity_roles]]
 name = "api"
@@ -87,6 +102,7 @@ allowed_domains = ["ops.internal"]
 struct Vault {
     srv: TestServer,
     k8s: TestIssuer,
+    gh: TestIssuer,
     base: String,
     _users: UserPrefix,
 }
@@ -97,7 +113,7 @@ async fn start() -> Vault {
     let config = TestConfig::standard(&k8s, &gh).policies(POLICY).toml(&config(users.as_str()));
     let srv = TestServer::start_with(config).await;
     let base = format!("http://{}", srv.running.vault_addr.expect("the Vault-compatible API listens"));
-    Vault { srv, k8s, base, _users: users }
+    Vault { srv, k8s, gh, base, _users: users }
 }
 
 impl Vault {
@@ -306,7 +322,7 @@ async fn refusals_are_in_vaults_shape_audited_and_issue_nothing() {
     vault_error(v.login("jwt", "app", &v.k8s.sign("RS256", &claims)).await, 400);
     let forger = TestIssuer::new(K8S_ISSUER);
     vault_error(v.login("jwt", "app", &forger.k8s_token("prod", "api")).await, 400);
-    // The kubernetes mount's role takes any attestor; Cedar still refuses namespace dev.
+    // The kubernetes mount's role has no bound attributes; Cedar still refuses namespace dev.
     assert!(vault_error(v.login("kubernetes", "any", &dev).await, 403).contains("permission denied"));
     assert_eq!(v.login("kubernetes", "any", &prod).await.0, 200);
     // An unknown mount, an unknown path, a KV path: 404 in Vault's shape.
@@ -482,5 +498,72 @@ async fn certificates_name_the_login_its_allowed_domains_only_and_what_cedar_all
         v.call("POST", "pki/issue/web", Some(token), Some(json!({"common_name": "a.svc.internal"}))).await,
         403,
     );
+    v.srv.stop().await;
+}
+
+#[tokio::test]
+async fn a_native_task_cannot_pass_for_a_login_and_leases_stay_with_their_role_and_holder() {
+    let v = start().await;
+    let dev = v.k8s.k8s_token("dev", "intruder");
+    let prod = v.k8s.k8s_token("prod", "api");
+    // The login's marks cannot be asked for on the native API: not its purpose, not its scopes,
+    // not by a sub-task either.
+    let start_task = |body: Value| {
+        let srv = &v.srv;
+        async move { srv.http.post(format!("{}/v1/tasks", srv.url)).json(&body).send().await.unwrap() }
+    };
+    for body in [
+        json!({"subject_token_type": JWT_TYPE, "subject_token": dev, "purpose": "vault login jwt/app"}),
+        json!({"subject_token_type": JWT_TYPE, "subject_token": dev, "purpose": "  Vault Login jwt/app"}),
+        json!({"subject_token_type": JWT_TYPE, "subject_token": prod, "purpose": "deploy", "scope": "vault:app"}),
+    ] {
+        assert_problem(start_task(body).await, 400, "invalid-request").await;
+    }
+    let any = v.login("kubernetes", "any", &prod).await.1["auth"]["client_token"].as_str().unwrap().to_owned();
+    let sub = json!({"subject_token_type": "urn:mayfly:params:oauth:token-type:task", "subject_token": any,
+                     "purpose": "vault login jwt/app"});
+    assert_problem(start_task(sub).await, 400, "invalid-request").await;
+
+    // A role trusts one attestor: GitHub Actions evidence does not log in to a Kubernetes role.
+    let t = now();
+    let claims = json!({"iss": GITHUB_TEST_ISSUER, "aud": MAYFLY_AUDIENCE, "iat": t, "exp": t + 300,
+                        "repository": "evil/x", "repository_owner": "evil", "ref": "refs/heads/main",
+                        "ref_type": "branch", "namespace": "prod"});
+    let e = vault_error(v.login("jwt", "app", &v.gh.sign("RS256", &claims)).await, 403);
+    assert!(e.contains("attestor"), "{e}");
+
+    // A lease id is bound to its role: the same id under another role's prefix is not found.
+    let token = v.token("prod").await["client_token"].as_str().unwrap().to_owned();
+    let (_, creds) = v.call("GET", "database/creds/app", Some(&token), None).await;
+    let lease_id = creds["lease_id"].as_str().unwrap().to_owned();
+    let elsewhere = lease_id.replace("creds/app/", "creds/other/");
+    let e =
+        vault_error(v.call("PUT", "sys/leases/lookup", Some(&token), Some(json!({"lease_id": elsewhere}))).await, 400);
+    assert!(e.contains("lease not found"), "{e}");
+    // Without a valid token, an existing lease and a made-up one look the same.
+    for id in [lease_id.as_str(), "database/creds/app/made-up"] {
+        vault_error(v.call("PUT", "sys/leases/lookup", Some("s.garbage"), Some(json!({"lease_id": id}))).await, 403);
+    }
+    // A huge increment is capped, never wrapped.
+    let (status, r) = v
+        .call("PUT", "sys/leases/renew", Some(&token), Some(json!({"lease_id": lease_id, "increment": u64::MAX})))
+        .await;
+    assert_eq!(status, 200, "{r}");
+    assert!((250..=300).contains(&r["lease_duration"].as_i64().unwrap()), "{r}");
+    let (_, looked) = v.call("PUT", "sys/leases/lookup", Some(&token), Some(json!({"lease_id": lease_id}))).await;
+    assert!(looked["data"]["ttl"].as_i64().unwrap() > 0, "{looked}");
+
+    // revoke-prefix names a role or a lease, or is refused (never a silent 204).
+    let admin = v.srv.admin_token.clone();
+    for prefix in ["database/credsX", "database/creds/nope", "database/foo", &format!("{lease_id}/extra")] {
+        vault_error(v.call("PUT", &format!("sys/leases/revoke-prefix/{prefix}"), Some(&admin), None).await, 400);
+    }
+    let (_, looked) = v.call("PUT", "sys/leases/lookup", Some(&token), Some(json!({"lease_id": lease_id}))).await;
+    assert_eq!(looked["data"]["state"], "active", "refused prefixes revoked nothing");
+
+    // A login limited to an audience gets no database user.
+    let limited = v.login("kubernetes", "api-only", &prod).await.1["auth"]["client_token"].as_str().unwrap().to_owned();
+    vault_error(v.call("GET", "database/creds/app", Some(&limited), None).await, 400);
+    assert_eq!(v.call("GET", "identity/oidc/token/api", Some(&limited), None).await.0, 200);
     v.srv.stop().await;
 }

@@ -239,12 +239,11 @@ impl Broker {
         Ok(IssuedDbCredential { lease, password, database: db })
     }
 
-    /// Whether policy would issue `database`/`role` to the caller now, at the role's
-    /// default lifetime (Vault's `sys/capabilities-self`): attested as for issuance, nothing issued.
-    pub async fn may_issue_db_credential(
+    /// Whether policy would issue `database`/`role` to an attested caller now, at the role's
+    /// default lifetime (Vault's `sys/capabilities-self`): nothing is issued.
+    pub fn may_issue_db_credential(
         &self,
-        token_type: &str,
-        token: &str,
+        caller: &Caller,
         database: &str,
         role: &str,
         source_ip: IpAddr,
@@ -254,9 +253,8 @@ impl Broker {
             BrokerError::NotFound(Missing::Role { database: database.to_owned(), role: role.to_owned() })
         })?;
         let now = crate::clock::now_unix();
-        let caller = self.attest(token_type, token, source_ip, now).await?;
         let mut ttl = r.default_ttl.as_secs() as i64;
-        if let Caller::Task(t) = &caller {
+        if let Caller::Task(t) = caller {
             if t.task.state == crate::ledger::TaskState::Pending
                 || crate::broker::tasks::check_task_audience(&t.task, &format!("db:{database}/{role}")).is_err()
             {
@@ -341,8 +339,9 @@ impl Broker {
         }
         let db = self.database(&lease.issuer)?;
         let role = db.role(&lease.role).map(|r| r.default_ttl.as_secs()).unwrap_or(300);
-        let wanted = ttl_seconds.unwrap_or(role).max(1) as i64;
-        let mut expires_at = (now + wanted).min(lease.max_expires_at);
+        // Clamped before the cast: a huge increment must not wrap (it is capped below anyway).
+        let wanted = ttl_seconds.unwrap_or(role).clamp(1, u32::MAX as u64) as i64;
+        let mut expires_at = now.saturating_add(wanted).min(lease.max_expires_at);
         if let Caller::Task(t) = &caller {
             // Nothing issued under a task outlives it.
             expires_at = expires_at.min(t.task.expires_at);

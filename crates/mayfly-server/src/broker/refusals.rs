@@ -186,6 +186,14 @@ pub enum InvalidRequest {
         /// Most characters accepted.
         max: usize,
     },
+    /// A purpose or scope that only a Vault-compatible login sets.
+    #[error("{what} {value:?} is reserved for logins through the Vault-compatible API")]
+    ReservedForLogins {
+        /// `purpose` or `scope`.
+        what: &'static str,
+        /// The value (cut to 64 characters).
+        value: String,
+    },
     /// Only one of `actor_token` and `actor_token_type` was sent.
     #[error("actor_token and actor_token_type are sent together")]
     ActorTokenWithoutType,

@@ -62,6 +62,13 @@ pub struct StartTaskParams {
     pub starter: Option<StarterRule>,
 }
 
+/// The purpose of every task a Vault-compatible login starts (`vault login <mount>/<role>`),
+/// and the prefix of its scopes (`vault:<policy>`): only a start with a [`StarterRule`] may
+/// use them, so Cedar can trust `principal.purpose` and `principal.scopes` for logins.
+pub const LOGIN_PURPOSE_PREFIX: &str = "vault login ";
+/// See [`LOGIN_PURPOSE_PREFIX`].
+pub const LOGIN_SCOPE_PREFIX: &str = "vault:";
+
 /// A rule on the workload that starts a task, checked right after attestation and
 /// before policy: the Vault-compatible API's login roles (`bound_claims`).
 #[derive(Debug, Clone, Default)]
@@ -188,6 +195,14 @@ impl Broker {
     pub async fn start_task(&self, p: StartTaskParams) -> Result<StartedTask, BrokerError> {
         check_text("purpose", &p.purpose, MAX_PURPOSE_CHARS)?;
         let mut scopes = parse_scopes(p.scope.as_deref())?;
+        // A native start cannot pass for a login: the login's marks are set by the Vault path only.
+        if p.starter.is_none() {
+            let purpose = p.purpose.trim_start().to_ascii_lowercase();
+            if purpose.starts_with(LOGIN_PURPOSE_PREFIX.trim_end()) {
+                let value = p.purpose.chars().take(64).collect();
+                return Err(InvalidRequest::ReservedForLogins { what: "purpose", value }.into());
+            }
+        }
         let mut audiences = p.audiences.clone();
         audiences.sort();
         audiences.dedup();
@@ -260,6 +275,13 @@ impl Broker {
                 let Caller::Workload(w) = &caller else {
                     return Err(InvalidRequest::TaskTokenWithoutTask.into());
                 };
+                // A root task's scopes are asked for freely; a login's are its role's. (A
+                // sub-task's narrow its parent's, so a login's sub-task may keep them.)
+                if p.starter.is_none()
+                    && let Some(s) = scopes.iter().find(|s| s.starts_with(LOGIN_SCOPE_PREFIX))
+                {
+                    return Err(InvalidRequest::ReservedForLogins { what: "scope", value: s.clone() }.into());
+                }
                 (id.clone(), 1, w.attributes.clone(), json!({"sub": w.spiffe_id.to_string()}), on_behalf_of.clone())
             }
             Some(parent) => {

@@ -114,9 +114,9 @@ impl VaultAuthMethod {
 pub struct VaultLoginRole {
     /// The name a login's `role` gives.
     pub name: String,
-    /// The attestor (an `[[attest.oidc]]` name) that must have verified the JWT; any, if unset.
-    #[serde(default)]
-    pub attestor: Option<String>,
+    /// The attestor (an `[[attest.oidc]]` name) that must have verified the JWT: as a Vault
+    /// mount trusts one issuer, a role trusts one attestor (required).
+    pub attestor: String,
     /// Attested attributes that must hold exactly these values (Vault's `bound_claims`,
     /// `bound_service_account_names`, … expressed on Mayfly's attributes).
     #[serde(default)]
@@ -158,14 +158,16 @@ pub struct VaultIdentityRole {
     pub ttl: Option<Duration>,
 }
 
+// At most 100 bytes each, so a login's purpose (`vault login <mount>/<role>`) stays
+// within a task's 256 characters.
 fn mount_ok(m: &str) -> bool {
     !m.is_empty()
-        && m.len() <= 128
+        && m.len() <= 100
         && m.split('/').all(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
 }
 
 fn name_ok(n: &str) -> bool {
-    !n.is_empty() && n.len() <= 128 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    !n.is_empty() && n.len() <= 100 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 impl VaultApiConfig {
@@ -207,12 +209,10 @@ impl VaultApiConfig {
                         a.mount, r.name
                     ));
                 }
-                if let Some(att) = &r.attestor
-                    && !cfg.attest.oidc.iter().any(|o| o.name == *att)
-                {
+                if !cfg.attest.oidc.iter().any(|o| o.name == r.attestor) {
                     return Err(format!(
-                        "vault_api.auth {:?} role {:?}: no [[attest.oidc]] named {att:?}",
-                        a.mount, r.name
+                        "vault_api.auth {:?} role {:?}: no [[attest.oidc]] named {:?}",
+                        a.mount, r.name, r.attestor
                     ));
                 }
             }

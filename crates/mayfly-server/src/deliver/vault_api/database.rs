@@ -92,22 +92,34 @@ async fn lease_of(state: &VaultState, lease_id: &str) -> Result<DbLease, VaultEr
     Ok(lease)
 }
 
-/// Whether the caller may look at or revoke a lease: an admin, or the login it was issued under.
-async fn may_touch(
-    state: &VaultState,
-    who: &VaultCaller,
-    lease: &DbLease,
-    peer: &PeerInfo,
-) -> Result<String, VaultError> {
-    match who {
-        VaultCaller::Admin => Ok("admin".to_owned()),
+/// Who acts on a lease, authenticated before the lease is read (so a caller without a
+/// valid token cannot tell existing lease ids from made-up ones): an admin, or a login
+/// (the task it attests to).
+enum LeaseActor {
+    Admin,
+    Login { token: String, task: String },
+}
+
+async fn lease_actor(state: &VaultState, headers: &HeaderMap, peer: &PeerInfo) -> Result<LeaseActor, VaultError> {
+    Ok(match caller(state, headers).await? {
+        VaultCaller::Admin => LeaseActor::Admin,
         VaultCaller::Login(token) => {
-            let task = login_task(state, token, peer).await?;
-            if lease.task_id.as_deref() != Some(task.id.as_str()) {
-                // The same answer as for a lease that does not exist: others' ids stay private.
-                return Err(VaultError::bad_request("lease not found"));
+            let task = login_task(state, &token, peer).await?.id;
+            LeaseActor::Login { token, task }
+        }
+    })
+}
+
+impl LeaseActor {
+    /// The actor's name for the audit trail, if it may act on the lease: an admin, or the
+    /// login the lease was issued under (others are told it does not exist).
+    fn on(&self, state: &VaultState, lease: &DbLease) -> Result<String, VaultError> {
+        match self {
+            LeaseActor::Admin => Ok("admin".to_owned()),
+            LeaseActor::Login { task, .. } if lease.task_id.as_deref() == Some(task.as_str()) => {
+                Ok(format!("spiffe://{}/task/{task}", state.app.trust_domain))
             }
-            Ok(format!("spiffe://{}/task/{}", state.app.trust_domain, task.id))
+            LeaseActor::Login { .. } => Err(VaultError::bad_request("lease not found")),
         }
     }
 }
@@ -131,11 +143,11 @@ pub(super) async fn lookup_lease(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Response, VaultError> {
-    let who = caller(&state, &headers).await?;
+    let who = lease_actor(&state, &headers, &peer).await?;
     let req: LeaseBody = body(&bytes)?;
     let lease_id = lease_id_of(&req)?;
     let lease = lease_of(&state, lease_id).await?;
-    may_touch(&state, &who, &lease, &peer).await?;
+    who.on(&state, &lease)?;
     let open = lease.state == DbLeaseState::Active;
     let data = json!({
         "id": lease_id,
@@ -171,18 +183,19 @@ pub(super) async fn renew_lease(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Response, VaultError> {
-    let who = caller(&state, &headers).await?;
+    let who = lease_actor(&state, &headers, &peer).await?;
     let req: LeaseBody = body(&bytes)?;
     let lease_id = lease_id_of(&req)?;
     let increment = increment(&req.increment)?;
-    let VaultCaller::Login(token) = who else {
+    let LeaseActor::Login { token, .. } = &who else {
         return Err(VaultError::permission_denied("only the login a lease was issued to renews it"));
     };
     let lease = lease_of(&state, lease_id).await?;
+    who.on(&state, &lease)?;
     let renewed = state
         .app
         .broker
-        .renew_db_lease(&lease.id, mayfly_proto::TOKEN_TYPE_TASK, &token, increment, peer.addr.ip())
+        .renew_db_lease(&lease.id, mayfly_proto::TOKEN_TYPE_TASK, token, increment, peer.addr.ip())
         .await
         .map_err(|e| match e {
             BrokerError::Conflict(_) => VaultError::bad_request("lease is not renewable"),
@@ -208,10 +221,10 @@ pub(super) async fn revoke_lease(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Response, VaultError> {
-    let who = caller(&state, &headers).await?;
+    let who = lease_actor(&state, &headers, &peer).await?;
     let req: LeaseBody = body(&bytes)?;
     let lease = lease_of(&state, lease_id_of(&req)?).await?;
-    let actor = may_touch(&state, &who, &lease, &peer).await?;
+    let actor = who.on(&state, &lease)?;
     if !lease.state.is_open() {
         // Vault's revoke is idempotent: an ended lease is already what was asked.
         return Ok(StatusCode::NO_CONTENT.into_response());
@@ -241,9 +254,14 @@ pub(super) async fn revoke_prefix(
         )));
     }
     let rest = prefix[mount.len()..].trim_start_matches('/');
+    let unknown = || {
+        VaultError::bad_request(format!(
+            "{prefix:?} names no database role: give {mount}, {mount}/creds, {mount}/creds/<role> or a lease id"
+        ))
+    };
     let chosen: Vec<_> = match rest.split('/').collect::<Vec<_>>().as_slice() {
         [""] | ["creds"] => state.cfg.database_roles.iter().collect(),
-        ["creds", name] => state.cfg.database_role(name).into_iter().collect(),
+        ["creds", name] => vec![state.cfg.database_role(name).ok_or_else(unknown)?],
         ["creds", name, id] => {
             let lease = lease_of(&state, &format!("{mount}/creds/{name}/{id}")).await?;
             if lease.state.is_open() {
@@ -254,7 +272,7 @@ pub(super) async fn revoke_prefix(
             }
             return Ok(StatusCode::NO_CONTENT.into_response());
         }
-        _ => Vec::new(),
+        _ => return Err(unknown()),
     };
     let mut targets: Vec<String> = chosen.iter().map(|r| format!("db:{}/{}", r.database, r.role)).collect();
     targets.sort();

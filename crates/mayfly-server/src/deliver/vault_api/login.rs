@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{VaultCaller, VaultError, VaultState, body, caller, envelope, left, login_task, not_served};
-use crate::broker::tasks::{StartTaskParams, StarterRule};
+use crate::broker::tasks::{LOGIN_PURPOSE_PREFIX, LOGIN_SCOPE_PREFIX, StartTaskParams, StarterRule};
 use crate::deliver::listener::PeerInfo;
 use crate::ledger::TaskRecord;
 
@@ -22,9 +22,10 @@ struct LoginBody {
     jwt: Option<String>,
 }
 
-/// The purpose a login's task carries: Cedar policies can match on it.
+/// The purpose a login's task carries (`principal.purpose` in Cedar): reserved, so no
+/// native task can carry it.
 fn login_purpose(mount: &str, role: &str) -> String {
-    format!("vault login {mount}/{role}")
+    format!("{LOGIN_PURPOSE_PREFIX}{mount}/{role}")
 }
 
 /// `POST auth/<mount>/login` with `role` and `jwt`.
@@ -55,7 +56,10 @@ pub(super) async fn login(
             subject_token_type: mayfly_proto::TOKEN_TYPE_JWT.to_owned(),
             subject_token: jwt,
             purpose: login_purpose(&auth_mount.mount, &role.name),
-            scope: (!role.token_policies.is_empty()).then(|| role.token_policies.join(" ")),
+            // Reserved scopes (`vault:<policy>`): Cedar can trust them as the role's policies.
+            scope: (!role.token_policies.is_empty()).then(|| {
+                role.token_policies.iter().map(|p| format!("{LOGIN_SCOPE_PREFIX}{p}")).collect::<Vec<_>>().join(" ")
+            }),
             audiences: role.audiences.clone(),
             ttl_seconds: Some(role.token_ttl.as_secs()),
             on_behalf_of: None,
@@ -65,7 +69,7 @@ pub(super) async fn login(
             starter: Some(StarterRule {
                 name: format!("vault role {}/{}", auth_mount.mount, role.name),
                 // OIDC attestors name themselves `oidc:<name>` on what they attest.
-                attestor: role.attestor.as_ref().map(|a| format!("oidc:{a}")),
+                attestor: Some(format!("oidc:{}", role.attestor)),
                 attributes: role.bound_claims.clone(),
             }),
         })
@@ -99,8 +103,9 @@ pub(super) async fn login(
     Ok(envelope(None, Value::Null, auth, warnings))
 }
 
+/// The Vault policy names of a task: its reserved scopes, without their prefix.
 fn policies(task: &TaskRecord) -> Vec<&str> {
-    task.scope.split_whitespace().collect()
+    task.scope.split_whitespace().filter_map(|s| s.strip_prefix(LOGIN_SCOPE_PREFIX)).collect()
 }
 
 fn metadata(task: &TaskRecord, mount: &str, role: &str) -> Value {
@@ -110,7 +115,7 @@ fn metadata(task: &TaskRecord, mount: &str, role: &str) -> Value {
 /// The mount and role a login's purpose names, when it came from a login.
 fn login_of(task: &TaskRecord) -> (String, String) {
     task.purpose
-        .strip_prefix("vault login ")
+        .strip_prefix(LOGIN_PURPOSE_PREFIX)
         .and_then(|r| r.rsplit_once('/'))
         .map(|(m, r)| (m.to_owned(), r.to_owned()))
         .unwrap_or_else(|| ("token".to_owned(), String::new()))

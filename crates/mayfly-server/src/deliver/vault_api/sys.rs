@@ -152,7 +152,15 @@ pub(super) async fn capabilities_self(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Response, VaultError> {
-    let who = authenticated(&state, &headers, &peer).await?;
+    // Attested once for all the paths asked.
+    let who = match caller(&state, &headers).await? {
+        VaultCaller::Admin => None,
+        VaultCaller::Login(token) => {
+            let now = crate::clock::now_unix();
+            let attested = state.app.broker.attest(mayfly_proto::TOKEN_TYPE_TASK, &token, peer.addr.ip(), now).await;
+            Some(attested.map_err(super::with_token)?)
+        }
+    };
     let req: CapabilitiesBody = body(&bytes)?;
     let mut paths = req.paths;
     paths.extend(req.path);
@@ -161,7 +169,7 @@ pub(super) async fn capabilities_self(
     }
     let mut out = Map::new();
     for path in &paths {
-        let caps = capabilities(&state, &who, path.trim_start_matches('/'), &peer).await?;
+        let caps = capabilities(&state, who.as_ref(), path.trim_start_matches('/'), &peer)?;
         out.insert(path.clone(), json!(caps));
     }
     if paths.len() == 1 {
@@ -172,9 +180,9 @@ pub(super) async fn capabilities_self(
     Ok(axum::Json(Value::Object(top)).into_response())
 }
 
-async fn capabilities(
+fn capabilities(
     state: &VaultState,
-    who: &VaultCaller,
+    who: Option<&crate::broker::Caller>,
     path: &str,
     peer: &PeerInfo,
 ) -> Result<Vec<&'static str>, VaultError> {
@@ -188,33 +196,22 @@ async fn capabilities(
         .is_some_and(|r| state.cfg.pki_roles.iter().any(|p| p.name == r));
     let own = ["auth/token/lookup-self", "auth/token/renew-self", "auth/token/revoke-self"];
     let caps = match (who, creds) {
-        (VaultCaller::Login(token), Some(role)) => {
-            let allowed = state
-                .app
-                .broker
-                .may_issue_db_credential(
-                    mayfly_proto::TOKEN_TYPE_TASK,
-                    token,
-                    &role.database,
-                    &role.role,
-                    peer.addr.ip(),
-                )
-                .await?;
+        (Some(login), Some(role)) => {
+            let allowed =
+                state.app.broker.may_issue_db_credential(login, &role.database, &role.role, peer.addr.ip())?;
             if allowed { vec!["read", "update"] } else { vec!["deny"] }
         }
-        (VaultCaller::Admin, Some(_)) => vec!["deny"],
+        (None, Some(_)) => vec!["deny"],
         // Decided at issuance, with the names asked for: the role exists and takes logins.
-        (VaultCaller::Login(_), None) if pki_role => vec!["update"],
-        (VaultCaller::Login(_), None) if own.contains(&path) => vec!["read", "update"],
+        (Some(_), None) if pki_role => vec!["update"],
+        (Some(_), None) if own.contains(&path) => vec!["read", "update"],
         (_, None) if path.starts_with("sys/leases/") && !path.starts_with("sys/leases/revoke-prefix") => {
             vec!["update"]
         }
-        (VaultCaller::Admin, None)
-            if path.starts_with("sys/leases/revoke-prefix") || path == "auth/token/revoke-accessor" =>
-        {
+        (None, None) if path.starts_with("sys/leases/revoke-prefix") || path == "auth/token/revoke-accessor" => {
             vec!["update", "sudo"]
         }
-        (VaultCaller::Login(_), None) if path == "auth/token/revoke-accessor" => vec!["update"],
+        (Some(_), None) if path == "auth/token/revoke-accessor" => vec!["update"],
         _ => vec!["deny"],
     };
     Ok(caps)
