@@ -91,7 +91,6 @@ for _ in $(seq 1 100); do curl -sf "$murl/readyz" >/dev/null && break; sleep 0.1
 curl -sf "$murl/readyz" >/dev/null || { cat "$m/server.log"; exit 1; }
 madmin=$(cat "$m/data/admin-token")
 jwt=$(cat "$m/platform.jwt")
-msub="spiffe://bench.local/ns/prod/sa/web"
 
 # ---- OpenBao: raft storage, jwt auth with the same platform issuer key, identity tokens, pki, database.
 b=$work/bao
@@ -175,9 +174,9 @@ wait_pg_gone() { # prefix: bounded wait until the database holds no such user
   until [ "$(pg_count "$1")" = 0 ]; do [ $SECONDS -lt $deadline ] || { echo "users $1* still there after 300 s" >&2; exit 1; }; sleep 0.05; done
 }
 now_ms() { date +%s%3N; }
-drop_db_leases() { # both sides: drop every dynamic user before the next step
+drop_db_leases() { # both sides: drop every dynamic user before the next step (Mayfly: the role's audience)
   curl -sf "$murl/v1/revocations" -H "authorization: Bearer $madmin" -H 'content-type: application/json' \
-    -d "{\"subject\":\"$msub\",\"reason\":\"bench step\"}" >/dev/null || true
+    -d '{"audience":"db:pg/app","reason":"bench step"}' >/dev/null || true
   curl -sf -X PUT "$burl/v1/sys/leases/revoke-prefix/database/creds/app" -H "X-Vault-Token: $broot" >/dev/null || true
   wait_pg_gone bm
   local deadline=$((SECONDS + 120))
@@ -217,15 +216,17 @@ for r in $(seq 1 "$REPEAT"); do
     drop_db_leases
   done
 
-  # Revoking REVOKE_TOKENS tokens of one subject, until every one of them is refused.
+  # Revoking REVOKE_TOKENS tokens (every token of the audience; one revocation row), until
+  # every one of them is refused. Not a subject revocation: that contains the workload, and
+  # its evidence (the fixture's one JWT) would be refused for the rest of the run.
   wrk_count "$murl/v1/token" "$work/m_login.lua" "$REVOKE_TOKENS" 16
   sample=$(curl -sf "$murl/v1/token" -H 'content-type: application/x-www-form-urlencoded' --data-binary "$exchange_body" | jq -r .access_token)
   t0=$(now_ms)
   curl -sf "$murl/v1/revocations" -H "authorization: Bearer $madmin" -H 'content-type: application/json' \
-    -d "{\"subject\":\"$msub\",\"reason\":\"bench\"}" >/dev/null
+    -d '{"audience":"https://api.bench","reason":"bench"}' >/dev/null
   until [ "$(curl -sf "$murl/v1/introspect" -H "authorization: Bearer $madmin" -d "token=$sample" | jq -r .active)" = false ]; do sleep 0.01; done
   t1=$(now_ms)
-  # Mayfly's revocation is one row and an in-memory index: every token of the subject is refused once the call returns.
+  # Mayfly's revocation is one row and an in-memory index: every token of the audience is refused once the call returns.
   echo "revoke_tokens $REVOKE_TOKENS - mayfly $r $((t1 - t0))" | tee -a "$out"
 
   # A clean slate first: OpenBao can only revoke every login of the mount at once, so the
@@ -271,7 +272,7 @@ for r in $(seq 1 "$REPEAT"); do
   n=$(pg_count bm)
   t0=$(now_ms)
   curl -sf "$murl/v1/revocations" -H "authorization: Bearer $madmin" -H 'content-type: application/json' \
-    -d "{\"subject\":\"$msub\",\"reason\":\"bench\"}" >/dev/null
+    -d '{"audience":"db:pg/app","reason":"bench"}' >/dev/null
   wait_pg_gone bm
   echo "revoke_users $REVOKE_USERS - mayfly $r $(($(now_ms) - t0)) users=$n" | tee -a "$out"
   # The same request on both sides: PUT sys/leases/revoke-prefix/database/creds/app.

@@ -68,7 +68,7 @@ def main(path):
         if kind == "memory_kib":
             label, fmt = f"resident memory, {what.replace('_', ' ')}", lambda v: f"{v / 1024:.0f} MiB"
         else:
-            noun = {"revoke_tokens": "tokens of one subject", "revoke_users": "PostgreSQL users"}.get(
+            noun = {"revoke_tokens": "tokens (one audience at Mayfly, the login mount at OpenBao)", "revoke_users": "PostgreSQL users"}.get(
                 kind, "PostgreSQL users with PUT sys/leases/revoke-prefix/database/creds/app on both")
             label, fmt = f"revoke {int(float(what)):,} {noun}, until all are dead", lambda v: f"{v:,.0f} ms"
         cells, meds = [], {}
