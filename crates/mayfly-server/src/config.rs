@@ -181,7 +181,18 @@ impl Config {
         // Cloud profiles against the signing profiles and the issuer URL the clouds fetch.
         crate::issue::cloud::CloudProfiles::new(&self.clouds, &self.keys, self.public_url.as_deref())
             .map_err(ConfigError::Invalid)?;
-        self.vault_api.validate(self).map_err(ConfigError::Invalid)?;
+        let elsewhere = crate::deliver::vault_api::config::ConfiguredElsewhere {
+            oidc_attestors: self.attest.oidc.iter().map(|o| o.name.as_str()).collect(),
+            database_roles: self
+                .databases
+                .iter()
+                .flat_map(|d| d.roles.iter().map(move |r| (d.name.as_str(), r.name.as_str())))
+                .collect(),
+            task_max_ttl: self.tasks.max_ttl,
+            tls: self.listen.tls_cert.is_some(),
+            plaintext_allowed: self.listen.dangerously_allow_plaintext,
+        };
+        self.vault_api.validate(&elsewhere).map_err(ConfigError::Invalid)?;
         for db in &self.databases {
             let name_ok = |n: &str| {
                 !n.is_empty() && n.len() <= 64 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
@@ -386,6 +397,24 @@ mod tests {
             (
                 "[[audiences]]\nname = \"a\"\ndefault_ttl = \"2h\"\nmax_ttl = \"1h\"",
                 "audience \"a\": default_ttl is above max_ttl",
+            ),
+            (
+                "[vault_api]\nlisten = \"127.0.0.1:0\"\n[[vault_api.auth]]\nmount = \"jwt\"\nmethod = \"jwt\"\n\
+                 [[vault_api.auth.roles]]\nname = \"app\"\nattestor = \"nope\"",
+                "no [[attest.oidc]] named \"nope\"",
+            ),
+            (
+                "[vault_api]\nlisten = \"127.0.0.1:0\"\n[[vault_api.database_roles]]\nname = \"a\"\ndatabase = \"x\"\nrole = \"y\"",
+                "no database \"x\" with role \"y\"",
+            ),
+            (
+                "[vault_api]\nlisten = \"0.0.0.0:8200\"",
+                "vault_api.listen 0.0.0.0:8200 is not loopback and there is no TLS",
+            ),
+            ("[vault_api]\nlisten = \"127.0.0.1:0\"\ndatabase_mount = \"sys\"", "vault_api.database_mount \"sys\""),
+            (
+                "[vault_api]\nlisten = \"127.0.0.1:0\"\n[[vault_api.pki_roles]]\nname = \"w\"\nallowed_domains = [\"*.x\"]",
+                "allowed_domains of DNS names",
             ),
         ];
         for (extra, expected) in cases {

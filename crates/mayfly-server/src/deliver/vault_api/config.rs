@@ -170,16 +170,31 @@ fn name_ok(n: &str) -> bool {
     !n.is_empty() && n.len() <= 100 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
+/// What the rest of the configuration offers, as `[vault_api]` refers to it (given by
+/// `config.rs`, which composes the sections: this module does not import it back).
+pub struct ConfiguredElsewhere<'a> {
+    /// `[[attest.oidc]]` names.
+    pub oidc_attestors: Vec<&'a str>,
+    /// `[[databases]]` names with each of their roles.
+    pub database_roles: Vec<(&'a str, &'a str)>,
+    /// `tasks.max_ttl`.
+    pub task_max_ttl: Duration,
+    /// Whether `[listen]` has TLS.
+    pub tls: bool,
+    /// `listen.dangerously_allow_plaintext`.
+    pub plaintext_allowed: bool,
+}
+
 impl VaultApiConfig {
     /// Checks names, duplicates and references to the rest of the configuration.
-    pub fn validate(&self, cfg: &crate::config::Config) -> Result<(), String> {
+    pub fn validate(&self, cfg: &ConfiguredElsewhere<'_>) -> Result<(), String> {
         if self.listen.is_none() {
             return Ok(());
         }
         if let Some(addr) = self.listen
-            && cfg.listen.tls_cert.is_none()
+            && !cfg.tls
             && !addr.ip().is_loopback()
-            && !cfg.listen.dangerously_allow_plaintext
+            && !cfg.plaintext_allowed
         {
             return Err(format!(
                 "vault_api.listen {addr} is not loopback and there is no TLS (listen.tls_cert): tokens would cross \
@@ -203,13 +218,13 @@ impl VaultApiConfig {
                 if !name_ok(&r.name) || !names.insert(r.name.as_str()) {
                     return Err(format!("vault_api.auth {:?}: role {:?} is not a unique name", a.mount, r.name));
                 }
-                if r.token_ttl.is_zero() || r.token_ttl > cfg.tasks.max_ttl {
+                if r.token_ttl.is_zero() || r.token_ttl > cfg.task_max_ttl {
                     return Err(format!(
                         "vault_api.auth {:?} role {:?}: token_ttl is between 1s and tasks.max_ttl",
                         a.mount, r.name
                     ));
                 }
-                if !cfg.attest.oidc.iter().any(|o| o.name == r.attestor) {
+                if !cfg.oidc_attestors.contains(&r.attestor.as_str()) {
                     return Err(format!(
                         "vault_api.auth {:?} role {:?}: no [[attest.oidc]] named {:?}",
                         a.mount, r.name, r.attestor
@@ -222,7 +237,7 @@ impl VaultApiConfig {
             if !name_ok(&r.name) || !names.insert(r.name.as_str()) {
                 return Err(format!("vault_api.database_roles: {:?} is not a unique name", r.name));
             }
-            let known = cfg.databases.iter().any(|d| d.name == r.database && d.roles.iter().any(|x| x.name == r.role));
+            let known = cfg.database_roles.contains(&(r.database.as_str(), r.role.as_str()));
             if !known {
                 return Err(format!(
                     "vault_api.database_roles {:?}: no database {:?} with role {:?}",
