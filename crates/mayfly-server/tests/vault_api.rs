@@ -298,7 +298,9 @@ async fn an_operator_revokes_by_accessor_and_by_prefix_with_one_revocation() {
     for u in &users[1..] {
         wait_dropped(u).await;
     }
-    // New leases after the revocation are issued again (a revocation is not a block).
+    // New leases after the revocation are issued again (a revocation is not a block). It
+    // covers what was issued up to its second, so the next lease comes a second later.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let (status, creds) = v.call("GET", "database/creds/app", Some(tb), None).await;
     assert_eq!(status, 200, "{creds}");
     v.srv.stop().await;
