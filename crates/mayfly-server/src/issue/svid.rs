@@ -252,8 +252,13 @@ impl SvidAuthorities {
 
     /// The X.509 bundle: every published CA certificate, DER, concatenated.
     pub fn x509_bundle(&self) -> Vec<u8> {
+        self.x509_authorities().concat()
+    }
+
+    /// Every published CA certificate, DER, one by one.
+    pub fn x509_authorities(&self) -> Vec<Vec<u8>> {
         let now = crate::clock::now_unix();
-        self.published(now).flat_map(|g| g.ca_cert.clone()).collect()
+        self.published(now).map(|g| g.ca_cert.clone()).collect()
     }
 
     /// The JWT bundle: a JWK Set of every published JWT-SVID key (`use: jwt-svid`).

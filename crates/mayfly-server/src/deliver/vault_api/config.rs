@@ -289,4 +289,16 @@ impl VaultApiConfig {
     pub fn database_role(&self, name: &str) -> Option<&VaultDatabaseRole> {
         self.database_roles.iter().find(|r| r.name == name)
     }
+
+    /// The role name of a `<database_mount>/creds/<role>` path (one segment, not empty).
+    pub fn creds_role_name<'p>(&self, path: &'p str) -> Option<&'p str> {
+        path.strip_prefix(self.database_mount.as_str())
+            .and_then(|r| r.strip_prefix("/creds/"))
+            .filter(|r| !r.is_empty() && !r.contains('/'))
+    }
+
+    /// What follows `<pki_mount>/` in a path.
+    pub fn pki_rest<'p>(&self, path: &'p str) -> Option<&'p str> {
+        path.strip_prefix(self.pki_mount.as_str()).and_then(|r| r.strip_prefix('/'))
+    }
 }

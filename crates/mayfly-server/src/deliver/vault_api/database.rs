@@ -23,14 +23,10 @@ pub(super) async fn secrets_or_unknown(
     Path(path): Path<String>,
     bytes: Bytes,
 ) -> Result<Response, VaultError> {
-    if let Some(rest) = path.strip_prefix(state.cfg.pki_mount.as_str()).and_then(|r| r.strip_prefix('/')) {
+    if let Some(rest) = state.cfg.pki_rest(&path) {
         return super::pki::serve(&state, &peer, &method, &headers, rest, &bytes).await;
     }
-    let role = path
-        .strip_prefix(state.cfg.database_mount.as_str())
-        .and_then(|r| r.strip_prefix("/creds/"))
-        .filter(|r| !r.is_empty() && !r.contains('/'));
-    let Some(role) = role else {
+    let Some(role) = state.cfg.creds_role_name(&path) else {
         return Err(not_served(&format!("/v1/{path}")));
     };
     if !matches!(method, Method::GET | Method::POST | Method::PUT) {
@@ -77,11 +73,7 @@ fn renewable(lease: &DbLease) -> bool {
 async fn lease_of(state: &VaultState, lease_id: &str) -> Result<DbLease, VaultError> {
     let invalid = || VaultError::bad_request("lease not found");
     let (prefix, id) = lease_id.rsplit_once('/').ok_or_else(invalid)?;
-    let role = prefix
-        .strip_prefix(state.cfg.database_mount.as_str())
-        .and_then(|r| r.strip_prefix("/creds/"))
-        .and_then(|r| state.cfg.database_role(r))
-        .ok_or_else(invalid)?;
+    let role = state.cfg.creds_role_name(prefix).and_then(|r| state.cfg.database_role(r)).ok_or_else(invalid)?;
     let lease = state.app.broker.db_lease(id).await.map_err(|e| match e {
         BrokerError::NotFound(_) => invalid(),
         other => other.into(),

@@ -82,15 +82,20 @@ pub(super) async fn login(
             task.id
         ));
     }
-    let ttl = left(task.expires_at);
-    let auth = json!({
-        "client_token": started.token.token,
+    let auth = auth_body(&started.token.token, task, &auth_mount.mount, &role.name);
+    Ok(envelope(None, Value::Null, auth, warnings))
+}
+
+/// The `auth` object of a login, and of a renewal (Vault answers both with the same one).
+fn auth_body(token: &str, task: &TaskRecord, mount: &str, role: &str) -> Value {
+    json!({
+        "client_token": token,
         "accessor": task.id,
         "policies": policies(task),
         "token_policies": policies(task),
         "identity_policies": null,
-        "metadata": metadata(task, &auth_mount.mount, &role.name),
-        "lease_duration": ttl,
+        "metadata": metadata(task, mount, role),
+        "lease_duration": left(task.expires_at),
         // A task token cannot be extended: clients (Vault's agent) log in again at about
         // two thirds of its life instead of renewing, and fetch fresh credentials then.
         "renewable": false,
@@ -99,8 +104,7 @@ pub(super) async fn login(
         "orphan": true,
         "mfa_requirement": null,
         "num_uses": 0,
-    });
-    Ok(envelope(None, Value::Null, auth, warnings))
+    })
 }
 
 /// The Vault policy names of a task: its reserved scopes, without their prefix.
@@ -168,19 +172,7 @@ pub(super) async fn renew_self(
     let task = login_task(&state, &token, &peer).await?;
     let ttl = left(task.expires_at);
     let (mount, role) = login_of(&task);
-    let auth = json!({
-        "client_token": token,
-        "accessor": task.id,
-        "policies": policies(&task),
-        "token_policies": policies(&task),
-        "metadata": metadata(&task, &mount, &role),
-        "lease_duration": ttl,
-        "renewable": false,
-        "entity_id": "",
-        "token_type": "service",
-        "orphan": true,
-        "num_uses": 0,
-    });
+    let auth = auth_body(&token, &task, &mount, &role);
     let warning = format!(
         "TTL of \"{ttl}s\" is the token's max_ttl: a Mayfly login token cannot be extended; TTL value is capped \
          accordingly (log in again before it expires)"

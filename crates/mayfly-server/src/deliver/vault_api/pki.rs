@@ -45,8 +45,8 @@ pub(super) async fn serve(
 ) -> Result<Response, VaultError> {
     if rest == "ca/pem" && *method == Method::GET {
         // Public, as in Vault: the CA certificates that verify what this mount issues.
-        let bundle = state.app.broker.svid_authorities().x509_bundle();
-        let pems: Vec<String> = split_der(&bundle).iter().map(|der| pem("CERTIFICATE", der)).collect();
+        let authorities = state.app.broker.svid_authorities().x509_authorities();
+        let pems: Vec<String> = authorities.iter().map(|der| pem("CERTIFICATE", der)).collect();
         return Ok(
             ([(header::CONTENT_TYPE, "application/pem-certificate-chain")], pems.join("\n") + "\n").into_response()
         );
@@ -112,19 +112,4 @@ pub(super) async fn serve(
         "expiration": cert.expires_at,
     });
     Ok(envelope(None, data, Value::Null, Vec::new()))
-}
-
-/// Splits concatenated DER certificates (the X.509 bundle) apart.
-fn split_der(mut der: &[u8]) -> Vec<&[u8]> {
-    let mut out = Vec::new();
-    while !der.is_empty() {
-        match x509_parser::parse_x509_certificate(der) {
-            Ok((rest, _)) => {
-                out.push(&der[..der.len() - rest.len()]);
-                der = rest;
-            }
-            Err(_) => break,
-        }
-    }
-    out
 }

@@ -186,13 +186,11 @@ fn capabilities(
     path: &str,
     peer: &PeerInfo,
 ) -> Result<Vec<&'static str>, VaultError> {
-    let creds = path
-        .strip_prefix(state.cfg.database_mount.as_str())
-        .and_then(|r| r.strip_prefix("/creds/"))
-        .and_then(|r| state.cfg.database_role(r));
-    let pki_role = path
-        .strip_prefix(state.cfg.pki_mount.as_str())
-        .and_then(|r| r.strip_prefix("/issue/"))
+    let creds = state.cfg.creds_role_name(path).and_then(|r| state.cfg.database_role(r));
+    let pki_role = state
+        .cfg
+        .pki_rest(path)
+        .and_then(|r| r.strip_prefix("issue/"))
         .is_some_and(|r| state.cfg.pki_roles.iter().any(|p| p.name == r));
     let own = ["auth/token/lookup-self", "auth/token/renew-self", "auth/token/revoke-self"];
     let caps = match (who, creds) {
