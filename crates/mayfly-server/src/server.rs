@@ -458,10 +458,14 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
             let addr = tcp.local_addr().map_err(io_err("vault_api listener address"))?;
             let app = crate::deliver::vault_api::router(state.clone(), Arc::new(cfg.vault_api.clone()));
             let mut stopping = stopping_rx.clone();
-            let handle =
-                tokio::spawn(listener::serve(tcp, tls.clone(), app, listener::Limits::from(&cfg.listen), async move {
-                    let _ = stopping.wait_for(|s| *s).await;
-                }));
+            // The listener's own refusals (408, 431) in Vault's shape too.
+            let limits = listener::Limits {
+                render: crate::deliver::vault_api::render_error,
+                ..listener::Limits::from(&cfg.listen)
+            };
+            let handle = tokio::spawn(listener::serve(tcp, tls.clone(), app, limits, async move {
+                let _ = stopping.wait_for(|s| *s).await;
+            }));
             tracing::info!(%addr, "Vault-compatible API is serving");
             Some((addr, handle))
         }

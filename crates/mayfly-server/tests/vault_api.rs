@@ -108,9 +108,14 @@ struct Vault {
 }
 
 async fn start() -> Vault {
+    start_with_listen("request_timeout = \"30s\"").await
+}
+
+/// A server whose `[listen]` (shared by the Vault-compatible listener) has these lines too.
+async fn start_with_listen(listen: &str) -> Vault {
     let users = UserPrefix::new("va");
     let (k8s, gh) = (TestIssuer::new(K8S_ISSUER), TestIssuer::new(GITHUB_TEST_ISSUER));
-    let config = TestConfig::standard(&k8s, &gh).policies(POLICY).toml(&config(users.as_str()));
+    let config = TestConfig::standard(&k8s, &gh).policies(POLICY).set("listen", listen).toml(&config(users.as_str()));
     let srv = TestServer::start_with(config).await;
     let base = format!("http://{}", srv.running.vault_addr.expect("the Vault-compatible API listens"));
     Vault { srv, k8s, gh, base, _users: users }
@@ -575,5 +580,62 @@ async fn a_native_task_cannot_pass_for_a_login_and_leases_stay_with_their_role_a
     let limited = v.login("kubernetes", "api-only", &prod).await.1["auth"]["client_token"].as_str().unwrap().to_owned();
     vault_error(v.call("GET", "database/creds/app", Some(&limited), None).await, 400);
     assert_eq!(v.call("GET", "identity/oidc/token/api", Some(&limited), None).await.0, 200);
+    v.srv.stop().await;
+}
+
+#[tokio::test]
+async fn slow_and_crowded_requests_are_cut_in_vaults_shape_and_other_paths_want_a_token() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let v = start_with_listen("request_timeout = \"1s\"\nheader_read_timeout = \"1s\"\nmax_headers = 16").await;
+    let addr = v.srv.running.vault_addr.unwrap();
+    // A login whose body never finishes: 408 within the request timeout, as {"errors": [...]}.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = "PUT /v1/auth/jwt/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n{\"role\"";
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(6), s.read_to_end(&mut got)).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(read.is_ok() && text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("{\"errors\":["), "{text}");
+    // A head that trickles in is cut at the header read timeout.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /v1/sys/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ").await.unwrap();
+    let (mut read, mut write) = s.into_split();
+    let trickle = tokio::spawn(async move {
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if write.write_all(b"a").await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut rest = Vec::new();
+    assert!(tokio::time::timeout(Duration::from_secs(6), read.read_to_end(&mut rest)).await.is_ok());
+    trickle.abort();
+    // Too many header fields: 431 (HTTP/1's is hyper's own, before any handler).
+    let mut req = v.srv.http.get(format!("{}/v1/sys/health", v.base));
+    for i in 0..20 {
+        req = req.header(format!("x-h{i}"), "1");
+    }
+    assert_eq!(req.send().await.unwrap().status(), 431);
+
+    // Each path wants a valid token; an admin token gets no identity token.
+    for (method, path) in [
+        ("GET", "sys/internal/ui/mounts/database/creds/app"),
+        ("POST", "sys/capabilities-self"),
+        ("GET", "identity/oidc/token/api"),
+        ("POST", "pki/issue/web"),
+        ("POST", "auth/token/revoke-self"),
+        ("POST", "auth/token/renew-self"),
+    ] {
+        let body = json!({"paths": ["x"], "common_name": "a.svc.internal"});
+        vault_error(v.call(method, path, Some("s.garbage"), Some(body)).await, 403);
+    }
+    let admin = v.srv.admin_token.clone();
+    vault_error(v.call("GET", "identity/oidc/token/api", Some(&admin), None).await, 403);
+    // The CA is public, as in Vault.
+    let r = v.srv.http.get(format!("{}/v1/pki/ca/pem", v.base)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().starts_with("-----BEGIN CERTIFICATE-----"));
     v.srv.stop().await;
 }

@@ -106,6 +106,10 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Most header fields in one request.
     pub max_headers: usize,
+    /// How the listener's own refusals (too many header fields, a request past its deadline)
+    /// are written: a problem document by default; the Vault-compatible listener writes
+    /// Vault's `{"errors": [...]}`.
+    pub render: fn(ApiError) -> axum::response::Response,
 }
 
 impl From<&ListenConfig> for Limits {
@@ -118,6 +122,7 @@ impl From<&ListenConfig> for Limits {
             max_connections_per_ip: l.max_connections_per_ip,
             max_header_bytes: l.max_header_bytes,
             max_headers: l.max_headers,
+            render: |e| e.into_response(),
         }
     }
 }
@@ -516,14 +521,14 @@ impl hyper::service::Service<hyper::Request<Incoming>> for ConnService {
         let (app, limits) = (self.app.clone(), self.limits.clone());
         Box::pin(async move {
             let resp = if too_many {
-                ApiError::HeaderFieldsTooLarge(limits.max_headers).into_response()
+                (limits.render)(ApiError::HeaderFieldsTooLarge(limits.max_headers))
             } else {
                 // The body is read inside the handler, so a slow upload is cut here too; a
                 // streaming response body is not (it is sent after the head).
                 match tokio::time::timeout(limits.request_timeout, app.oneshot(req)).await {
                     Ok(Ok(resp)) => resp,
                     Ok(Err(never)) => match never {},
-                    Err(_) => ApiError::RequestTimeout(limits.request_timeout).into_response(),
+                    Err(_) => (limits.render)(ApiError::RequestTimeout(limits.request_timeout)),
                 }
             };
             let in_flight = in_flight.streaming();

@@ -122,6 +122,11 @@ impl From<BrokerError> for VaultError {
     }
 }
 
+/// An error written in Vault's shape (the listener's own refusals on this listener).
+pub fn render_error(e: ApiError) -> Response {
+    VaultError::from(e).into_response()
+}
+
 /// A refusal of a call made with a Vault token: a token that does not attest (forged,
 /// expired, revoked, its task ended) is Vault's 403 `permission denied`, whatever the reason.
 pub(crate) fn with_token(e: BrokerError) -> VaultError {
