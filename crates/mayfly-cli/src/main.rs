@@ -8,6 +8,7 @@ mod databases;
 mod exec;
 mod ops;
 mod policy;
+mod proxy;
 mod serve;
 mod tasks;
 mod workload;
@@ -68,6 +69,9 @@ enum Command {
     /// Cedar policies, offline: validate a directory, evaluate a request.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// The credential-injecting egress proxy: run it, seal an upstream secret.
+    #[command(subcommand)]
+    Proxy(proxy::ProxyCommand),
     /// Workload API registration entries: which local processes get which SPIFFE ID.
     #[command(subcommand)]
     Entries(workload::EntriesCommand),
@@ -111,6 +115,7 @@ fn main() -> ExitCode {
             Command::Audit(args) => args.run().await,
             Command::Entries(cmd) => cmd.run().await,
             Command::Svid(cmd) => cmd.run().await,
+            Command::Proxy(cmd) => cmd.run().await,
         }
     });
     match result {

@@ -828,3 +828,102 @@ pub struct CloudProfileInfo {
     /// Kind-specific settings (role ARN, pool, tenant, …) as configured.
     pub settings: std::collections::BTreeMap<String, String>,
 }
+
+/// The audience of the token a credential-injecting proxy (`mayfly proxy`) presents to
+/// `/v1/proxy/*`: who may run a proxy is decided by policy on the exchange for it.
+pub const PROXY_AUDIENCE: &str = "urn:mayfly:proxy";
+
+/// Body of `POST /v1/proxy/decisions`: one request a workload sent through a proxy, and
+/// the workload's evidence (a task token, platform evidence or a join token).
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyDecisionRequest {
+    /// The workload's evidence type.
+    #[schema(min_length = 1)]
+    pub subject_token_type: String,
+    /// The workload's evidence.
+    #[schema(min_length = 1)]
+    pub subject_token: String,
+    /// The configured upstream the request goes to.
+    #[schema(min_length = 1)]
+    pub upstream: String,
+    /// The request's method, e.g. `GET`.
+    #[schema(min_length = 1)]
+    pub method: String,
+    /// The host the workload asked for (lower case, without the port).
+    #[schema(min_length = 1)]
+    pub host: String,
+    /// The request's path, percent-decoding not applied.
+    #[schema(min_length = 1)]
+    pub path: String,
+    /// The names of the query's parameters (never their values).
+    #[serde(default)]
+    pub query_keys: Vec<String>,
+    /// The workload's address as the proxy saw it.
+    #[serde(default)]
+    pub source_ip: Option<String>,
+}
+debug_without_secrets!(ProxyDecisionRequest { subject_token_type, upstream, method, host, path, query_keys });
+
+/// One header the proxy sets on the way out, replacing whatever the workload sent under that name.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct InjectedHeader {
+    /// The header's name.
+    pub name: String,
+    /// Its value. Secret.
+    pub value: String,
+}
+debug_without_secrets!(InjectedHeader { name });
+
+/// An allowed request: what to inject, and the facts the proxy watches the revocation feed for.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProxyDecisionResponse {
+    /// Always `allow` (a denial is a 403 problem).
+    pub decision: String,
+    /// The policies that allowed it.
+    pub policies: Vec<String>,
+    /// The workload's SPIFFE ID (a task's, under a task).
+    pub subject: String,
+    /// The task the workload acts under, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+    /// When the decision was made (Unix seconds): a revocation of the subject or task at or after it cuts the request.
+    pub decided_at: i64,
+    /// When the workload's identity ends (its task's end, or its evidence's): the request is cut then.
+    pub expires_at: i64,
+    /// Headers to set on the upstream request.
+    pub headers: Vec<InjectedHeader>,
+}
+
+/// An upstream as a proxy needs to know it: where it is, never its secret.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProxyUpstreamInfo {
+    /// Its name (`http://<proxy>/<name>/…` in reverse mode, `Mayfly::Upstream::"<name>"` in policy).
+    pub name: String,
+    /// Its base URL (scheme, host, port, optional path prefix).
+    pub url: String,
+    /// Hosts whose requests go to it through the forward proxy (its URL's host and the patterns configured; `*.` matches one or more labels).
+    pub hosts: Vec<String>,
+    /// How the credential is injected: `header`, `basic`, `oauth_client_credentials` or `mayfly_token`.
+    pub inject: String,
+    /// Headers the proxy removes from the workload's request before injecting.
+    pub strip_headers: Vec<String>,
+    /// PEM CA certificates the upstream's TLS certificate is checked against (empty: the system roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+    /// Largest request body forwarded, in bytes.
+    pub max_request_bytes: u64,
+    /// Largest response body passed back, in bytes.
+    pub max_response_bytes: u64,
+}
+
+/// What `GET /v1/proxy/upstreams` answers: the upstreams and how the proxy treats other hosts.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProxyUpstreamsResponse {
+    /// The configured upstreams.
+    pub upstreams: Vec<ProxyUpstreamInfo>,
+    /// `CONNECT` to a host no upstream names: tunnelled untouched (`true`) or refused (`false`, the default).
+    pub tunnel_unmatched: bool,
+    /// Addresses a tunnel may reach although they are internal (loopback, link-local, private), as CIDRs.
+    pub tunnel_internal_allowed: Vec<String>,
+}

@@ -161,6 +161,18 @@ problem_kinds! {
     CloudRefused => "cloud-refused", "Cloud refused";
     /// A cloud (AWS STS) could not be reached or answered something unexpected.
     CloudUnavailable => "cloud-unavailable", "Cloud unavailable";
+    /// An upstream's own authorization server refused or could not be reached when the
+    /// proxy's credential for it was fetched (OAuth client credentials).
+    UpstreamCredentialFailed => "upstream-credential-failed", "Upstream credential failed";
+    /// The proxy does not know who is calling: no or an unusable `Proxy-Authorization`.
+    ProxyAuthenticationRequired => "proxy-authentication-required", "Proxy authentication required";
+    /// The proxy does not go there: no upstream names the host, and tunnelling is off
+    /// (or the address is internal and not allowed).
+    DestinationRefused => "destination-refused", "Destination refused";
+    /// The proxy could not reach the upstream, or it did not answer in time.
+    UpstreamUnreachable => "upstream-unreachable", "Upstream unreachable";
+    /// Too many requests from this caller to this upstream in the current minute.
+    RateLimited => "rate-limited", "Rate limited";
     /// A database could not be reached.
     DatabaseUnavailable => "database-unavailable", "Database unavailable";
     /// An issuer's keys (JWKS) could not be fetched.

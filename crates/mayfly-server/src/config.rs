@@ -13,6 +13,7 @@ pub use crate::authorize::config::PolicyConfig;
 pub use crate::broker::config::{
     AudienceConfig, SignalSenderConfig, SignalsConfig, TasksConfig, TokensConfig, WorkloadApiConfig,
 };
+pub use crate::broker::proxy::config::ProxyConfig;
 pub use crate::deliver::config::{DpopConfig, ListenConfig};
 pub use crate::deliver::vault_api::config::VaultApiConfig;
 pub use crate::issue::cloud::config::CloudConfig;
@@ -117,6 +118,9 @@ pub struct Config {
     /// The Vault-compatible HTTP API (off unless `listen` is set).
     #[serde(default)]
     pub vault_api: VaultApiConfig,
+    /// Upstreams of the credential-injecting proxy (`mayfly proxy`).
+    #[serde(default)]
+    pub proxy: ProxyConfig,
 }
 
 impl Config {
@@ -158,6 +162,11 @@ impl Config {
         for s in &mut self.signals.senders {
             fix(&mut s.jwks_file);
         }
+        for u in &mut self.proxy.upstreams {
+            if let Some(p) = &mut u.ca_file {
+                fix(p);
+            }
+        }
     }
 
     /// Checks values that serde cannot: ranges, combinations, names.
@@ -193,6 +202,7 @@ impl Config {
             plaintext_allowed: self.listen.dangerously_allow_plaintext,
         };
         self.vault_api.validate(&elsewhere).map_err(ConfigError::Invalid)?;
+        self.proxy.validate().map_err(ConfigError::Invalid)?;
         for db in &self.databases {
             let name_ok = |n: &str| {
                 !n.is_empty() && n.len() <= 64 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')

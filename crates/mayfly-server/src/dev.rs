@@ -132,5 +132,6 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> Result<Config, DevSetupEr
         revocations: Default::default(),
         audit: Default::default(),
         vault_api: Default::default(),
+        proxy: Default::default(),
     })
 }

@@ -341,6 +341,8 @@ pub async fn start(cfg: Config, listener: Option<TcpListener>) -> Result<Running
         contexts: contexts.clone(),
         max_evidence_age_secs: cfg.attest.max_evidence_age.as_secs() as i64,
         clouds,
+        proxy: crate::broker::proxy::ProxyUpstreams::from_config(&cfg.proxy, &kek)
+            .map_err(|e| StartError::Config(crate::config::ConfigError::Invalid(e)))?,
     }));
     // Half-done work from before a crash is finished or undone before anything new is
     // issued. On a shared store other replicas may be mid-creation: the leader does this

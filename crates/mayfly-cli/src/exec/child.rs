@@ -24,6 +24,8 @@ pub(super) struct ChildEnv {
     pub(super) renew: Vec<(Want, u64)>,
     /// Cloud profiles to renew, with their tokens' lifetime.
     pub(super) renew_clouds: Vec<(String, u64)>,
+    /// The command's credential-injecting proxy (`--proxy`), stopped when this drops.
+    pub(super) proxy: Option<crate::proxy::RunningProxy>,
 }
 
 /// How the child ended.

@@ -89,8 +89,15 @@ pub struct ExecArgs {
     clouds: Vec<String>,
     /// Also give the command the task token (MAYFLY_TASK_TOKEN), so it can get more
     /// credentials or sub-tasks under the same task.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "proxy")]
     pass_task_token: bool,
+    /// Run a credential-injecting proxy for the command (`[proxy]` upstreams on the server):
+    /// its HTTP_PROXY/HTTPS_PROXY point at it with a per-command secret, and it trusts the
+    /// proxy's CA (SSL_CERT_FILE, REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE, NODE_EXTRA_CA_CERTS).
+    /// The upstream secrets never reach the command. Policy must let the task exchange
+    /// for `urn:mayfly:proxy` and decide `Action::"proxy"` per request.
+    #[arg(long)]
+    proxy: bool,
     /// The command and its arguments.
     #[arg(trailing_var_arg = true, required = true, num_args = 1.., value_name = "CMD")]
     command: Vec<String>,
@@ -198,6 +205,10 @@ impl ExecArgs {
         }
 
         let outcome = run_child(&self.command, &env.vars, &self.withheld(), &mut ended_rx).await;
+        // The command's proxy serves no one after it.
+        if let Some(proxy) = &env.proxy {
+            proxy.stop();
+        }
         for r in renewals {
             r.abort();
         }
@@ -267,7 +278,7 @@ impl ExecArgs {
         vars.insert("MAYFLY_TASK_SPIFFE_ID".to_owned(), session.task.spiffe_id.clone());
         vars.insert("MAYFLY_URL".to_owned(), session.remote.url.clone());
         // Cloud SDKs read their tokens from files, whatever the delivery of the rest.
-        let dir = match (self.deliver, self.clouds.is_empty()) {
+        let dir = match (self.deliver, self.clouds.is_empty() && !self.proxy) {
             (Delivery::Env, true) => None,
             _ => {
                 let base = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
@@ -313,8 +324,53 @@ impl ExecArgs {
                 }
             }
         }
-        Ok((ChildEnv { vars, renew, renew_clouds }, dir))
+        let proxy = match dir.as_ref().filter(|_| self.proxy) {
+            Some(d) => Some(start_proxy(session, d.path(), &mut vars).await?),
+            None => None,
+        };
+        Ok((ChildEnv { vars, renew, renew_clouds, proxy }, dir))
     }
+}
+
+/// Where a system's CA bundle usually is (Debian, Fedora, Alpine, macOS via Homebrew's).
+const SYSTEM_CA_BUNDLES: [&str; 3] =
+    ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"];
+
+/// Starts the command's proxy and points the command at it: a per-command secret in the
+/// proxy URL, the proxy's CA beside the system's in the bundles the command's TLS stacks read.
+async fn start_proxy(
+    session: &Session,
+    dir: &std::path::Path,
+    vars: &mut BTreeMap<String, String>,
+) -> anyhow::Result<crate::proxy::RunningProxy> {
+    use rand::Rng;
+    let secret: String = rand::rng().sample_iter(&rand::distr::Alphanumeric).take(40).map(char::from).collect();
+    let task_token = session.task_token.clone();
+    let own = task_token.clone();
+    let evidence = Box::new(move || Ok((own.clone(), TOKEN_TYPE_TASK)));
+    let exec = crate::proxy::ExecWorkload { secret: secret.clone(), task_token };
+    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let running =
+        crate::proxy::start(session.remote.clone(), evidence, Some(exec), listen).await.context("starting the proxy")?;
+    let ca_only = dir.join("proxy-ca.pem");
+    std::fs::write(&ca_only, running.ca_pem())?;
+    let mut bundle = running.ca_pem().to_owned();
+    if let Some(system) = SYSTEM_CA_BUNDLES.iter().find_map(|p| std::fs::read_to_string(p).ok()) {
+        bundle.push('\n');
+        bundle.push_str(&system);
+    }
+    let bundle_path = dir.join("ca-bundle.pem");
+    std::fs::write(&bundle_path, bundle)?;
+    let url = format!("http://mayfly:{secret}@{}", running.addr);
+    for var in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+        vars.insert(var.to_owned(), url.clone());
+    }
+    for var in ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"] {
+        vars.insert(var.to_owned(), bundle_path.display().to_string());
+    }
+    vars.insert("NODE_EXTRA_CA_CERTS".to_owned(), ca_only.display().to_string());
+    vars.insert("MAYFLY_PROXY_CA_FILE".to_owned(), ca_only.display().to_string());
+    Ok(running)
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ pub use loading::schema;
 use loading::{fingerprint, load_dir, read_sources};
 pub use requests::{
     ActForRequest, ApproveRequest, CertificateRequest, CloudRequest, ExchangeRequest, FetchSvidRequest, IssueRequest,
-    StartTaskRequest,
+    ProxyRequest, StartTaskRequest,
 };
 use values::{boolean, context, ip_value, long, now_value, scope_values, string, text, texts};
 
@@ -123,6 +123,7 @@ pub struct PolicyEngine {
     svid_type: EntityTypeName,
     cloud_type: EntityTypeName,
     certificate_role_type: EntityTypeName,
+    upstream_type: EntityTypeName,
     subject_type: EntityTypeName,
     exchange_action: EntityUid,
     fetch_svid_action: EntityUid,
@@ -132,6 +133,7 @@ pub struct PolicyEngine {
     act_for_action: EntityUid,
     cloud_action: EntityUid,
     certificate_action: EntityUid,
+    proxy_action: EntityUid,
     /// Signalled contexts, once the server has them.
     signalled: std::sync::OnceLock<Arc<dyn SignalledFacts>>,
 }
@@ -162,6 +164,7 @@ impl PolicyEngine {
             svid_type: parse("Mayfly::Svid")?,
             cloud_type: parse("Mayfly::Cloud")?,
             certificate_role_type: parse("Mayfly::CertificateRole")?,
+            upstream_type: parse("Mayfly::Upstream")?,
             subject_type: parse("Mayfly::Subject")?,
             exchange_action: action("exchange")?,
             fetch_svid_action: action("fetch_svid")?,
@@ -171,6 +174,7 @@ impl PolicyEngine {
             act_for_action: action("act_for")?,
             cloud_action: action("cloud")?,
             certificate_action: action("certificate")?,
+            proxy_action: action("proxy")?,
             signalled: std::sync::OnceLock::new(),
             schema,
         })
@@ -361,6 +365,35 @@ impl PolicyEngine {
                 ("now_unix", long(req.now)),
             ]);
             Ok((principal, self.certificate_action.clone(), resource, context, entity_set(entities)?))
+        })
+    }
+
+    /// Decides one request a workload sends through the credential-injecting proxy.
+    pub fn decide_proxy(&self, req: &ProxyRequest<'_>) -> Decision {
+        self.decide_with_signals(req.principal, req.now, |principal| {
+            self.decide_proxy_as(&ProxyRequest { principal, ..req.clone() })
+        })
+    }
+
+    fn decide_proxy_as(&self, req: &ProxyRequest<'_>) -> Decision {
+        self.decide(|| {
+            let (principal, mut entities) = self.principal(req.principal)?;
+            let resource = EntityUid::from_type_name_and_id(self.upstream_type.clone(), EntityId::new(req.upstream));
+            let attrs =
+                [("name".to_owned(), string(req.upstream)), ("url".to_owned(), string(req.upstream_url))].into_iter().collect();
+            entities.push(Entity::new(resource.clone(), attrs, Default::default()).map_err(|e| e.to_string())?);
+            let context = context([
+                ("scopes", texts(req.scopes.iter().map(String::as_str))),
+                ("method", text(req.method)),
+                ("host", text(req.host)),
+                ("path", text(req.path)),
+                ("query_keys", texts(req.query_keys.iter().map(String::as_str))),
+                ("ttl_seconds", long(req.ttl_seconds)),
+                ("source_ip", ip_value(req.source_ip)?),
+                ("now", now_value(req.now)?),
+                ("now_unix", long(req.now)),
+            ]);
+            Ok((principal, self.proxy_action.clone(), resource, context, entity_set(entities)?))
         })
     }
 

@@ -151,3 +151,30 @@ pub struct ActForRequest<'a> {
     /// Unix seconds.
     pub now: i64,
 }
+
+/// One request through the credential-injecting proxy, as policy sees it.
+#[derive(Debug, Clone)]
+pub struct ProxyRequest<'a> {
+    /// The workload (or task) that sent it.
+    pub principal: Principal<'a>,
+    /// The upstream's name.
+    pub upstream: &'a str,
+    /// The upstream's base URL.
+    pub upstream_url: &'a str,
+    /// The task's scopes (empty for a workload).
+    pub scopes: &'a [String],
+    /// The request's method.
+    pub method: &'a str,
+    /// The host asked for.
+    pub host: &'a str,
+    /// The path as sent.
+    pub path: &'a str,
+    /// Names of the query's parameters.
+    pub query_keys: &'a [String],
+    /// What is left of the caller's identity, in seconds.
+    pub ttl_seconds: i64,
+    /// The workload's address.
+    pub source_ip: IpAddr,
+    /// Unix seconds.
+    pub now: i64,
+}

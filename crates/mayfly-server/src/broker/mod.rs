@@ -8,6 +8,7 @@ pub mod config;
 pub mod containment;
 pub mod db_credentials;
 pub mod failures;
+pub mod proxy;
 pub mod queries;
 pub mod refusals;
 pub mod signals;
@@ -105,6 +106,17 @@ pub enum BrokerError {
     /// AWS STS refused or could not be reached.
     #[error(transparent)]
     Sts(#[from] crate::issue::cloud::aws_sts::StsError),
+    /// The caller sent more requests to a proxy upstream this minute than it allows.
+    #[error("more than {per_minute} requests this minute to upstream {upstream:?}; retry in the next minute")]
+    RateLimited {
+        /// The upstream.
+        upstream: String,
+        /// Its limit per caller and minute.
+        per_minute: u32,
+    },
+    /// The upstream's own token endpoint refused or could not be reached.
+    #[error("the credential for the upstream could not be fetched: {0}")]
+    UpstreamCredential(String),
 }
 
 impl From<LedgerError> for BrokerError {
@@ -135,6 +147,9 @@ pub enum Missing {
     /// A configured cloud profile, by name.
     #[error("no cloud profile is named {0:?}")]
     Cloud(String),
+    /// A proxy upstream, by name.
+    #[error("no proxy upstream is named {0:?}")]
+    Upstream(String),
     /// A role of a configured database.
     #[error("database {database:?} has no role {role:?}")]
     Role {
@@ -290,6 +305,8 @@ pub struct BrokerParts {
     pub max_evidence_age_secs: i64,
     /// Cloud profiles.
     pub clouds: crate::issue::cloud::CloudProfiles,
+    /// The credential-injecting proxy's upstreams, their secrets opened.
+    pub proxy: crate::broker::proxy::ProxyUpstreams,
 }
 
 /// The broker: the parts of the flow, wired together.
@@ -317,6 +334,7 @@ pub struct Broker {
     attestations: Arc<tokio::sync::Semaphore>,
     workload_api: crate::broker::config::WorkloadApiConfig,
     clouds: crate::issue::cloud::CloudProfiles,
+    proxy: crate::broker::proxy::ProxyUpstreams,
     /// Calls AWS STS for `aws` cloud profiles (`None` if the HTTP client could not be built).
     sts: Option<crate::issue::cloud::aws_sts::StsClient>,
 }
@@ -365,6 +383,7 @@ impl Broker {
             attestations: Arc::new(tokio::sync::Semaphore::new(crate::broker::svids::ATTESTATIONS_AT_ONCE)),
             workload_api: parts.workload_api,
             clouds: parts.clouds,
+            proxy: parts.proxy,
             sts: crate::issue::cloud::aws_sts::StsClient::new()
                 .inspect_err(|e| tracing::error!(error = %e, "no HTTP client for AWS STS"))
                 .ok(),

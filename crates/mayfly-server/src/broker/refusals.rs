@@ -130,6 +130,12 @@ pub enum InvalidScope {
 /// The request is malformed in another way (`invalid_request`).
 #[derive(Debug, thiserror::Error)]
 pub enum InvalidRequest {
+    /// A proxy decision request that does not describe an HTTP request.
+    #[error("proxy request: {why}")]
+    ProxyRequest {
+        /// What is wrong.
+        why: String,
+    },
     /// `requested_lifetime` is 0.
     #[error("requested_lifetime must be at least 1 second")]
     ZeroLifetime,

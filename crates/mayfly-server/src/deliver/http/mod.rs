@@ -10,6 +10,7 @@ mod introspect;
 pub mod metrics;
 mod openapi;
 mod problems;
+mod proxy;
 mod records;
 mod signals;
 mod tasks;
@@ -106,6 +107,8 @@ pub(crate) fn api() -> utoipa_axum::router::OpenApiRouter<AppState> {
         .routes(routes!(clouds::token))
         .routes(routes!(clouds::aws_credentials))
         .routes(routes!(clouds::list))
+        .routes(routes!(proxy::upstreams))
+        .routes(routes!(proxy::decide))
         .routes(routes!(admin::create_join_token))
         .routes(routes!(admin::list_admin_tokens, admin::create_admin_token))
         .routes(routes!(admin::revoke_admin_token))
@@ -337,6 +340,10 @@ pub(crate) async fn require_verifier(
 /// `Some(None)` for the bare verifier audience, `Some(Some(aud))` for one naming the
 /// audience it verifies for, `None` for any other audience.
 fn verifier_audience(aud: &str) -> Option<Option<&str>> {
+    // A proxy follows the feed to cut what a revocation ends, with the token it already holds.
+    if aud == mayfly_proto::PROXY_AUDIENCE {
+        return Some(None);
+    }
     match aud.strip_prefix(VERIFIER_AUDIENCE)? {
         "" => Some(None),
         rest => rest.strip_prefix(':').filter(|a| !a.is_empty()).map(Some),

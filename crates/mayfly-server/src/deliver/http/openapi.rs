@@ -42,6 +42,16 @@ impl Modify for AdminToken {
                     .build(),
             ),
         );
+        components.add_security_scheme(
+            "proxy_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some("A Mayfly access token for the audience urn:mayfly:proxy, held by mayfly proxy"))
+                    .build(),
+            ),
+        );
     }
 }
 
