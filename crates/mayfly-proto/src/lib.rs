@@ -902,7 +902,7 @@ pub struct ProxyUpstreamInfo {
     pub name: String,
     /// Its base URL (scheme, host, port, optional path prefix).
     pub url: String,
-    /// Hosts whose requests go to it through the forward proxy (its URL's host and the patterns configured; `*.` matches one or more labels).
+    /// Hosts whose requests go to it through the forward proxy (those configured, or else its URL's host; `*.` matches one or more labels).
     pub hosts: Vec<String>,
     /// How the credential is injected: `header`, `basic`, `oauth_client_credentials` or `mayfly_token`.
     pub inject: String,

@@ -32,7 +32,8 @@ pub struct UpstreamConfig {
     pub name: String,
     /// Its base URL, e.g. `https://api.payments.example` (a path prefix is allowed).
     pub url: String,
-    /// More hosts whose requests go to it (`*.example.com` matches any name below).
+    /// Hosts whose requests go to it through the forward proxy (`*.example.com` matches any
+    /// name below); default: its URL's host.
     #[serde(default)]
     pub hosts: Vec<String>,
     /// PEM CA certificates its TLS certificate must chain to (default: the system roots).
@@ -390,10 +391,13 @@ impl ProxyConfig {
         Ok(())
     }
 
-    /// The host patterns of an upstream: its URL's host, then those configured.
+    /// The host patterns of an upstream: those configured, or else its URL's host.
     pub fn hosts_of<'a>(&self, u: &'a UpstreamConfig) -> Vec<&'a str> {
+        if !u.hosts.is_empty() {
+            return u.hosts.iter().map(String::as_str).collect();
+        }
         let host = u.url.split("://").nth(1).and_then(|rest| rest.split(['/', ':']).next()).unwrap_or("");
-        std::iter::once(host).chain(u.hosts.iter().map(String::as_str)).filter(|h| !h.is_empty()).collect()
+        if host.is_empty() { Vec::new() } else { vec![host] }
     }
 }
 
@@ -456,6 +460,7 @@ mod tests {
             (second("b", "https://b.example/?k=v", ""), "query or fragment"),
             (second("b", "https://b.example", "\"B.example\""), "host pattern"),
             (second("b", "https://b.example", "\"api.pay.example\""), "both claim host"),
+            (second("b", "https://api.pay.example/other", ""), "both claim host"),
         ];
         for (text, expected) in cases {
             let err = parse(&text).expect_err(&text);

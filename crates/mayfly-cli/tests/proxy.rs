@@ -1,0 +1,289 @@
+//! `mayfly exec --proxy` and `mayfly proxy`: real clients (curl, Python requests and httpx)
+//! reach real upstreams on loopback through the proxy; the upstream's key is injected on the
+//! way out and never reaches the command; policy decides per request; a revocation cuts a
+//! stream mid-way; what should be refused is.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use mayfly_testkit::TestConfig;
+use serde_json::Value;
+
+const API_KEY: &str = "sk_live_upstream_key_never_in_the_workload";
+
+const POLICIES: &str = r#"
+permit (principal, action == Mayfly::Action::"start_task", resource) when { principal.attestor == "join_token" };
+// A task may be its own command's proxy, and get tokens for the internal service.
+permit (principal is Mayfly::Task, action == Mayfly::Action::"exchange", resource)
+  when { resource == Mayfly::Audience::"urn:mayfly:proxy" || resource == Mayfly::Audience::"https://internal.test" };
+@id("tasks-call-upstreams")
+permit (principal is Mayfly::Task, action == Mayfly::Action::"proxy", resource);
+@id("no-admin-paths")
+forbid (principal, action == Mayfly::Action::"proxy", resource == Mayfly::Upstream::"pay")
+  when { context.path like "/admin*" };
+"#;
+
+/// A Python upstream (tests/proxy_upstream.py) on a free port; killed on drop.
+struct Upstream {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn upstream(dir: &Path, name: &str, args: &[&str]) -> Upstream {
+    let port_file = dir.join(format!("{name}.port"));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/proxy_upstream.py");
+    let child = Command::new("python3").arg(script).arg(&port_file).args(args).stdin(Stdio::null()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(p) = std::fs::read_to_string(&port_file) {
+            return Upstream { child, port: p.trim().parse().unwrap() };
+        }
+        assert!(Instant::now() < deadline, "the upstream {name} did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A CA and a certificate for 127.0.0.1 signed by it, for the HTTPS upstream.
+fn upstream_tls(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::default();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::from_ca_cert_der(ca_cert.der(), ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::default();
+    leaf.subject_alt_names = vec![SanType::IpAddress([127, 0, 0, 1].into())];
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    let paths = (dir.join("upstream-ca.pem"), dir.join("upstream.pem"), dir.join("upstream.key"));
+    std::fs::write(&paths.0, ca_cert.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
+}
+
+struct Setup {
+    srv: ServerProcess,
+    _pay: Upstream,
+    _internal: Upstream,
+    _dir: tempfile::TempDir,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = upstream_tls(dir.path());
+    let pay = upstream(dir.path(), "pay", &["--tls", cert.to_str().unwrap(), key.to_str().unwrap(), "--key", API_KEY]);
+    let internal = upstream(dir.path(), "internal", &[]);
+    // A port nothing listens on: an upstream that is down.
+    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let proxy = format!(
+        r#"
+[[proxy.upstreams]]
+name = "pay"
+url = "https://127.0.0.1:{pay}"
+hosts = ["api.pay.test"]
+ca_file = "{ca}"
+requests_per_minute = 40
+[proxy.upstreams.inject]
+kind = "header"
+header = "X-Api-Key"
+secret = "{API_KEY}"
+
+[[proxy.upstreams]]
+name = "internal"
+url = "http://127.0.0.1:{internal}"
+hosts = ["internal.test"]
+[proxy.upstreams.inject]
+kind = "mayfly_token"
+audience = "https://internal.test"
+
+[[proxy.upstreams]]
+name = "down"
+url = "http://127.0.0.1:{down}"
+hosts = ["down.test"]
+[proxy.upstreams.inject]
+kind = "basic"
+username = "svc"
+secret = "pw"
+"#,
+        pay = pay.port,
+        ca = ca.display(),
+        internal = internal.port,
+    );
+    let cfg = TestConfig::new().trust_domain("proxy.test").free_port().policies(POLICIES).toml(&proxy);
+    let srv = start_server(&cfg.write(dir.path()));
+    Setup { srv, _pay: pay, _internal: internal, _dir: dir }
+}
+
+fn join_token(srv: &ServerProcess) -> String {
+    let out = mayfly(&["join-token", "create", "--spiffe-path", "agents/researcher"], &srv.env());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout).trim().to_owned()
+}
+
+fn exec_proxy(srv: &ServerProcess, script: &str, cwd: &Path) -> Child {
+    Command::new(BIN)
+        .args(["exec", "--url", &srv.url, "--proxy", "--", "sh", "-c", script])
+        .current_dir(cwd)
+        .env("MAYFLY_JOIN_TOKEN", join_token(srv))
+        .env_remove("MAYFLY_ADMIN_TOKEN")
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn read(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}")).trim().to_owned()
+}
+
+fn json(dir: &Path, name: &str) -> Value {
+    serde_json::from_str(&read(dir, name)).unwrap_or_else(|e| panic!("{name}: {e}: {}", read(dir, name)))
+}
+
+#[test]
+fn real_clients_get_the_key_injected_and_never_hold_it_and_policy_decides_each_request() {
+    let s = setup();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let script = r#"
+set -u
+# https through CONNECT, TLS terminated by the proxy; the workload's own key is replaced.
+curl -sS -o pay.json -w '%{http_code}' -H 'X-Api-Key: a-key-the-workload-made-up' 'https://api.pay.test/v1/charges?limit=1&cursor=x' > pay.code
+# A path policy forbids.
+curl -sS -o denied.json -w '%{http_code}' https://api.pay.test/admin/keys > denied.code
+# Plain http, absolute form; a Mayfly token minted for the internal service.
+curl -sS -o internal.json -w '%{http_code}' -X POST -d 'hello' http://internal.test/whoami > internal.code
+# A host no upstream names, over CONNECT and over plain http.
+curl -sS -o /dev/null https://elsewhere.test/ 2> elsewhere.err; echo $? > elsewhere.code
+curl -sS -o elsewhere.json -w '%{http_code}' http://elsewhere.test/ > elsewhere-http.code
+# An upstream that is down.
+curl -sS -o down.json -w '%{http_code}' http://down.test/ > down.code
+# No identity: the same proxy without the command's secret.
+P="${HTTP_PROXY##*@}"
+curl -sS -o noauth.json -w '%{http_code}' -x "http://$P" http://internal.test/ > noauth.code
+# Python's requests and httpx, as the environment configures them.
+python3 -c "import requests; r = requests.get('https://api.pay.test/v1/requests'); print(r.status_code, r.json()['headers']['x-api-key'] != '')" > requests.out
+python3 -c "import httpx; r = httpx.get('https://api.pay.test/v1/httpx'); print(r.status_code, r.json()['path'])" > httpx.out
+# What the command holds.
+env > env.txt
+cat "$SSL_CERT_FILE" "$NODE_EXTRA_CA_CERTS" > certs.txt
+"#;
+    let child = exec_proxy(&s.srv, script, w);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    assert_eq!(read(w, "pay.code"), "200", "{}", read(w, "pay.json"));
+    let pay = json(w, "pay.json");
+    assert_eq!(pay["headers"]["x-api-key"], API_KEY, "the configured key replaced the workload's");
+    assert_eq!(pay["path"], "/v1/charges?limit=1&cursor=x");
+    assert!(pay["headers"].get("proxy-authorization").is_none(), "the proxy credential stays at the proxy");
+
+    assert_eq!(read(w, "denied.code"), "403");
+    let denied = json(w, "denied.json");
+    assert_eq!(denied["type"], "urn:mayfly:problem:policy-denied", "{denied}");
+    assert_eq!(denied["policies"], serde_json::json!(["no-admin-paths"]));
+
+    assert_eq!(read(w, "internal.code"), "200", "{}", read(w, "internal.json"));
+    let internal = json(w, "internal.json");
+    assert_eq!(internal["body"], "hello", "the body is forwarded");
+    let bearer = internal["headers"]["authorization"].as_str().unwrap().strip_prefix("Bearer ").unwrap().to_owned();
+    let claims: Value = {
+        use base64::Engine;
+        let payload = bearer.split('.').nth(1).unwrap();
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+    };
+    assert_eq!(claims["aud"], "https://internal.test");
+    assert!(claims["sub"].as_str().unwrap().starts_with("spiffe://proxy.test/"), "{claims}");
+    assert!(claims["task_id"].is_string(), "minted under the command's task: {claims}");
+
+    assert_ne!(read(w, "elsewhere.code"), "0", "CONNECT to an unconfigured host is refused");
+    assert_eq!(read(w, "elsewhere-http.code"), "403");
+    assert_eq!(json(w, "elsewhere.json")["type"], "urn:mayfly:problem:destination-refused");
+    assert_eq!(read(w, "down.code"), "502");
+    assert_eq!(json(w, "down.json")["type"], "urn:mayfly:problem:upstream-unreachable");
+    assert_eq!(read(w, "noauth.code"), "407");
+    assert_eq!(json(w, "noauth.json")["type"], "urn:mayfly:problem:proxy-authentication-required");
+    assert_eq!(read(w, "requests.out"), "200 True");
+    assert_eq!(read(w, "httpx.out"), "200 /v1/httpx");
+
+    // Nothing the command held or wrote carries the key.
+    for entry in std::fs::read_dir(w).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().is_some_and(|n| n == "pay.json") {
+            continue; // the upstream's echo of what it received
+        }
+        let content = std::fs::read(&path).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&content).contains(API_KEY),
+            "{} holds the upstream key",
+            path.display()
+        );
+    }
+    let env = read(w, "env.txt");
+    assert!(env.contains("HTTPS_PROXY=http://mayfly:"), "{env}");
+    assert!(!env.contains("MAYFLY_TASK_TOKEN") && !env.contains("MAYFLY_JOIN_TOKEN"));
+    assert!(read(w, "certs.txt").contains("BEGIN CERTIFICATE"));
+
+    // Denials and allowed requests are audited; never the key.
+    let audit = mayfly(&["audit", "--json", "--limit", "500"], &s.srv.env());
+    assert!(audit.status.success(), "{}", text(&audit.stderr));
+    let audit = text(&audit.stdout);
+    assert!(audit.contains("proxy.allowed"), "{audit}");
+    assert!(audit.contains("no-admin-paths"), "the denial names its rule: {audit}");
+    assert!(!audit.contains(API_KEY));
+    let logs = s.srv.logs().join("\n");
+    assert!(!logs.contains(API_KEY), "the server never logs the key");
+}
+
+#[test]
+fn revoking_the_task_cuts_a_stream_mid_way_and_the_rate_limit_answers_429() {
+    let s = setup();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let script = r#"
+echo "$MAYFLY_TASK_ID" > task
+# Over the rate: 40 a minute to "pay" for one task.
+n=0; while [ $n -lt 45 ]; do curl -s -o /dev/null -w '%{http_code}\n' https://api.pay.test/v1/x >> rate.codes; n=$((n+1)); done
+curl -sS -N http://internal.test/stream > stream.out 2> stream.err; echo $? > stream.code
+sleep 30
+"#;
+    let mut child = exec_proxy(&s.srv, script, w);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_to_string(w.join("stream.out")).map(|t| t.lines().count()).unwrap_or(0) < 3 {
+        assert!(Instant::now() < deadline, "the stream did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let codes = read(w, "rate.codes");
+    let ok = codes.lines().filter(|c| *c == "200").count();
+    let limited = codes.lines().filter(|c| *c == "429").count();
+    assert!(ok <= 40 && ok + limited == 45, "{codes}");
+    let task = read(w, "task");
+    let revoked_at = Instant::now();
+    let out = mayfly(&["revoke", "--task", &task], &s.srv.env());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    while !w.join("stream.code").exists() {
+        assert!(revoked_at.elapsed() < Duration::from_secs(5), "the stream was not cut");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let cut_after = revoked_at.elapsed();
+    assert!(cut_after < Duration::from_millis(1500), "cut {cut_after:?} after the revocation");
+    assert_ne!(read(w, "stream.code"), "0", "curl saw the stream cut");
+    let chunks = read(w, "stream.out").lines().count();
+    assert!(chunks < 100, "the stream did not run to its end ({chunks} chunks)");
+    let _ = child.kill();
+    let _ = child.wait();
+}
