@@ -175,6 +175,22 @@ curl -sS -o down.json -w '%{http_code}' http://down.test/ > down.code
 # No identity: the same proxy without the command's secret.
 P="${HTTP_PROXY##*@}"
 curl -sS -o noauth.json -w '%{http_code}' -x "http://$P" http://internal.test/ > noauth.code
+# Smuggling (both framings), the cloud metadata address, CONNECT to loopback: refused.
+python3 - > smuggle.out <<'PY'
+import base64, os, socket
+cred, addr = os.environ["HTTP_PROXY"][len("http://"):].split("@")
+host, port = addr.split(":")
+s = socket.create_connection((host, int(port)))
+auth = base64.b64encode(cred.encode()).decode()
+s.sendall(("POST http://internal.test/x HTTP/1.1\r\nHost: internal.test\r\nProxy-Authorization: Basic " + auth +
+           "\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: internal.test\r\n\r\n").encode())
+s.settimeout(5)
+import time
+time.sleep(1)
+print(s.recv(65536).decode(errors="replace"))
+PY
+curl -sS -o imds.json -w '%{http_code}' http://169.254.169.254/latest/meta-data/ > imds.code
+curl -sS -o /dev/null "https://127.0.0.1:${HTTP_PROXY##*:}/" 2> loopback.err; echo $? > loopback.code
 # Python's requests and httpx, as the environment configures them.
 python3 -c "import requests; r = requests.get('https://api.pay.test/v1/requests'); print(r.status_code, r.json()['headers']['x-api-key'] != '')" > requests.out
 python3 -c "import httpx; r = httpx.get('https://api.pay.test/v1/httpx'); print(r.status_code, r.json()['path'])" > httpx.out
@@ -217,6 +233,14 @@ cat "$SSL_CERT_FILE" "$NODE_EXTRA_CA_CERTS" > certs.txt
     assert_eq!(json(w, "down.json")["type"], "urn:mayfly:problem:upstream-unreachable");
     assert_eq!(read(w, "noauth.code"), "407");
     assert_eq!(json(w, "noauth.json")["type"], "urn:mayfly:problem:proxy-authentication-required");
+    // Framed by Transfer-Encoding (RFC 9112 §6.3) and re-originated: the tail is the
+    // proxy's next request (no upstream named "smuggled"), never a request to the upstream.
+    let smuggle = read(w, "smuggle.out");
+    assert!(smuggle.starts_with("HTTP/1.1 400") || smuggle.starts_with("HTTP/1.1 200"), "{smuggle}");
+    assert!(!smuggle.contains("\"path\": \"/smuggled\""), "{smuggle}");
+    assert_eq!(read(w, "imds.code"), "403");
+    assert_eq!(json(w, "imds.json")["type"], "urn:mayfly:problem:destination-refused");
+    assert_ne!(read(w, "loopback.code"), "0", "CONNECT to loopback is refused");
     assert_eq!(read(w, "requests.out"), "200 True");
     assert_eq!(read(w, "httpx.out"), "200 /v1/httpx");
 
@@ -227,11 +251,7 @@ cat "$SSL_CERT_FILE" "$NODE_EXTRA_CA_CERTS" > certs.txt
             continue; // the upstream's echo of what it received
         }
         let content = std::fs::read(&path).unwrap();
-        assert!(
-            !String::from_utf8_lossy(&content).contains(API_KEY),
-            "{} holds the upstream key",
-            path.display()
-        );
+        assert!(!String::from_utf8_lossy(&content).contains(API_KEY), "{} holds the upstream key", path.display());
     }
     let env = read(w, "env.txt");
     assert!(env.contains("HTTPS_PROXY=http://mayfly:"), "{env}");

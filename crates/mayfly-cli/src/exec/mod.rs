@@ -350,8 +350,9 @@ async fn start_proxy(
     let evidence = Box::new(move || Ok((own.clone(), TOKEN_TYPE_TASK)));
     let exec = crate::proxy::ExecWorkload { secret: secret.clone(), task_token };
     let listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    let running =
-        crate::proxy::start(session.remote.clone(), evidence, Some(exec), listen).await.context("starting the proxy")?;
+    let running = crate::proxy::start(session.remote.clone(), evidence, Some(exec), listen)
+        .await
+        .context("starting the proxy")?;
     let ca_only = dir.join("proxy-ca.pem");
     std::fs::write(&ca_only, running.ca_pem())?;
     let mut bundle = running.ca_pem().to_owned();

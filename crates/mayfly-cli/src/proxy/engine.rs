@@ -93,7 +93,11 @@ fn now() -> i64 {
 
 impl Proxy {
     /// Gets a proxy token, reads the upstreams from the server and makes the CA.
-    pub async fn open(remote: Remote, evidence: EvidenceSource, exec: Option<ExecWorkload>) -> anyhow::Result<Arc<Self>> {
+    pub async fn open(
+        remote: Remote,
+        evidence: EvidenceSource,
+        exec: Option<ExecWorkload>,
+    ) -> anyhow::Result<Arc<Self>> {
         let server = remote.client()?;
         let mut proxy = Self {
             remote,
@@ -133,9 +137,11 @@ impl Proxy {
             proxy.internal_allowed.push(mayfly_server::broker::proxy::config::parse_cidr(c).map_err(|e| anyhow!(e))?);
         }
         let proxy = Arc::new(proxy);
-        proxy.follower.poll_with(&proxy.server, &proxy.remote.url, &proxy.feed_credential()).await.map_err(|e| {
-            anyhow!("cannot read the revocation feed with the proxy token: {e}")
-        })?;
+        proxy
+            .follower
+            .poll_with(&proxy.server, &proxy.remote.url, &proxy.feed_credential())
+            .await
+            .map_err(|e| anyhow!("cannot read the revocation feed with the proxy token: {e}"))?;
         Ok(proxy)
     }
 
@@ -215,7 +221,10 @@ impl Proxy {
     /// The proxy's own token for the server, exchanged again when close to its end or refused.
     async fn token(&self, refresh: bool) -> anyhow::Result<String> {
         let mut held = self.token.lock().await;
-        if !refresh && let Some((token, exp)) = held.as_ref() && *exp - now() > TOKEN_MARGIN_SECS {
+        if !refresh
+            && let Some((token, exp)) = held.as_ref()
+            && *exp - now() > TOKEN_MARGIN_SECS
+        {
             return Ok(token.clone());
         }
         let (evidence, kind) = (self.evidence)()?;
@@ -230,14 +239,13 @@ impl Proxy {
     /// Asks the server about one request; the proxy token is renewed once if refused.
     pub(super) async fn decide(&self, req: &ProxyDecisionRequest) -> Result<ProxyDecisionResponse, Refusal> {
         let url = self.remote.endpoint("/v1/proxy/decisions");
-        let unavailable = |detail: String| Refusal {
-            status: 503,
-            problem: problem(ProblemKind::Unavailable, 503, detail),
-        };
+        let unavailable =
+            |detail: String| Refusal { status: 503, problem: problem(ProblemKind::Unavailable, 503, detail) };
         for attempt in 0..2 {
             let token = self.token(attempt > 0).await.map_err(|e| unavailable(format!("no proxy token: {e:#}")))?;
             let sent = self.server.post(&url).bearer_auth(&token).json(req).timeout(DECISION_TIMEOUT).send().await;
-            let resp = sent.map_err(|e| unavailable(format!("the Mayfly server cannot be reached: {}", e.without_url())))?;
+            let resp =
+                sent.map_err(|e| unavailable(format!("the Mayfly server cannot be reached: {}", e.without_url())))?;
             let status = resp.status().as_u16();
             let body = resp.bytes().await.map_err(|_| unavailable("the decision was cut".into()))?;
             if status == 200 {
@@ -246,10 +254,14 @@ impl Proxy {
             if status == 401 && attempt == 0 {
                 continue;
             }
-            let problem = serde_json::from_slice::<Problem>(&body)
-                .unwrap_or_else(|_| problem(ProblemKind::Unavailable, 503, format!("the server answered HTTP {status}")));
+            let problem = serde_json::from_slice::<Problem>(&body).unwrap_or_else(|_| {
+                problem(ProblemKind::Unavailable, 503, format!("the server answered HTTP {status}"))
+            });
             if status == 401 {
-                return Err(unavailable(format!("the server refused the proxy's token: {}", problem.detail.unwrap_or_default())));
+                return Err(unavailable(format!(
+                    "the server refused the proxy's token: {}",
+                    problem.detail.unwrap_or_default()
+                )));
             }
             // Evidence the server could not attest: the workload did not prove who it is.
             if status == 400 && problem.kind() != Some(ProblemKind::InvalidRequest) {
@@ -271,7 +283,6 @@ impl Proxy {
             .iter()
             .position(|u| u.info.hosts.iter().any(|p| mayfly_server::broker::proxy::config::host_matches(p, host)))
     }
-
 }
 
 /// A problem document.
@@ -291,7 +302,11 @@ pub(super) fn problem(kind: ProblemKind, status: u16, detail: String) -> Problem
 pub(super) fn tunnel_allowed(ip: IpAddr, allowed: &[(IpAddr, u8)]) -> bool {
     let internal = match ip {
         IpAddr::V4(v4) => {
-            v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified() || v4.is_broadcast()
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
                 || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64 // CGNAT 100.64/10
         }
         IpAddr::V6(v6) => {
@@ -333,7 +348,19 @@ mod tests {
 
     #[test]
     fn tunnels_refuse_internal_addresses_unless_allowed() {
-        for internal in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "::1", "fe80::1", "fd00::1", "::ffff:127.0.0.1", "0.0.0.0"] {
+        for internal in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+            "0.0.0.0",
+        ] {
             assert!(!tunnel_allowed(internal.parse().unwrap(), &[]), "{internal}");
         }
         for public in ["93.184.216.34", "2606:2800:220:1::1", "100.128.0.1"] {

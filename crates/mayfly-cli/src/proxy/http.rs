@@ -106,7 +106,12 @@ impl Proxy {
         }
     }
 
-    async fn route(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr, cut: CancellationToken) -> Response<ProxyBody> {
+    async fn route(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        cut: CancellationToken,
+    ) -> Response<ProxyBody> {
         if req.method() == Method::CONNECT {
             return self.connect(req, peer, cut).await;
         }
@@ -114,12 +119,20 @@ impl Proxy {
         if let Some(authority) = req.uri().authority().cloned() {
             // Absolute form: the forward proxy for plain http://.
             if req.uri().scheme_str() != Some("http") {
-                return answer(ProblemKind::InvalidRequest, StatusCode::BAD_REQUEST, "only http:// goes in absolute form; use CONNECT for https://");
+                return answer(
+                    ProblemKind::InvalidRequest,
+                    StatusCode::BAD_REQUEST,
+                    "only http:// goes in absolute form; use CONNECT for https://",
+                );
             }
             let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
             let Some(upstream) = self.upstream_index(&host) else {
                 tracing::info!(%host, "refused: no upstream names this host");
-                return answer(ProblemKind::DestinationRefused, StatusCode::FORBIDDEN, format!("no upstream is configured for host {host:?}"));
+                return answer(
+                    ProblemKind::DestinationRefused,
+                    StatusCode::FORBIDDEN,
+                    format!("no upstream is configured for host {host:?}"),
+                );
             };
             let Some(evidence) = evidence else { return unidentified() };
             let path = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
@@ -133,7 +146,11 @@ impl Proxy {
             None => (rest, ""),
         };
         let Some(upstream) = self.upstreams.iter().position(|u| u.info.name == name) else {
-            return answer(ProblemKind::DestinationRefused, StatusCode::NOT_FOUND, format!("no upstream is named {name:?}; reverse mode is http://<proxy>/<upstream>/<path>"));
+            return answer(
+                ProblemKind::DestinationRefused,
+                StatusCode::NOT_FOUND,
+                format!("no upstream is named {name:?}; reverse mode is http://<proxy>/<upstream>/<path>"),
+            );
         };
         let Some(evidence) = evidence else { return unidentified() };
         let path = if tail.starts_with('/') { tail.to_owned() } else { format!("/{tail}") };
@@ -171,7 +188,12 @@ impl Proxy {
         (!password.is_empty()).then(|| (kind.to_owned(), password.to_owned()))
     }
 
-    async fn connect(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr, cut: CancellationToken) -> Response<ProxyBody> {
+    async fn connect(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        cut: CancellationToken,
+    ) -> Response<ProxyBody> {
         let Some(authority) = req.uri().authority().cloned() else {
             return answer(ProblemKind::InvalidRequest, StatusCode::BAD_REQUEST, "CONNECT needs host:port");
         };
@@ -181,7 +203,13 @@ impl Proxy {
         if let Some(index) = self.upstream_index(&host) {
             let tls = match self.ca.server_config(&host) {
                 Ok(c) => c,
-                Err(e) => return answer(ProblemKind::InvalidRequest, StatusCode::BAD_REQUEST, format!("no certificate for {host:?}: {e:#}")),
+                Err(e) => {
+                    return answer(
+                        ProblemKind::InvalidRequest,
+                        StatusCode::BAD_REQUEST,
+                        format!("no certificate for {host:?}: {e:#}"),
+                    );
+                }
             };
             let me = self.clone();
             tokio::spawn(async move {
@@ -189,17 +217,24 @@ impl Proxy {
                     Ok(u) => u,
                     Err(e) => return tracing::debug!(error = %e, "CONNECT upgrade failed"),
                 };
-                let accepted = tokio::time::timeout(HEADER_READ_TIMEOUT, tokio_rustls::TlsAcceptor::from(tls).accept(TokioIo::new(upgraded))).await;
+                let accepted = tokio::time::timeout(
+                    HEADER_READ_TIMEOUT,
+                    tokio_rustls::TlsAcceptor::from(tls).accept(TokioIo::new(upgraded)),
+                )
+                .await;
                 let stream = match accepted {
                     Ok(Ok(s)) => s,
-                    Ok(Err(e)) => return tracing::info!(error = %e, %host, "TLS inside the tunnel failed (does the workload trust the proxy's CA?)"),
+                    Ok(Err(e)) => {
+                        return tracing::info!(error = %e, %host, "TLS inside the tunnel failed (does the workload trust the proxy's CA?)");
+                    }
                     Err(_) => return tracing::info!(%host, "TLS inside the tunnel timed out"),
                 };
                 let (inner, inner_cut) = (me.clone(), cut.clone());
                 let service = service_fn(move |req: Request<Incoming>| {
                     let (me, evidence, host, cut) = (inner.clone(), evidence.clone(), host.clone(), inner_cut.clone());
                     async move {
-                        let path = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
+                        let path =
+                            req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
                         Ok::<_, Infallible>(me.forward(req, index, evidence, host, path, peer, cut).await)
                     }
                 });
@@ -213,20 +248,40 @@ impl Proxy {
         }
         if !self.tunnel_unmatched {
             tracing::info!(%host, "refused CONNECT: no upstream names this host");
-            return answer(ProblemKind::DestinationRefused, StatusCode::FORBIDDEN, format!("no upstream is configured for host {host:?}, and tunnelling is off"));
+            return answer(
+                ProblemKind::DestinationRefused,
+                StatusCode::FORBIDDEN,
+                format!("no upstream is configured for host {host:?}, and tunnelling is off"),
+            );
         }
         // A tunnel: resolved once here, so the address checked is the address connected to.
         let addrs: Vec<SocketAddr> = match tokio::net::lookup_host((host.as_str(), port)).await {
             Ok(a) => a.collect(),
-            Err(_) => return answer(ProblemKind::UpstreamUnreachable, StatusCode::BAD_GATEWAY, format!("{host:?} does not resolve")),
+            Err(_) => {
+                return answer(
+                    ProblemKind::UpstreamUnreachable,
+                    StatusCode::BAD_GATEWAY,
+                    format!("{host:?} does not resolve"),
+                );
+            }
         };
         let Some(target) = addrs.iter().copied().find(|a| tunnel_allowed(a.ip(), &self.internal_allowed)) else {
             tracing::info!(%host, "refused CONNECT to an internal address");
-            return answer(ProblemKind::DestinationRefused, StatusCode::FORBIDDEN, format!("{host:?} is an internal address"));
+            return answer(
+                ProblemKind::DestinationRefused,
+                StatusCode::FORBIDDEN,
+                format!("{host:?} is an internal address"),
+            );
         };
         let upstream = match tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(target)).await {
             Ok(Ok(s)) => s,
-            _ => return answer(ProblemKind::UpstreamUnreachable, StatusCode::BAD_GATEWAY, format!("{host}:{port} cannot be reached")),
+            _ => {
+                return answer(
+                    ProblemKind::UpstreamUnreachable,
+                    StatusCode::BAD_GATEWAY,
+                    format!("{host}:{port} cannot be reached"),
+                );
+            }
         };
         tracing::info!(%host, port, "tunnel (not inspected)");
         tokio::spawn(async move {
@@ -256,9 +311,22 @@ impl Proxy {
     ) -> Response<ProxyBody> {
         let upstream: &Upstream = &self.upstreams[index];
         let limit = upstream.info.max_request_bytes;
-        let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        // Both framings at once is how requests are smuggled past a proxy (RFC 9112 §6.3).
+        if req.headers().contains_key(header::TRANSFER_ENCODING) && req.headers().contains_key(header::CONTENT_LENGTH) {
+            return answer(
+                ProblemKind::InvalidRequest,
+                StatusCode::BAD_REQUEST,
+                "Content-Length and Transfer-Encoding together",
+            );
+        }
+        let declared =
+            req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > limit) {
-            return answer(ProblemKind::PayloadTooLarge, StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over {limit} bytes"));
+            return answer(
+                ProblemKind::PayloadTooLarge,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is over {limit} bytes"),
+            );
         }
         let (path, query) = match path_and_query.split_once('?') {
             Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
@@ -305,8 +373,14 @@ impl Proxy {
             headers.append(name.clone(), value.clone());
         }
         for h in &decision.headers {
-            let (Ok(name), Ok(mut value)) = (HeaderName::from_bytes(h.name.as_bytes()), HeaderValue::from_str(&h.value)) else {
-                return answer(ProblemKind::Unavailable, StatusCode::BAD_GATEWAY, "the server gave a header the proxy cannot send");
+            let (Ok(name), Ok(mut value)) =
+                (HeaderName::from_bytes(h.name.as_bytes()), HeaderValue::from_str(&h.value))
+            else {
+                return answer(
+                    ProblemKind::Unavailable,
+                    StatusCode::BAD_GATEWAY,
+                    "the server gave a header the proxy cannot send",
+                );
             };
             value.set_sensitive(true);
             headers.insert(name, value);
@@ -331,15 +405,26 @@ impl Proxy {
             };
             std::future::ready(out)
         });
-        let request = upstream.client.request(method.clone(), target).headers(headers).body(reqwest::Body::wrap_stream(limited));
+        let request =
+            upstream.client.request(method.clone(), target).headers(headers).body(reqwest::Body::wrap_stream(limited));
         let sent = tokio::time::timeout(UPSTREAM_HEAD_TIMEOUT, request.send()).await;
         let resp = match sent {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 tracing::info!(upstream = %upstream.info.name, error = %e.without_url(), "upstream failed");
-                return answer(ProblemKind::UpstreamUnreachable, StatusCode::BAD_GATEWAY, format!("upstream {:?} cannot be reached or failed", upstream.info.name));
+                return answer(
+                    ProblemKind::UpstreamUnreachable,
+                    StatusCode::BAD_GATEWAY,
+                    format!("upstream {:?} cannot be reached or failed", upstream.info.name),
+                );
             }
-            Err(_) => return answer(ProblemKind::UpstreamUnreachable, StatusCode::GATEWAY_TIMEOUT, format!("upstream {:?} did not answer in time", upstream.info.name)),
+            Err(_) => {
+                return answer(
+                    ProblemKind::UpstreamUnreachable,
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("upstream {:?} did not answer in time", upstream.info.name),
+                );
+            }
         };
         tracing::info!(upstream = %upstream.info.name, %method, %host, %path, status = resp.status().as_u16(), subject = %decision.subject, "proxied");
         let mut out = Response::builder().status(resp.status().as_u16());
@@ -372,8 +457,13 @@ impl Proxy {
                 }
             }
         };
-        out.body(BodyExt::boxed(StreamBody::new(stream)))
-            .unwrap_or_else(|_| answer(ProblemKind::UpstreamUnreachable, StatusCode::BAD_GATEWAY, "the upstream answered a head the proxy cannot pass on"))
+        out.body(BodyExt::boxed(StreamBody::new(stream))).unwrap_or_else(|_| {
+            answer(
+                ProblemKind::UpstreamUnreachable,
+                StatusCode::BAD_GATEWAY,
+                "the upstream answered a head the proxy cannot pass on",
+            )
+        })
     }
 }
 

@@ -65,7 +65,9 @@ impl ProxyCommand {
                 std::io::stdin().read_to_string(&mut secret).context("reading the secret from standard input")?;
                 let secret = secret.trim_end_matches(['\r', '\n']);
                 if secret.is_empty() {
-                    bail!("give the secret on standard input, e.g. `printenv PAYMENTS_KEY | mayfly proxy seal -c mayfly.toml`");
+                    bail!(
+                        "give the secret on standard input, e.g. `printenv PAYMENTS_KEY | mayfly proxy seal -c mayfly.toml`"
+                    );
                 }
                 println!("{}", mayfly_server::broker::proxy::seal_secret(&kek, secret)?);
                 Ok(ExitCode::SUCCESS)

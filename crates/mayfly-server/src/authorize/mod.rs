@@ -379,8 +379,9 @@ impl PolicyEngine {
         self.decide(|| {
             let (principal, mut entities) = self.principal(req.principal)?;
             let resource = EntityUid::from_type_name_and_id(self.upstream_type.clone(), EntityId::new(req.upstream));
-            let attrs =
-                [("name".to_owned(), string(req.upstream)), ("url".to_owned(), string(req.upstream_url))].into_iter().collect();
+            let attrs = [("name".to_owned(), string(req.upstream)), ("url".to_owned(), string(req.upstream_url))]
+                .into_iter()
+                .collect();
             entities.push(Entity::new(resource.clone(), attrs, Default::default()).map_err(|e| e.to_string())?);
             let context = context([
                 ("scopes", texts(req.scopes.iter().map(String::as_str))),

@@ -322,9 +322,15 @@ fn check_host_pattern(pattern: &str) -> Result<(), String> {
         && name.len() <= 253
         && (name.parse::<IpAddr>().is_ok()
             || name.split('.').all(|l| {
-                !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             }));
-    if ok { Ok(()) } else { Err(format!("host pattern {pattern:?} is not a lower-case DNS name (optionally *.name) or an IP address")) }
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("host pattern {pattern:?} is not a lower-case DNS name (optionally *.name) or an IP address"))
+    }
 }
 
 /// Parses `addr/len` (or a bare address, the whole address).
@@ -336,7 +342,9 @@ pub fn parse_cidr(cidr: &str) -> Result<(IpAddr, u8), String> {
     let addr: IpAddr = addr.trim().parse().map_err(|_| format!("{cidr:?} is not an address or CIDR"))?;
     let max = if addr.is_ipv4() { 32 } else { 128 };
     let len = match len {
-        Some(l) => l.trim().parse::<u8>().ok().filter(|l| *l <= max).ok_or_else(|| format!("{cidr:?}: bad prefix length"))?,
+        Some(l) => {
+            l.trim().parse::<u8>().ok().filter(|l| *l <= max).ok_or_else(|| format!("{cidr:?}: bad prefix length"))?
+        }
         None => max,
     };
     Ok((addr, len))
@@ -417,13 +425,22 @@ mod tests {
         let cases = [
             ("[upstreams.inject]\nkind = \"header\"", "set one of secret_sealed, secret_env and secret"),
             ("[upstreams.inject]\nkind = \"header\"\nsecret = \"s\"\nsecret_env = \"E\"", "set only one of"),
-            ("[upstreams.inject]\nkind = \"header\"\nsecret = \"s\"\ntemplate = \"Bearer x\"", "must contain {{secret}}"),
+            (
+                "[upstreams.inject]\nkind = \"header\"\nsecret = \"s\"\ntemplate = \"Bearer x\"",
+                "must contain {{secret}}",
+            ),
             ("[upstreams.inject]\nkind = \"header\"\nsecret = \"s\"\nheader = \"Host\"", "cannot carry a credential"),
             ("[upstreams.inject]\nkind = \"header\"\nsecret = \"s\"\nheader = \"a b\"", "is not a header name"),
             ("[upstreams.inject]\nkind = \"basic\"\nsecret = \"s\"", "needs username"),
             ("[upstreams.inject]\nkind = \"basic\"\nsecret = \"s\"\nusername = \"a:b\"", "cannot contain ':'"),
-            ("[upstreams.inject]\nkind = \"basic\"\nsecret = \"s\"\nusername = \"a\"\nscope = \"x\"", "scope does not apply"),
-            ("[upstreams.inject]\nkind = \"oauth_client_credentials\"\nsecret = \"s\"\nclient_id = \"c\"", "needs token_url"),
+            (
+                "[upstreams.inject]\nkind = \"basic\"\nsecret = \"s\"\nusername = \"a\"\nscope = \"x\"",
+                "scope does not apply",
+            ),
+            (
+                "[upstreams.inject]\nkind = \"oauth_client_credentials\"\nsecret = \"s\"\nclient_id = \"c\"",
+                "needs token_url",
+            ),
             (
                 "[upstreams.inject]\nkind = \"oauth_client_credentials\"\nsecret = \"s\"\nclient_id = \"c\"\ntoken_url = \"http://idp.example/token\"",
                 "plain http to a host other than loopback",
@@ -436,7 +453,8 @@ mod tests {
             let err = parse(text).expect_err(text);
             assert!(err.contains(expected), "{text}: {err}");
         }
-        let ok = parse("[upstreams.inject]\nkind = \"header\"\nheader = \"X-Api-Key\"\nsecret_env = \"PAY_KEY\"").unwrap();
+        let ok =
+            parse("[upstreams.inject]\nkind = \"header\"\nheader = \"X-Api-Key\"\nsecret_env = \"PAY_KEY\"").unwrap();
         match &ok.upstreams[0].inject {
             InjectConfig::Header { header, template, secret: SecretSource::Env(v) } => {
                 assert_eq!((header.as_str(), template.as_str(), v.as_str()), ("x-api-key", "{{secret}}", "PAY_KEY"));

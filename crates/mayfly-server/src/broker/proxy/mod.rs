@@ -117,14 +117,13 @@ impl ProxyUpstreams {
                 }
             }
             let ca_pem = match &u.ca_file {
-                Some(path) => Some(
-                    std::fs::read_to_string(path).map_err(|e| what(format!("ca_file {}: {e}", path.display())))?,
-                ),
+                Some(path) => {
+                    Some(std::fs::read_to_string(path).map_err(|e| what(format!("ca_file {}: {e}", path.display())))?)
+                }
                 None => None,
             };
             let hosts = cfg.hosts_of(u).into_iter().map(str::to_owned).collect();
-            let upstream =
-                Upstream { config: u.clone(), hosts, secret, ca_pem, token: tokio::sync::Mutex::new(None) };
+            let upstream = Upstream { config: u.clone(), hosts, secret, ca_pem, token: tokio::sync::Mutex::new(None) };
             by_name.insert(u.name.clone(), upstream);
         }
         let needs_http = cfg.upstreams.iter().any(|u| matches!(u.inject, InjectConfig::OauthClientCredentials { .. }));
@@ -241,8 +240,8 @@ impl ProxyUpstreams {
                 .unwrap_or_default();
             return Err(failed(format!("refused with {status} {code}")));
         }
-        let parsed: TokenResponse =
-            serde_json::from_slice(&body).map_err(|_| failed("answered something that is not a token response".into()))?;
+        let parsed: TokenResponse = serde_json::from_slice(&body)
+            .map_err(|_| failed("answered something that is not a token response".into()))?;
         if parsed.token_type.as_deref().is_some_and(|t| !t.eq_ignore_ascii_case("bearer")) {
             return Err(failed("issued a token that is not a bearer token".into()));
         }
@@ -391,11 +390,12 @@ impl Broker {
         let secret = upstream.secret.as_deref().unwrap_or_default();
         let value = match &upstream.config.inject {
             InjectConfig::Header { template, .. } => template.replace("{{secret}}", secret),
-            InjectConfig::Basic { username, .. } => format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(format!("{username}:{secret}"))
-            ),
-            InjectConfig::OauthClientCredentials { .. } => format!("Bearer {}", self.proxy.oauth_token(upstream).await?),
+            InjectConfig::Basic { username, .. } => {
+                format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{username}:{secret}")))
+            }
+            InjectConfig::OauthClientCredentials { .. } => {
+                format!("Bearer {}", self.proxy.oauth_token(upstream).await?)
+            }
             InjectConfig::MayflyToken { audience, scope, ttl } => {
                 // Through the exchange itself: its policy, task narrowing, record and revocation.
                 let issued = self
@@ -445,7 +445,10 @@ mod tests {
         let other = Kek::from_bytes(&[8u8; 32]).unwrap();
         assert!(open_secret(&other, &SecretSource::Sealed(sealed)).unwrap_err().contains("cannot be opened"));
         let db_sealed = crate::issue::db::seal_url(&kek, "postgres://a:b@h/d").unwrap();
-        assert!(open_secret(&kek, &SecretSource::Sealed(db_sealed)).is_err(), "a database URL is not an upstream secret");
+        assert!(
+            open_secret(&kek, &SecretSource::Sealed(db_sealed)).is_err(),
+            "a database URL is not an upstream secret"
+        );
     }
 
     #[test]

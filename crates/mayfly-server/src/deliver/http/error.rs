@@ -500,7 +500,12 @@ mod tests {
             (ApiError::Dpop(DpopError::UseNonce(s())), S::BAD_REQUEST, K::UseDpopNonce, Some("use_dpop_nonce")),
             (ApiError::Dpop(DpopError::BadSignature), S::BAD_REQUEST, K::InvalidDpopProof, Some("invalid_dpop_proof")),
             (ApiError::Unavailable(s()), S::SERVICE_UNAVAILABLE, K::Unavailable, None),
-            (broker(BrokerError::RateLimited { upstream: s(), per_minute: 1 }), S::TOO_MANY_REQUESTS, K::RateLimited, None),
+            (
+                broker(BrokerError::RateLimited { upstream: s(), per_minute: 1 }),
+                S::TOO_MANY_REQUESTS,
+                K::RateLimited,
+                None,
+            ),
             (broker(BrokerError::UpstreamCredential(s())), S::BAD_GATEWAY, K::UpstreamCredentialFailed, None),
             (ApiError::RequestTimeout(std::time::Duration::from_secs(1)), S::REQUEST_TIMEOUT, K::RequestTimeout, None),
             (ApiError::HeaderFieldsTooLarge(1), S::REQUEST_HEADER_FIELDS_TOO_LARGE, K::HeaderFieldsTooLarge, None),
@@ -518,8 +523,11 @@ mod tests {
     fn every_problem_kind_is_answered_by_some_error() {
         let answered: HashSet<ProblemKind> = table().into_iter().map(|(_, _, kind, _)| kind).collect();
         // `mayfly proxy` answers these itself, to the workloads behind it.
-        let by_the_proxy =
-            [ProblemKind::ProxyAuthenticationRequired, ProblemKind::DestinationRefused, ProblemKind::UpstreamUnreachable];
+        let by_the_proxy = [
+            ProblemKind::ProxyAuthenticationRequired,
+            ProblemKind::DestinationRefused,
+            ProblemKind::UpstreamUnreachable,
+        ];
         let unused: Vec<_> =
             ProblemKind::ALL.iter().filter(|k| !answered.contains(k) && !by_the_proxy.contains(k)).collect();
         assert!(unused.is_empty(), "problem kinds no error answers with: {unused:?}");

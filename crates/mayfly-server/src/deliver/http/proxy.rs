@@ -70,7 +70,12 @@ pub async fn decide(
     let req: ProxyDecisionRequest = json_body_required(&headers, body)?;
     // The workload's address as the proxy saw it; the proxy's own when it gave none.
     let source_ip = match req.source_ip.as_deref() {
-        Some(ip) => ip.parse().map_err(|_| ApiError::bad_request(mayfly_proto::ProblemKind::InvalidRequest, format!("source_ip {ip:?} is not an address")))?,
+        Some(ip) => ip.parse().map_err(|_| {
+            ApiError::bad_request(
+                mayfly_proto::ProblemKind::InvalidRequest,
+                format!("source_ip {ip:?} is not an address"),
+            )
+        })?,
         None => peer.addr.ip(),
     };
     let grant = state

@@ -1,0 +1,124 @@
+//! `/v1/proxy/*`, attacked from outside: only a proxy (a token for `urn:mayfly:proxy`,
+//! which policy grants) learns an upstream's credential, only for a request policy allows,
+//! for a workload that proves itself, and never after that workload is revoked.
+
+use mayfly_testkit::*;
+use serde_json::{Value, json};
+
+const SECRET: &str = "sk_live_the_upstream_secret";
+
+const PROXY_POLICIES: &str = r#"
+@id("only-the-egress-proxy-proxies")
+permit (principal, action == Mayfly::Action::"exchange", resource == Mayfly::Audience::"urn:mayfly:proxy")
+when { principal.hasTag("serviceaccount") && principal.getTag("serviceaccount") == "egress-proxy" };
+
+@id("web-reads-payments")
+permit (principal, action == Mayfly::Action::"proxy", resource == Mayfly::Upstream::"pay")
+when { principal.hasTag("serviceaccount") && principal.getTag("serviceaccount") == "web" && context.method == "GET" };
+"#;
+
+async fn server(k8s: &TestIssuer, gh: &TestIssuer) -> TestServer {
+    let config = TestConfig::standard(k8s, gh).add_policies(PROXY_POLICIES).toml(&format!(
+        r#"
+[[proxy.upstreams]]
+name = "pay"
+url = "https://api.pay.example"
+[proxy.upstreams.inject]
+kind = "header"
+secret = "{SECRET}"
+"#
+    ));
+    TestServer::start_with(config).await
+}
+
+async fn proxy_token(srv: &TestServer, k8s: &TestIssuer) -> String {
+    let resp = srv.exchange_jwt(&k8s.k8s_token("prod", "egress-proxy"), "urn:mayfly:proxy").await;
+    assert_eq!(resp.status(), 200);
+    resp.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned()
+}
+
+fn request(evidence: &str, upstream: &str, method: &str, path: &str) -> Value {
+    json!({"subject_token_type": "urn:ietf:params:oauth:token-type:jwt", "subject_token": evidence,
+           "upstream": upstream, "method": method, "host": "api.pay.example", "path": path,
+           "query_keys": ["limit"]})
+}
+
+async fn decide(srv: &TestServer, bearer: Option<&str>, body: &Value) -> reqwest::Response {
+    let mut req = srv.http.post(format!("{}/v1/proxy/decisions", srv.url)).json(body);
+    if let Some(b) = bearer {
+        req = req.bearer_auth(b);
+    }
+    req.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn only_a_proxy_gets_the_credential_only_for_an_allowed_request_of_a_live_workload() {
+    let (k8s, gh) = (TestIssuer::new(K8S_ISSUER), TestIssuer::new(GITHUB_TEST_ISSUER));
+    let srv = server(&k8s, &gh).await;
+    let web = k8s.k8s_token("prod", "web");
+    let allowed = request(&web, "pay", "GET", "/v1/charges");
+
+    // Who is a proxy: policy decides, and a workload cannot make itself one.
+    let refused = srv.exchange_jwt(&web, "urn:mayfly:proxy").await;
+    assert_eq!(refused.status(), 403, "the workload itself gets no proxy token");
+    let proxy = proxy_token(&srv, &k8s).await;
+
+    // Forged, missing or wrong-audience credentials for the proxy: 401, nothing learned.
+    assert_problem(decide(&srv, None, &allowed).await, 401, "unauthorized").await;
+    assert_problem(decide(&srv, Some(&srv.admin_token), &allowed).await, 401, "unauthorized").await;
+    let other = srv.exchange_jwt(&web, "https://api.example").await.json::<Value>().await.unwrap();
+    let other = other["access_token"].as_str().unwrap_or("x.y.z").to_owned();
+    assert_problem(decide(&srv, Some(&other), &allowed).await, 401, "unauthorized").await;
+    let mut forged = proxy.clone();
+    forged.replace_range(forged.len() - 4.., "AAAA");
+    assert_problem(decide(&srv, Some(&forged), &allowed).await, 401, "unauthorized").await;
+
+    // Allowed: the credential, and what the proxy watches.
+    let resp = decide(&srv, Some(&proxy), &allowed).await;
+    assert_eq!(resp.status(), 200);
+    let grant: Value = resp.json().await.unwrap();
+    assert_eq!(grant["headers"], json!([{"name": "authorization", "value": format!("Bearer {SECRET}")}]));
+    assert_eq!(grant["subject"], "spiffe://test.example/ns/prod/sa/web");
+    assert_eq!(grant["policies"], json!(["web-reads-payments"]));
+
+    // Policy sees the request: a POST is denied, as is another workload.
+    let post = request(&web, "pay", "POST", "/v1/charges");
+    let denied = assert_problem(decide(&srv, Some(&proxy), &post).await, 403, "policy-denied").await;
+    assert!(!denied.to_string().contains(SECRET));
+    let api = k8s.k8s_token("prod", "api");
+    assert_problem(decide(&srv, Some(&proxy), &request(&api, "pay", "GET", "/v1/charges")).await, 403, "policy-denied")
+        .await;
+
+    // Bad evidence, a join token (single use), an unknown upstream, a request that is not HTTP.
+    assert_problem(
+        decide(&srv, Some(&proxy), &request("not-a-jwt", "pay", "GET", "/")).await,
+        400,
+        "malformed-subject-token",
+    )
+    .await;
+    let mut join = allowed.clone();
+    join["subject_token_type"] = json!("urn:mayfly:params:oauth:token-type:join-token");
+    assert_problem(decide(&srv, Some(&proxy), &join).await, 400, "invalid-request").await;
+    assert_problem(decide(&srv, Some(&proxy), &request(&web, "nope", "GET", "/")).await, 404, "not-found").await;
+    for (method, path) in [("get", "/"), ("GET", "no-slash"), ("GET", "/a b"), ("GET", &"/x".repeat(5000))] {
+        assert_problem(decide(&srv, Some(&proxy), &request(&web, "pay", method, path)).await, 400, "invalid-request")
+            .await;
+    }
+
+    // The upstream list names no secret.
+    let listed = srv.http.get(format!("{}/v1/proxy/upstreams", srv.url)).bearer_auth(&proxy).send().await.unwrap();
+    assert_eq!(listed.status(), 200);
+    let listed = listed.text().await.unwrap();
+    assert!(listed.contains("api.pay.example") && !listed.contains(SECRET), "{listed}");
+    let anonymous = srv.http.get(format!("{}/v1/proxy/upstreams", srv.url)).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+
+    // A revoked workload gets nothing more through any proxy, even with the same evidence.
+    let revoked = srv
+        .admin_post("/v1/revocations", Some(json!({"subject": "spiffe://test.example/ns/prod/sa/web", "block": true})))
+        .await;
+    assert!(revoked.status().is_success(), "{}", revoked.text().await.unwrap());
+    let after = decide(&srv, Some(&proxy), &allowed).await;
+    assert!(after.status() == 400 || after.status() == 403, "{}", after.status());
+    assert!(!after.text().await.unwrap().contains(SECRET));
+}
