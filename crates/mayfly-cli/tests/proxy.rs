@@ -44,10 +44,13 @@ fn upstream(dir: &Path, name: &str, args: &[&str]) -> Upstream {
     let port_file = dir.join(format!("{name}.port"));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/proxy_upstream.py");
     let child = Command::new("python3").arg(script).arg(&port_file).args(args).stdin(Stdio::null()).spawn().unwrap();
+    // Owned at once, so a failure below still kills it.
+    let mut up = Upstream { child, port: 0 };
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(p) = std::fs::read_to_string(&port_file) {
-            return Upstream { child, port: p.trim().parse().unwrap() };
+            up.port = p.trim().parse().unwrap();
+            return up;
         }
         assert!(Instant::now() < deadline, "the upstream {name} did not start");
         std::thread::sleep(Duration::from_millis(50));
