@@ -182,6 +182,8 @@ def main():
             }
             for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
                 env.pop(k, None)
+            # Only what this run leaves counts: an earlier exec killed with SIGKILL may have left one.
+            before = set(os.listdir(os.environ.get("XDG_RUNTIME_DIR", tempfile.gettempdir())))
             run = subprocess.run(
                 [binary, "exec", "--cloud", "it-aws", "--cloud", "it-gcp", "--cloud", "it-azure", "--",
                  sys.executable, SDKS, "aws", "gcp", "azure"],
@@ -191,7 +193,7 @@ def main():
             check("boto3, the AWS CLI, google-auth and azure-identity use what mayfly exec wrote",
                   run.returncode == 0, run.stderr[-2000:])
             leftovers = [p for p in os.listdir(os.environ.get("XDG_RUNTIME_DIR", tempfile.gettempdir()))
-                         if p.startswith("mayfly-exec-")]
+                         if p.startswith("mayfly-exec-") and p not in before]
             check("the credentials directory is removed at exit", not leftovers, leftovers)
 
             # Mayfly as the exchanger: STS (moto) is called by the server.
