@@ -16,7 +16,6 @@ Usage: python3 tests/interop/clouds_interop.py PATH/TO/mayfly
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,12 +23,13 @@ import time
 import urllib.error
 import urllib.request
 
+from checks import check, finish, free_port, wait
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 SDKS = os.path.join(HERE, "cloud_sdks.py")
 ISSUER = "https://mayfly.test"
 TRUST_DOMAIN = "interop.test"
 SUBJECT = f"spiffe://{TRUST_DOMAIN}/ci/deployer"
-RESULTS = []
 
 POLICIES = """
 @id("ci-may-start-tasks")
@@ -45,15 +45,6 @@ when { context.exchange };
 """
 
 
-def check(name, cond, detail=""):
-    RESULTS.append((name, bool(cond)))
-    print(("ok   " if cond else "FAIL ") + name + (f": {detail}" if detail and not cond else ""), flush=True)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def request(method, url, body=None, token=None):
@@ -69,14 +60,6 @@ def request(method, url, body=None, token=None):
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"null")
 
-
-def wait_for(path, seconds):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if os.path.exists(path):
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def config(tmp, port, fakes):
@@ -147,7 +130,7 @@ def main():
         try:
             fakes_dir = os.path.join(tmp, "fakes")
             procs.append(subprocess.Popen([sys.executable, SDKS, "--serve-fakes", fakes_dir]))
-            check("the loopback stand-ins start", wait_for(os.path.join(fakes_dir, "fakes.json"), 60))
+            check("the loopback stand-ins start", wait(lambda: os.path.exists(os.path.join(fakes_dir, "fakes.json")), 60, 0.1))
             with open(os.path.join(fakes_dir, "fakes.json")) as f:
                 fakes = json.load(f)
 
@@ -225,10 +208,7 @@ def main():
                     p.wait(timeout=15)
                 except subprocess.TimeoutExpired:
                     p.kill()
-    passed = sum(1 for _, ok in RESULTS if ok)
-    failed = len(RESULTS) - passed
-    print(f"{passed} passed, {failed} failed")
-    sys.exit(1 if failed else 0)
+    finish()
 
 
 if __name__ == "__main__":

@@ -23,14 +23,11 @@ import uuid
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from checks import check, finish
+
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 JOIN_TYPE = "urn:mayfly:params:oauth:token-type:join-token"
-RESULTS = []
 
-
-def check(name, cond, detail=""):
-    RESULTS.append((name, bool(cond)))
-    print(("ok   " if cond else "FAIL ") + name + (f": {detail}" if detail and not cond else ""))
 
 
 def post(url, data, headers=None, json_body=False):
@@ -143,9 +140,7 @@ def main():
         finally:
             proc.terminate()
             proc.wait(timeout=15)
-    failed = sum(1 for _, ok in RESULTS if not ok)
-    print(f"{len(RESULTS) - failed} passed, {failed} failed")
-    sys.exit(1 if failed else 0)
+    finish()
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,10 +32,11 @@ import hvac.exceptions
 import jwt as pyjwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from checks import all_passed, check, finish, free_port, wait
+
 ISSUER = "https://k8s.interop.test"
 TRUST_DOMAIN = "interop.test"
 PREFIX = "vi" + secrets.token_hex(2) + "_"
-RESULTS = []
 
 POLICIES = """
 @id("prod-may-log-in")
@@ -52,27 +52,7 @@ permit (principal is Mayfly::Task, action == Mayfly::Action::"exchange", resourc
 """
 
 
-def check(name, cond, detail=""):
-    RESULTS.append((name, bool(cond)))
-    print(("ok   " if cond else "FAIL ") + name + (f": {detail}" if detail and not cond else ""), flush=True)
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait(cond, seconds, step=0.2):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        try:
-            if cond():
-                return True
-        except Exception:  # the thing waited for is not there yet
-            pass
-        time.sleep(step)
-    return False
 
 
 class Issuer:
@@ -368,7 +348,7 @@ template {{
         except subprocess.TimeoutExpired:
             agent.kill()
         log.close()
-        if not all(ok for _, ok in RESULTS):
+        if not all_passed():
             sys.stdout.write(open(os.path.join(tmp, "agent.log")).read()[-3000:])
 
 
@@ -397,11 +377,9 @@ def main():
             except subprocess.TimeoutExpired:
                 server.kill()
             drop_leftover_roles()
-            if not all(ok for _, ok in RESULTS):
+            if not all_passed():
                 sys.stdout.write(open(os.path.join(tmp, "server.log")).read()[-3000:])
-    failed = sum(1 for _, ok in RESULTS if not ok)
-    print(f"{len(RESULTS) - failed} passed, {failed} failed")
-    sys.exit(1 if failed else 0)
+    finish()
 
 
 if __name__ == "__main__":

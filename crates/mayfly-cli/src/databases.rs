@@ -1,12 +1,11 @@
 //! `mayfly databases …`: offline tools for database issuers.
 
-use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use crate::sealing::{SealInput, seal_from_stdin};
+use anyhow::Context;
 use clap::Subcommand;
-use mayfly_server::keys::Kek;
 
 /// `mayfly databases …`
 #[derive(Subcommand)]
@@ -23,18 +22,11 @@ pub enum DatabasesCommand {
 impl DatabasesCommand {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         let DatabasesCommand::SealUrl { config } = self;
-        let cfg = mayfly_server::config::Config::load(&config)?;
-        let kek = Kek::load(&mayfly_server::server::kek_source(&cfg)?).context("loading the key-encryption key")?;
-        let mut url = String::new();
-        std::io::stdin().read_to_string(&mut url).context("reading the URL from standard input")?;
-        let url = url.trim();
-        if url.is_empty() {
-            bail!(
-                "give the admin URL on standard input, e.g. `printenv ORDERS_ADMIN_URL | mayfly databases seal-url -c mayfly.toml`"
-            );
-        }
-        reqwest::Url::parse(url).context("the input is not a URL")?;
-        println!("{}", mayfly_server::issue::db::seal_url(&kek, url)?);
-        Ok(ExitCode::SUCCESS)
+        let input = SealInput {
+            trim: str::trim,
+            check: |url| reqwest::Url::parse(url).map(drop).context("the input is not a URL"),
+            empty: "give the admin URL on standard input, e.g. `printenv ORDERS_ADMIN_URL | mayfly databases seal-url -c mayfly.toml`",
+        };
+        seal_from_stdin(&config, &mayfly_server::keys::sealed::DATABASE_ADMIN_URL, input)
     }
 }

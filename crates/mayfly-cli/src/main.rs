@@ -9,6 +9,7 @@ mod exec;
 mod ops;
 mod policy;
 mod proxy;
+mod sealing;
 mod serve;
 mod tasks;
 mod workload;

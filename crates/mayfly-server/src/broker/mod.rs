@@ -413,7 +413,22 @@ impl Broker {
     /// RFC 8693 token exchange: platform evidence (or a task token) in, short-lived
     /// access token out. The token is recorded durably before this returns.
     pub async fn exchange(&self, p: ExchangeParams) -> Result<IssuedToken, BrokerError> {
-        let mut scopes = parse_scopes(p.scope.as_deref())?;
+        let (p, scopes) = self.exchange_request(p)?;
+        let now = crate::clock::now_unix();
+        let caller = self.attest(&p.subject_token_type, &p.subject_token, p.source_ip, now).await?;
+        self.exchange_as(&caller, p, scopes, now).await
+    }
+
+    /// The exchange for a caller already attested (by another use case on the same
+    /// request): the same policy, narrowing, record and revocation, without proving it twice.
+    pub(crate) async fn exchange_for(&self, caller: &Caller, p: ExchangeParams) -> Result<IssuedToken, BrokerError> {
+        let (p, scopes) = self.exchange_request(p)?;
+        self.exchange_as(caller, p, scopes, crate::clock::now_unix()).await
+    }
+
+    /// What an exchange checks before attesting: scopes, lifetime, uses.
+    fn exchange_request(&self, p: ExchangeParams) -> Result<(ExchangeParams, Vec<String>), BrokerError> {
+        let scopes = parse_scopes(p.scope.as_deref())?;
         if p.requested_lifetime == Some(0) {
             // Refused before attestation: a join token must not be spent on a request that cannot succeed.
             return Err(InvalidRequest::ZeroLifetime.into());
@@ -426,10 +441,17 @@ impl Broker {
             (Some(asked), Some(cap)) => Some(asked.min(cap)),
             (asked, cap) => asked.or(cap),
         };
-        let p = ExchangeParams { max_uses, ..p };
-        let now = crate::clock::now_unix();
-        let caller = self.attest(&p.subject_token_type, &p.subject_token, p.source_ip, now).await?;
-        if let Caller::Task(t) = &caller {
+        Ok((ExchangeParams { max_uses, ..p }, scopes))
+    }
+
+    async fn exchange_as(
+        &self,
+        caller: &Caller,
+        p: ExchangeParams,
+        mut scopes: Vec<String>,
+        now: i64,
+    ) -> Result<IssuedToken, BrokerError> {
+        if let Caller::Task(t) = caller {
             scopes = narrow_to_task(t, &p.audience, p.scope.is_some(), scopes)?;
             if p.scope.is_none()
                 && let Some(offered) = self.audiences.get(&p.audience).and_then(|a| a.scopes.as_ref())
@@ -445,7 +467,7 @@ impl Broker {
         }
         // Checked after attestation, so an unauthenticated caller learns nothing of the configuration.
         let mut ttl = self.lifetime(&p.audience, p.requested_lifetime, &scopes)?;
-        if let Caller::Task(t) = &caller {
+        if let Caller::Task(t) = caller {
             // Nothing issued under a task outlives it.
             ttl = ttl.min(t.task.expires_at - now).max(1);
         }
@@ -461,7 +483,7 @@ impl Broker {
             max_uses: p.max_uses.map(i64::from).unwrap_or(0),
         });
         let detail = || json!({"action": "exchange", "audience": p.audience, "scopes": scopes, "ttl_seconds": ttl});
-        self.check_decision(&caller, &decision, detail, p.source_ip).await?;
+        self.check_decision(caller, &decision, detail, p.source_ip).await?;
         // Spent once the caller has attested and policy allowed it: a caller who proves
         // nothing, or may get nothing, cannot fill the replay cache.
         if let Some(proof) = p.dpop_proof.clone() {

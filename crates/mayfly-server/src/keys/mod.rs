@@ -7,10 +7,12 @@
 pub mod config;
 mod kek;
 mod ring;
+pub mod sealed;
 mod signing;
 
 pub use kek::{Kek, KekSource};
 pub use ring::{DEFAULT_PROFILE, KeyRing, KeyRingError, MAX_PUBLISHED_KEYS, SigningProfile, stored_public_keys};
+pub use sealed::{SealedUse, SecretSource};
 pub use signing::{KeySpec, RsaBits, SigningAlg, SigningKey, jwk_thumbprint};
 
 /// Why keys could not be loaded, sealed or used.

@@ -62,26 +62,7 @@ fn default_max_response_bytes() -> u64 {
     100 << 20
 }
 
-/// Where an upstream secret comes from: exactly one source.
-#[derive(Clone)]
-pub enum SecretSource {
-    /// Sealed under the key-encryption key (`secret_sealed`, from `mayfly proxy seal`).
-    Sealed(String),
-    /// Read from this environment variable at start (`secret_env`).
-    Env(String),
-    /// Written in the config file (`secret`): prefer the other two.
-    Plain(String),
-}
-
-impl std::fmt::Debug for SecretSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SecretSource::Sealed(_) => f.write_str("Sealed([sealed])"),
-            SecretSource::Env(var) => f.debug_tuple("Env").field(var).finish(),
-            SecretSource::Plain(_) => f.write_str("Plain([redacted])"),
-        }
-    }
-}
+pub use crate::keys::SecretSource;
 
 /// How the proxy authenticates to an upstream.
 #[derive(Debug, Clone, Deserialize)]
@@ -202,28 +183,32 @@ impl TryFrom<RawInjectConfig> for InjectConfig {
     type Error = String;
 
     fn try_from(raw: RawInjectConfig) -> Result<Self, String> {
-        let secret = match (raw.secret_sealed.clone(), raw.secret_env.clone(), raw.secret.clone()) {
-            (Some(s), None, None) => Some(SecretSource::Sealed(s)),
-            (None, Some(v), None) => Some(SecretSource::Env(v)),
-            (None, None, Some(p)) => Some(SecretSource::Plain(p)),
-            (None, None, None) => None,
-            _ => return Err("set only one of secret_sealed, secret_env and secret".into()),
+        let choices = crate::keys::sealed::PROXY_UPSTREAM_SECRET.choices();
+        let secret = SecretSource::one_of(raw.secret_sealed, raw.secret_env, raw.secret)
+            .map_err(|()| format!("set only one of {choices}"))?;
+        let need_secret = |s: Option<SecretSource>| s.ok_or_else(|| format!("set one of {choices}"));
+        // The fields each kind takes; any other one set is a mistake worth naming.
+        let given = [
+            ("header", raw.header.is_some()),
+            ("template", raw.template.is_some()),
+            ("username", raw.username.is_some()),
+            ("token_url", raw.token_url.is_some()),
+            ("client_id", raw.client_id.is_some()),
+            ("scope", raw.scope.is_some()),
+            ("audience", raw.audience.is_some()),
+            ("ttl", raw.ttl.is_some()),
+        ];
+        let takes: &[&str] = match raw.kind {
+            InjectKind::Header => &["header", "template"],
+            InjectKind::Basic => &["username"],
+            InjectKind::OauthClientCredentials => &["token_url", "client_id", "scope", "audience"],
+            InjectKind::MayflyToken => &["audience", "scope", "ttl"],
         };
-        let need_secret = |s: Option<SecretSource>| s.ok_or("set one of secret_sealed, secret_env and secret");
-        let unused = |fields: &[(&str, bool)]| match fields.iter().find(|(_, set)| *set) {
-            Some((name, _)) => Err(format!("{name} does not apply to kind {:?}", raw.kind)),
-            None => Ok(()),
-        };
+        if let Some((name, _)) = given.iter().find(|(name, set)| *set && !takes.contains(name)) {
+            return Err(format!("{name} does not apply to kind {:?}", raw.kind));
+        }
         match raw.kind {
             InjectKind::Header => {
-                unused(&[
-                    ("username", raw.username.is_some()),
-                    ("token_url", raw.token_url.is_some()),
-                    ("client_id", raw.client_id.is_some()),
-                    ("scope", raw.scope.is_some()),
-                    ("audience", raw.audience.is_some()),
-                    ("ttl", raw.ttl.is_some()),
-                ])?;
                 let header = raw.header.unwrap_or_else(|| "authorization".into()).to_ascii_lowercase();
                 if axum::http::HeaderName::from_bytes(header.as_bytes()).is_err() {
                     return Err(format!("header {header:?} is not a header name"));
@@ -240,15 +225,6 @@ impl TryFrom<RawInjectConfig> for InjectConfig {
                 Ok(InjectConfig::Header { header, template, secret: need_secret(secret)? })
             }
             InjectKind::Basic => {
-                unused(&[
-                    ("header", raw.header.is_some()),
-                    ("template", raw.template.is_some()),
-                    ("token_url", raw.token_url.is_some()),
-                    ("client_id", raw.client_id.is_some()),
-                    ("scope", raw.scope.is_some()),
-                    ("audience", raw.audience.is_some()),
-                    ("ttl", raw.ttl.is_some()),
-                ])?;
                 let username = raw.username.ok_or("kind \"basic\" needs username")?;
                 if username.contains(':') || username.chars().any(char::is_control) {
                     return Err("username cannot contain ':' or control characters (RFC 7617)".into());
@@ -256,12 +232,6 @@ impl TryFrom<RawInjectConfig> for InjectConfig {
                 Ok(InjectConfig::Basic { username, secret: need_secret(secret)? })
             }
             InjectKind::OauthClientCredentials => {
-                unused(&[
-                    ("header", raw.header.is_some()),
-                    ("template", raw.template.is_some()),
-                    ("username", raw.username.is_some()),
-                    ("ttl", raw.ttl.is_some()),
-                ])?;
                 let token_url = raw.token_url.ok_or("kind \"oauth_client_credentials\" needs token_url")?;
                 check_url(&token_url, "token_url")?;
                 let client_id = raw.client_id.ok_or("kind \"oauth_client_credentials\" needs client_id")?;
@@ -274,13 +244,6 @@ impl TryFrom<RawInjectConfig> for InjectConfig {
                 })
             }
             InjectKind::MayflyToken => {
-                unused(&[
-                    ("header", raw.header.is_some()),
-                    ("template", raw.template.is_some()),
-                    ("username", raw.username.is_some()),
-                    ("token_url", raw.token_url.is_some()),
-                    ("client_id", raw.client_id.is_some()),
-                ])?;
                 if secret.is_some() {
                     return Err("kind \"mayfly_token\" has no secret: Mayfly mints the token".into());
                 }

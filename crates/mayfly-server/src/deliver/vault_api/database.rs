@@ -124,8 +124,35 @@ struct LeaseBody {
     increment: Option<Value>,
 }
 
-fn lease_id_of(req: &LeaseBody) -> Result<&str, VaultError> {
-    req.lease_id.as_deref().filter(|l| !l.is_empty()).ok_or_else(|| VaultError::bad_request("missing lease_id"))
+/// The start of every `sys/leases/*` call: who calls, and the body naming a lease.
+struct LeaseCall {
+    who: LeaseActor,
+    body: LeaseBody,
+}
+
+impl LeaseCall {
+    async fn read(state: &VaultState, headers: &HeaderMap, peer: &PeerInfo, bytes: &Bytes) -> Result<Self, VaultError> {
+        let who = lease_actor(state, headers, peer).await?;
+        let body: LeaseBody = body(bytes)?;
+        let call = Self { who, body };
+        call.lease_id()?;
+        Ok(call)
+    }
+
+    fn lease_id(&self) -> Result<&str, VaultError> {
+        self.body
+            .lease_id
+            .as_deref()
+            .filter(|l| !l.is_empty())
+            .ok_or_else(|| VaultError::bad_request("missing lease_id"))
+    }
+
+    /// The lease, if the caller may act on it, and who the caller is for the ledger.
+    async fn lease(&self, state: &VaultState) -> Result<(DbLease, String), VaultError> {
+        let lease = lease_of(state, self.lease_id()?).await?;
+        let actor = self.who.on(state, &lease)?;
+        Ok((lease, actor))
+    }
 }
 
 /// `PUT sys/leases/lookup`.
@@ -135,11 +162,9 @@ pub(super) async fn lookup_lease(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Response, VaultError> {
-    let who = lease_actor(&state, &headers, &peer).await?;
-    let req: LeaseBody = body(&bytes)?;
-    let lease_id = lease_id_of(&req)?;
-    let lease = lease_of(&state, lease_id).await?;
-    who.on(&state, &lease)?;
+    let call = LeaseCall::read(&state, &headers, &peer, &bytes).await?;
+    let (lease, _) = call.lease(&state).await?;
+    let lease_id = call.lease_id()?;
     let open = lease.state == DbLeaseState::Active;
     let data = json!({
         "id": lease_id,
@@ -175,15 +200,13 @@ pub(super) async fn renew_lease(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Response, VaultError> {
-    let who = lease_actor(&state, &headers, &peer).await?;
-    let req: LeaseBody = body(&bytes)?;
-    let lease_id = lease_id_of(&req)?;
-    let increment = increment(&req.increment)?;
-    let LeaseActor::Login { token, .. } = &who else {
+    let call = LeaseCall::read(&state, &headers, &peer, &bytes).await?;
+    let lease_id = call.lease_id()?;
+    let increment = increment(&call.body.increment)?;
+    let LeaseActor::Login { token, .. } = &call.who else {
         return Err(VaultError::permission_denied("only the login a lease was issued to renews it"));
     };
-    let lease = lease_of(&state, lease_id).await?;
-    who.on(&state, &lease)?;
+    let (lease, _) = call.lease(&state).await?;
     let renewed = state
         .app
         .broker
@@ -213,10 +236,7 @@ pub(super) async fn revoke_lease(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Response, VaultError> {
-    let who = lease_actor(&state, &headers, &peer).await?;
-    let req: LeaseBody = body(&bytes)?;
-    let lease = lease_of(&state, lease_id_of(&req)?).await?;
-    let actor = who.on(&state, &lease)?;
+    let (lease, actor) = LeaseCall::read(&state, &headers, &peer, &bytes).await?.lease(&state).await?;
     if !lease.state.is_open() {
         // Vault's revoke is idempotent: an ended lease is already what was asked.
         return Ok(StatusCode::NO_CONTENT.into_response());

@@ -55,25 +55,7 @@ impl std::fmt::Display for DatabaseKind {
 }
 
 /// Where the admin connection URL comes from: exactly one source per database.
-#[derive(Clone)]
-pub enum AdminUrl {
-    /// Sealed under the key-encryption key (`url_sealed`, base64): encrypted at rest.
-    Sealed(String),
-    /// Read from this environment variable at start (`url_env`).
-    Env(String),
-    /// Written in the config file (`url`): it holds a password, so it never prints.
-    Plain(String),
-}
-
-impl std::fmt::Debug for AdminUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            AdminUrl::Sealed(_) => f.write_str("Sealed([sealed])"),
-            AdminUrl::Env(var) => f.debug_tuple("Env").field(var).finish(),
-            AdminUrl::Plain(_) => f.write_str("Plain([redacted])"),
-        }
-    }
-}
+pub type AdminUrl = crate::keys::SecretSource;
 
 /// A `[[databases]]` table as written; [`DatabaseConfig`] is what it means.
 #[derive(Deserialize)]
@@ -108,12 +90,11 @@ impl TryFrom<RawDatabaseConfig> for DatabaseConfig {
     type Error = String;
 
     fn try_from(raw: RawDatabaseConfig) -> Result<Self, String> {
-        let admin_url = match (raw.url_sealed, raw.url_env, raw.url) {
-            (Some(sealed), None, None) => AdminUrl::Sealed(sealed),
-            (None, Some(var), None) => AdminUrl::Env(var),
-            (None, None, Some(url)) => AdminUrl::Plain(url),
-            _ => return Err(format!("databases {:?}: set exactly one of url_sealed, url_env and url", raw.name)),
-        };
+        let choices = crate::keys::sealed::DATABASE_ADMIN_URL.choices();
+        let exactly_one = || format!("databases {:?}: set exactly one of {choices}", raw.name);
+        let admin_url = AdminUrl::one_of(raw.url_sealed, raw.url_env, raw.url)
+            .map_err(|()| exactly_one())?
+            .ok_or_else(exactly_one)?;
         Ok(Self {
             name: raw.name,
             kind: raw.kind,

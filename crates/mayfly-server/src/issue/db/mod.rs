@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::issue::db::config::DatabaseRoleConfig;
-use crate::issue::db::config::{AdminUrl, DatabaseConfig, DatabaseKind};
+use crate::issue::db::config::{DatabaseConfig, DatabaseKind};
 use crate::keys::Kek;
 
 /// How long one database operation may take before it counts as failed.
@@ -158,25 +158,9 @@ pub fn scrub(message: &str, secret: &str) -> String {
     if secret.is_empty() { message.to_owned() } else { message.replace(secret, "[redacted]") }
 }
 
-/// What a sealed admin URL is bound to: it opens only as a database URL.
-const SEALED_URL_CONTEXT: &[u8] = b"mayfly:database-admin-url";
-
 /// Seals an admin URL under the key-encryption key (base64, for `url_sealed`).
 pub fn seal_url(kek: &Kek, url: &str) -> Result<String, crate::keys::KeyError> {
-    use base64::Engine;
-    Ok(base64::engine::general_purpose::STANDARD.encode(kek.seal(SEALED_URL_CONTEXT, url.as_bytes())?))
-}
-
-/// Opens a sealed admin URL.
-fn open_url(kek: &Kek, sealed: &str) -> Result<String, String> {
-    use base64::Engine;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(sealed.trim())
-        .map_err(|_| "is not base64 (paste the output of `mayfly databases seal-url`)".to_owned())?;
-    let plain = kek.open(SEALED_URL_CONTEXT, &bytes).map_err(|_| {
-        "cannot be opened with this key-encryption key (sealed under another one, or altered)".to_owned()
-    })?;
-    String::from_utf8(plain).map_err(|_| "does not hold a URL".to_owned())
+    crate::keys::sealed::DATABASE_ADMIN_URL.seal(kek, url)
 }
 
 /// Every configured database, by name.
@@ -191,14 +175,10 @@ impl Databases {
     pub fn from_config(configs: &[DatabaseConfig], kek: &Kek) -> Result<Self, DbError> {
         let mut by_name = HashMap::new();
         for cfg in configs {
-            let url = match &cfg.admin_url {
-                AdminUrl::Sealed(sealed) => open_url(kek, sealed)
-                    .map_err(|e| DbError::Config(format!("databases {:?}: url_sealed {e}", cfg.name)))?,
-                AdminUrl::Env(var) => std::env::var(var).map_err(|_| {
-                    DbError::Config(format!("databases {:?}: environment variable {var} is not set", cfg.name))
-                })?,
-                AdminUrl::Plain(u) => u.clone(),
-            };
+            let url = cfg
+                .admin_url
+                .open(kek, &crate::keys::sealed::DATABASE_ADMIN_URL)
+                .map_err(|e| DbError::Config(format!("databases {:?}: {e}", cfg.name)))?;
             let parsed = reqwest::Url::parse(&url)
                 .map_err(|e| DbError::Config(format!("databases {:?}: the URL does not parse: {e}", cfg.name)))?;
             let driver: Arc<dyn DbDriver> = match cfg.kind {
