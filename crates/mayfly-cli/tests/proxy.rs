@@ -22,6 +22,9 @@ permit (principal is Mayfly::Task, action == Mayfly::Action::"exchange", resourc
   when { resource == Mayfly::Audience::"urn:mayfly:proxy" || resource == Mayfly::Audience::"https://internal.test" };
 @id("tasks-call-upstreams")
 permit (principal is Mayfly::Task, action == Mayfly::Action::"proxy", resource);
+@id("no-tunnels-to-localhost")
+forbid (principal, action == Mayfly::Action::"proxy", resource == Mayfly::Upstream::"*")
+  when { context.host == "localhost" };
 @id("no-admin-paths")
 forbid (principal, action == Mayfly::Action::"proxy", resource == Mayfly::Upstream::"pay")
   when { context.path like "/admin*" };
@@ -79,11 +82,12 @@ fn upstream_tls(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 struct Setup {
     srv: ServerProcess,
     _pay: Upstream,
-    _internal: Upstream,
+    internal: Upstream,
     _dir: tempfile::TempDir,
 }
 
-fn setup() -> Setup {
+/// The server, its upstreams, and `extra` at the head of its `[proxy]` configuration.
+fn setup(extra: &str) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key) = upstream_tls(dir.path());
     let pay = upstream(dir.path(), "pay", &["--tls", cert.to_str().unwrap(), key.to_str().unwrap(), "--key", API_KEY]);
@@ -92,6 +96,9 @@ fn setup() -> Setup {
     let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let proxy = format!(
         r#"
+[proxy]
+{extra}
+
 [[proxy.upstreams]]
 name = "pay"
 url = "https://127.0.0.1:{pay}"
@@ -126,11 +133,15 @@ secret = "pw"
     );
     let cfg = TestConfig::new().trust_domain("proxy.test").free_port().policies(POLICIES).toml(&proxy);
     let srv = start_server(&cfg.write(dir.path()));
-    Setup { srv, _pay: pay, _internal: internal, _dir: dir }
+    Setup { srv, _pay: pay, internal, _dir: dir }
 }
 
 fn join_token(srv: &ServerProcess) -> String {
-    let out = mayfly(&["join-token", "create", "--spiffe-path", "agents/researcher"], &srv.env());
+    join_token_for(srv, "agents/researcher")
+}
+
+fn join_token_for(srv: &ServerProcess, path: &str) -> String {
+    let out = mayfly(&["join-token", "create", "--spiffe-path", path], &srv.env());
     assert!(out.status.success(), "{}", text(&out.stderr));
     text(&out.stdout).trim().to_owned()
 }
@@ -159,7 +170,7 @@ fn json(dir: &Path, name: &str) -> Value {
 
 #[test]
 fn real_clients_get_the_key_injected_and_never_hold_it_and_policy_decides_each_request() {
-    let s = setup();
+    let s = setup("");
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
     let script = r#"
@@ -274,7 +285,7 @@ cat "$SSL_CERT_FILE" "$NODE_EXTRA_CA_CERTS" > certs.txt
 
 #[test]
 fn revoking_the_task_cuts_a_stream_mid_way_and_the_rate_limit_answers_429() {
-    let s = setup();
+    let s = setup("");
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
     let script = r#"
@@ -309,4 +320,115 @@ curl -sS -N http://internal.test/stream > stream.out 2> stream.err; echo $? > st
     // Not killed: mayfly exec ends on its own once the command does, and removes its files.
     let out = child.wait_with_output().unwrap();
     assert!(out.status.code().is_some(), "{}", text(&out.stderr));
+}
+
+/// A task started with a join token for `path`: its task token.
+fn task_token(srv: &ServerProcess, path: &str) -> String {
+    let join = join_token_for(srv, path);
+    let out =
+        mayfly(&["tasks", "start", "--url", &srv.url, "--purpose", "proxy test"], &[("MAYFLY_JOIN_TOKEN", &join)]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout).trim().to_owned()
+}
+
+/// `curl ARGS -o BODY -w '%{http_code} %{http_connect}'`: the status, the CONNECT status, the body.
+fn curl(args: &[&str]) -> (String, String, String) {
+    let body = tempfile::NamedTempFile::new().unwrap();
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "-o"])
+        .arg(body.path())
+        .args(["-w", "%{http_code} %{http_connect}"])
+        .args(args)
+        .env_remove("HTTP_PROXY")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("http_proxy")
+        .env_remove("https_proxy")
+        .output()
+        .unwrap();
+    let codes = text(&out.stdout);
+    let (code, connect) = codes.split_once(' ').unwrap_or((&codes, ""));
+    (code.to_owned(), connect.to_owned(), std::fs::read_to_string(body.path()).unwrap_or_default())
+}
+
+#[test]
+fn a_standalone_proxy_serves_workloads_that_prove_themselves_and_decides_their_tunnels() {
+    let s = setup("tunnel_unmatched = true\ntunnel_internal_allowed = [\"127.0.0.0/8\", \"::1/128\"]");
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("proxy-ca.pem");
+
+    // Its own evidence: a join token is refused (it would be spent at the first renewal).
+    let out = mayfly(&["proxy", "run", "--url", &s.srv.url, "--join-token", "x"], &[]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("single use"), "{}", text(&out.stderr));
+
+    let own = task_token(&s.srv, "egress/proxy");
+    let mut proxy = Command::new(BIN)
+        .args(["proxy", "run", "--url", &s.srv.url, "--listen", "127.0.0.1:0", "--ca-cert-out"])
+        .arg(&ca)
+        .env("MAYFLY_TASK_TOKEN", &own)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr = {
+        use std::io::BufRead;
+        let stderr = std::io::BufReader::new(proxy.stderr.take().unwrap());
+        let mut addr = None;
+        for line in stderr.lines() {
+            let line = line.unwrap();
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                addr = rest.split_whitespace().next().map(str::to_owned);
+                break;
+            }
+        }
+        addr.expect("the proxy says where it listens")
+    };
+    let workload = task_token(&s.srv, "agents/researcher");
+    let via = format!("http://task:{workload}@{addr}");
+    let ca = ca.to_str().unwrap();
+
+    // Forward, https: the key injected for a workload that proved itself.
+    let (code, _, body) = curl(&["-x", &via, "--cacert", ca, "https://api.pay.test/v1/standalone"]);
+    assert_eq!(code, "200", "{body}");
+    let echoed: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echoed["headers"]["x-api-key"], API_KEY);
+
+    // Reverse mode: /<upstream>/<path>, identity in Proxy-Authorization.
+    let basic = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(format!("task:{workload}"))
+    };
+    let auth = format!("Proxy-Authorization: Basic {basic}");
+    let (code, _, body) = curl(&["-H", &auth, &format!("http://{addr}/pay/v1/reverse?x=1")]);
+    assert_eq!(code, "200", "{body}");
+    let echoed: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (echoed["path"].as_str(), echoed["headers"]["x-api-key"].as_str()),
+        (Some("/v1/reverse?x=1"), Some(API_KEY))
+    );
+    let (code, _, body) = curl(&["-H", &auth, &format!("http://{addr}/nope/x")]);
+    assert_eq!(code, "404", "{body}");
+
+    // Evidence the server does not accept: 407, whatever the way in.
+    let forged = format!("http://task:{}x@{addr}", &workload[..workload.len() - 1]);
+    let (code, _, body) = curl(&["-x", &forged, "http://internal.test/"]);
+    assert_eq!(code, "407", "{body}");
+    assert!(body.contains("proxy-authentication-required"), "{body}");
+    let internal = s.internal.port.to_string();
+    let (_, connect, _) = curl(&["-p", "-x", &forged, &format!("http://127.0.0.1:{internal}/")]);
+    assert_eq!(connect, "407", "a tunnel needs evidence the server accepts");
+
+    // A tunnel to a host no upstream names: decided by policy, nothing injected.
+    let (code, connect, body) = curl(&["-p", "-x", &via, &format!("http://127.0.0.1:{internal}/tunnelled")]);
+    assert_eq!((code.as_str(), connect.as_str()), ("200", "200"), "{body}");
+    let echoed: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echoed["path"], "/tunnelled");
+    assert!(echoed["headers"].get("authorization").is_none(), "a tunnel carries what the workload sent, no more");
+    let (_, connect, _) = curl(&["-p", "-x", &via, &format!("http://localhost:{internal}/")]);
+    assert_eq!(connect, "403", "the policy forbids tunnels to localhost");
+
+    // The audit has the tunnel, with the policy that allowed it.
+    let audit = mayfly(&["audit", "--json", "--kind", "proxy.tunnel"], &s.srv.env());
+    assert!(text(&audit.stdout).contains("tunnel"), "{}", text(&audit.stdout));
+    let _ = proxy.kill();
+    let _ = proxy.wait();
 }

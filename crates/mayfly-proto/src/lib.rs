@@ -833,6 +833,11 @@ pub struct CloudProfileInfo {
 /// `/v1/proxy/*`: who may run a proxy is decided by policy on the exchange for it.
 pub const PROXY_AUDIENCE: &str = "urn:mayfly:proxy";
 
+/// The `upstream` of a proxy decision for a `CONNECT` tunnel to a host no upstream names
+/// (`proxy.tunnel_unmatched`): decided once per connection, as `Mayfly::Upstream::"*"`
+/// with method `CONNECT`; nothing is injected.
+pub const PROXY_TUNNEL: &str = "*";
+
 /// Body of `POST /v1/proxy/decisions`: one request a workload sent through a proxy, and
 /// the workload's evidence (a task token, platform evidence or a join token).
 #[derive(Clone, Serialize, Deserialize, ToSchema)]
@@ -844,7 +849,7 @@ pub struct ProxyDecisionRequest {
     /// The workload's evidence.
     #[schema(min_length = 1)]
     pub subject_token: String,
-    /// The configured upstream the request goes to.
+    /// The configured upstream the request goes to, or `*` for a tunnel to a host none names.
     #[schema(min_length = 1)]
     pub upstream: String,
     /// The request's method, e.g. `GET`.
@@ -891,7 +896,7 @@ pub struct ProxyDecisionResponse {
     pub decided_at: i64,
     /// When the workload's identity ends (its task's end, or its evidence's): the request is cut then.
     pub expires_at: i64,
-    /// Headers to set on the upstream request.
+    /// Headers to set on the upstream request (none for a tunnel).
     pub headers: Vec<InjectedHeader>,
 }
 

@@ -12,6 +12,9 @@ const PROXY_POLICIES: &str = r#"
 permit (principal, action == Mayfly::Action::"exchange", resource == Mayfly::Audience::"urn:mayfly:proxy")
 when { principal.hasTag("serviceaccount") && principal.getTag("serviceaccount") == "egress-proxy" };
 
+@id("web-may-ping")
+permit (principal, action == Mayfly::Action::"proxy", resource == Mayfly::Upstream::"tiny");
+
 @id("web-reads-payments")
 permit (principal, action == Mayfly::Action::"proxy", resource == Mayfly::Upstream::"pay")
 when { principal.hasTag("serviceaccount") && principal.getTag("serviceaccount") == "web" && context.method == "GET" };
@@ -26,6 +29,15 @@ url = "https://api.pay.example"
 [proxy.upstreams.inject]
 kind = "header"
 secret = "{SECRET}"
+
+[[proxy.upstreams]]
+name = "tiny"
+url = "https://tiny.example"
+requests_per_minute = 1
+[proxy.upstreams.inject]
+kind = "basic"
+username = "u"
+secret = "p"
 "#
     ));
     TestServer::start_with(config).await
@@ -104,6 +116,16 @@ async fn only_a_proxy_gets_the_credential_only_for_an_allowed_request_of_a_live_
         assert_problem(decide(&srv, Some(&proxy), &request(&web, "pay", method, path)).await, 400, "invalid-request")
             .await;
     }
+
+    // Over the rate: 429 with when to come back; tunnels are off unless configured.
+    let tiny = request(&web, "tiny", "GET", "/ping");
+    assert_eq!(decide(&srv, Some(&proxy), &tiny).await.status(), 200);
+    let limited = decide(&srv, Some(&proxy), &tiny).await;
+    let retry: u64 = limited.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_problem(limited, 429, "rate-limited").await;
+    let tunnel = request(&web, "*", "CONNECT", "/");
+    assert_problem(decide(&srv, Some(&proxy), &tunnel).await, 400, "invalid-request").await;
 
     // The upstream list names no secret.
     let listed = srv.http.get(format!("{}/v1/proxy/upstreams", srv.url)).bearer_auth(&proxy).send().await.unwrap();

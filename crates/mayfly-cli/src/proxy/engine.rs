@@ -85,6 +85,8 @@ impl Drop for WatchGuard {
 pub(super) struct Refusal {
     pub status: u16,
     pub problem: Problem,
+    /// The server's `Retry-After`, passed on with a 429.
+    pub retry_after: Option<String>,
 }
 
 fn now() -> i64 {
@@ -239,14 +241,18 @@ impl Proxy {
     /// Asks the server about one request; the proxy token is renewed once if refused.
     pub(super) async fn decide(&self, req: &ProxyDecisionRequest) -> Result<ProxyDecisionResponse, Refusal> {
         let url = self.remote.endpoint("/v1/proxy/decisions");
-        let unavailable =
-            |detail: String| Refusal { status: 503, problem: problem(ProblemKind::Unavailable, 503, detail) };
+        let unavailable = |detail: String| Refusal {
+            status: 503,
+            problem: problem(ProblemKind::Unavailable, 503, detail),
+            retry_after: None,
+        };
         for attempt in 0..2 {
             let token = self.token(attempt > 0).await.map_err(|e| unavailable(format!("no proxy token: {e:#}")))?;
             let sent = self.server.post(&url).bearer_auth(&token).json(req).timeout(DECISION_TIMEOUT).send().await;
             let resp =
                 sent.map_err(|e| unavailable(format!("the Mayfly server cannot be reached: {}", e.without_url())))?;
             let status = resp.status().as_u16();
+            let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
             let body = resp.bytes().await.map_err(|_| unavailable("the decision was cut".into()))?;
             if status == 200 {
                 return serde_json::from_slice(&body).map_err(|_| unavailable("the decision did not parse".into()));
@@ -269,9 +275,10 @@ impl Proxy {
                 return Err(Refusal {
                     status: 407,
                     problem: self::problem(ProblemKind::ProxyAuthenticationRequired, 407, detail),
+                    retry_after: None,
                 });
             }
-            return Err(Refusal { status, problem });
+            return Err(Refusal { status, problem, retry_after });
         }
         Err(unavailable("the server refused the proxy's token".into()))
     }

@@ -18,7 +18,10 @@ use hyper::body::{Frame, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use mayfly_proto::{ProblemKind, ProxyDecisionRequest, TOKEN_TYPE_ID_TOKEN, TOKEN_TYPE_JWT, TOKEN_TYPE_TASK};
+use mayfly_proto::{
+    PROXY_TUNNEL, ProblemKind, ProxyDecisionRequest, ProxyDecisionResponse, TOKEN_TYPE_ID_TOKEN, TOKEN_TYPE_JWT,
+    TOKEN_TYPE_TASK,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
@@ -163,7 +166,7 @@ impl Proxy {
     fn identify(&self, headers: &HeaderMap) -> Option<Evidence> {
         let value = headers.get(header::PROXY_AUTHORIZATION)?.to_str().ok()?;
         let (scheme, rest) = value.split_once(' ')?;
-        if scheme.eq_ignore_ascii_case("bearer") {
+        if scheme.eq_ignore_ascii_case("bearer") && self.exec.is_none() {
             let token = rest.trim();
             return (!token.is_empty()).then(|| (TOKEN_TYPE_JWT.to_owned(), token.to_owned()));
         }
@@ -173,10 +176,10 @@ impl Proxy {
         let decoded = base64::engine::general_purpose::STANDARD.decode(rest.trim()).ok()?;
         let decoded = String::from_utf8(decoded).ok()?;
         let (user, password) = decoded.split_once(':')?;
-        if let Some(exec) = &self.exec
-            && constant_time_eq(password.as_bytes(), exec.secret.as_bytes())
-        {
-            return Some((TOKEN_TYPE_TASK.to_owned(), exec.task_token.clone()));
+        // `mayfly exec`'s proxy serves its command only: the per-command secret, nothing else.
+        if let Some(exec) = &self.exec {
+            return constant_time_eq(password.as_bytes(), exec.secret.as_bytes())
+                .then(|| (TOKEN_TYPE_TASK.to_owned(), exec.task_token.clone()));
         }
         let kind = match user {
             "task" => TOKEN_TYPE_TASK,
@@ -254,7 +257,23 @@ impl Proxy {
                 format!("no upstream is configured for host {host:?}, and tunnelling is off"),
             );
         }
-        // A tunnel: resolved once here, so the address checked is the address connected to.
+        // A tunnel: the server decides it once, for the connection, on the workload's evidence.
+        let (subject_token_type, subject_token) = evidence;
+        let ask = ProxyDecisionRequest {
+            subject_token_type,
+            subject_token,
+            upstream: PROXY_TUNNEL.to_owned(),
+            method: "CONNECT".into(),
+            host: host.clone(),
+            path: "/".into(),
+            query_keys: Vec::new(),
+            source_ip: Some(peer.ip().to_string()),
+        };
+        let decision = match self.decided(&ask).await {
+            Ok(d) => d,
+            Err(refused) => return refused,
+        };
+        // Resolved once here, so the address checked is the address connected to.
         let addrs: Vec<SocketAddr> = match tokio::net::lookup_host((host.as_str(), port)).await {
             Ok(a) => a.collect(),
             Err(_) => {
@@ -283,8 +302,11 @@ impl Proxy {
                 );
             }
         };
-        tracing::info!(%host, port, "tunnel (not inspected)");
+        tracing::info!(%host, port, subject = %decision.subject, "tunnel (not inspected)");
+        // Watched for its whole life: a revocation closes it.
+        let guard = self.watch(&decision, cut.clone());
         tokio::spawn(async move {
+            let _guard = guard;
             let Ok(upgraded) = hyper::upgrade::on(req).await else { return };
             let mut client = TokioIo::new(upgraded);
             let mut upstream = upstream;
@@ -293,8 +315,21 @@ impl Proxy {
                 () = cut.cancelled() => {}
             }
         });
-        let _ = evidence;
         empty(StatusCode::OK)
+    }
+
+    /// The server's decision, or the answer that passes its refusal on to the workload.
+    async fn decided(&self, ask: &ProxyDecisionRequest) -> Result<ProxyDecisionResponse, Response<ProxyBody>> {
+        self.decide(ask).await.map_err(|refusal| {
+            tracing::info!(upstream = %ask.upstream, method = %ask.method, host = %ask.host, path = %ask.path,
+                           status = refusal.status, "refused");
+            let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            let mut resp = json_answer(status, &refusal.problem);
+            if let Some(v) = refusal.retry_after.and_then(|v| HeaderValue::from_str(&v).ok()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            resp
+        })
     }
 
     /// One request to an upstream: decided by the server, credential injected, streamed both ways.
@@ -350,27 +385,19 @@ impl Proxy {
             query_keys,
             source_ip: Some(peer.ip().to_string()),
         };
-        let decision = match self.decide(&ask).await {
+        let decision = match self.decided(&ask).await {
             Ok(d) => d,
-            Err(refusal) => {
-                tracing::info!(upstream = %upstream.info.name, method = %ask.method, %host, %path, status = refusal.status, "refused");
-                let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::BAD_GATEWAY);
-                return json_answer(status, &refusal.problem);
-            }
+            Err(refused) => return refused,
         };
         // The upstream URL: its base (and path prefix), then the path and query as sent.
         let prefix = upstream.base.path().trim_end_matches('/');
         let mut target = upstream.base.clone();
         target.set_path(&format!("{prefix}{path}"));
         target.set_query(query.as_deref());
-        let mut headers = HeaderMap::new();
-        let strip: Vec<&str> = upstream.info.strip_headers.iter().map(String::as_str).collect();
-        for (name, value) in req.headers() {
-            let n = name.as_str();
-            if HOP_BY_HOP.contains(&n) || n == "host" || strip.iter().any(|s| s.eq_ignore_ascii_case(n)) {
-                continue;
-            }
-            headers.append(name.clone(), value.clone());
+        let mut headers = end_to_end(req.headers());
+        headers.remove(header::HOST);
+        for name in &upstream.info.strip_headers {
+            headers.remove(name.as_str());
         }
         for h in &decision.headers {
             let (Ok(name), Ok(mut value)) =
@@ -427,12 +454,7 @@ impl Proxy {
             }
         };
         tracing::info!(upstream = %upstream.info.name, %method, %host, %path, status = resp.status().as_u16(), subject = %decision.subject, "proxied");
-        let mut out = Response::builder().status(resp.status().as_u16());
-        for (name, value) in resp.headers() {
-            if !HOP_BY_HOP.contains(&name.as_str()) {
-                out = out.header(name.as_str(), value.as_bytes());
-            }
-        }
+        let (status, headers) = (resp.status(), end_to_end(resp.headers()));
         // Watched until the body ends: a revocation cuts the connection mid-stream.
         let guard = self.watch(&decision, cut.clone());
         let max = upstream.info.max_response_bytes;
@@ -457,14 +479,31 @@ impl Proxy {
                 }
             }
         };
-        out.body(BodyExt::boxed(StreamBody::new(stream))).unwrap_or_else(|_| {
-            answer(
-                ProblemKind::UpstreamUnreachable,
-                StatusCode::BAD_GATEWAY,
-                "the upstream answered a head the proxy cannot pass on",
-            )
-        })
+        let mut out = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+        *out.status_mut() = status;
+        *out.headers_mut() = headers;
+        out
     }
+}
+
+/// The headers a proxy passes on: all but the hop-by-hop ones, those `Connection` names
+/// included (RFC 9110 §7.6.1).
+fn end_to_end(from: &HeaderMap) -> HeaderMap {
+    let named: Vec<String> = from
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .collect();
+    let mut out = HeaderMap::with_capacity(from.len());
+    for (name, value) in from {
+        let n = name.as_str();
+        if !HOP_BY_HOP.contains(&n) && !named.iter().any(|c| c == n) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
 }
 
 fn unidentified() -> Response<ProxyBody> {

@@ -6,7 +6,6 @@ mod engine;
 mod http;
 mod tls;
 
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,10 +13,10 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use mayfly_server::keys::Kek;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{Evidence, Remote};
+use crate::sealing::{SealInput, seal_from_stdin};
 pub(crate) use engine::ExecWorkload;
 use engine::{EvidenceSource, Proxy};
 
@@ -58,23 +57,21 @@ impl ProxyCommand {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         match self {
             ProxyCommand::Seal { config } => {
-                let cfg = mayfly_server::config::Config::load(&config)?;
-                let kek =
-                    Kek::load(&mayfly_server::server::kek_source(&cfg)?).context("loading the key-encryption key")?;
-                let mut secret = String::new();
-                std::io::stdin().read_to_string(&mut secret).context("reading the secret from standard input")?;
-                let secret = secret.trim_end_matches(['\r', '\n']);
-                if secret.is_empty() {
-                    bail!(
-                        "give the secret on standard input, e.g. `printenv PAYMENTS_KEY | mayfly proxy seal -c mayfly.toml`"
-                    );
-                }
-                println!("{}", mayfly_server::broker::proxy::seal_secret(&kek, secret)?);
-                Ok(ExitCode::SUCCESS)
+                let input = SealInput {
+                    trim: |s| s.trim_end_matches(['\r', '\n']),
+                    check: |_| Ok(()),
+                    empty: "give the secret on standard input, e.g. `printenv PAYMENTS_KEY | mayfly proxy seal -c mayfly.toml`",
+                };
+                seal_from_stdin(&config, &mayfly_server::keys::sealed::PROXY_UPSTREAM_SECRET, input)
             }
             ProxyCommand::Run(args) => {
                 let evidence = args.evidence;
-                evidence.read()?;
+                if evidence.read()?.1 == mayfly_proto::TOKEN_TYPE_JOIN_TOKEN {
+                    bail!(
+                        "a join token is single use, and a proxy presents its evidence again at every renewal of its \
+                         token: give it platform evidence (--subject-token-file) or a task token"
+                    );
+                }
                 let source: EvidenceSource = Box::new(move || evidence.read());
                 let running = start(args.remote, source, None, args.listen).await?;
                 if let Some(path) = &args.ca_cert_out {

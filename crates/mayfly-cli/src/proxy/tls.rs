@@ -1,6 +1,6 @@
 //! The proxy's own CA: it signs, on demand, a certificate for each host whose TLS the
-//! proxy terminates to inject a credential. The CA lives in memory only, for the proxy's
-//! lifetime; the workload trusts its certificate (public) through the variables
+//! proxy terminates to inject a credential. The CA lives in memory only, as long
+//! as the proxy process; the workload trusts its certificate (public) through the variables
 //! `mayfly exec --proxy` sets.
 
 use std::collections::HashMap;
@@ -16,8 +16,11 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 /// Host certificates kept before the cache starts over.
 const MAX_CACHED_HOSTS: usize = 1024;
-/// The CA lives a day at most; host certificates as long as the CA.
-const CA_LIFETIME: time::Duration = time::Duration::days(1);
+/// The CA outlives any proxy process (it is never stored; a restart makes a new one).
+const CA_LIFETIME: time::Duration = time::Duration::days(365);
+/// A host certificate lives a week, and is made again a day before it ends.
+const HOST_LIFETIME: time::Duration = time::Duration::days(7);
+const HOST_RENEW_BEFORE: time::Duration = time::Duration::days(1);
 
 /// The proxy's CA and the host certificates it made.
 pub struct ProxyCa {
@@ -25,7 +28,8 @@ pub struct ProxyCa {
     cert_pem: String,
     ca_der: CertificateDer<'static>,
     not_after: time::OffsetDateTime,
-    hosts: Mutex<HashMap<String, Arc<ServerConfig>>>,
+    /// Each host's TLS configuration and when its certificate ends.
+    hosts: Mutex<HashMap<String, (Arc<ServerConfig>, time::OffsetDateTime)>>,
 }
 
 impl ProxyCa {
@@ -58,8 +62,11 @@ impl ProxyCa {
 
     /// The TLS configuration that presents a certificate for `host` (a DNS name or an IP address).
     pub fn server_config(&self, host: &str) -> anyhow::Result<Arc<ServerConfig>> {
+        let now = time::OffsetDateTime::now_utc();
         let mut hosts = self.hosts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(c) = hosts.get(host) {
+        if let Some((c, not_after)) = hosts.get(host)
+            && *not_after - now > HOST_RENEW_BEFORE
+        {
             return Ok(c.clone());
         }
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
@@ -75,8 +82,8 @@ impl ProxyCa {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
-        params.not_before = time::OffsetDateTime::now_utc() - time::Duration::minutes(5);
-        params.not_after = self.not_after;
+        params.not_before = now - time::Duration::minutes(5);
+        params.not_after = (now + HOST_LIFETIME).min(self.not_after);
         let cert = params.signed_by(&key, &self.issuer).context("signing a host certificate")?;
         let chain = vec![cert.der().clone(), self.ca_der.clone()];
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
@@ -91,7 +98,7 @@ impl ProxyCa {
         if hosts.len() >= MAX_CACHED_HOSTS {
             hosts.clear();
         }
-        hosts.insert(host.to_owned(), config.clone());
+        hosts.insert(host.to_owned(), (config.clone(), params.not_after));
         Ok(config)
     }
 }

@@ -19,11 +19,9 @@ use crate::authorize::ProxyRequest;
 use crate::broker::{Broker, BrokerError, Caller, ExchangeParams, InvalidRequest, Missing};
 use crate::keys::Kek;
 use crate::ledger::AuditEvent;
-use config::{InjectConfig, ProxyConfig, SecretSource, UpstreamConfig};
-use mayfly_proto::{InjectedHeader, ProxyUpstreamInfo, ProxyUpstreamsResponse};
+use config::{InjectConfig, ProxyConfig, UpstreamConfig};
+use mayfly_proto::{InjectedHeader, PROXY_TUNNEL, ProxyUpstreamInfo, ProxyUpstreamsResponse};
 
-/// What a sealed upstream secret is bound to: it opens only as one.
-const SEALED_SECRET_CONTEXT: &[u8] = b"mayfly:proxy-upstream-secret";
 /// An upstream OAuth token is fetched again this long before it expires.
 const TOKEN_REFRESH_MARGIN: Duration = Duration::from_secs(30);
 /// Longest wait for an upstream's token endpoint.
@@ -38,24 +36,7 @@ const MAX_QUERY_KEYS: usize = 64;
 
 /// Seals an upstream secret under the key-encryption key (base64, for `secret_sealed`).
 pub fn seal_secret(kek: &Kek, secret: &str) -> Result<String, crate::keys::KeyError> {
-    Ok(base64::engine::general_purpose::STANDARD.encode(kek.seal(SEALED_SECRET_CONTEXT, secret.as_bytes())?))
-}
-
-fn open_secret(kek: &Kek, source: &SecretSource) -> Result<String, String> {
-    match source {
-        SecretSource::Plain(s) => Ok(s.clone()),
-        SecretSource::Env(var) => std::env::var(var).map_err(|_| format!("environment variable {var} is not set")),
-        SecretSource::Sealed(sealed) => {
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(sealed.trim())
-                .map_err(|_| "secret_sealed is not base64 (paste the output of `mayfly proxy seal`)".to_owned())?;
-            let plain = kek.open(SEALED_SECRET_CONTEXT, &bytes).map_err(|_| {
-                "secret_sealed cannot be opened with this key-encryption key (sealed under another one, or altered)"
-                    .to_owned()
-            })?;
-            String::from_utf8(plain).map_err(|_| "secret_sealed does not hold text".to_owned())
-        }
-    }
+    crate::keys::sealed::PROXY_UPSTREAM_SECRET.seal(kek, secret)
 }
 
 /// An upstream, its secret opened.
@@ -109,7 +90,12 @@ impl ProxyUpstreams {
         let mut by_name = HashMap::new();
         for u in &cfg.upstreams {
             let what = |e: String| format!("proxy.upstreams {:?}: {e}", u.name);
-            let secret = u.inject.secret().map(|s| open_secret(kek, s)).transpose().map_err(what)?;
+            let secret = u
+                .inject
+                .secret()
+                .map(|s| s.open(kek, &crate::keys::sealed::PROXY_UPSTREAM_SECRET))
+                .transpose()
+                .map_err(what)?;
             if let (InjectConfig::Header { template, .. }, Some(secret)) = (&u.inject, &secret) {
                 let value = template.replace("{{secret}}", secret);
                 if axum::http::HeaderValue::from_str(&value).is_err() {
@@ -342,7 +328,18 @@ impl Broker {
         let now = crate::clock::now_unix();
         let caller = self.attest(p.token_type, p.token, p.source_ip, now).await?;
         // Checked after attestation, so an unauthenticated caller learns nothing of the configuration.
-        let upstream = self.proxy.by_name.get(p.upstream).ok_or_else(|| Missing::Upstream(p.upstream.to_owned()))?;
+        let upstream = match p.upstream {
+            PROXY_TUNNEL if self.proxy.tunnel_unmatched => None,
+            PROXY_TUNNEL => {
+                let why = "tunnels to hosts no upstream names are off (proxy.tunnel_unmatched)".to_owned();
+                return Err(InvalidRequest::ProxyRequest { why }.into());
+            }
+            name => Some(self.proxy.by_name.get(name).ok_or_else(|| Missing::Upstream(name.to_owned()))?),
+        };
+        let (resource, url) = match upstream {
+            Some(u) => (u.config.name.as_str(), u.config.url.clone()),
+            None => (PROXY_TUNNEL, format!("tunnel://{}", p.host)),
+        };
         let (scopes, expires_at, task_id) = match &caller {
             Caller::Workload(_) => (Vec::new(), now + self.tokens.max_ttl.as_secs() as i64, None),
             Caller::Task(t) => {
@@ -355,8 +352,8 @@ impl Broker {
         };
         let decision = self.policies.decide_proxy(&ProxyRequest {
             principal: caller.principal(),
-            upstream: &upstream.config.name,
-            upstream_url: &upstream.config.url,
+            upstream: resource,
+            upstream_url: &url,
             scopes: &scopes,
             method: p.method,
             host: p.host,
@@ -370,23 +367,55 @@ impl Broker {
             json!({"action": "proxy", "upstream": p.upstream, "method": p.method, "host": p.host,
                    "path": p.path, "proxy": p.proxy, "task_id": task_id})
         };
-        let labels = [("upstream", upstream.config.name.clone())];
+        let counted = |decision: &'static str| {
+            metrics::counter!("mayfly_proxy_requests_total", "upstream" => resource.to_owned(), "decision" => decision)
+                .increment(1)
+        };
         if let Err(e) = self.check_decision(&caller, &decision, detail, p.source_ip).await {
-            metrics::counter!("mayfly_proxy_requests_total", &labels).increment(1);
+            counted("denied");
             return Err(e);
         }
         let subject = caller.spiffe_id();
-        let counted_as = task_id.clone().unwrap_or_else(|| subject.clone());
-        let first_of_minute = match self.proxy.count(&counted_as, upstream, now) {
-            Ok(first) => first,
-            Err(per_minute) => {
-                metrics::counter!("mayfly_proxy_rate_limited_total", &labels).increment(1);
-                self.audit_failure(p.source_ip, "rate-limited", "proxy.rate_limited");
-                return Err(BrokerError::RateLimited { upstream: upstream.config.name.clone(), per_minute });
+        let mut audit = json!({"upstream": resource, "method": p.method, "host": p.host, "path": p.path,
+                               "proxy": p.proxy, "task_id": task_id, "policies": decision.policies,
+                               "source_ip": p.source_ip.to_string()});
+        let headers = match upstream {
+            // An opaque tunnel is decided once, for the connection: each is audited.
+            None => {
+                counted("allowed");
+                self.audit_best_effort(AuditEvent::new("proxy.tunnel", Some(subject.clone()), audit)).await;
+                Vec::new()
+            }
+            Some(upstream) => {
+                let counted_as = task_id.clone().unwrap_or_else(|| subject.clone());
+                let first_of_minute = match self.proxy.count(&counted_as, upstream, now) {
+                    Ok(first) => first,
+                    Err(per_minute) => {
+                        counted("rate_limited");
+                        self.audit_failure(p.source_ip, "rate-limited", "proxy.rate_limited");
+                        return Err(BrokerError::RateLimited { upstream: resource.to_owned(), per_minute });
+                    }
+                };
+                counted("allowed");
+                let injected = self.injected_header(upstream, &caller, &p).await?;
+                // Bounded: one record per caller and upstream per minute, with what the minute before counted.
+                if let Some(previous_minute) = first_of_minute {
+                    audit["requests_previous_minute"] = previous_minute.into();
+                    self.audit_best_effort(AuditEvent::new("proxy.allowed", Some(subject.clone()), audit)).await;
+                }
+                vec![injected]
             }
         };
-        metrics::counter!("mayfly_proxy_requests_allowed_total", &labels).increment(1);
-        let header = upstream.config.inject.header_name().to_owned();
+        Ok(ProxyGrant { policies: decision.policies.clone(), subject, task_id, decided_at: now, expires_at, headers })
+    }
+
+    /// The upstream's credential, as the header that carries it.
+    async fn injected_header(
+        &self,
+        upstream: &Upstream,
+        caller: &Caller,
+        p: &ProxyParams<'_>,
+    ) -> Result<InjectedHeader, BrokerError> {
         let secret = upstream.secret.as_deref().unwrap_or_default();
         let value = match &upstream.config.inject {
             InjectConfig::Header { template, .. } => template.replace("{{secret}}", secret),
@@ -398,58 +427,27 @@ impl Broker {
             }
             InjectConfig::MayflyToken { audience, scope, ttl } => {
                 // Through the exchange itself: its policy, task narrowing, record and revocation.
-                let issued = self
-                    .exchange(ExchangeParams {
-                        subject_token_type: p.token_type.to_owned(),
-                        subject_token: p.token.to_owned(),
-                        audience: audience.clone(),
-                        scope: scope.clone(),
-                        requested_lifetime: ttl.map(|t| t.as_secs()),
-                        source_ip: p.source_ip,
-                        confirmation: None,
-                        dpop_proof: None,
-                        max_uses: None,
-                    })
-                    .await?;
-                format!("Bearer {}", issued.token)
+                let params = ExchangeParams {
+                    subject_token_type: p.token_type.to_owned(),
+                    subject_token: p.token.to_owned(),
+                    audience: audience.clone(),
+                    scope: scope.clone(),
+                    requested_lifetime: ttl.map(|t| t.as_secs()),
+                    source_ip: p.source_ip,
+                    confirmation: None,
+                    dpop_proof: None,
+                    max_uses: None,
+                };
+                format!("Bearer {}", self.exchange_for(caller, params).await?.token)
             }
         };
-        // Bounded: one record per caller and upstream per minute, with what the minute before counted.
-        if let Some(previous_minute) = first_of_minute {
-            let detail = json!({"upstream": upstream.config.name, "method": p.method, "host": p.host, "path": p.path,
-                                "proxy": p.proxy, "task_id": task_id, "policies": decision.policies,
-                                "requests_previous_minute": previous_minute,
-                                "source_ip": p.source_ip.to_string()});
-            self.audit_best_effort(AuditEvent::new("proxy.allowed", Some(subject.clone()), detail)).await;
-        }
-        Ok(ProxyGrant {
-            policies: decision.policies.clone(),
-            subject,
-            task_id,
-            decided_at: now,
-            expires_at,
-            headers: vec![InjectedHeader { name: header, value }],
-        })
+        Ok(InjectedHeader { name: upstream.config.inject.header_name().to_owned(), value })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_sealed_secret_opens_only_as_an_upstream_secret_under_its_key() {
-        let kek = Kek::from_bytes(&[7u8; 32]).unwrap();
-        let sealed = seal_secret(&kek, "sk_live_123").unwrap();
-        assert_eq!(open_secret(&kek, &SecretSource::Sealed(sealed.clone())).unwrap(), "sk_live_123");
-        let other = Kek::from_bytes(&[8u8; 32]).unwrap();
-        assert!(open_secret(&other, &SecretSource::Sealed(sealed)).unwrap_err().contains("cannot be opened"));
-        let db_sealed = crate::issue::db::seal_url(&kek, "postgres://a:b@h/d").unwrap();
-        assert!(
-            open_secret(&kek, &SecretSource::Sealed(db_sealed)).is_err(),
-            "a database URL is not an upstream secret"
-        );
-    }
 
     #[test]
     fn client_credentials_are_form_encoded_before_basic_auth() {

@@ -243,6 +243,11 @@ impl IntoResponse for ApiError {
         {
             resp.headers_mut().insert("dpop-nonce", n);
         }
+        // RFC 9110 §10.2.3: the window is a minute; the count starts over at the next one.
+        if let ApiError::Broker(BrokerError::RateLimited { .. }) = &self {
+            let wait = 60 - crate::clock::now_unix().rem_euclid(60);
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait));
+        }
         resp
     }
 }
