@@ -14,6 +14,7 @@ use mayfly_testkit::TestConfig;
 use serde_json::Value;
 
 const API_KEY: &str = "sk_live_upstream_key_never_in_the_workload";
+const OAUTH_SECRET: &str = "oauth_client_secret_never_in_the_workload";
 
 const POLICIES: &str = r#"
 permit (principal, action == Mayfly::Action::"start_task", resource) when { principal.attestor == "join_token" };
@@ -43,10 +44,20 @@ impl Drop for Upstream {
     }
 }
 
-fn upstream(dir: &Path, name: &str, args: &[&str]) -> Upstream {
+/// `script` (in tests/) with its port file and `args`, on a free loopback port.
+fn upstream(dir: &Path, name: &str, script: &str, args: &[&str]) -> Upstream {
     let port_file = dir.join(format!("{name}.port"));
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/proxy_upstream.py");
-    let child = Command::new("python3").arg(script).arg(&port_file).args(args).stdin(Stdio::null()).spawn().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join(script);
+    let child = Command::new("python3")
+        .arg(script)
+        .arg(&port_file)
+        .args(args)
+        // Authlib refuses plain http unless told: the test's token endpoint is on loopback.
+        .env("AUTHLIB_INSECURE_TRANSPORT", "1")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     // Owned at once, so a failure below still kills it.
     let mut up = Upstream { child, port: 0 };
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -83,6 +94,7 @@ struct Setup {
     srv: ServerProcess,
     _pay: Upstream,
     internal: Upstream,
+    oauth: Upstream,
     _dir: tempfile::TempDir,
 }
 
@@ -90,8 +102,14 @@ struct Setup {
 fn setup(extra: &str) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key) = upstream_tls(dir.path());
-    let pay = upstream(dir.path(), "pay", &["--tls", cert.to_str().unwrap(), key.to_str().unwrap(), "--key", API_KEY]);
-    let internal = upstream(dir.path(), "internal", &[]);
+    let pay = upstream(
+        dir.path(),
+        "pay",
+        "proxy_upstream.py",
+        &["--tls", cert.to_str().unwrap(), key.to_str().unwrap(), "--key", API_KEY],
+    );
+    let internal = upstream(dir.path(), "internal", "proxy_upstream.py", &[]);
+    let oauth = upstream(dir.path(), "oauth", "proxy_oauth_server.py", &["mayfly-proxy", OAUTH_SECRET]);
     // A port nothing listens on: an upstream that is down.
     let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let proxy = format!(
@@ -114,9 +132,31 @@ secret = "{API_KEY}"
 name = "internal"
 url = "http://127.0.0.1:{internal}"
 hosts = ["internal.test"]
+max_request_bytes = 4096
 [proxy.upstreams.inject]
 kind = "mayfly_token"
 audience = "https://internal.test"
+
+[[proxy.upstreams]]
+name = "oauth"
+url = "http://127.0.0.1:{oauth}"
+hosts = ["oauth.test"]
+[proxy.upstreams.inject]
+kind = "oauth_client_credentials"
+token_url = "http://127.0.0.1:{oauth}/oauth/token"
+client_id = "mayfly-proxy"
+secret = "{OAUTH_SECRET}"
+scope = "payments:read"
+
+[[proxy.upstreams]]
+name = "oauth-wrong-secret"
+url = "http://127.0.0.1:{oauth}"
+hosts = ["oauth-wrong.test"]
+[proxy.upstreams.inject]
+kind = "oauth_client_credentials"
+token_url = "http://127.0.0.1:{oauth}/oauth/token"
+client_id = "mayfly-proxy"
+secret = "not-the-secret"
 
 [[proxy.upstreams]]
 name = "down"
@@ -130,10 +170,11 @@ secret = "pw"
         pay = pay.port,
         ca = ca.display(),
         internal = internal.port,
+        oauth = oauth.port,
     );
     let cfg = TestConfig::new().trust_domain("proxy.test").free_port().policies(POLICIES).toml(&proxy);
     let srv = start_server(&cfg.write(dir.path()));
-    Setup { srv, _pay: pay, internal, _dir: dir }
+    Setup { srv, _pay: pay, internal, oauth, _dir: dir }
 }
 
 fn join_token(srv: &ServerProcess) -> String {
@@ -152,6 +193,8 @@ fn exec_proxy(srv: &ServerProcess, script: &str, cwd: &Path) -> Child {
         .current_dir(cwd)
         .env("MAYFLY_JOIN_TOKEN", join_token(srv))
         .env_remove("MAYFLY_ADMIN_TOKEN")
+        // Installed by .ci/run (`npm ci --prefix tests/node`).
+        .env("NODE_CLIENT", Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/node/fetch_through_proxy.mjs"))
         .env_remove("NO_PROXY")
         .env_remove("no_proxy")
         .stdout(Stdio::piped())
@@ -184,6 +227,10 @@ curl -sS -o internal.json -w '%{http_code}' -X POST -d 'hello' http://internal.t
 # A host no upstream names, over CONNECT and over plain http.
 curl -sS -o /dev/null https://elsewhere.test/ 2> elsewhere.err; echo $? > elsewhere.code
 curl -sS -o elsewhere.json -w '%{http_code}' http://elsewhere.test/ > elsewhere-http.code
+# An OAuth upstream (Authlib): the proxy's client-credentials token, fetched once and reused.
+curl -sS -o oauth1.json -w '%{http_code}' http://oauth.test/api/me > oauth1.code
+curl -sS -o oauth2.json -w '%{http_code}' http://oauth.test/api/me > oauth2.code
+curl -sS -o oauth-wrong.json -w '%{http_code}' http://oauth-wrong.test/api/me > oauth-wrong.code
 # An upstream that is down.
 curl -sS -o down.json -w '%{http_code}' http://down.test/ > down.code
 # No identity: the same proxy without the command's secret.
@@ -208,6 +255,8 @@ curl -sS -o /dev/null "https://127.0.0.1:${HTTP_PROXY##*:}/" 2> loopback.err; ec
 # Python's requests and httpx, as the environment configures them.
 python3 -c "import requests; r = requests.get('https://api.pay.test/v1/requests'); print(r.status_code, r.json()['headers']['x-api-key'] != '')" > requests.out
 python3 -c "import httpx; r = httpx.get('https://api.pay.test/v1/httpx'); print(r.status_code, r.json()['path'])" > httpx.out
+# Node's fetch (undici's EnvHttpProxyAgent, the proxy's CA from NODE_EXTRA_CA_CERTS).
+node "$NODE_CLIENT" https://api.pay.test/v1/node > node.out 2> node.err
 # What the command holds.
 env > env.txt
 cat "$SSL_CERT_FILE" "$NODE_EXTRA_CA_CERTS" > certs.txt
@@ -243,6 +292,17 @@ cat "$SSL_CERT_FILE" "$NODE_EXTRA_CA_CERTS" > certs.txt
     assert_ne!(read(w, "elsewhere.code"), "0", "CONNECT to an unconfigured host is refused");
     assert_eq!(read(w, "elsewhere-http.code"), "403");
     assert_eq!(json(w, "elsewhere.json")["type"], "urn:mayfly:problem:destination-refused");
+    for n in ["oauth1", "oauth2"] {
+        assert_eq!(read(w, &format!("{n}.code")), "200", "{}", read(w, &format!("{n}.json")));
+        let me = json(w, &format!("{n}.json"));
+        assert_eq!((me["client_id"].as_str(), me["scope"].as_str()), (Some("mayfly-proxy"), Some("payments:read")));
+    }
+    let stats: Value = serde_json::from_str(&curl(&[&format!("http://127.0.0.1:{}/stats", s.oauth.port)]).2).unwrap();
+    assert_eq!(stats["tokens_issued"], 1, "the upstream token is reused until shortly before it expires");
+    assert_eq!(read(w, "oauth-wrong.code"), "502");
+    let wrong = json(w, "oauth-wrong.json");
+    assert_eq!(wrong["type"], "urn:mayfly:problem:upstream-credential-failed", "{wrong}");
+    assert!(wrong["detail"].as_str().unwrap().contains("invalid_client"), "{wrong}");
     assert_eq!(read(w, "down.code"), "502");
     assert_eq!(json(w, "down.json")["type"], "urn:mayfly:problem:upstream-unreachable");
     assert_eq!(read(w, "noauth.code"), "407");
@@ -257,6 +317,12 @@ cat "$SSL_CERT_FILE" "$NODE_EXTRA_CA_CERTS" > certs.txt
     assert_ne!(read(w, "loopback.code"), "0", "CONNECT to loopback is refused");
     assert_eq!(read(w, "requests.out"), "200 True");
     assert_eq!(read(w, "httpx.out"), "200 /v1/httpx");
+    assert_eq!(
+        read(w, "node.out"),
+        "200 /v1/node",
+        "{}",
+        std::fs::read_to_string(w.join("node.err")).unwrap_or_default()
+    );
 
     // Nothing the command held or wrote carries the key.
     for entry in std::fs::read_dir(w).unwrap() {
@@ -278,9 +344,9 @@ cat "$SSL_CERT_FILE" "$NODE_EXTRA_CA_CERTS" > certs.txt
     let audit = text(&audit.stdout);
     assert!(audit.contains("proxy.allowed"), "{audit}");
     assert!(audit.contains("no-admin-paths"), "the denial names its rule: {audit}");
-    assert!(!audit.contains(API_KEY));
+    assert!(!audit.contains(API_KEY) && !audit.contains(OAUTH_SECRET));
     let logs = s.srv.logs().join("\n");
-    assert!(!logs.contains(API_KEY), "the server never logs the key");
+    assert!(!logs.contains(API_KEY) && !logs.contains(OAUTH_SECRET), "the server never logs a secret");
 }
 
 #[test]
@@ -425,6 +491,40 @@ fn a_standalone_proxy_serves_workloads_that_prove_themselves_and_decides_their_t
     assert!(echoed["headers"].get("authorization").is_none(), "a tunnel carries what the workload sent, no more");
     let (_, connect, _) = curl(&["-p", "-x", &via, &format!("http://localhost:{internal}/")]);
     assert_eq!(connect, "403", "the policy forbids tunnels to localhost");
+
+    // Oversized: a body over the upstream's limit (413), a head over 64 KiB (431).
+    let big = "x".repeat(5000);
+    let (code, _, body) = curl(&["-x", &via, "--data-binary", &big, "http://internal.test/upload"]);
+    assert_eq!(code, "413", "{body}");
+    let huge = format!("X-Filler: {}", "y".repeat(70 * 1024));
+    let (code, _, _) = curl(&["-x", &via, "-H", &huge, "http://internal.test/"]);
+    assert_eq!(code, "431");
+
+    // Slow: a head that never ends is cut (10 s), not held open.
+    {
+        use std::io::{Read, Write};
+        let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+        slow.write_all(b"GET http://internal.test/ HTTP/1.1\r\nHost: internal.test\r\n").unwrap();
+        slow.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let started = Instant::now();
+        let mut buf = Vec::new();
+        let _ = slow.read_to_end(&mut buf);
+        assert!(started.elapsed() < Duration::from_secs(15), "the slow head was cut after {:?}", started.elapsed());
+    }
+
+    // Replayed after the workload's task ended: the same evidence gets nothing more.
+    let workload_task = {
+        use base64::Engine;
+        let payload = workload.split('.').nth(1).unwrap();
+        let claims: Value =
+            serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        claims["task_id"].as_str().unwrap().to_owned()
+    };
+    let out = mayfly(&["revoke", "--task", &workload_task], &s.srv.env());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (code, _, body) = curl(&["-x", &via, "--cacert", ca, "https://api.pay.test/v1/after-revocation"]);
+    assert!(code == "407" || code == "403", "{code}: {body}");
+    assert!(!body.contains(API_KEY));
 
     // The audit has the tunnel, with the policy that allowed it.
     let audit = mayfly(&["audit", "--json", "--kind", "proxy.tunnel"], &s.srv.env());
