@@ -75,12 +75,22 @@ impl AdminRemote {
 
 impl Remote {
     pub(crate) fn client(&self) -> anyhow::Result<reqwest::Client> {
-        let mut b = reqwest::Client::builder().timeout(Duration::from_secs(30));
+        Ok(self.builder()?.timeout(Duration::from_secs(30)).build()?)
+    }
+
+    /// A client for answers that stream as long as they are open (the revocation feed): no
+    /// deadline on the whole answer, only on connecting.
+    pub(crate) fn streaming_client(&self) -> anyhow::Result<reqwest::Client> {
+        Ok(self.builder()?.connect_timeout(Duration::from_secs(10)).build()?)
+    }
+
+    fn builder(&self) -> anyhow::Result<reqwest::ClientBuilder> {
+        let mut b = reqwest::Client::builder();
         if let Some(ca) = &self.ca_cert {
             let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
             b = b.add_root_certificate(reqwest::Certificate::from_pem(&pem).context("parsing the CA certificate")?);
         }
-        Ok(b.build()?)
+        Ok(b)
     }
 
     pub(crate) fn endpoint(&self, path: &str) -> String {

@@ -57,6 +57,8 @@ struct Watched {
 pub struct Proxy {
     remote: Remote,
     server: reqwest::Client,
+    /// For the revocation stream, which stays open.
+    feed: reqwest::Client,
     evidence: EvidenceSource,
     token: tokio::sync::Mutex<Option<(String, i64)>>,
     pub(super) upstreams: Vec<Upstream>,
@@ -100,10 +102,11 @@ impl Proxy {
         evidence: EvidenceSource,
         exec: Option<ExecWorkload>,
     ) -> anyhow::Result<Arc<Self>> {
-        let server = remote.client()?;
+        let (server, feed) = (remote.client()?, remote.streaming_client()?);
         let mut proxy = Self {
             remote,
             server,
+            feed,
             evidence,
             token: tokio::sync::Mutex::new(None),
             upstreams: Vec::new(),
@@ -162,7 +165,7 @@ impl Proxy {
     pub(super) fn spawn_watchers(self: &Arc<Self>, stop: CancellationToken) {
         let follower = self.follower.clone();
         let feed = self.feed_credential();
-        let (http, base) = (self.server.clone(), self.remote.url.clone());
+        let (http, base) = (self.feed.clone(), self.remote.url.clone());
         let stop_feed = stop.clone();
         tokio::spawn(async move {
             tokio::select! {
