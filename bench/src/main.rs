@@ -30,7 +30,10 @@ use serde_json::json;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let sub = args.get(1).map(String::as_str);
-    if matches!(sub, Some("seed" | "feed-latency" | "db" | "svid" | "svid-load" | "signal" | "disk-sync")) {
+    if matches!(
+        sub,
+        Some("seed" | "feed-latency" | "db" | "svid" | "svid-load" | "signal" | "disk-sync" | "proxy-upstream")
+    ) {
         let rt = match tokio::runtime::Runtime::new() {
             Ok(rt) => rt,
             Err(e) => {
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
             Some("svid-load") => rt.block_on(svid_load_command(&args[2..])),
             Some("signal") => rt.block_on(signal_bench(&args[2..])),
             Some("disk-sync") => disk_sync(&args[2..]),
+            Some("proxy-upstream") => rt.block_on(proxy_upstream(&args[2..])),
             _ => rt.block_on(feed_latency(&args[2..])),
         };
         return match result {
@@ -67,6 +71,25 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The upstream of `bench/proxy.sh`: answers `ok` to a request that carries the key the
+/// proxy injects (`X-Api-Key: bench-key`), and 401 to any other, so a benchmark of
+/// requests the proxy failed to inject into cannot pass for a fast one.
+async fn proxy_upstream(args: &[String]) -> Result<(), BoxError> {
+    let Some(port) = args.first().and_then(|p| p.parse::<u16>().ok()) else {
+        return Err("usage: mayfly-bench-fixture proxy-upstream PORT".into());
+    };
+    let app = axum::Router::new().fallback(|headers: axum::http::HeaderMap| async move {
+        if headers.get("x-api-key").is_some_and(|v| v == "bench-key") {
+            (axum::http::StatusCode::OK, "ok")
+        } else {
+            (axum::http::StatusCode::UNAUTHORIZED, "no key")
+        }
+    });
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    axum::serve(listener, app).await?;
+    Ok(())
 }
 
 /// How long the disk itself takes to make a group commit's worth of writes durable: the
