@@ -1,4 +1,6 @@
-"""What the interop scripts share: named checks, their tally, free loopback ports, waiting."""
+"""What the interop scripts share: named checks, their tally, free loopback ports, waiting,
+the files every test server's config names."""
+import os
 import socket
 import sys
 import time
@@ -40,3 +42,16 @@ def wait(cond, seconds, step=0.2):
             pass
         time.sleep(step)
     return False
+
+
+def server_files(tmp, policies):
+    """A key-encryption key file (0600) and a policy folder holding `policies`, in `tmp`."""
+    kek = os.path.join(tmp, "kek")
+    with open(kek, "w") as f:
+        f.write(os.urandom(32).hex())
+    os.chmod(kek, 0o600)
+    policy_dir = os.path.join(tmp, "policies")
+    os.makedirs(policy_dir)
+    with open(os.path.join(policy_dir, "interop.cedar"), "w") as f:
+        f.write(policies)
+    return kek, policy_dir

@@ -23,7 +23,7 @@ import time
 import urllib.error
 import urllib.request
 
-from checks import check, finish, free_port, wait
+from checks import check, finish, free_port, server_files, wait
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SDKS = os.path.join(HERE, "cloud_sdks.py")
@@ -63,14 +63,7 @@ def request(method, url, body=None, token=None):
 
 
 def config(tmp, port, fakes):
-    kek = os.path.join(tmp, "kek")
-    with open(kek, "w") as f:
-        f.write(os.urandom(32).hex())
-    os.chmod(kek, 0o600)
-    policies = os.path.join(tmp, "policies")
-    os.makedirs(policies)
-    with open(os.path.join(policies, "interop.cedar"), "w") as f:
-        f.write(POLICIES)
+    kek, policies = server_files(tmp, POLICIES)
     iam_base = fakes["google_impersonation_url_prefix"].split("/v1/")[0]
     text = f"""
 trust_domain = "{TRUST_DOMAIN}"

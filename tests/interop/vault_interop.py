@@ -32,7 +32,7 @@ import hvac.exceptions
 import jwt as pyjwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from checks import all_passed, check, finish, free_port, wait
+from checks import all_passed, check, finish, free_port, server_files, wait
 
 ISSUER = "https://k8s.interop.test"
 TRUST_DOMAIN = "interop.test"
@@ -75,14 +75,7 @@ class Issuer:
 
 
 def config(tmp, port, vault_port, issuer):
-    kek = os.path.join(tmp, "kek")
-    with open(kek, "w") as f:
-        f.write(os.urandom(32).hex())
-    os.chmod(kek, 0o600)
-    policies = os.path.join(tmp, "policies")
-    os.makedirs(policies)
-    with open(os.path.join(policies, "interop.cedar"), "w") as f:
-        f.write(POLICIES)
+    kek, policies = server_files(tmp, POLICIES)
     with open(os.path.join(tmp, "k8s-jwks.json"), "w") as f:
         json.dump(issuer.jwks, f)
     text = f"""

@@ -223,7 +223,7 @@ curl -sS -o pay.json -w '%{http_code}' -H 'X-Api-Key: a-key-the-workload-made-up
 # A path policy forbids.
 curl -sS -o denied.json -w '%{http_code}' https://api.pay.test/admin/keys > denied.code
 # Plain http, absolute form; a Mayfly token minted for the internal service.
-curl -sS -o internal.json -w '%{http_code}' -X POST -d 'hello' http://internal.test/whoami > internal.code
+curl -sS -o internal.json -w '%{http_code}' -X POST -d 'hello' -H 'Authorization: Bearer made-up-by-the-workload' http://internal.test/whoami > internal.code
 # A host no upstream names, over CONNECT and over plain http.
 curl -sS -o /dev/null https://elsewhere.test/ 2> elsewhere.err; echo $? > elsewhere.code
 curl -sS -o elsewhere.json -w '%{http_code}' http://elsewhere.test/ > elsewhere-http.code
@@ -280,6 +280,7 @@ cat "$SSL_CERT_FILE" "$NODE_EXTRA_CA_CERTS" > certs.txt
     let internal = json(w, "internal.json");
     assert_eq!(internal["body"], "hello", "the body is forwarded");
     let bearer = internal["headers"]["authorization"].as_str().unwrap().strip_prefix("Bearer ").unwrap().to_owned();
+    assert_ne!(bearer, "made-up-by-the-workload", "the workload's own Authorization is replaced");
     let claims: Value = {
         use base64::Engine;
         let payload = bearer.split('.').nth(1).unwrap();
