@@ -20,7 +20,8 @@ const POLICIES: &str = r#"
 permit (principal, action == Mayfly::Action::"start_task", resource) when { principal.attestor == "join_token" };
 // A task may be its own command's proxy, and get tokens for the internal service.
 permit (principal is Mayfly::Task, action == Mayfly::Action::"exchange", resource)
-  when { resource == Mayfly::Audience::"urn:mayfly:proxy" || resource == Mayfly::Audience::"https://internal.test" };
+  when { resource == Mayfly::Audience::"urn:mayfly:proxy" || resource == Mayfly::Audience::"urn:mayfly:proxy-client" ||
+         resource == Mayfly::Audience::"https://internal.test" };
 @id("tasks-call-upstreams")
 permit (principal is Mayfly::Task, action == Mayfly::Action::"proxy", resource);
 @id("no-tunnels-to-localhost")
@@ -512,6 +513,42 @@ fn a_standalone_proxy_serves_workloads_that_prove_themselves_and_decides_their_t
         let _ = slow.read_to_end(&mut buf);
         assert!(started.elapsed() < Duration::from_secs(15), "the slow head was cut after {:?}", started.elapsed());
     }
+
+    // A Mayfly access token for urn:mayfly:proxy-client as the identity (Bearer); its
+    // revocation refuses it at once, while the task's own token still works.
+    let exchanged = |audience: &str| {
+        let out = mayfly(
+            &["token", "exchange", "--url", &s.srv.url, "--audience", audience],
+            &[("MAYFLY_TASK_TOKEN", workload.as_str())],
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout).trim().to_owned()
+    };
+    let client_token = exchanged("urn:mayfly:proxy-client");
+    let bearer = format!("Proxy-Authorization: Bearer {client_token}");
+    let (code, _, body) =
+        curl(&["-x", &format!("http://{addr}"), "--proxy-header", &bearer, "http://internal.test/by-access-token"]);
+    assert_eq!(code, "200", "{body}");
+    let echoed: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echoed["path"], "/by-access-token");
+    let other = exchanged("https://internal.test");
+    let wrong = format!("Proxy-Authorization: Bearer {other}");
+    let (code, _, body) = curl(&["-x", &format!("http://{addr}"), "--proxy-header", &wrong, "http://internal.test/"]);
+    assert_eq!(code, "407", "a token for another audience is not an identity here: {body}");
+    let jti = {
+        use base64::Engine;
+        let payload = client_token.split('.').nth(1).unwrap();
+        let claims: Value =
+            serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        claims["jti"].as_str().unwrap().to_owned()
+    };
+    let out = mayfly(&["revoke", "--jti", &jti], &s.srv.env());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (code, _, body) =
+        curl(&["-x", &format!("http://{addr}"), "--proxy-header", &bearer, "http://internal.test/after-jti"]);
+    assert_eq!(code, "407", "{body}");
+    let (code, _, body) = curl(&["-x", &via, "http://internal.test/task-still-works"]);
+    assert_eq!(code, "200", "{body}");
 
     // Replayed after the workload's task ended: the same evidence gets nothing more.
     let workload_task = {

@@ -832,6 +832,10 @@ pub struct CloudProfileInfo {
 /// The audience of the token a credential-injecting proxy (`mayfly proxy`) presents to
 /// `/v1/proxy/*`: who may run a proxy is decided by policy on the exchange for it.
 pub const PROXY_AUDIENCE: &str = "urn:mayfly:proxy";
+/// The audience of a Mayfly access token a workload gives a proxy as its identity
+/// (`Proxy-Authorization: Bearer …`): distinct from [`PROXY_AUDIENCE`], so that holding one
+/// never lets a workload ask for decisions (and upstream secrets) itself.
+pub const PROXY_CLIENT_AUDIENCE: &str = "urn:mayfly:proxy-client";
 
 /// The `upstream` of a proxy decision for a `CONNECT` tunnel to a host no upstream names
 /// (`proxy.tunnel_unmatched`): decided once per connection, as `Mayfly::Upstream::"*"`
@@ -892,6 +896,10 @@ pub struct ProxyDecisionResponse {
     /// The task the workload acts under, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_id: Option<String>,
+    /// The `jti` of the Mayfly access token the workload proved itself with, if it did:
+    /// a revocation of that token cuts the request too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_id: Option<String>,
     /// When the decision was made (Unix seconds): a revocation of the subject or task at or after it cuts the request.
     pub decided_at: i64,
     /// When the workload's identity ends (its task's end, or its evidence's): the request is cut then.

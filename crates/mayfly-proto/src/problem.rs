@@ -112,6 +112,8 @@ problem_kinds! {
     JoinTokenExpired => "join-token-expired", "Attestation failed";
     /// A task token that does not verify.
     InvalidTaskToken => "invalid-task-token", "Attestation failed";
+    /// A Mayfly access token presented as a workload's identity that does not verify or cannot serve.
+    InvalidAccessToken => "invalid-access-token", "Attestation failed";
     /// A task token for a task that is not active.
     TaskNotActive => "task-not-active", "Attestation failed";
     /// Local (Unix socket) attestation that failed.

@@ -144,3 +144,116 @@ async fn only_a_proxy_gets_the_credential_only_for_an_allowed_request_of_a_live_
     assert!(after.status() == 400 || after.status() == 403, "{}", after.status());
     assert!(!after.text().await.unwrap().contains(SECRET));
 }
+
+const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// A workload that holds a Mayfly access token for `urn:mayfly:proxy-client` proves itself
+/// with it (`Proxy-Authorization: Bearer …`): only that audience, never a bound or
+/// limited-use token, never one revoked, and the grant ends when the token does.
+#[tokio::test]
+async fn a_mayfly_access_token_for_the_proxy_client_audience_identifies_a_workload() {
+    let (k8s, gh) = (TestIssuer::new(K8S_ISSUER), TestIssuer::new(GITHUB_TEST_ISSUER));
+    let policies = r#"
+@id("web-may-use-proxies")
+permit (principal, action == Mayfly::Action::"exchange", resource)
+when { principal.hasTag("serviceaccount") && principal.getTag("serviceaccount") == "web" &&
+       resource in [Mayfly::Audience::"urn:mayfly:proxy-client", Mayfly::Audience::"https://api.example"] };
+@id("tasks-may-use-proxies")
+permit (principal is Mayfly::Task, action == Mayfly::Action::"exchange", resource == Mayfly::Audience::"urn:mayfly:proxy-client");
+@id("prod-may-start-tasks")
+permit (principal, action == Mayfly::Action::"start_task", resource);
+"#;
+    let config = TestConfig::standard(&k8s, &gh).add_policies(PROXY_POLICIES).add_policies(policies).toml(&format!(
+        "[[proxy.upstreams]]\nname = \"pay\"\nurl = \"https://api.pay.example\"\n[proxy.upstreams.inject]\nkind = \"header\"\nsecret = \"{SECRET}\"\n"
+    ));
+    let srv = TestServer::start_with(config).await;
+    let proxy = proxy_token(&srv, &k8s).await;
+    let web = k8s.k8s_token("prod", "web");
+    let token_of = |resp: Value| resp["access_token"].as_str().unwrap_or_else(|| panic!("{resp}")).to_owned();
+    let as_access = |token: &str| {
+        let mut r = request(token, "pay", "GET", "/v1/charges");
+        r["subject_token_type"] = json!(ACCESS_TOKEN);
+        r
+    };
+
+    let client = token_of(srv.exchange_jwt(&web, "urn:mayfly:proxy-client").await.json().await.unwrap());
+    let resp = decide(&srv, Some(&proxy), &as_access(&client)).await;
+    assert_eq!(resp.status(), 200);
+    let grant: Value = resp.json().await.unwrap();
+    let claims = srv.verify(&client, "urn:mayfly:proxy-client").await;
+    assert_eq!(grant["subject"], "spiffe://test.example/ns/prod/sa/web");
+    assert_eq!(grant["credential_id"], claims["jti"], "the proxy watches the token itself");
+    assert_eq!(grant["expires_at"], claims["exp"], "the grant ends with the token");
+    assert_eq!(grant["policies"], json!(["web-reads-payments"]));
+
+    // Tokens for another audience, the proxy's own, forged, bound to a key or limited in uses: refused (400 → the proxy answers 407).
+    let other = token_of(srv.exchange_jwt(&web, "https://api.example").await.json().await.unwrap());
+    let mut forged = client.clone();
+    forged.replace_range(forged.len() - 4.., "AAAA");
+    for bad in [other.as_str(), proxy.as_str(), forged.as_str(), "not.a.jwt"] {
+        assert_problem(decide(&srv, Some(&proxy), &as_access(bad)).await, 400, "invalid-access-token").await;
+    }
+    let limited = srv.exchange_jwt_with(&web, "urn:mayfly:proxy-client", &[("max_uses", "5")]).await;
+    let limited = token_of(limited.json().await.unwrap());
+    let refused =
+        assert_problem(decide(&srv, Some(&proxy), &as_access(&limited)).await, 400, "invalid-access-token").await;
+    assert!(refused["detail"].as_str().unwrap().contains("limited"), "{refused}");
+    let key = DpopKey::new();
+    let proof = key.proof("POST", &format!("{}/v1/token", srv.url), None);
+    let bound = srv
+        .http
+        .post(format!("{}/v1/token", srv.url))
+        .header("DPoP", proof)
+        .form(&[
+            ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+            ("subject_token", web.as_str()),
+            ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+            ("audience", "urn:mayfly:proxy-client"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bound.status(), 200);
+    let bound = token_of(bound.json().await.unwrap());
+    let refused =
+        assert_problem(decide(&srv, Some(&proxy), &as_access(&bound)).await, 400, "invalid-access-token").await;
+    assert!(refused["detail"].as_str().unwrap().contains("bound"), "{refused}");
+
+    // A token issued under a task acts as that task, and stops with it.
+    let task: Value = srv
+        .http
+        .post(format!("{}/v1/tasks", srv.url))
+        .json(&json!({"subject_token_type": "urn:ietf:params:oauth:token-type:jwt", "subject_token": web, "purpose": "p"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let task_id = task["task"]["id"].as_str().unwrap().to_owned();
+    let under_task = srv
+        .exchange(&[
+            ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+            ("subject_token", task["task_token"].as_str().unwrap()),
+            ("subject_token_type", "urn:mayfly:params:oauth:token-type:task"),
+            ("audience", "urn:mayfly:proxy-client"),
+        ])
+        .await;
+    assert_eq!(under_task.status(), 200);
+    let under_task = token_of(under_task.json().await.unwrap());
+    let grant: Value = decide(&srv, Some(&proxy), &as_access(&under_task)).await.json().await.unwrap();
+    assert_eq!(grant["task_id"], json!(task_id));
+    assert_eq!(grant["subject"], json!(format!("spiffe://test.example/task/{task_id}")));
+    let ended =
+        srv.http.delete(format!("{}/v1/tasks/{task_id}", srv.url)).bearer_auth(&srv.admin_token).send().await.unwrap();
+    assert!(ended.status().is_success());
+    let after = decide(&srv, Some(&proxy), &as_access(&under_task)).await;
+    assert_eq!(after.status(), 400);
+
+    // Revoking the token itself (its jti) refuses it at once.
+    let revoked = srv.admin_post("/v1/revocations", Some(json!({"jti": claims["jti"]}))).await;
+    assert!(revoked.status().is_success(), "{}", revoked.text().await.unwrap());
+    let after =
+        assert_problem(decide(&srv, Some(&proxy), &as_access(&client)).await, 400, "invalid-access-token").await;
+    assert!(!after.to_string().contains(SECRET));
+}

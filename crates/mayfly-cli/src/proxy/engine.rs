@@ -48,6 +48,7 @@ pub(super) struct Upstream {
 struct Watched {
     subject: String,
     task_id: Option<String>,
+    credential_id: Option<String>,
     decided_at: i64,
     expires_at: i64,
     cut: CancellationToken,
@@ -193,7 +194,7 @@ impl Proxy {
         let watched = self.watched.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for (id, w) in watched.iter() {
             let facts = CredentialFacts {
-                jti: "",
+                jti: w.credential_id.as_deref().unwrap_or_default(),
                 subject: &w.subject,
                 audience: "",
                 task_id: w.task_id.as_deref(),
@@ -215,6 +216,7 @@ impl Proxy {
         let w = Watched {
             subject: d.subject.clone(),
             task_id: d.task_id.clone(),
+            credential_id: d.credential_id.clone(),
             decided_at: d.decided_at,
             expires_at: d.expires_at,
             cut,

@@ -19,8 +19,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use mayfly_proto::{
-    PROXY_TUNNEL, ProblemKind, ProxyDecisionRequest, ProxyDecisionResponse, TOKEN_TYPE_ID_TOKEN, TOKEN_TYPE_JWT,
-    TOKEN_TYPE_TASK,
+    PROXY_TUNNEL, ProblemKind, ProxyDecisionRequest, ProxyDecisionResponse, TOKEN_TYPE_ACCESS_TOKEN,
+    TOKEN_TYPE_ID_TOKEN, TOKEN_TYPE_JWT, TOKEN_TYPE_TASK,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -168,7 +168,7 @@ impl Proxy {
         let (scheme, rest) = value.split_once(' ')?;
         if scheme.eq_ignore_ascii_case("bearer") && self.exec.is_none() {
             let token = rest.trim();
-            return (!token.is_empty()).then(|| (TOKEN_TYPE_JWT.to_owned(), token.to_owned()));
+            return (!token.is_empty()).then(|| (bearer_kind(token).to_owned(), token.to_owned()));
         }
         if !scheme.eq_ignore_ascii_case("basic") {
             return None;
@@ -183,6 +183,7 @@ impl Proxy {
         }
         let kind = match user {
             "task" => TOKEN_TYPE_TASK,
+            "access_token" => TOKEN_TYPE_ACCESS_TOKEN,
             "id_token" => TOKEN_TYPE_ID_TOKEN,
             "jwt" | "" => TOKEN_TYPE_JWT,
             urn if urn.starts_with("urn:") => urn,
@@ -504,6 +505,19 @@ fn end_to_end(from: &HeaderMap) -> HeaderMap {
         }
     }
     out
+}
+
+/// A bearer token's kind: a Mayfly access token (RFC 9068 `typ: at+jwt`) or else platform evidence.
+fn bearer_kind(token: &str) -> &'static str {
+    #[derive(serde::Deserialize)]
+    struct Header {
+        typ: Option<String>,
+    }
+    let header = token.split('.').next().and_then(|h| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(h).ok());
+    match header.and_then(|h| serde_json::from_slice::<Header>(&h).ok()).and_then(|h| h.typ) {
+        Some(typ) if typ.eq_ignore_ascii_case("at+jwt") => TOKEN_TYPE_ACCESS_TOKEN,
+        _ => TOKEN_TYPE_JWT,
+    }
 }
 
 fn unidentified() -> Response<ProxyBody> {

@@ -116,6 +116,10 @@ pub enum AttestError {
     /// The task token is not a valid Mayfly task token.
     #[error("task token: {0}")]
     TaskToken(crate::verify::VerifyError),
+    /// A Mayfly access token presented as identity (to a proxy) that does not verify or
+    /// cannot serve as identity (bound, limited-use, another audience).
+    #[error("Mayfly access token: {0}")]
+    AccessToken(String),
     /// The task has ended, was denied, or has expired.
     #[error("the task is {}", .0.as_str())]
     TaskNotActive(crate::ledger::TaskState),
@@ -163,6 +167,7 @@ impl AttestError {
             AttestError::JoinTokenUsed => K::JoinTokenUsed,
             AttestError::JoinTokenExpired => K::JoinTokenExpired,
             AttestError::TaskToken(_) => K::InvalidTaskToken,
+            AttestError::AccessToken(_) => K::InvalidAccessToken,
             AttestError::TaskNotActive(_) => K::TaskNotActive,
             AttestError::Unix(_) => K::UnixAttestationFailed,
             AttestError::Ledger(_) => K::StorageUnavailable,

@@ -104,6 +104,11 @@ impl TaskAttestor {
             other => AttestError::TaskToken(other),
         })?;
         let id = claims.task_id.as_deref().ok_or_else(|| AttestError::BadClaim("task_id".into()))?;
+        self.live_task(id, now).await
+    }
+
+    /// A task that is pending or active now, never ended, denied or expired.
+    pub async fn live_task(&self, id: &str, now: i64) -> Result<TaskIdentity, AttestError> {
         let task = self.store.task(id).await?.ok_or_else(|| AttestError::BadClaim("task_id".into()))?;
         match task.state_at(now) {
             TaskState::Pending | TaskState::Active => TaskIdentity::from_record(task, &self.trust_domain),

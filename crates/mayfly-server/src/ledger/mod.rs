@@ -230,6 +230,11 @@ pub struct IssuanceContext {
 }
 
 impl IssuanceContext {
+    /// An issuance context as stored; `None` if it does not parse.
+    pub fn parse(stored: &str) -> Option<Self> {
+        serde_json::from_str(stored).ok()
+    }
+
     /// An issuance context as stored (JSON), serialized from borrows: this shape, with no
     /// copy of the attributes (it is written on every issuance).
     pub fn json(

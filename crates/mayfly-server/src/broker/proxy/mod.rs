@@ -15,10 +15,12 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::json;
 
+use crate::attest::AttestError;
 use crate::authorize::ProxyRequest;
 use crate::broker::{Broker, BrokerError, Caller, ExchangeParams, InvalidRequest, Missing};
 use crate::keys::Kek;
-use crate::ledger::AuditEvent;
+use crate::ledger::{AuditEvent, IssuanceContext};
+use crate::verify::{AccessClaims, VerifyError};
 use config::{InjectConfig, ProxyConfig, UpstreamConfig};
 use mayfly_proto::{InjectedHeader, PROXY_TUNNEL, ProxyUpstreamInfo, ProxyUpstreamsResponse};
 
@@ -33,6 +35,10 @@ const MAX_RATE_ENTRIES: usize = 100_000;
 /// Longest path, method and host policy is asked about.
 const MAX_PATH_BYTES: usize = 8 * 1024;
 const MAX_QUERY_KEYS: usize = 64;
+
+/// `principal.attestor` of a workload that proved itself with a Mayfly access token whose
+/// record keeps no attested context.
+pub const ACCESS_TOKEN_ATTESTOR: &str = "mayfly_token";
 
 /// Seals an upstream secret under the key-encryption key (base64, for `secret_sealed`).
 pub fn seal_secret(kek: &Kek, secret: &str) -> Result<String, crate::keys::KeyError> {
@@ -288,6 +294,8 @@ pub struct ProxyGrant {
     pub subject: String,
     /// Its task.
     pub task_id: Option<String>,
+    /// The `jti` of the Mayfly access token the caller proved itself with, if it did.
+    pub credential_id: Option<String>,
     /// When it was decided.
     pub decided_at: i64,
     /// When the caller's identity ends.
@@ -326,7 +334,12 @@ impl Broker {
     pub async fn decide_proxy_request(&self, p: ProxyParams<'_>) -> Result<ProxyGrant, BrokerError> {
         check_request_shape(&p)?;
         let now = crate::clock::now_unix();
-        let caller = self.attest(p.token_type, p.token, p.source_ip, now).await?;
+        let (caller, token_claims) = if p.token_type == mayfly_proto::TOKEN_TYPE_ACCESS_TOKEN {
+            let (caller, claims) = self.attest_proxy_client(p.token, p.source_ip, now).await?;
+            (caller, Some(claims))
+        } else {
+            (self.attest(p.token_type, p.token, p.source_ip, now).await?, None)
+        };
         // Checked after attestation, so an unauthenticated caller learns nothing of the configuration.
         let upstream = match p.upstream {
             PROXY_TUNNEL if self.proxy.tunnel_unmatched => None,
@@ -340,7 +353,7 @@ impl Broker {
             Some(u) => (u.config.name.as_str(), u.config.url.clone()),
             None => (PROXY_TUNNEL, format!("tunnel://{}", p.host)),
         };
-        let (scopes, expires_at, task_id) = match &caller {
+        let (scopes, mut expires_at, task_id) = match &caller {
             Caller::Workload(_) => (Vec::new(), now + self.tokens.max_ttl.as_secs() as i64, None),
             Caller::Task(t) => {
                 if t.task.state == crate::ledger::TaskState::Pending {
@@ -350,6 +363,10 @@ impl Broker {
                 (scopes, t.task.expires_at, Some(t.task.id.clone()))
             }
         };
+        // A token proves the caller until it expires, not past it.
+        if let Some(c) = &token_claims {
+            expires_at = expires_at.min(c.exp);
+        }
         let decision = self.policies.decide_proxy(&ProxyRequest {
             principal: caller.principal(),
             upstream: resource,
@@ -406,7 +423,82 @@ impl Broker {
                 vec![injected]
             }
         };
-        Ok(ProxyGrant { policies: decision.policies.clone(), subject, task_id, decided_at: now, expires_at, headers })
+        Ok(ProxyGrant {
+            policies: decision.policies.clone(),
+            subject,
+            task_id,
+            credential_id: token_claims.map(|c| c.jti),
+            decided_at: now,
+            expires_at,
+            headers,
+        })
+    }
+
+    /// A workload's identity from a Mayfly access token it got for [`PROXY_CLIENT_AUDIENCE`]
+    /// and gave its proxy: verified, not revoked, not bound to a key the proxy cannot prove
+    /// (`cnf`), not limited in uses (a proxy presents it on every request), and then admitted
+    /// like any evidence (a subject revoked since the token was issued is refused). A token
+    /// issued under a task acts as that task, which must still be live; any other token must
+    /// be the workload's own (no `act`: a delegation is not laundered into an identity), and
+    /// policy sees the workload with the attestor and attributes recorded when it was issued.
+    ///
+    /// [`PROXY_CLIENT_AUDIENCE`]: mayfly_proto::PROXY_CLIENT_AUDIENCE
+    async fn attest_proxy_client(
+        &self,
+        token: &str,
+        source_ip: IpAddr,
+        now: i64,
+    ) -> Result<(Caller, AccessClaims), BrokerError> {
+        let result = self.proxy_client(token, now).await;
+        match result {
+            Ok(ok) => Ok(ok),
+            Err(e) => {
+                metrics::counter!("mayfly_requests_denied_total", "reason" => "attestation").increment(1);
+                self.audit_failure(source_ip, e.code(), "attest.failed");
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn proxy_client(&self, token: &str, now: i64) -> Result<(Caller, AccessClaims), AttestError> {
+        let audience = mayfly_proto::PROXY_CLIENT_AUDIENCE;
+        let claims = self.task_attestor.verifier().verify(token, Some(audience), now).map_err(|e| match e {
+            VerifyError::WrongAudience => AttestError::AccessToken(format!("its audience is not {audience}")),
+            other => AttestError::AccessToken(other.to_string()),
+        })?;
+        if claims.cnf.is_some() {
+            return Err(AttestError::AccessToken(
+                "it is bound to a key (DPoP or mTLS) that a proxy cannot prove; get an unbound one".into(),
+            ));
+        }
+        if claims.max_uses.is_some() {
+            return Err(AttestError::AccessToken(
+                "it is limited in uses, and a proxy presents it on every request".into(),
+            ));
+        }
+        let (caller, minted_at) = match claims.task_id.as_deref() {
+            Some(id) => {
+                let task = self.task_attestor.live_task(id, now).await?;
+                (Caller::Task(Box::new(task)), now)
+            }
+            None if claims.act.is_some() || claims.sub != claims.client_id => {
+                return Err(AttestError::AccessToken("it was issued to an actor for another subject".into()));
+            }
+            None => {
+                let spiffe_id = crate::spiffe::SpiffeId::parse(&claims.sub)
+                    .map_err(|e| AttestError::AccessToken(format!("its subject is not a SPIFFE ID: {e}")))?;
+                // Policy sees the workload as it was attested when the token was issued.
+                let record = self.ledger.store().credential(&claims.jti).await?;
+                let record = record.ok_or_else(|| AttestError::AccessToken("it is not in the ledger".into()))?;
+                let (attestor, attributes) = match record.context.as_deref().and_then(IssuanceContext::parse) {
+                    Some(c) => (c.attestor, c.attributes),
+                    None => (ACCESS_TOKEN_ATTESTOR.to_owned(), Default::default()),
+                };
+                (Caller::Workload(crate::attest::WorkloadIdentity { spiffe_id, attestor, attributes }), claims.iat)
+            }
+        };
+        self.admit(&caller, minted_at)?;
+        Ok((caller, claims))
     }
 
     /// The upstream's credential, as the header that carries it.

@@ -31,7 +31,7 @@ fn context_has(context: &Option<IssuanceContext>, wanted: &BTreeMap<String, Stri
 }
 
 fn parse_context(raw: Option<&str>) -> Option<IssuanceContext> {
-    raw.and_then(|c| serde_json::from_str(c).ok())
+    raw.and_then(IssuanceContext::parse)
 }
 
 impl Broker {

@@ -423,6 +423,12 @@ mod tests {
             (attest(AttestError::JoinTokenUsed), S::BAD_REQUEST, K::JoinTokenUsed, Some("invalid_request")),
             (attest(AttestError::JoinTokenExpired), S::BAD_REQUEST, K::JoinTokenExpired, Some("invalid_request")),
             (
+                attest(AttestError::AccessToken("bound".into())),
+                S::BAD_REQUEST,
+                K::InvalidAccessToken,
+                Some("invalid_request"),
+            ),
+            (
                 attest(AttestError::TaskToken(VerifyError::Malformed)),
                 S::BAD_REQUEST,
                 K::InvalidTaskToken,

@@ -97,6 +97,7 @@ pub async fn decide(
         policies: grant.policies,
         subject: grant.subject,
         task_id: grant.task_id,
+        credential_id: grant.credential_id,
         decided_at: grant.decided_at,
         expires_at: grant.expires_at,
         headers: grant.headers,
