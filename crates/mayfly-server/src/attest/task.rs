@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::AttestError;
 use crate::ledger::{RevocationKind, Store, TaskRecord, TaskState};
@@ -63,12 +64,23 @@ pub fn actor_chain(act: &serde_json::Value) -> Vec<String> {
     out
 }
 
+/// How long an active task, as read, is reused. Ending a task writes a task revocation that
+/// every token of it is checked against on each request, here at once and on other replicas
+/// within their revocation catch-up (`govern::revocations::EVERY`, which is tested to be no
+/// shorter); so a task's end is as prompt as it was with a read per request.
+pub const ACTIVE_TASK_REUSE: Duration = Duration::from_millis(500);
+/// Active tasks remembered at most.
+const ACTIVE_TASKS_REMEMBERED: usize = 10_000;
+
 /// Verifies task tokens and loads their task.
 #[derive(Clone)]
 pub struct TaskAttestor {
     verifier: TokenVerifier,
     store: Arc<dyn Store>,
     trust_domain: String,
+    /// Active tasks as read, and when: a task's record changes only when it ends (which its
+    /// revocation reports) and its expiry is computed at each use.
+    active: Arc<quick_cache::sync::Cache<String, (Instant, Arc<TaskIdentity>)>>,
 }
 
 impl std::fmt::Debug for TaskAttestor {
@@ -80,7 +92,7 @@ impl std::fmt::Debug for TaskAttestor {
 impl TaskAttestor {
     /// An attestor for task tokens of this server.
     pub fn new(verifier: TokenVerifier, store: Arc<dyn Store>, trust_domain: String) -> Self {
-        Self { verifier, store, trust_domain }
+        Self { verifier, store, trust_domain, active: Arc::new(quick_cache::sync::Cache::new(ACTIVE_TASKS_REMEMBERED)) }
     }
 
     /// The trust domain tasks live in.
@@ -108,11 +120,29 @@ impl TaskAttestor {
     }
 
     /// A task that is pending or active now, never ended, denied or expired.
+    /// Callers check the task's revocation first (a task token's or an access token's facts
+    /// carry its id): an active task is reused for [`ACTIVE_TASK_REUSE`] after it is read.
     pub async fn live_task(&self, id: &str, now: i64) -> Result<TaskIdentity, AttestError> {
+        if let Some((read_at, task)) = self.active.get(id)
+            && read_at.elapsed() < ACTIVE_TASK_REUSE
+            && task.task.state_at(now) == TaskState::Active
+        {
+            return Ok(TaskIdentity::clone(&task));
+        }
         let task = self.store.task(id).await?.ok_or_else(|| AttestError::BadClaim("task_id".into()))?;
+        let stored_active = task.state == TaskState::Active;
         match task.state_at(now) {
-            TaskState::Pending | TaskState::Active => TaskIdentity::from_record(task, &self.trust_domain),
-            other => Err(AttestError::TaskNotActive(other)),
+            TaskState::Pending | TaskState::Active => {
+                let identity = TaskIdentity::from_record(task, &self.trust_domain)?;
+                if stored_active {
+                    self.active.insert(id.to_owned(), (Instant::now(), Arc::new(identity.clone())));
+                }
+                Ok(identity)
+            }
+            other => {
+                self.active.remove(id);
+                Err(AttestError::TaskNotActive(other))
+            }
         }
     }
 }

@@ -40,3 +40,11 @@ impl Periodic for RevocationUpkeep {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_active_task_is_reused_no_longer_than_other_replicas_take_to_learn_its_end() {
+        assert!(crate::attest::task::ACTIVE_TASK_REUSE <= super::EVERY);
+    }
+}
