@@ -61,8 +61,13 @@ task_token() { # spiffe path → a task token
 }
 proxy_task=$(task_token bench/proxy)
 workload_task=$(task_token bench/workload)
-MAYFLY_TASK_TOKEN=$proxy_task MAYFLY_LOG=warn "$bin/mayfly" proxy run --listen "127.0.0.1:$proxy_port" 2>>"$work/proxy.log" & pids+=($!)
-for _ in $(seq 1 100); do grep -q "listening on" "$work/proxy.log" && break; sleep 0.1; done
+start_proxy() { # worker threads
+  : > "$work/proxy.log"
+  MAYFLY_TASK_TOKEN=$proxy_task MAYFLY_LOG=warn "$bin/mayfly" proxy run --listen "127.0.0.1:$proxy_port" \
+    --worker-threads "$1" 2>>"$work/proxy.log" & proxy_pid=$!; pids+=($proxy_pid)
+  for _ in $(seq 1 100); do grep -q "listening on" "$work/proxy.log" && break; sleep 0.1; done
+}
+start_proxy 1
 auth=$(printf 'task:%s' "$workload_task" | base64 -w0)
 
 # One request each way by hand, so a misconfiguration fails loudly instead of benchmarking errors.
@@ -97,8 +102,12 @@ load() { # name script concurrency url
     echo "$1 $3 $r $(echo "$res" | awk '/Requests\/sec/ {print $2}') $(echo "$res" | awk '$1=="50%" {print $2}') $(echo "$res" | awk '$1=="99%" {print $2}')" | tee -a "$out"
   done
 }
-for c in 1 16; do
-  load direct "$work/direct.lua" "$c" "http://127.0.0.1:$upstream_port/v1/items?limit=10"
-  load proxied "$work/proxied.lua" "$c" "http://127.0.0.1:$proxy_port"
+# The proxy with one worker thread (its default) and with two (as many as this machine has cores).
+for threads in 1 2; do
+  if [ "$threads" != 1 ]; then kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true; start_proxy "$threads"; fi
+  for c in 1 16; do
+    [ "$threads" = 1 ] && load direct "$work/direct.lua" "$c" "http://127.0.0.1:$upstream_port/v1/items?limit=10"
+    load "proxied-t$threads" "$work/proxied.lua" "$c" "http://127.0.0.1:$proxy_port"
+  done
 done
 echo "results in $out"

@@ -91,7 +91,13 @@ fn main() -> ExitCode {
         return ExitCode::from(exec::EXIT_EXEC_FAILED);
     }
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Proxy(cmd) = &cli.command
+        && let Some(threads) = cmd.worker_threads()
+    {
+        builder.worker_threads(threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

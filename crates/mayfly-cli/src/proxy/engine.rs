@@ -68,6 +68,8 @@ pub struct Proxy {
     pub(super) ca: ProxyCa,
     pub(super) exec: Option<ExecWorkload>,
     follower: Arc<RevocationFollower>,
+    /// `/v1/proxy/decisions`, parsed once (it is called on every request).
+    decisions_url: reqwest::Url,
     watched: Mutex<HashMap<u64, Watched>>,
     next_id: AtomicU64,
 }
@@ -104,6 +106,8 @@ impl Proxy {
         exec: Option<ExecWorkload>,
     ) -> anyhow::Result<Arc<Self>> {
         let (server, feed) = (remote.client()?, remote.streaming_client()?);
+        let decisions_url = reqwest::Url::parse(&remote.endpoint("/v1/proxy/decisions"))
+            .with_context(|| format!("the server URL {:?}", remote.url))?;
         let mut proxy = Self {
             remote,
             server,
@@ -116,6 +120,7 @@ impl Proxy {
             ca: ProxyCa::generate()?,
             exec,
             follower: Arc::new(RevocationFollower::default()),
+            decisions_url,
             watched: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
         };
@@ -245,7 +250,7 @@ impl Proxy {
 
     /// Asks the server about one request; the proxy token is renewed once if refused.
     pub(super) async fn decide(&self, req: &ProxyDecisionRequest) -> Result<ProxyDecisionResponse, Refusal> {
-        let url = self.remote.endpoint("/v1/proxy/decisions");
+        let url = &self.decisions_url;
         let unavailable = |detail: String| Refusal {
             status: 503,
             problem: problem(ProblemKind::Unavailable, 503, detail),
@@ -253,7 +258,8 @@ impl Proxy {
         };
         for attempt in 0..2 {
             let token = self.token(attempt > 0).await.map_err(|e| unavailable(format!("no proxy token: {e:#}")))?;
-            let sent = self.server.post(&url).bearer_auth(&token).json(req).timeout(DECISION_TIMEOUT).send().await;
+            let sent =
+                self.server.post(url.clone()).bearer_auth(&token).json(req).timeout(DECISION_TIMEOUT).send().await;
             let resp =
                 sent.map_err(|e| unavailable(format!("the Mayfly server cannot be reached: {}", e.without_url())))?;
             let status = resp.status().as_u16();

@@ -414,6 +414,9 @@ impl Proxy {
             headers.insert(name, value);
         }
         let method = req.method().clone();
+        // A request that declares no body is sent with none (a stream would go out chunked).
+        let has_body =
+            req.headers().contains_key(header::CONTENT_LENGTH) || req.headers().contains_key(header::TRANSFER_ENCODING);
         let body_stream = BodyStream::new(req.into_body());
         let mut sent_bytes = 0u64;
         let limited = body_stream.filter_map(move |frame| {
@@ -433,8 +436,10 @@ impl Proxy {
             };
             std::future::ready(out)
         });
-        let request =
-            upstream.client.request(method.clone(), target).headers(headers).body(reqwest::Body::wrap_stream(limited));
+        let mut request = upstream.client.request(method.clone(), target).headers(headers);
+        if has_body {
+            request = request.body(reqwest::Body::wrap_stream(limited));
+        }
         let sent = tokio::time::timeout(UPSTREAM_HEAD_TIMEOUT, request.send()).await;
         let resp = match sent {
             Ok(Ok(r)) => r,

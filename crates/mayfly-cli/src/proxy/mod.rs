@@ -51,6 +51,21 @@ pub struct RunArgs {
     /// Write the proxy's CA certificate (PEM) here, for workloads to trust.
     #[arg(long)]
     ca_cert_out: Option<PathBuf>,
+    /// Threads serving requests. One keeps each request on one thread, the lowest latency
+    /// (a request crosses the proxy four times: handing it between threads costs more than
+    /// the work); more serve more concurrent requests on more cores (see bench/README.md).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    worker_threads: u16,
+}
+
+impl ProxyCommand {
+    /// How many runtime threads the command wants, if it says.
+    pub fn worker_threads(&self) -> Option<usize> {
+        match self {
+            ProxyCommand::Run(args) => Some(usize::from(args.worker_threads)),
+            ProxyCommand::Seal { .. } => None,
+        }
+    }
 }
 
 impl ProxyCommand {
