@@ -162,6 +162,9 @@ when { principal.hasTag("serviceaccount") && principal.getTag("serviceaccount") 
 permit (principal is Mayfly::Task, action == Mayfly::Action::"exchange", resource == Mayfly::Audience::"urn:mayfly:proxy-client");
 @id("prod-may-start-tasks")
 permit (principal, action == Mayfly::Action::"start_task", resource);
+@id("payments-need-the-scope")
+forbid (principal is Mayfly::Task, action == Mayfly::Action::"proxy", resource == Mayfly::Upstream::"pay")
+when { principal.scopes.contains("pay:read") && !context.scopes.contains("pay:read") };
 "#;
     let config = TestConfig::standard(&k8s, &gh).add_policies(PROXY_POLICIES).add_policies(policies).toml(&format!(
         "[[proxy.upstreams]]\nname = \"pay\"\nurl = \"https://api.pay.example\"\n[proxy.upstreams.inject]\nkind = \"header\"\nsecret = \"{SECRET}\"\n"
@@ -249,6 +252,41 @@ permit (principal, action == Mayfly::Action::"start_task", resource);
     assert!(ended.status().is_success());
     let after = decide(&srv, Some(&proxy), &as_access(&under_task)).await;
     assert_eq!(after.status(), 400);
+
+    // A token narrowed below its task's scopes is judged with what it carries, not the task's.
+    let scoped: Value = srv
+        .http
+        .post(format!("{}/v1/tasks", srv.url))
+        .json(&json!({"subject_token_type": "urn:ietf:params:oauth:token-type:jwt", "subject_token": web,
+                      "purpose": "p", "scope": "pay:read reports"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let under_scoped = |scope: &'static str| {
+        let task_token = scoped["task_token"].as_str().unwrap().to_owned();
+        let srv = &srv;
+        async move {
+            let mut form = vec![
+                ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange".to_owned()),
+                ("subject_token", task_token),
+                ("subject_token_type", "urn:mayfly:params:oauth:token-type:task".to_owned()),
+                ("audience", "urn:mayfly:proxy-client".to_owned()),
+            ];
+            if !scope.is_empty() {
+                form.push(("scope", scope.to_owned()));
+            }
+            let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            srv.exchange(&form).await.json::<Value>().await.unwrap()
+        }
+    };
+    let whole = token_of(under_scoped("pay:read reports").await);
+    assert_eq!(decide(&srv, Some(&proxy), &as_access(&whole)).await.status(), 200);
+    let narrowed = token_of(under_scoped("reports").await);
+    let denied = assert_problem(decide(&srv, Some(&proxy), &as_access(&narrowed)).await, 403, "policy-denied").await;
+    assert_eq!(denied["policies"], json!(["payments-need-the-scope"]));
 
     // Revoking the token itself (its jti) refuses it at once.
     let revoked = srv.admin_post("/v1/revocations", Some(json!({"jti": claims["jti"]}))).await;

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use mayfly_proto::{
-    PROXY_AUDIENCE, Problem, ProblemKind, ProxyDecisionRequest, ProxyDecisionResponse, ProxyUpstreamInfo,
-    ProxyUpstreamsResponse,
+    PROXY_AUDIENCE, PROXY_CLIENT_AUDIENCE, Problem, ProblemKind, ProxyDecisionRequest, ProxyDecisionResponse,
+    ProxyUpstreamInfo, ProxyUpstreamsResponse,
 };
 use mayfly_verify::revocation::CredentialFacts;
 use mayfly_verify::{CredentialSource, FeedCredential, RevocationFollower};
@@ -201,7 +201,8 @@ impl Proxy {
             let facts = CredentialFacts {
                 jti: w.credential_id.as_deref().unwrap_or_default(),
                 subject: &w.subject,
-                audience: "",
+                // A workload that proved itself with a token is cut by a revocation of its audience too.
+                audience: if w.credential_id.is_some() { PROXY_CLIENT_AUDIENCE } else { "" },
                 task_id: w.task_id.as_deref(),
                 issued_at: w.decided_at,
             };

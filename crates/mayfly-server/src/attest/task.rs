@@ -65,9 +65,12 @@ pub fn actor_chain(act: &serde_json::Value) -> Vec<String> {
 }
 
 /// How long an active task, as read, is reused. Ending a task writes a task revocation that
-/// every token of it is checked against on each request, here at once and on other replicas
-/// within their revocation catch-up (`govern::revocations::EVERY`, which is tested to be no
-/// shorter); so a task's end is as prompt as it was with a read per request.
+/// every token of it is checked against on each request: on this replica at once, so nothing
+/// changes here; on other replicas of a shared store within their revocation catch-up
+/// (`govern::revocations::EVERY`, tested to be no shorter than this), where a read per
+/// request would have seen the end as soon as it committed. That is the price: on a shared
+/// store, a task's end reaches another replica's task path up to this much later, as it
+/// already reached every token issued under the task.
 pub const ACTIVE_TASK_REUSE: Duration = Duration::from_millis(500);
 /// Active tasks remembered at most.
 const ACTIVE_TASKS_REMEMBERED: usize = 10_000;
@@ -129,13 +132,15 @@ impl TaskAttestor {
         {
             return Ok(TaskIdentity::clone(&task));
         }
+        // Stamped before the read: a slow read must not make what it saw look newer.
+        let read_at = Instant::now();
         let task = self.store.task(id).await?.ok_or_else(|| AttestError::BadClaim("task_id".into()))?;
         let stored_active = task.state == TaskState::Active;
         match task.state_at(now) {
             TaskState::Pending | TaskState::Active => {
                 let identity = TaskIdentity::from_record(task, &self.trust_domain)?;
                 if stored_active {
-                    self.active.insert(id.to_owned(), (Instant::now(), Arc::new(identity.clone())));
+                    self.active.insert(id.to_owned(), (read_at, Arc::new(identity.clone())));
                 }
                 Ok(identity)
             }

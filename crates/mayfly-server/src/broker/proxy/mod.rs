@@ -359,7 +359,12 @@ impl Broker {
                 if t.task.state == crate::ledger::TaskState::Pending {
                     return Err(BrokerError::TaskPending { task: t.task.id.clone() });
                 }
-                let scopes = t.task.scope.split_whitespace().map(str::to_owned).collect();
+                let mut scopes: Vec<String> = t.task.scope.split_whitespace().map(str::to_owned).collect();
+                // A token issued under the task carries what it was narrowed to, no more.
+                if let Some(c) = &token_claims {
+                    let granted: Vec<&str> = c.scope.as_deref().unwrap_or_default().split_whitespace().collect();
+                    scopes.retain(|s| granted.contains(&s.as_str()));
+                }
                 (scopes, t.task.expires_at, Some(t.task.id.clone()))
             }
         };
