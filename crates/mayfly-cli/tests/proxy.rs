@@ -139,6 +139,16 @@ kind = "mayfly_token"
 audience = "https://internal.test"
 
 [[proxy.upstreams]]
+name = "metered"
+url = "http://127.0.0.1:{internal}"
+hosts = ["metered.test"]
+bytes_per_minute = 4000
+[proxy.upstreams.inject]
+kind = "header"
+header = "X-Api-Key"
+secret = "metered-key"
+
+[[proxy.upstreams]]
 name = "oauth"
 url = "http://127.0.0.1:{oauth}"
 hosts = ["oauth.test"]
@@ -513,6 +523,25 @@ fn a_standalone_proxy_serves_workloads_that_prove_themselves_and_decides_their_t
         let _ = slow.read_to_end(&mut buf);
         assert!(started.elapsed() < Duration::from_secs(15), "the slow head was cut after {:?}", started.elapsed());
     }
+
+    // A byte budget per caller and minute: spent, the next request is refused (429) until the
+    // minute ends, and another caller's budget is its own. Started early in a minute, so the
+    // budget does not reset half-way.
+    let second = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() % 60;
+    if second > 45 {
+        std::thread::sleep(Duration::from_secs(61 - second));
+    }
+    let body = "b".repeat(2500);
+    let (code, _, out) = curl(&["-x", &via, "--data-binary", &body, "http://metered.test/first"]);
+    assert_eq!(code, "200", "{out}");
+    let (code, _, _) = curl(&["-x", &via, "--data-binary", &body, "http://metered.test/over"]);
+    assert_ne!(code, "200", "the request that goes over the budget is cut");
+    let (code, _, out) = curl(&["-x", &via, "http://metered.test/after"]);
+    assert_eq!(code, "429", "{out}");
+    assert!(out.contains("rate-limited") && out.contains("bytes per minute"), "{out}");
+    let other = task_token(&s.srv, "agents/other");
+    let (code, _, out) = curl(&["-x", &format!("http://task:{other}@{addr}"), "http://metered.test/other-caller"]);
+    assert_eq!(code, "200", "{out}");
 
     // A Mayfly access token for urn:mayfly:proxy-client as the identity (Bearer); its
     // revocation refuses it at once, while the task's own token still works.

@@ -924,6 +924,9 @@ pub struct ProxyUpstreamInfo {
     /// PEM CA certificates the upstream's TLS certificate is checked against (empty: the system roots).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_pem: Option<String>,
+    /// Body bytes (both ways) one caller may move to it per minute through one proxy; 0: no limit.
+    #[serde(default)]
+    pub bytes_per_minute: u64,
     /// Largest request body forwarded, in bytes.
     pub max_request_bytes: u64,
     /// Largest response body passed back, in bytes.

@@ -23,6 +23,8 @@ use crate::client::{Remote, call, exchange};
 const TOKEN_MARGIN_SECS: i64 = 30;
 /// How often requests in flight are checked against the revocation index.
 const WATCH_EVERY: Duration = Duration::from_millis(200);
+/// Byte meters kept before those of past minutes are dropped.
+const MAX_BYTE_METERS: usize = 100_000;
 /// Longest wait for the server's decision.
 const DECISION_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -68,6 +70,8 @@ pub struct Proxy {
     pub(super) ca: ProxyCa,
     pub(super) exec: Option<ExecWorkload>,
     follower: Arc<RevocationFollower>,
+    /// Body bytes each caller moved to each upstream this minute: (caller, upstream) → (minute, bytes).
+    bytes: Mutex<HashMap<(String, usize), (i64, u64)>>,
     /// `/v1/proxy/decisions`, parsed once (it is called on every request).
     decisions_url: reqwest::Url,
     watched: Mutex<HashMap<u64, Watched>>,
@@ -121,6 +125,7 @@ impl Proxy {
             exec,
             follower: Arc::new(RevocationFollower::default()),
             decisions_url,
+            bytes: Mutex::new(HashMap::new()),
             watched: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
         };
@@ -293,6 +298,33 @@ impl Proxy {
             return Err(Refusal { status, problem, retry_after });
         }
         Err(unavailable("the server refused the proxy's token".into()))
+    }
+
+    /// Counts `n` body bytes of `caller` to upstream `index` (0 only asks); `Err(seconds to the
+    /// next minute)` when the caller is over the upstream's `bytes_per_minute`.
+    pub(super) fn count_bytes(&self, caller: &str, index: usize, n: u64) -> Result<(), u64> {
+        let limit = self.upstreams[index].info.bytes_per_minute;
+        if limit == 0 {
+            return Ok(());
+        }
+        let now = now();
+        let minute = now.div_euclid(60);
+        let mut bytes = self.bytes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if bytes.len() >= MAX_BYTE_METERS {
+            bytes.retain(|_, (m, _)| *m == minute);
+        }
+        let entry = bytes.entry((caller.to_owned(), index)).or_insert((minute, 0));
+        if entry.0 != minute {
+            *entry = (minute, 0);
+        }
+        if entry.1 >= limit {
+            return Err((60 - now.rem_euclid(60)).max(1) as u64);
+        }
+        entry.1 = entry.1.saturating_add(n);
+        if entry.1 > limit {
+            return Err((60 - now.rem_euclid(60)).max(1) as u64);
+        }
+        Ok(())
     }
 
     /// The upstream a host goes to through the forward proxy.

@@ -390,6 +390,20 @@ impl Proxy {
             Ok(d) => d,
             Err(refused) => return refused,
         };
+        // The caller's byte budget for this upstream, counted by this proxy.
+        let caller = decision.task_id.clone().unwrap_or_else(|| decision.subject.clone());
+        if let Err(retry_after) = self.count_bytes(&caller, index, 0) {
+            let mut resp = answer(
+                ProblemKind::RateLimited,
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "over upstream {:?}'s {} bytes per minute for this caller",
+                    upstream.info.name, upstream.info.bytes_per_minute
+                ),
+            );
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            return resp;
+        }
         // The upstream URL: its base (and path prefix), then the path and query as sent.
         let prefix = upstream.base.path().trim_end_matches('/');
         let mut target = upstream.base.clone();
@@ -419,6 +433,7 @@ impl Proxy {
             req.headers().contains_key(header::CONTENT_LENGTH) || req.headers().contains_key(header::TRANSFER_ENCODING);
         let body_stream = BodyStream::new(req.into_body());
         let mut sent_bytes = 0u64;
+        let (meter, meter_caller) = (self.clone(), caller.clone());
         let limited = body_stream.filter_map(move |frame| {
             let out = match frame {
                 Ok(f) => match f.into_data() {
@@ -426,6 +441,8 @@ impl Proxy {
                         sent_bytes += data.len() as u64;
                         if sent_bytes > limit {
                             Some(Err(std::io::Error::other(format!("request body over {limit} bytes"))))
+                        } else if meter.count_bytes(&meter_caller, index, data.len() as u64).is_err() {
+                            Some(Err(std::io::Error::other("over the caller's bytes per minute")))
                         } else {
                             Some(Ok(data))
                         }
@@ -465,6 +482,7 @@ impl Proxy {
         let guard = self.watch(&decision, cut.clone());
         let max = upstream.info.max_response_bytes;
         let mut upstream_body = resp.bytes_stream();
+        let meter = self.clone();
         let stream = async_stream::stream! {
             let _guard = guard;
             let mut received = 0u64;
@@ -474,6 +492,10 @@ impl Proxy {
                         received += data.len() as u64;
                         if received > max {
                             yield Err(std::io::Error::other(format!("response over {max} bytes")));
+                            break;
+                        }
+                        if meter.count_bytes(&caller, index, data.len() as u64).is_err() {
+                            yield Err(std::io::Error::other("over the caller's bytes per minute"));
                             break;
                         }
                         yield Ok(Frame::data(data));

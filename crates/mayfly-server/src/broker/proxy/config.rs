@@ -42,6 +42,10 @@ pub struct UpstreamConfig {
     /// Requests per minute one caller (a task, or a workload) may send to it; 0: no limit.
     #[serde(default = "default_requests_per_minute")]
     pub requests_per_minute: u32,
+    /// Body bytes (request and response) one caller (a task, or a workload) may move to it per
+    /// minute through one proxy; 0: no limit. Each proxy counts its own.
+    #[serde(default)]
+    pub bytes_per_minute: u64,
     /// Largest request body forwarded (default 10 MiB).
     #[serde(default = "default_max_request_bytes")]
     pub max_request_bytes: u64,

@@ -150,6 +150,7 @@ impl ProxyUpstreams {
                 inject: u.config.inject.kind().into(),
                 strip_headers: vec![u.config.inject.header_name().to_owned()],
                 ca_pem: u.ca_pem.clone(),
+                bytes_per_minute: u.config.bytes_per_minute,
                 max_request_bytes: u.config.max_request_bytes,
                 max_response_bytes: u.config.max_response_bytes,
             })
