@@ -68,7 +68,8 @@ pub struct ProxyUpstreams {
     by_name: HashMap<String, Upstream>,
     tunnel_unmatched: bool,
     tunnel_internal_allowed: Vec<String>,
-    rates: Mutex<HashMap<(String, String), RateWindow>>,
+    /// Caller → upstream → its window (looked up without allocating once a caller is known).
+    rates: Mutex<HashMap<String, HashMap<String, RateWindow>>>,
     http: Option<reqwest::Client>,
 }
 
@@ -169,9 +170,17 @@ impl ProxyUpstreams {
         let minute = now.div_euclid(60);
         let mut rates = self.rates.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if rates.len() >= MAX_RATE_ENTRIES {
-            rates.retain(|_, w| w.minute >= minute);
+            rates.retain(|_, per_upstream| per_upstream.values().any(|w| w.minute >= minute));
         }
-        let w = rates.entry((caller.to_owned(), upstream.config.name.clone())).or_default();
+        if !rates.contains_key(caller) {
+            rates.insert(caller.to_owned(), HashMap::new());
+        }
+        let Some(per_upstream) = rates.get_mut(caller) else { return Ok(None) };
+        let name = &upstream.config.name;
+        if !per_upstream.contains_key(name) {
+            per_upstream.insert(name.clone(), RateWindow::default());
+        }
+        let Some(w) = per_upstream.get_mut(name) else { return Ok(None) };
         if w.minute != minute {
             w.previous = if w.minute == minute - 1 { w.count } else { 0 };
             w.minute = minute;
@@ -399,19 +408,22 @@ impl Broker {
             return Err(e);
         }
         let subject = caller.spiffe_id();
-        let mut audit = json!({"upstream": resource, "method": p.method, "host": p.host, "path": p.path,
-                               "proxy": p.proxy, "task_id": task_id, "policies": decision.policies,
-                               "source_ip": p.source_ip.to_string()});
+        // Built only when a record is written (once per caller, upstream and minute).
+        let audit = || {
+            json!({"upstream": resource, "method": p.method, "host": p.host, "path": p.path,
+                   "proxy": p.proxy, "task_id": task_id, "policies": decision.policies,
+                   "source_ip": p.source_ip.to_string()})
+        };
         let headers = match upstream {
             // An opaque tunnel is decided once, for the connection: each is audited.
             None => {
                 counted("allowed");
-                self.audit_best_effort(AuditEvent::new("proxy.tunnel", Some(subject.clone()), audit)).await;
+                self.audit_best_effort(AuditEvent::new("proxy.tunnel", Some(subject.clone()), audit())).await;
                 Vec::new()
             }
             Some(upstream) => {
-                let counted_as = task_id.clone().unwrap_or_else(|| subject.clone());
-                let first_of_minute = match self.proxy.count(&counted_as, upstream, now) {
+                let counted_as = task_id.as_deref().unwrap_or(&subject);
+                let first_of_minute = match self.proxy.count(counted_as, upstream, now) {
                     Ok(first) => first,
                     Err(per_minute) => {
                         counted("rate_limited");
@@ -423,6 +435,7 @@ impl Broker {
                 let injected = self.injected_header(upstream, &caller, &p).await?;
                 // Bounded: one record per caller and upstream per minute, with what the minute before counted.
                 if let Some(previous_minute) = first_of_minute {
+                    let mut audit = audit();
                     audit["requests_previous_minute"] = previous_minute.into();
                     self.audit_best_effort(AuditEvent::new("proxy.allowed", Some(subject.clone()), audit)).await;
                 }
