@@ -7,6 +7,12 @@ pub fn now_unix() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
+/// Seconds from `now` (Unix) to the start of the next minute, 1 to 60: when a per-minute
+/// count starts over (what `Retry-After` says).
+pub fn seconds_to_next_minute(now: i64) -> u64 {
+    (60 - now.rem_euclid(60)) as u64
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub fn now_unix_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)

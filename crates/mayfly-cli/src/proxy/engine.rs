@@ -317,14 +317,12 @@ impl Proxy {
         if entry.0 != minute {
             *entry = (minute, 0);
         }
-        if entry.1 >= limit {
-            return Err((60 - now.rem_euclid(60)).max(1) as u64);
-        }
-        entry.1 = entry.1.saturating_add(n);
-        if entry.1 > limit {
-            return Err((60 - now.rem_euclid(60)).max(1) as u64);
-        }
-        Ok(())
+        // Spent already, or spent by these bytes (reaching the budget exactly is still within it).
+        let spent = entry.1 >= limit || {
+            entry.1 = entry.1.saturating_add(n);
+            entry.1 > limit
+        };
+        if spent { Err(mayfly_server::clock::seconds_to_next_minute(now)) } else { Ok(()) }
     }
 
     /// The upstream a host goes to through the forward proxy.

@@ -556,9 +556,14 @@ impl Broker {
             Ok(caller) => return Ok(caller),
             Err(e) => e,
         };
+        Err(self.attestation_refused(e, source_ip))
+    }
+
+    /// Counts and audits (summarised per source and reason) evidence that proved nothing.
+    pub(crate) fn attestation_refused(&self, e: AttestError, source_ip: IpAddr) -> BrokerError {
         metrics::counter!("mayfly_requests_denied_total", "reason" => "attestation").increment(1);
         self.audit_failure(source_ip, e.code(), "attest.failed");
-        Err(e.into())
+        e.into()
     }
 
     /// Turns a policy decision into a result, auditing a denial.

@@ -468,15 +468,7 @@ impl Broker {
         source_ip: IpAddr,
         now: i64,
     ) -> Result<(Caller, AccessClaims), BrokerError> {
-        let result = self.proxy_client(token, now).await;
-        match result {
-            Ok(ok) => Ok(ok),
-            Err(e) => {
-                metrics::counter!("mayfly_requests_denied_total", "reason" => "attestation").increment(1);
-                self.audit_failure(source_ip, e.code(), "attest.failed");
-                Err(e.into())
-            }
-        }
+        self.proxy_client(token, now).await.map_err(|e| self.attestation_refused(e, source_ip))
     }
 
     async fn proxy_client(&self, token: &str, now: i64) -> Result<(Caller, AccessClaims), AttestError> {

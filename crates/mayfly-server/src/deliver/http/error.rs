@@ -245,7 +245,7 @@ impl IntoResponse for ApiError {
         }
         // RFC 9110 §10.2.3: the window is a minute; the count starts over at the next one.
         if let ApiError::Broker(BrokerError::RateLimited { .. }) = &self {
-            let wait = 60 - crate::clock::now_unix().rem_euclid(60);
+            let wait = crate::clock::seconds_to_next_minute(crate::clock::now_unix());
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait));
         }
         resp
