@@ -438,6 +438,12 @@ fn a_standalone_proxy_serves_workloads_that_prove_themselves_and_decides_their_t
     let out = mayfly(&["proxy", "run", "--url", &s.srv.url, "--join-token", "x"], &[]);
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("single use"), "{}", text(&out.stderr));
+    // No threads, or absurdly many: a clear refusal before anything starts.
+    for threads in ["0", "100000", "two"] {
+        let out = mayfly(&["proxy", "run", "--url", &s.srv.url, "--worker-threads", threads], &[]);
+        assert!(!out.status.success());
+        assert!(text(&out.stderr).contains("--worker-threads"), "{}", text(&out.stderr));
+    }
 
     let own = task_token(&s.srv, "egress/proxy");
     let mut proxy = Command::new(BIN)

@@ -193,7 +193,8 @@ when { principal.scopes.contains("pay:read") && !context.scopes.contains("pay:re
     let other = token_of(srv.exchange_jwt(&web, "https://api.example").await.json().await.unwrap());
     let mut forged = client.clone();
     forged.replace_range(forged.len() - 4.., "AAAA");
-    for bad in [other.as_str(), proxy.as_str(), forged.as_str(), "not.a.jwt"] {
+    let oversized = format!("{}.{}.x", "e".repeat(10_000), "e".repeat(10_000));
+    for bad in [other.as_str(), proxy.as_str(), forged.as_str(), "not.a.jwt", oversized.as_str()] {
         assert_problem(decide(&srv, Some(&proxy), &as_access(bad)).await, 400, "invalid-access-token").await;
     }
     let limited = srv.exchange_jwt_with(&web, "urn:mayfly:proxy-client", &[("max_uses", "5")]).await;
@@ -223,25 +224,9 @@ when { principal.scopes.contains("pay:read") && !context.scopes.contains("pay:re
     assert!(refused["detail"].as_str().unwrap().contains("bound"), "{refused}");
 
     // A token issued under a task acts as that task, and stops with it.
-    let task: Value = srv
-        .http
-        .post(format!("{}/v1/tasks", srv.url))
-        .json(&json!({"subject_token_type": "urn:ietf:params:oauth:token-type:jwt", "subject_token": web, "purpose": "p"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let task: Value = srv.start_task(JWT_TYPE, &web, json!({})).await.json().await.unwrap();
     let task_id = task["task"]["id"].as_str().unwrap().to_owned();
-    let under_task = srv
-        .exchange(&[
-            ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
-            ("subject_token", task["task_token"].as_str().unwrap()),
-            ("subject_token_type", "urn:mayfly:params:oauth:token-type:task"),
-            ("audience", "urn:mayfly:proxy-client"),
-        ])
-        .await;
+    let under_task = srv.exchange_task(task["task_token"].as_str().unwrap(), "urn:mayfly:proxy-client", None).await;
     assert_eq!(under_task.status(), 200);
     let under_task = token_of(under_task.json().await.unwrap());
     let grant: Value = decide(&srv, Some(&proxy), &as_access(&under_task)).await.json().await.unwrap();
@@ -254,37 +239,13 @@ when { principal.scopes.contains("pay:read") && !context.scopes.contains("pay:re
     assert_eq!(after.status(), 400);
 
     // A token narrowed below its task's scopes is judged with what it carries, not the task's.
-    let scoped: Value = srv
-        .http
-        .post(format!("{}/v1/tasks", srv.url))
-        .json(&json!({"subject_token_type": "urn:ietf:params:oauth:token-type:jwt", "subject_token": web,
-                      "purpose": "p", "scope": "pay:read reports"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let under_scoped = |scope: &'static str| {
-        let task_token = scoped["task_token"].as_str().unwrap().to_owned();
-        let srv = &srv;
-        async move {
-            let mut form = vec![
-                ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange".to_owned()),
-                ("subject_token", task_token),
-                ("subject_token_type", "urn:mayfly:params:oauth:token-type:task".to_owned()),
-                ("audience", "urn:mayfly:proxy-client".to_owned()),
-            ];
-            if !scope.is_empty() {
-                form.push(("scope", scope.to_owned()));
-            }
-            let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            srv.exchange(&form).await.json::<Value>().await.unwrap()
-        }
-    };
-    let whole = token_of(under_scoped("pay:read reports").await);
+    let scoped: Value =
+        srv.start_task(JWT_TYPE, &web, json!({"scope": "pay:read reports"})).await.json().await.unwrap();
+    let scoped_token = scoped["task_token"].as_str().unwrap();
+    let under_scoped = |scope| srv.exchange_task(scoped_token, "urn:mayfly:proxy-client", Some(scope));
+    let whole = token_of(under_scoped("pay:read reports").await.json().await.unwrap());
     assert_eq!(decide(&srv, Some(&proxy), &as_access(&whole)).await.status(), 200);
-    let narrowed = token_of(under_scoped("reports").await);
+    let narrowed = token_of(under_scoped("reports").await.json().await.unwrap());
     let denied = assert_problem(decide(&srv, Some(&proxy), &as_access(&narrowed)).await, 403, "policy-denied").await;
     assert_eq!(denied["policies"], json!(["payments-need-the-scope"]));
 
@@ -294,4 +255,14 @@ when { principal.scopes.contains("pay:read") && !context.scopes.contains("pay:re
     let after =
         assert_problem(decide(&srv, Some(&proxy), &as_access(&client)).await, 400, "invalid-access-token").await;
     assert!(!after.to_string().contains(SECRET));
+
+    // Revoking the workload refuses every token it got before, not only the one revoked.
+    let fresh = token_of(srv.exchange_jwt(&web, "urn:mayfly:proxy-client").await.json().await.unwrap());
+    assert_eq!(decide(&srv, Some(&proxy), &as_access(&fresh)).await.status(), 200);
+    let revoked =
+        srv.admin_post("/v1/revocations", Some(json!({"subject": "spiffe://test.example/ns/prod/sa/web"}))).await;
+    assert!(revoked.status().is_success(), "{}", revoked.text().await.unwrap());
+    let after = decide(&srv, Some(&proxy), &as_access(&fresh)).await;
+    assert_eq!(after.status(), 400);
+    assert!(!after.text().await.unwrap().contains(SECRET));
 }

@@ -6,8 +6,6 @@
 use mayfly_testkit::*;
 use serde_json::{Value, json};
 
-const TASK_TYPE: &str = "urn:mayfly:params:oauth:token-type:task";
-
 /// Prod workloads (and their tasks) start tasks; those asking for `deploy` wait for approval.
 const TASK_POLICIES: &str = r#"
 @id("prod-may-start-tasks")
@@ -40,14 +38,6 @@ async fn two_replicas() -> (TestServer, TestServer, TestIssuer, TestDatabase) {
     (a, b, k8s, db)
 }
 
-async fn start_task(srv: &TestServer, token_type: &str, token: &str, extra: Value) -> reqwest::Response {
-    let mut body = json!({"subject_token_type": token_type, "subject_token": token, "purpose": "race"});
-    for (k, v) in extra.as_object().unwrap() {
-        body[k] = v.clone();
-    }
-    srv.http.post(format!("{}/v1/tasks", srv.url)).json(&body).send().await.unwrap()
-}
-
 /// A started task's id and token.
 async fn started(r: reqwest::Response) -> (String, String) {
     let status = r.status();
@@ -67,13 +57,13 @@ async fn ending_a_task_on_one_replica_while_the_other_starts_sub_tasks_leaves_no
     let mut refused = 0;
     for round in 0..6 {
         let (root, root_token) =
-            started(start_task(&a, JWT_TYPE, &k8s.k8s_token("prod", "worker"), json!({})).await).await;
+            started(a.start_task(JWT_TYPE, &k8s.k8s_token("prod", "worker"), json!({})).await).await;
         // A child started before the race: grandchildren start under it (they lock the
         // child, not the root), the case a lock on the root alone would miss.
-        let (child, child_token) = started(start_task(&b, TASK_TYPE, &root_token, json!({})).await).await;
+        let (child, child_token) = started(b.start_task(TASK_TYPE, &root_token, json!({})).await).await;
         let starts = (0..6).map(|i| {
             let token = if i % 2 == 0 { &root_token } else { &child_token };
-            start_task(&b, TASK_TYPE, token, json!({}))
+            b.start_task(TASK_TYPE, token, json!({}))
         });
         let end = async {
             // Let some starts get going first; vary it so the end lands in different places.
@@ -106,7 +96,7 @@ async fn ending_a_task_on_one_replica_while_the_other_starts_sub_tasks_leaves_no
 async fn approving_on_one_replica_while_denying_on_the_other_has_exactly_one_winner() {
     let (a, b, k8s, _db) = two_replicas().await;
     for _ in 0..5 {
-        let r = start_task(&a, JWT_TYPE, &k8s.k8s_token("prod", "worker"), json!({"scope": "deploy"})).await;
+        let r = a.start_task(JWT_TYPE, &k8s.k8s_token("prod", "worker"), json!({"scope": "deploy"})).await;
         let (id, _) = started(r).await;
         assert_eq!(state(&a, &id).await, "pending");
         let (approve_path, deny_path) = (format!("/v1/tasks/{id}/approve"), format!("/v1/tasks/{id}/deny"));
@@ -134,7 +124,7 @@ async fn approving_on_one_replica_while_denying_on_the_other_has_exactly_one_win
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flood_of_sub_task_starts_cannot_keep_a_task_alive() {
     let (a, b, k8s, _db) = two_replicas().await;
-    let (root, root_token) = started(start_task(&a, JWT_TYPE, &k8s.k8s_token("prod", "worker"), json!({})).await).await;
+    let (root, root_token) = started(a.start_task(JWT_TYPE, &k8s.k8s_token("prod", "worker"), json!({})).await).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     // Eight starters, each going one level deeper with every sub-task it gets (bounded:
     // 60 starts each, and they stop when the end has answered).
@@ -146,7 +136,7 @@ async fn a_flood_of_sub_task_starts_cannot_keep_a_task_alive() {
                 if stop.load(std::sync::atomic::Ordering::SeqCst) {
                     break;
                 }
-                let r = start_task(b, TASK_TYPE, &token, json!({})).await;
+                let r = b.start_task(TASK_TYPE, &token, json!({})).await;
                 if r.status() == 201 {
                     let v: Value = r.json().await.unwrap();
                     started_ids.push(v["task"]["id"].as_str().unwrap().to_owned());

@@ -3,8 +3,6 @@
 use mayfly_testkit::*;
 use serde_json::{Value, json};
 
-const TASK_TYPE: &str = "urn:mayfly:params:oauth:token-type:task";
-
 /// On top of the test policies: prod workloads start tasks (those asking for `deploy`
 /// wait for approval); release workloads approve.
 const TASK_POLICIES: &str = r#"
@@ -39,37 +37,16 @@ async fn start() -> (TestServer, TestIssuer) {
     start_with("").await
 }
 
-async fn start_task(srv: &TestServer, token_type: &str, token: &str, extra: Value) -> reqwest::Response {
-    let mut body = json!({"subject_token_type": token_type, "subject_token": token, "purpose": "nightly report"});
-    for (k, v) in extra.as_object().unwrap() {
-        body[k] = v.clone();
-    }
-    srv.http.post(format!("{}/v1/tasks", srv.url)).json(&body).send().await.unwrap()
-}
-
 /// Starts a task for a k8s workload and returns (task, task token).
 async fn task_for(srv: &TestServer, k8s: &TestIssuer, ns: &str, extra: Value) -> (Value, String) {
-    let r = start_task(srv, JWT_TYPE, &k8s.k8s_token(ns, "worker"), extra).await;
+    let r = srv.start_task(JWT_TYPE, &k8s.k8s_token(ns, "worker"), extra).await;
     assert_eq!(r.status(), 201, "start task");
     let v: Value = r.json().await.unwrap();
     (v["task"].clone(), v["task_token"].as_str().unwrap().to_owned())
 }
 
-async fn exchange_task(srv: &TestServer, task_token: &str, aud: &str, scope: Option<&str>) -> reqwest::Response {
-    let mut form = vec![
-        ("grant_type", TOKEN_EXCHANGE),
-        ("subject_token", task_token),
-        ("subject_token_type", TASK_TYPE),
-        ("audience", aud),
-    ];
-    if let Some(s) = scope {
-        form.push(("scope", s));
-    }
-    srv.exchange(&form).await
-}
-
 async fn access_token(srv: &TestServer, task_token: &str, aud: &str, scope: Option<&str>) -> String {
-    let r = exchange_task(srv, task_token, aud, scope).await;
+    let r = srv.exchange_task(task_token, aud, scope).await;
     assert_eq!(r.status(), 200, "exchange under task: {}", r.text().await.unwrap());
     r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned()
 }
@@ -111,11 +88,11 @@ async fn credentials_under_a_task_carry_it_and_die_with_it_through_every_sub_tas
     // Without a scope parameter it gets the task's scopes; never more.
     let all = access_token(&srv, &task_token, "https://api.test", None).await;
     assert_eq!(srv.verify(&all, "https://api.test").await["scope"], "read write");
-    let wider = exchange_task(&srv, &task_token, "https://api.test", Some("read delete")).await;
+    let wider = srv.exchange_task(&task_token, "https://api.test", Some("read delete")).await;
     assert_problem(wider, 400, "invalid-scope").await;
 
     // A sub-task, started with the task's own token, narrows further.
-    let r = start_task(&srv, TASK_TYPE, &task_token, json!({"scope": "read", "purpose": "fetch"})).await;
+    let r = srv.start_task(TASK_TYPE, &task_token, json!({"scope": "read", "purpose": "fetch"})).await;
     assert_eq!(r.status(), 201);
     let sub: Value = r.json().await.unwrap();
     let sub_id = sub["task"]["id"].as_str().unwrap().to_owned();
@@ -123,12 +100,12 @@ async fn credentials_under_a_task_carry_it_and_die_with_it_through_every_sub_tas
     assert_eq!(sub["task"]["parent_id"], id);
     assert_eq!(sub["task"]["depth"], 2);
     assert_eq!(sub["task"]["act"], json!({"sub": task["spiffe_id"], "act": {"sub": workload}}));
-    let widen = start_task(&srv, TASK_TYPE, &sub_token, json!({"scope": "write"})).await;
+    let widen = srv.start_task(TASK_TYPE, &sub_token, json!({"scope": "write"})).await;
     assert_problem(widen, 400, "invalid-scope").await;
     let sub_access = access_token(&srv, &sub_token, "https://api.test", None).await;
     let sub_claims = srv.verify(&sub_access, "https://api.test").await;
     assert_eq!(sub_claims["act"]["act"]["sub"], workload, "the whole actor chain is carried");
-    let grandchild = start_task(&srv, TASK_TYPE, &sub_token, json!({})).await;
+    let grandchild = srv.start_task(TASK_TYPE, &sub_token, json!({})).await;
     assert_eq!(grandchild.status(), 201);
     let grandchild: Value = grandchild.json().await.unwrap();
     let grandchild_token = grandchild["task_token"].as_str().unwrap().to_owned();
@@ -155,7 +132,7 @@ async fn credentials_under_a_task_carry_it_and_die_with_it_through_every_sub_tas
     for t in [&token, &all, &sub_access, &task_token, &sub_token, &grandchild_token] {
         assert!(!active(&srv, t).await, "every token under the ended tree fails introspection");
     }
-    let r = exchange_task(&srv, &grandchild_token, "https://api.test", None).await;
+    let r = srv.exchange_task(&grandchild_token, "https://api.test", None).await;
     assert_problem(r, 400, "task-not-active").await;
     let shown: Value = srv.admin_get(&format!("/v1/tasks/{sub_id}")).await;
     assert_eq!(shown["state"], "ended");
@@ -183,9 +160,9 @@ async fn a_task_that_needs_approval_issues_nothing_until_an_approver_other_than_
     let id = task["id"].as_str().unwrap();
     assert_eq!(task["state"], "pending");
     assert!(task["approval_deadline"].as_i64().unwrap() > now());
-    let r = exchange_task(&srv, &task_token, "https://deploy.test", None).await;
+    let r = srv.exchange_task(&task_token, "https://deploy.test", None).await;
     assert_problem(r, 403, "task-pending").await;
-    let r = start_task(&srv, TASK_TYPE, &task_token, json!({})).await;
+    let r = srv.start_task(TASK_TYPE, &task_token, json!({})).await;
     assert_problem(r, 403, "task-pending").await;
 
     // The starter cannot approve its own task (even if policy would let it approve).
@@ -218,7 +195,7 @@ async fn a_task_that_needs_approval_issues_nothing_until_an_approver_other_than_
     let r = srv.admin_post(&format!("/v1/tasks/{other_id}/deny"), None).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["state"], "denied");
-    let r = exchange_task(&srv, &other_token, "https://deploy.test", None).await;
+    let r = srv.exchange_task(&other_token, "https://deploy.test", None).await;
     assert_problem(r, 400, "task-not-active").await;
     assert_problem(srv.admin_post(&format!("/v1/tasks/{other_id}/approve"), None).await, 409, "conflict").await;
 
@@ -235,7 +212,7 @@ async fn delegation_puts_the_subject_in_sub_and_the_task_in_act_and_lifetimes_ne
     let (srv, k8s) = start().await;
     let (task, task_token) =
         task_for(&srv, &k8s, "prod", json!({"on_behalf_of": "user:alice", "ttl_seconds": 60, "scope": "read"})).await;
-    let r = exchange_task(&srv, &task_token, "https://api.test", None).await;
+    let r = srv.exchange_task(&task_token, "https://api.test", None).await;
     let v: Value = r.json().await.unwrap();
     assert!(v["expires_in"].as_u64().unwrap() <= 60, "a credential never outlives its task: {v}");
     let claims = srv.verify(v["access_token"].as_str().unwrap(), "https://api.test").await;
@@ -245,11 +222,11 @@ async fn delegation_puts_the_subject_in_sub_and_the_task_in_act_and_lifetimes_ne
     assert_eq!(claims["client_id"], task["spiffe_id"]);
     assert!(claims["exp"].as_i64().unwrap() <= task["expires_at"].as_i64().unwrap());
     // Sub-tasks keep the subject and may not change it.
-    let r = start_task(&srv, TASK_TYPE, &task_token, json!({"on_behalf_of": "user:mallory"})).await;
+    let r = srv.start_task(TASK_TYPE, &task_token, json!({"on_behalf_of": "user:mallory"})).await;
     assert_problem(r, 403, "forbidden").await;
     // Limited to audiences: others are refused.
     let (_, limited) = task_for(&srv, &k8s, "prod", json!({"audiences": ["https://api.test"]})).await;
-    assert_problem(exchange_task(&srv, &limited, "https://deploy.test", None).await, 400, "invalid-target").await;
+    assert_problem(srv.exchange_task(&limited, "https://deploy.test", None).await, 400, "invalid-target").await;
     srv.stop().await;
 }
 
@@ -258,15 +235,15 @@ async fn bad_task_requests_get_clear_problems_and_grant_nothing() {
     let (srv, k8s) = start_with("[tasks]\nmax_depth = 2\nmax_ttl = \"1h\"\n").await;
     let prod = k8s.k8s_token("prod", "worker");
     // Lifetime above the maximum, zero, empty purpose, unknown fields, no body.
-    assert_problem(start_task(&srv, JWT_TYPE, &prod, json!({"ttl_seconds": 3601})).await, 400, "invalid-request").await;
-    assert_problem(start_task(&srv, JWT_TYPE, &prod, json!({"ttl_seconds": 0})).await, 400, "invalid-request").await;
-    assert_problem(start_task(&srv, JWT_TYPE, &prod, json!({"purpose": " "})).await, 400, "invalid-request").await;
-    assert_problem(start_task(&srv, JWT_TYPE, &prod, json!({"scopes": "x"})).await, 400, "invalid-json").await;
+    assert_problem(srv.start_task(JWT_TYPE, &prod, json!({"ttl_seconds": 3601})).await, 400, "invalid-request").await;
+    assert_problem(srv.start_task(JWT_TYPE, &prod, json!({"ttl_seconds": 0})).await, 400, "invalid-request").await;
+    assert_problem(srv.start_task(JWT_TYPE, &prod, json!({"purpose": " "})).await, 400, "invalid-request").await;
+    assert_problem(srv.start_task(JWT_TYPE, &prod, json!({"scopes": "x"})).await, 400, "invalid-json").await;
     let r = srv.http.post(format!("{}/v1/tasks", srv.url)).send().await.unwrap();
     assert_problem(r, 400, "invalid-request").await;
     // Bad evidence; a workload policy does not allow.
-    assert_problem(start_task(&srv, JWT_TYPE, "not-a-jwt", json!({})).await, 400, "malformed-subject-token").await;
-    let r = start_task(&srv, JWT_TYPE, &k8s.k8s_token("dev", "worker"), json!({})).await;
+    assert_problem(srv.start_task(JWT_TYPE, "not-a-jwt", json!({})).await, 400, "malformed-subject-token").await;
+    let r = srv.start_task(JWT_TYPE, &k8s.k8s_token("dev", "worker"), json!({})).await;
     let p = assert_problem(r, 403, "policy-denied").await;
     assert_eq!(p["detail"], "no policy permits this request (default deny)");
 
@@ -274,15 +251,15 @@ async fn bad_task_requests_get_clear_problems_and_grant_nothing() {
     let (task, task_token) = task_for(&srv, &k8s, "prod", json!({})).await;
     let id = task["id"].as_str().unwrap();
     let other = k8s.k8s_token("prod", "other");
-    assert_problem(start_task(&srv, JWT_TYPE, &other, json!({"parent": id})).await, 403, "forbidden").await;
+    assert_problem(srv.start_task(JWT_TYPE, &other, json!({"parent": id})).await, 403, "forbidden").await;
     let (_, other_task_token) = task_for(&srv, &k8s, "prod", json!({})).await;
-    let r = start_task(&srv, TASK_TYPE, &other_task_token, json!({"parent": id})).await;
+    let r = srv.start_task(TASK_TYPE, &other_task_token, json!({"parent": id})).await;
     assert_problem(r, 403, "forbidden").await;
     // The starter itself may name its task as parent; nesting stops at max_depth.
-    let r = start_task(&srv, JWT_TYPE, &prod, json!({"parent": id})).await;
+    let r = srv.start_task(JWT_TYPE, &prod, json!({"parent": id})).await;
     assert_eq!(r.status(), 201);
     let child_token = r.json::<Value>().await.unwrap()["task_token"].as_str().unwrap().to_owned();
-    assert_problem(start_task(&srv, TASK_TYPE, &child_token, json!({})).await, 403, "forbidden").await;
+    assert_problem(srv.start_task(TASK_TYPE, &child_token, json!({})).await, 403, "forbidden").await;
     // Another task's token cannot read or end this task.
     let r = srv.http.get(format!("{}/v1/tasks/{id}", srv.url)).bearer_auth(&other_task_token).send().await.unwrap();
     assert_problem(r, 403, "forbidden").await;
@@ -336,10 +313,9 @@ async fn time_ends_tasks_an_approval_deadline_denies_and_a_lifetime_expires() {
     let s: Value = srv.admin_get(&format!("/v1/tasks/{sid}")).await;
     assert_eq!(s["state"], "expired");
     assert_problem(srv.admin_post(&format!("/v1/tasks/{pid}/approve"), None).await, 409, "conflict").await;
-    let r = exchange_task(&srv, &pending_token, "https://deploy.test", None).await;
+    let r = srv.exchange_task(&pending_token, "https://deploy.test", None).await;
     assert_problem(r, 400, "task-not-active").await;
-    assert_problem(exchange_task(&srv, &short_token, "https://api.test", None).await, 400, "subject-token-expired")
-        .await;
+    assert_problem(srv.exchange_task(&short_token, "https://api.test", None).await, 400, "subject-token-expired").await;
     assert_problem(end_task(&srv, sid, &srv.admin_token).await, 409, "conflict").await;
     // The sweep records both in the audit trail (it runs every second).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -404,7 +380,7 @@ async fn a_task_lives_on_only_while_its_starters_evidence_still_proves_the_same_
     let (other, other_token) = task_for(&srv, &k8s, "prod", json!({})).await;
     let r = reattest(&srv, id, &other_token, JWT_TYPE, &k8s.k8s_token("prod", "worker")).await;
     problem(r, 403).await;
-    let sub = start_task(&srv, TASK_TYPE, &task_token, json!({})).await;
+    let sub = srv.start_task(TASK_TYPE, &task_token, json!({})).await;
     assert_eq!(sub.status(), 201);
     let sub: Value = sub.json().await.unwrap();
     let (sub_id, sub_token) = (sub["task"]["id"].as_str().unwrap(), sub["task_token"].as_str().unwrap());

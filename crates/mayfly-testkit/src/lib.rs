@@ -44,6 +44,8 @@ pub const MAYFLY_AUDIENCE: &str = "mayfly";
 pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 /// The token type of a platform JWT.
 pub const JWT_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+/// RFC 8693 subject token type of a Mayfly task token.
+pub const TASK_TYPE: &str = "urn:mayfly:params:oauth:token-type:task";
 /// The token type of a join token.
 pub const JOIN_TYPE: &str = "urn:mayfly:params:oauth:token-type:join-token";
 

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use crate::config::TestConfig;
 use crate::issuer::TestIssuer;
 use crate::resources::{TestDatabase, storage_is_postgres};
-use crate::{JWT_TYPE, TOKEN_EXCHANGE};
+use crate::{JWT_TYPE, TASK_TYPE, TOKEN_EXCHANGE};
 
 /// A test server's directory (config, KEK, policies, data), removed when it drops. Under
 /// `MAYFLY_TEST_STORAGE=postgres` the state goes to a database of the directory's own
@@ -110,6 +110,30 @@ impl TestServer {
     /// `POST /v1/token` with `form`.
     pub async fn exchange(&self, form: &[(&str, &str)]) -> reqwest::Response {
         self.http.post(format!("{}/v1/token", self.url)).form(form).send().await.unwrap()
+    }
+
+    /// `POST /v1/tasks` with evidence of `token_type`; `extra` adds or replaces body fields
+    /// (`scope`, `purpose`, `on_behalf_of`, …).
+    pub async fn start_task(&self, token_type: &str, token: &str, extra: Value) -> reqwest::Response {
+        let mut body = json!({"subject_token_type": token_type, "subject_token": token, "purpose": "test task"});
+        for (k, v) in extra.as_object().expect("extra is a JSON object") {
+            body[k] = v.clone();
+        }
+        self.http.post(format!("{}/v1/tasks", self.url)).json(&body).send().await.unwrap()
+    }
+
+    /// A token exchange of a task token for `audience`, narrowed to `scope` when given.
+    pub async fn exchange_task(&self, task_token: &str, audience: &str, scope: Option<&str>) -> reqwest::Response {
+        let mut form = vec![
+            ("grant_type", TOKEN_EXCHANGE),
+            ("subject_token", task_token),
+            ("subject_token_type", TASK_TYPE),
+            ("audience", audience),
+        ];
+        if let Some(s) = scope {
+            form.push(("scope", s));
+        }
+        self.exchange(&form).await
     }
 
     /// A token exchange of a platform JWT for `audience`.
